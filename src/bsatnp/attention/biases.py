@@ -1,0 +1,195 @@
+"""Learnable attention biases computed from pairwise distances between points.
+
+A :class:`DistanceBias` turns the distance ``d`` between a query and a key in one role
+(space ``s``, time ``t`` or fixed effects ``x``) into one additive score per head:
+
+* ``rbf``:          ``Σ_f a[h,f] · exp(−b[h,f] · d²)`` (RBF network, the default),
+* ``exponential``:  ``Σ_f a[h,f] · exp(−b[h,f] · d)``,
+* ``tisa``:         ``Σ_f a[h,f] · exp(−b[h,f] · (d − c[h,f])²)`` (translation-invariant
+  self-attention profile),
+* ``scalar``:       ``a[h] · d``.
+
+An :class:`AttentionBias` sums the biases of several roles. Biases are evaluated on
+*tiles* of queries × keys by the attention backends, so the full ``[Lq, Lk]`` matrix is
+never needed. Parameters are used as they are (no positivity transform), as in the
+reference implementation.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from bsatnp.attention.distances import DISTANCES, Components, pairwise_components
+
+FAMILIES = ("rbf", "exponential", "tisa", "scalar")
+INITS = ("constant", "spread")
+
+
+@dataclass(frozen=True)
+class BiasSpec:
+    """Configuration of the bias of one role.
+
+    Attributes:
+        role: Which coordinates the bias reads: ``"s"``, ``"t"`` or ``"x"``.
+        family: One of ``rbf``, ``exponential``, ``tisa``, ``scalar``.
+        distance: One of ``euclidean``, ``great_circle``, ``abs``.
+        num_basis: Number of basis functions ``F`` per head (ignored for ``scalar``).
+        init: ``"constant"`` (a = b = 1, c = 0; the reference's init) or ``"spread"``
+            (symmetry breaking: b log-spaced over [0.1, 100], c spread over [0, 1]).
+    """
+
+    role: str = "s"
+    family: str = "rbf"
+    distance: str = "euclidean"
+    num_basis: int = 5
+    init: str = "constant"
+
+    def __post_init__(self) -> None:
+        if self.role not in ("s", "t", "x"):
+            raise ValueError(f"BiasSpec.role must be 's', 't' or 'x', got {self.role!r}")
+        if self.family not in FAMILIES:
+            raise ValueError(f"BiasSpec.family must be one of {FAMILIES}, got {self.family!r}")
+        if self.distance not in DISTANCES:
+            raise ValueError(
+                f"BiasSpec.distance must be one of {tuple(DISTANCES)}, got {self.distance!r}"
+            )
+        if self.init not in INITS:
+            raise ValueError(f"BiasSpec.init must be one of {INITS}, got {self.init!r}")
+        if self.num_basis < 1:
+            raise ValueError(f"BiasSpec.num_basis must be >= 1, got {self.num_basis}")
+
+
+class DistanceBias(nn.Module):
+    """Bias of one role: distance between coordinates → one score per head.
+
+    Args:
+        spec: What to compute (role, family, distance, basis count, init).
+        num_heads: Number of attention heads ``H``.
+    """
+
+    def __init__(self, spec: BiasSpec, num_heads: int) -> None:
+        super().__init__()
+        self.spec = spec
+        self.num_heads = num_heads
+        self._distance, self._returns_squared = DISTANCES[spec.distance]
+        F = 1 if spec.family == "scalar" else spec.num_basis
+        self.a = nn.Parameter(torch.ones(num_heads, F))
+        if spec.family != "scalar":
+            self.b = nn.Parameter(torch.ones(num_heads, F))
+        if spec.family == "tisa":
+            self.c = nn.Parameter(torch.zeros(num_heads, F))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Initialise ``a``, ``b`` (and ``c``) according to ``spec.init``."""
+        with torch.no_grad():
+            self.a.fill_(1.0)
+            if self.spec.family == "scalar":
+                return
+            if self.spec.init == "constant":
+                self.b.fill_(1.0)
+            else:
+                F = self.b.shape[1]
+                self.b.copy_(torch.logspace(-1, 2, F).expand_as(self.b))
+            if self.spec.family == "tisa":
+                if self.spec.init == "constant":
+                    self.c.zero_()
+                else:
+                    self.c.copy_(torch.linspace(0, 1, self.c.shape[1]).expand_as(self.c))
+
+    def distance(self, coords_q: Components, coords_k: Components) -> Tensor:
+        """What the profile reads: d² for ``rbf``, d otherwise.
+
+        Args:
+            coords_q: Query coordinate components (one broadcastable tensor per axis).
+            coords_k: Key coordinate components.
+        """
+        d = self._distance(coords_q, coords_k)
+        if self.spec.family == "rbf":
+            return d if self._returns_squared else d.square()
+        return d.sqrt() if self._returns_squared else d
+
+    def profile(self, dist: Tensor, a: Tensor, b: Tensor | None, c: Tensor | None) -> Tensor:
+        """Bias from distances with the parameters given explicitly.
+
+        Shapes only need to broadcast: ``a[..., f]`` (and ``b``, ``c``) against ``dist``.
+        Tiled backends pass ``dist [B, 1, Lq, Lk]`` with ``a [1, H, 1, 1, F]``; the fused
+        kernel passes scalars for one (query, key) pair and one head.
+        """
+        family = self.spec.family
+        if family == "scalar":
+            return a[..., 0] * dist
+        assert b is not None
+        out = None
+        for f in range(a.shape[-1]):
+            if family == "tisa":
+                assert c is not None
+                term = a[..., f] * torch.exp(-b[..., f] * (dist - c[..., f]).square())
+            else:  # rbf (dist is d²) and exponential (dist is d)
+                term = a[..., f] * torch.exp(-b[..., f] * dist)
+            out = term if out is None else out + term
+        assert out is not None
+        return out
+
+    def params(self) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """``(a, b, c)``, each ``[H, F]`` or ``None`` where the family has no such parameter."""
+        return self.a, getattr(self, "b", None), getattr(self, "c", None)
+
+    def forward(self, coords_q: Tensor, coords_k: Tensor) -> Tensor:
+        """Bias ``[B, H, Lq, Lk]`` between ``coords_q [B, Lq, D]`` and ``coords_k [B, Lk, D]``."""
+        dist = self.distance(*pairwise_components(coords_q, coords_k))[:, None]
+        H = self.num_heads
+        shaped = [None if p is None else p.view(1, H, 1, 1, -1) for p in self.params()]
+        return self.profile(dist, *shaped)
+
+    def extra_repr(self) -> str:
+        s = self.spec
+        return f"role={s.role}, family={s.family}, distance={s.distance}, F={self.a.shape[1]}"
+
+
+class AttentionBias(nn.Module):
+    """Sum of per-role distance biases, evaluated on any tile of queries × keys.
+
+    Args:
+        specs: One :class:`BiasSpec` per biased role (roles must be distinct).
+        num_heads: Number of attention heads ``H``.
+    """
+
+    def __init__(self, specs: tuple[BiasSpec, ...], num_heads: int) -> None:
+        super().__init__()
+        roles = [s.role for s in specs]
+        if len(set(roles)) != len(roles):
+            raise ValueError(f"AttentionBias: each role may have one bias, got roles {roles}")
+        self.terms = nn.ModuleList(DistanceBias(s, num_heads) for s in specs)
+        self.num_heads = num_heads
+
+    @property
+    def roles(self) -> tuple[str, ...]:
+        """Roles whose coordinates this bias reads."""
+        return tuple(t.spec.role for t in self.terms)
+
+    def forward(self, coords_q: Mapping[str, Tensor], coords_k: Mapping[str, Tensor]) -> Tensor:
+        """Bias ``[B, H, Lq, Lk]`` from per-role coordinates ``{role: [B, L, D]}``."""
+        out = None
+        for term in self.terms:
+            role = term.spec.role
+            value = term(coords_q[role], coords_k[role])
+            out = value if out is None else out + value
+        if out is None:
+            raise ValueError("AttentionBias has no terms")
+        return out
+
+
+def slice_coords(coords: Mapping[str, Tensor], start: int, stop: int) -> dict[str, Tensor]:
+    """Rows ``start:stop`` of every role's coordinates ``{role: [B, L, D]}``."""
+    return {role: value[:, start:stop] for role, value in coords.items()}
+
+
+def default_scale(head_dim: int) -> float:
+    """Softmax temperature ``1/√head_dim``."""
+    return 1.0 / math.sqrt(head_dim)

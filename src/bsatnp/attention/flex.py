@@ -1,0 +1,115 @@
+"""Fused biased attention with ``torch.nn.attention.flex_attention`` (the GPU fast path).
+
+The bias is evaluated inside the kernel's ``score_mod`` from the coordinates of one
+(query, key) pair, so neither scores nor bias are materialised (when compiled). Padding
+is expressed as a block mask, so fully masked key blocks are skipped.
+
+On CPU, eager flex_attention runs forward only (it materialises scores and refuses inputs
+that need gradients) and its compiled backward is unsupported; the tiled backend serves
+CPU training. Learnable bias parameters are captured as separate tensors per use and per
+basis function, which the compiler needs for their gradients.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from functools import cache
+
+import torch
+from torch import Tensor
+
+from bsatnp.attention.biases import AttentionBias
+
+
+def flex_available() -> bool:
+    """Whether this PyTorch build ships flex_attention."""
+    try:
+        import torch.nn.attention.flex_attention  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@cache
+def _compiled_flex() -> Callable[..., Tensor]:
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=False)
+
+
+def _score_mod(
+    bias: AttentionBias, coords_q: Mapping[str, Tensor], coords_k: Mapping[str, Tensor]
+) -> Callable[[Tensor, Tensor, Tensor, Tensor, Tensor], Tensor]:
+    """A ``score_mod`` adding the bias of one (batch, head, query, key) element."""
+    captured = []
+    for term in bias.terms:
+        role = term.spec.role
+        cq = [coords_q[role][..., d].contiguous() for d in range(coords_q[role].shape[-1])]
+        ck = [coords_k[role][..., d].contiguous() for d in range(coords_k[role].shape[-1])]
+        # One captured tensor per parameter use: flex's compiler cannot differentiate
+        # several indexing operations on the same tensor.
+        params = [None if p is None else p.unbind(-1) for p in term.params()]
+        captured.append((term, cq, ck, params))
+
+    def score_mod(score: Tensor, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+        for term, cq, ck, params in captured:
+            dist = term.distance([c[b, q_idx] for c in cq], [c[b, kv_idx] for c in ck])
+            per_head = [
+                None if p is None else torch.stack([p_f[h] for p_f in p], -1) for p in params
+            ]
+            score = score + term.profile(dist, *per_head)
+        return score
+
+    return score_mod
+
+
+def flex_attention_biased(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    bias: AttentionBias | None,
+    coords_q: Mapping[str, Tensor],
+    coords_k: Mapping[str, Tensor],
+    key_mask: Tensor | None,
+    scale: float,
+    compile: bool | None = None,
+) -> Tensor:
+    """Biased attention through flex_attention.
+
+    Shapes and semantics as :func:`bsatnp.attention.dense.dense_attention`.
+
+    Args:
+        q: Queries ``[B, H, Lq, D]``.
+        k: Keys ``[B, H, Lk, D]``.
+        v: Values ``[B, H, Lk, Dv]``.
+        bias: Bias module, or ``None``.
+        coords_q: Per-role query coordinates ``{role: [B, Lq, Dr]}``.
+        coords_k: Per-role key coordinates ``{role: [B, Lk, Dr]}``.
+        key_mask: Valid keys ``[B, Lk]`` (bool) or ``None``.
+        scale: Multiplier of ``q·k``.
+        compile: Use the compiled kernel (default: on CUDA only).
+
+    Returns:
+        ``[B, H, Lq, Dv]``; rows without any valid key are zero.
+    """
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    compile = q.is_cuda if compile is None else compile
+    score_mod = None if bias is None else _score_mod(bias, coords_q, coords_k)
+    block_mask = None
+    if key_mask is not None:
+        mask = key_mask.contiguous()
+
+        def mask_mod(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+            return mask[b, kv_idx]
+
+        B, _, Lq, _ = q.shape
+        block_mask = create_block_mask(
+            mask_mod, B, None, Lq, k.shape[2], device=str(q.device), _compile=compile
+        )
+    fn = _compiled_flex() if compile else flex_attention
+    out = fn(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale)
+    if key_mask is not None:
+        has_key = key_mask.any(dim=1)[:, None, None, None]
+        out = torch.where(has_key, out, torch.zeros_like(out))
+    return out

@@ -1,0 +1,83 @@
+"""One entry point for biased attention, with interchangeable backends.
+
+Every backend computes the same function: softmax over the valid keys of
+``scale·q·kᵀ + bias(coords_q, coords_k)``, times ``v``; rows without a valid key return
+zeros. ``auto`` picks a backend by device and size (see :func:`choose_backend`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor
+
+from bsatnp.attention.biases import AttentionBias
+from bsatnp.attention.dense import dense_attention
+from bsatnp.attention.flex import flex_attention_biased, flex_available
+from bsatnp.attention.tiled import tiled_attention
+
+BACKENDS = ("auto", "dense", "tiled", "flex")
+DENSE_MAX_ELEMENTS = 1 << 24
+"""``auto`` materialises the bias only below this many ``B·H·Lq·Lk`` elements (64 MiB)."""
+
+
+def choose_backend(q: Tensor, k: Tensor) -> str:
+    """The backend ``auto`` uses for queries ``q [B, H, Lq, D]`` and keys ``k [B, H, Lk, D]``.
+
+    CUDA: ``flex`` (fused kernel). CPU: ``dense`` while the full score matrix is small
+    (fastest, memory still modest), else ``tiled`` (bounded memory, forward and backward).
+    """
+    if q.is_cuda and flex_available():
+        return "flex"
+    B, H, Lq, _ = q.shape
+    if B * H * Lq * k.shape[2] <= DENSE_MAX_ELEMENTS:
+        return "dense"
+    return "tiled"
+
+
+def biased_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    bias: AttentionBias | None = None,
+    coords_q: Mapping[str, Tensor] | None = None,
+    coords_k: Mapping[str, Tensor] | None = None,
+    key_mask: Tensor | None = None,
+    scale: float | None = None,
+    backend: str = "auto",
+    tile_q: int | None = None,
+    tile_k: int | None = None,
+) -> Tensor:
+    """Attention with an additive, distance-based bias.
+
+    Args:
+        q: Queries ``[B, H, Lq, D]``.
+        k: Keys ``[B, H, Lk, D]``.
+        v: Values ``[B, H, Lk, Dv]``.
+        bias: Bias module, or ``None`` for plain attention.
+        coords_q: Per-role query coordinates ``{role: [B, Lq, Dr]}`` read by ``bias``.
+        coords_k: Per-role key coordinates ``{role: [B, Lk, Dr]}``.
+        key_mask: Valid keys ``[B, Lk]`` (bool); ``None`` means all keys are valid.
+        scale: Multiplier of ``q·k`` (default ``1/√D``).
+        backend: ``auto``, ``dense``, ``tiled`` or ``flex``.
+        tile_q: Queries per tile (``tiled`` only).
+        tile_k: Keys per tile (``tiled`` only).
+
+    Returns:
+        ``[B, H, Lq, Dv]``; rows without any valid key are exactly zero.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    coords_q = coords_q or {}
+    coords_k = coords_k or {}
+    if key_mask is not None and key_mask.dtype != torch.bool:
+        raise ValueError(f"key_mask must be bool, got {key_mask.dtype}")
+    if backend == "auto":
+        backend = choose_backend(q, k)
+    if backend == "dense":
+        return dense_attention(q, k, v, bias, coords_q, coords_k, key_mask, scale)
+    if backend == "tiled":
+        return tiled_attention(q, k, v, bias, coords_q, coords_k, key_mask, scale, tile_q, tile_k)
+    return flex_attention_biased(q, k, v, bias, coords_q, coords_k, key_mask, scale)

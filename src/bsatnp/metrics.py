@@ -1,0 +1,126 @@
+"""Metrics of Gaussian predictions, averaged over the valid points of a batch.
+
+Every metric takes predictive ``mean`` and ``std`` and ``target`` of shape ``[B, L, D]``
+and a bool ``mask [B, L]`` of the points that count, and returns the average over all
+valid points (and output dimensions) of the whole batch — as SPEC §5 defines the NLL.
+Masked points may hold anything, NaN included. Computed in float64.
+:func:`summarize` turns per-batch results into mean ± standard error.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+_LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
+CALIBRATION_LEVELS = tuple(round(0.1 * i, 1) for i in range(1, 10))
+"""Nominal levels 0.1, …, 0.9 used by :func:`calibration_error`."""
+
+
+def _masked_mean(values: Tensor, mask: Tensor) -> Tensor:
+    """Mean of ``values [B, L, D]`` over valid points ``mask [B, L]`` (0-d tensor)."""
+    keep = mask[..., None].expand_as(values)
+    if not bool(keep.any()):
+        raise ValueError("mask selects no point: the metric is undefined")
+    return torch.where(keep, values, 0.0).sum() / keep.sum()
+
+
+def _z(mean: Tensor, std: Tensor, target: Tensor) -> Tensor:
+    """Standardised residuals ``(target − mean) / std`` in float64."""
+    return (target.double() - mean.double()) / std.double()
+
+
+def nll(mean: Tensor, std: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+    """Negative log-likelihood ``−log N(target | mean, std²)`` incl. ``½ log 2π``."""
+    z = _z(mean, std, target)
+    return _masked_mean(0.5 * z.square() + std.double().log() + _LOG_SQRT_2PI, mask)
+
+
+def rmse(mean: Tensor, std: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+    """Root of the mean squared error over valid points (``std`` unused)."""
+    return _masked_mean((target.double() - mean.double()).square(), mask).sqrt()
+
+
+def mae(mean: Tensor, std: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+    """Mean absolute error over valid points (``std`` unused)."""
+    return _masked_mean((target.double() - mean.double()).abs(), mask)
+
+
+def coverage(
+    mean: Tensor, std: Tensor, target: Tensor, mask: Tensor, level: float = 0.95
+) -> Tensor:
+    """Fraction of targets inside the central interval ``mean ± z·std`` of mass ``level``."""
+    z_level = torch.special.ndtri(torch.tensor((1.0 + level) / 2.0, dtype=torch.float64))
+    inside = (_z(mean, std, target).abs() <= z_level).double()
+    return _masked_mean(inside, mask)
+
+
+def crps(mean: Tensor, std: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+    """Continuous ranked probability score, closed form for a Gaussian.
+
+    ``σ · (z (2Φ(z) − 1) + 2φ(z) − 1/√π)`` with ``z = (target − mean) / σ``.
+    """
+    z = _z(mean, std, target)
+    cdf = torch.special.ndtr(z)
+    pdf = torch.exp(-0.5 * z.square() - _LOG_SQRT_2PI)
+    score = std.double() * (z * (2.0 * cdf - 1.0) + 2.0 * pdf - 1.0 / math.sqrt(math.pi))
+    return _masked_mean(score, mask)
+
+
+def calibration_error(
+    mean: Tensor,
+    std: Tensor,
+    target: Tensor,
+    mask: Tensor,
+    levels: Sequence[float] = CALIBRATION_LEVELS,
+) -> Tensor:
+    """Mean over ``levels`` of ``|empirical coverage − nominal level|`` of central intervals."""
+    gaps = [(coverage(mean, std, target, mask, lv) - lv).abs() for lv in levels]
+    return torch.stack(gaps).mean()
+
+
+def gaussian_metrics(mean: Tensor, std: Tensor, target: Tensor, mask: Tensor) -> dict[str, float]:
+    """All metrics of one batch.
+
+    Returns:
+        Dict with keys ``nll``, ``rmse``, ``mae``, ``cov50``, ``cov90``, ``cov95``,
+        ``crps`` and ``cal_err``.
+    """
+    args = (mean, std, target, mask)
+    out = {
+        "nll": nll(*args),
+        "rmse": rmse(*args),
+        "mae": mae(*args),
+        "cov50": coverage(*args, level=0.5),
+        "cov90": coverage(*args, level=0.9),
+        "cov95": coverage(*args, level=0.95),
+        "crps": crps(*args),
+        "cal_err": calibration_error(*args),
+    }
+    return {key: float(value) for key, value in out.items()}
+
+
+def summarize(results: Iterable[Mapping[str, float]]) -> dict[str, tuple[float, float]]:
+    """Mean and standard error of each metric over batches.
+
+    Args:
+        results: Per-batch metric dicts (e.g. from :func:`gaussian_metrics`), all with the
+            same keys.
+
+    Returns:
+        ``key -> (mean, stderr)`` with ``stderr = sd / √n`` (sample sd, ``n − 1``);
+        ``stderr`` is NaN for a single batch.
+    """
+    rows = list(results)
+    if not rows:
+        raise ValueError("summarize needs at least one result")
+    out = {}
+    for key in rows[0]:
+        values = torch.tensor([row[key] for row in rows], dtype=torch.float64)
+        n = values.numel()
+        stderr = float(values.std() / math.sqrt(n)) if n > 1 else math.nan
+        out[key] = (float(values.mean()), stderr)
+    return out

@@ -1,0 +1,129 @@
+"""Configuration of a BSA-TNP model: plain data, serialisable to JSON."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from bsatnp.attention.biases import BiasSpec
+from bsatnp.attention.functional import BACKENDS
+from bsatnp.models.heads import LIKELIHOODS
+
+ROLE_USES = ("embed", "bias", "both")
+
+
+@dataclass(frozen=True)
+class BSATNPConfig:
+    """Everything needed to rebuild a BSA-TNP (defaults: the paper's 2D-GP model).
+
+    Attributes:
+        dim_x: Fixed-effect features ``Dx`` (0: no ``x`` role).
+        dim_s: Location features ``Ds`` (0: no ``s`` role).
+        dim_t: Time features ``Dt`` (0: no ``t`` role).
+        dim_f: Value features ``Df`` (classes ``C`` for the categorical likelihood).
+        use_x: How ``x`` enters: ``embed`` (in the token), ``bias`` or ``both``.
+        use_s: How ``s`` enters (default ``bias``: translation invariant).
+        use_t: How ``t`` enters (default ``bias``).
+        bias_x: Bias of the ``x`` role when it is used as a bias.
+        bias_s: Bias of the ``s`` role (RBF network, 5 basis functions).
+        bias_t: Bias of the ``t`` role (RBF network on |Δt|, 3 basis functions).
+        obs_dim: Width of the observed-flag embedding.
+        embed_hidden: Hidden widths of the token MLP.
+        dim: Token width ``E``.
+        num_blocks: Number of KRBlocks.
+        num_heads: Attention heads.
+        qkv_dim: Query/key/value width.
+        ffn_dim: FFN hidden width.
+        head_hidden: Hidden widths of the output MLP.
+        likelihood: ``gaussian`` or ``categorical``.
+        min_std: Gaussian lower bound on σ.
+        ln_eps: LayerNorm epsilon.
+        backend: Attention backend (``auto``, ``dense``, ``tiled``, ``flex``).
+        tile_q: Queries per tile (``None``: automatic).
+        tile_k: Keys per tile (``None``: 1024).
+    """
+
+    dim_x: int = 0
+    dim_s: int = 2
+    dim_t: int = 0
+    dim_f: int = 1
+    use_x: str = "embed"
+    use_s: str = "bias"
+    use_t: str = "bias"
+    bias_x: BiasSpec = field(default_factory=lambda: BiasSpec(role="x"))
+    bias_s: BiasSpec = field(default_factory=lambda: BiasSpec(role="s"))
+    bias_t: BiasSpec = field(
+        default_factory=lambda: BiasSpec(role="t", distance="abs", num_basis=3)
+    )
+    obs_dim: int = 4
+    embed_hidden: tuple[int, ...] = (256, 128)
+    dim: int = 64
+    num_blocks: int = 6
+    num_heads: int = 4
+    qkv_dim: int = 128
+    ffn_dim: int = 256
+    head_hidden: tuple[int, ...] = (256, 64)
+    likelihood: str = "gaussian"
+    min_std: float = 0.0
+    ln_eps: float = 1e-6
+    backend: str = "auto"
+    tile_q: int | None = None
+    tile_k: int | None = None
+
+    def __post_init__(self) -> None:
+        for role in ("x", "s", "t"):
+            use = getattr(self, f"use_{role}")
+            if use not in ROLE_USES:
+                raise ValueError(f"use_{role} must be one of {ROLE_USES}, got {use!r}")
+            if getattr(self, f"bias_{role}").role != role:
+                raise ValueError(f"bias_{role}.role must be {role!r}")
+            if getattr(self, f"dim_{role}") < 0:
+                raise ValueError(f"dim_{role} must be >= 0")
+        if self.dim_f < 1:
+            raise ValueError(f"dim_f must be >= 1, got {self.dim_f}")
+        if self.likelihood not in LIKELIHOODS:
+            raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {self.likelihood!r}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        if not 0.0 <= self.min_std < 1.0:
+            raise ValueError(f"min_std must be in [0, 1), got {self.min_std}")
+
+    @property
+    def roles(self) -> tuple[str, ...]:
+        """Roles present in the data (dim > 0)."""
+        return tuple(r for r in ("x", "s", "t") if getattr(self, f"dim_{r}") > 0)
+
+    @property
+    def embedded_roles(self) -> tuple[str, ...]:
+        """Roles that enter the token, in token order."""
+        return tuple(r for r in self.roles if getattr(self, f"use_{r}") in ("embed", "both"))
+
+    @property
+    def bias_specs(self) -> tuple[BiasSpec, ...]:
+        """Biases of the roles that enter the attention scores."""
+        return tuple(
+            getattr(self, f"bias_{r}")
+            for r in self.roles
+            if getattr(self, f"use_{r}") in ("bias", "both")
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dictionary (inverse of :meth:`from_dict`)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BSATNPConfig:
+        """Rebuild from :meth:`to_dict` output; unknown keys raise ``ValueError``."""
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown BSATNPConfig keys: {sorted(unknown)}")
+        kwargs = dict(data)
+        for role in ("x", "s", "t"):
+            spec = kwargs.get(f"bias_{role}")
+            if isinstance(spec, dict):
+                kwargs[f"bias_{role}"] = BiasSpec(**spec)
+        for key in ("embed_hidden", "head_hidden"):
+            if key in kwargs:
+                kwargs[key] = tuple(kwargs[key])
+        return cls(**kwargs)

@@ -1,0 +1,68 @@
+"""Likelihood heads: final token → predictive distribution per test point."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.distributions import Categorical, Distribution, Normal
+
+from bsatnp.models.layers import MLP
+
+LIKELIHOODS = ("gaussian", "categorical")
+
+
+class GaussianHead(nn.Module):
+    """MLP → ``(μ, raw)``; ``σ = min_std + (1 − min_std)·softplus(raw)``.
+
+    Args:
+        dims: MLP widths ``(E, hidden..., 2·Df)``; GELU after every hidden layer.
+        min_std: Lower bound of the predictive standard deviation.
+    """
+
+    def __init__(self, dims: tuple[int, ...], min_std: float = 0.0) -> None:
+        super().__init__()
+        if dims[-1] % 2:
+            raise ValueError(f"GaussianHead needs an even output width 2·Df, got {dims[-1]}")
+        self.mlp = MLP(dims)
+        self.min_std = min_std
+
+    def forward(self, z: Tensor) -> Normal:
+        """Tokens ``[B, Lt, E]`` → ``Normal`` with mean and stddev ``[B, Lt, Df]``."""
+        mu, raw = self.mlp(z).chunk(2, dim=-1)
+        std = self.min_std + (1.0 - self.min_std) * F.softplus(raw)
+        return Normal(mu, std, validate_args=False)
+
+
+class CategoricalHead(nn.Module):
+    """MLP → class logits ``[B, Lt, C]``; targets are one-hot ``f [B, Lt, C]``.
+
+    Args:
+        dims: MLP widths ``(E, hidden..., C)``.
+    """
+
+    def __init__(self, dims: tuple[int, ...]) -> None:
+        super().__init__()
+        self.mlp = MLP(dims)
+
+    def forward(self, z: Tensor) -> Categorical:
+        """Tokens ``[B, Lt, E]`` → ``Categorical`` over ``C`` classes, batch shape ``[B, Lt]``."""
+        return Categorical(logits=self.mlp(z), validate_args=False)
+
+
+def pointwise_nll(dist: Distribution, f: Tensor) -> Tensor:
+    """Negative log-likelihood per test point ``[B, Lt]``.
+
+    Gaussian: ``−log N(f | μ, σ)`` averaged over the ``Df`` value dims. Categorical:
+    cross-entropy with the one-hot target ``f [B, Lt, C]``.
+    """
+    if isinstance(dist, Categorical):
+        return -dist.log_prob(f.argmax(dim=-1))
+    return -dist.log_prob(f).mean(dim=-1)
+
+
+def masked_nll(dist: Distribution, f: Tensor, mask: Tensor) -> Tensor:
+    """Mean NLL over the valid test points ``mask [B, Lt]`` of the whole batch (scalar)."""
+    f = torch.where(mask[..., None], f, torch.zeros_like(f))  # masked targets may be NaN
+    per_point = torch.where(mask, pointwise_nll(dist, f), 0.0)
+    return per_point.sum() / mask.sum().clamp_min(1)

@@ -1,0 +1,219 @@
+"""Every attention backend against an independent float64 dense reference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from reference import attention_reference, bias_reference, pairwise
+
+from bsatnp.attention import AttentionBias, BiasSpec, biased_attention
+from bsatnp.attention.functional import choose_backend
+
+GRAD_BACKENDS = ("dense", "tiled")
+SPECS = {
+    "rbf": BiasSpec(role="s", family="rbf", init="spread"),
+    "exponential": BiasSpec(role="s", family="exponential", num_basis=3, init="spread"),
+    "tisa": BiasSpec(role="s", family="tisa", num_basis=4, init="spread"),
+    "scalar": BiasSpec(role="s", family="scalar"),
+    "great_circle": BiasSpec(role="s", family="rbf", distance="great_circle", num_basis=2),
+    "abs_time": BiasSpec(role="t", family="exponential", distance="abs", num_basis=3),
+}
+
+
+def make_problem(B, H, Lq, Lk, D, spec_names, seed, mask_kind="random"):
+    g = torch.Generator().manual_seed(seed)
+    specs = tuple(SPECS[n] for n in spec_names)
+    bias = AttentionBias(specs, H)
+    with torch.no_grad():  # random parameters so every basis function differs
+        for p in bias.parameters():
+            p.copy_(p + 0.3 * torch.randn(p.shape, generator=g))
+    coords_q, coords_k = {}, {}
+    for spec in specs:
+        dim = 2 if spec.role == "s" else 1
+        scale = 60.0 if spec.distance == "great_circle" else 1.5
+        coords_q[spec.role] = scale * torch.randn(B, Lq, dim, generator=g)
+        coords_k[spec.role] = scale * torch.randn(B, Lk, dim, generator=g)
+    q, k, v = (torch.randn(B, H, L, D, generator=g) for L in (Lq, Lk, Lk))
+    if mask_kind == "random":
+        key_mask = torch.rand(B, Lk, generator=g) < 0.7
+        key_mask[:, :2] = True  # one valid key is the degenerate case of test_single_key
+    elif mask_kind == "none_valid_in_first":
+        key_mask = torch.rand(B, Lk, generator=g) < 0.7
+        key_mask[0] = False
+    else:
+        key_mask = torch.ones(B, Lk, dtype=torch.bool)
+    return q, k, v, bias, coords_q, coords_k, key_mask
+
+
+def reference(q, k, v, bias, coords_q, coords_k, key_mask):
+    """float64 reference output and gradients (of a fixed random projection)."""
+    q, k, v = (x.detach().double().requires_grad_() for x in (q, k, v))
+    params = []
+    total = 0
+    for term in bias.terms:
+        a, b, c = (
+            None if p is None else p.detach().double().requires_grad_() for p in term.params()
+        )
+        params += [p for p in (a, b, c) if p is not None]
+        role = term.spec.role
+        d = pairwise(term.spec.distance, coords_q[role].double(), coords_k[role].double())
+        total = total + bias_reference(term.spec.family, d, a, b, c)
+    out = attention_reference(q, k, v, total, key_mask)
+    return out, (q, k, v, *params)
+
+
+def run_backend(backend, q, k, v, bias, coords_q, coords_k, key_mask, tile_q=None, tile_k=None):
+    q, k, v = (x.detach().clone().requires_grad_(backend != "flex") for x in (q, k, v))
+    out = biased_attention(
+        q, k, v, bias, coords_q, coords_k, key_mask, backend=backend, tile_q=tile_q, tile_k=tile_k
+    )
+    return out, (q, k, v, *bias.parameters())
+
+
+def assert_close_rel(ours, ref, tol, what):
+    """Max abs error relative to the reference's max magnitude, floored at 1.
+
+    The inputs are O(1), so intermediate terms (dP = dO·vᵀ, bias·d², ...) are O(1) and carry
+    float32 round-off of ~1e-7 each. Where softmax saturates, an exact gradient can be far
+    smaller than those terms; the floor keeps the check meaningful there (PyTorch's own
+    float32 SDPA backward errs by up to 1e-3 relative to such tiny gradients).
+    """
+    err = (ours.double() - ref).abs().max().item()
+    scale = max(ref.abs().max().item(), 1.0)
+    assert err / scale <= tol, f"{what}: relative error {err / scale:.2e} > {tol}"
+
+
+def check_backend(backend, problem, tile_q=None, tile_k=None):
+    ref_out, ref_inputs = reference(*problem)
+    out, inputs = run_backend(backend, *problem, tile_q=tile_q, tile_k=tile_k)
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    assert_close_rel(out, ref_out, 1e-5, f"{backend} output")
+    if backend == "flex":
+        return
+    weight = torch.randn(
+        ref_out.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64
+    )
+    ref_grads = torch.autograd.grad((ref_out * weight).sum(), ref_inputs)
+    grads = torch.autograd.grad((out * weight.float()).sum(), inputs)
+    names = ["q", "k", "v"] + [n for n, _ in problem[3].named_parameters()]
+    for name, g, rg in zip(names, grads, ref_grads):
+        assert_close_rel(g, rg, 1e-4, f"{backend} grad {name}")
+
+
+ALL_BACKENDS = ("dense", "tiled", "flex")
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize(
+    "spec_names",
+    [("rbf",), ("exponential",), ("tisa",), ("scalar",), ("great_circle",), ("rbf", "abs_time")],
+)
+def test_backend_matches_reference_per_bias_family(backend, spec_names):
+    problem = make_problem(2, 4, 23, 17, 8, spec_names, seed=3)
+    check_backend(backend, problem, tile_q=5, tile_k=6)
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    B=st.integers(1, 3),
+    H=st.integers(1, 4),
+    Lq=st.integers(1, 40),
+    Lk=st.integers(2, 40),  # Lk=1: test_single_key
+    D=st.sampled_from([1, 4, 16]),
+    tile_q=st.integers(1, 48),
+    tile_k=st.integers(1, 48),
+    mask_kind=st.sampled_from(["random", "all", "none_valid_in_first"]),
+    seed=st.integers(0, 10_000),
+    backend=st.sampled_from(ALL_BACKENDS),
+)
+def test_backends_random_sizes_masks_tiles(
+    B, H, Lq, Lk, D, tile_q, tile_k, mask_kind, seed, backend
+):
+    problem = make_problem(B, H, Lq, Lk, D, ("rbf",), seed, mask_kind)
+    check_backend(backend, problem, tile_q=tile_q, tile_k=tile_k)
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_single_key(backend):
+    problem = make_problem(2, 2, 9, 1, 4, ("rbf",), seed=5, mask_kind="all")
+    check_backend(backend, problem, tile_q=4, tile_k=1)
+    out, _ = run_backend(backend, *problem)
+    v = problem[2]
+    assert torch.allclose(out, v.expand_as(out), atol=1e-6)  # one key: output is its value
+
+
+@pytest.mark.parametrize("backend", GRAD_BACKENDS)
+def test_one_valid_key_has_vanishing_score_gradients(backend):
+    """With one valid key softmax is constant: gradients of q and of the bias vanish.
+
+    The exact values are 0, so a relative error is undefined; check absolute round-off.
+    """
+    q, k, v, bias, cq, ck, mask = make_problem(2, 2, 6, 5, 4, ("rbf",), seed=4, mask_kind="all")
+    mask[:, 1:] = False
+    out, inputs = run_backend(backend, q, k, v, bias, cq, ck, mask, tile_q=2, tile_k=2)
+    grads = torch.autograd.grad(out.sum(), inputs)
+    assert torch.allclose(out, v[:, :, :1].expand_as(out), atol=1e-6)
+    for g in (grads[0], *grads[3:]):
+        assert g.abs().max() < 1e-4
+    assert grads[2][:, :, 0].abs().min() > 0 and grads[2][:, :, 1:].abs().max() == 0
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_fully_masked_rows_are_zero_with_zero_gradient(backend):
+    q, k, v, bias, cq, ck, mask = make_problem(3, 2, 7, 11, 4, ("rbf",), seed=9)
+    mask[1] = False
+    out, inputs = run_backend(backend, q, k, v, bias, cq, ck, mask, tile_q=3, tile_k=4)
+    assert torch.isfinite(out).all()
+    assert out[1].abs().max() == 0
+    assert out[0].abs().max() > 0
+    if backend != "flex":
+        grads = torch.autograd.grad(out.sum(), inputs[:3])
+        for g in grads:
+            assert torch.isfinite(g).all()
+        assert grads[0][1].abs().max() == 0  # dq of the empty task
+
+
+@pytest.mark.parametrize("backend", GRAD_BACKENDS + ("flex",))
+def test_padding_values_cannot_leak(backend):
+    q, k, v, bias, cq, ck, mask = make_problem(2, 2, 8, 12, 4, ("rbf",), seed=11)
+    out1, _ = run_backend(backend, q, k, v, bias, cq, ck, mask, tile_q=3, tile_k=5)
+    k2, v2 = k.clone(), v.clone()
+    ck2 = {r: c.clone() for r, c in ck.items()}
+    pad = ~mask
+    k2[pad[:, None, :, None].expand_as(k2)] = 1e4
+    v2[pad[:, None, :, None].expand_as(v2)] = -1e4
+    ck2["s"][pad] = 1e4
+    out2, _ = run_backend(backend, q, k2, v2, bias, cq, ck2, mask, tile_q=3, tile_k=5)
+    assert torch.equal(out1, out2) or (out1 - out2).abs().max() < 1e-6
+
+
+def test_auto_picks_a_backend_by_size():
+    small = torch.zeros(1, 4, 100, 8)
+    big = torch.zeros(1, 4, 8192, 8)
+    assert choose_backend(small, small) == "dense"
+    assert choose_backend(big, big) == "tiled"
+
+
+def test_bad_backend_and_mask_dtype():
+    q = torch.zeros(1, 1, 2, 4)
+    with pytest.raises(ValueError, match="backend"):
+        biased_attention(q, q, q, backend="magic")
+    with pytest.raises(ValueError, match="key_mask"):
+        biased_attention(q, q, q, key_mask=torch.ones(1, 2))
+
+
+def test_tiled_backward_memory_is_bounded_by_tiles():
+    """The autograd graph of the tiled backend saves no [Lq, Lk]-sized tensor."""
+    q, k, v, bias, cq, ck, mask = make_problem(1, 2, 300, 200, 4, ("rbf",), seed=2)
+    q.requires_grad_()
+    saved = []
+
+    def pack(t):
+        saved.append(t.numel())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        biased_attention(q, k, v, bias, cq, ck, mask, backend="tiled", tile_q=32, tile_k=32)
+    assert saved and max(saved) < 300 * 200, saved
