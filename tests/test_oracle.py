@@ -55,7 +55,7 @@ def test_two_context_points_with_padding_vs_numpy():
     mean = k_tc @ np.linalg.solve(k_cc, yc)
     var = VAR + JITTER - np.einsum("ij,ji->i", k_tc, np.linalg.solve(k_cc, k_tc.T))
     # Slot order: valid, padded (garbage), valid.
-    s_ctx = torch.tensor([[xc[0], [1e4, float("nan")], xc[1]]], dtype=torch.float32)
+    s_ctx = torch.tensor(np.array([[xc[0], [1e4, np.nan], xc[1]]]), dtype=torch.float32)
     f_ctx = torch.tensor([[[yc[0]], [float("nan")], [yc[1]]]], dtype=torch.float32)
     batch = Batch(
         s_ctx=s_ctx,

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from bsatnp.attention.exp_basis import exp_basis
 from bsatnp.attention.distances import DISTANCES, Components, pairwise_components
 
 FAMILIES = ("rbf", "exponential", "tisa", "scalar")
@@ -142,7 +143,10 @@ class DistanceBias(nn.Module):
 
     def forward(self, coords_q: Tensor, coords_k: Tensor) -> Tensor:
         """Bias ``[B, H, Lq, Lk]`` between ``coords_q [B, Lq, D]`` and ``coords_k [B, Lk, D]``."""
-        dist = self.distance(*pairwise_components(coords_q, coords_k))[:, None]
+        dist = self.distance(*pairwise_components(coords_q, coords_k))
+        if self.spec.family in ("rbf", "exponential"):
+            return exp_basis(dist, self.a, self.b)
+        dist = dist[:, None]
         H = self.num_heads
         shaped = [None if p is None else p.view(1, H, 1, 1, -1) for p in self.params()]
         return self.profile(dist, *shaped)

@@ -42,15 +42,31 @@ def _scores(
     k_t: Tensor,
     bias_t: Tensor | None,
     mask_t: Tensor | None,
-    scale: float,
 ) -> Tensor:
-    """Biased, masked scores of one tile ``[B, H, tq, tk]``."""
-    scores = torch.matmul(q_t, k_t.transpose(-1, -2)).mul_(scale)
-    if bias_t is not None:
-        scores.add_(bias_t)
+    """Biased, masked scores of one tile ``[B, H, tq, tk]`` (``q_t`` is already scaled).
+
+    ``bias_t`` is overwritten where keys are masked.
+    """
+    B, H, tq, D = q_t.shape
+    tk = k_t.shape[2]
+    qf, kf = q_t.reshape(B * H, tq, D), k_t.reshape(B * H, tk, D).transpose(1, 2)
+    if bias_t is None:
+        scores = torch.bmm(qf, kf).view(B, H, tq, tk)
+        if mask_t is not None:
+            scores.masked_fill_(~mask_t[:, None, None, :], float("-inf"))
+        return scores
     if mask_t is not None:
-        scores.masked_fill_(~mask_t[:, None, None, :], float("-inf"))
-    return scores
+        bias_t.masked_fill_(~mask_t[:, None, None, :], float("-inf"))
+    return torch.baddbmm(bias_t.reshape(B * H, tq, tk), qf, kf).view(B, H, tq, tk)
+
+
+def _key_tiles(key_mask: Tensor | None, Lk: int, tk: int) -> list[tuple[int, Tensor | None]]:
+    """Start of every key tile and its mask (``None`` where all its keys are valid)."""
+    tiles: list[tuple[int, Tensor | None]] = []
+    for j in range(0, Lk, tk):
+        mask_t = None if key_mask is None else key_mask[:, j : j + tk]
+        tiles.append((j, None if mask_t is None or bool(mask_t.all()) else mask_t))
+    return tiles
 
 
 def tiled_forward(
@@ -64,34 +80,37 @@ def tiled_forward(
     scale: float,
     tile_q: int | None = None,
     tile_k: int | None = None,
-) -> tuple[Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor]:
     """Scan forward without autograd.
 
     Shapes as in :func:`bsatnp.attention.dense.dense_attention`.
 
     Returns:
-        ``(out [B, H, Lq, Dv], lse [B, H, Lq])`` where ``lse`` is the log-sum-exp of the
-        scores of each row (``+inf`` for rows without a valid key, so that recomputed
-        probabilities are zero there).
+        ``(out [B, H, Lq, Dv], m [B, H, Lq], ell [B, H, Lq])``: the output, the row max of
+        the scores and the row sum of ``exp(scores − m)``. Rows without a valid key get
+        ``m = +inf`` and ``ell = 1``, so that recomputed probabilities are zero there.
+        Keeping ``m`` and ``ell`` apart (not ``m + log ell``) keeps ``exp(s − m)`` exact to
+        float32 round-off even when scores are large.
     """
     B, H, Lq, _ = q.shape
     Lk = k.shape[2]
     tq, tk = tile_sizes(B, H, Lq, Lk, tile_q, tile_k)
+    key_tiles = _key_tiles(key_mask, Lk, tk)
+    q = q * scale
     out = q.new_empty(B, H, Lq, v.shape[-1])
-    lse = q.new_empty(B, H, Lq)
+    m_all, ell_all = q.new_empty(B, H, Lq), q.new_empty(B, H, Lq)
     for i in range(0, Lq, tq):
         q_t = q[:, :, i : i + tq]
         cq = slice_coords(coords_q, i, i + tq)
         m = q_t.new_full(q_t.shape[:3], float("-inf"))
         ell = q_t.new_zeros(q_t.shape[:3])
         acc = q_t.new_zeros(*q_t.shape[:3], v.shape[-1])
-        for j in range(0, Lk, tk):
+        for j, mask_t in key_tiles:
             bias_t = None if bias is None else bias(cq, slice_coords(coords_k, j, j + tk))
-            mask_t = None if key_mask is None else key_mask[:, j : j + tk]
-            scores = _scores(q_t, k[:, :, j : j + tk], bias_t, mask_t, scale)
+            scores = _scores(q_t, k[:, :, j : j + tk], bias_t, mask_t)
             m_new = torch.maximum(m, scores.amax(dim=-1))
             m_safe = torch.where(torch.isfinite(m_new), m_new, torch.zeros_like(m_new))
-            p = torch.exp(scores.sub_(m_safe[..., None]))
+            p = scores.sub_(m_safe[..., None]).exp_()
             alpha = torch.exp(m - m_safe)
             ell = ell * alpha + p.sum(dim=-1)
             acc = acc * alpha[..., None] + torch.matmul(p, v[:, :, j : j + tk])
@@ -100,10 +119,9 @@ def tiled_forward(
         out[:, :, i : i + tq] = torch.where(
             valid[..., None], acc / ell.clamp_min(1e-38)[..., None], torch.zeros_like(acc)
         )
-        lse[:, :, i : i + tq] = torch.where(
-            valid, m + torch.log(ell.clamp_min(1e-38)), torch.full_like(m, float("inf"))
-        )
-    return out, lse
+        m_all[:, :, i : i + tq] = torch.where(valid, m, torch.full_like(m, float("inf")))
+        ell_all[:, :, i : i + tq] = torch.where(valid, ell, torch.ones_like(ell))
+    return out, m_all, ell_all
 
 
 class _TiledBiasedAttention(torch.autograd.Function):
@@ -124,54 +142,57 @@ class _TiledBiasedAttention(torch.autograd.Function):
         tile_k: int | None,
         *params: Tensor,
     ) -> Tensor:
-        out, lse = tiled_forward(q, k, v, bias, coords_q, coords_k, key_mask, scale, tile_q, tile_k)
-        ctx.save_for_backward(q, k, v, out, lse)
+        out, m, ell = tiled_forward(
+            q, k, v, bias, coords_q, coords_k, key_mask, scale, tile_q, tile_k
+        )
+        ctx.save_for_backward(q, k, v, out, m, ell)
         ctx.key_mask, ctx.bias, ctx.coords_q, ctx.coords_k = key_mask, bias, coords_q, coords_k
         ctx.scale, ctx.tile_q, ctx.tile_k, ctx.params = scale, tile_q, tile_k, params
         return out
 
     @staticmethod
     def backward(ctx: Any, dout: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        q, k, v, out, lse = ctx.saved_tensors
+        q, k, v, out, m, ell = ctx.saved_tensors
         bias: AttentionBias | None = ctx.bias
         params: Sequence[Tensor] = ctx.params
-        want_params = [ctx.needs_input_grad[10 + n] for n in range(len(params))]
-        grad_params = [torch.zeros_like(p) if w else None for p, w in zip(params, want_params)]
+        want = [ctx.needs_input_grad[10 + n] for n in range(len(params))]
+        wanted = [p for p, w in zip(params, want) if w]
+        # Accumulated over all tiles in float64: the sums are long and cancel.
+        grad_wanted = [torch.zeros_like(p, dtype=torch.float64) for p in wanted]
         B, H, Lq, _ = q.shape
         Lk = k.shape[2]
         tq, tk = tile_sizes(B, H, Lq, Lk, ctx.tile_q, ctx.tile_k)
-        dout = dout.contiguous()
-        delta = (dout * out).sum(-1)  # [B, H, Lq]
+        key_tiles = _key_tiles(ctx.key_mask, Lk, tk)
+        # With P = exp(S − m)/ℓ: fold 1/ℓ into dO so that only exp(S − m) is formed.
+        dout_l = dout / ell[..., None]
+        delta = (dout * out).sum(-1, keepdim=True) / ell[..., None]  # [B, H, Lq, 1]
+        q_scaled = q * ctx.scale
         dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
         for i in range(0, Lq, tq):
-            q_t, do_t = q[:, :, i : i + tq], dout[:, :, i : i + tq]
-            lse_t, delta_t = lse[:, :, i : i + tq, None], delta[:, :, i : i + tq, None]
+            q_t, do_t = q_scaled[:, :, i : i + tq], dout_l[:, :, i : i + tq]
+            m_t, delta_t = m[:, :, i : i + tq, None], delta[:, :, i : i + tq]
             cq = slice_coords(ctx.coords_q, i, i + tq)
-            for j in range(0, Lk, tk):
+            for j, mask_t in key_tiles:
                 k_j, v_j = k[:, :, j : j + tk], v[:, :, j : j + tk]
                 bias_t = None
                 if bias is not None:
                     with torch.enable_grad():
                         bias_t = bias(cq, slice_coords(ctx.coords_k, j, j + tk))
-                mask_t = None if ctx.key_mask is None else ctx.key_mask[:, j : j + tk]
                 scores = _scores(
-                    q_t, k_j, None if bias_t is None else bias_t.detach(), mask_t, ctx.scale
+                    q_t, k_j, None if bias_t is None else bias_t.detach().clone(), mask_t
                 )
-                p = torch.exp(scores.sub_(lse_t))
-                dv[:, :, j : j + tk] += torch.matmul(p.transpose(-1, -2), do_t)
-                ds = p.mul_(torch.matmul(do_t, v_j.transpose(-1, -2)).sub_(delta_t))
-                dq[:, :, i : i + tq] += torch.matmul(ds, k_j) * ctx.scale
-                dk[:, :, j : j + tk] += torch.matmul(ds.transpose(-1, -2), q_t) * ctx.scale
-                if bias_t is not None and any(want_params):
-                    wanted = [p_ for p_, w in zip(params, want_params) if w]
-                    grads = torch.autograd.grad(bias_t, wanted, ds, allow_unused=True)
-                    it = iter(grads)
-                    for n, w in enumerate(want_params):
-                        if w:
-                            g = next(it)
-                            if g is not None:
-                                grad_params[n] += g
-        return (dq, dk, dv, None, None, None, None, None, None, None, *grad_params)
+                e = scores.sub_(m_t).exp_()
+                dv[:, :, j : j + tk] += torch.matmul(e.transpose(-1, -2), do_t)
+                ds = e.mul_(torch.matmul(do_t, v_j.transpose(-1, -2)).sub_(delta_t))
+                dq[:, :, i : i + tq] += torch.matmul(ds, k_j)
+                dk[:, :, j : j + tk] += torch.matmul(ds.transpose(-1, -2), q_t)
+                if bias_t is not None and wanted:
+                    for acc, g in zip(grad_wanted, torch.autograd.grad(bias_t, wanted, ds)):
+                        acc += g
+        dq.mul_(ctx.scale)
+        it = iter(grad_wanted)
+        grads = [next(it).to(p.dtype) if w else None for p, w in zip(params, want)]
+        return (dq, dk, dv, None, None, None, None, None, None, None, *grads)
 
 
 def tiled_attention(

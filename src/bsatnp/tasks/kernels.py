@@ -81,6 +81,9 @@ def periodic(
 ) -> Tensor:
     """Periodic kernel ``var · exp(−2 sin²(π d / p) / ℓ²)`` on the Euclidean distance ``d``.
 
+    Positive semi-definite for 1-D inputs; on the Euclidean distance in several
+    dimensions it need not be.
+
     Args:
         x1: Points ``[B, N, D]``.
         x2: Points ``[B, M, D]``.

@@ -1,0 +1,81 @@
+"""Training configuration: plain data, serialisable to JSON (defaults: SPEC §7)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+_POSITIVE_INTS = ("steps", "batch_size", "val_every", "val_batches", "save_every", "log_every")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation, validation and checkpointing settings of one training run.
+
+    Attributes:
+        steps: Total optimiser steps (also the length of the cosine decay).
+        batch_size: Tasks per batch, read by whoever builds the task sampler.
+        lr: Peak (initial) learning rate of AdamW.
+        final_lr_factor: Final learning rate as a fraction of ``lr``.
+        weight_decay: AdamW decoupled weight decay.
+        betas: AdamW moment decay rates.
+        clip_norm: Global gradient-norm clipping threshold.
+        val_every: Run validation every this many steps.
+        val_batches: Validation batches, read by whoever builds the validation function.
+        save_every: Write ``last.safetensors`` every this many steps.
+        seed: Seed of the generator that draws training batches.
+        log_every: Write a training record to ``log.jsonl`` every this many steps.
+        out_dir: Directory for checkpoints and the log.
+    """
+
+    steps: int = 100_000
+    batch_size: int = 8
+    lr: float = 1e-4
+    final_lr_factor: float = 2e-5
+    weight_decay: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    clip_norm: float = 0.5
+    val_every: int = 1000
+    val_batches: int = 32
+    save_every: int = 1000
+    seed: int = 0
+    log_every: int = 10
+    out_dir: str = "runs/exp"
+
+    def __post_init__(self) -> None:
+        for name in _POSITIVE_INTS:
+            if getattr(self, name) < 1:
+                raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr}")
+        if not 0.0 <= self.final_lr_factor <= 1.0:
+            raise ValueError(
+                f"TrainConfig.final_lr_factor must be in [0, 1], got {self.final_lr_factor}"
+            )
+        if self.weight_decay < 0:
+            raise ValueError(f"TrainConfig.weight_decay must be >= 0, got {self.weight_decay}")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"TrainConfig.betas must be two numbers in [0, 1), got {self.betas}")
+        if self.clip_norm <= 0:
+            raise ValueError(f"TrainConfig.clip_norm must be > 0, got {self.clip_norm}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dictionary (inverse of :meth:`from_dict`)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
+        """Rebuild from :meth:`to_dict` output (or YAML); unknown keys raise ``ValueError``.
+
+        Missing keys take their defaults.
+        """
+        if not isinstance(data, Mapping):
+            raise ValueError(f"TrainConfig.from_dict needs a mapping, got {type(data).__name__}")
+        unknown = set(data) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown TrainConfig keys: {sorted(unknown)}")
+        kwargs = dict(data)
+        if "betas" in kwargs:
+            kwargs["betas"] = tuple(kwargs["betas"])
+        return cls(**kwargs)

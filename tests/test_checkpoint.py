@@ -1,0 +1,221 @@
+"""Checkpoint files: round trip, atomic writes, and clear errors on bad files."""
+
+from __future__ import annotations
+
+import os
+import pickle
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import bsatnp
+from bsatnp import Batch
+from bsatnp.io.checkpoint import load_checkpoint, load_model, save_checkpoint
+from bsatnp.models import BSATNP, masked_nll
+from bsatnp.train.schedule import cosine_schedule
+
+TINY = dict(num_blocks=1, dim=16, qkv_dim=16, ffn_dim=32, embed_hidden=(32,), head_hidden=(32,))
+
+
+def tiny_model(seed: int = 0, **overrides) -> BSATNP:
+    torch.manual_seed(seed)
+    return BSATNP(**{**TINY, **overrides})
+
+
+def small_batch(seed: int = 0) -> Batch:
+    g = torch.Generator().manual_seed(seed)
+    return Batch(
+        s_ctx=torch.rand(2, 10, 2, generator=g), f_ctx=torch.randn(2, 10, 1, generator=g),
+        s_test=torch.rand(2, 6, 2, generator=g), f_test=torch.randn(2, 6, 1, generator=g),
+    )
+
+
+def trained_state():
+    """A model, optimizer and scheduler after two steps (so the optimizer has state)."""
+    model = tiny_model()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
+    scheduler = cosine_schedule(optimizer, 10, 0.1)
+    for seed in range(2):
+        batch = small_batch(seed)
+        loss = masked_nll(model(batch), batch.f_test, batch.test_mask())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+    return model, optimizer, scheduler
+
+
+def assert_same(a, b) -> None:
+    """Recursive equality with exact tensor comparison (dtype, shape and bits)."""
+    if isinstance(a, dict):  # dict or OrderedDict; tensor files store keys sorted
+        assert isinstance(b, dict) and set(a) == set(b)
+        for k in a:
+            assert_same(a[k], b[k])
+        return
+    assert type(a) is type(b), (a, b)
+    if isinstance(a, torch.Tensor):
+        assert a.dtype == b.dtype and torch.equal(a, b)
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b)
+        for x, y in zip(a, b, strict=True):
+            assert_same(x, y)
+    else:
+        assert a == b
+
+
+def test_round_trip(tmp_path):
+    model, optimizer, scheduler = trained_state()
+    rng = {"torch": torch.get_rng_state(), "data": torch.Generator().manual_seed(3).get_state()}
+    extra = {"task": {"kernel": "rbf", "lengthscale": (0.1, 0.5)}, "normaliser": {
+        "mean": torch.tensor([0.5]), "std": 2.0}, "weird keys": {1: "a", "__tensor__": "b"}}
+    path = save_checkpoint(tmp_path / "c.safetensors", model, optimizer, scheduler, step=7,
+                           rng=rng, train_config={"lr": 1e-3, "betas": (0.9, 0.999)},
+                           extra=extra, best_metric=1.25)
+    ckpt = load_checkpoint(path)
+    assert ckpt.model_config == model.config.to_dict()
+    assert_same(ckpt.model_state, model.state_dict())
+    assert_same(ckpt.optimizer_state, optimizer.state_dict())
+    assert_same(ckpt.scheduler_state, scheduler.state_dict())
+    assert_same(ckpt.rng, rng)
+    assert_same(ckpt.extra, extra)
+    assert ckpt.train_config == {"lr": 1e-3, "betas": (0.9, 0.999)}
+    assert (ckpt.step, ckpt.best_metric, ckpt.version) == (7, 1.25, bsatnp.__version__)
+
+    fresh = torch.optim.AdamW(tiny_model(1).parameters())
+    ckpt.restore(fresh, "optimizer")
+    assert_same(fresh.state_dict(), optimizer.state_dict())
+
+
+def test_load_model_reproduces_predictions(tmp_path):
+    model, _, _ = trained_state()
+    save_checkpoint(tmp_path / "m.safetensors", model)
+    loaded = load_model(tmp_path / "m.safetensors")
+    assert not loaded.training
+    assert loaded.config == model.config
+    model.eval()
+    for ours, theirs in zip(model.predict(small_batch(5)), loaded.predict(small_batch(5)),
+                            strict=True):
+        assert torch.equal(ours, theirs)
+    ckpt = load_checkpoint(tmp_path / "m.safetensors")
+    assert ckpt.optimizer_state is None and ckpt.scheduler_state is None
+    assert ckpt.extra is None and ckpt.best_metric is None and ckpt.rng == {}
+
+
+def test_atomic_write_leaves_no_temp_files(tmp_path):
+    model = tiny_model()
+    for step in range(3):
+        save_checkpoint(tmp_path / "last.safetensors", model, step=step)
+    assert os.listdir(tmp_path) == ["last.safetensors"]
+    assert load_checkpoint(tmp_path / "last.safetensors").step == 2
+
+
+@pytest.mark.parametrize("crash_in", ["fsync", "replace"])
+def test_crash_mid_write_keeps_previous_checkpoint(tmp_path, monkeypatch, crash_in):
+    model = tiny_model()
+    path = save_checkpoint(tmp_path / "last.safetensors", model, step=1)
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt("simulated crash")
+
+    monkeypatch.setattr(os, crash_in, crash)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(path, tiny_model(seed=1), step=2)
+    monkeypatch.undo()
+    assert os.listdir(tmp_path) == ["last.safetensors"]
+    ckpt = load_checkpoint(path)
+    assert ckpt.step == 1
+    assert_same(ckpt.model_state, model.state_dict())
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.safetensors"):
+        load_checkpoint(tmp_path / "nope.safetensors")
+    with pytest.raises(FileNotFoundError):
+        load_model(tmp_path / "nope.safetensors")
+
+
+def _truncated(path, data):
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _header_cut(path, data):
+    path.write_bytes(data[:100])
+
+
+def _random(path, data):
+    path.write_bytes(torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(0),
+                                   dtype=torch.uint8).numpy().tobytes())
+
+
+def _empty(path, data):
+    path.write_bytes(b"")
+
+
+def _pickle(path, data):
+    path.write_bytes(pickle.dumps({"weights": [1.0, 2.0]}))
+
+
+def _torch_save(path, data):
+    torch.save(tiny_model().state_dict(), path)
+
+
+@pytest.mark.parametrize("damage", [_truncated, _header_cut, _random, _empty, _pickle,
+                                    _torch_save])
+def test_unreadable_files_raise_value_error(tmp_path, damage):
+    good = save_checkpoint(tmp_path / "good.safetensors", tiny_model(), step=3)
+    bad = tmp_path / "bad.safetensors"
+    damage(bad, good.read_bytes())
+    with pytest.raises(ValueError, match="bad.safetensors.*not a readable safetensors"):
+        load_checkpoint(bad)
+
+
+def test_foreign_safetensors_file(tmp_path):
+    path = tmp_path / "foreign.safetensors"
+    save_file(tiny_model().state_dict(), str(path), metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="foreign.safetensors.*not a bsatnp checkpoint"):
+        load_model(path)
+
+
+def test_newer_format_version(tmp_path):
+    path = tmp_path / "future.safetensors"
+    save_file({"model/w": torch.zeros(1)}, str(path),
+              metadata={"format": "bsatnp-checkpoint", "format_version": "99"})
+    with pytest.raises(ValueError, match="future.safetensors.*format version '99'"):
+        load_checkpoint(path)
+
+
+def test_damaged_metadata(tmp_path):
+    path = tmp_path / "damaged.safetensors"
+    save_file({"model/w": torch.zeros(1)}, str(path),
+              metadata={"format": "bsatnp-checkpoint", "format_version": "1", "step": "{"})
+    with pytest.raises(ValueError, match="damaged.safetensors"):
+        load_checkpoint(path)
+
+
+def test_state_that_does_not_fit(tmp_path):
+    model, optimizer, _ = trained_state()
+    path = save_checkpoint(tmp_path / "c.safetensors", model, optimizer)
+    ckpt = load_checkpoint(path)
+    other = tiny_model(dim=8)
+    with pytest.raises(ValueError, match="c.safetensors.*model state does not fit"):
+        ckpt.restore(other, "model")
+    with pytest.raises(ValueError, match="optimizer state does not fit"):
+        ckpt.restore(torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))]), "optimizer")
+    with pytest.raises(ValueError, match="holds no scheduler state"):
+        ckpt.restore(cosine_schedule(optimizer, 10, 0.1), "scheduler")
+    ckpt.model_state.pop("norm.weight")
+    with pytest.raises(ValueError, match="model state does not fit"):
+        ckpt.build_model()
+    ckpt.model_config["dim"] = -3
+    with pytest.raises(ValueError, match="model config is invalid"):
+        ckpt.build_model()
+
+
+def test_save_rejects_bad_values(tmp_path):
+    model = tiny_model()
+    with pytest.raises(ValueError, match="uint8"):
+        save_checkpoint(tmp_path / "a.safetensors", model, rng={"torch": torch.zeros(3)})
+    with pytest.raises(ValueError, match="cannot store a object"):
+        save_checkpoint(tmp_path / "a.safetensors", model, extra={"x": object()})
+    assert not any(tmp_path.iterdir())

@@ -1,0 +1,197 @@
+"""Training: schedule, config, loss goes down, best checkpoint, logging, exact resume."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from bsatnp import Batch
+from bsatnp.io.checkpoint import load_checkpoint, save_checkpoint
+from bsatnp.models import BSATNP, masked_nll
+from bsatnp.train.config import TrainConfig
+from bsatnp.train.schedule import CosineDecay, cosine_schedule
+from bsatnp.train.trainer import Trainer
+
+TINY = dict(num_blocks=1, dim=16, qkv_dim=16, ffn_dim=32, embed_hidden=(32,), head_hidden=(32,))
+
+
+def tiny_model(seed: int = 0) -> BSATNP:
+    torch.manual_seed(seed)
+    return BSATNP(**TINY)
+
+
+def sample_batch(generator: torch.Generator) -> Batch:
+    """Small random batch: data from ``generator``, the test mask from the global RNG.
+
+    Using the global RNG too makes the resume test sensitive to restoring it.
+    """
+    s_ctx = torch.rand(2, 10, 2, generator=generator)
+    s_test = torch.rand(2, 6, 2, generator=generator)
+    f_ctx = torch.sin(3 * s_ctx.sum(-1, keepdim=True))
+    f_test = torch.sin(3 * s_test.sum(-1, keepdim=True))
+    mask_test = torch.rand(2, 6) < 0.8
+    mask_test[:, 0] = True
+    return Batch(s_ctx=s_ctx, f_ctx=f_ctx, s_test=s_test, f_test=f_test, mask_test=mask_test)
+
+
+def config(tmp_path, **overrides) -> TrainConfig:
+    base = dict(steps=20, lr=1e-3, final_lr_factor=0.1, val_every=5, save_every=5, log_every=2,
+                out_dir=str(tmp_path))
+    return TrainConfig(**{**base, **overrides})
+
+
+def fixed_val_batch_nll(model: BSATNP) -> dict[str, float]:
+    batch = sample_batch_from_seed(123)
+    return {"nll": masked_nll(model(batch), batch.f_test, batch.test_mask()).item()}
+
+
+def sample_batch_from_seed(seed: int) -> Batch:
+    state = torch.get_rng_state()
+    batch = sample_batch(torch.Generator().manual_seed(seed))
+    torch.set_rng_state(state)  # validation must not move the global RNG
+    return batch
+
+
+# ------------------------------------------------------------------------- schedule
+def test_cosine_decay_values():
+    decay = CosineDecay(100_000, 2e-5)
+    assert decay(0) == 1.0
+    assert decay(50_000) == pytest.approx(0.5 * (1 + 2e-5), rel=1e-12)
+    assert decay(25_000) == pytest.approx(2e-5 + (1 - 2e-5) * 0.5 * (1 + math.cos(math.pi / 4)))
+    assert decay(100_000) == pytest.approx(2e-5, rel=1e-12)
+    assert decay(200_000) == pytest.approx(2e-5, rel=1e-12)
+    values = [decay(k) for k in range(0, 100_001, 1000)]
+    assert all(a >= b for a, b in zip(values, values[1:], strict=False))
+
+
+def test_cosine_schedule_drives_optimizer_lr():
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1e-4)
+    scheduler = cosine_schedule(optimizer, 10, 2e-5)
+    lrs = []
+    for _ in range(10):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    lrs.append(optimizer.param_groups[0]["lr"])
+    assert lrs[0] == pytest.approx(1e-4)
+    assert lrs[5] == pytest.approx(1e-4 * 0.5 * (1 + 2e-5))
+    assert lrs[10] == pytest.approx(1e-4 * 2e-5)
+    assert scheduler.state_dict()["lr_lambdas"] == [{"total_steps": 10, "final_factor": 2e-5}]
+
+
+@pytest.mark.parametrize("args", [(0, 0.1), (10, -0.1), (10, 1.5)])
+def test_cosine_decay_rejects_bad_args(args):
+    with pytest.raises(ValueError):
+        CosineDecay(*args)
+
+
+# --------------------------------------------------------------------------- config
+def test_train_config_defaults_and_round_trip():
+    cfg = TrainConfig()
+    assert (cfg.steps, cfg.batch_size, cfg.lr, cfg.final_lr_factor) == (100_000, 8, 1e-4, 2e-5)
+    assert (cfg.weight_decay, cfg.betas, cfg.clip_norm) == (1e-4, (0.9, 0.999), 0.5)
+    data = json.loads(json.dumps(TrainConfig(steps=5, betas=(0.8, 0.99)).to_dict()))
+    assert TrainConfig.from_dict(data) == TrainConfig(steps=5, betas=(0.8, 0.99))
+    assert TrainConfig.from_dict({"lr": 3e-4}) == TrainConfig(lr=3e-4)
+
+
+def test_train_config_rejects_unknown_and_bad_values():
+    with pytest.raises(ValueError, match="unknown TrainConfig keys: \\['step'\\]"):
+        TrainConfig.from_dict({"step": 10})
+    with pytest.raises(ValueError, match="mapping"):
+        TrainConfig.from_dict([("steps", 10)])
+    for bad in ({"steps": 0}, {"lr": 0.0}, {"final_lr_factor": 2.0}, {"betas": (0.9,)},
+                {"clip_norm": 0.0}, {"weight_decay": -1.0}, {"save_every": 0}):
+        with pytest.raises(ValueError):
+            TrainConfig(**bad)
+
+
+# -------------------------------------------------------------------------- trainer
+def test_a_few_steps_reduce_the_loss_on_a_fixed_batch(tmp_path):
+    batch = sample_batch(torch.Generator().manual_seed(0))
+    model = tiny_model()
+
+    def loss() -> float:
+        with torch.no_grad():
+            return masked_nll(model(batch), batch.f_test, batch.test_mask()).item()
+
+    before = loss()
+    cfg = config(tmp_path, steps=30, lr=3e-3, final_lr_factor=1.0, clip_norm=10.0)
+    Trainer(model, lambda g: batch, cfg).fit(progress=False)
+    assert loss() < before - 0.1
+
+
+def test_resume_is_bitwise_exact(tmp_path):
+    straight = Trainer(tiny_model(), sample_batch, config(tmp_path / "a"), fixed_val_batch_nll)
+    straight.fit(progress=False)
+
+    first = Trainer(tiny_model(), sample_batch, config(tmp_path / "b"), fixed_val_batch_nll)
+    first.fit(steps=10, progress=False)
+    del first
+    torch.manual_seed(999)  # a fresh process would have some other global RNG state
+    torch.rand(1000)
+    resumed = Trainer.from_checkpoint(tmp_path / "b" / "last.safetensors", sample_batch,
+                                      fixed_val_batch_nll)
+    assert resumed.step == 10
+    resumed.fit(progress=False)
+
+    assert resumed.step == straight.step == 20
+    for (name, a), (_, b) in zip(straight.model.named_parameters(),
+                                 resumed.model.named_parameters(), strict=True):
+        assert torch.equal(a, b), name
+    assert straight.best_metric == resumed.best_metric
+    assert torch.equal(straight.generator.get_state(), resumed.generator.get_state())
+    assert load_checkpoint(tmp_path / "b" / "last.safetensors").step == 20
+
+
+def test_best_checkpoint_tracks_lowest_validation_nll(tmp_path):
+    scripted = iter([3.0, 1.0, 2.0, 1.5])
+
+    def validate(model: BSATNP) -> dict[str, float]:
+        assert not model.training and not torch.is_grad_enabled()
+        return {"nll": next(scripted), "rmse": 0.5}
+
+    trainer = Trainer(tiny_model(), sample_batch, config(tmp_path, steps=8, val_every=2),
+                      validate, extra={"task": "toy"})
+    trainer.fit(progress=False)
+    assert trainer.model.training
+    best = load_checkpoint(tmp_path / "best.safetensors")
+    assert (best.step, best.best_metric, best.extra) == (4, 1.0, {"task": "toy"})
+    last = load_checkpoint(tmp_path / "last.safetensors")
+    assert (last.step, last.best_metric) == (8, 1.0)
+
+    records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [2, 4, 6, 8]
+    assert [r["val_nll"] for r in records] == [3.0, 1.0, 2.0, 1.5]
+    assert all({"loss", "lr", "grad_norm", "time", "val_rmse"} <= set(r) for r in records)
+
+
+def test_log_and_checkpoint_schedule(tmp_path):
+    trainer = Trainer(tiny_model(), sample_batch,
+                      config(tmp_path, steps=7, log_every=3, save_every=100))
+    trainer.fit(steps=4, progress=False)
+    assert trainer.step == 4
+    assert load_checkpoint(tmp_path / "last.safetensors").step == 4
+    trainer.fit(progress=False)
+    records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [3, 4, 6, 7]
+    assert all(math.isfinite(r["loss"]) and r["grad_norm"] > 0 for r in records)
+    assert records[0]["lr"] > records[-1]["lr"]
+    assert not (tmp_path / "best.safetensors").exists()
+    assert load_checkpoint(tmp_path / "last.safetensors").step == 7
+
+
+def test_validate_must_report_nll(tmp_path):
+    trainer = Trainer(tiny_model(), sample_batch, config(tmp_path, val_every=1),
+                      lambda model: {"rmse": 1.0})
+    with pytest.raises(ValueError, match="'nll'"):
+        trainer.fit(steps=1, progress=False)
+
+
+def test_from_checkpoint_needs_a_trainer_checkpoint(tmp_path):
+    path = save_checkpoint(tmp_path / "weights.safetensors", tiny_model())
+    with pytest.raises(ValueError, match="weights.safetensors.*not written by a Trainer"):
+        Trainer.from_checkpoint(path, sample_batch)
