@@ -1,58 +1,87 @@
 """Fast exact evaluation of exponential basis biases ``Σ_f a[h,f]·exp(−b[h,f]·r)``.
 
 The ``rbf`` (``r = d²``) and ``exponential`` (``r = d``) families evaluate one exponential
-per *distinct* rate ``b``, shared by every head and basis function that has that rate,
-instead of one per (head, basis function). With the reference's constant init all rates
-are equal (and stay equal through training), so a 4-head, 5-basis bias costs one
-exponential per pair instead of twenty; with the ``spread`` init the heads share their
-rates (5 instead of 20). The backward reduces over pairs with BLAS and is exact for every
-individual ``a[h,f]`` and ``b[h,f]``.
+per *distinct* rate ``b`` instead of one per (head, basis function). With the reference's
+constant init the basis functions of a head keep identical rates through training, so a
+4-head, 5-basis bias costs one exponential per pair and head (one in all before the first
+update); the ``spread`` init starts with rates shared by all heads. Rates are grouped
+either across all heads or head by head, whichever needs fewer passes over the tile. The
+backward reduces over pairs with BLAS and is exact for every ``a[h,f]`` and ``b[h,f]``.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
+from bsatnp.attention.numerics import exp_
 
-def _groups(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Distinct rates ``[U]``, index of each ``b[h,f]`` among them ``[H, F]`` and the summed
-    amplitudes per head and rate ``[H, U]``."""
-    rates, inverse = torch.unique(b, return_inverse=True)
-    amp = a.new_zeros(a.shape[0], rates.numel())
-    amp.scatter_add_(1, inverse, a)
-    return rates, inverse, amp
+
+class _RateGroup(NamedTuple):
+    heads: slice  # heads that share these rates
+    rates: Tensor  # [U] distinct rates
+    inverse: Tensor  # [Hs, F] index of each b[h, f] in rates
+    amp: Tensor  # [Hs, U] summed amplitudes per head and rate
+
+
+def _group(a: Tensor, b: Tensor, heads: slice) -> _RateGroup:
+    rates, inverse = torch.unique(b[heads], return_inverse=True)
+    amp = a.new_zeros(inverse.shape[0], rates.numel())
+    amp.scatter_add_(1, inverse, a[heads])
+    return _RateGroup(heads, rates, inverse, amp)
+
+
+def _rate_groups(a: Tensor, b: Tensor) -> list[_RateGroup]:
+    """Group by rate across heads, or per head when that costs fewer tile passes."""
+    H = a.shape[0]
+    shared = _group(a, b, slice(0, H))
+    per_head = [_group(a, b, slice(h, h + 1)) for h in range(H)]
+    cost_shared = shared.rates.numel() * (1 + H)  # one exp, then one pass over H heads
+    cost_per_head = sum(2 * g.rates.numel() for g in per_head)
+    return [shared] if cost_shared <= cost_per_head else per_head
 
 
 class _ExpBasis(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, r: Tensor, a: Tensor, b: Tensor) -> Tensor:  # type: ignore[override]
-        rates, inverse, amp = _groups(a, b)
-        H = a.shape[0]
-        # [B, N, 2·U]: exp(−u·r) and exp(−u·r)·r per distinct rate u (for the backward).
-        flat_r = r.reshape(r.shape[0], -1)
-        basis = flat_r.new_empty(*flat_r.shape, 2 * rates.numel())
-        out = None
-        for u in range(rates.numel()):
-            e = torch.exp(flat_r * -rates[u])
-            basis[..., 2 * u] = e
-            torch.mul(e, flat_r, out=basis[..., 2 * u + 1])
-            term = e[:, None] * amp[:, u].view(1, H, 1)
-            out = term if out is None else out.add_(term)
-        assert out is not None
-        ctx.save_for_backward(basis, a, inverse)
-        return out.view(r.shape[0], H, *r.shape[1:])
+        B, H = r.shape[0], a.shape[0]
+        flat_r = r.reshape(B, -1)
+        out = flat_r.new_empty(B, H, flat_r.shape[1])
+        groups = _rate_groups(a, b)
+        bases = []
+        for group in groups:
+            U, Hs = group.rates.numel(), group.amp.shape[0]
+            # [B, N, 2·U]: exp(−u·r) and exp(−u·r)·r per rate u, kept for the backward.
+            basis = flat_r.new_empty(*flat_r.shape, 2 * U)
+            target = out[:, group.heads]
+            for u in range(U):
+                e = exp_(flat_r * -group.rates[u])
+                basis[..., 2 * u] = e
+                torch.mul(e, flat_r, out=basis[..., 2 * u + 1])
+                term = e[:, None] * group.amp[:, u].view(1, Hs, 1)
+                if u == 0:
+                    target.copy_(term)
+                else:
+                    target.add_(term)
+            bases.append(basis)
+        ctx.groups = groups
+        ctx.save_for_backward(a, *bases)
+        return out.view(B, H, *r.shape[1:])
 
     @staticmethod
     def backward(ctx: Any, grad_out: Tensor) -> tuple[None, Tensor, Tensor]:  # type: ignore[override]
-        basis, a, inverse = ctx.saved_tensors
+        a, *bases = ctx.saved_tensors
         B, H = grad_out.shape[:2]
-        # One pass over grad_out: Σ_pairs g·e and Σ_pairs g·e·r for every head and rate.
-        sums = torch.bmm(grad_out.reshape(B, H, -1), basis).sum(0).view(H, -1, 2)
-        grad_a = sums[..., 0].gather(1, inverse)
-        grad_b = -a * sums[..., 1].gather(1, inverse)
+        g = grad_out.reshape(B, H, -1)
+        grad_a, grad_b = torch.empty_like(a), torch.empty_like(a)
+        for group, basis in zip(ctx.groups, bases):
+            Hs = group.amp.shape[0]
+            # One pass over the gradient: Σ_pairs g·e and Σ_pairs g·e·r per head and rate.
+            sums = torch.bmm(g[:, group.heads], basis).sum(0).view(Hs, -1, 2)
+            grad_a[group.heads] = sums[..., 0].gather(1, group.inverse)
+            grad_b[group.heads] = -a[group.heads] * sums[..., 1].gather(1, group.inverse)
         return None, grad_a, grad_b
 
 

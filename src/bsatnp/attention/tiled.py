@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from bsatnp.attention.biases import AttentionBias, slice_coords
+from bsatnp.attention.numerics import exp_
 
 DEFAULT_TILE_K = 1024
 DEFAULT_TILE_ELEMENTS = 1 << 22
@@ -37,35 +38,38 @@ def tile_sizes(
     return max(1, min(Lq, tq)), tk
 
 
-def _scores(
-    q_t: Tensor,
-    k_t: Tensor,
-    bias_t: Tensor | None,
-    mask_t: Tensor | None,
-) -> Tensor:
-    """Biased, masked scores of one tile ``[B, H, tq, tk]`` (``q_t`` is already scaled).
+def _scores(q_t: Tensor, k_t: Tensor, bias_t: Tensor | None, mask_t: Tensor | None) -> Tensor:
+    """Scores ``q_t·k_tᵀ + bias_t + mask_t`` of one tile ``[B, H, tq, tk]``.
 
-    ``bias_t`` is overwritten where keys are masked.
+    Args:
+        q_t: Scaled queries ``[B, H, tq, D]``.
+        k_t: Keys ``[B, H, tk, D]``.
+        bias_t: Bias ``[B, H, tq, tk]`` or ``None``; not modified.
+        mask_t: Additive key mask ``[B, 1, 1, tk]`` (0 or −inf) or ``None``.
     """
     B, H, tq, D = q_t.shape
     tk = k_t.shape[2]
     qf, kf = q_t.reshape(B * H, tq, D), k_t.reshape(B * H, tk, D).transpose(1, 2)
     if bias_t is None:
         scores = torch.bmm(qf, kf).view(B, H, tq, tk)
-        if mask_t is not None:
-            scores.masked_fill_(~mask_t[:, None, None, :], float("-inf"))
-        return scores
-    if mask_t is not None:
-        bias_t.masked_fill_(~mask_t[:, None, None, :], float("-inf"))
-    return torch.baddbmm(bias_t.reshape(B * H, tq, tk), qf, kf).view(B, H, tq, tk)
+        return scores if mask_t is None else scores.add_(mask_t)
+    base = bias_t if mask_t is None else bias_t + mask_t
+    return torch.baddbmm(base.reshape(B * H, tq, tk), qf, kf).view(B, H, tq, tk)
 
 
-def _key_tiles(key_mask: Tensor | None, Lk: int, tk: int) -> list[tuple[int, Tensor | None]]:
-    """Start of every key tile and its mask (``None`` where all its keys are valid)."""
+def _key_tiles(
+    key_mask: Tensor | None, Lk: int, tk: int, dtype: torch.dtype
+) -> list[tuple[int, Tensor | None]]:
+    """Start of every key tile and its additive mask ``[B, 1, 1, tk]`` (0 valid, −inf
+    padded), ``None`` where all keys of the tile are valid."""
     tiles: list[tuple[int, Tensor | None]] = []
     for j in range(0, Lk, tk):
         mask_t = None if key_mask is None else key_mask[:, j : j + tk]
-        tiles.append((j, None if mask_t is None or bool(mask_t.all()) else mask_t))
+        if mask_t is None or bool(mask_t.all()):
+            tiles.append((j, None))
+            continue
+        additive = torch.zeros(mask_t.shape, dtype=dtype, device=mask_t.device)
+        tiles.append((j, additive.masked_fill_(~mask_t, float("-inf"))[:, None, None, :]))
     return tiles
 
 
@@ -95,7 +99,7 @@ def tiled_forward(
     B, H, Lq, _ = q.shape
     Lk = k.shape[2]
     tq, tk = tile_sizes(B, H, Lq, Lk, tile_q, tile_k)
-    key_tiles = _key_tiles(key_mask, Lk, tk)
+    key_tiles = _key_tiles(key_mask, Lk, tk, q.dtype)
     q = q * scale
     out = q.new_empty(B, H, Lq, v.shape[-1])
     m_all, ell_all = q.new_empty(B, H, Lq), q.new_empty(B, H, Lq)
@@ -110,7 +114,7 @@ def tiled_forward(
             scores = _scores(q_t, k[:, :, j : j + tk], bias_t, mask_t)
             m_new = torch.maximum(m, scores.amax(dim=-1))
             m_safe = torch.where(torch.isfinite(m_new), m_new, torch.zeros_like(m_new))
-            p = scores.sub_(m_safe[..., None]).exp_()
+            p = exp_(scores.sub_(m_safe[..., None]))
             alpha = torch.exp(m - m_safe)
             ell = ell * alpha + p.sum(dim=-1)
             acc = acc * alpha[..., None] + torch.matmul(p, v[:, :, j : j + tk])
@@ -162,7 +166,7 @@ class _TiledBiasedAttention(torch.autograd.Function):
         B, H, Lq, _ = q.shape
         Lk = k.shape[2]
         tq, tk = tile_sizes(B, H, Lq, Lk, ctx.tile_q, ctx.tile_k)
-        key_tiles = _key_tiles(ctx.key_mask, Lk, tk)
+        key_tiles = _key_tiles(ctx.key_mask, Lk, tk, q.dtype)
         # With P = exp(S − m)/ℓ: fold 1/ℓ into dO so that only exp(S − m) is formed.
         dout_l = dout / ell[..., None]
         delta = (dout * out).sum(-1, keepdim=True) / ell[..., None]  # [B, H, Lq, 1]
@@ -178,10 +182,8 @@ class _TiledBiasedAttention(torch.autograd.Function):
                 if bias is not None:
                     with torch.enable_grad():
                         bias_t = bias(cq, slice_coords(ctx.coords_k, j, j + tk))
-                scores = _scores(
-                    q_t, k_j, None if bias_t is None else bias_t.detach().clone(), mask_t
-                )
-                e = scores.sub_(m_t).exp_()
+                scores = _scores(q_t, k_j, None if bias_t is None else bias_t.detach(), mask_t)
+                e = exp_(scores.sub_(m_t))
                 dv[:, :, j : j + tk] += torch.matmul(e.transpose(-1, -2), do_t)
                 ds = e.mul_(torch.matmul(do_t, v_j.transpose(-1, -2)).sub_(delta_t))
                 dq[:, :, i : i + tq] += torch.matmul(ds, k_j)
