@@ -50,16 +50,18 @@ class _ExpBasis(torch.autograd.Function):
         flat_r = r.reshape(B, -1)
         out = flat_r.new_empty(B, H, flat_r.shape[1])
         groups = _rate_groups(a, b)
+        keep = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
         bases = []
         for group in groups:
             U, Hs = group.rates.numel(), group.amp.shape[0]
-            # [B, N, 2·U]: exp(−u·r) and exp(−u·r)·r per rate u, kept for the backward.
-            basis = flat_r.new_empty(*flat_r.shape, 2 * U)
+            # [B, 2·U, N]: exp(−u·r) and exp(−u·r)·r per rate u, kept for the backward.
+            basis = flat_r.new_empty(B, 2 * U if keep else 1, flat_r.shape[1])
             target = out[:, group.heads]
             for u in range(U):
-                e = exp_(flat_r * -group.rates[u])
-                basis[..., 2 * u] = e
-                torch.mul(e, flat_r, out=basis[..., 2 * u + 1])
+                e = basis[:, 2 * u] if keep else basis[:, 0]
+                exp_(torch.mul(flat_r, -group.rates[u], out=e))
+                if keep:
+                    torch.mul(e, flat_r, out=basis[:, 2 * u + 1])
                 term = e[:, None] * group.amp[:, u].view(1, Hs, 1)
                 if u == 0:
                     target.copy_(term)
@@ -67,7 +69,8 @@ class _ExpBasis(torch.autograd.Function):
                     target.add_(term)
             bases.append(basis)
         ctx.groups = groups
-        ctx.save_for_backward(a, *bases)
+        if keep:
+            ctx.save_for_backward(a, *bases)
         return out.view(B, H, *r.shape[1:])
 
     @staticmethod
@@ -79,7 +82,7 @@ class _ExpBasis(torch.autograd.Function):
         for group, basis in zip(ctx.groups, bases):
             Hs = group.amp.shape[0]
             # One pass over the gradient: Σ_pairs g·e and Σ_pairs g·e·r per head and rate.
-            sums = torch.bmm(g[:, group.heads], basis).sum(0).view(Hs, -1, 2)
+            sums = torch.bmm(g[:, group.heads], basis.transpose(1, 2)).sum(0).view(Hs, -1, 2)
             grad_a[group.heads] = sums[..., 0].gather(1, group.inverse)
             grad_b[group.heads] = -a[group.heads] * sums[..., 1].gather(1, group.inverse)
         return None, grad_a, grad_b
