@@ -207,8 +207,9 @@ BAD_CASES = {
     "half role": (lambda b: bad(b, s_test=None), "s_test"),
     "unmatched role": (lambda b: bad(b, x_test=b.s_test), "x_ctx"),
     "no context": (lambda b: bad(b, mask_ctx=torch.zeros_like(b.mask_ctx)), "mask_ctx"),
-    "one empty task": (lambda b: bad(b, mask_ctx=b.mask_ctx.index_fill(0, torch.tensor([1]), False)),
-                       "mask_ctx"),
+    "one empty task": (
+        lambda b: bad(b, mask_ctx=b.mask_ctx.index_fill(0, torch.tensor([1]), False)), "mask_ctx"
+    ),
     "mask dtype": (lambda b: bad(b, mask_ctx=b.mask_ctx.float()), "mask_ctx"),
     "2d input": (lambda b: bad(b, f_ctx=b.f_ctx[..., 0]), "f_ctx"),
     "int input": (lambda b: bad(b, s_ctx=b.s_ctx.long()), "s_ctx"),

@@ -101,7 +101,9 @@ class Batch:
         return self.mask_test
 
     # -------------------------------------------------------------- transforms
-    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Batch:
+    def to(
+        self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> Batch:
         """Move every tensor to ``device``; cast floating tensors to ``dtype`` if given."""
         out = {}
         for field in fields(self):

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from bsatnp.attention.exp_basis import exp_basis
 from bsatnp.attention.distances import DISTANCES, Components, pairwise_components
+from bsatnp.attention.exp_basis import exp_basis
 
 FAMILIES = ("rbf", "exponential", "tisa", "scalar")
 INITS = ("constant", "spread")
@@ -152,6 +152,7 @@ class DistanceBias(nn.Module):
         return self.profile(dist, *shaped)
 
     def extra_repr(self) -> str:
+        """Role, family, distance and basis count, for ``print(model)``."""
         s = self.spec
         return f"role={s.role}, family={s.family}, distance={s.distance}, F={self.a.shape[1]}"
 

@@ -65,8 +65,10 @@ DISTANCES: dict[str, tuple[DistanceFn, bool]] = {
 def pairwise_components(
     coords_q: Tensor, coords_k: Tensor
 ) -> tuple[list[Tensor], list[Tensor]]:
-    """Components of ``coords_q [B, Lq, D]`` and ``coords_k [B, Lk, D]`` shaped to broadcast
-    to ``[B, Lq, Lk]``."""
+    """Components of ``coords_q [B, Lq, D]`` and ``coords_k [B, Lk, D]`` for ``[B, Lq, Lk]``.
+
+    Query components have shape ``[B, Lq, 1]`` and key components ``[B, 1, Lk]``.
+    """
     return (
         [coords_q[:, :, None, d] for d in range(coords_q.shape[-1])],
         [coords_k[:, None, :, d] for d in range(coords_k.shape[-1])],

@@ -48,7 +48,8 @@ class _ExpBasis(torch.autograd.Function):
     def forward(ctx: Any, r: Tensor, a: Tensor, b: Tensor) -> Tensor:  # type: ignore[override]
         B, H = r.shape[0], a.shape[0]
         flat_r = r.reshape(B, -1)
-        out = flat_r.new_empty(B, H, flat_r.shape[1])
+        out = r.new_empty(B, H, *r.shape[1:])
+        flat_out = out.view(B, H, -1)
         groups = _rate_groups(a, b)
         keep = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
         bases = []
@@ -56,22 +57,22 @@ class _ExpBasis(torch.autograd.Function):
             U, Hs = group.rates.numel(), group.amp.shape[0]
             # [B, 2·U, N]: exp(−u·r) and exp(−u·r)·r per rate u, kept for the backward.
             basis = flat_r.new_empty(B, 2 * U if keep else 1, flat_r.shape[1])
-            target = out[:, group.heads]
+            target = flat_out[:, group.heads]
             for u in range(U):
                 e = basis[:, 2 * u] if keep else basis[:, 0]
                 exp_(torch.mul(flat_r, -group.rates[u], out=e))
                 if keep:
                     torch.mul(e, flat_r, out=basis[:, 2 * u + 1])
-                term = e[:, None] * group.amp[:, u].view(1, Hs, 1)
+                amp = group.amp[:, u].view(1, Hs, 1)
                 if u == 0:
-                    target.copy_(term)
+                    torch.mul(e[:, None], amp, out=target)
                 else:
-                    target.add_(term)
+                    target.addcmul_(e[:, None], amp)
             bases.append(basis)
         ctx.groups = groups
         if keep:
             ctx.save_for_backward(a, *bases)
-        return out.view(B, H, *r.shape[1:])
+        return out
 
     @staticmethod
     def backward(ctx: Any, grad_out: Tensor) -> tuple[None, Tensor, Tensor]:  # type: ignore[override]

@@ -10,13 +10,16 @@ for each key tile with scores ``S = scale·q·kᵀ + bias`` (masked keys at −�
 
     m' = max(m, rowmax S);  P = exp(S − m');  ℓ' = e^{m−m'}·ℓ + rowsum P;  O' = e^{m−m'}·O + P·V
 
-and finally ``O/ℓ``. Rows without any valid key return zeros (and zero gradients).
+and finally ``O/ℓ``. When all keys fit one tile, the row softmax is computed in place by
+PyTorch's fused kernel instead, in the forward and in the backward alike (no row
+statistics are needed then). Tasks without any valid key attend uniformly inside the
+kernel and return zeros (with zero gradients).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -24,27 +27,59 @@ from torch import Tensor
 from bsatnp.attention.biases import AttentionBias, slice_coords
 from bsatnp.attention.numerics import exp_
 
-DEFAULT_TILE_K = 1024
-DEFAULT_TILE_ELEMENTS = 1 << 22
+TILE_K_TRAIN = 1024
+"""Default keys per tile when gradients are needed."""
+TILE_K_INFERENCE = 4096
+"""Default keys per tile without gradients (one fused softmax for up to 4096 keys)."""
+TILE_ELEMENTS = 1 << 22
 """Default size of one score tile, ``B·H·tile_q·tile_k`` elements (16 MiB in float32)."""
 
 
-def tile_sizes(
-    B: int, H: int, Lq: int, Lk: int, tile_q: int | None, tile_k: int | None
-) -> tuple[int, int]:
-    """Tile sizes: ``tile_k`` keys (default 1024) and as many queries as fit the budget."""
-    tk = max(1, min(Lk, tile_k or DEFAULT_TILE_K))
-    tq = tile_q or max(16, DEFAULT_TILE_ELEMENTS // (B * H * tk))
-    return max(1, min(Lq, tq)), tk
+class _Plan(NamedTuple):
+    """How a problem is cut into tiles."""
+
+    tile_q: int
+    tile_k: int
+    key_tiles: list[tuple[int, Tensor | None]]  # (start, additive mask [B, 1, 1, tk] or None)
+    has_key: Tensor | None  # [B] tasks with at least one valid key; None: all have
+
+    @property
+    def single_key_tile(self) -> bool:
+        return len(self.key_tiles) == 1
 
 
-def _scores(q_t: Tensor, k_t: Tensor, bias_t: Tensor | None, mask_t: Tensor | None) -> Tensor:
+def _plan(
+    q: Tensor, Lk: int, key_mask: Tensor | None, tile_q: int | None, tile_k: int | None,
+    training: bool,
+) -> _Plan:
+    B, H, Lq, _ = q.shape
+    tk = max(1, min(Lk, tile_k or (TILE_K_TRAIN if training else TILE_K_INFERENCE)))
+    tq = max(1, min(Lq, tile_q or max(16, TILE_ELEMENTS // (B * H * tk))))
+    has_key = None
+    if key_mask is not None:
+        has_key = key_mask.any(dim=1)
+        # Tasks without a valid key attend uniformly (finite); their output is zeroed.
+        key_mask = key_mask | ~has_key[:, None]
+        if bool(has_key.all()):
+            has_key = None
+    tiles: list[tuple[int, Tensor | None]] = []
+    for j in range(0, Lk, tk):
+        mask_t = None if key_mask is None else key_mask[:, j : j + tk]
+        if mask_t is None or bool(mask_t.all()):
+            tiles.append((j, None))
+            continue
+        additive = torch.zeros(mask_t.shape, dtype=q.dtype, device=q.device)
+        tiles.append((j, additive.masked_fill_(~mask_t, float("-inf"))[:, None, None, :]))
+    return _Plan(tq, tk, tiles, has_key)
+
+
+def _scores_(q_t: Tensor, k_t: Tensor, bias_t: Tensor | None, mask_t: Tensor | None) -> Tensor:
     """Scores ``q_t·k_tᵀ + bias_t + mask_t`` of one tile ``[B, H, tq, tk]``.
 
     Args:
         q_t: Scaled queries ``[B, H, tq, D]``.
         k_t: Keys ``[B, H, tk, D]``.
-        bias_t: Bias ``[B, H, tq, tk]`` or ``None``; not modified.
+        bias_t: Bias ``[B, H, tq, tk]`` (contiguous) or ``None``; overwritten with the scores.
         mask_t: Additive key mask ``[B, 1, 1, tk]`` (0 or −inf) or ``None``.
     """
     B, H, tq, D = q_t.shape
@@ -53,79 +88,76 @@ def _scores(q_t: Tensor, k_t: Tensor, bias_t: Tensor | None, mask_t: Tensor | No
     if bias_t is None:
         scores = torch.bmm(qf, kf).view(B, H, tq, tk)
         return scores if mask_t is None else scores.add_(mask_t)
-    base = bias_t if mask_t is None else bias_t + mask_t
-    return torch.baddbmm(base.reshape(B * H, tq, tk), qf, kf).view(B, H, tq, tk)
+    if mask_t is not None:
+        bias_t.add_(mask_t)
+    return bias_t.view(B * H, tq, tk).baddbmm_(qf, kf).view(B, H, tq, tk)
 
 
-def _key_tiles(
-    key_mask: Tensor | None, Lk: int, tk: int, dtype: torch.dtype
-) -> list[tuple[int, Tensor | None]]:
-    """Start of every key tile and its additive mask ``[B, 1, 1, tk]`` (0 valid, −inf
-    padded), ``None`` where all keys of the tile are valid."""
-    tiles: list[tuple[int, Tensor | None]] = []
-    for j in range(0, Lk, tk):
-        mask_t = None if key_mask is None else key_mask[:, j : j + tk]
-        if mask_t is None or bool(mask_t.all()):
-            tiles.append((j, None))
-            continue
-        additive = torch.zeros(mask_t.shape, dtype=dtype, device=mask_t.device)
-        tiles.append((j, additive.masked_fill_(~mask_t, float("-inf"))[:, None, None, :]))
-    return tiles
+def _tile_scores(
+    q: Tensor, k: Tensor, bias: AttentionBias | None, coords_q: Mapping[str, Tensor],
+    coords_k: Mapping[str, Tensor], plan: _Plan, i: int, j: int, mask_t: Tensor | None,
+) -> tuple[Tensor, Tensor | None]:
+    """Scores of query tile ``i`` × key tile ``j`` and the bias tensor (with its graph)."""
+    bias_t = None
+    if bias is not None:
+        bias_t = bias(
+            slice_coords(coords_q, i, i + plan.tile_q), slice_coords(coords_k, j, j + plan.tile_k)
+        )
+    q_t, k_t = q[:, :, i : i + plan.tile_q], k[:, :, j : j + plan.tile_k]
+    return _scores_(q_t, k_t, None if bias_t is None else bias_t.detach(), mask_t), bias_t
+
+
+def _zero_empty(x: Tensor, plan: _Plan) -> Tensor:
+    """Zero rows of tasks without a valid key ``x [B, H, L, Dv]``."""
+    if plan.has_key is None:
+        return x
+    return torch.where(plan.has_key[:, None, None, None], x, torch.zeros_like(x))
 
 
 def tiled_forward(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    bias: AttentionBias | None,
-    coords_q: Mapping[str, Tensor],
-    coords_k: Mapping[str, Tensor],
-    key_mask: Tensor | None,
-    scale: float,
-    tile_q: int | None = None,
-    tile_k: int | None = None,
-) -> tuple[Tensor, Tensor, Tensor]:
+    q: Tensor, k: Tensor, v: Tensor, bias: AttentionBias | None,
+    coords_q: Mapping[str, Tensor], coords_k: Mapping[str, Tensor], scale: float, plan: _Plan,
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """Scan forward without autograd.
 
-    Shapes as in :func:`bsatnp.attention.dense.dense_attention`.
-
     Returns:
-        ``(out [B, H, Lq, Dv], m [B, H, Lq], ell [B, H, Lq])``: the output, the row max of
-        the scores and the row sum of ``exp(scores − m)``. Rows without a valid key get
-        ``m = +inf`` and ``ell = 1``, so that recomputed probabilities are zero there.
-        Keeping ``m`` and ``ell`` apart (not ``m + log ell``) keeps ``exp(s − m)`` exact to
-        float32 round-off even when scores are large.
+        ``(out [B, H, Lq, Dv], m, ell)``: the output and, when there are several key tiles,
+        the row max of the scores and the row sum of ``exp(scores − m)`` ``[B, H, Lq]``
+        (``None`` with a single key tile). ``m`` and ``ell`` are kept apart (not as
+        ``m + log ell``) so that ``exp(s − m)`` is exact to round-off for large scores.
     """
     B, H, Lq, _ = q.shape
-    Lk = k.shape[2]
-    tq, tk = tile_sizes(B, H, Lq, Lk, tile_q, tile_k)
-    key_tiles = _key_tiles(key_mask, Lk, tk, q.dtype)
     q = q * scale
     out = q.new_empty(B, H, Lq, v.shape[-1])
+    if plan.single_key_tile:
+        (_, mask_t), = plan.key_tiles
+        for i in range(0, Lq, plan.tile_q):
+            scores, _ = _tile_scores(q, k, bias, coords_q, coords_k, plan, i, 0, mask_t)
+            p = torch.softmax(scores, dim=-1, out=scores)
+            torch.matmul(p, v, out=out[:, :, i : i + plan.tile_q])
+        return _zero_empty(out, plan), None, None
     m_all, ell_all = q.new_empty(B, H, Lq), q.new_empty(B, H, Lq)
-    for i in range(0, Lq, tq):
-        q_t = q[:, :, i : i + tq]
-        cq = slice_coords(coords_q, i, i + tq)
-        m = q_t.new_full(q_t.shape[:3], float("-inf"))
-        ell = q_t.new_zeros(q_t.shape[:3])
-        acc = q_t.new_zeros(*q_t.shape[:3], v.shape[-1])
-        for j, mask_t in key_tiles:
-            bias_t = None if bias is None else bias(cq, slice_coords(coords_k, j, j + tk))
-            scores = _scores(q_t, k[:, :, j : j + tk], bias_t, mask_t)
-            m_new = torch.maximum(m, scores.amax(dim=-1))
-            m_safe = torch.where(torch.isfinite(m_new), m_new, torch.zeros_like(m_new))
-            p = exp_(scores.sub_(m_safe[..., None]))
-            alpha = torch.exp(m - m_safe)
-            ell = ell * alpha + p.sum(dim=-1)
-            acc = acc * alpha[..., None] + torch.matmul(p, v[:, :, j : j + tk])
+    for i in range(0, Lq, plan.tile_q):
+        m = ell = acc = None
+        for j, mask_t in plan.key_tiles:
+            scores, _ = _tile_scores(q, k, bias, coords_q, coords_k, plan, i, j, mask_t)
+            pv_j = v[:, :, j : j + plan.tile_k]
+            m_tile = scores.amax(dim=-1)
+            m_new = m_tile if m is None else torch.maximum(m, m_tile)
+            # A row whose keys so far are all masked has m = −inf: shift by 0 instead.
+            shift = torch.where(torch.isfinite(m_new), m_new, torch.zeros_like(m_new))
+            p = exp_(scores.sub_(shift[..., None]))
+            if m is None:
+                ell, acc = p.sum(dim=-1), torch.matmul(p, pv_j)
+            else:
+                alpha = exp_(m - shift)
+                ell = ell * alpha + p.sum(dim=-1)
+                acc = acc * alpha[..., None] + torch.matmul(p, pv_j)
             m = m_new
-        valid = ell > 0
-        out[:, :, i : i + tq] = torch.where(
-            valid[..., None], acc / ell.clamp_min(1e-38)[..., None], torch.zeros_like(acc)
-        )
-        m_all[:, :, i : i + tq] = torch.where(valid, m, torch.full_like(m, float("inf")))
-        ell_all[:, :, i : i + tq] = torch.where(valid, ell, torch.ones_like(ell))
-    return out, m_all, ell_all
+        rows = slice(i, i + plan.tile_q)
+        out[:, :, rows] = acc / ell[..., None]
+        m_all[:, :, rows], ell_all[:, :, rows] = m, ell
+    return _zero_empty(out, plan), m_all, ell_all
 
 
 class _TiledBiasedAttention(torch.autograd.Function):
@@ -133,68 +165,58 @@ class _TiledBiasedAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any,
-        q: Tensor,
-        k: Tensor,
-        v: Tensor,
-        key_mask: Tensor | None,
-        bias: AttentionBias | None,
-        coords_q: Mapping[str, Tensor],
-        coords_k: Mapping[str, Tensor],
-        scale: float,
-        tile_q: int | None,
-        tile_k: int | None,
-        *params: Tensor,
+        ctx: Any, q: Tensor, k: Tensor, v: Tensor, bias: AttentionBias | None,
+        coords_q: Mapping[str, Tensor], coords_k: Mapping[str, Tensor], scale: float,
+        plan: _Plan, *params: Tensor,
     ) -> Tensor:
-        out, m, ell = tiled_forward(
-            q, k, v, bias, coords_q, coords_k, key_mask, scale, tile_q, tile_k
-        )
+        out, m, ell = tiled_forward(q, k, v, bias, coords_q, coords_k, scale, plan)
         ctx.save_for_backward(q, k, v, out, m, ell)
-        ctx.key_mask, ctx.bias, ctx.coords_q, ctx.coords_k = key_mask, bias, coords_q, coords_k
-        ctx.scale, ctx.tile_q, ctx.tile_k, ctx.params = scale, tile_q, tile_k, params
+        ctx.bias, ctx.coords_q, ctx.coords_k = bias, coords_q, coords_k
+        ctx.scale, ctx.plan, ctx.params = scale, plan, params
         return out
 
     @staticmethod
     def backward(ctx: Any, dout: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         q, k, v, out, m, ell = ctx.saved_tensors
-        bias: AttentionBias | None = ctx.bias
+        plan: _Plan = ctx.plan
         params: Sequence[Tensor] = ctx.params
-        want = [ctx.needs_input_grad[10 + n] for n in range(len(params))]
+        n_fixed = 8  # q, k, v, bias, coords_q, coords_k, scale, plan
+        want = [ctx.needs_input_grad[n_fixed + n] for n in range(len(params))]
         wanted = [p for p, w in zip(params, want) if w]
         # Accumulated over all tiles in float64: the sums are long and cancel.
         grad_wanted = [torch.zeros_like(p, dtype=torch.float64) for p in wanted]
-        B, H, Lq, _ = q.shape
-        Lk = k.shape[2]
-        tq, tk = tile_sizes(B, H, Lq, Lk, ctx.tile_q, ctx.tile_k)
-        key_tiles = _key_tiles(ctx.key_mask, Lk, tk, q.dtype)
-        # With P = exp(S − m)/ℓ: fold 1/ℓ into dO so that only exp(S − m) is formed.
-        dout_l = dout / ell[..., None]
-        delta = (dout * out).sum(-1, keepdim=True) / ell[..., None]  # [B, H, Lq, 1]
+        dout = _zero_empty(dout, plan)
+        delta = (dout * out).sum(-1, keepdim=True)  # [B, H, Lq, 1]
+        if m is not None:  # P = exp(S − m)/ℓ: fold 1/ℓ into dO and delta
+            dout = dout / ell[..., None]
+            delta = delta / ell[..., None]
         q_scaled = q * ctx.scale
         dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
-        for i in range(0, Lq, tq):
-            q_t, do_t = q_scaled[:, :, i : i + tq], dout_l[:, :, i : i + tq]
-            m_t, delta_t = m[:, :, i : i + tq, None], delta[:, :, i : i + tq]
-            cq = slice_coords(ctx.coords_q, i, i + tq)
-            for j, mask_t in key_tiles:
-                k_j, v_j = k[:, :, j : j + tk], v[:, :, j : j + tk]
-                bias_t = None
-                if bias is not None:
-                    with torch.enable_grad():
-                        bias_t = bias(cq, slice_coords(ctx.coords_k, j, j + tk))
-                scores = _scores(q_t, k_j, None if bias_t is None else bias_t.detach(), mask_t)
-                e = exp_(scores.sub_(m_t))
-                dv[:, :, j : j + tk] += torch.matmul(e.transpose(-1, -2), do_t)
-                ds = e.mul_(torch.matmul(do_t, v_j.transpose(-1, -2)).sub_(delta_t))
-                dq[:, :, i : i + tq] += torch.matmul(ds, k_j)
-                dk[:, :, j : j + tk] += torch.matmul(ds.transpose(-1, -2), q_t)
+        for i in range(0, q.shape[2], plan.tile_q):
+            rows = slice(i, i + plan.tile_q)
+            q_t, do_t, delta_t = q_scaled[:, :, rows], dout[:, :, rows], delta[:, :, rows]
+            for j, mask_t in plan.key_tiles:
+                cols = slice(j, j + plan.tile_k)
+                k_j, v_j = k[:, :, cols], v[:, :, cols]
+                with torch.enable_grad():
+                    scores, bias_t = _tile_scores(
+                        q_scaled, k, ctx.bias, ctx.coords_q, ctx.coords_k, plan, i, j, mask_t
+                    )
+                if m is None:
+                    p = torch.softmax(scores, dim=-1, out=scores)
+                else:
+                    p = exp_(scores.sub_(m[:, :, rows, None]))
+                dv[:, :, cols] += torch.matmul(p.transpose(-1, -2), do_t)
+                ds = p.mul_(torch.matmul(do_t, v_j.transpose(-1, -2)).sub_(delta_t))
+                dq[:, :, rows] += torch.matmul(ds, k_j)
+                dk[:, :, cols] += torch.matmul(ds.transpose(-1, -2), q_t)
                 if bias_t is not None and wanted:
                     for acc, g in zip(grad_wanted, torch.autograd.grad(bias_t, wanted, ds)):
                         acc += g
         dq.mul_(ctx.scale)
         it = iter(grad_wanted)
         grads = [next(it).to(p.dtype) if w else None for p, w in zip(params, want)]
-        return (dq, dk, dv, None, None, None, None, None, None, None, *grads)
+        return (dq, dk, dv, None, None, None, None, None, *grads)
 
 
 def tiled_attention(
@@ -223,21 +245,19 @@ def tiled_attention(
         key_mask: Valid keys ``[B, Lk]`` (bool) or ``None``.
         scale: Multiplier of ``q·k``.
         tile_q: Queries per tile (default: fill a 4M-element score tile).
-        tile_k: Keys per tile (default 1024).
+        tile_k: Keys per tile (default 1024 with gradients, 4096 without).
 
     Returns:
         ``[B, H, Lq, Dv]``.
     """
     params = tuple(bias.parameters()) if bias is not None else ()
-    if not torch.is_grad_enabled() or not (
-        q.requires_grad or k.requires_grad or v.requires_grad or any(p.requires_grad for p in params)
-    ):
-        with torch.no_grad():
-            return tiled_forward(
-                q, k, v, bias, coords_q, coords_k, key_mask, scale, tile_q, tile_k
-            )[0]
+    training = torch.is_grad_enabled() and (
+        any(t.requires_grad for t in (q, k, v, *params))
+    )
+    plan = _plan(q, k.shape[2], key_mask, tile_q, tile_k, training)
     coords_q = {r: c.detach() for r, c in coords_q.items()}
     coords_k = {r: c.detach() for r, c in coords_k.items()}
-    return _TiledBiasedAttention.apply(
-        q, k, v, key_mask, bias, coords_q, coords_k, scale, tile_q, tile_k, *params
-    )
+    if not training:
+        with torch.no_grad():
+            return tiled_forward(q, k, v, bias, coords_q, coords_k, scale, plan)[0]
+    return _TiledBiasedAttention.apply(q, k, v, bias, coords_q, coords_k, scale, plan, *params)

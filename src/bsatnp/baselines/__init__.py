@@ -1,0 +1,1 @@
+"""Baselines and references: the exact GP oracle (and, later, TNP-D, ConvCNP, ...)."""

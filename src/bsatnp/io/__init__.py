@@ -1,0 +1,1 @@
+"""Input/output: checkpoints and import of reference (dl4bi) parameters."""

@@ -75,7 +75,9 @@ def load_dl4bi_params(model: BSATNP, params: Mapping[str, np.ndarray]) -> None:
     state = model.state_dict()
     missing_here = sorted(set(state) - set(names))
     if missing_here:
-        raise ValueError(f"no reference parameter for {missing_here[:5]} (unsupported architecture)")
+        raise ValueError(
+            f"no reference parameter for {missing_here[:5]} (unsupported architecture)"
+        )
     new_state = {}
     for ours, (ref, transpose) in names.items():
         if ref not in params:

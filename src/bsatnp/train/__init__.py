@@ -1,0 +1,1 @@
+"""Training: configuration, learning-rate schedule and the training loop."""

@@ -16,6 +16,7 @@ from bsatnp.batch import Batch
 from bsatnp.io.checkpoint import load_checkpoint, save_checkpoint
 from bsatnp.models.bsatnp import BSATNP
 from bsatnp.models.heads import masked_nll
+from bsatnp.progress import tqdm_class
 from bsatnp.train.config import TrainConfig
 from bsatnp.train.schedule import cosine_schedule
 
@@ -100,15 +101,20 @@ class Trainer:
         torch.set_rng_state(ckpt.rng["torch"])
         return trainer
 
-    def fit(self, steps: int | None = None, progress: bool = True) -> None:
+    def fit(
+        self, steps: int | None = None, progress: bool = True, max_seconds: float | None = None
+    ) -> None:
         """Train until ``config.steps`` steps in total, or for ``steps`` more steps.
 
         Args:
             steps: Steps to take now (default: the rest of ``config.steps``).
             progress: Show a tqdm bar with the loss and steps/s.
+            max_seconds: Wall-clock budget: stop after the first step that ends past it
+                (logging and saving ``last.safetensors`` as at the target step).
         """
-        tqdm = _tqdm()
+        tqdm = tqdm_class()
         target = self.config.steps if steps is None else self.step + steps
+        deadline = None if max_seconds is None else time.monotonic() + max_seconds
         self.out_dir.mkdir(parents=True, exist_ok=True)
         losses: list[Tensor] = []
         norms: list[Tensor] = []
@@ -124,12 +130,17 @@ class Trainer:
                 norms.append(grad_norm)
                 bar.update(1)
                 metrics = self._validate() if self._due(self.config.val_every) else None
-                if metrics is not None or self._due(self.config.log_every) or self.step == target:
+                last = self.step == target or (
+                    deadline is not None and time.monotonic() >= deadline
+                )
+                if metrics is not None or self._due(self.config.log_every) or last:
                     record = self._record(log, losses, norms, lr, metrics)
                     bar.set_postfix(loss=f"{record['loss']:.4f}")
                     losses, norms = [], []
-                if self._due(self.config.save_every) or self.step == target:
+                if self._due(self.config.save_every) or last:
                     self.save(self.out_dir / "last.safetensors")
+                if last:
+                    break
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write a checkpoint of the full training state to ``path`` (atomically)."""
@@ -188,11 +199,3 @@ class Trainer:
         log.write(json.dumps(record) + "\n")
         log.flush()
         return record
-
-
-def _tqdm() -> Any:
-    try:
-        from tqdm.auto import tqdm
-    except ImportError as err:
-        raise ImportError("training needs the 'tqdm' package: pip install 'bsatnp[train]'") from err
-    return tqdm

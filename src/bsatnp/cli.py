@@ -1,0 +1,206 @@
+"""Command-line interface: ``bsatnp {demo,train,evaluate,predict,plot}``.
+
+Bad configs, checkpoints and input files end the program with a one-line message on
+stderr and exit code 2 (no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bsatnp.evaluate import DOMAINS, domain_task, evaluate, markdown_table, write_results
+from bsatnp.experiment import (
+    ExperimentConfig,
+    build_trainer,
+    bundled_configs,
+    experiment_from_checkpoint,
+    load_experiment,
+)
+from bsatnp.io.checkpoint import load_checkpoint, load_model
+from bsatnp.models import BSATNP
+from bsatnp.predict import FORMAT_HELP, predict_file
+
+DEMO_CONFIG = "gp2d_quick"
+DEMO_MINUTES = 5.5
+"""Training budget of the demo: with ~2 min of evaluation the demo takes < 10 min on 2 cores."""
+DEMO_RUN_FILES = ("log.jsonl", "last.safetensors", "best.safetensors")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (0 success, 2 bad input)."""
+    args = _parser().parse_args(argv)
+    try:
+        args.command(args)
+    except (ValueError, OSError) as err:
+        print(f"bsatnp {args.name}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> None:
+    out = Path(args.out)
+    run_dir = out / "run"
+    for name in DEMO_RUN_FILES:  # a previous demo here: start afresh
+        (run_dir / name).unlink(missing_ok=True)
+    config = load_experiment(DEMO_CONFIG)
+    trainer = build_trainer(config, out_dir=run_dir, device=_device(args))
+    n_params = sum(p.numel() for p in trainer.model.parameters())
+    print(f"Training the paper's BSA-TNP ({n_params:,} parameters) on the 2D-GP task "
+          f"({DEMO_CONFIG} config) for {args.minutes:g} min on {_device(args)} "
+          f"with {torch.get_num_threads()} threads ...", flush=True)
+    trainer.fit(progress=not args.quiet, max_seconds=60 * args.minutes)
+    print(f"Trained {trainer.step} steps. Evaluating against the exact GP oracle ...", flush=True)
+    model = trainer.model.eval()
+    results = evaluate(model, config.eval.domains, config.eval.n_batches, config.eval.seed,
+                       progress=not args.quiet, task=config.task)
+    paths = _report(results, out)
+    from bsatnp.plot import plot_field, plot_learning_curve
+
+    paths["field plot"] = plot_field(model, out / "field.png", seed=config.eval.seed,
+                                     task=config.task)
+    paths["learning curve"] = plot_learning_curve(run_dir / "log.jsonl",
+                                                  out / "learning_curve.png")
+    paths["checkpoint"] = run_dir / "last.safetensors"
+    paths["training log"] = run_dir / "log.jsonl"
+    _print_paths(paths)
+
+
+def _train(args: argparse.Namespace) -> None:
+    config = load_experiment(args.config)
+    trainer = build_trainer(config, resume=args.resume, out_dir=args.out, device=_device(args))
+    steps = None if args.steps is None else max(0, args.steps - trainer.step)
+    max_seconds = None if args.minutes is None else 60 * args.minutes
+    trainer.fit(steps=steps, progress=not args.quiet, max_seconds=max_seconds)
+    print(f"Trained to step {trainer.step} of {trainer.config.steps}.")
+    _print_paths({name: trainer.out_dir / f"{name}.safetensors" for name in ("last", "best")}
+                 | {"log": trainer.out_dir / "log.jsonl"})
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    model, config = _load(args)
+    results = evaluate(
+        model,
+        domains=args.domains or config.eval.domains,
+        n_batches=args.n_batches or config.eval.n_batches,
+        seed=config.eval.seed if args.seed is None else args.seed,
+        with_oracle=not args.no_oracle,
+        progress=not args.quiet,
+        task=config.task,
+    )
+    _print_paths(_report(results, Path(args.out or Path(args.checkpoint).parent)))
+
+
+def _predict(args: argparse.Namespace) -> None:
+    path = predict_file(load_model(args.checkpoint, _device(args)), args.input, args.output)
+    print(f"Wrote predictions to {path}")
+
+
+def _plot(args: argparse.Namespace) -> None:
+    from bsatnp.plot import plot_field, plot_learning_curve
+
+    if args.log is not None:
+        path = plot_learning_curve(args.log, args.out or Path(args.log).with_suffix(".png"))
+    else:
+        model, config = _load(args)
+        out = args.out or Path(args.checkpoint).with_name(f"field_{args.domain}.png")
+        path = plot_field(model, out, seed=args.seed, task=domain_task(config.task, args.domain),
+                          n_ctx=args.n_ctx)
+    print(f"Wrote {path}")
+
+
+def _load(args: argparse.Namespace) -> tuple[BSATNP, ExperimentConfig]:
+    """Model (eval mode, on the requested device) and experiment stored in a checkpoint."""
+    ckpt = load_checkpoint(args.checkpoint)
+    model = ckpt.build_model().to(_device(args)).eval()
+    return model, experiment_from_checkpoint(ckpt)
+
+
+def _report(results: dict[str, Any], out: Path) -> dict[str, Path]:
+    """Write eval.json/eval.md into ``out``, print the table; returns the paths."""
+    json_path, md_path = write_results(results, out)
+    print()
+    print(markdown_table(results))
+    return {"metrics (JSON)": json_path, "metrics table": md_path}
+
+
+def _print_paths(paths: dict[str, Path]) -> None:
+    width = max(len(name) for name in paths)
+    for name, path in paths.items():
+        print(f"  {name:<{width}}  {path}")
+
+
+def _device(args: argparse.Namespace) -> str:
+    if args.device is not None:
+        return args.device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--quiet", action="store_true", help="no progress bars")
+    common.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    parser = argparse.ArgumentParser(
+        prog="bsatnp", description="BSA-TNP neural processes: train, evaluate, predict, plot."
+    )
+    sub = parser.add_subparsers(dest="name", required=True, metavar="COMMAND")
+
+    cmd = sub.add_parser(
+        "demo", parents=[common], help="train briefly on the 2D GP, evaluate vs the oracle, plot",
+        description="Train the paper's BSA-TNP on the 2D-GP task for a wall-clock budget, "
+        "evaluate it in-domain, shifted and scaled against the exact GP oracle, and write "
+        "eval.md/eval.json, field.png and learning_curve.png (~8-9 min on 2 CPU cores). "
+        "Overwrites a previous demo in the same directory.",
+    )
+    cmd.add_argument("--out", default="outputs/demo", help="output directory (%(default)s)")
+    cmd.add_argument("--minutes", type=float, default=DEMO_MINUTES,
+                     help="training budget in minutes (%(default)s)")
+    cmd.set_defaults(command=_demo)
+
+    cmd = sub.add_parser("train", parents=[common], help="train from a YAML experiment config")
+    cmd.add_argument("--config", required=True,
+                     help=f"YAML file, or a bundled config: {', '.join(bundled_configs())}")
+    cmd.add_argument("--out", help="output directory (default: train.out_dir of the config, "
+                     "or the resumed run's directory)")
+    cmd.add_argument("--steps", type=int,
+                     help="stop at this total step count (the LR schedule keeps train.steps)")
+    cmd.add_argument("--minutes", type=float, help="stop after this wall-clock budget")
+    cmd.add_argument("--resume", help="checkpoint of a previous run to continue exactly")
+    cmd.set_defaults(command=_train)
+
+    cmd = sub.add_parser("evaluate", parents=[common],
+                         help="score a checkpoint and the GP oracle on fixed batches")
+    cmd.add_argument("--checkpoint", required=True)
+    cmd.add_argument("--n-batches", type=int,
+                     help="batches per domain (default: eval.n_batches of the run)")
+    cmd.add_argument("--seed", type=int, help="test seed (default: eval.seed of the run)")
+    cmd.add_argument("--domains", nargs="+", choices=DOMAINS, help="default: eval.domains")
+    cmd.add_argument("--no-oracle", action="store_true", help="skip the exact GP oracle")
+    cmd.add_argument("--out", help="directory for eval.json/eval.md (default: the checkpoint's)")
+    cmd.set_defaults(command=_evaluate)
+
+    cmd = sub.add_parser("predict", parents=[common], help="predict at new points",
+                         description="Predictive mean and std of a trained model at test "
+                         "points given context points.\n\n" + FORMAT_HELP,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    cmd.add_argument("--checkpoint", required=True)
+    cmd.add_argument("--input", required=True, help=".csv or .npz (format above)")
+    cmd.add_argument("--output", required=True, help=".csv or .npz")
+    cmd.set_defaults(command=_predict)
+
+    cmd = sub.add_parser("plot", parents=[common],
+                         help="plot a predicted field (--checkpoint) or a learning curve (--log)")
+    source = cmd.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="plot one 2D-GP field predicted by this model")
+    source.add_argument("--log", help="plot the learning curve of this log.jsonl")
+    cmd.add_argument("--out", help="PNG file (default: beside the input)")
+    cmd.add_argument("--seed", type=int, default=0, help="seed of the plotted task")
+    cmd.add_argument("--domain", choices=DOMAINS, default="in_domain")
+    cmd.add_argument("--n-ctx", type=int, default=200, help="context points (%(default)s)")
+    cmd.set_defaults(command=_plot)
+    return parser

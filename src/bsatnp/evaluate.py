@@ -1,0 +1,194 @@
+"""Evaluation of a model against the exact-GP oracle on the 2D-GP domains (SPEC §8).
+
+The in-domain task is the one the model was trained on; the out-of-distribution domains
+are derived from it without retraining: ``shifted`` moves the box by +10 in both axes
+(``[−2, 2]² → [8, 12]²``), ``scaled`` doubles its side about its centre with 4× the points
+(``[−4, 4]²``, 2048 context slots, 4096 test points). Every domain draws its batches from
+the same seed, so the shifted batches are the in-domain batches translated: a paired
+comparison in which a translation-invariant model scores the same up to rounding.
+
+Model and oracle are scored on the same batches; the gap (model − oracle) is computed per
+batch and then averaged, so its standard error is that of the paired difference.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from bsatnp.baselines.gp_oracle import gp_posterior
+from bsatnp.batch import Batch
+from bsatnp.metrics import gaussian_metrics, summarize
+from bsatnp.models import BSATNP
+from bsatnp.progress import tqdm_class
+from bsatnp.tasks.gp import GPParams
+from bsatnp.tasks.gp2d import GP2DTask, eval_batches, in_domain
+
+DOMAINS = ("in_domain", "shifted", "scaled")
+SHIFT = 10.0
+"""Offset of the shifted domain in both axes."""
+TABLE_METRICS = ("nll", "rmse", "mae", "cov50", "cov90", "cov95", "crps")
+"""Columns of the markdown table (the JSON holds every metric)."""
+
+
+def domain_task(task: GP2DTask, domain: str) -> GP2DTask:
+    """The evaluation task of ``domain`` derived from the in-domain ``task``.
+
+    For the paper's task this gives exactly :func:`~bsatnp.tasks.gp2d.shifted` and
+    :func:`~bsatnp.tasks.gp2d.scaled`.
+
+    Raises:
+        ValueError: If ``domain`` is not one of :data:`DOMAINS`.
+    """
+    lo, hi = task.box
+    if domain == "in_domain":
+        return task
+    if domain == "shifted":
+        return replace(task, box=(lo + SHIFT, hi + SHIFT))
+    if domain == "scaled":
+        centre, half = (lo + hi) / 2, (hi - lo) / 2
+        return replace(
+            task,
+            box=(centre - 2 * half, centre + 2 * half),
+            n_ctx=4 * task.n_ctx,
+            n_test=4 * task.n_test,
+            min_ctx=4 * task.min_ctx,
+            max_ctx=4 * (task.max_ctx + 1) - 1,
+        )
+    raise ValueError(f"unknown domain {domain!r}; choose from {DOMAINS}")
+
+
+def model_metrics(model: BSATNP, batch: Batch) -> dict[str, float]:
+    """Metrics of the model's Gaussian predictive on one batch (see :func:`gaussian_metrics`)."""
+    device = next(model.parameters()).device
+    mean, std = model.predict(batch.to(device))
+    return gaussian_metrics(mean.cpu(), std.cpu(), batch.f_test, batch.test_mask())
+
+
+def oracle_metrics(batch: Batch, params: GPParams) -> dict[str, float]:
+    """Metrics of the exact GP posterior with the true hyperparameters on one batch."""
+    pred = gp_posterior(batch, params)
+    return gaussian_metrics(pred.mean, pred.stddev, batch.f_test, batch.test_mask())
+
+
+def evaluate(
+    model: BSATNP,
+    domains: Sequence[str] = DOMAINS,
+    n_batches: int | Mapping[str, int] = 32,
+    seed: int = 1000,
+    with_oracle: bool = True,
+    progress: bool = True,
+    task: GP2DTask | None = None,
+) -> dict[str, Any]:
+    """Score ``model`` (and the oracle) on fixed batches of each domain.
+
+    Args:
+        model: A Gaussian BSA-TNP for 2D locations and scalar values.
+        domains: Names from :data:`DOMAINS`.
+        n_batches: Batches per domain: one count, or a count per domain name.
+        seed: Seed of the batches (the same for every domain).
+        with_oracle: Also score the exact GP posterior and the gap model − oracle.
+        progress: Show a tqdm bar per domain.
+        task: In-domain task (default: the paper's, :func:`~bsatnp.tasks.gp2d.in_domain`).
+
+    Returns:
+        ``{"seed": seed, "domains": {name: entry}}`` where each entry holds ``n_batches``,
+        ``batch_size``, ``n_ctx``, ``n_test``, ``box``, ``seconds`` and ``model``
+        (plus ``oracle`` and ``gap`` with the oracle): ``{metric: {"mean", "se"}}``.
+
+    Raises:
+        ValueError: On an unknown domain, a missing count or a count below 1.
+    """
+    tqdm = tqdm_class()
+    task = task or in_domain()
+    was_training = model.training
+    model.eval()
+    out: dict[str, Any] = {"seed": seed, "domains": {}}
+    try:
+        for domain in domains:
+            if isinstance(n_batches, Mapping) and domain not in n_batches:
+                raise ValueError(f"n_batches has no count for domain {domain!r}: {n_batches}")
+            count = n_batches[domain] if isinstance(n_batches, Mapping) else n_batches
+            if count < 1:
+                raise ValueError(f"n_batches for {domain!r} must be >= 1, got {count}")
+            dtask = domain_task(task, domain)
+            start = time.perf_counter()
+            scores: dict[str, list[dict[str, float]]] = {"model": [], "oracle": [], "gap": []}
+            batches = eval_batches(dtask, count, seed)
+            for batch, params in tqdm(batches, total=count, desc=domain, disable=not progress):
+                scores["model"].append(model_metrics(model, batch))
+                if with_oracle:
+                    scores["oracle"].append(oracle_metrics(batch, params))
+                    scores["gap"].append({k: v - scores["oracle"][-1][k]
+                                          for k, v in scores["model"][-1].items()})
+            out["domains"][domain] = {
+                "n_batches": count,
+                "batch_size": dtask.batch_size,
+                "n_ctx": dtask.n_ctx,
+                "n_test": dtask.n_test,
+                "box": list(dtask.box),
+                "seconds": time.perf_counter() - start,
+                **{name: _summary(rows) for name, rows in scores.items() if rows},
+            }
+    finally:
+        model.train(was_training)
+    return out
+
+
+def markdown_table(results: Mapping[str, Any]) -> str:
+    """Markdown table of :func:`evaluate` results: rows domain × {model, oracle, gap}."""
+    header = ["domain (batches×tasks)", "method", *TABLE_METRICS]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for domain, entry in results["domains"].items():
+        label = f"{domain} ({entry['n_batches']}×{entry['batch_size']})"
+        for name in ("model", "oracle", "gap"):
+            if name in entry:
+                cells = [_mean_se(entry[name][m]) for m in TABLE_METRICS]
+                lines.append("| " + " | ".join([label, name, *cells]) + " |")
+                label = ""
+    lines += ["", f"Mean ± s.e. over batches, test seed {results['seed']}; gap = model − oracle "
+              f"per batch (paired s.e.). The shifted batches are the in-domain batches "
+              f"translated by +{SHIFT:g} in both coordinates."]
+    return "\n".join(lines) + "\n"
+
+
+def write_results(results: Mapping[str, Any], out_dir: str | os.PathLike[str]) -> tuple[Path, Path]:
+    """Write ``eval.json`` and ``eval.md`` (the markdown table) into ``out_dir``.
+
+    Returns:
+        The paths of the JSON and the markdown file.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = out / "eval.json", out / "eval.md"
+    json_path.write_text(json.dumps(_finite_or_none(results), indent=2) + "\n", encoding="utf-8")
+    md_path.write_text(markdown_table(results), encoding="utf-8")
+    return json_path, md_path
+
+
+def _summary(rows: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+    return {key: {"mean": mean, "se": se} for key, (mean, se) in summarize(rows).items()}
+
+
+def _mean_se(stat: Mapping[str, float | None]) -> str:
+    mean, se = stat["mean"], stat["se"]
+    if se is None or not math.isfinite(se):  # one batch: no standard error
+        return f"{mean:.3f}"
+    return f"{mean:.3f} ± {se:.3f}"
+
+
+def _finite_or_none(obj: Any) -> Any:
+    """``obj`` with NaN/inf floats replaced by ``None`` (strict JSON has no NaN)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Mapping):
+        return {k: _finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_or_none(v) for v in obj]
+    return obj

@@ -1,0 +1,272 @@
+"""2D-GP experiments described by one YAML file: model, task, training and evaluation.
+
+A file has up to four sections, each a mapping of dataclass fields (missing fields take
+their defaults, the paper's values)::
+
+    model:  # BSATNPConfig
+      num_blocks: 6
+    task:   # GP2DTask: in-domain batches for validation and evaluation
+      box: [-2.0, 2.0]
+      lengthscale_prior: {beta: [3.0, 7.0]}
+    train:  # TrainConfig (train.batch_size sets the training batches)
+      steps: 100000
+    eval:   # EvalConfig
+      n_batches: {in_domain: 5000, shifted: 5000, scaled: 5000}
+
+Priors are written ``{fixed: v}``, ``{uniform: [lo, hi]}``, ``{loguniform: [lo, hi]}`` or
+``{beta: [a, b]}``. Configs shipped with the package (``gp2d``, ``gp2d_quick``) can be
+named instead of given as a path.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bsatnp.evaluate import DOMAINS, model_metrics
+from bsatnp.io.checkpoint import Checkpoint
+from bsatnp.io.typed_config import build_dataclass
+from bsatnp.metrics import summarize
+from bsatnp.models import BSATNP, BSATNPConfig
+from bsatnp.tasks.gp2d import GP2DTask, eval_batches
+from bsatnp.tasks.priors import Beta, Fixed, LogUniform, Prior, Uniform, prior_from_config
+from bsatnp.train.config import TrainConfig
+from bsatnp.train.trainer import SampleBatch, Trainer, Validate
+
+SECTIONS = ("model", "task", "train", "eval")
+_PRIOR_NAMES = {Fixed: "fixed", Uniform: "uniform", LogUniform: "loguniform", Beta: "beta"}
+_CONVERTERS = {Prior: prior_from_config}
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How a trained model is tested (and validated during training).
+
+    Attributes:
+        n_batches: Test batches per domain: one count, or a count per domain name.
+        seed: Seed of the test batches.
+        val_seed: Seed of the fixed in-domain validation batches used during training.
+        domains: Domains to evaluate (see :data:`bsatnp.evaluate.DOMAINS`).
+    """
+
+    n_batches: int | dict[str, int] = 5000
+    seed: int = 1000
+    val_seed: int = 2000
+    domains: tuple[str, ...] = DOMAINS
+
+    def __post_init__(self) -> None:
+        unknown = [d for d in self.domains if d not in DOMAINS]
+        if unknown or not self.domains or len(set(self.domains)) != len(self.domains):
+            raise ValueError(f"domains must be distinct names from {DOMAINS}, got {self.domains}")
+        counts = self.n_batches.values() if isinstance(self.n_batches, dict) else [self.n_batches]
+        if isinstance(self.n_batches, dict):
+            missing = [d for d in self.domains if d not in self.n_batches]
+            extra = [d for d in self.n_batches if d not in DOMAINS]
+            if missing or extra:
+                raise ValueError(
+                    f"n_batches needs a count for each of {self.domains} (and only domain "
+                    f"names), missing {missing}, unknown {extra}"
+                )
+        if any(count < 1 for count in counts):
+            raise ValueError(f"n_batches must be >= 1, got {self.n_batches}")
+        if self.seed == self.val_seed:
+            raise ValueError(f"seed and val_seed must differ (test ≠ validation), both {self.seed}")
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """One experiment: model, in-domain task, training and evaluation settings.
+
+    Attributes:
+        model: Architecture.
+        task: In-domain task; its ``batch_size`` applies to validation and test batches.
+        train: Optimisation; ``train.batch_size`` is the training batch size.
+        eval: Test protocol.
+        source: Where the config came from (used in error messages).
+    """
+
+    model: BSATNPConfig = field(default_factory=BSATNPConfig)
+    task: GP2DTask = field(default_factory=GP2DTask)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    source: str = field(default="<defaults>", compare=False)
+
+    def __post_init__(self) -> None:
+        if self.train.seed in (self.eval.seed, self.eval.val_seed):
+            raise ValueError(
+                f"{self.source}: train.seed ({self.train.seed}) must differ from eval.seed and "
+                "eval.val_seed, or training would see the test or validation batches"
+            )
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "<dict>") -> ExperimentConfig:
+        """Build from a mapping with (some of) the sections ``model/task/train/eval``.
+
+        Raises:
+            ValueError: On an unknown section or key, or a bad value; the message names
+                ``source`` and the key (e.g. ``cfg.yaml: train.lr: expected float ...``).
+        """
+        if not isinstance(data, Mapping):
+            raise ValueError(f"{source}: expected a mapping with sections {list(SECTIONS)}")
+        unknown = sorted(str(key) for key in data if key not in SECTIONS)
+        if unknown:
+            raise ValueError(f"{source}: unknown section(s) {unknown}; known: {list(SECTIONS)}")
+        classes = {"model": BSATNPConfig, "task": GP2DTask, "train": TrainConfig,
+                   "eval": EvalConfig}
+        try:
+            parts = {name: build_dataclass(classes[name], data[name] or {}, name, _CONVERTERS)
+                     for name in SECTIONS if name in data}
+        except ValueError as err:
+            raise ValueError(f"{source}: {err}") from err
+        return cls(**parts, source=source)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (JSON/YAML-ready; inverse of :meth:`from_dict`)."""
+        task = {f.name: getattr(self.task, f.name) for f in fields(self.task)}
+        for key, value in task.items():
+            if isinstance(value, Prior):
+                task[key] = _prior_to_config(value)
+        ev = {f.name: getattr(self.eval, f.name) for f in fields(self.eval)}
+        return {"model": self.model.to_dict(), "task": task, "train": self.train.to_dict(),
+                "eval": ev}
+
+    def with_out_dir(self, out_dir: str | os.PathLike[str]) -> ExperimentConfig:
+        """A copy that writes its training outputs to ``out_dir``."""
+        return replace(self, train=replace(self.train, out_dir=str(out_dir)))
+
+    def build_model(self) -> BSATNP:
+        """A freshly initialised model, seeded from ``train.seed`` (reproducible).
+
+        Raises:
+            ValueError: If the model section does not make a valid model.
+        """
+        torch.manual_seed(self.train.seed)
+        try:
+            return BSATNP(self.model)
+        except (RuntimeError, TypeError, ValueError) as err:
+            raise ValueError(f"{self.source}: model: cannot build the model: {err}") from err
+
+
+def load_experiment(path_or_name: str | os.PathLike[str]) -> ExperimentConfig:
+    """Read an experiment from a YAML file, or a bundled config by name (``gp2d``).
+
+    Raises:
+        FileNotFoundError: If it is neither an existing file nor a bundled config.
+        ValueError: If the YAML is malformed or a section, key or value is invalid.
+    """
+    import yaml
+
+    path = resolve_config(path_or_name)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: not valid YAML: {err}") from err
+    return ExperimentConfig.from_dict(data or {}, source=str(path))
+
+
+def resolve_config(path_or_name: str | os.PathLike[str]) -> Path:
+    """Path of a config file, looking up bundled configs (``gp2d``, ``gp2d_quick``) by name.
+
+    Raises:
+        FileNotFoundError: If there is no such file or bundled config.
+    """
+    path = Path(path_or_name)
+    if path.is_file():
+        return path
+    bundled = resources.files("bsatnp") / "configs" / f"{path.stem}.yaml"
+    if path.suffix in ("", ".yaml") and path.parent == Path(".") and bundled.is_file():
+        return Path(str(bundled))
+    raise FileNotFoundError(
+        f"config {path_or_name} not found (not a file, nor one of the bundled configs "
+        f"{bundled_configs()})"
+    )
+
+
+def bundled_configs() -> list[str]:
+    """Names of the configs shipped with the package."""
+    folder = resources.files("bsatnp") / "configs"
+    return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir()
+                  if p.name.endswith(".yaml"))
+
+
+def experiment_from_checkpoint(ckpt: Checkpoint) -> ExperimentConfig:
+    """The experiment a :class:`Trainer` run stored in ``ckpt`` (defaults if none).
+
+    Raises:
+        ValueError: If the stored experiment is damaged.
+    """
+    stored = (ckpt.extra or {}).get("experiment")
+    if stored is None:
+        return ExperimentConfig(source=str(ckpt.path))
+    return ExperimentConfig.from_dict(stored, source=f"{ckpt.path} (stored experiment)")
+
+
+def training_sampler(config: ExperimentConfig) -> SampleBatch:
+    """Training batches: the in-domain task with ``train.batch_size`` tasks per batch."""
+    task = replace(config.task, batch_size=config.train.batch_size)
+    return lambda generator: task.sample(generator)[0]
+
+
+def validator(task: GP2DTask, n_batches: int, seed: int) -> Validate:
+    """Mean metrics (incl. ``"nll"``) on a fixed set of ``n_batches`` batches of ``task``.
+
+    The batches are drawn once, on the first call, from their own generator seeded with
+    ``seed`` (the global RNG is untouched, so training resumes stay exact).
+    """
+    batches: list[Any] = []
+
+    def validate(model: BSATNP) -> dict[str, float]:
+        if not batches:
+            batches.extend(batch for batch, _ in eval_batches(task, n_batches, seed))
+        summary = summarize(model_metrics(model, batch) for batch in batches)
+        return {key: mean for key, (mean, _) in summary.items()}
+
+    return validate
+
+
+def build_trainer(config: ExperimentConfig, resume: str | os.PathLike[str] | None = None,
+                  out_dir: str | os.PathLike[str] | None = None,
+                  device: str | torch.device = "cpu") -> Trainer:
+    """A :class:`Trainer` for ``config``, fresh or resumed from a checkpoint.
+
+    Args:
+        config: The experiment (its task and validation settings are used on resume too).
+        resume: Checkpoint written by a previous run of the same experiment.
+        out_dir: Where checkpoints and the log go (default: ``config.train.out_dir``, or
+            on resume the directory the run used before).
+        device: Where the model trains (batches are drawn on the CPU and moved there).
+
+    Raises:
+        FileNotFoundError: If ``resume`` does not exist.
+        ValueError: If ``resume`` is not a Trainer checkpoint or its model differs from
+            ``config.model``.
+    """
+    if out_dir is not None:
+        config = config.with_out_dir(out_dir)
+    sample = training_sampler(config)
+    validate = validator(config.task, config.train.val_batches, config.eval.val_seed)
+    extra = {"experiment": config.to_dict()}
+    if resume is None:
+        return Trainer(config.build_model().to(device), sample, config.train, validate, extra)
+    trainer = Trainer.from_checkpoint(resume, sample, validate, map_location=device)
+    if trainer.model.config != config.model:
+        raise ValueError(
+            f"{resume}: the checkpoint's model differs from the model in {config.source}"
+        )
+    if out_dir is not None:
+        trainer.config = replace(trainer.config, out_dir=str(out_dir))
+        trainer.out_dir = Path(out_dir)
+    return trainer
+
+
+def _prior_to_config(prior: Prior) -> dict[str, Any]:
+    """Inverse of :func:`~bsatnp.tasks.priors.prior_from_config`."""
+    name = _PRIOR_NAMES[type(prior)]
+    values = [getattr(prior, f.name) for f in fields(prior)]
+    return {name: values[0] if name == "fixed" else values}

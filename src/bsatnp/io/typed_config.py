@@ -1,0 +1,138 @@
+"""Config dataclasses from plain mappings (YAML/JSON), with every field type-checked.
+
+:func:`build_dataclass` checks keys and value types against the dataclass annotations
+(``int``, ``float``, ``str``, ``bool``, ``tuple[...]``, ``dict[...]``, unions such as
+``int | None``, nested dataclasses), converts lists to tuples and integers to floats where
+the annotation asks for them, then calls the constructor. Every error is a ``ValueError``
+that names the offending key by its dotted path (``train.lr``), so a user can find it.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import fields, is_dataclass
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+Converters = Mapping[Any, Callable[[Any], Any]]
+"""Annotation → function building that type from a plain value (e.g. a prior's spec)."""
+
+_UNIONS = (typing.Union, types.UnionType)
+
+
+def build_dataclass(cls: type[T], data: Any, where: str, converters: Converters | None = None) -> T:
+    """Instantiate the dataclass ``cls`` from the mapping ``data``.
+
+    Args:
+        cls: A dataclass whose fields are annotated with supported types.
+        data: Field values; missing fields take their defaults.
+        where: Dotted name of ``data`` used in error messages (e.g. ``"model"``).
+        converters: Builders for annotations the checker does not know (e.g. ``Prior``);
+            a converter raises ``ValueError`` on bad input.
+
+    Returns:
+        The instance.
+
+    Raises:
+        ValueError: On a non-mapping, an unknown key, a value of the wrong type, or a
+            value the dataclass itself rejects; the message starts with ``where.key``.
+    """
+    converters = converters or {}
+    if not isinstance(data, Mapping):
+        raise ValueError(
+            f"{where}: expected a mapping of {cls.__name__} fields, got {type(data).__name__}"
+        )
+    names = [f.name for f in fields(cls) if f.init]
+    unknown = sorted(str(key) for key in data if key not in names)
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown}; known keys are {names}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {key: _coerce(value, hints[key], f"{where}.{key}", converters)
+              for key, value in data.items()}
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{where}: {err}") from err
+
+
+def _coerce(value: Any, hint: Any, where: str, converters: Converters) -> Any:
+    """``value`` checked against (and converted to) the annotation ``hint``."""
+    if hint in converters:
+        try:
+            return converters[hint](value)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{where}: {err}") from err
+    if is_dataclass(hint):
+        return build_dataclass(hint, value, where, converters)
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in _UNIONS:
+        return _coerce_union(value, hint, args, where, converters)
+    if origin is tuple:
+        return _coerce_tuple(value, hint, args, where, converters)
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise _type_error(where, hint, value)
+        key_hint, value_hint = args
+        return {
+            _coerce(k, key_hint, where, converters): _coerce(v, value_hint, f"{where}.{k}",
+                                                             converters)
+            for k, v in value.items()
+        }
+    return _coerce_scalar(value, hint, where)
+
+
+def _coerce_union(value: Any, hint: Any, args: tuple[Any, ...], where: str,
+                  converters: Converters) -> Any:
+    if value is None:
+        if type(None) in args:
+            return None
+        raise _type_error(where, hint, value)
+    for alternative in args:
+        if alternative is type(None):
+            continue
+        try:
+            return _coerce(value, alternative, where, converters)
+        except ValueError:
+            continue
+    raise _type_error(where, hint, value)
+
+
+def _coerce_tuple(value: Any, hint: Any, args: tuple[Any, ...], where: str,
+                  converters: Converters) -> tuple[Any, ...]:
+    if not isinstance(value, (list, tuple)):
+        raise _type_error(where, hint, value)
+    item_hints = args[:1] * len(value) if args[1:] == (Ellipsis,) else args
+    if len(item_hints) != len(value):
+        raise ValueError(f"{where}: expected {len(item_hints)} items, got {len(value)}")
+    return tuple(_coerce(v, h, f"{where}[{i}]", converters)
+                 for i, (v, h) in enumerate(zip(value, item_hints, strict=True)))
+
+
+def _coerce_scalar(value: Any, hint: Any, where: str) -> Any:
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    else:
+        raise TypeError(f"{where}: unsupported annotation {hint!r}")
+    raise _type_error(where, hint, value)
+
+
+def _type_error(where: str, hint: Any, value: Any) -> ValueError:
+    name = hint.__name__ if isinstance(hint, type) else str(hint)
+    return ValueError(f"{where}: expected {name}, got {value!r} ({type(value).__name__})")

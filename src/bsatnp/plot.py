@@ -1,0 +1,169 @@
+"""Figures: a model's prediction of one 2D-GP field, and a run's learning curve.
+
+Matplotlib is optional (``pip install 'bsatnp[plot]'``) and imported only when a figure is
+drawn; figures are rendered off-screen (Agg) without touching pyplot's global state.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bsatnp.batch import Batch
+from bsatnp.metrics import gaussian_metrics
+from bsatnp.models import BSATNP
+from bsatnp.tasks.gp import sample_gp
+from bsatnp.tasks.gp2d import GP2DTask, in_domain
+
+
+def field_batch(task: GP2DTask, n_ctx: int, grid_size: int,
+                generator: torch.Generator) -> tuple[Batch, float]:
+    """One task of ``task``'s GP: ``n_ctx`` random noisy context points and a test grid.
+
+    The function is drawn jointly at the context points and the ``grid_size²`` grid
+    points covering ``task.box``, with hyperparameters from the task's priors.
+
+    Returns:
+        ``(batch, lengthscale)``: a batch with ``B = 1``, ``s_ctx [1, n_ctx, 2]``,
+        ``f_ctx [1, n_ctx, 1]`` (noisy), ``s_test [1, G², 2]`` in row-major grid order
+        (row = second coordinate) and ``f_test [1, G², 1]`` (noise-free).
+    """
+    lo, hi = task.box
+    axis = torch.linspace(lo, hi, grid_size)
+    rows, cols = torch.meshgrid(axis, axis, indexing="ij")
+    grid = torch.stack([cols.flatten(), rows.flatten()], dim=-1)  # [G², 2]
+    s_ctx = lo + (hi - lo) * torch.rand(n_ctx, 2, generator=generator)
+    var = task.var_prior.sample(1, generator)
+    lengthscale = task.lengthscale_prior.sample(1, generator)
+    f = sample_gp(torch.cat([s_ctx, grid])[None], task.kernel, var, lengthscale,
+                  jitter=task.jitter, generator=generator, **task.kernel_kwargs)  # [1, N, 1]
+    noise = task.noise_std * torch.randn(1, n_ctx, 1, generator=generator)
+    batch = Batch(s_ctx=s_ctx[None], f_ctx=f[:, :n_ctx] + noise, s_test=grid[None],
+                  f_test=f[:, n_ctx:])
+    return batch, float(lengthscale)
+
+
+def plot_field(model: BSATNP, out_png: str | os.PathLike[str], seed: int = 0,
+               task: GP2DTask | None = None, n_ctx: int = 200, grid_size: int = 64) -> Path:
+    """Five panels: context points, true field, predicted mean, predicted std, |error|.
+
+    Args:
+        model: A Gaussian model for 2D locations and scalar values.
+        out_png: Output file.
+        seed: Seed of the drawn task.
+        task: Domain and GP prior (default: the paper's in-domain task).
+        n_ctx: Number of context points.
+        grid_size: Test points per grid side.
+
+    Returns:
+        The path written.
+    """
+    figure_class = _figure_class()
+    task = task or in_domain()
+    batch, lengthscale = field_batch(task, n_ctx, grid_size,
+                                     torch.Generator().manual_seed(seed))
+    device = next(model.parameters()).device
+    was_training = model.training
+    try:
+        mean, std = model.eval().predict(batch.to(device))
+    finally:
+        model.train(was_training)
+    mean, std = mean.cpu(), std.cpu()
+    scores = gaussian_metrics(mean, std, batch.f_test, batch.test_mask())
+
+    def image(values: torch.Tensor) -> Any:
+        return values.reshape(grid_size, grid_size).numpy()
+
+    truth = batch.f_test
+    vmin, vmax = float(truth.min()), float(truth.max())
+    extent = (*task.box, *task.box)
+    fig = figure_class(figsize=(22, 4.4), layout="constrained")
+    axes = fig.subplots(1, 5)
+    ctx = axes[0].scatter(batch.s_ctx[0, :, 0], batch.s_ctx[0, :, 1], c=batch.f_ctx[0, :, 0],
+                          cmap="viridis", vmin=vmin, vmax=vmax, s=14, edgecolors="k",
+                          linewidths=0.3)
+    panels = [
+        ("context (noisy values)", ctx),
+        ("true field", _show(axes[1], image(truth), extent, "viridis", vmin, vmax)),
+        ("predicted mean", _show(axes[2], image(mean), extent, "viridis", vmin, vmax)),
+        ("predicted std", _show(axes[3], image(std), extent, "magma")),
+        ("|mean − truth|", _show(axes[4], image((mean - truth).abs()), extent, "magma")),
+    ]
+    for ax, (title, mappable) in zip(axes, panels, strict=True):
+        ax.set_title(title)
+        ax.set_xlim(task.box)
+        ax.set_ylim(task.box)
+        ax.set_aspect("equal")
+        fig.colorbar(mappable, ax=ax, shrink=0.85)
+    fig.suptitle(
+        f"2D GP on [{task.box[0]:g}, {task.box[1]:g}]², lengthscale {lengthscale:.2f}, "
+        f"{n_ctx} context points, {grid_size}×{grid_size} test grid — "
+        f"NLL {scores['nll']:.3f}, RMSE {scores['rmse']:.3f}, 95% coverage {scores['cov95']:.2f}"
+    )
+    return _save(fig, out_png)
+
+
+def plot_learning_curve(log_jsonl: str | os.PathLike[str],
+                        out_png: str | os.PathLike[str]) -> Path:
+    """Training loss and validation NLL against the step, from a :class:`Trainer` log.
+
+    Raises:
+        FileNotFoundError: If ``log_jsonl`` does not exist.
+        ValueError: If it holds no training records or a line is not JSON.
+    """
+    figure_class = _figure_class()
+    records = _read_log(Path(log_jsonl))
+    train = [(r["step"], r["loss"]) for r in records if "loss" in r]
+    val = [(r["step"], r["val_nll"]) for r in records if "val_nll" in r]
+    if not train:
+        raise ValueError(f"{log_jsonl}: no training records (lines with 'step' and 'loss')")
+    fig = figure_class(figsize=(7, 4.5), layout="constrained")
+    ax = fig.subplots()
+    ax.plot(*zip(*train, strict=True), label="train loss (NLL, mean since last record)")
+    if val:
+        ax.plot(*zip(*val, strict=True), "o-", label="validation NLL")
+    ax.set_xlabel("step")
+    ax.set_ylabel("NLL")
+    ax.set_title("learning curve")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, out_png)
+
+
+def _read_log(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        raise FileNotFoundError(f"training log {path} does not exist")
+    records = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}, line {number}: not JSON: {err}") from err
+    return records
+
+
+def _show(ax: Any, values: Any, extent: tuple[float, ...], cmap: str,
+          vmin: float | None = None, vmax: float | None = None) -> Any:
+    return ax.imshow(values, extent=extent, origin="lower", cmap=cmap, vmin=vmin, vmax=vmax,
+                     interpolation="nearest")
+
+
+def _save(fig: Any, out_png: str | os.PathLike[str]) -> Path:
+    path = Path(out_png)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    return path
+
+
+def _figure_class() -> Any:
+    """``matplotlib.figure.Figure`` (renders with Agg; no pyplot global state)."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError as err:
+        raise ImportError("plotting needs matplotlib: pip install 'bsatnp[plot]'") from err
+    return Figure

@@ -1,0 +1,170 @@
+"""Predictions for user-supplied points: read context and test points, write mean and std."""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bsatnp.batch import Batch
+from bsatnp.models import BSATNP, BSATNPConfig
+
+FORMAT_HELP = """\
+Input, one task (columns/arrays depend on the model; a 2D-GP model has Ds=2, Df=1):
+  CSV (.csv): a header row, then one row per point with a column 'split' ('context' or
+    'test'), the location columns s0, s1, ... (one column named 's' when Ds=1) and the
+    value column f (f0, f1, ... when Df>1); f may be left empty on test rows.
+    Models with time or covariate roles also need t.../x... columns.
+      split,s0,s1,f
+      context,0.1,-0.5,0.83
+      test,0.0,0.0,
+  NPZ (.npz): arrays s_ctx [Lc, Ds], f_ctx [Lc] or [Lc, Df], s_test [Lt, Ds]
+    (plus x_ctx/x_test, t_ctx/t_test for those roles).
+Output (format by extension): the test points with the predictive mean and standard
+  deviation, CSV columns <test location columns>, mean, std (mean0.., std0.. when Df>1),
+  or NPZ arrays s_test, mean [Lt, Df], std [Lt, Df]."""
+
+
+def read_points(path: str | os.PathLike[str], config: BSATNPConfig) -> Batch:
+    """Read one task (context and test points) from a CSV or NPZ file (see :data:`FORMAT_HELP`).
+
+    Args:
+        path: ``.csv`` or ``.npz`` file.
+        config: Config of the model that will predict (gives the roles and their widths).
+
+    Returns:
+        A batch with ``B = 1`` (no ``f_test``).
+
+    Raises:
+        FileNotFoundError: If ``path`` does not exist.
+        ValueError: On an unknown extension, missing columns/arrays or non-numeric values.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"input file {path} does not exist")
+    readers = {".csv": _read_csv, ".npz": _read_npz}
+    if path.suffix not in readers:
+        raise ValueError(f"{path}: unsupported input format {path.suffix!r}; use .csv or .npz")
+    arrays = readers[path.suffix](path, config)
+    return Batch(**{name: torch.as_tensor(value, dtype=torch.float32)[None]
+                    for name, value in arrays.items()})
+
+
+def write_predictions(path: str | os.PathLike[str], batch: Batch, mean: torch.Tensor,
+                      std: torch.Tensor) -> Path:
+    """Write the test points of ``batch`` (``B = 1``) with ``mean`` and ``std`` ``[1, Lt, Df]``.
+
+    Raises:
+        ValueError: On an unknown extension (``.csv`` or ``.npz``).
+    """
+    path = Path(path)
+    tests = {f"{role}_test": batch.test(role)[0].numpy() for role in ("x", "s", "t")
+             if batch.test(role) is not None}
+    pred = {"mean": mean[0].cpu().numpy(), "std": std[0].cpu().numpy()}
+    if path.suffix == ".npz":
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(path, **tests, **pred)
+        return path
+    if path.suffix != ".csv":
+        raise ValueError(f"{path}: unsupported output format {path.suffix!r}; use .csv or .npz")
+    arrays = {**tests, **pred}
+    header = [column for name, array in arrays.items()
+              for column in _columns(name.removesuffix("_test"), array.shape[1])]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as file:
+        writer = csv.writer(file)
+        writer.writerow(header)
+        writer.writerows(np.concatenate(list(arrays.values()), axis=1).tolist())
+    return path
+
+
+def predict_file(model: BSATNP, input_path: str | os.PathLike[str],
+                 output_path: str | os.PathLike[str]) -> Path:
+    """Read points, predict with ``model`` and write the predictions.
+
+    Raises:
+        ValueError: If the model is not Gaussian or the input does not fit the model.
+    """
+    if model.config.likelihood != "gaussian":
+        raise ValueError(f"predict needs a Gaussian model, this one is {model.config.likelihood}")
+    batch = read_points(input_path, model.config)
+    device = next(model.parameters()).device
+    mean, std = model.eval().predict(batch.to(device))
+    return write_predictions(output_path, batch, mean, std)
+
+
+def _columns(role: str, dim: int) -> list[str]:
+    """Column names of a role: ``[role]`` for one feature, else ``role0, role1, ...``."""
+    return [role] if dim == 1 else [f"{role}{i}" for i in range(dim)]
+
+
+def _roles(config: BSATNPConfig) -> list[tuple[str, int]]:
+    return [(role, getattr(config, f"dim_{role}")) for role in config.roles]
+
+
+def _read_csv(path: Path, config: BSATNPConfig) -> dict[str, np.ndarray]:
+    with open(path, newline="", encoding="utf-8") as file:
+        reader = csv.DictReader(file)
+        rows = list(reader)
+        header = reader.fieldnames or []
+    needed = ["split"] + [c for role, dim in _roles(config) for c in _columns(role, dim)]
+    needed += _columns("f", config.dim_f)
+    missing = [c for c in needed if c not in header]
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {missing}; expected {needed}")
+    splits = {"context": [], "test": []}
+    for line, row in enumerate(rows, start=2):
+        split = (row["split"] or "").strip()
+        if split not in splits:
+            raise ValueError(f"{path}, line {line}: split must be 'context' or 'test', "
+                             f"got {row['split']!r}")
+        splits[split].append((line, row))
+    out = {}
+    for split, suffix in (("context", "ctx"), ("test", "test")):
+        if not splits[split]:
+            raise ValueError(f"{path}: no {split} rows")
+        roles = _roles(config) + ([("f", config.dim_f)] if split == "context" else [])
+        for role, dim in roles:
+            out[f"{role}_{suffix}"] = _numbers(path, splits[split], _columns(role, dim))
+    return out
+
+
+def _numbers(path: Path, rows: list[tuple[int, dict[str, str]]], columns: list[str]) -> np.ndarray:
+    """The ``columns`` of ``rows`` as a float array ``[len(rows), len(columns)]``."""
+    out = np.empty((len(rows), len(columns)))
+    for i, (line, row) in enumerate(rows):
+        for j, column in enumerate(columns):
+            try:
+                out[i, j] = float(row[column])
+            except (TypeError, ValueError):
+                raise ValueError(
+                    f"{path}, line {line}: column {column!r} must be a number, "
+                    f"got {row[column]!r}"
+                ) from None
+    return out
+
+
+def _read_npz(path: Path, config: BSATNPConfig) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            stored = {name: data[name] for name in data.files}
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path}: not a readable .npz file: {err}") from err
+    names = [f"{role}_{part}" for role, _ in _roles(config) for part in ("ctx", "test")]
+    names.append("f_ctx")
+    missing = [name for name in names if name not in stored]
+    if missing:
+        raise ValueError(f"{path}: missing array(s) {missing}; expected {names}")
+    out = {}
+    for name in names:
+        array = stored[name]
+        if name == "f_ctx" and array.ndim == 1:
+            array = array[:, None]
+        if array.ndim != 2 or not np.issubdtype(array.dtype, np.number):
+            raise ValueError(f"{path}: array {name} must be numeric [L, D], got "
+                             f"{array.dtype} {array.shape}")
+        out[name] = array
+    return out
