@@ -78,15 +78,7 @@ def flex_attention_biased(
 
     Shapes and semantics as :func:`bsatnp.attention.dense.dense_attention`.
 
-    Args:
-        q: Queries ``[B, H, Lq, D]``.
-        k: Keys ``[B, H, Lk, D]``.
-        v: Values ``[B, H, Lk, Dv]``.
-        bias: Bias module, or ``None``.
-        coords_q: Per-role query coordinates ``{role: [B, Lq, Dr]}``.
-        coords_k: Per-role key coordinates ``{role: [B, Lk, Dr]}``.
-        key_mask: Valid keys ``[B, Lk]`` (bool) or ``None``.
-        scale: Multiplier of ``q·k``.
+    Args (beyond those of ``dense_attention``):
         compile: Use the compiled kernel (default: on CUDA only).
 
     Returns:

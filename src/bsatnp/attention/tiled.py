@@ -235,15 +235,7 @@ def tiled_attention(
 
     Shapes and semantics as :func:`bsatnp.attention.dense.dense_attention`.
 
-    Args:
-        q: Queries ``[B, H, Lq, D]``.
-        k: Keys ``[B, H, Lk, D]``.
-        v: Values ``[B, H, Lk, Dv]``.
-        bias: Bias module, or ``None``.
-        coords_q: Per-role query coordinates ``{role: [B, Lq, Dr]}``.
-        coords_k: Per-role key coordinates ``{role: [B, Lk, Dr]}``.
-        key_mask: Valid keys ``[B, Lk]`` (bool) or ``None``.
-        scale: Multiplier of ``q·k``.
+    Args (beyond those of ``dense_attention``):
         tile_q: Queries per tile (default: fill a 4M-element score tile).
         tile_k: Keys per tile (default 1024 with gradients, 4096 without).
 
