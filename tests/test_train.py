@@ -184,6 +184,16 @@ def test_log_and_checkpoint_schedule(tmp_path):
     assert load_checkpoint(tmp_path / "last.safetensors").step == 7
 
 
+def test_wall_clock_budget_stops_early_and_saves(tmp_path):
+    trainer = Trainer(tiny_model(), sample_batch,
+                      config(tmp_path, steps=50, log_every=100, save_every=100))
+    trainer.fit(progress=False, max_seconds=0.0)  # budget spent: stop after the first step
+    assert trainer.step == 1
+    assert load_checkpoint(tmp_path / "last.safetensors").step == 1
+    records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1]
+
+
 def test_validate_must_report_nll(tmp_path):
     trainer = Trainer(tiny_model(), sample_batch, config(tmp_path, val_every=1),
                       lambda model: {"rmse": 1.0})

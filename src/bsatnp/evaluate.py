@@ -105,40 +105,18 @@ def evaluate(
     Raises:
         ValueError: On an unknown domain, a missing count or a count below 1.
     """
-    tqdm = tqdm_class()
     task = task or in_domain()
+    tasks = {domain: domain_task(task, domain) for domain in domains}  # check all first
+    counts = {domain: _count(n_batches, domain) for domain in domains}
     was_training = model.training
     model.eval()
-    out: dict[str, Any] = {"seed": seed, "domains": {}}
     try:
-        for domain in domains:
-            if isinstance(n_batches, Mapping) and domain not in n_batches:
-                raise ValueError(f"n_batches has no count for domain {domain!r}: {n_batches}")
-            count = n_batches[domain] if isinstance(n_batches, Mapping) else n_batches
-            if count < 1:
-                raise ValueError(f"n_batches for {domain!r} must be >= 1, got {count}")
-            dtask = domain_task(task, domain)
-            start = time.perf_counter()
-            scores: dict[str, list[dict[str, float]]] = {"model": [], "oracle": [], "gap": []}
-            batches = eval_batches(dtask, count, seed)
-            for batch, params in tqdm(batches, total=count, desc=domain, disable=not progress):
-                scores["model"].append(model_metrics(model, batch))
-                if with_oracle:
-                    scores["oracle"].append(oracle_metrics(batch, params))
-                    scores["gap"].append({k: v - scores["oracle"][-1][k]
-                                          for k, v in scores["model"][-1].items()})
-            out["domains"][domain] = {
-                "n_batches": count,
-                "batch_size": dtask.batch_size,
-                "n_ctx": dtask.n_ctx,
-                "n_test": dtask.n_test,
-                "box": list(dtask.box),
-                "seconds": time.perf_counter() - start,
-                **{name: _summary(rows) for name, rows in scores.items() if rows},
-            }
+        scored = {domain: _evaluate_domain(model, tasks[domain], counts[domain], seed,
+                                           with_oracle, progress, domain)
+                  for domain in domains}
     finally:
         model.train(was_training)
-    return out
+    return {"seed": seed, "domains": scored}
 
 
 def markdown_table(results: Mapping[str, Any]) -> str:
@@ -170,6 +148,39 @@ def write_results(results: Mapping[str, Any], out_dir: str | os.PathLike[str]) -
     json_path.write_text(json.dumps(_finite_or_none(results), indent=2) + "\n", encoding="utf-8")
     md_path.write_text(markdown_table(results), encoding="utf-8")
     return json_path, md_path
+
+
+def _evaluate_domain(model: BSATNP, task: GP2DTask, count: int, seed: int, with_oracle: bool,
+                     progress: bool, name: str) -> dict[str, Any]:
+    """One entry of :func:`evaluate`'s ``domains``."""
+    tqdm = tqdm_class()
+    start = time.perf_counter()
+    scores: dict[str, list[dict[str, float]]] = {"model": [], "oracle": [], "gap": []}
+    batches = eval_batches(task, count, seed)
+    for batch, params in tqdm(batches, total=count, desc=name, disable=not progress):
+        scores["model"].append(model_metrics(model, batch))
+        if with_oracle:
+            scores["oracle"].append(oracle_metrics(batch, params))
+            scores["gap"].append({k: v - scores["oracle"][-1][k]
+                                  for k, v in scores["model"][-1].items()})
+    return {
+        "n_batches": count,
+        "batch_size": task.batch_size,
+        "n_ctx": task.n_ctx,
+        "n_test": task.n_test,
+        "box": list(task.box),
+        "seconds": time.perf_counter() - start,
+        **{part: _summary(rows) for part, rows in scores.items() if rows},
+    }
+
+
+def _count(n_batches: int | Mapping[str, int], domain: str) -> int:
+    if isinstance(n_batches, Mapping) and domain not in n_batches:
+        raise ValueError(f"n_batches has no count for domain {domain!r}: {dict(n_batches)}")
+    count = n_batches[domain] if isinstance(n_batches, Mapping) else n_batches
+    if count < 1:
+        raise ValueError(f"n_batches for {domain!r} must be >= 1, got {count}")
+    return count
 
 
 def _summary(rows: list[dict[str, float]]) -> dict[str, dict[str, float]]:

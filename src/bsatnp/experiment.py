@@ -64,8 +64,9 @@ class EvalConfig:
         unknown = [d for d in self.domains if d not in DOMAINS]
         if unknown or not self.domains or len(set(self.domains)) != len(self.domains):
             raise ValueError(f"domains must be distinct names from {DOMAINS}, got {self.domains}")
-        counts = self.n_batches.values() if isinstance(self.n_batches, dict) else [self.n_batches]
+        counts = [self.n_batches]
         if isinstance(self.n_batches, dict):
+            counts = list(self.n_batches.values())
             missing = [d for d in self.domains if d not in self.n_batches]
             extra = [d for d in self.n_batches if d not in DOMAINS]
             if missing or extra:
@@ -121,13 +122,13 @@ class ExperimentConfig:
                    "eval": EvalConfig}
         try:
             parts = {name: build_dataclass(classes[name], data[name] or {}, name, _CONVERTERS)
-                     for name in SECTIONS if name in data}
+                     for name in SECTIONS if name in data}  # an empty section is None
         except ValueError as err:
             raise ValueError(f"{source}: {err}") from err
         return cls(**parts, source=source)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain data (JSON/YAML-ready; inverse of :meth:`from_dict`)."""
+        """Plain data (JSON-ready, storable in a checkpoint; inverse of :meth:`from_dict`)."""
         task = {f.name: getattr(self.task, f.name) for f in fields(self.task)}
         for key, value in task.items():
             if isinstance(value, Prior):

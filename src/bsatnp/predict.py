@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -151,7 +152,7 @@ def _read_npz(path: Path, config: BSATNPConfig) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as data:
             stored = {name: data[name] for name in data.files}
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, zipfile.BadZipFile) as err:
         raise ValueError(f"{path}: not a readable .npz file: {err}") from err
     names = [f"{role}_{part}" for role, _ in _roles(config) for part in ("ctx", "test")]
     names.append("f_ctx")

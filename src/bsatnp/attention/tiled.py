@@ -242,6 +242,8 @@ def tiled_attention(
     Returns:
         ``[B, H, Lq, Dv]``.
     """
+    if key_mask is not None and q.shape[0] > 1 and not bool(key_mask.all()):
+        return _per_task(q, k, v, bias, coords_q, coords_k, key_mask, scale, tile_q, tile_k)
     params = tuple(bias.parameters()) if bias is not None else ()
     training = torch.is_grad_enabled() and (
         any(t.requires_grad for t in (q, k, v, *params))
@@ -253,3 +255,29 @@ def tiled_attention(
         with torch.no_grad():
             return tiled_forward(q, k, v, bias, coords_q, coords_k, scale, plan)[0]
     return _TiledBiasedAttention.apply(q, k, v, bias, coords_q, coords_k, scale, plan, *params)
+
+
+def _per_task(
+    q: Tensor, k: Tensor, v: Tensor, bias: AttentionBias | None,
+    coords_q: Mapping[str, Tensor], coords_k: Mapping[str, Tensor], key_mask: Tensor,
+    scale: float, tile_q: int | None, tile_k: int | None,
+) -> Tensor:
+    """Attend task by task over its valid keys only: padded keys cost nothing.
+
+    Context sets of different sizes are padded to a common length; dropping the padding per
+    task is exact (masked keys have zero weight) and saves their share of the work.
+    """
+    outs = []
+    for b in range(q.shape[0]):
+        keep = key_mask[b].nonzero().squeeze(1)
+        q_b = q[b : b + 1]
+        if keep.numel() == 0:
+            outs.append(q_b.new_zeros(*q_b.shape[:3], v.shape[-1]))
+            continue
+        outs.append(tiled_attention(
+            q_b, k[b : b + 1].index_select(2, keep), v[b : b + 1].index_select(2, keep), bias,
+            {r: c[b : b + 1] for r, c in coords_q.items()},
+            {r: c[b : b + 1].index_select(1, keep) for r, c in coords_k.items()},
+            None, scale, tile_q, tile_k,
+        ))
+    return torch.cat(outs, dim=0)

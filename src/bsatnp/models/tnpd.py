@@ -1,0 +1,166 @@
+"""TNP-D (Nguyen & Grover, 2022): the transformer neural process without attention biases.
+
+Locations enter the token instead of an attention bias, so the model is *not* invariant
+to translating them — the ablation that isolates what the biases of the BSA-TNP buy.
+The blocks are BSA-TNP's :class:`~bsatnp.models.blocks.KRBlock` with no bias (separate
+weights per block, context → context and test → context attention, padding masked as
+keys), sized like the paper's model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.distributions import Normal
+
+from bsatnp.attention.functional import BACKENDS
+from bsatnp.batch import Batch
+from bsatnp.models.blocks import KRBlock
+from bsatnp.models.config import BSATNPConfig
+from bsatnp.models.embedding import TokenEmbedding
+from bsatnp.models.heads import GaussianHead
+from bsatnp.models.layers import reference_init_
+
+
+@dataclass(frozen=True)
+class TNPDConfig:
+    """Everything needed to rebuild a TNP-D (defaults: sized like the 2D-GP BSA-TNP).
+
+    Attributes:
+        dim_s: Location features ``Ds`` (embedded in the token).
+        dim_f: Value features ``Df``.
+        obs_dim: Width of the observed-flag embedding.
+        dim: Token width ``E``.
+        num_blocks: Number of transformer blocks.
+        num_heads: Attention heads.
+        qkv_dim: Query/key/value width.
+        ffn_dim: FFN hidden width.
+        embed_hidden: Hidden widths of the token MLP.
+        head_hidden: Hidden widths of the output MLP.
+        min_std: Gaussian lower bound on σ.
+        ln_eps: LayerNorm epsilon.
+        backend: Attention backend (``auto``, ``dense``, ``tiled``, ``flex``).
+    """
+
+    dim_s: int = 2
+    dim_f: int = 1
+    obs_dim: int = 4
+    dim: int = 64
+    num_blocks: int = 6
+    num_heads: int = 4
+    qkv_dim: int = 128
+    ffn_dim: int = 256
+    embed_hidden: tuple[int, ...] = (256, 128)
+    head_hidden: tuple[int, ...] = (256, 64)
+    min_std: float = 0.0
+    ln_eps: float = 1e-6
+    backend: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.dim_s < 1:
+            raise ValueError(f"dim_s must be >= 1 (TNP-D embeds locations), got {self.dim_s}")
+        if self.dim_f < 1:
+            raise ValueError(f"dim_f must be >= 1, got {self.dim_f}")
+        if not 0.0 <= self.min_std < 1.0:
+            raise ValueError(f"min_std must be in [0, 1), got {self.min_std}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+
+    def token_config(self) -> BSATNPConfig:
+        """The equivalent BSA-TNP token settings: ``s`` embedded, no bias."""
+        return BSATNPConfig(
+            dim_s=self.dim_s, dim_f=self.dim_f, use_s="embed", obs_dim=self.obs_dim,
+            embed_hidden=self.embed_hidden, dim=self.dim, ln_eps=self.ln_eps,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dictionary (inverse of :meth:`from_dict`)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TNPDConfig:
+        """Rebuild from :meth:`to_dict` output; unknown keys raise ``ValueError``."""
+        unknown = set(data) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown TNPDConfig keys: {sorted(unknown)}")
+        kwargs = dict(data)
+        for key in ("embed_hidden", "head_hidden"):
+            if key in kwargs:
+                kwargs[key] = tuple(kwargs[key])
+        return cls(**kwargs)
+
+
+class TNPD(nn.Module):
+    """TNP-D: ``[flag, s, f]`` tokens → plain pre-norm transformer → Gaussian head.
+
+    Context tokens read ``(flag=1, s, f)``, test tokens ``(flag=0, s, 0)``. Every block
+    lets context attend to context and test attend to context only.
+
+    Args:
+        config: Model configuration (default: 476,042 parameters).
+        **overrides: Fields of :class:`TNPDConfig` to change, e.g. ``backend="dense"``.
+
+    Example:
+        >>> model = TNPD(num_blocks=2)
+        >>> dist = model(batch)          # torch.distributions.Normal, [B, Lt, Df]
+    """
+
+    def __init__(self, config: TNPDConfig | None = None, **overrides: Any) -> None:
+        super().__init__()
+        config = config or TNPDConfig()
+        if overrides:
+            config = TNPDConfig.from_dict({**config.to_dict(), **overrides})
+        self.config = config
+        self.embed = TokenEmbedding(config.token_config())
+        self.blocks = nn.ModuleList(
+            KRBlock(
+                config.dim, config.qkv_dim, config.num_heads, config.ffn_dim,
+                bias_specs=(), ln_eps=config.ln_eps, backend=config.backend,
+            )
+            for _ in range(config.num_blocks)
+        )
+        self.norm = nn.LayerNorm(config.dim, eps=config.ln_eps)
+        self.head = GaussianHead((config.dim, *config.head_hidden, 2 * config.dim_f),
+                                 config.min_std)
+        reference_init_(self)
+
+    def check_batch(self, batch: Batch) -> None:
+        """Raise ``ValueError`` if ``batch`` does not fit this model (shapes, roles, values)."""
+        if not isinstance(batch, Batch):
+            raise ValueError(f"batch must be a bsatnp.Batch, got {type(batch).__name__}")
+        batch.validate(required_roles=("s",))
+        for name, got, want in (
+            ("s_ctx", batch.s_ctx.shape[-1], self.config.dim_s),
+            ("f_ctx", batch.f_ctx.shape[-1], self.config.dim_f),
+        ):
+            if got != want:
+                raise ValueError(
+                    f"{name} has {got} features but the model was built with "
+                    f"dim_{name[0]}={want}"
+                )
+
+    def forward(self, batch: Batch) -> Normal:
+        """Predictive distribution at the test points.
+
+        Args:
+            batch: Context ``(s, f, mask_ctx)`` and test ``s`` inputs.
+
+        Returns:
+            ``Normal`` with mean/stddev ``[B, Lt, Df]``.
+        """
+        self.check_batch(batch)
+        batch = batch.sanitized()
+        n_ctx, mask_ctx = batch.n_ctx, batch.context_mask()
+        z = self.embed(batch)  # [B, Lc + Lt, E]
+        for block in self.blocks:
+            z = block(z, n_ctx, {}, mask_ctx)
+        return self.head(self.norm(z[:, n_ctx:]))
+
+    @torch.no_grad()
+    def predict(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        """Predictive mean and standard deviation ``[B, Lt, Df]`` without gradients."""
+        dist = self(batch)
+        return dist.mean, dist.stddev

@@ -1,0 +1,234 @@
+"""CLI and experiment plumbing: train → evaluate → plot → predict, configs, clean errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from bsatnp import cli
+from bsatnp.evaluate import DOMAINS, TABLE_METRICS, domain_task, evaluate
+from bsatnp.experiment import ExperimentConfig, load_experiment
+from bsatnp.io.checkpoint import load_model
+from bsatnp.models import BSATNPConfig
+from bsatnp.tasks.gp2d import GP2DTask, in_domain, scaled, shifted
+from bsatnp.train.config import TrainConfig
+
+TINY_YAML = """\
+model: {num_blocks: 1, dim: 16, qkv_dim: 16, ffn_dim: 32, embed_hidden: [32], head_hidden: [32]}
+task: {batch_size: 2, n_ctx: 16, n_test: 24, min_ctx: 4, max_ctx: 15}
+train: {steps: 6, batch_size: 2, lr: 1e-3, val_every: 3, val_batches: 2, save_every: 3,
+        log_every: 2}
+eval: {n_batches: {in_domain: 2, shifted: 2, scaled: 1}}
+"""
+TINY_TASK = GP2DTask(batch_size=2, n_ctx=16, n_test=24, min_ctx=4, max_ctx=15)
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A tiny experiment trained through the CLI: its directory (with last/best/log)."""
+    root = tmp_path_factory.mktemp("cli")
+    (root / "tiny.yaml").write_text(TINY_YAML)
+    out = root / "run"
+    assert cli.main(["train", "--config", str(root / "tiny.yaml"), "--out", str(out),
+                     "--quiet"]) == 0
+    return out
+
+
+def write_yaml(tmp_path, text: str):
+    path = tmp_path / "cfg.yaml"
+    path.write_text(text)
+    return path
+
+
+# ---------------------------------------------------------------------- happy paths
+def test_train_writes_checkpoints_and_log(run):
+    assert {"last.safetensors", "best.safetensors", "log.jsonl"} <= {p.name for p in run.iterdir()}
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert records[-1]["step"] == 6
+    assert any("val_nll" in r for r in records)
+
+
+def test_evaluate_writes_model_oracle_gap_per_domain(run, tmp_path, capsys):
+    code = cli.main(["evaluate", "--checkpoint", str(run / "last.safetensors"),
+                     "--out", str(tmp_path), "--quiet"])
+    assert code == 0
+    results = json.loads((tmp_path / "eval.json").read_text())
+    assert list(results["domains"]) == list(DOMAINS)
+    for domain, entry in results["domains"].items():
+        assert {"model", "oracle", "gap"} <= set(entry)
+        for part in ("model", "oracle", "gap"):
+            assert set(TABLE_METRICS) <= set(entry[part])
+            assert set(entry[part]["nll"]) == {"mean", "se"}
+        expected = {"in_domain": 2, "shifted": 2, "scaled": 1}[domain]  # from the stored config
+        assert entry["n_batches"] == expected
+    assert results["domains"]["scaled"]["n_ctx"] == 64
+    assert results["domains"]["scaled"]["model"]["nll"]["se"] is None  # one batch: no s.e.
+    table = (tmp_path / "eval.md").read_text()
+    assert table in capsys.readouterr().out
+    assert "| shifted (2×2) | model |" in table and "± " in table
+
+
+def test_evaluate_flags_override_the_stored_protocol(run, tmp_path):
+    code = cli.main(["evaluate", "--checkpoint", str(run / "last.safetensors"), "--out",
+                     str(tmp_path), "--n-batches", "3", "--seed", "7", "--domains", "shifted",
+                     "--no-oracle", "--quiet"])
+    assert code == 0
+    results = json.loads((tmp_path / "eval.json").read_text())
+    assert results["seed"] == 7
+    assert list(results["domains"]) == ["shifted"]
+    entry = results["domains"]["shifted"]
+    assert entry["n_batches"] == 3 and "oracle" not in entry and "gap" not in entry
+
+
+def test_plot_field_and_learning_curve(run, tmp_path):
+    field, curve = tmp_path / "field.png", tmp_path / "curve.png"
+    assert cli.main(["plot", "--checkpoint", str(run / "best.safetensors"), "--out", str(field),
+                     "--n-ctx", "20", "--quiet"]) == 0
+    assert cli.main(["plot", "--log", str(run / "log.jsonl"), "--out", str(curve)]) == 0
+    for path in (field, curve):
+        assert path.read_bytes()[:8] == PNG_MAGIC
+
+
+def test_predict_csv_and_npz(run, tmp_path):
+    g = torch.Generator().manual_seed(0)
+    s_ctx, s_test = torch.rand(10, 2, generator=g), torch.rand(5, 2, generator=g)
+    f_ctx = torch.sin(3 * s_ctx.sum(-1))
+    with open(tmp_path / "in.csv", "w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["split", "s0", "s1", "f"])
+        writer.writerows(["context", *s.tolist(), float(f)] for s, f in zip(s_ctx, f_ctx))
+        writer.writerows(["test", *s.tolist(), ""] for s in s_test)
+    ckpt = str(run / "last.safetensors")
+    assert cli.main(["predict", "--checkpoint", ckpt, "--input", str(tmp_path / "in.csv"),
+                     "--output", str(tmp_path / "out.csv")]) == 0
+    with open(tmp_path / "out.csv", newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert list(rows[0]) == ["s0", "s1", "mean", "std"] and len(rows) == 5
+    np.savez(tmp_path / "in.npz", s_ctx=s_ctx.numpy(), f_ctx=f_ctx.numpy(),
+             s_test=s_test.numpy())
+    assert cli.main(["predict", "--checkpoint", ckpt, "--input", str(tmp_path / "in.npz"),
+                     "--output", str(tmp_path / "out.npz")]) == 0
+    out = np.load(tmp_path / "out.npz")
+    assert out["mean"].shape == out["std"].shape == (5, 1) and (out["std"] > 0).all()
+    csv_mean = np.array([[float(r["mean"])] for r in rows])
+    np.testing.assert_allclose(csv_mean, out["mean"], rtol=1e-5, atol=1e-6)  # same prediction
+    model = load_model(ckpt)
+    expected = model.predict(_batch(s_ctx, f_ctx, s_test))[0][0].numpy()
+    np.testing.assert_allclose(out["mean"], expected, rtol=1e-5, atol=1e-6)
+
+
+def _batch(s_ctx, f_ctx, s_test):
+    from bsatnp import Batch
+
+    return Batch(s_ctx=s_ctx[None], f_ctx=f_ctx[None, :, None], s_test=s_test[None])
+
+
+def test_train_resume_continues_to_the_requested_step(run, tmp_path):
+    config = str(run.parent / "tiny.yaml")
+    out = tmp_path / "resumed"
+    assert cli.main(["train", "--config", config, "--out", str(out), "--steps", "3",
+                     "--quiet"]) == 0
+    assert cli.main(["train", "--config", config, "--resume", str(out / "last.safetensors"),
+                     "--quiet"]) == 0
+    resumed = load_model(out / "last.safetensors")
+    full = load_model(run / "last.safetensors")
+    for a, b in zip(resumed.state_dict().values(), full.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)  # exact resume: same as one run
+
+
+def test_demo_runs_end_to_end_on_a_tiny_config(run, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(cli, "DEMO_CONFIG", str(run.parent / "tiny.yaml"))
+    assert cli.main(["demo", "--out", str(tmp_path), "--minutes", "0", "--quiet"]) == 0
+    for name in ("eval.json", "eval.md", "field.png", "learning_curve.png",
+                 "run/last.safetensors"):
+        assert (tmp_path / name).is_file(), name
+    out = capsys.readouterr().out
+    assert "Trained 1 steps" in out and str(tmp_path / "field.png") in out
+
+
+# ------------------------------------------------------------------------- errors
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("train: {stepz: 5}\n", "train: unknown key(s) ['stepz']"),
+        ("train: {lr: fast}\n", "train.lr: expected float, got 'fast'"),
+        ("model: {embed_hidden: [32, x]}\n", "model.embed_hidden[1]: expected int"),
+        ("task: {lengthscale_prior: {gamma: [1, 2]}}\n", "task.lengthscale_prior: unknown prior"),
+        ("task: {min_ctx: 9, max_ctx: 4}\n", "task: need 1 <= min_ctx"),
+        ("eval: {domains: [moon]}\n", "eval: domains must be"),
+        ("optim: {}\n", "unknown section(s) ['optim']"),
+        ("train: [1, 2\n", "not valid YAML"),
+    ],
+)
+def test_bad_config_exits_2_naming_file_and_key(tmp_path, capsys, text, needle):
+    path = write_yaml(tmp_path, text)
+    assert cli.main(["train", "--config", str(path), "--out", str(tmp_path), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and str(path) in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("command", ["evaluate", "plot"])
+def test_missing_checkpoint_exits_2(tmp_path, capsys, command):
+    assert cli.main([command, "--checkpoint", str(tmp_path / "nope.safetensors")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_corrupt_checkpoint_exits_2(tmp_path, capsys):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x00garbage" * 10)
+    assert cli.main(["evaluate", "--checkpoint", str(bad), "--quiet"]) == 2
+    assert "not a readable safetensors file" in capsys.readouterr().err
+
+
+def test_missing_config_and_bad_predict_input_exit_2(run, tmp_path, capsys):
+    assert cli.main(["train", "--config", str(tmp_path / "none.yaml")]) == 2
+    assert "not found" in capsys.readouterr().err
+    bad = tmp_path / "in.csv"
+    bad.write_text("split,s0,f\ncontext,0.1,1.0\ntest,0.2,\n")
+    assert cli.main(["predict", "--checkpoint", str(run / "last.safetensors"), "--input",
+                     str(bad), "--output", str(tmp_path / "out.csv")]) == 2
+    assert "missing column(s) ['s1']" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------- library level
+def test_gap_is_model_minus_oracle():
+    torch.manual_seed(0)
+    model = ExperimentConfig.from_dict({"model": {"num_blocks": 1, "dim": 16, "qkv_dim": 16,
+                                                  "ffn_dim": 32}}).build_model()
+    results = evaluate(model, ("in_domain", "scaled"), 3, seed=5, progress=False,
+                       task=TINY_TASK)
+    for entry in results["domains"].values():
+        for metric, gap in entry["gap"].items():
+            want = entry["model"][metric]["mean"] - entry["oracle"][metric]["mean"]
+            assert gap["mean"] == pytest.approx(want, abs=1e-12)
+        assert entry["oracle"]["nll"]["mean"] < entry["model"]["nll"]["mean"]
+
+
+def test_derived_domains_match_the_paper_domains():
+    assert domain_task(in_domain(), "in_domain") == in_domain()
+    assert domain_task(in_domain(), "shifted") == shifted()
+    assert domain_task(in_domain(), "scaled") == scaled()
+    with pytest.raises(ValueError, match="unknown domain"):
+        domain_task(in_domain(), "moon")
+
+
+def test_bundled_configs_are_the_paper_setup():
+    paper = load_experiment("gp2d")
+    assert paper.model == BSATNPConfig() and paper.task == in_domain()
+    assert paper.train == TrainConfig(out_dir="runs/gp2d")
+    quick = load_experiment("configs/gp2d_quick.yaml")
+    assert quick.model == paper.model and quick.task == paper.task
+    assert 100 <= quick.train.steps <= 1000
+    assert ExperimentConfig.from_dict(quick.to_dict()) == quick  # round trip
+
+
+def test_seeds_must_keep_train_validation_and_test_apart():
+    with pytest.raises(ValueError, match="train.seed"):
+        ExperimentConfig.from_dict({"train": {"seed": 1000}})
+    with pytest.raises(ValueError, match="val_seed must differ"):
+        ExperimentConfig.from_dict({"eval": {"seed": 3, "val_seed": 3}})
