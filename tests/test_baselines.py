@@ -1,0 +1,194 @@
+"""Baselines: TNP-D (no attention bias) and the training-free IDW / k-nearest-neighbour means."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import random_batch
+
+from bsatnp import Batch
+from bsatnp.baselines import IDW, TNPD, KNearestMean, TNPDConfig
+from bsatnp.metrics import coverage
+from bsatnp.models import masked_nll
+from bsatnp.tasks.gp2d import eval_batches, in_domain
+
+SMALL = {"dim": 32, "num_blocks": 2, "qkv_dim": 32, "ffn_dim": 64,
+         "embed_hidden": (64,), "head_hidden": (64,), "backend": "dense"}
+
+
+def shifted(batch: Batch, shift: float) -> Batch:
+    return batch.map(s_ctx=batch.s_ctx + shift, s_test=batch.s_test + shift)
+
+
+def dropped(batch: Batch) -> Batch:
+    n = int(batch.mask_ctx.sum())
+    return batch.map(s_ctx=batch.s_ctx[:, :n], f_ctx=batch.f_ctx[:, :n], mask_ctx=None)
+
+
+def with_nan_padding(batch: Batch) -> Batch:
+    pad = ~batch.mask_ctx
+    s, f = batch.s_ctx.clone(), batch.f_ctx.clone()
+    s[pad], f[pad] = 1e4, float("nan")
+    return batch.map(s_ctx=s, f_ctx=f)
+
+
+def assert_same(d1, d2, atol=1e-5):
+    assert (d1.mean - d2.mean).abs().max() <= atol
+    assert (d1.stddev - d2.stddev).abs().max() <= atol
+
+
+# ------------------------------------------------------------------------------ TNP-D
+def test_tnpd_shapes_and_parameter_count():
+    model = TNPD()
+    assert sum(p.numel() for p in model.parameters()) == 476_042
+    dist = model(random_batch(B=3, Lc=10, Lt=7))
+    assert dist.mean.shape == dist.stddev.shape == (3, 7, 1)
+    assert bool((dist.stddev > 0).all())
+    two = TNPD(dim_f=2, **SMALL)(random_batch(Lt=5, dim_f=2))
+    assert two.mean.shape == (2, 5, 2)
+
+
+def test_tnpd_config_round_trip_and_unknown_keys():
+    config = TNPDConfig(**SMALL)
+    assert TNPDConfig.from_dict(config.to_dict()) == config
+    assert TNPD(config).config == TNPD(**SMALL).config == config
+    with pytest.raises(ValueError, match="unknown TNPDConfig keys"):
+        TNPDConfig.from_dict({"use_s": "bias"})
+    with pytest.raises(ValueError, match="dim_s"):
+        TNPDConfig(dim_s=0)
+
+
+@pytest.mark.parametrize("backend", ["dense", "tiled"])
+def test_tnpd_masked_context_equals_dropped_context(backend):
+    torch.manual_seed(0)
+    model = TNPD(**{**SMALL, "backend": backend}).eval()
+    batch = random_batch(B=1, Lc=20, seed=4)
+    with torch.no_grad():
+        base = model(batch)
+        assert_same(base, model(dropped(batch)))
+        assert_same(base, model(with_nan_padding(batch)), atol=0)
+
+
+def test_tnpd_gradients_reach_every_parameter():
+    torch.manual_seed(0)
+    model = TNPD(backend="dense")
+    batch = random_batch(seed=1)
+    masked_nll(model(batch), batch.f_test, batch.test_mask()).backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and bool(p.grad.abs().sum() > 0), name
+
+
+def test_tnpd_adam_steps_reduce_loss_on_fixed_batch():
+    torch.manual_seed(0)
+    model = TNPD(**SMALL)
+    batch = random_batch(B=4, Lc=32, Lt=32, seed=2)
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(30):
+        loss = masked_nll(model(batch), batch.f_test, batch.test_mask())
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 0.1
+
+
+def test_tnpd_is_not_translation_invariant():
+    torch.manual_seed(0)
+    model = TNPD(**SMALL).eval()
+    batch = random_batch(seed=1)
+    with torch.no_grad():
+        assert (model(batch).mean - model(shifted(batch, 10.0)).mean).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize(
+    "case, argument",
+    [
+        ("not_a_batch", "batch"),
+        ("no_locations", "s_ctx"),
+        ("wrong_dim_s", "s_ctx"),
+        ("wrong_dim_f", "f_ctx"),
+        ("nan_location", "s_test"),
+    ],
+)
+def test_tnpd_bad_input_raises_value_error_naming_argument(case, argument):
+    model = TNPD(**SMALL)
+    batch = random_batch()
+    bad = {
+        "not_a_batch": lambda: {"f_ctx": batch.f_ctx},
+        "no_locations": lambda: batch.map(s_ctx=None, s_test=None),
+        "wrong_dim_s": lambda: random_batch(dim_s=3),
+        "wrong_dim_f": lambda: random_batch(dim_f=2),
+        "nan_location": lambda: batch.map(s_test=batch.s_test.clone().fill_(float("nan"))),
+    }[case]()
+    with pytest.raises(ValueError, match=argument):
+        model(bad)
+
+
+# ------------------------------------------------------------------ IDW and kNN means
+BASELINES = [IDW(), IDW(power=3.0), KNearestMean(), KNearestMean(k=1)]
+
+
+@pytest.mark.parametrize("model", BASELINES, ids=repr)
+def test_local_average_shapes_masking_chunking_translation(model):
+    batch = random_batch(B=3, Lc=30, Lt=20, seed=7, dim_f=2)
+    base = model(batch)
+    assert base.mean.shape == base.stddev.shape == (3, 20, 2)
+    assert bool((base.stddev >= model.min_std).all())
+    one = random_batch(B=1, Lc=30, Lt=20, seed=8)
+    assert_same(model(one), model(dropped(one)))
+    assert_same(base, model(with_nan_padding(batch)), atol=0)
+    model.chunk_size = 3
+    assert_same(base, model(batch), atol=1e-6)
+    model.chunk_size = 256
+    assert_same(base, model(shifted(batch, 10.0)), atol=1e-5)
+
+
+def test_idw_interpolates_context_points_exactly():
+    model = IDW(min_std=0.05)
+    batch = random_batch(seed=9)
+    batch = batch.map(s_test=torch.cat([batch.s_ctx[:, :1], batch.s_test], dim=1), f_test=None)
+    dist = model(batch)
+    assert torch.equal(dist.mean[:, 0], batch.f_ctx[:, 0])
+    assert torch.allclose(dist.stddev[:, 0], torch.tensor(0.05))
+    assert bool((dist.stddev[:, 1:] > 0.05).all())
+
+
+def test_knn_with_k_above_context_size_is_the_context_mean():
+    batch = random_batch(seed=10)
+    dist = KNearestMean(k=100)(batch)
+    mask = batch.mask_ctx[..., None]
+    mean = torch.where(mask, batch.f_ctx, 0).sum(1) / mask.sum(1)
+    assert torch.allclose(dist.mean, mean[:, None].expand_as(dist.mean), atol=1e-6)
+
+
+@pytest.mark.parametrize("make", [IDW, lambda: KNearestMean(k=1)], ids=["idw", "1nn"])
+def test_calibrate_moves_coverage_towards_nominal(make):
+    task = in_domain(batch_size=2, n_ctx=64, n_test=64, min_ctx=16, max_ctx=63)
+    fit = [batch for batch, _ in eval_batches(task, 4, seed=0)]
+    held_out = [batch for batch, _ in eval_batches(task, 8, seed=1)]
+    model = make()
+
+    def held_out_coverage() -> float:
+        values = [coverage(*model.predict(b), b.f_test, b.test_mask()) for b in held_out]
+        return float(torch.stack(values).mean())
+
+    before = held_out_coverage()
+    scale = model.calibrate(fit)
+    assert scale == pytest.approx(float(model.std_scale)) and scale != 1.0
+    after = held_out_coverage()
+    assert abs(after - 0.95) < abs(before - 0.95)
+
+
+def test_local_average_bad_input_raises_value_error():
+    batch = random_batch()
+    with pytest.raises(ValueError, match="s_ctx"):
+        IDW()(batch.map(s_ctx=None, s_test=None))
+    with pytest.raises(ValueError, match="f_test"):
+        IDW().calibrate([batch.map(f_test=None)])
+    with pytest.raises(ValueError, match="batch"):
+        KNearestMean()({"f_ctx": batch.f_ctx})
+    for bad in (lambda: IDW(power=0.0), lambda: KNearestMean(k=0), lambda: IDW(min_std=0.0),
+                lambda: IDW(chunk_size=0)):
+        with pytest.raises(ValueError):
+            bad()
