@@ -195,10 +195,11 @@ def test_padding_values_cannot_leak(backend):
     assert torch.equal(out1, out2) or (out1 - out2).abs().max() < 1e-6
 
 
-def test_auto_picks_tiled_on_cpu():
+def test_auto_picks_by_size_and_gradients_on_cpu():
     small = torch.zeros(1, 4, 100, 8)
     big = torch.zeros(1, 4, 8192, 8)
-    assert choose_backend(small, small) == "tiled"
+    assert choose_backend(small, small) == "dense"
+    assert choose_backend(small, small, needs_grad=True) == "tiled"
     assert choose_backend(big, big) == "tiled"
 
 

@@ -20,15 +20,23 @@ from bsatnp.attention.tiled import tiled_attention
 BACKENDS = ("auto", "dense", "tiled", "flex")
 
 
-def choose_backend(q: Tensor, k: Tensor) -> str:
+DENSE_MAX_ELEMENTS = 1 << 22
+"""CPU inference below this many ``B·H·Lq·Lk`` score elements uses ``dense``."""
+
+
+def choose_backend(q: Tensor, k: Tensor, needs_grad: bool = False) -> str:
     """The backend ``auto`` uses for queries ``q [B, H, Lq, D]`` and keys ``k [B, H, Lk, D]``.
 
-    CUDA: ``flex`` (fused kernel). CPU: ``tiled``, which measured faster than ``dense``
-    at every size in ``benchmarks/forward.py`` (the fused softmax of a single key tile has no
-    per-tile overhead) and keeps memory bounded in training too.
+    CUDA: ``flex`` (fused kernel). CPU: ``dense`` for small inference problems (up to
+    4M score elements, where it measured ~1.5× faster), otherwise ``tiled``: faster than
+    ``dense`` at larger sizes and in training (``benchmarks/forward.py``), and bounded in
+    memory.
     """
     if q.is_cuda and flex_available():
         return "flex"
+    B, H, Lq, _ = q.shape
+    if not needs_grad and B * H * Lq * k.shape[2] <= DENSE_MAX_ELEMENTS:
+        return "dense"
     return "tiled"
 
 
@@ -71,7 +79,11 @@ def biased_attention(
     if key_mask is not None and key_mask.dtype != torch.bool:
         raise ValueError(f"key_mask must be bool, got {key_mask.dtype}")
     if backend == "auto":
-        backend = choose_backend(q, k)
+        params = () if bias is None else tuple(bias.parameters())
+        needs_grad = torch.is_grad_enabled() and any(
+            t.requires_grad for t in (q, k, v, *params)
+        )
+        backend = choose_backend(q, k, needs_grad)
     if backend == "dense":
         return dense_attention(q, k, v, bias, coords_q, coords_k, key_mask, scale)
     if backend == "tiled":
