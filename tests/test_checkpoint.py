@@ -73,7 +73,7 @@ def test_round_trip(tmp_path):
                            rng=rng, train_config={"lr": 1e-3, "betas": (0.9, 0.999)},
                            extra=extra, best_metric=1.25)
     ckpt = load_checkpoint(path)
-    assert ckpt.model_config == model.config.to_dict()
+    assert ckpt.model_config == {"family": "bsatnp", **model.config.to_dict()}
     assert_same(ckpt.model_state, model.state_dict())
     assert_same(ckpt.optimizer_state, optimizer.state_dict())
     assert_same(ckpt.scheduler_state, scheduler.state_dict())

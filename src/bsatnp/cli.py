@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from bsatnp.evaluate import DOMAINS, domain_task, evaluate, markdown_table, write_results
 from bsatnp.experiment import (
@@ -23,7 +24,6 @@ from bsatnp.experiment import (
     load_experiment,
 )
 from bsatnp.io.checkpoint import load_checkpoint, load_model
-from bsatnp.models import BSATNP
 from bsatnp.predict import FORMAT_HELP, predict_file
 
 DEMO_CONFIG = "gp2d_quick"
@@ -114,7 +114,7 @@ def _plot(args: argparse.Namespace) -> None:
     print(f"Wrote {path}")
 
 
-def _load(args: argparse.Namespace) -> tuple[BSATNP, ExperimentConfig]:
+def _load(args: argparse.Namespace) -> tuple[nn.Module, ExperimentConfig]:
     """Model (eval mode, on the requested device) and experiment stored in a checkpoint."""
     ckpt = load_checkpoint(args.checkpoint)
     model = ckpt.build_model().to(_device(args)).eval()

@@ -22,10 +22,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import torch
+from torch import nn
+
 from bsatnp.baselines.gp_oracle import gp_posterior
 from bsatnp.batch import Batch
 from bsatnp.metrics import gaussian_metrics, summarize
-from bsatnp.models import BSATNP
 from bsatnp.progress import tqdm_class
 from bsatnp.tasks.gp import GPParams
 from bsatnp.tasks.gp2d import GP2DTask, eval_batches, in_domain
@@ -64,9 +66,19 @@ def domain_task(task: GP2DTask, domain: str) -> GP2DTask:
     raise ValueError(f"unknown domain {domain!r}; choose from {DOMAINS}")
 
 
-def model_metrics(model: BSATNP, batch: Batch) -> dict[str, float]:
-    """Metrics of the model's Gaussian predictive on one batch (see :func:`gaussian_metrics`)."""
-    device = next(model.parameters()).device
+def model_device(model: nn.Module) -> torch.device:
+    """Device of the model's first parameter or buffer (CPU for a model with neither)."""
+    for tensor in (*model.parameters(), *model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+def model_metrics(model: nn.Module, batch: Batch) -> dict[str, float]:
+    """Metrics of the model's Gaussian predictive on one batch (see :func:`gaussian_metrics`).
+
+    ``model.predict(batch)`` must return the mean and standard deviation ``[B, Lt, Df]``.
+    """
+    device = model_device(model)
     mean, std = model.predict(batch.to(device))
     return gaussian_metrics(mean.cpu(), std.cpu(), batch.f_test, batch.test_mask())
 
@@ -78,7 +90,7 @@ def oracle_metrics(batch: Batch, params: GPParams) -> dict[str, float]:
 
 
 def evaluate(
-    model: BSATNP,
+    model: nn.Module | Mapping[str, nn.Module],
     domains: Sequence[str] = DOMAINS,
     n_batches: int | Mapping[str, int] = 32,
     seed: int = 1000,
@@ -86,10 +98,13 @@ def evaluate(
     progress: bool = True,
     task: GP2DTask | None = None,
 ) -> dict[str, Any]:
-    """Score ``model`` (and the oracle) on fixed batches of each domain.
+    """Score a model, or several side by side, (and the oracle) on fixed batches per domain.
+
+    Every model sees the same batches, and the oracle is computed once per batch.
 
     Args:
-        model: A Gaussian BSA-TNP for 2D locations and scalar values.
+        model: A Gaussian model for 2D locations and scalar values (any family, or a
+            training-free baseline with ``predict``), or ``{name: model}``.
         domains: Names from :data:`DOMAINS`.
         n_batches: Batches per domain: one count, or a count per domain name.
         seed: Seed of the batches (the same for every domain).
@@ -99,37 +114,45 @@ def evaluate(
 
     Returns:
         ``{"seed": seed, "domains": {name: entry}}`` where each entry holds ``n_batches``,
-        ``batch_size``, ``n_ctx``, ``n_test``, ``box``, ``seconds`` and ``model``
-        (plus ``oracle`` and ``gap`` with the oracle): ``{metric: {"mean", "se"}}``.
+        ``batch_size``, ``n_ctx``, ``n_test``, ``box``, ``seconds`` and one summary
+        ``{metric: {"mean", "se"}}`` per scored method: ``model`` (or each name of the
+        mapping), plus ``oracle`` and the paired gaps with the oracle, ``gap`` (or
+        ``gap/<name>``).
 
     Raises:
-        ValueError: On an unknown domain, a missing count or a count below 1.
+        ValueError: On an unknown domain, a missing count or a count below 1, or a model
+            named ``oracle``.
     """
+    models = dict(model) if isinstance(model, Mapping) else {"model": model}
+    if "oracle" in models or any(name.startswith("gap") for name in models):
+        raise ValueError(f"model names may not be 'oracle' or start with 'gap': {list(models)}")
     task = task or in_domain()
     tasks = {domain: domain_task(task, domain) for domain in domains}  # check all first
     counts = {domain: _count(n_batches, domain) for domain in domains}
-    was_training = model.training
-    model.eval()
+    modes = {name: m.training for name, m in models.items()}
+    for m in models.values():
+        m.eval()
     try:
-        scored = {domain: _evaluate_domain(model, tasks[domain], counts[domain], seed,
+        scored = {domain: _evaluate_domain(models, tasks[domain], counts[domain], seed,
                                            with_oracle, progress, domain)
                   for domain in domains}
     finally:
-        model.train(was_training)
+        for name, m in models.items():
+            m.train(modes[name])
     return {"seed": seed, "domains": scored}
 
 
 def markdown_table(results: Mapping[str, Any]) -> str:
-    """Markdown table of :func:`evaluate` results: rows domain × {model, oracle, gap}."""
+    """Markdown table of :func:`evaluate` results: one row per domain and scored method."""
     header = ["domain (batches×tasks)", "method", *TABLE_METRICS]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for domain, entry in results["domains"].items():
         label = f"{domain} ({entry['n_batches']}×{entry['batch_size']})"
-        for name in ("model", "oracle", "gap"):
-            if name in entry:
-                cells = [_mean_se(entry[name][m]) for m in TABLE_METRICS]
-                lines.append("| " + " | ".join([label, name, *cells]) + " |")
-                label = ""
+        methods = [key for key, value in entry.items() if isinstance(value, Mapping)]
+        for name in methods:
+            cells = [_mean_se(entry[name][m]) for m in TABLE_METRICS]
+            lines.append("| " + " | ".join([label, name, *cells]) + " |")
+            label = ""
     lines += ["", f"Mean ± s.e. over batches, test seed {results['seed']}; gap = model − oracle "
               f"per batch (paired s.e.). The shifted batches are the in-domain batches "
               f"translated by +{SHIFT:g} in both coordinates."]
@@ -150,19 +173,24 @@ def write_results(results: Mapping[str, Any], out_dir: str | os.PathLike[str]) -
     return json_path, md_path
 
 
-def _evaluate_domain(model: BSATNP, task: GP2DTask, count: int, seed: int, with_oracle: bool,
-                     progress: bool, name: str) -> dict[str, Any]:
+def _evaluate_domain(models: Mapping[str, nn.Module], task: GP2DTask, count: int, seed: int,
+                     with_oracle: bool, progress: bool, domain: str) -> dict[str, Any]:
     """One entry of :func:`evaluate`'s ``domains``."""
     tqdm = tqdm_class()
     start = time.perf_counter()
-    scores: dict[str, list[dict[str, float]]] = {"model": [], "oracle": [], "gap": []}
+    gap_name = {name: "gap" if list(models) == ["model"] else f"gap/{name}" for name in models}
+    scores: dict[str, list[dict[str, float]]] = {}
     batches = eval_batches(task, count, seed)
-    for batch, params in tqdm(batches, total=count, desc=name, disable=not progress):
-        scores["model"].append(model_metrics(model, batch))
-        if with_oracle:
-            scores["oracle"].append(oracle_metrics(batch, params))
-            scores["gap"].append({k: v - scores["oracle"][-1][k]
-                                  for k, v in scores["model"][-1].items()})
+    for batch, params in tqdm(batches, total=count, desc=domain, disable=not progress):
+        oracle = oracle_metrics(batch, params) if with_oracle else None
+        if oracle is not None:
+            scores.setdefault("oracle", []).append(oracle)
+        for name, model in models.items():
+            metrics = model_metrics(model, batch)
+            scores.setdefault(name, []).append(metrics)
+            if oracle is not None:
+                scores.setdefault(gap_name[name], []).append(
+                    {k: v - oracle[k] for k, v in metrics.items()})
     return {
         "n_batches": count,
         "batch_size": task.batch_size,
@@ -170,7 +198,8 @@ def _evaluate_domain(model: BSATNP, task: GP2DTask, count: int, seed: int, with_
         "n_test": task.n_test,
         "box": list(task.box),
         "seconds": time.perf_counter() - start,
-        **{part: _summary(rows) for part, rows in scores.items() if rows},
+        **{part: _summary(scores[part])  # models, oracle, gaps
+           for part in (*models, "oracle", *gap_name.values()) if part in scores},
     }
 
 

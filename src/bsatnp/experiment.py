@@ -3,7 +3,8 @@
 A file has up to four sections, each a mapping of dataclass fields (missing fields take
 their defaults, the paper's values)::
 
-    model:  # BSATNPConfig
+    model:  # family (default bsatnp) and the fields of its config, e.g. BSATNPConfig
+      family: bsatnp
       num_blocks: 6
     task:   # GP2DTask: in-domain batches for validation and evaluation
       box: [-2.0, 2.0]
@@ -28,12 +29,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from bsatnp.evaluate import DOMAINS, model_metrics
 from bsatnp.io.checkpoint import Checkpoint
 from bsatnp.io.typed_config import build_dataclass
 from bsatnp.metrics import summarize
-from bsatnp.models import BSATNP, BSATNPConfig
+from bsatnp.models import BSATNPConfig
+from bsatnp.models.registry import (
+    FAMILIES,
+    ModelConfig,
+    build_model,
+    config_to_dict,
+    split_family,
+)
 from bsatnp.tasks.gp2d import GP2DTask, eval_batches
 from bsatnp.tasks.priors import Beta, Fixed, LogUniform, Prior, Uniform, prior_from_config
 from bsatnp.train.config import TrainConfig
@@ -85,14 +94,15 @@ class ExperimentConfig:
     """One experiment: model, in-domain task, training and evaluation settings.
 
     Attributes:
-        model: Architecture.
+        model: Architecture: the config of any family in
+            :data:`~bsatnp.models.registry.FAMILIES`.
         task: In-domain task; its ``batch_size`` applies to validation and test batches.
         train: Optimisation; ``train.batch_size`` is the training batch size.
         eval: Test protocol.
         source: Where the config came from (used in error messages).
     """
 
-    model: BSATNPConfig = field(default_factory=BSATNPConfig)
+    model: ModelConfig = field(default_factory=BSATNPConfig)
     task: GP2DTask = field(default_factory=GP2DTask)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -118,10 +128,12 @@ class ExperimentConfig:
         unknown = sorted(str(key) for key in data if key not in SECTIONS)
         if unknown:
             raise ValueError(f"{source}: unknown section(s) {unknown}; known: {list(SECTIONS)}")
-        classes = {"model": BSATNPConfig, "task": GP2DTask, "train": TrainConfig,
-                   "eval": EvalConfig}
         try:
-            parts = {name: build_dataclass(classes[name], data[name] or {}, name, _CONVERTERS)
+            family, model = split_family(data.get("model") or {})
+            classes = {"model": FAMILIES[family].config, "task": GP2DTask, "train": TrainConfig,
+                       "eval": EvalConfig}
+            sections = {**data, "model": model}
+            parts = {name: build_dataclass(classes[name], sections[name] or {}, name, _CONVERTERS)
                      for name in SECTIONS if name in data}  # an empty section is None
         except ValueError as err:
             raise ValueError(f"{source}: {err}") from err
@@ -134,14 +146,14 @@ class ExperimentConfig:
             if isinstance(value, Prior):
                 task[key] = _prior_to_config(value)
         ev = {f.name: getattr(self.eval, f.name) for f in fields(self.eval)}
-        return {"model": self.model.to_dict(), "task": task, "train": self.train.to_dict(),
+        return {"model": config_to_dict(self.model), "task": task, "train": self.train.to_dict(),
                 "eval": ev}
 
     def with_out_dir(self, out_dir: str | os.PathLike[str]) -> ExperimentConfig:
         """A copy that writes its training outputs to ``out_dir``."""
         return replace(self, train=replace(self.train, out_dir=str(out_dir)))
 
-    def build_model(self) -> BSATNP:
+    def build_model(self) -> nn.Module:
         """A freshly initialised model, seeded from ``train.seed`` (reproducible).
 
         Raises:
@@ -149,7 +161,7 @@ class ExperimentConfig:
         """
         torch.manual_seed(self.train.seed)
         try:
-            return BSATNP(self.model)
+            return build_model(self.model)
         except (RuntimeError, TypeError, ValueError) as err:
             raise ValueError(f"{self.source}: model: cannot build the model: {err}") from err
 
@@ -222,7 +234,7 @@ def validator(task: GP2DTask, n_batches: int, seed: int) -> Validate:
     """
     batches: list[Any] = []
 
-    def validate(model: BSATNP) -> dict[str, float]:
+    def validate(model: nn.Module) -> dict[str, float]:
         if not batches:
             batches.extend(batch for batch, _ in eval_batches(task, n_batches, seed))
         summary = summarize(model_metrics(model, batch) for batch in batches)

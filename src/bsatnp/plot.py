@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from bsatnp.batch import Batch
+from bsatnp.evaluate import model_device
 from bsatnp.metrics import gaussian_metrics
-from bsatnp.models import BSATNP
 from bsatnp.tasks.gp import sample_gp
 from bsatnp.tasks.gp2d import GP2DTask, in_domain
 
@@ -47,7 +48,7 @@ def field_batch(task: GP2DTask, n_ctx: int, grid_size: int,
     return batch, float(lengthscale)
 
 
-def plot_field(model: BSATNP, out_png: str | os.PathLike[str], seed: int = 0,
+def plot_field(model: nn.Module, out_png: str | os.PathLike[str], seed: int = 0,
                task: GP2DTask | None = None, n_ctx: int = 200, grid_size: int = 64) -> Path:
     """Five panels: context points, true field, predicted mean, predicted std, |error|.
 
@@ -66,7 +67,7 @@ def plot_field(model: BSATNP, out_png: str | os.PathLike[str], seed: int = 0,
     task = task or in_domain()
     batch, lengthscale = field_batch(task, n_ctx, grid_size,
                                      torch.Generator().manual_seed(seed))
-    device = next(model.parameters()).device
+    device = model_device(model)
     was_training = model.training
     try:
         mean, std = model.eval().predict(batch.to(device))

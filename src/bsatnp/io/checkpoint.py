@@ -31,8 +31,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
 import bsatnp
-from bsatnp.models.bsatnp import BSATNP
-from bsatnp.models.config import BSATNPConfig
+from bsatnp.models.registry import build_model, config_from_dict, config_to_dict
 
 FORMAT = "bsatnp-checkpoint"
 FORMAT_VERSION = 1
@@ -48,7 +47,8 @@ class Checkpoint:
 
     Attributes:
         path: File it was read from (used in error messages).
-        model_config: :meth:`BSATNPConfig.to_dict` of the saved model.
+        model_config: The saved model's config with its ``family``
+            (:func:`~bsatnp.models.registry.config_to_dict`).
         model_state: Model state dict (CPU tensors).
         optimizer_state: Ready for ``optimizer.load_state_dict``, or ``None``.
         scheduler_state: Ready for ``scheduler.load_state_dict``, or ``None``.
@@ -72,14 +72,14 @@ class Checkpoint:
     version: str
     best_metric: float | None
 
-    def build_model(self) -> BSATNP:
-        """A new :class:`BSATNP` from the saved config with the saved weights (train mode).
+    def build_model(self) -> nn.Module:
+        """A new model of the saved family and config with the saved weights (train mode).
 
         Raises:
             ValueError: If the config or the weights do not make a valid model.
         """
         try:
-            model = BSATNP(BSATNPConfig.from_dict(self.model_config))
+            model = build_model(config_from_dict(self.model_config))
         except (TypeError, ValueError, RuntimeError) as err:
             raise ValueError(f"{self.path}: the saved model config is invalid: {err}") from err
         self.restore(model, "model")
@@ -110,7 +110,7 @@ class Checkpoint:
 
 def save_checkpoint(
     path: str | os.PathLike[str],
-    model: BSATNP,
+    model: nn.Module,
     optimizer: Optimizer | None = None,
     scheduler: LRScheduler | None = None,
     *,
@@ -150,7 +150,7 @@ def save_checkpoint(
             raise ValueError(f"rng[{name!r}] must be a uint8 tensor (an RNG state)")
         tensors[f"rng/{name}"] = _stored(state)
     fields = {
-        "model_config": model.config.to_dict(),
+        "model_config": config_to_dict(model.config),
         "step": int(step),
         "best_metric": None if best_metric is None else float(best_metric),
         "optimizer": None if optimizer is None else optimizer.state_dict(),
@@ -221,7 +221,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     )
 
 
-def load_model(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> BSATNP:
+def load_model(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> nn.Module:
     """Rebuild the saved model from its config and weights, on ``map_location``, in eval mode.
 
     Raises:

@@ -10,22 +10,21 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from bsatnp.batch import Batch
 from bsatnp.io.checkpoint import load_checkpoint, save_checkpoint
-from bsatnp.models.bsatnp import BSATNP
 from bsatnp.models.heads import masked_nll
 from bsatnp.progress import tqdm_class
 from bsatnp.train.config import TrainConfig
 from bsatnp.train.schedule import cosine_schedule
 
 SampleBatch = Callable[[torch.Generator], Batch]
-Validate = Callable[[BSATNP], dict[str, float]]
+Validate = Callable[[nn.Module], dict[str, float]]
 
 
 class Trainer:
-    """Trains a :class:`BSATNP` on fresh batches drawn every step (SPEC §7).
+    """Trains a model of any family on fresh batches drawn every step (SPEC §7).
 
     Training batches come from ``sample_batch(generator)`` with a dedicated CPU generator
     seeded from ``config.seed``; its state and the global torch RNG state are saved in every
@@ -47,7 +46,7 @@ class Trainer:
 
     def __init__(
         self,
-        model: BSATNP,
+        model: nn.Module,
         sample_batch: SampleBatch,
         config: TrainConfig,
         validate: Validate | None = None,

@@ -1,0 +1,222 @@
+"""Side-by-side comparison on the 2D-GP protocol: BSA-TNP, its ablations and the baselines.
+
+Every trainable model gets the same training budget and hyperparameters (SPEC §7, with
+the cosine decay over ``--steps``), the same training batches (same seed) and the same
+evaluation batches; the exact GP oracle is scored once per evaluation batch. The
+training-free IDW and k-NN baselines have their predictive std calibrated on the
+validation batches. Costs are measured side by side on one fixed B=8 batch (512 context
+slots, 128–511 valid, 1024 test points): models take turns step by step, so machine noise
+hits them alike; GFLOPs per training step (forward + backward) are counted by
+``torch.utils.flop_counter`` (matrix products only: exponentials are not counted).
+
+Usage:
+    python benchmarks/compare_models.py --quick            # CI-sized, about a minute
+    python benchmarks/compare_models.py --steps 5000 --eval-batches 500 --scaled-batches 50
+    python benchmarks/compare_models.py --models bsatnp,tnpd --steps 200
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from bsatnp.baselines import IDW, KNearestMean
+from bsatnp.evaluate import evaluate
+from bsatnp.experiment import ExperimentConfig, build_trainer
+from bsatnp.models import BSATNPConfig, masked_nll
+from bsatnp.models.convcnp import ConvCNPConfig
+from bsatnp.models.registry import ModelConfig, family_name
+from bsatnp.models.tetnp import TETNPConfig
+from bsatnp.models.tnpd import TNPDConfig
+from bsatnp.tasks.gp2d import GP2DTask, eval_batches
+
+REFERENCE_GFLOPS = {"bsatnp": 94.6, "tnpd": 214.5}  # dl4bi, B=8 512/1024 step (issue 4)
+TRAINING_FREE = ("idw", "knn")
+# Small widths for --quick: every family at a fraction of its cost.
+QUICK = {
+    "bsatnp": {"dim": 32, "num_blocks": 2, "qkv_dim": 32, "ffn_dim": 64, "embed_hidden": (64,),
+               "head_hidden": (64,)},
+    "tnpd": {"dim": 32, "num_blocks": 2, "qkv_dim": 32, "ffn_dim": 64, "embed_hidden": (64,),
+             "head_hidden": (64,)},
+    "tetnp": {"dim": 32, "num_layers": 2, "qkv_dim": 32, "ffn_dim": 64, "num_pseudo": 8},
+    "convcnp": {"channels": 16, "points_per_unit": 8},
+}
+
+
+def variants(quick: bool) -> dict[str, ModelConfig]:
+    """The compared models by row name (BSA-TNP ablations change one thing each)."""
+    def small(family: str) -> dict[str, Any]:
+        return QUICK[family] if quick else {}
+
+    bsatnp = BSATNPConfig(**small("bsatnp"))
+    spec = bsatnp.bias_s
+    return {
+        "bsatnp": bsatnp,
+        "bsatnp init=spread": replace(bsatnp, bias_s=replace(spec, init="spread")),
+        **{f"bsatnp F={f}": replace(bsatnp, bias_s=replace(spec, num_basis=f)) for f in (1, 3, 10)},
+        "bsatnp embed": replace(bsatnp, use_s="embed"),
+        "bsatnp embed+bias": replace(bsatnp, use_s="both"),
+        "tnpd": TNPDConfig(**small("tnpd")),
+        "tetnp": TETNPConfig(**small("tetnp")),
+        "convcnp": ConvCNPConfig(**small("convcnp")),
+    }
+
+
+def train(name: str, experiment: ExperimentConfig, out_root: Path, steps: int) -> nn.Module:
+    """Train one variant for ``steps`` steps with the experiment's hyperparameters."""
+    out_dir = out_root / name.replace(" ", "_").replace("=", "").replace("+", "_")
+    trainer = build_trainer(experiment, out_dir=out_dir)
+    start = time.perf_counter()
+    trainer.fit(progress=False)
+    print(f"  trained {name}: {steps} steps in {time.perf_counter() - start:.0f} s", flush=True)
+    return trainer.model
+
+
+def step_costs(models: dict[str, nn.Module], task: GP2DTask, rounds: int) -> dict[str, dict]:
+    """Median training-step seconds (models take turns) and GFLOPs per step."""
+    batch = replace(task, batch_size=8).sample(torch.Generator().manual_seed(123))[0]
+    optimizers = {n: torch.optim.AdamW(m.parameters(), lr=1e-4) for n, m in models.items()}
+
+    def step(name: str) -> None:
+        model = models[name]
+        loss = masked_nll(model(batch), batch.f_test, batch.test_mask())
+        optimizers[name].zero_grad()
+        loss.backward()
+        optimizers[name].step()
+
+    times: dict[str, list[float]] = {name: [] for name in models}
+    for name in models:  # warm-up, and the GFLOPs of one step
+        counter = FlopCounterMode(display=False)
+        with counter:
+            step(name)
+        times[name].append(counter.get_total_flops() / 1e9)
+    for _ in range(rounds):
+        for name in models:
+            start = time.perf_counter()
+            step(name)
+            times[name].append(time.perf_counter() - start)
+    return {name: {"gflops": t[0], "step_s": statistics.median(t[1:]), "times": t[1:]}
+            for name, t in times.items()}
+
+
+def calibrated(task: GP2DTask, n_batches: int, seed: int) -> dict[str, nn.Module]:
+    """IDW and k-NN with their std scale fitted on ``n_batches`` validation batches."""
+    batches = [b for b, _ in eval_batches(task, n_batches, seed)]
+    models: dict[str, nn.Module] = {"idw": IDW(), "knn": KNearestMean()}
+    for model in models.values():
+        model.calibrate(batches)
+    return models
+
+
+def tables(results: dict[str, Any]) -> str:
+    """Markdown: one cost table and one accuracy table per domain."""
+    costs = results["costs"]
+    base = costs.get("bsatnp", {}).get("step_s")
+    lines = ["| model | family | parameters | step s | step / BSA-TNP step | GFLOPs/step |",
+             "|---|---|---|---|---|---|"]
+    for name, info in results["models"].items():
+        cost = costs.get(name)
+        step = f"{cost['step_s']:.3f}" if cost else "–"
+        ratio = f"{cost['step_s'] / base:.2f}" if cost and base else "–"
+        gflops = f"{cost['gflops']:.1f}" if cost else "–"
+        lines.append(f"| {name} | {info['family']} | {info['parameters']:,} | {step} | {ratio} "
+                     f"| {gflops} |")
+    for domain, entry in results["eval"]["domains"].items():
+        lines += ["", f"**{domain}** ({entry['n_batches']} batches × {entry['batch_size']} "
+                  f"tasks, box {entry['box']}, {entry['n_ctx']} ctx slots / {entry['n_test']} "
+                  "test)", "",
+                  "| model | NLL | RMSE | MAE | cov95 | NLL − oracle |",
+                  "|---|---|---|---|---|---|"]
+        for name in [*results["models"], "oracle"]:
+            row = entry[name]
+            gap = entry.get(f"gap/{name}", {}).get("nll")
+            cells = [_fmt(row[m]) for m in ("nll", "rmse", "mae", "cov95")]
+            lines.append(f"| {name} | {' | '.join(cells)} | {_fmt(gap) if gap else '–'} |")
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(stat: dict[str, float | None]) -> str:
+    se = stat["se"]
+    if se is None or not math.isfinite(se):  # one batch: no standard error
+        return f"{stat['mean']:.3f}"
+    return f"{stat['mean']:.3f} ± {se:.3f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="small models, small tasks, a few steps: a CI-sized check")
+    parser.add_argument("--steps", type=int, default=5000, help="training steps per model")
+    parser.add_argument("--eval-batches", type=int, default=500,
+                        help="test batches for in_domain and shifted")
+    parser.add_argument("--scaled-batches", type=int, default=50,
+                        help="test batches for scaled (4× the points; the oracle is costly)")
+    parser.add_argument("--models", help="comma-separated subset of the row names")
+    parser.add_argument("--rounds", type=int, default=5, help="timed steps per model")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", default="benchmarks/results/compare_models.json")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    task = GP2DTask()
+    experiment = ExperimentConfig(task=task)
+    configs = variants(args.quick)
+    if args.quick:
+        task = GP2DTask(batch_size=2, n_ctx=64, n_test=128, min_ctx=16, max_ctx=63)
+        args.steps, args.eval_batches, args.scaled_batches, args.rounds = 4, 2, 1, 1
+    if args.models:
+        wanted = args.models.split(",")
+        unknown = sorted(set(wanted) - set(configs) - set(TRAINING_FREE))
+        if unknown:
+            sys.exit(f"unknown models {unknown}; known: {[*configs, *TRAINING_FREE]}")
+        configs = {name: c for name, c in configs.items() if name in wanted}
+    train_config = replace(experiment.train, steps=args.steps, val_every=args.steps,
+                           save_every=args.steps, val_batches=2 if args.quick else 16)
+    models: dict[str, nn.Module] = {}
+    with tempfile.TemporaryDirectory(prefix="compare_models_") as out_root:
+        for name, config in configs.items():
+            variant = replace(experiment, model=config, task=task, train=train_config)
+            torch.manual_seed(train_config.seed)
+            models[name] = train(name, variant, Path(out_root), args.steps)
+    free = calibrated(task, train_config.val_batches, experiment.eval.val_seed)
+    if args.models:
+        free = {n: m for n, m in free.items() if n in args.models.split(",")}
+    costs = step_costs(models, task if args.quick else GP2DTask(), args.rounds)
+    counts = {"in_domain": args.eval_batches, "shifted": args.eval_batches,
+              "scaled": args.scaled_batches}
+    scored = evaluate({**models, **free}, n_batches=counts, seed=experiment.eval.seed,
+                      task=task, progress=False)
+    results = {
+        "meta": {"command": " ".join(["python", *sys.argv]), "torch": torch.__version__,
+                 "machine": platform.machine(), "threads": args.threads, "steps": args.steps,
+                 "quick": args.quick, "reference_gflops": REFERENCE_GFLOPS},
+        "models": {
+            name: {"family": family_name(m.config) if name in models else "training-free",
+                   "parameters": sum(p.numel() for p in m.parameters())}
+            for name, m in {**models, **free}.items()
+        },
+        "costs": costs,
+        "eval": scored,
+    }
+    print(tables(results))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2, default=str) + "\n", encoding="utf-8")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

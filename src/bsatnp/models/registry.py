@@ -1,0 +1,83 @@
+"""Model families by name: how configs, checkpoints and experiments find a model class.
+
+A model config is stored as plain data with a ``family`` key next to the config's own
+fields, e.g. ``{"family": "tnpd", "num_blocks": 6, ...}``. A missing ``family`` means
+``"bsatnp"`` (checkpoints written before other families existed).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from torch import nn
+
+from bsatnp.models.bsatnp import BSATNP
+from bsatnp.models.config import BSATNPConfig
+from bsatnp.models.convcnp import ConvCNP, ConvCNPConfig
+from bsatnp.models.tetnp import TETNP, TETNPConfig
+from bsatnp.models.tnpd import TNPD, TNPDConfig
+
+ModelConfig = BSATNPConfig | TNPDConfig | TETNPConfig | ConvCNPConfig
+"""Any model family's configuration."""
+
+
+class Family(NamedTuple):
+    """A model class and the config dataclass it is built from."""
+
+    config: type
+    model: type[nn.Module]
+
+
+FAMILIES: dict[str, Family] = {
+    "bsatnp": Family(BSATNPConfig, BSATNP),
+    "tnpd": Family(TNPDConfig, TNPD),
+    "tetnp": Family(TETNPConfig, TETNP),
+    "convcnp": Family(ConvCNPConfig, ConvCNP),
+}
+DEFAULT_FAMILY = "bsatnp"
+
+
+def family_name(config: Any) -> str:
+    """Name of the family whose config class ``config`` is an instance of.
+
+    Raises:
+        ValueError: If ``config`` belongs to no registered family.
+    """
+    for name, family in FAMILIES.items():
+        if type(config) is family.config:
+            return name
+    raise ValueError(f"{type(config).__name__} is not the config of a known model family")
+
+
+def split_family(data: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """``(family, fields)`` of stored config data (``family`` defaults to ``"bsatnp"``).
+
+    Raises:
+        ValueError: If the family is unknown.
+    """
+    fields = dict(data)
+    name = fields.pop("family", DEFAULT_FAMILY)
+    if name not in FAMILIES:
+        raise ValueError(f"unknown model family {name!r}; known: {sorted(FAMILIES)}")
+    return name, fields
+
+
+def config_to_dict(config: ModelConfig) -> dict[str, Any]:
+    """Plain data of ``config`` with its ``family`` (inverse of :func:`config_from_dict`)."""
+    return {"family": family_name(config), **config.to_dict()}
+
+
+def config_from_dict(data: dict[str, Any]) -> ModelConfig:
+    """Rebuild a config from :func:`config_to_dict` output.
+
+    Raises:
+        ValueError: On an unknown family, an unknown key or an invalid value.
+    """
+    name, fields = split_family(data)
+    config: ModelConfig = FAMILIES[name].config.from_dict(fields)
+    return config
+
+
+def build_model(config: ModelConfig) -> nn.Module:
+    """A freshly initialised model of ``config``'s family."""
+    return FAMILIES[family_name(config)].model(config)

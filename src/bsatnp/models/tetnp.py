@@ -1,0 +1,372 @@
+"""TE-TNP (Ashman et al., 2024): translation-equivariant transformer neural process.
+
+Tokens never contain a location. Locations enter only through translation-equivariant
+multi-head attention (:class:`TEMultiheadAttention`), whose logits are a small MLP ``φ``
+of the per-head dot products and the location difference ``s_q − s_k``, so the predictive
+distribution is unchanged when every location is shifted by the same vector.
+
+The model is the pseudo-token (induced set transformer) variant, TE-PT-TNP: ``M`` learned
+pseudo-tokens summarise the context in every layer, and context and test tokens read from
+them. Pseudo-token locations are the mean of the valid context locations of each task
+plus learned offsets, which keeps them translation equivariant. All locations are centred
+on that mean before use, so absolute coordinates of any size lose no precision.
+
+Memory: ``φ`` runs on every (query, key) pair, so one TE-MHA call holds a few float32
+tensors of ``B·Lq·Lk·phi_hidden`` elements (4 bytes each; training keeps about three of
+them for the backward pass). With ``phi_hidden = 16`` and ``B = 8``:
+
+* ``Lq × Lk = 512 × 1024``: 2**26 elements, 256 MiB per tensor;
+* ``Lq × Lk = 2048 × 4096``: 2**30 elements, 4 GiB per tensor — refused by the default
+  guard ``max_pair_elements = 2**28`` (1 GiB per tensor), which raises ``ValueError``
+  instead of running out of memory.
+
+Inside TE-TNP one side of every attention is the ``M`` pseudo-tokens, so the cost is
+linear in the number of points: with ``M = 32`` the default guard allows
+``B·(Lc + Lt) ≤ 2**28 / (32·16) = 524,288`` points per batch (e.g. 65,536 per task at
+``B = 8``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.distributions import Normal
+
+from bsatnp.batch import Batch
+from bsatnp.models.config import BSATNPConfig
+from bsatnp.models.embedding import TokenEmbedding
+from bsatnp.models.heads import GaussianHead
+from bsatnp.models.layers import MLP, reference_init_
+
+DEFAULT_MAX_PAIR_ELEMENTS = 2**28
+"""Default limit on ``B·Lq·Lk·phi_hidden`` for one TE-MHA call (1 GiB per float32 tensor)."""
+
+
+class TEMultiheadAttention(nn.Module):
+    """Translation-equivariant multi-head attention.
+
+    For head ``h`` the dot product ``a_h = (W_q z_q)_h · (W_k z_k)_h / √d`` is combined
+    with the location difference into the logits ``φ([a_1, ..., a_H, s_q − s_k])``, where
+    ``φ`` is an MLP ``H + Ds → phi_hidden → H`` applied to every (query, key) pair. The
+    output is ``W_o`` of the per-head softmax-weighted values ``W_v z_k``.
+
+    Args:
+        dim: Token width ``E`` (input and output).
+        dim_s: Location features ``Ds``.
+        qkv_dim: Width of the query/key/value projections (split over heads).
+        num_heads: Number of heads ``H``.
+        phi_hidden: Hidden width of ``φ``.
+        max_pair_elements: Largest allowed ``B·Lq·Lk·phi_hidden``; larger calls raise
+            ``ValueError`` (see the module docstring for the memory this stands for).
+    """
+
+    def __init__(
+        self,
+        dim: int = 64,
+        dim_s: int = 2,
+        qkv_dim: int = 128,
+        num_heads: int = 4,
+        phi_hidden: int = 16,
+        max_pair_elements: int = DEFAULT_MAX_PAIR_ELEMENTS,
+    ) -> None:
+        super().__init__()
+        if qkv_dim % num_heads:
+            raise ValueError(f"qkv_dim={qkv_dim} is not divisible by num_heads={num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = qkv_dim // num_heads
+        self.phi_hidden = phi_hidden
+        self.max_pair_elements = max_pair_elements
+        self.proj_q = nn.Linear(dim, qkv_dim)
+        self.proj_k = nn.Linear(dim, qkv_dim)
+        self.proj_v = nn.Linear(dim, qkv_dim)
+        self.proj_out = nn.Linear(qkv_dim, dim)
+        self.phi = MLP((num_heads + dim_s, phi_hidden, num_heads))
+
+    def _heads(self, x: Tensor) -> Tensor:
+        """``[B, L, H·Dh]`` → ``[B, L, H, Dh]``."""
+        B, L, _ = x.shape
+        return x.view(B, L, self.num_heads, self.head_dim)
+
+    def forward(
+        self,
+        z_q: Tensor,
+        z_k: Tensor,
+        s_q: Tensor,
+        s_k: Tensor,
+        key_mask: Tensor | None = None,
+    ) -> Tensor:
+        """Attend from ``z_q [B, Lq, E]`` at ``s_q`` to ``z_k [B, Lk, E]`` at ``s_k``.
+
+        Args:
+            z_q: Query tokens ``[B, Lq, E]``.
+            z_k: Key/value tokens ``[B, Lk, E]``.
+            s_q: Query locations ``[B, Lq, Ds]``.
+            s_k: Key locations ``[B, Lk, Ds]``.
+            key_mask: Valid keys ``[B, Lk]`` (bool) or ``None`` (all valid). A query with
+                no valid key gets the output projection of zero (finite).
+
+        Returns:
+            Updated queries ``[B, Lq, E]``.
+
+        Raises:
+            ValueError: If ``B·Lq·Lk·phi_hidden`` exceeds ``max_pair_elements``.
+        """
+        B, Lq, _ = z_q.shape
+        Lk = z_k.shape[1]
+        pairs = B * Lq * Lk * self.phi_hidden
+        if pairs > self.max_pair_elements:
+            raise ValueError(
+                f"TE attention over B·Lq·Lk·phi_hidden = {B}·{Lq}·{Lk}·{self.phi_hidden} = "
+                f"{pairs:,} pair elements exceeds max_pair_elements={self.max_pair_elements:,} "
+                f"(~{4 * pairs / 2**30:.1f} GiB per float32 tensor); use smaller batches or "
+                "raise max_pair_elements"
+            )
+        q, k, v = self._heads(self.proj_q(z_q)), self._heads(self.proj_k(z_k)), self._heads(
+            self.proj_v(z_k)
+        )
+        dots = torch.einsum("bqhd,bkhd->bqkh", q, k) / math.sqrt(self.head_dim)
+        diff = s_q[:, :, None, :] - s_k[:, None, :, :]  # [B, Lq, Lk, Ds]
+        logits = self.phi(torch.cat([dots, diff.to(dots.dtype)], dim=-1))  # [B, Lq, Lk, H]
+        if key_mask is not None:
+            valid = key_mask[:, None, :, None]  # [B, 1, Lk, 1]
+            logits = logits.masked_fill(~valid, float("-inf"))
+            logits = logits.masked_fill(~valid.any(dim=2, keepdim=True), 0.0)  # no valid key
+            weights = logits.softmax(dim=2).masked_fill(~valid, 0.0)
+        else:
+            weights = logits.softmax(dim=2)
+        out = torch.einsum("bqkh,bkhd->bqhd", weights, v)
+        return self.proj_out(out.reshape(B, Lq, self.num_heads * self.head_dim))
+
+
+class TEISTLayer(nn.Module):
+    """One pre-norm induced-set-transformer layer with TE attention.
+
+    With pseudo-tokens ``u`` at ``s_u`` and point tokens ``z = [context; test]`` at
+    ``s_z``::
+
+        u = u + TE-MHA₁(LN(u) → LN(z)[:, :Lc])     # valid context keys only
+        u = u + FFN₁(LN(u))
+        z = z + TE-MHA₂(LN(z) → LN(u))             # context and test read the pseudo-tokens
+        z = z + FFN₂(LN(z))
+
+    Context and test tokens share TE-MHA₂ and FFN₂; test tokens never influence the
+    pseudo-tokens or each other.
+
+    Args:
+        dim: Token width ``E``.
+        dim_s: Location features ``Ds``.
+        qkv_dim: Query/key/value width.
+        num_heads: Attention heads.
+        ffn_dim: Hidden width of the FFNs.
+        phi_hidden: Hidden width of the logit MLPs ``φ``.
+        ln_eps: LayerNorm epsilon.
+        max_pair_elements: Guard of each TE-MHA (see :class:`TEMultiheadAttention`).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        dim_s: int,
+        qkv_dim: int,
+        num_heads: int,
+        ffn_dim: int,
+        phi_hidden: int,
+        ln_eps: float = 1e-6,
+        max_pair_elements: int = DEFAULT_MAX_PAIR_ELEMENTS,
+    ) -> None:
+        super().__init__()
+        attn = (dim, dim_s, qkv_dim, num_heads, phi_hidden, max_pair_elements)
+        self.norm_u_attn = nn.LayerNorm(dim, eps=ln_eps)
+        self.norm_z_attn = nn.LayerNorm(dim, eps=ln_eps)
+        self.attn_u = TEMultiheadAttention(*attn)
+        self.norm_u_ffn = nn.LayerNorm(dim, eps=ln_eps)
+        self.ffn_u = MLP((dim, ffn_dim, dim))
+        self.norm_u_key = nn.LayerNorm(dim, eps=ln_eps)
+        self.attn_z = TEMultiheadAttention(*attn)
+        self.norm_z_ffn = nn.LayerNorm(dim, eps=ln_eps)
+        self.ffn_z = MLP((dim, ffn_dim, dim))
+
+    def forward(
+        self, u: Tensor, z: Tensor, s_u: Tensor, s_z: Tensor, mask_ctx: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """Update pseudo-tokens and point tokens.
+
+        Args:
+            u: Pseudo-tokens ``[B, M, E]``.
+            z: Context tokens followed by test tokens ``[B, Lc + Lt, E]``.
+            s_u: Pseudo-token locations ``[B, M, Ds]``.
+            s_z: Point locations ``[B, Lc + Lt, Ds]``.
+            mask_ctx: Valid context slots ``[B, Lc]`` (bool).
+
+        Returns:
+            Updated ``(u [B, M, E], z [B, Lc + Lt, E])``.
+        """
+        n_ctx = mask_ctx.shape[1]
+        zn = self.norm_z_attn(z)
+        u = u + self.attn_u(self.norm_u_attn(u), zn[:, :n_ctx], s_u, s_z[:, :n_ctx], mask_ctx)
+        u = u + self.ffn_u(self.norm_u_ffn(u))
+        z = z + self.attn_z(zn, self.norm_u_key(u), s_z, s_u)
+        return u, z + self.ffn_z(self.norm_z_ffn(z))
+
+
+@dataclass(frozen=True)
+class TETNPConfig:
+    """Everything needed to rebuild a TE-TNP (defaults: 4 layers, 554,410 parameters for Ds=2).
+
+    Attributes:
+        dim_s: Location features ``Ds`` (used only through TE attention).
+        dim_f: Value features ``Df``.
+        obs_dim: Width of the observed-flag embedding.
+        dim: Token width ``E``.
+        num_layers: Number of :class:`TEISTLayer` layers.
+        num_heads: Attention heads.
+        qkv_dim: Query/key/value width.
+        ffn_dim: FFN hidden width.
+        phi_hidden: Hidden width of the per-pair logit MLP ``φ``.
+        num_pseudo: Number of pseudo-tokens ``M``.
+        embed_hidden: Hidden widths of the token MLP.
+        head_hidden: Hidden widths of the output MLP.
+        min_std: Gaussian lower bound on σ.
+        ln_eps: LayerNorm epsilon.
+        max_pair_elements: Largest ``B·Lq·Lk·phi_hidden`` one TE-MHA call may use.
+    """
+
+    dim_s: int = 2
+    dim_f: int = 1
+    obs_dim: int = 4
+    dim: int = 64
+    num_layers: int = 4
+    num_heads: int = 4
+    qkv_dim: int = 128
+    ffn_dim: int = 256
+    phi_hidden: int = 16
+    num_pseudo: int = 32
+    embed_hidden: tuple[int, ...] = (128,)
+    head_hidden: tuple[int, ...] = (128,)
+    min_std: float = 0.0
+    ln_eps: float = 1e-6
+    max_pair_elements: int = DEFAULT_MAX_PAIR_ELEMENTS
+
+    def __post_init__(self) -> None:
+        for name in ("dim_s", "dim_f", "num_layers", "num_heads", "phi_hidden", "num_pseudo",
+                     "max_pair_elements"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.qkv_dim % self.num_heads:
+            raise ValueError(
+                f"qkv_dim={self.qkv_dim} is not divisible by num_heads={self.num_heads}"
+            )
+        if not 0.0 <= self.min_std < 1.0:
+            raise ValueError(f"min_std must be in [0, 1), got {self.min_std}")
+
+    def token_config(self) -> BSATNPConfig:
+        """The equivalent BSA-TNP token settings: ``s`` kept out of the token."""
+        return BSATNPConfig(
+            dim_s=self.dim_s, dim_f=self.dim_f, use_s="bias", obs_dim=self.obs_dim,
+            embed_hidden=self.embed_hidden, dim=self.dim, ln_eps=self.ln_eps,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dictionary (inverse of :meth:`from_dict`)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TETNPConfig:
+        """Rebuild from :meth:`to_dict` output; unknown keys raise ``ValueError``."""
+        unknown = set(data) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown TETNPConfig keys: {sorted(unknown)}")
+        kwargs = dict(data)
+        for key in ("embed_hidden", "head_hidden"):
+            if key in kwargs:
+                kwargs[key] = tuple(kwargs[key])
+        return cls(**kwargs)
+
+
+class TETNP(nn.Module):
+    """TE-TNP with pseudo-tokens: ``[flag, f]`` tokens → TE-IST layers → Gaussian head.
+
+    Context tokens embed ``(flag=1, f)`` and test tokens ``(flag=0, 0)``; locations are
+    never in a token. Every layer updates the pseudo-tokens from the valid context, then
+    lets context and test tokens attend to the pseudo-tokens (:class:`TEISTLayer`); the
+    final test tokens go through a LayerNorm and the Gaussian head. Pseudo-tokens sit at
+    the mean valid context location plus learned offsets (initialised ``N(0, 0.1²)``), so
+    padded slots influence nothing and the model is translation equivariant.
+
+    Args:
+        config: Model configuration (default: 554,410 parameters).
+        **overrides: Fields of :class:`TETNPConfig` to change, e.g. ``num_layers=2``.
+
+    Example:
+        >>> model = TETNP(num_layers=2)
+        >>> dist = model(batch)          # torch.distributions.Normal, [B, Lt, Df]
+    """
+
+    def __init__(self, config: TETNPConfig | None = None, **overrides: Any) -> None:
+        super().__init__()
+        config = config or TETNPConfig()
+        if overrides:
+            config = TETNPConfig.from_dict({**config.to_dict(), **overrides})
+        self.config = config
+        self.embed = TokenEmbedding(config.token_config())
+        self.layers = nn.ModuleList(
+            TEISTLayer(
+                config.dim, config.dim_s, config.qkv_dim, config.num_heads, config.ffn_dim,
+                config.phi_hidden, config.ln_eps, config.max_pair_elements,
+            )
+            for _ in range(config.num_layers)
+        )
+        self.norm = nn.LayerNorm(config.dim, eps=config.ln_eps)
+        self.head = GaussianHead((config.dim, *config.head_hidden, 2 * config.dim_f),
+                                 config.min_std)
+        reference_init_(self)
+        self.pseudo_tokens = nn.Parameter(torch.randn(config.num_pseudo, config.dim))
+        self.pseudo_offsets = nn.Parameter(0.1 * torch.randn(config.num_pseudo, config.dim_s))
+
+    def check_batch(self, batch: Batch) -> None:
+        """Raise ``ValueError`` if ``batch`` does not fit this model (shapes, roles, values)."""
+        if not isinstance(batch, Batch):
+            raise ValueError(f"batch must be a bsatnp.Batch, got {type(batch).__name__}")
+        batch.validate(required_roles=("s",))
+        for name, got, want in (
+            ("s_ctx", batch.s_ctx.shape[-1], self.config.dim_s),
+            ("f_ctx", batch.f_ctx.shape[-1], self.config.dim_f),
+        ):
+            if got != want:
+                raise ValueError(
+                    f"{name} has {got} features but the model was built with "
+                    f"dim_{name[0]}={want}"
+                )
+
+    def forward(self, batch: Batch) -> Normal:
+        """Predictive distribution at the test points.
+
+        Args:
+            batch: Context ``(s, f, mask_ctx)`` and test ``s`` inputs.
+
+        Returns:
+            ``Normal`` with mean/stddev ``[B, Lt, Df]``.
+        """
+        self.check_batch(batch)
+        batch = batch.sanitized()
+        n_ctx, mask_ctx = batch.n_ctx, batch.context_mask()
+        weights = mask_ctx[..., None].to(batch.s_ctx.dtype)  # [B, Lc, 1]
+        centre = (batch.s_ctx * weights).sum(1, keepdim=True) / weights.sum(1, keepdim=True)
+        s_z = torch.cat([batch.s_ctx, batch.s_test], dim=1) - centre  # [B, Lc + Lt, Ds]
+        z = self.embed(batch)  # [B, Lc + Lt, E]
+        B = z.shape[0]
+        u = self.pseudo_tokens.to(z.dtype).expand(B, -1, -1)  # [B, M, E]
+        s_u = self.pseudo_offsets.to(s_z.dtype).expand(B, -1, -1)  # [B, M, Ds], centred
+        for layer in self.layers:
+            u, z = layer(u, z, s_u, s_z, mask_ctx)
+        return self.head(self.norm(z[:, n_ctx:]))
+
+    @torch.no_grad()
+    def predict(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        """Predictive mean and standard deviation ``[B, Lt, Df]`` without gradients."""
+        dist = self(batch)
+        return dist.mean, dist.stddev

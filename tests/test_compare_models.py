@@ -1,0 +1,38 @@
+"""The model-comparison benchmark runs end to end in its quick mode (small models, tasks)."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_compare_models_quick_mode(tmp_path):
+    out = tmp_path / "compare.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "compare_models.py"), "--quick",
+         "--threads", "1", "--out", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads(out.read_text())
+    models = results["models"]
+    assert {"bsatnp", "bsatnp embed", "tnpd", "tetnp", "convcnp", "idw", "knn"} <= set(models)
+    assert models["idw"]["parameters"] == 0 < models["bsatnp"]["parameters"]
+    for name, cost in results["costs"].items():
+        assert cost["step_s"] > 0 and cost["gflops"] > 0, name
+    domains = results["eval"]["domains"]
+    assert set(domains) == {"in_domain", "shifted", "scaled"}
+    for entry in domains.values():
+        for name in (*models, "oracle"):
+            assert math.isfinite(entry[name]["nll"]["mean"]), name
+    nll = {d: {m: domains[d][m]["nll"]["mean"] for m in models} for d in domains}
+    # The shifted batches are the in-domain ones moved by +10: invariant models score the same.
+    for name in ("bsatnp", "tetnp", "convcnp", "idw"):
+        assert abs(nll["shifted"][name] - nll["in_domain"][name]) < 1e-3, name
+    assert abs(nll["shifted"]["tnpd"] - nll["in_domain"]["tnpd"]) > 1e-3
+    assert "| oracle |" in proc.stdout

@@ -1,0 +1,96 @@
+"""Model families: configs with a family tag, checkpoints and experiments of every family,
+and several models evaluated side by side."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import random_batch
+
+from bsatnp.baselines import IDW
+from bsatnp.evaluate import evaluate, markdown_table
+from bsatnp.experiment import ExperimentConfig
+from bsatnp.io.checkpoint import load_model, save_checkpoint
+from bsatnp.models import BSATNPConfig
+from bsatnp.models.convcnp import ConvCNPConfig
+from bsatnp.models.registry import (
+    FAMILIES,
+    build_model,
+    config_from_dict,
+    config_to_dict,
+    family_name,
+)
+from bsatnp.models.tetnp import TETNPConfig
+from bsatnp.models.tnpd import TNPDConfig
+from bsatnp.tasks.gp2d import GP2DTask
+
+SMALL = {
+    "bsatnp": BSATNPConfig(dim=32, num_blocks=1, qkv_dim=32, ffn_dim=32, embed_hidden=(32,),
+                           head_hidden=(32,)),
+    "tnpd": TNPDConfig(dim=32, num_blocks=1, qkv_dim=32, ffn_dim=32, embed_hidden=(32,),
+                       head_hidden=(32,)),
+    "tetnp": TETNPConfig(dim=32, num_layers=1, qkv_dim=32, ffn_dim=32, num_pseudo=4),
+    "convcnp": ConvCNPConfig(channels=8, points_per_unit=4),
+}
+TINY_TASK = GP2DTask(batch_size=2, n_ctx=24, n_test=16, min_ctx=8, max_ctx=23)
+
+
+def test_every_family_has_a_small_config_here():
+    assert set(SMALL) == set(FAMILIES)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_config_round_trip_with_family_tag(family):
+    config = SMALL[family]
+    data = config_to_dict(config)
+    assert data["family"] == family == family_name(config)
+    assert config_from_dict(data) == config
+
+
+def test_config_without_family_is_bsatnp_and_unknown_family_fails():
+    assert config_from_dict(BSATNPConfig().to_dict()) == BSATNPConfig()
+    with pytest.raises(ValueError, match="unknown model family 'gpt'"):
+        config_from_dict({"family": "gpt"})
+    with pytest.raises(ValueError, match="not the config of a known model family"):
+        family_name(object())
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_checkpoint_round_trip_rebuilds_the_family(family, tmp_path):
+    torch.manual_seed(0)
+    model = build_model(SMALL[family]).eval()
+    path = save_checkpoint(tmp_path / "m.safetensors", model)
+    loaded = load_model(path)
+    assert type(loaded) is type(model) and loaded.config == model.config
+    batch = random_batch(Lc=12, Lt=5)
+    assert torch.equal(model(batch).mean, loaded(batch).mean)
+
+
+def test_experiment_model_section_selects_the_family():
+    config = ExperimentConfig.from_dict({"model": {"family": "tnpd", "num_blocks": 2}})
+    assert config.model == TNPDConfig(num_blocks=2)
+    assert ExperimentConfig.from_dict(config.to_dict()).model == config.model
+    with pytest.raises(ValueError, match="cfg.yaml: unknown model family"):
+        ExperimentConfig.from_dict({"model": {"family": "gpt"}}, source="cfg.yaml")
+    with pytest.raises(ValueError, match="cfg.yaml"):
+        ExperimentConfig.from_dict({"model": {"family": "tnpd", "use_s": "bias"}},
+                                   source="cfg.yaml")
+
+
+def test_side_by_side_evaluation_shares_batches_and_oracle():
+    torch.manual_seed(0)
+    model = build_model(SMALL["bsatnp"])
+    idw = IDW()  # no parameters at all
+    both = evaluate({"bsatnp": model, "idw": idw}, domains=("in_domain",), n_batches=2,
+                    task=TINY_TASK, progress=False)["domains"]["in_domain"]
+    alone = evaluate(idw, domains=("in_domain",), n_batches=2, task=TINY_TASK,
+                     progress=False)["domains"]["in_domain"]
+    assert {"bsatnp", "idw", "oracle", "gap/bsatnp", "gap/idw"} <= set(both)
+    assert {"model", "oracle", "gap"} <= set(alone)
+    assert both["idw"] == alone["model"] and both["oracle"] == alone["oracle"]
+    gap = both["gap/idw"]["nll"]["mean"]
+    assert gap == pytest.approx(both["idw"]["nll"]["mean"] - both["oracle"]["nll"]["mean"])
+    table = markdown_table({"seed": 1000, "domains": {"in_domain": both}})
+    assert "| gap/idw |" in table and "| bsatnp |" in table
+    with pytest.raises(ValueError, match="oracle"):
+        evaluate({"oracle": idw}, domains=("in_domain",), n_batches=1, task=TINY_TASK)

@@ -1,0 +1,194 @@
+"""TE-TNP baseline: TE attention, pseudo-token layers, masking, equivariance and training."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import random_batch
+
+from bsatnp import Batch
+from bsatnp.models import masked_nll
+from bsatnp.models.tetnp import TETNP, TEMultiheadAttention, TETNPConfig
+
+SMALL = {"dim": 32, "num_layers": 2, "qkv_dim": 32, "ffn_dim": 64, "phi_hidden": 8,
+         "num_pseudo": 8, "embed_hidden": (32,), "head_hidden": (32,)}
+
+
+def shifted(batch: Batch, shift: float) -> Batch:
+    return batch.map(s_ctx=batch.s_ctx + shift, s_test=batch.s_test + shift)
+
+
+def dropped(batch: Batch) -> Batch:
+    n = int(batch.mask_ctx.sum())
+    return batch.map(s_ctx=batch.s_ctx[:, :n], f_ctx=batch.f_ctx[:, :n], mask_ctx=None)
+
+
+def with_nan_padding(batch: Batch) -> Batch:
+    pad = ~batch.mask_ctx
+    s, f = batch.s_ctx.clone(), batch.f_ctx.clone()
+    s[pad], f[pad] = 1e4, float("nan")
+    return batch.map(s_ctx=s, f_ctx=f)
+
+
+def assert_same(d1, d2, atol=1e-5):
+    assert (d1.mean - d2.mean).abs().max() <= atol
+    assert (d1.stddev - d2.stddev).abs().max() <= atol
+
+
+# ------------------------------------------------------------------------ TE attention
+def test_te_attention_masked_keys_equivariance_and_empty_rows():
+    torch.manual_seed(0)
+    attn = TEMultiheadAttention(dim=16, dim_s=3, qkv_dim=16, num_heads=4, phi_hidden=8)
+    z_q, z_k = torch.randn(2, 5, 16), torch.randn(2, 7, 16)
+    s_q, s_k = torch.randn(2, 5, 3), torch.randn(2, 7, 3)
+    mask = torch.ones(2, 7, dtype=torch.bool)
+    mask[:, 4:] = False
+    out = attn(z_q, z_k, s_q, s_k, mask)
+    assert out.shape == (2, 5, 16)
+    kept = attn(z_q, z_k[:, :4], s_q, s_k[:, :4])
+    assert (out - kept).abs().max() <= 1e-5
+    assert (out - attn(z_q, z_k, s_q + 10.0, s_k + 10.0, mask)).abs().max() <= 1e-4
+    assert (out - attn(z_q, z_k, s_q, s_k.flip(1), mask)).abs().max() > 1e-3  # uses s
+
+    mask[1] = False  # task 1 has no valid key: finite output and gradients
+    z_q.requires_grad_(True)
+    empty = attn(z_q, z_k, s_q, s_k, mask)
+    empty.sum().backward()
+    assert bool(torch.isfinite(empty).all()) and bool(torch.isfinite(z_q.grad).all())
+    assert torch.allclose(empty[1], attn.proj_out.bias.expand(5, -1))
+
+
+def test_te_attention_pair_guard_raises():
+    attn = TEMultiheadAttention(dim=8, dim_s=1, qkv_dim=8, num_heads=2, phi_hidden=4,
+                                max_pair_elements=2 * 3 * 4 * 4)
+    z, s = torch.randn(2, 4, 8), torch.randn(2, 4, 1)
+    assert attn(z[:, :3], z, s[:, :3], s).shape == (2, 3, 8)  # exactly at the limit
+    with pytest.raises(ValueError, match="max_pair_elements"):
+        attn(z, z, s, s)
+    with pytest.raises(ValueError, match="not divisible"):
+        TEMultiheadAttention(dim=8, qkv_dim=6, num_heads=4)
+
+
+# ----------------------------------------------------------------------------- TE-TNP
+def test_tetnp_shapes_and_parameter_count():
+    model = TETNP()
+    assert sum(p.numel() for p in model.parameters()) == 554_410
+    dist = model(random_batch(B=3, Lc=10, Lt=7))
+    assert dist.mean.shape == dist.stddev.shape == (3, 7, 1)
+    assert bool((dist.stddev > 0).all())
+    two = TETNP(dim_f=2, **SMALL)(random_batch(Lt=5, dim_f=2))
+    assert two.mean.shape == (2, 5, 2)
+
+
+def test_tetnp_config_round_trip_and_unknown_keys():
+    config = TETNPConfig(**SMALL)
+    assert TETNPConfig.from_dict(config.to_dict()) == config
+    assert TETNP(config).config == TETNP(**SMALL).config == config
+    with pytest.raises(ValueError, match="unknown TETNPConfig keys"):
+        TETNPConfig.from_dict({"use_s": "bias"})
+    with pytest.raises(ValueError, match="dim_s"):
+        TETNPConfig(dim_s=0)
+    with pytest.raises(ValueError, match="num_pseudo"):
+        TETNPConfig(num_pseudo=0)
+    with pytest.raises(ValueError, match="not divisible"):
+        TETNPConfig(qkv_dim=30)
+
+
+def test_tetnp_masked_context_equals_dropped_context():
+    torch.manual_seed(0)
+    model = TETNP(**SMALL).eval()
+    one = random_batch(B=1, Lc=20, seed=4)
+    three = random_batch(B=3, Lc=20, seed=5)
+    with torch.no_grad():
+        assert_same(model(one), model(dropped(one)))
+        assert_same(model(three), model(with_nan_padding(three)), atol=0)
+
+
+def test_tetnp_is_translation_equivariant_and_uses_locations():
+    torch.manual_seed(0)
+    for dim_s in (1, 2, 3):
+        model = TETNP(dim_s=dim_s, **SMALL).eval()
+        batch = random_batch(seed=1, dim_s=dim_s)
+        with torch.no_grad():
+            base = model(batch)
+            assert_same(base, model(shifted(batch, 10.0)), atol=1e-4)
+            moved = batch.map(s_test=batch.s_test + 0.5)
+            assert (base.mean - model(moved).mean).abs().max() > 1e-3
+
+
+def test_tetnp_test_points_do_not_interact():
+    torch.manual_seed(0)
+    model = TETNP(**SMALL).eval()
+    batch = random_batch(seed=3)
+    with torch.no_grad():
+        full = model(batch)
+        part = model(batch.map(s_test=batch.s_test[:, 3:8], f_test=None))
+    assert (full.mean[:, 3:8] - part.mean).abs().max() <= 1e-5
+
+
+def test_tetnp_gradients_reach_every_parameter():
+    torch.manual_seed(0)
+    model = TETNP()
+    batch = random_batch(seed=1)
+    masked_nll(model(batch), batch.f_test, batch.test_mask()).backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and bool(p.grad.abs().sum() > 0), name
+
+
+def test_tetnp_adam_steps_reduce_loss_on_fixed_batch():
+    torch.manual_seed(0)
+    model = TETNP(**SMALL)
+    batch = random_batch(B=4, Lc=32, Lt=32, seed=2)
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(20):
+        loss = masked_nll(model(batch), batch.f_test, batch.test_mask())
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 0.1
+
+
+def test_tetnp_pair_guard_raises_instead_of_running_out_of_memory():
+    batch = random_batch(B=2, Lc=24, Lt=16)
+    # Largest call: context and test (40 points) → 8 pseudo-tokens, phi_hidden 8.
+    assert TETNP(**SMALL, max_pair_elements=2 * 40 * 8 * 8)(batch).mean.shape == (2, 16, 1)
+    with pytest.raises(ValueError, match="max_pair_elements"):
+        TETNP(**SMALL, max_pair_elements=2 * 40 * 8 * 8 - 1)(batch)
+
+
+@pytest.mark.parametrize(
+    "case, argument",
+    [
+        ("not_a_batch", "batch"),
+        ("no_locations", "s_ctx"),
+        ("wrong_dim_s", "s_ctx"),
+        ("wrong_dim_f", "f_ctx"),
+        ("nan_location", "s_test"),
+    ],
+)
+def test_tetnp_bad_input_raises_value_error_naming_argument(case, argument):
+    model = TETNP(**SMALL)
+    batch = random_batch()
+    bad = {
+        "not_a_batch": lambda: {"f_ctx": batch.f_ctx},
+        "no_locations": lambda: batch.map(s_ctx=None, s_test=None),
+        "wrong_dim_s": lambda: random_batch(dim_s=3),
+        "wrong_dim_f": lambda: random_batch(dim_f=2),
+        "nan_location": lambda: batch.map(s_test=batch.s_test.clone().fill_(float("nan"))),
+    }[case]()
+    with pytest.raises(ValueError, match=argument):
+        model(bad)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_tetnp_runs_on_cuda_like_on_cpu():
+    torch.manual_seed(0)
+    model = TETNP(**SMALL).eval()
+    batch = random_batch(seed=6)
+    with torch.no_grad():
+        cpu = model(batch)
+        gpu = model.cuda()(batch.to("cuda"))
+    assert (cpu.mean - gpu.mean.cpu()).abs().max() <= 1e-4
+    assert (cpu.stddev - gpu.stddev.cpu()).abs().max() <= 1e-4
