@@ -232,3 +232,26 @@ def test_seeds_must_keep_train_validation_and_test_apart():
         ExperimentConfig.from_dict({"train": {"seed": 1000}})
     with pytest.raises(ValueError, match="val_seed must differ"):
         ExperimentConfig.from_dict({"eval": {"seed": 3, "val_seed": 3}})
+
+
+@pytest.mark.parametrize("model", [
+    "{family: tnpd, num_blocks: 1, dim: 16, qkv_dim: 16, ffn_dim: 32, embed_hidden: [32], "
+    "head_hidden: [32]}",
+    "{family: tetnp, num_layers: 1, dim: 16, qkv_dim: 16, ffn_dim: 32, num_pseudo: 4}",
+    "{family: convcnp, channels: 8, depth: 2, points_per_unit: 4}",
+])
+def test_baseline_families_train_evaluate_and_predict_through_the_cli(model, tmp_path):
+    config = write_yaml(tmp_path, TINY_YAML.replace(TINY_YAML.splitlines()[0], f"model: {model}"))
+    out = tmp_path / "run"
+    assert cli.main(["train", "--config", str(config), "--out", str(out), "--quiet"]) == 0
+    ckpt = out / "last.safetensors"
+    assert cli.main(["evaluate", "--checkpoint", str(ckpt), "--domains", "in_domain",
+                     "--out", str(tmp_path), "--quiet"]) == 0
+    results = json.loads((tmp_path / "eval.json").read_text())
+    assert np.isfinite(results["domains"]["in_domain"]["model"]["nll"]["mean"])
+    points = tmp_path / "points.csv"
+    points.write_text("split,s0,s1,f\ncontext,0.1,-0.5,0.8\ncontext,0.4,0.2,-0.3\ntest,0,0,\n")
+    assert cli.main(["predict", "--checkpoint", str(ckpt), "--input", str(points),
+                     "--output", str(tmp_path / "pred.csv"), "--quiet"]) == 0
+    rows = list(csv.DictReader((tmp_path / "pred.csv").open()))
+    assert len(rows) == 1 and float(rows[0]["std"]) > 0

@@ -3,13 +3,15 @@ and several models evaluated side by side."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from conftest import random_batch
 
 from bsatnp.baselines import IDW
 from bsatnp.evaluate import evaluate, markdown_table
-from bsatnp.experiment import ExperimentConfig
+from bsatnp.experiment import ExperimentConfig, load_experiment
 from bsatnp.io.checkpoint import load_model, save_checkpoint
 from bsatnp.models import BSATNPConfig
 from bsatnp.models.convcnp import ConvCNPConfig
@@ -94,3 +96,13 @@ def test_side_by_side_evaluation_shares_batches_and_oracle():
     assert "| gap/idw |" in table and "| bsatnp |" in table
     with pytest.raises(ValueError, match="oracle"):
         evaluate({"oracle": idw}, domains=("in_domain",), n_batches=1, task=TINY_TASK)
+
+
+@pytest.mark.parametrize("family", ["tnpd", "tetnp", "convcnp"])
+def test_bundled_baseline_configs_differ_from_gp2d_only_in_the_model(family):
+    paper, baseline = load_experiment("gp2d"), load_experiment(f"gp2d_{family}")
+    assert family_name(baseline.model) == family
+    assert baseline.model == FAMILIES[family].config()  # the family's defaults
+    assert baseline.task == paper.task and baseline.eval == paper.eval
+    assert baseline.train.out_dir == f"runs/gp2d_{family}"
+    assert replace(baseline.train, out_dir=paper.train.out_dir) == paper.train

@@ -9,9 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from bsatnp.batch import Batch
-from bsatnp.models import BSATNP, BSATNPConfig
+from bsatnp.evaluate import model_device
+from bsatnp.models.registry import ModelConfig
 
 FORMAT_HELP = """\
 Input, one task (columns/arrays depend on the model; a 2D-GP model has Ds=2, Df=1):
@@ -29,7 +31,7 @@ Output (format by extension): the test points with the predictive mean and stand
   or NPZ arrays s_test, mean [Lt, Df], std [Lt, Df]."""
 
 
-def read_points(path: str | os.PathLike[str], config: BSATNPConfig) -> Batch:
+def read_points(path: str | os.PathLike[str], config: ModelConfig) -> Batch:
     """Read one task (context and test points) from a CSV or NPZ file (see :data:`FORMAT_HELP`).
 
     Args:
@@ -82,17 +84,18 @@ def write_predictions(path: str | os.PathLike[str], batch: Batch, mean: torch.Te
     return path
 
 
-def predict_file(model: BSATNP, input_path: str | os.PathLike[str],
+def predict_file(model: nn.Module, input_path: str | os.PathLike[str],
                  output_path: str | os.PathLike[str]) -> Path:
     """Read points, predict with ``model`` and write the predictions.
 
     Raises:
         ValueError: If the model is not Gaussian or the input does not fit the model.
     """
-    if model.config.likelihood != "gaussian":
-        raise ValueError(f"predict needs a Gaussian model, this one is {model.config.likelihood}")
+    likelihood = getattr(model.config, "likelihood", "gaussian")  # baselines are Gaussian
+    if likelihood != "gaussian":
+        raise ValueError(f"predict needs a Gaussian model, this one is {likelihood}")
     batch = read_points(input_path, model.config)
-    device = next(model.parameters()).device
+    device = model_device(model)
     mean, std = model.eval().predict(batch.to(device))
     return write_predictions(output_path, batch, mean, std)
 
@@ -102,11 +105,12 @@ def _columns(role: str, dim: int) -> list[str]:
     return [role] if dim == 1 else [f"{role}{i}" for i in range(dim)]
 
 
-def _roles(config: BSATNPConfig) -> list[tuple[str, int]]:
-    return [(role, getattr(config, f"dim_{role}")) for role in config.roles]
+def _roles(config: ModelConfig) -> list[tuple[str, int]]:
+    roles = getattr(config, "roles", ("s",))  # the baselines read locations only
+    return [(role, getattr(config, f"dim_{role}")) for role in roles]
 
 
-def _read_csv(path: Path, config: BSATNPConfig) -> dict[str, np.ndarray]:
+def _read_csv(path: Path, config: ModelConfig) -> dict[str, np.ndarray]:
     with open(path, newline="", encoding="utf-8") as file:
         reader = csv.DictReader(file)
         rows = list(reader)
@@ -148,7 +152,7 @@ def _numbers(path: Path, rows: list[tuple[int, dict[str, str]]], columns: list[s
     return out
 
 
-def _read_npz(path: Path, config: BSATNPConfig) -> dict[str, np.ndarray]:
+def _read_npz(path: Path, config: ModelConfig) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as data:
             stored = {name: data[name] for name in data.files}
