@@ -85,6 +85,23 @@ def test_evaluate_flags_override_the_stored_protocol(run, tmp_path):
     assert entry["n_batches"] == 3 and "oracle" not in entry and "gap" not in entry
 
 
+def test_evaluate_counts_per_domain(run, tmp_path, capsys):
+    code = cli.main(["evaluate", "--checkpoint", str(run / "last.safetensors"), "--out",
+                     str(tmp_path), "--n-batches", "in_domain=2,scaled=1", "--no-oracle",
+                     "--quiet"])
+    assert code == 0
+    results = json.loads((tmp_path / "eval.json").read_text())
+    assert {d: e["n_batches"] for d, e in results["domains"].items()} == {
+        "in_domain": 2, "scaled": 1}
+    with pytest.raises(SystemExit):
+        cli.main(["evaluate", "--checkpoint", str(run / "last.safetensors"),
+                  "--n-batches", "in_domain=two"])
+    assert "DOMAIN=COUNT" in capsys.readouterr().err
+    assert cli.main(["evaluate", "--checkpoint", str(run / "last.safetensors"), "--out",
+                     str(tmp_path), "--n-batches", "in_domain=1", "--domains", "scaled"]) == 2
+    assert "no count for domain 'scaled'" in capsys.readouterr().err
+
+
 def test_plot_field_and_learning_curve(run, tmp_path):
     field, curve = tmp_path / "field.png", tmp_path / "curve.png"
     assert cli.main(["plot", "--checkpoint", str(run / "best.safetensors"), "--out", str(field),

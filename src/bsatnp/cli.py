@@ -86,7 +86,8 @@ def _evaluate(args: argparse.Namespace) -> None:
     model, config = _load(args)
     results = evaluate(
         model,
-        domains=args.domains or config.eval.domains,
+        domains=args.domains or (tuple(args.n_batches) if isinstance(args.n_batches, dict)
+                                 else config.eval.domains),
         n_batches=args.n_batches or config.eval.n_batches,
         seed=config.eval.seed if args.seed is None else args.seed,
         with_oracle=not args.no_oracle,
@@ -94,6 +95,19 @@ def _evaluate(args: argparse.Namespace) -> None:
         task=config.task,
     )
     _print_paths(_report(results, Path(args.out or Path(args.checkpoint).parent)))
+
+
+def _batch_counts(text: str) -> int | dict[str, int]:
+    """``"500"`` → 500; ``"in_domain=500,scaled=20"`` → ``{"in_domain": 500, "scaled": 20}``."""
+    try:
+        if "=" not in text:
+            return int(text)
+        pairs = (item.split("=") for item in text.split(","))
+        return {domain.strip(): int(count) for domain, count in pairs}
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(
+            f"expected a count or DOMAIN=COUNT pairs separated by commas, got {text!r}"
+        ) from err
 
 
 def _predict(args: argparse.Namespace) -> None:
@@ -179,8 +193,9 @@ def _parser() -> argparse.ArgumentParser:
     cmd = sub.add_parser("evaluate", parents=[common],
                          help="score a checkpoint and the GP oracle on fixed batches")
     cmd.add_argument("--checkpoint", required=True)
-    cmd.add_argument("--n-batches", type=int,
-                     help="batches per domain (default: eval.n_batches of the run)")
+    cmd.add_argument("--n-batches", type=_batch_counts, metavar="N | DOMAIN=N,...",
+                     help="batches per domain: one count, or e.g. in_domain=500,scaled=20 "
+                          "(default: eval.n_batches of the run)")
     cmd.add_argument("--seed", type=int, help="test seed (default: eval.seed of the run)")
     cmd.add_argument("--domains", nargs="+", choices=DOMAINS, help="default: eval.domains")
     cmd.add_argument("--no-oracle", action="store_true", help="skip the exact GP oracle")
