@@ -13,6 +13,7 @@ Usage:
     python benchmarks/compare_models.py --quick            # CI-sized, about a minute
     python benchmarks/compare_models.py --steps 5000 --eval-batches 500 --scaled-batches 50
     python benchmarks/compare_models.py --models bsatnp,tnpd --steps 200
+    python benchmarks/compare_models.py --costs-only       # parameters, step time, GFLOPs
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from bsatnp.evaluate import evaluate
 from bsatnp.experiment import ExperimentConfig, build_trainer
 from bsatnp.models import BSATNPConfig, masked_nll
 from bsatnp.models.convcnp import ConvCNPConfig
-from bsatnp.models.registry import ModelConfig, family_name
+from bsatnp.models.registry import ModelConfig, build_model, family_name
 from bsatnp.models.tetnp import TETNPConfig
 from bsatnp.models.tnpd import TNPDConfig
 from bsatnp.tasks.gp2d import GP2DTask, eval_batches
@@ -99,7 +100,10 @@ def step_costs(models: dict[str, nn.Module], task: GP2DTask, rounds: int) -> dic
 
     times: dict[str, list[float]] = {name: [] for name in models}
     for name in models:  # warm-up, and the GFLOPs of one step
-        counter = FlopCounterMode(display=False)
+        # The tiled scan adds q·kᵀ onto the bias in place (baddbmm_), which the counter's
+        # registry lacks: count it as the out-of-place baddbmm.
+        counter = FlopCounterMode(display=False,
+                                  custom_mapping={torch.ops.aten.baddbmm_: _baddbmm_flops})
         with counter:
             step(name)
         times[name].append(counter.get_total_flops() / 1e9)
@@ -110,6 +114,13 @@ def step_costs(models: dict[str, nn.Module], task: GP2DTask, rounds: int) -> dic
             times[name].append(time.perf_counter() - start)
     return {name: {"gflops": t[0], "step_s": statistics.median(t[1:]), "times": t[1:]}
             for name, t in times.items()}
+
+
+def _baddbmm_flops(self_shape: Any, batch1_shape: Any, batch2_shape: Any, *args: Any,
+                   out_shape: Any = None, **kwargs: Any) -> int:
+    """FLOPs of ``self += batch1 @ batch2`` (``[b, m, k] @ [b, k, n]``): 2·b·m·n·k."""
+    b, m, k = batch1_shape
+    return 2 * b * m * batch2_shape[2] * k
 
 
 def calibrated(task: GP2DTask, n_batches: int, seed: int) -> dict[str, nn.Module]:
@@ -134,7 +145,7 @@ def tables(results: dict[str, Any]) -> str:
         gflops = f"{cost['gflops']:.1f}" if cost else "–"
         lines.append(f"| {name} | {info['family']} | {info['parameters']:,} | {step} | {ratio} "
                      f"| {gflops} |")
-    for domain, entry in results["eval"]["domains"].items():
+    for domain, entry in results.get("eval", {"domains": {}})["domains"].items():
         lines += ["", f"**{domain}** ({entry['n_batches']} batches × {entry['batch_size']} "
                   f"tasks, box {entry['box']}, {entry['n_ctx']} ctx slots / {entry['n_test']} "
                   "test)", "",
@@ -166,6 +177,8 @@ def main() -> None:
                         help="test batches for scaled (4× the points; the oracle is costly)")
     parser.add_argument("--models", help="comma-separated subset of the row names")
     parser.add_argument("--rounds", type=int, default=5, help="timed steps per model")
+    parser.add_argument("--costs-only", action="store_true",
+                        help="no training or evaluation: parameters, step time and GFLOPs")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default="benchmarks/results/compare_models.json")
     args = parser.parse_args()
@@ -186,30 +199,39 @@ def main() -> None:
     train_config = replace(experiment.train, steps=args.steps, val_every=args.steps,
                            save_every=args.steps, val_batches=2 if args.quick else 16)
     models: dict[str, nn.Module] = {}
-    with tempfile.TemporaryDirectory(prefix="compare_models_") as out_root:
+    free: dict[str, nn.Module] = {}
+    scored = None
+    if args.costs_only:
         for name, config in configs.items():
-            variant = replace(experiment, model=config, task=task, train=train_config)
             torch.manual_seed(train_config.seed)
-            models[name] = train(name, variant, Path(out_root), args.steps)
-    free = calibrated(task, train_config.val_batches, experiment.eval.val_seed)
-    if args.models:
-        free = {n: m for n, m in free.items() if n in args.models.split(",")}
+            models[name] = build_model(config)
+    else:
+        with tempfile.TemporaryDirectory(prefix="compare_models_") as out_root:
+            for name, config in configs.items():
+                variant = replace(experiment, model=config, task=task, train=train_config)
+                torch.manual_seed(train_config.seed)
+                models[name] = train(name, variant, Path(out_root), args.steps)
+        free = calibrated(task, train_config.val_batches, experiment.eval.val_seed)
+        if args.models:
+            free = {n: m for n, m in free.items() if n in args.models.split(",")}
     costs = step_costs(models, task if args.quick else GP2DTask(), args.rounds)
-    counts = {"in_domain": args.eval_batches, "shifted": args.eval_batches,
-              "scaled": args.scaled_batches}
-    scored = evaluate({**models, **free}, n_batches=counts, seed=experiment.eval.seed,
-                      task=task, progress=False)
+    if not args.costs_only:
+        counts = {"in_domain": args.eval_batches, "shifted": args.eval_batches,
+                  "scaled": args.scaled_batches}
+        scored = evaluate({**models, **free}, n_batches=counts, seed=experiment.eval.seed,
+                          task=task, progress=False)
     results = {
         "meta": {"command": " ".join(["python", *sys.argv]), "torch": torch.__version__,
-                 "machine": platform.machine(), "threads": args.threads, "steps": args.steps,
-                 "quick": args.quick, "reference_gflops": REFERENCE_GFLOPS},
+                 "machine": platform.machine(), "threads": args.threads,
+                 "steps": 0 if args.costs_only else args.steps, "quick": args.quick,
+                 "reference_gflops": REFERENCE_GFLOPS},
         "models": {
             name: {"family": family_name(m.config) if name in models else "training-free",
                    "parameters": sum(p.numel() for p in m.parameters())}
             for name, m in {**models, **free}.items()
         },
         "costs": costs,
-        "eval": scored,
+        **({} if scored is None else {"eval": scored}),
     }
     print(tables(results))
     out = Path(args.out)

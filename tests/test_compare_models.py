@@ -36,3 +36,18 @@ def test_compare_models_quick_mode(tmp_path):
         assert abs(nll["shifted"][name] - nll["in_domain"][name]) < 1e-3, name
     assert abs(nll["shifted"]["tnpd"] - nll["in_domain"]["tnpd"]) > 1e-3
     assert "| oracle |" in proc.stdout
+
+
+def test_compare_models_costs_only_counts_in_place_matmuls(tmp_path):
+    out = tmp_path / "costs.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "compare_models.py"), "--quick", "--costs-only",
+         "--models", "bsatnp,bsatnp embed", "--threads", "1", "--out", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads(out.read_text())
+    assert "eval" not in results and set(results["models"]) == {"bsatnp", "bsatnp embed"}
+    gflops = {name: cost["gflops"] for name, cost in results["costs"].items()}
+    # Same attention pairs: the bias adds q·kᵀ in place (baddbmm_), which must be counted.
+    assert gflops["bsatnp"] >= gflops["bsatnp embed"] * 0.98
