@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from reference import attention_reference, bias_reference, pairwise
 
+import bsatnp.attention.tiled as tiled
 from bsatnp.attention import AttentionBias, BiasSpec, biased_attention
 from bsatnp.attention.functional import choose_backend
 
@@ -148,6 +149,26 @@ def test_single_key(backend):
     out, _ = run_backend(backend, *problem)
     v = problem[2]
     assert torch.allclose(out, v.expand_as(out), atol=1e-6)  # one key: output is its value
+
+
+@pytest.mark.parametrize("keep", [True, False])
+@pytest.mark.parametrize("spec_names", [("rbf",), ("tisa", "abs_time")])
+def test_tiled_single_key_tile_kept_or_recomputed(keep, spec_names, monkeypatch):
+    """One key tile: the training forward keeps its tiles (small) or the backward recomputes
+    them (above KEEP_ELEMENTS); both match the reference, with several query tiles."""
+    if not keep:
+        monkeypatch.setattr(tiled, "KEEP_ELEMENTS", 0)
+    problem = make_problem(3, 2, 19, 13, 4, spec_names, seed=21)
+    check_backend("tiled", problem, tile_q=5, tile_k=16)
+
+
+def test_tiled_kept_tiles_survive_a_second_backward():
+    q, k, v, bias, cq, ck, mask = make_problem(2, 2, 9, 7, 4, ("rbf",), seed=8)
+    out, inputs = run_backend("tiled", q, k, v, bias, cq, ck, mask, tile_q=4, tile_k=8)
+    first = torch.autograd.grad(out.square().sum(), inputs, retain_graph=True)
+    second = torch.autograd.grad(out.square().sum(), inputs)
+    for g1, g2 in zip(first, second):
+        assert torch.equal(g1, g2)
 
 
 @pytest.mark.parametrize("backend", GRAD_BACKENDS)
