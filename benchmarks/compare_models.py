@@ -34,7 +34,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from bsatnp.baselines import IDW, KNearestMean
+from bsatnp.baselines import calibrated_local_averages
+from bsatnp.baselines.idw import LOCAL_AVERAGES
 from bsatnp.evaluate import evaluate
 from bsatnp.experiment import ExperimentConfig, build_trainer
 from bsatnp.models import BSATNPConfig, masked_nll
@@ -45,7 +46,7 @@ from bsatnp.models.tnpd import TNPDConfig
 from bsatnp.tasks.gp2d import GP2DTask, eval_batches
 
 REFERENCE_GFLOPS = {"bsatnp": 94.6, "tnpd": 214.5}  # dl4bi, B=8 512/1024 step (issue 4)
-TRAINING_FREE = ("idw", "knn")
+TRAINING_FREE = tuple(LOCAL_AVERAGES)
 # Small widths for --quick: every family at a fraction of its cost.
 QUICK = {
     "bsatnp": {"dim": 32, "num_blocks": 2, "qkv_dim": 32, "ffn_dim": 64, "embed_hidden": (64,),
@@ -121,15 +122,6 @@ def _baddbmm_flops(self_shape: Any, batch1_shape: Any, batch2_shape: Any, *args:
     """FLOPs of ``self += batch1 @ batch2`` (``[b, m, k] @ [b, k, n]``): 2·b·m·n·k."""
     b, m, k = batch1_shape
     return 2 * b * m * batch2_shape[2] * k
-
-
-def calibrated(task: GP2DTask, n_batches: int, seed: int) -> dict[str, nn.Module]:
-    """IDW and k-NN with their std scale fitted on ``n_batches`` validation batches."""
-    batches = [b for b, _ in eval_batches(task, n_batches, seed)]
-    models: dict[str, nn.Module] = {"idw": IDW(), "knn": KNearestMean()}
-    for model in models.values():
-        model.calibrate(batches)
-    return models
 
 
 def tables(results: dict[str, Any]) -> str:
@@ -211,9 +203,10 @@ def main() -> None:
                 variant = replace(experiment, model=config, task=task, train=train_config)
                 torch.manual_seed(train_config.seed)
                 models[name] = train(name, variant, Path(out_root), args.steps)
-        free = calibrated(task, train_config.val_batches, experiment.eval.val_seed)
-        if args.models:
-            free = {n: m for n, m in free.items() if n in args.models.split(",")}
+        wanted = args.models.split(",") if args.models else TRAINING_FREE
+        validation = (b for b, _ in eval_batches(task, train_config.val_batches,
+                                                 experiment.eval.val_seed))
+        free = calibrated_local_averages([n for n in TRAINING_FREE if n in wanted], validation)
     costs = step_costs(models, task if args.quick else GP2DTask(), args.rounds)
     if not args.costs_only:
         counts = {"in_domain": args.eval_batches, "shifted": args.eval_batches,

@@ -102,6 +102,17 @@ def test_evaluate_counts_per_domain(run, tmp_path, capsys):
     assert "no count for domain 'scaled'" in capsys.readouterr().err
 
 
+def test_evaluate_with_training_free_baselines(run, tmp_path):
+    code = cli.main(["evaluate", "--checkpoint", str(run / "last.safetensors"), "--out",
+                     str(tmp_path), "--n-batches", "in_domain=2", "--baselines", "idw", "knn",
+                     "--quiet"])
+    assert code == 0
+    entry = json.loads((tmp_path / "eval.json").read_text())["domains"]["in_domain"]
+    assert {"model", "idw", "knn", "oracle", "gap/model", "gap/idw", "gap/knn"} <= set(entry)
+    assert entry["idw"]["nll"]["mean"] != entry["knn"]["nll"]["mean"]
+    assert "| gap/knn |" in (tmp_path / "eval.md").read_text()
+
+
 def test_plot_field_and_learning_curve(run, tmp_path):
     field, curve = tmp_path / "field.png", tmp_path / "curve.png"
     assert cli.main(["plot", "--checkpoint", str(run / "best.safetensors"), "--out", str(field),

@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from bsatnp.baselines import calibrated_local_averages
+from bsatnp.baselines.idw import LOCAL_AVERAGES
 from bsatnp.evaluate import DOMAINS, domain_task, evaluate, markdown_table, write_results
 from bsatnp.experiment import (
     ExperimentConfig,
@@ -25,6 +27,7 @@ from bsatnp.experiment import (
 )
 from bsatnp.io.checkpoint import load_checkpoint, load_model
 from bsatnp.predict import FORMAT_HELP, predict_file
+from bsatnp.tasks.gp2d import eval_batches
 
 DEMO_CONFIG = "gp2d_quick"
 DEMO_MINUTES = 5.0
@@ -84,8 +87,13 @@ def _train(args: argparse.Namespace) -> None:
 
 def _evaluate(args: argparse.Namespace) -> None:
     model, config = _load(args)
+    scored: nn.Module | dict[str, nn.Module] = model
+    if args.baselines:
+        validation = (batch for batch, _ in eval_batches(
+            config.task, config.train.val_batches, config.eval.val_seed))
+        scored = {"model": model, **calibrated_local_averages(args.baselines, validation)}
     results = evaluate(
-        model,
+        scored,
         domains=args.domains or (tuple(args.n_batches) if isinstance(args.n_batches, dict)
                                  else config.eval.domains),
         n_batches=args.n_batches or config.eval.n_batches,
@@ -198,6 +206,9 @@ def _parser() -> argparse.ArgumentParser:
                           "(default: eval.n_batches of the run)")
     cmd.add_argument("--seed", type=int, help="test seed (default: eval.seed of the run)")
     cmd.add_argument("--domains", nargs="+", choices=DOMAINS, help="default: eval.domains")
+    cmd.add_argument("--baselines", nargs="+", choices=sorted(LOCAL_AVERAGES), default=(),
+                     help="also score these training-free baselines (std calibrated on the "
+                          "run's validation batches)")
     cmd.add_argument("--no-oracle", action="store_true", help="skip the exact GP oracle")
     cmd.add_argument("--out", help="directory for eval.json/eval.md (default: the checkpoint's)")
     cmd.set_defaults(command=_evaluate)

@@ -160,3 +160,25 @@ class KNearestMean(LocalAverage):
         chosen = torch.zeros_like(d2).scatter_(-1, nearest.indices,
                                                nearest.values.isfinite().to(d2.dtype))
         return chosen / chosen.sum(dim=-1, keepdim=True)
+
+
+LOCAL_AVERAGES = {"idw": IDW, "knn": KNearestMean}
+"""Training-free baselines by name (default settings)."""
+
+
+def calibrated_local_averages(
+    names: Iterable[str], batches: Iterable[Batch]
+) -> dict[str, LocalAverage]:
+    """The named baselines (``idw``, ``knn``) with ``std_scale`` fitted on ``batches``.
+
+    Raises:
+        ValueError: On an unknown name, or batches without valid test targets.
+    """
+    names, batches = list(names), list(batches)
+    unknown = sorted(set(names) - set(LOCAL_AVERAGES))
+    if unknown:
+        raise ValueError(f"unknown baselines {unknown}; choose from {sorted(LOCAL_AVERAGES)}")
+    models = {name: LOCAL_AVERAGES[name]() for name in names}
+    for model in models.values():
+        model.calibrate(batches)
+    return models
