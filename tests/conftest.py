@@ -54,3 +54,28 @@ def randomise_biases(model: torch.nn.Module, seed: int = 0) -> None:
         for name, p in model.named_parameters():
             if ".bias.terms." in name:
                 p.copy_(p.abs() * (0.5 + torch.rand(p.shape, generator=g)))
+
+
+def shifted(batch: Batch, shift: float | torch.Tensor) -> Batch:
+    """``batch`` with every location (context and test) moved by ``shift``."""
+    return batch.map(s_ctx=batch.s_ctx + shift, s_test=batch.s_test + shift)
+
+
+def dropped(batch: Batch) -> Batch:
+    """A one-task batch with its masked context slots removed (valid slots come first)."""
+    n = int(batch.mask_ctx.sum())
+    return batch.map(s_ctx=batch.s_ctx[:, :n], f_ctx=batch.f_ctx[:, :n], mask_ctx=None)
+
+
+def with_nan_padding(batch: Batch) -> Batch:
+    """``batch`` with far-away locations and NaN values in its padded context slots."""
+    pad = ~batch.mask_ctx
+    s, f = batch.s_ctx.clone(), batch.f_ctx.clone()
+    s[pad], f[pad] = 1e4, float("nan")
+    return batch.map(s_ctx=s, f_ctx=f)
+
+
+def assert_same(d1, d2, atol: float = 1e-5) -> None:
+    """Two predictive distributions agree in mean and stddev to ``atol``."""
+    assert (d1.mean - d2.mean).abs().max() <= atol
+    assert (d1.stddev - d2.stddev).abs().max() <= atol

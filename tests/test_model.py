@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import FIXTURE, random_batch, randomise_biases
+from conftest import FIXTURE, assert_same, random_batch, randomise_biases, shifted
 
 from bsatnp import Batch
 from bsatnp.attention import BiasSpec
@@ -49,15 +49,6 @@ def model_for_invariance(backend="dense", **kw):
     model = BSATNP(backend=backend, **kw).eval()
     randomise_biases(model)
     return model
-
-
-def shifted(batch: Batch, shift: torch.Tensor) -> Batch:
-    return batch.map(s_ctx=batch.s_ctx + shift, s_test=batch.s_test + shift)
-
-
-def assert_same(d1, d2, atol=1e-5):
-    assert (d1.mean - d2.mean).abs().max() <= atol
-    assert (d1.stddev - d2.stddev).abs().max() <= atol
 
 
 @pytest.mark.parametrize("backend", ["dense", "tiled"])

@@ -13,7 +13,7 @@ from bsatnp.baselines import IDW
 from bsatnp.evaluate import evaluate, markdown_table
 from bsatnp.experiment import ExperimentConfig, load_experiment
 from bsatnp.io.checkpoint import load_model, save_checkpoint
-from bsatnp.models import BSATNPConfig
+from bsatnp.models import BSATNPConfig, masked_nll
 from bsatnp.models.convcnp import ConvCNPConfig
 from bsatnp.models.registry import (
     FAMILIES,
@@ -24,7 +24,7 @@ from bsatnp.models.registry import (
 )
 from bsatnp.models.tetnp import TETNPConfig
 from bsatnp.models.tnpd import TNPDConfig
-from bsatnp.tasks.gp2d import GP2DTask
+from bsatnp.tasks.gp2d import GP2DTask, eval_batches
 
 SMALL = {
     "bsatnp": BSATNPConfig(dim=32, num_blocks=1, qkv_dim=32, ffn_dim=32, embed_hidden=(32,),
@@ -47,6 +47,33 @@ def test_config_round_trip_with_family_tag(family):
     data = config_to_dict(config)
     assert data["family"] == family == family_name(config)
     assert config_from_dict(data) == config
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_gradients_reach_every_parameter(family):
+    torch.manual_seed(0)
+    model = build_model(SMALL[family])
+    batch = next(eval_batches(TINY_TASK, 1, seed=1))[0]
+    masked_nll(model(batch), batch.f_test, batch.test_mask()).backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and bool(torch.isfinite(p.grad).all()), name
+        assert bool(p.grad.abs().sum() > 0), name
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_adam_steps_reduce_the_loss_on_a_fixed_batch(family):
+    torch.manual_seed(0)
+    model = build_model(SMALL[family])
+    batch = next(eval_batches(replace(TINY_TASK, batch_size=4), 1, seed=2))[0]
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(20):
+        loss = masked_nll(model(batch), batch.f_test, batch.test_mask())
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 0.1, losses
 
 
 def test_config_without_family_is_bsatnp_and_unknown_family_fails():

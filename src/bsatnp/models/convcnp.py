@@ -29,7 +29,7 @@ the ``s`` and ``f`` roles are used; ``x`` and ``t`` are ignored.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -38,6 +38,7 @@ from torch import Tensor, nn
 from torch.distributions import Normal
 
 from bsatnp.batch import Batch
+from bsatnp.models.base import LocationModel, PlainConfig
 from bsatnp.models.heads import GaussianHead
 from bsatnp.models.layers import reference_init_
 
@@ -46,7 +47,7 @@ _CEIL_TOL = 1e-3  # grid points; keeps float rounding of a shifted extent from a
 
 
 @dataclass(frozen=True)
-class ConvCNPConfig:
+class ConvCNPConfig(PlainConfig):
     """Everything needed to rebuild a ConvCNP (defaults: 596,100 parameters for ``Df = 1``).
 
     Attributes:
@@ -102,22 +103,6 @@ class ConvCNPConfig:
             raise ValueError(
                 f"max_points_per_axis must be >= 2, got {self.max_points_per_axis}"
             )
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dictionary (inverse of :meth:`from_dict`)."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ConvCNPConfig:
-        """Rebuild from :meth:`to_dict` output; unknown keys raise ``ValueError``."""
-        unknown = set(data) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown ConvCNPConfig keys: {sorted(unknown)}")
-        kwargs = dict(data)
-        for key in ("grid_bounds", "head_hidden"):
-            if kwargs.get(key) is not None:
-                kwargs[key] = tuple(kwargs[key])
-        return cls(**kwargs)
 
 
 def _rbf(rel: Tensor, n: int, spacing: float, lengthscale: Tensor) -> Tensor:
@@ -226,7 +211,7 @@ class UNet(nn.Module):
         return h
 
 
-class ConvCNP(nn.Module):
+class ConvCNP(LocationModel):
     """ConvCNP on 2D locations: SetConv → grid → UNet → SetConv → Gaussian head.
 
     Args:
@@ -242,7 +227,7 @@ class ConvCNP(nn.Module):
         super().__init__()
         config = config or ConvCNPConfig()
         if overrides:
-            config = ConvCNPConfig.from_dict({**config.to_dict(), **overrides})
+            config = config.replaced(**overrides)
         self.config = config
         init = math.log(2.0 / config.points_per_unit)
         self.log_lengthscale_enc = nn.Parameter(torch.tensor(init))
@@ -252,21 +237,6 @@ class ConvCNP(nn.Module):
             (config.channels, *config.head_hidden, 2 * config.dim_f), config.min_std
         )
         reference_init_(self.head)
-
-    def check_batch(self, batch: Batch) -> None:
-        """Raise ``ValueError`` if ``batch`` does not fit this model (shapes, roles, values)."""
-        if not isinstance(batch, Batch):
-            raise ValueError(f"batch must be a bsatnp.Batch, got {type(batch).__name__}")
-        batch.validate(required_roles=("s",))
-        for name, got, want in (
-            ("s_ctx", batch.s_ctx.shape[-1], self.config.dim_s),
-            ("f_ctx", batch.f_ctx.shape[-1], self.config.dim_f),
-        ):
-            if got != want:
-                raise ValueError(
-                    f"{name} has {got} features but the model was built with "
-                    f"dim_{name[0]}={want}"
-                )
 
     def grid(self, batch: Batch) -> tuple[Tensor, tuple[int, int]]:
         """Per-task grid origin and the batch's grid size (see the module docstring).
@@ -326,9 +296,3 @@ class ConvCNP(nn.Module):
             batch.s_test - origin, z, spacing, self.log_lengthscale_dec.exp()
         )  # [B, Lt, C]
         return self.head(features)
-
-    @torch.no_grad()
-    def predict(self, batch: Batch) -> tuple[Tensor, Tensor]:
-        """Predictive mean and standard deviation ``[B, Lt, Df]`` without gradients."""
-        dist = self(batch)
-        return dist.mean, dist.stddev

@@ -29,7 +29,7 @@ linear in the number of points: with ``M = 32`` the default guard allows
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from torch.distributions import Normal
 
 from bsatnp.batch import Batch
+from bsatnp.models.base import LocationModel, PlainConfig
 from bsatnp.models.config import BSATNPConfig
 from bsatnp.models.embedding import TokenEmbedding
 from bsatnp.models.heads import GaussianHead
@@ -214,7 +215,7 @@ class TEISTLayer(nn.Module):
 
 
 @dataclass(frozen=True)
-class TETNPConfig:
+class TETNPConfig(PlainConfig):
     """Everything needed to rebuild a TE-TNP (defaults: 4 layers, 554,410 parameters for Ds=2).
 
     Attributes:
@@ -270,24 +271,8 @@ class TETNPConfig:
             embed_hidden=self.embed_hidden, dim=self.dim, ln_eps=self.ln_eps,
         )
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dictionary (inverse of :meth:`from_dict`)."""
-        return asdict(self)
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TETNPConfig:
-        """Rebuild from :meth:`to_dict` output; unknown keys raise ``ValueError``."""
-        unknown = set(data) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown TETNPConfig keys: {sorted(unknown)}")
-        kwargs = dict(data)
-        for key in ("embed_hidden", "head_hidden"):
-            if key in kwargs:
-                kwargs[key] = tuple(kwargs[key])
-        return cls(**kwargs)
-
-
-class TETNP(nn.Module):
+class TETNP(LocationModel):
     """TE-TNP with pseudo-tokens: ``[flag, f]`` tokens → TE-IST layers → Gaussian head.
 
     Context tokens embed ``(flag=1, f)`` and test tokens ``(flag=0, 0)``; locations are
@@ -310,7 +295,7 @@ class TETNP(nn.Module):
         super().__init__()
         config = config or TETNPConfig()
         if overrides:
-            config = TETNPConfig.from_dict({**config.to_dict(), **overrides})
+            config = config.replaced(**overrides)
         self.config = config
         self.embed = TokenEmbedding(config.token_config())
         self.layers = nn.ModuleList(
@@ -326,21 +311,6 @@ class TETNP(nn.Module):
         reference_init_(self)
         self.pseudo_tokens = nn.Parameter(torch.randn(config.num_pseudo, config.dim))
         self.pseudo_offsets = nn.Parameter(0.1 * torch.randn(config.num_pseudo, config.dim_s))
-
-    def check_batch(self, batch: Batch) -> None:
-        """Raise ``ValueError`` if ``batch`` does not fit this model (shapes, roles, values)."""
-        if not isinstance(batch, Batch):
-            raise ValueError(f"batch must be a bsatnp.Batch, got {type(batch).__name__}")
-        batch.validate(required_roles=("s",))
-        for name, got, want in (
-            ("s_ctx", batch.s_ctx.shape[-1], self.config.dim_s),
-            ("f_ctx", batch.f_ctx.shape[-1], self.config.dim_f),
-        ):
-            if got != want:
-                raise ValueError(
-                    f"{name} has {got} features but the model was built with "
-                    f"dim_{name[0]}={want}"
-                )
 
     def forward(self, batch: Batch) -> Normal:
         """Predictive distribution at the test points.
@@ -364,9 +334,3 @@ class TETNP(nn.Module):
         for layer in self.layers:
             u, z = layer(u, z, s_u, s_z, mask_ctx)
         return self.head(self.norm(z[:, n_ctx:]))
-
-    @torch.no_grad()
-    def predict(self, batch: Batch) -> tuple[Tensor, Tensor]:
-        """Predictive mean and standard deviation ``[B, Lt, Df]`` without gradients."""
-        dist = self(batch)
-        return dist.mean, dist.stddev

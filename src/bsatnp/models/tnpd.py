@@ -9,15 +9,15 @@ keys), sized like the paper's model.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
-import torch
-from torch import Tensor, nn
+from torch import nn
 from torch.distributions import Normal
 
 from bsatnp.attention.functional import BACKENDS
 from bsatnp.batch import Batch
+from bsatnp.models.base import LocationModel, PlainConfig
 from bsatnp.models.blocks import KRBlock
 from bsatnp.models.config import BSATNPConfig
 from bsatnp.models.embedding import TokenEmbedding
@@ -26,7 +26,7 @@ from bsatnp.models.layers import reference_init_
 
 
 @dataclass(frozen=True)
-class TNPDConfig:
+class TNPDConfig(PlainConfig):
     """Everything needed to rebuild a TNP-D (defaults: sized like the 2D-GP BSA-TNP).
 
     Attributes:
@@ -76,24 +76,8 @@ class TNPDConfig:
             embed_hidden=self.embed_hidden, dim=self.dim, ln_eps=self.ln_eps,
         )
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dictionary (inverse of :meth:`from_dict`)."""
-        return asdict(self)
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TNPDConfig:
-        """Rebuild from :meth:`to_dict` output; unknown keys raise ``ValueError``."""
-        unknown = set(data) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown TNPDConfig keys: {sorted(unknown)}")
-        kwargs = dict(data)
-        for key in ("embed_hidden", "head_hidden"):
-            if key in kwargs:
-                kwargs[key] = tuple(kwargs[key])
-        return cls(**kwargs)
-
-
-class TNPD(nn.Module):
+class TNPD(LocationModel):
     """TNP-D: ``[flag, s, f]`` tokens → plain pre-norm transformer → Gaussian head.
 
     Context tokens read ``(flag=1, s, f)``, test tokens ``(flag=0, s, 0)``. Every block
@@ -112,7 +96,7 @@ class TNPD(nn.Module):
         super().__init__()
         config = config or TNPDConfig()
         if overrides:
-            config = TNPDConfig.from_dict({**config.to_dict(), **overrides})
+            config = config.replaced(**overrides)
         self.config = config
         self.embed = TokenEmbedding(config.token_config())
         self.blocks = nn.ModuleList(
@@ -126,21 +110,6 @@ class TNPD(nn.Module):
         self.head = GaussianHead((config.dim, *config.head_hidden, 2 * config.dim_f),
                                  config.min_std)
         reference_init_(self)
-
-    def check_batch(self, batch: Batch) -> None:
-        """Raise ``ValueError`` if ``batch`` does not fit this model (shapes, roles, values)."""
-        if not isinstance(batch, Batch):
-            raise ValueError(f"batch must be a bsatnp.Batch, got {type(batch).__name__}")
-        batch.validate(required_roles=("s",))
-        for name, got, want in (
-            ("s_ctx", batch.s_ctx.shape[-1], self.config.dim_s),
-            ("f_ctx", batch.f_ctx.shape[-1], self.config.dim_f),
-        ):
-            if got != want:
-                raise ValueError(
-                    f"{name} has {got} features but the model was built with "
-                    f"dim_{name[0]}={want}"
-                )
 
     def forward(self, batch: Batch) -> Normal:
         """Predictive distribution at the test points.
@@ -158,9 +127,3 @@ class TNPD(nn.Module):
         for block in self.blocks:
             z = block(z, n_ctx, {}, mask_ctx)
         return self.head(self.norm(z[:, n_ctx:]))
-
-    @torch.no_grad()
-    def predict(self, batch: Batch) -> tuple[Tensor, Tensor]:
-        """Predictive mean and standard deviation ``[B, Lt, Df]`` without gradients."""
-        dist = self(batch)
-        return dist.mean, dist.stddev
