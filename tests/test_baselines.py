@@ -54,30 +54,6 @@ def test_tnpd_is_not_translation_invariant():
         assert (model(batch).mean - model(shifted(batch, 10.0)).mean).abs().max() > 1e-3
 
 
-@pytest.mark.parametrize(
-    "case, argument",
-    [
-        ("not_a_batch", "batch"),
-        ("no_locations", "s_ctx"),
-        ("wrong_dim_s", "s_ctx"),
-        ("wrong_dim_f", "f_ctx"),
-        ("nan_location", "s_test"),
-    ],
-)
-def test_tnpd_bad_input_raises_value_error_naming_argument(case, argument):
-    model = TNPD(**SMALL)
-    batch = random_batch()
-    bad = {
-        "not_a_batch": lambda: {"f_ctx": batch.f_ctx},
-        "no_locations": lambda: batch.map(s_ctx=None, s_test=None),
-        "wrong_dim_s": lambda: random_batch(dim_s=3),
-        "wrong_dim_f": lambda: random_batch(dim_f=2),
-        "nan_location": lambda: batch.map(s_test=batch.s_test.clone().fill_(float("nan"))),
-    }[case]()
-    with pytest.raises(ValueError, match=argument):
-        model(bad)
-
-
 # ------------------------------------------------------------------ IDW and kNN means
 BASELINES = [IDW(), IDW(power=3.0), KNearestMean(), KNearestMean(k=1)]
 

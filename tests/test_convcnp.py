@@ -110,34 +110,12 @@ def test_convcnp_fixed_grid_bounds():
     assert model.grid(shifted(batch, 10.0))[1] == size
 
 
-@pytest.mark.parametrize(
-    "case, argument",
-    [
-        ("not_a_batch", "batch"),
-        ("no_locations", "s_ctx"),
-        ("wrong_dim_s", "s_ctx"),
-        ("wrong_dim_f", "f_ctx"),
-        ("nan_location", "s_test"),
-        ("no_valid_context", "mask_ctx"),
-        ("huge_extent", "s_test"),
-    ],
-)
-def test_convcnp_bad_input_raises_value_error_naming_argument(case, argument):
-    model = ConvCNP(**SMALL)
+def test_convcnp_grid_guard_names_the_locations():
     batch = random_batch()
     far = batch.s_test.clone()
     far[0, 0] = 1e3
-    bad = {
-        "not_a_batch": lambda: {"f_ctx": batch.f_ctx},
-        "no_locations": lambda: batch.map(s_ctx=None, s_test=None),
-        "wrong_dim_s": lambda: random_batch(dim_s=3),
-        "wrong_dim_f": lambda: random_batch(dim_f=2),
-        "nan_location": lambda: batch.map(s_test=batch.s_test.clone().fill_(float("nan"))),
-        "no_valid_context": lambda: batch.map(mask_ctx=torch.zeros_like(batch.mask_ctx)),
-        "huge_extent": lambda: batch.map(s_test=far),
-    }[case]()
-    with pytest.raises(ValueError, match=argument):
-        model(bad)
+    with pytest.raises(ValueError, match="s_test"):
+        ConvCNP(**SMALL)(batch.map(s_test=far))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -76,6 +76,25 @@ def test_adam_steps_reduce_the_loss_on_a_fixed_batch(family):
     assert losses[-1] < losses[0] - 0.1, losses
 
 
+BAD_INPUTS = {  # case: (make the bad input from a good batch, argument the error names)
+    "not_a_batch": (lambda b: {"f_ctx": b.f_ctx}, "batch"),
+    "no_locations": (lambda b: b.map(s_ctx=None, s_test=None), "s_ctx"),
+    "wrong_dim_s": (lambda b: random_batch(dim_s=3), "s_ctx"),
+    "wrong_dim_f": (lambda b: random_batch(dim_f=2), "f_ctx"),
+    "nan_location": (lambda b: b.map(s_test=b.s_test.clone().fill_(float("nan"))), "s_test"),
+    "inf_value": (lambda b: b.map(f_ctx=b.f_ctx.clone().fill_(float("inf"))), "f_ctx"),
+    "no_valid_context": (lambda b: b.map(mask_ctx=torch.zeros_like(b.mask_ctx)), "mask_ctx"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_bad_input_raises_value_error_naming_the_argument(family, case):
+    make, argument = BAD_INPUTS[case]
+    with pytest.raises(ValueError, match=argument):
+        build_model(SMALL[family])(make(random_batch()))
+
+
 def test_config_without_family_is_bsatnp_and_unknown_family_fails():
     assert config_from_dict(BSATNPConfig().to_dict()) == BSATNPConfig()
     with pytest.raises(ValueError, match="unknown model family 'gpt'"):
