@@ -8,6 +8,7 @@ AdamW at B=8, 512 context slots (128–511 valid), 1024 test points.
 Usage:
     python benchmarks/forward.py                       # everything, table + JSON
     python benchmarks/forward.py --sizes 2048x4096 --backends tiled --no-train
+    python benchmarks/forward.py --sizes "" --backends tiled,tiled-recompute   # train step only
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+import bsatnp.attention.tiled as tiled
 from bsatnp import Batch
 from bsatnp.models import BSATNP, masked_nll
 
@@ -32,6 +34,8 @@ REFERENCE_SECONDS = {  # dl4bi 0.1.3 on JAX, 2-core CPU (SPEC §9)
     "512x1024": 0.336, "2048x4096": 5.09, "8192x16384": 82.2, "16384x65536": 557.7,
     "train": 5.35,
 }
+RECOMPUTE = "tiled-recompute"
+"""Pseudo-backend: ``tiled`` with :data:`bsatnp.attention.tiled.KEEP_ELEMENTS` = 0."""
 DENSE_MAX_BYTES = 8e9  # dense materialises B·H·Lq·Lk scores several times: skip beyond this
 
 
@@ -81,8 +85,8 @@ def run_train(backend: str, repeats: int) -> dict:
     model = BSATNP(backend=backend)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4)
     times = []
+    batch = gp_like_batch(8, 512, 1024, 128)  # one batch: steps differ only by the weights
     for step in range(repeats + 1):  # the first step is the warm-up
-        batch = gp_like_batch(8, 512, 1024, 128, seed=step)
         start = time.perf_counter()
         loss = masked_nll(model(batch), batch.f_test, batch.test_mask())
         optimizer.zero_grad()
@@ -102,10 +106,15 @@ def dense_fits(size: str) -> bool:
 
 def child(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
+    backend = args.backend
+    if backend == RECOMPUTE:  # the tiled scan without kept tiles: backward recomputes
+        tiled.KEEP_ELEMENTS = 0
+        backend = "tiled"
     if args.case == "train":
-        result = run_train(args.backend, args.repeats)
+        result = run_train(backend, args.repeats)
     else:
-        result = run_forward(args.case, args.backend, args.repeats)
+        result = run_forward(args.case, backend, args.repeats)
+    result["backend"] = args.backend
     print(json.dumps(result))
 
 

@@ -17,8 +17,8 @@ kernel and return zeros (with zero gradients).
 
 Small training problems (one key tile, at most :data:`KEEP_ELEMENTS` scores) keep their
 probability tiles and the bias's autograd graph from the forward instead of recomputing
-them in the backward: the memory of ordinary autograd at that size, for about a fifth
-less time per training step.
+them in the backward: about a fifth less time per training step for the memory ordinary
+autograd would use at that size (``benchmarks/forward.py``).
 """
 
 from __future__ import annotations
@@ -38,9 +38,11 @@ TILE_K_INFERENCE = 4096
 """Default keys per tile without gradients (one fused softmax for up to 4096 keys)."""
 TILE_ELEMENTS = 1 << 22
 """Default size of one score tile, ``B·H·tile_q·tile_k`` elements (16 MiB in float32)."""
-KEEP_ELEMENTS = 1 << 24
-"""Largest ``B·H·Lq·Lk`` whose tiles the training forward keeps for the backward (64 MiB of
-probabilities in float32, plus the bias graph's basis); larger problems recompute tiles."""
+KEEP_ELEMENTS = 1 << 25
+"""Largest ``B·H·Lq·Lk`` (of the whole batch, padding included) whose tiles the training
+forward keeps for the backward: at most 128 MiB of probabilities in float32 plus the bias
+graph's basis (twice that with one rate per head) per attention call. Larger problems, and
+any problem when set to 0, recompute their tiles in the backward."""
 
 
 class _Plan(NamedTuple):
@@ -50,6 +52,7 @@ class _Plan(NamedTuple):
     tile_k: int
     key_tiles: list[tuple[int, Tensor | None]]  # (start, additive mask [B, 1, 1, tk] or None)
     has_key: Tensor | None  # [B] tasks with at least one valid key; None: all have
+    keep_tiles: bool  # training forward keeps its tiles for the backward
 
     @property
     def single_key_tile(self) -> bool:
@@ -58,7 +61,7 @@ class _Plan(NamedTuple):
 
 def _plan(
     q: Tensor, Lk: int, key_mask: Tensor | None, tile_q: int | None, tile_k: int | None,
-    training: bool,
+    training: bool, keep_tiles: bool,
 ) -> _Plan:
     B, H, Lq, _ = q.shape
     tk = max(1, min(Lk, tile_k or (TILE_K_TRAIN if training else TILE_K_INFERENCE)))
@@ -78,7 +81,7 @@ def _plan(
             continue
         additive = torch.zeros(mask_t.shape, dtype=q.dtype, device=q.device)
         tiles.append((j, additive.masked_fill_(~mask_t, float("-inf"))[:, None, None, :]))
-    return _Plan(tq, tk, tiles, has_key)
+    return _Plan(tq, tk, tiles, has_key, keep_tiles and training and len(tiles) == 1)
 
 
 def _scores_(q_t: Tensor, k_t: Tensor, bias_t: Tensor | None, mask_t: Tensor | None) -> Tensor:
@@ -200,9 +203,8 @@ class _TiledBiasedAttention(torch.autograd.Function):
         coords_q: Mapping[str, Tensor], coords_k: Mapping[str, Tensor], scale: float,
         plan: _Plan, *params: Tensor,
     ) -> Tensor:
-        B, H, Lq, _ = q.shape
         ctx.tiles = None
-        if plan.single_key_tile and B * H * Lq * k.shape[2] <= KEEP_ELEMENTS:
+        if plan.keep_tiles:
             out, ctx.tiles = _forward_keeping_tiles(q, k, v, bias, coords_q, coords_k, scale, plan)
             m = ell = None
         else:
@@ -285,13 +287,26 @@ def tiled_attention(
     Returns:
         ``[B, H, Lq, Dv]``.
     """
-    if key_mask is not None and q.shape[0] > 1 and not bool(key_mask.all()):
-        return _per_task(q, k, v, bias, coords_q, coords_k, key_mask, scale, tile_q, tile_k)
+    B, H, Lq, _ = q.shape
+    keep_tiles = B * H * Lq * k.shape[2] <= KEEP_ELEMENTS  # judged on the whole batch
+    if key_mask is not None and B > 1 and not bool(key_mask.all()):
+        return _per_task(q, k, v, bias, coords_q, coords_k, key_mask, scale, tile_q, tile_k,
+                         keep_tiles)
+    return _attend(q, k, v, bias, coords_q, coords_k, key_mask, scale, tile_q, tile_k,
+                   keep_tiles)
+
+
+def _attend(
+    q: Tensor, k: Tensor, v: Tensor, bias: AttentionBias | None,
+    coords_q: Mapping[str, Tensor], coords_k: Mapping[str, Tensor], key_mask: Tensor | None,
+    scale: float, tile_q: int | None, tile_k: int | None, keep_tiles: bool,
+) -> Tensor:
+    """:func:`tiled_attention` on one batch, without the per-task split."""
     params = tuple(bias.parameters()) if bias is not None else ()
     training = torch.is_grad_enabled() and (
         any(t.requires_grad for t in (q, k, v, *params))
     )
-    plan = _plan(q, k.shape[2], key_mask, tile_q, tile_k, training)
+    plan = _plan(q, k.shape[2], key_mask, tile_q, tile_k, training, keep_tiles)
     coords_q = {r: c.detach() for r, c in coords_q.items()}
     coords_k = {r: c.detach() for r, c in coords_k.items()}
     if not training:
@@ -303,7 +318,7 @@ def tiled_attention(
 def _per_task(
     q: Tensor, k: Tensor, v: Tensor, bias: AttentionBias | None,
     coords_q: Mapping[str, Tensor], coords_k: Mapping[str, Tensor], key_mask: Tensor,
-    scale: float, tile_q: int | None, tile_k: int | None,
+    scale: float, tile_q: int | None, tile_k: int | None, keep_tiles: bool,
 ) -> Tensor:
     """Attend task by task over its valid keys only: padded keys cost nothing.
 
@@ -317,10 +332,10 @@ def _per_task(
         if keep.numel() == 0:
             outs.append(q_b.new_zeros(*q_b.shape[:3], v.shape[-1]))
             continue
-        outs.append(tiled_attention(
+        outs.append(_attend(
             q_b, k[b : b + 1].index_select(2, keep), v[b : b + 1].index_select(2, keep), bias,
             {r: c[b : b + 1] for r, c in coords_q.items()},
             {r: c[b : b + 1].index_select(1, keep) for r, c in coords_k.items()},
-            None, scale, tile_q, tile_k,
+            None, scale, tile_q, tile_k, keep_tiles,
         ))
     return torch.cat(outs, dim=0)
