@@ -47,6 +47,9 @@ from bsatnp.tasks.gp2d import GP2DTask, eval_batches
 
 REFERENCE_GFLOPS = {"bsatnp": 94.6, "tnpd": 214.5}  # dl4bi, B=8 512/1024 step (issue 4)
 TRAINING_FREE = tuple(LOCAL_AVERAGES)
+COST_ONLY = ("tnpd all-keys dense",)
+"""Rows timed but not trained: TNP-D as usually implemented (attention over all tokens, test
+keys masked, dense), which predicts exactly like ``tnpd`` (masked = dropped)."""
 # Small widths for --quick: every family at a fraction of its cost.
 QUICK = {
     "bsatnp": {"dim": 32, "num_blocks": 2, "qkv_dim": 32, "ffn_dim": 64, "embed_hidden": (64,),
@@ -72,6 +75,7 @@ def variants(quick: bool) -> dict[str, ModelConfig]:
         "bsatnp embed": replace(bsatnp, use_s="embed"),
         "bsatnp embed+bias": replace(bsatnp, use_s="both"),
         "tnpd": TNPDConfig(**small("tnpd")),
+        "tnpd all-keys dense": TNPDConfig(**small("tnpd"), keys="all_masked", backend="dense"),
         "tetnp": TETNPConfig(**small("tetnp")),
         "convcnp": ConvCNPConfig(**small("convcnp")),
     }
@@ -143,7 +147,7 @@ def tables(results: dict[str, Any]) -> str:
                   "test)", "",
                   "| model | NLL | RMSE | MAE | cov95 | NLL − oracle |",
                   "|---|---|---|---|---|---|"]
-        for name in [*results["models"], "oracle"]:
+        for name in [n for n in (*results["models"], "oracle") if n in entry]:
             row = entry[name]
             gap = entry.get(f"gap/{name}", {}).get("nll")
             cells = [_fmt(row[m]) for m in ("nll", "rmse", "mae", "cov95")]
@@ -193,16 +197,15 @@ def main() -> None:
     models: dict[str, nn.Module] = {}
     free: dict[str, nn.Module] = {}
     scored = None
-    if args.costs_only:
+    with tempfile.TemporaryDirectory(prefix="compare_models_") as out_root:
         for name, config in configs.items():
             torch.manual_seed(train_config.seed)
-            models[name] = build_model(config)
-    else:
-        with tempfile.TemporaryDirectory(prefix="compare_models_") as out_root:
-            for name, config in configs.items():
-                variant = replace(experiment, model=config, task=task, train=train_config)
-                torch.manual_seed(train_config.seed)
-                models[name] = train(name, variant, Path(out_root), args.steps)
+            if args.costs_only or name in COST_ONLY:
+                models[name] = build_model(config)
+                continue
+            variant = replace(experiment, model=config, task=task, train=train_config)
+            models[name] = train(name, variant, Path(out_root), args.steps)
+    if not args.costs_only:
         wanted = args.models.split(",") if args.models else TRAINING_FREE
         validation = (b for b, _ in eval_batches(task, train_config.val_batches,
                                                  experiment.eval.val_seed))
@@ -211,8 +214,9 @@ def main() -> None:
     if not args.costs_only:
         counts = {"in_domain": args.eval_batches, "shifted": args.eval_batches,
                   "scaled": args.scaled_batches}
-        scored = evaluate({**models, **free}, n_batches=counts, seed=experiment.eval.seed,
-                          task=task, progress=False)
+        scored = evaluate({n: m for n, m in {**models, **free}.items() if n not in COST_ONLY},
+                          n_batches=counts, seed=experiment.eval.seed, task=task,
+                          progress=False)
     results = {
         "meta": {"command": " ".join(["python", *sys.argv]), "torch": torch.__version__,
                  "machine": platform.machine(), "threads": args.threads,

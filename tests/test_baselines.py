@@ -46,6 +46,19 @@ def test_tnpd_masked_context_equals_dropped_context(backend):
         assert_same(base, model(with_nan_padding(batch)), atol=0)
 
 
+@pytest.mark.parametrize("backend", ["dense", "tiled"])
+def test_tnpd_all_masked_keys_predicts_like_context_keys(backend):
+    torch.manual_seed(0)
+    context = TNPD(**{**SMALL, "backend": backend}).eval()
+    everything = TNPD(**{**SMALL, "backend": backend, "keys": "all_masked"}).eval()
+    everything.load_state_dict(context.state_dict())
+    batch = random_batch(B=3, Lc=20, Lt=9, seed=5)
+    with torch.no_grad():
+        assert_same(context(batch), everything(batch))
+    with pytest.raises(ValueError, match="keys"):
+        TNPDConfig(keys="test")
+
+
 def test_tnpd_is_not_translation_invariant():
     torch.manual_seed(0)
     model = TNPD(**SMALL).eval()

@@ -22,15 +22,17 @@ def test_compare_models_quick_mode(tmp_path):
     results = json.loads(out.read_text())
     models = results["models"]
     assert {"bsatnp", "bsatnp embed", "tnpd", "tetnp", "convcnp", "idw", "knn"} <= set(models)
+    assert "tnpd all-keys dense" in results["costs"]  # timed, not trained or evaluated
     assert models["idw"]["parameters"] == 0 < models["bsatnp"]["parameters"]
     for name, cost in results["costs"].items():
         assert cost["step_s"] > 0 and cost["gflops"] > 0, name
     domains = results["eval"]["domains"]
     assert set(domains) == {"in_domain", "shifted", "scaled"}
+    scored = [name for name in models if name != "tnpd all-keys dense"]
     for entry in domains.values():
-        for name in (*models, "oracle"):
+        for name in (*scored, "oracle"):
             assert math.isfinite(entry[name]["nll"]["mean"]), name
-    nll = {d: {m: domains[d][m]["nll"]["mean"] for m in models} for d in domains}
+    nll = {d: {m: domains[d][m]["nll"]["mean"] for m in scored} for d in domains}
     # The shifted batches are the in-domain ones moved by +10: invariant models score the same.
     for name in ("bsatnp", "tetnp", "convcnp", "idw"):
         assert abs(nll["shifted"][name] - nll["in_domain"][name]) < 1e-3, name
@@ -42,12 +44,16 @@ def test_compare_models_costs_only_counts_in_place_matmuls(tmp_path):
     out = tmp_path / "costs.json"
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "compare_models.py"), "--quick", "--costs-only",
-         "--models", "bsatnp,bsatnp embed", "--threads", "1", "--out", str(out)],
+         "--models", "bsatnp,bsatnp embed,tnpd,tnpd all-keys dense", "--threads", "1",
+         "--out", str(out)],
         capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     results = json.loads(out.read_text())
-    assert "eval" not in results and set(results["models"]) == {"bsatnp", "bsatnp embed"}
+    assert "eval" not in results
+    assert set(results["models"]) == {"bsatnp", "bsatnp embed", "tnpd", "tnpd all-keys dense"}
     gflops = {name: cost["gflops"] for name, cost in results["costs"].items()}
     # Same attention pairs: the bias adds q·kᵀ in place (baddbmm_), which must be counted.
     assert gflops["bsatnp"] >= gflops["bsatnp embed"] * 0.98
+    # TNP-D as usually implemented also computes the (masked) test × test pairs.
+    assert gflops["tnpd all-keys dense"] > 1.2 * gflops["tnpd"]

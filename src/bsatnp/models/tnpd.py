@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import nn
 from torch.distributions import Normal
 
@@ -43,6 +44,11 @@ class TNPDConfig(PlainConfig):
         min_std: Gaussian lower bound on σ.
         ln_eps: LayerNorm epsilon.
         backend: Attention backend (``auto``, ``dense``, ``tiled``, ``flex``).
+        keys: ``"context"`` (default): every token attends to the context tokens only.
+            ``"all_masked"``: the usual TNP-D implementation, attention over all
+            ``Lc + Lt`` tokens with the test tokens masked as keys; the same predictions
+            (masked = dropped) at the cost of the test × test pairs, for cost comparisons
+            with the paper's TNP-D (use ``backend="dense"``, which does not drop masked keys).
     """
 
     dim_s: int = 2
@@ -58,6 +64,7 @@ class TNPDConfig(PlainConfig):
     min_std: float = 0.0
     ln_eps: float = 1e-6
     backend: str = "auto"
+    keys: str = "context"
 
     def __post_init__(self) -> None:
         if self.dim_s < 1:
@@ -68,6 +75,8 @@ class TNPDConfig(PlainConfig):
             raise ValueError(f"min_std must be in [0, 1), got {self.min_std}")
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        if self.keys not in ("context", "all_masked"):
+            raise ValueError(f"keys must be 'context' or 'all_masked', got {self.keys!r}")
 
     def token_config(self) -> BSATNPConfig:
         """The equivalent BSA-TNP token settings: ``s`` embedded, no bias."""
@@ -124,6 +133,10 @@ class TNPD(LocationModel):
         batch = batch.sanitized()
         n_ctx, mask_ctx = batch.n_ctx, batch.context_mask()
         z = self.embed(batch)  # [B, Lc + Lt, E]
+        n_keys, key_mask = n_ctx, mask_ctx
+        if self.config.keys == "all_masked":  # test tokens are keys too, all masked
+            n_keys = z.shape[1]
+            key_mask = torch.cat([mask_ctx, mask_ctx.new_zeros(mask_ctx.shape[0], batch.n_test)], 1)
         for block in self.blocks:
-            z = block(z, n_ctx, {}, mask_ctx)
+            z = block(z, n_keys, {}, key_mask)
         return self.head(self.norm(z[:, n_ctx:]))
