@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 from bsatnp.baselines import calibrated_local_averages
 from bsatnp.baselines.idw import LOCAL_AVERAGES
@@ -91,6 +91,37 @@ def train(name: str, experiment: ExperimentConfig, out_root: Path, steps: int) -
     return trainer.model
 
 
+def _baddbmm_flops(self_shape: Any, batch1_shape: Any, batch2_shape: Any, *args: Any,
+                   out_shape: Any = None, **kwargs: Any) -> int:
+    """FLOPs of ``self += batch1 @ batch2`` (``[b, m, k] @ [b, k, n]``): 2·b·m·n·k."""
+    b, m, k = batch1_shape
+    return 2 * b * m * batch2_shape[2] * k
+
+
+def _sdpa_cpu_flops(query_shape: Any, key_shape: Any, value_shape: Any, *args: Any,
+                    out_shape: Any = None, **kwargs: Any) -> int:
+    """FLOPs of PyTorch's CPU flash attention forward (as for the CUDA kernels)."""
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def _sdpa_cpu_backward_flops(grad_out_shape: Any, query_shape: Any, key_shape: Any,
+                             value_shape: Any, *args: Any, out_shape: Any = None,
+                             **kwargs: Any) -> int:
+    """FLOPs of PyTorch's CPU flash attention backward."""
+    return sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
+
+
+EXTRA_FLOP_FORMULAS = {
+    # The tiled scan adds q·kᵀ onto the bias in place (baddbmm_).
+    torch.ops.aten.baddbmm_: _baddbmm_flops,
+    # Dense SDPA on the CPU runs these kernels, which the counter's registry lacks.
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_cpu_flops,
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward:
+        _sdpa_cpu_backward_flops,
+}
+"""Formulas ``torch.utils.flop_counter`` lacks for ops our models run on the CPU."""
+
+
 def step_costs(models: dict[str, nn.Module], task: GP2DTask, rounds: int) -> dict[str, dict]:
     """Median training-step seconds (models take turns) and GFLOPs per step."""
     batch = replace(task, batch_size=8).sample(torch.Generator().manual_seed(123))[0]
@@ -105,10 +136,7 @@ def step_costs(models: dict[str, nn.Module], task: GP2DTask, rounds: int) -> dic
 
     times: dict[str, list[float]] = {name: [] for name in models}
     for name in models:  # warm-up, and the GFLOPs of one step
-        # The tiled scan adds q·kᵀ onto the bias in place (baddbmm_), which the counter's
-        # registry lacks: count it as the out-of-place baddbmm.
-        counter = FlopCounterMode(display=False,
-                                  custom_mapping={torch.ops.aten.baddbmm_: _baddbmm_flops})
+        counter = FlopCounterMode(display=False, custom_mapping=EXTRA_FLOP_FORMULAS)
         with counter:
             step(name)
         times[name].append(counter.get_total_flops() / 1e9)
@@ -119,13 +147,6 @@ def step_costs(models: dict[str, nn.Module], task: GP2DTask, rounds: int) -> dic
             times[name].append(time.perf_counter() - start)
     return {name: {"gflops": t[0], "step_s": statistics.median(t[1:]), "times": t[1:]}
             for name, t in times.items()}
-
-
-def _baddbmm_flops(self_shape: Any, batch1_shape: Any, batch2_shape: Any, *args: Any,
-                   out_shape: Any = None, **kwargs: Any) -> int:
-    """FLOPs of ``self += batch1 @ batch2`` (``[b, m, k] @ [b, k, n]``): 2·b·m·n·k."""
-    b, m, k = batch1_shape
-    return 2 * b * m * batch2_shape[2] * k
 
 
 def tables(results: dict[str, Any]) -> str:
