@@ -38,11 +38,12 @@ TILE_K_INFERENCE = 4096
 """Default keys per tile without gradients (one fused softmax for up to 4096 keys)."""
 TILE_ELEMENTS = 1 << 22
 """Default size of one score tile, ``B·H·tile_q·tile_k`` elements (16 MiB in float32)."""
-KEEP_ELEMENTS = 1 << 25
-"""Largest ``B·H·Lq·Lk`` (of the whole batch, padding included) whose tiles the training
-forward keeps for the backward: at most 128 MiB of probabilities in float32 plus the bias
-graph's basis (twice that with one rate per head) per attention call. Larger problems, and
-any problem when set to 0, recompute their tiles in the backward."""
+KEEP_ELEMENTS = 3 << 25
+"""Most floats the training forward of one attention call may keep for the backward: the
+probabilities (one per score) plus the bias graph's basis (two per score and distinct rate
+of a head). The paper's training batch with the constant init needs 3·B·H·Lq·Lk ≈ 76M
+(~300 MiB); larger problems, biases with many distinct rates (e.g. the ``spread`` init,
+where keeping is slower than recomputing) and any problem when set to 0 recompute tiles."""
 
 
 class _Plan(NamedTuple):
@@ -288,12 +289,22 @@ def tiled_attention(
         ``[B, H, Lq, Dv]``.
     """
     B, H, Lq, _ = q.shape
-    keep_tiles = B * H * Lq * k.shape[2] <= KEEP_ELEMENTS  # judged on the whole batch
+    keep_tiles = B * H * Lq * k.shape[2] * _kept_per_score(bias) <= KEEP_ELEMENTS  # whole batch
     if key_mask is not None and B > 1 and not bool(key_mask.all()):
         return _per_task(q, k, v, bias, coords_q, coords_k, key_mask, scale, tile_q, tile_k,
                          keep_tiles)
     return _attend(q, k, v, bias, coords_q, coords_k, key_mask, scale, tile_q, tile_k,
                    keep_tiles)
+
+
+def _kept_per_score(bias: AttentionBias | None) -> int:
+    """Floats a kept forward holds per score: 1 + 2 per distinct rate of a head and term."""
+    kept = 1
+    for term in bias.terms if bias is not None else ():
+        b = term.params()[1]
+        rates = 1 if b is None else max(int(torch.unique(row).numel()) for row in b.detach())
+        kept += 2 * rates
+    return kept
 
 
 def _attend(
