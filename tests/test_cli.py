@@ -85,6 +85,25 @@ def test_evaluate_flags_override_the_stored_protocol(run, tmp_path):
     assert entry["n_batches"] == 3 and "oracle" not in entry and "gap" not in entry
 
 
+def test_evaluate_cache_continues_an_interrupted_evaluation(run, tmp_path, capsys):
+    def evaluate_cached(n):
+        args = ["evaluate", "--checkpoint", str(run / "last.safetensors"), "--out",
+                str(tmp_path), "--n-batches", str(n), "--domains", "in_domain", "--cache",
+                str(tmp_path / "rows"), "--quiet"]
+        assert cli.main(args) == 0
+        return json.loads((tmp_path / "eval.json").read_text())["domains"]["in_domain"]
+
+    assert evaluate_cached(1)["cached_batches"] == 0
+    entry = evaluate_cached(2)
+    assert entry["cached_batches"] == 1 and entry["n_batches"] == 2
+    assert len((tmp_path / "rows" / "in_domain.jsonl").read_text().splitlines()) == 3
+    (tmp_path / "rows" / "in_domain.jsonl").write_text("garbage\n")
+    assert cli.main(["evaluate", "--checkpoint", str(run / "last.safetensors"), "--out",
+                     str(tmp_path), "--n-batches", "1", "--domains", "in_domain", "--cache",
+                     str(tmp_path / "rows"), "--quiet"]) == 2
+    assert "not a bsatnp score cache" in capsys.readouterr().err
+
+
 def test_evaluate_counts_per_domain(run, tmp_path, capsys):
     code = cli.main(["evaluate", "--checkpoint", str(run / "last.safetensors"), "--out",
                      str(tmp_path), "--n-batches", "in_domain=2,scaled=1", "--no-oracle",

@@ -3,8 +3,16 @@ import math
 import pytest
 import torch
 
+from bsatnp.baselines.gp_oracle import gp_posterior
 from bsatnp.tasks.gp import sample_gp
-from bsatnp.tasks.gp2d import GP2DTask, eval_batches, in_domain, scaled, shifted
+from bsatnp.tasks.gp2d import (
+    GP2DTask,
+    batch_generator,
+    eval_batches,
+    in_domain,
+    scaled,
+    shifted,
+)
 from bsatnp.tasks.kernels import KERNELS, distance, get_kernel
 from bsatnp.tasks.priors import Beta, Fixed, LogUniform, Uniform, prior_from_config
 
@@ -260,3 +268,69 @@ def test_eval_batches_reproducible():
 def test_gp2d_bad_config_raises(kwargs):
     with pytest.raises(ValueError):
         GP2DTask(**kwargs)
+
+
+def _whitened_context_and_one_target(task: GP2DTask, n_batches: int, lengthscale: float):
+    """``L⁻¹ [f_ctx; f_test[0]]`` per task, with ``L`` the Cholesky factor of the joint
+    covariance these values have under the protocol (computed here from the kernel) for
+    ``lengthscale``; ``[n_batches · B, Lc + 1]``."""
+    kernel = get_kernel(task.kernel)
+    out = []
+    for batch, params in eval_batches(task, n_batches, seed=3):
+        s = torch.cat([batch.s_ctx, batch.s_test[:, :1]], 1).double()
+        cov = kernel(s, s, params.var, torch.full_like(params.lengthscale, lengthscale))
+        cov = cov + task.jitter * torch.eye(s.shape[1], dtype=torch.float64)
+        cov[:, : task.n_ctx, : task.n_ctx] += task.noise_std**2 * torch.eye(task.n_ctx)
+        values = torch.cat([batch.f_ctx, batch.f_test[:, :1]], 1).double()
+        out.append(torch.linalg.solve_triangular(torch.linalg.cholesky(cov), values,
+                                                 upper=False)[..., 0])
+    return torch.cat(out)
+
+
+@pytest.mark.parametrize("targets", ["joint", "conditional"])
+def test_context_and_each_test_target_have_the_protocol_joint_law(targets):
+    # Whitened by the true joint covariance, (noisy context, one test target) must be
+    # i.i.d. N(0, 1): the conditional draw keeps this law, which is why per-point metrics
+    # keep their expectation. Negative control: the wrong lengthscale is detected.
+    task = GP2DTask(n_ctx=4, n_test=2, min_ctx=4, max_ctx=4, box=(-1.0, 1.0),
+                    var_prior=Fixed(1.3), lengthscale_prior=Fixed(0.7), noise_std=0.5,
+                    targets=targets)
+    z = _whitened_context_and_one_target(task, 400, lengthscale=0.7)  # 3200 tasks
+    assert torch.allclose(z.T @ z / len(z), torch.eye(5, dtype=torch.float64), atol=0.1)
+    assert z.mean(0).abs().max() < 0.1
+    wrong = _whitened_context_and_one_target(task, 400, lengthscale=0.35)
+    assert (wrong.T @ wrong / len(wrong) - torch.eye(5)).abs().max() > 0.2  # 2× the tolerance
+
+
+def test_conditional_targets_come_with_their_oracle():
+    task = GP2DTask(n_ctx=16, n_test=24, min_ctx=4, max_ctx=15, targets="conditional")
+    batch, params = task.sample(torch.Generator().manual_seed(0))
+    again, _, oracle = task.sample_with_oracle(torch.Generator().manual_seed(0))
+    assert torch.equal(batch.f_test, again.f_test) and torch.equal(batch.f_ctx, again.f_ctx)
+    recomputed = gp_posterior(batch, params)
+    assert torch.equal(oracle.mean, recomputed.mean)
+    z = (batch.f_test - oracle.mean) / oracle.stddev
+    assert z.abs().max() < 6 and z.std() > 0.5  # drawn around the predictive, not on it
+    with pytest.raises(ValueError, match="targets"):
+        GP2DTask(targets="marginal")
+
+
+def test_joint_sample_with_oracle_is_sample_plus_posterior():
+    task = GP2DTask(n_ctx=16, n_test=24, min_ctx=4, max_ctx=15)
+    batch, params = task.sample(torch.Generator().manual_seed(1))
+    again, _, oracle = task.sample_with_oracle(torch.Generator().manual_seed(1))
+    assert torch.equal(batch.f_test, again.f_test)
+    assert torch.equal(oracle.stddev, gp_posterior(batch, params).stddev)
+
+
+def test_each_evaluation_batch_has_its_own_seed():
+    task = GP2DTask(n_ctx=16, n_test=24, min_ctx=4, max_ctx=15)
+    three = list(eval_batches(task, 3, seed=7))
+    five = list(eval_batches(task, 5, seed=7))
+    for (a, _), (b, _) in zip(three, five, strict=False):
+        assert torch.equal(a.f_ctx, b.f_ctx)
+    direct, _ = task.sample(batch_generator(7, 2))
+    assert torch.equal(direct.f_test, five[2][0].f_test)
+    assert not torch.equal(five[0][0].f_ctx, five[1][0].f_ctx)
+    other_seed = [b.f_ctx for b, _ in eval_batches(task, 5, seed=8)]
+    assert not any(torch.equal(b.f_ctx, o) for (b, _), o in zip(five, other_seed, strict=True))

@@ -101,6 +101,7 @@ def _evaluate(args: argparse.Namespace) -> None:
         with_oracle=not args.no_oracle,
         progress=not args.quiet,
         task=config.task,
+        cache_dir=args.cache,
     )
     _print_paths(_report(results, Path(args.out or Path(args.checkpoint).parent)))
 
@@ -211,6 +212,9 @@ def _parser() -> argparse.ArgumentParser:
                           "run's validation batches)")
     cmd.add_argument("--no-oracle", action="store_true", help="skip the exact GP oracle")
     cmd.add_argument("--out", help="directory for eval.json/eval.md (default: the checkpoint's)")
+    cmd.add_argument("--cache", metavar="DIR",
+                     help="append each batch's scores to DIR/<domain>.jsonl as it finishes; "
+                          "rerunning the same evaluation skips the batches already there")
     cmd.set_defaults(command=_evaluate)
 
     cmd = sub.add_parser("predict", parents=[common], help="predict at new points",

@@ -9,10 +9,21 @@ comparison in which a translation-invariant model scores the same up to rounding
 
 Model and oracle are scored on the same batches; the gap (model − oracle) is computed per
 batch and then averaged, so its standard error is that of the paired difference.
+
+The scaled domain draws its test targets conditionally on the context (``targets =
+"conditional"`` of :class:`~bsatnp.tasks.gp2d.GP2DTask`): the per-point metrics keep their
+expectation, and a batch costs one 2048-point factorisation per task instead of one
+6144-point joint draw plus the oracle's factorisation.
+
+Long evaluations can be interrupted: with ``cache_dir``, each batch's scores are appended
+to ``<cache_dir>/<domain>.jsonl`` as soon as they are computed, and a rerun of the same
+evaluation (same models, task, seed and oracle setting) scores only the batches missing
+from the file.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -25,18 +36,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from bsatnp.baselines.gp_oracle import gp_posterior
 from bsatnp.batch import Batch
 from bsatnp.metrics import gaussian_metrics, summarize
 from bsatnp.progress import tqdm_class
-from bsatnp.tasks.gp import GPParams
-from bsatnp.tasks.gp2d import GP2DTask, eval_batches, in_domain
+from bsatnp.tasks.gp2d import GP2DTask, batch_generator, in_domain
 
 DOMAINS = ("in_domain", "shifted", "scaled")
 SHIFT = 10.0
 """Offset of the shifted domain in both axes."""
 TABLE_METRICS = ("nll", "rmse", "mae", "cov50", "cov90", "cov95", "crps")
 """Columns of the markdown table (the JSON holds every metric)."""
+CONDITIONAL_DOMAINS = ("scaled",)
+"""Domains whose test targets are drawn conditionally on the context (module docstring)."""
 
 
 def domain_task(task: GP2DTask, domain: str) -> GP2DTask:
@@ -83,12 +94,6 @@ def model_metrics(model: nn.Module, batch: Batch) -> dict[str, float]:
     return gaussian_metrics(mean.cpu(), std.cpu(), batch.f_test, batch.test_mask())
 
 
-def oracle_metrics(batch: Batch, params: GPParams) -> dict[str, float]:
-    """Metrics of the exact GP posterior with the true hyperparameters on one batch."""
-    pred = gp_posterior(batch, params)
-    return gaussian_metrics(pred.mean, pred.stddev, batch.f_test, batch.test_mask())
-
-
 def evaluate(
     model: nn.Module | Mapping[str, nn.Module],
     domains: Sequence[str] = DOMAINS,
@@ -97,6 +102,7 @@ def evaluate(
     with_oracle: bool = True,
     progress: bool = True,
     task: GP2DTask | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Score a model, or several side by side, (and the oracle) on fixed batches per domain.
 
@@ -111,31 +117,39 @@ def evaluate(
         with_oracle: Also score the exact GP posterior and the gap model − oracle.
         progress: Show a tqdm bar per domain.
         task: In-domain task (default: the paper's, :func:`~bsatnp.tasks.gp2d.in_domain`).
+        cache_dir: Directory of per-batch scores (``<domain>.jsonl``): batches already
+            there are not scored again, new ones are appended as they finish.
 
     Returns:
         ``{"seed": seed, "domains": {name: entry}}`` where each entry holds ``n_batches``,
-        ``batch_size``, ``n_ctx``, ``n_test``, ``box``, ``seconds`` and one summary
+        ``batch_size``, ``n_ctx``, ``n_test``, ``box``, ``targets``, ``seconds`` (of this
+        call), ``cached_batches`` (read from ``cache_dir``) and one summary
         ``{metric: {"mean", "se"}}`` per scored method: ``model`` (or each name of the
         mapping), plus ``oracle`` and the paired gaps with the oracle, ``gap`` (or
         ``gap/<name>``).
 
     Raises:
-        ValueError: On an unknown domain, a missing count or a count below 1, or a model
-            named ``oracle``.
+        ValueError: On an unknown domain, a missing count or a count below 1, a model
+            named ``oracle``, or a cache file written by a different evaluation.
     """
     models = dict(model) if isinstance(model, Mapping) else {"model": model}
     if "oracle" in models or any(name.startswith("gap") for name in models):
         raise ValueError(f"model names may not be 'oracle' or start with 'gap': {list(models)}")
     task = task or in_domain()
-    tasks = {domain: domain_task(task, domain) for domain in domains}  # check all first
+    tasks = {domain: _evaluation_task(task, domain) for domain in domains}  # check all first
     counts = {domain: _count(n_batches, domain) for domain in domains}
     modes = {name: m.training for name, m in models.items()}
     for m in models.values():
         m.eval()
     try:
-        scored = {domain: _evaluate_domain(models, tasks[domain], counts[domain], seed,
-                                           with_oracle, progress, domain)
-                  for domain in domains}
+        scored = {}
+        for domain in domains:
+            cache = None
+            if cache_dir is not None:
+                cache = _ScoreCache(Path(cache_dir) / f"{domain}.jsonl",
+                                    _cache_header(models, tasks[domain], seed, with_oracle))
+            scored[domain] = _evaluate_domain(models, tasks[domain], counts[domain], seed,
+                                              with_oracle, progress, domain, cache)
     finally:
         for name, m in models.items():
             m.train(modes[name])
@@ -155,7 +169,9 @@ def markdown_table(results: Mapping[str, Any]) -> str:
             label = ""
     lines += ["", f"Mean ± s.e. over batches, test seed {results['seed']}; gap = model − oracle "
               f"per batch (paired s.e.). The shifted batches are the in-domain batches "
-              f"translated by +{SHIFT:g} in both coordinates."]
+              f"translated by +{SHIFT:g} in both coordinates. Test targets of the "
+              f"{', '.join(CONDITIONAL_DOMAINS)} domain are drawn from their exact "
+              f"conditionals given the context (same expected per-point metrics)."]
     return "\n".join(lines) + "\n"
 
 
@@ -173,34 +189,134 @@ def write_results(results: Mapping[str, Any], out_dir: str | os.PathLike[str]) -
     return json_path, md_path
 
 
+def _evaluation_task(task: GP2DTask, domain: str) -> GP2DTask:
+    """:func:`domain_task`, with conditional test targets in :data:`CONDITIONAL_DOMAINS`."""
+    derived = domain_task(task, domain)
+    return replace(derived, targets="conditional") if domain in CONDITIONAL_DOMAINS else derived
+
+
 def _evaluate_domain(models: Mapping[str, nn.Module], task: GP2DTask, count: int, seed: int,
-                     with_oracle: bool, progress: bool, domain: str) -> dict[str, Any]:
+                     with_oracle: bool, progress: bool, domain: str,
+                     cache: _ScoreCache | None) -> dict[str, Any]:
     """One entry of :func:`evaluate`'s ``domains``."""
     tqdm = tqdm_class()
     start = time.perf_counter()
+    done = cache.load() if cache is not None else {}
+    rows: list[dict[str, dict[str, float]]] = []
+    for index in tqdm(range(count), desc=domain, disable=not progress):
+        if index not in done:
+            done[index] = _score_batch(models, task, batch_generator(seed, index), with_oracle)
+            if cache is not None:
+                cache.append(index, done[index])
+        rows.append(done[index])
     gap_name = {name: "gap" if list(models) == ["model"] else f"gap/{name}" for name in models}
-    scores: dict[str, list[dict[str, float]]] = {}
-    batches = eval_batches(task, count, seed)
-    for batch, params in tqdm(batches, total=count, desc=domain, disable=not progress):
-        oracle = oracle_metrics(batch, params) if with_oracle else None
-        if oracle is not None:
-            scores.setdefault("oracle", []).append(oracle)
-        for name, model in models.items():
-            metrics = model_metrics(model, batch)
-            scores.setdefault(name, []).append(metrics)
-            if oracle is not None:
-                scores.setdefault(gap_name[name], []).append(
-                    {k: v - oracle[k] for k, v in metrics.items()})
+    names = [*models, "oracle"] if with_oracle else list(models)
+    parts = {name: [row[name] for row in rows] for name in names}
+    if with_oracle:
+        parts |= {gap_name[name]: [_difference(row[name], row["oracle"]) for row in rows]
+                  for name in models}
     return {
         "n_batches": count,
         "batch_size": task.batch_size,
         "n_ctx": task.n_ctx,
         "n_test": task.n_test,
         "box": list(task.box),
+        "targets": task.targets,
         "seconds": time.perf_counter() - start,
-        **{part: _summary(scores[part])  # models, oracle, gaps
-           for part in (*models, "oracle", *gap_name.values()) if part in scores},
+        "cached_batches": cache.loaded_below(count) if cache is not None else 0,
+        **{part: _summary(values) for part, values in parts.items()},
     }
+
+
+def _score_batch(models: Mapping[str, nn.Module], task: GP2DTask, generator: torch.Generator,
+                 with_oracle: bool) -> dict[str, dict[str, float]]:
+    """Metrics of every model (and the oracle) on the batch drawn from ``generator``."""
+    scores = {}
+    if with_oracle:
+        batch, _, oracle = task.sample_with_oracle(generator)
+        scores["oracle"] = gaussian_metrics(oracle.mean, oracle.stddev, batch.f_test,
+                                            batch.test_mask())
+    else:
+        batch, _ = task.sample(generator)
+    for name, model in models.items():
+        scores[name] = model_metrics(model, batch)
+    return scores
+
+
+def _difference(a: Mapping[str, float], b: Mapping[str, float]) -> dict[str, float]:
+    return {key: value - b[key] for key, value in a.items()}
+
+
+def _cache_header(models: Mapping[str, nn.Module], task: GP2DTask, seed: int,
+                  with_oracle: bool) -> dict[str, Any]:
+    """What a cached score depends on: the task, the seed, the oracle flag, every model."""
+    return {"task": repr(task), "seed": seed, "with_oracle": with_oracle,
+            "models": {name: _fingerprint(model) for name, model in models.items()}}
+
+
+def _fingerprint(model: nn.Module) -> str:
+    """SHA-256 of the model's class and state (parameters and buffers, names and values)."""
+    digest = hashlib.sha256(type(model).__qualname__.encode())
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(str((tensor.dtype, tuple(tensor.shape))).encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+class _ScoreCache:
+    """Append-only JSON-lines file of per-batch scores behind a header line.
+
+    Args:
+        path: The ``.jsonl`` file (created with its directory on the first append).
+        header: Identity of the evaluation; a file with another header is refused.
+    """
+
+    def __init__(self, path: Path, header: dict[str, Any]) -> None:
+        self.path = path
+        self.header = header
+        self._indices: set[int] = set()
+
+    def load(self) -> dict[int, dict[str, dict[str, float]]]:
+        """Scores by batch index; a partly written last line (an interrupted run) is dropped.
+
+        Raises:
+            ValueError: If the file belongs to another evaluation or is not a score file.
+        """
+        if not self.path.exists():
+            return {}
+        text = self.path.read_text(encoding="utf-8")
+        complete = text[: text.rfind("\n") + 1]
+        if complete != text:  # cut the torn line so that appends start on a fresh one
+            self.path.write_text(complete, encoding="utf-8")
+        lines = complete.splitlines()
+        try:
+            header = json.loads(lines[0]) if lines else None
+            rows = [json.loads(line) for line in lines[1:]]
+            scores = {int(row["index"]): row["scores"] for row in rows}
+        except (ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"{self.path} is not a bsatnp score cache: {err}") from err
+        if header is not None and header != {"header": self.header}:
+            raise ValueError(
+                f"{self.path} holds scores of another evaluation (models, task, seed or "
+                "oracle setting differ); delete it or choose another cache directory"
+            )
+        self._indices = set(scores)
+        return scores
+
+    def loaded_below(self, count: int) -> int:
+        """How many of the first ``count`` batches :meth:`load` found."""
+        return sum(index < count for index in self._indices)
+
+    def append(self, index: int, scores: Mapping[str, Mapping[str, float]]) -> None:
+        """Append one batch's scores (writing the header first into a new file)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        new = not self.path.exists() or self.path.stat().st_size == 0
+        with self.path.open("a", encoding="utf-8") as handle:
+            if new:
+                handle.write(json.dumps({"header": self.header}) + "\n")
+            handle.write(json.dumps({"index": index, "scores": scores}) + "\n")
+            handle.flush()
 
 
 def _count(n_batches: int | Mapping[str, int], domain: str) -> int:

@@ -1,0 +1,103 @@
+"""Evaluation bookkeeping: conditional scaled targets and the resumable per-batch cache."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from bsatnp.evaluate import CONDITIONAL_DOMAINS, evaluate
+from bsatnp.experiment import ExperimentConfig
+from bsatnp.tasks.gp2d import GP2DTask
+
+TASK = GP2DTask(batch_size=2, n_ctx=16, n_test=24, min_ctx=4, max_ctx=15)
+
+
+class CountingModel(torch.nn.Module):
+    """A tiny BSA-TNP that counts its ``predict`` calls; ``nudge`` shifts one weight."""
+
+    def __init__(self, nudge: float = 0.0) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.inner = ExperimentConfig.from_dict({"model": {
+            "num_blocks": 1, "dim": 16, "qkv_dim": 16, "ffn_dim": 32}}).build_model()
+        with torch.no_grad():
+            next(self.inner.parameters()).view(-1)[0] += nudge
+        self.calls = 0
+
+    def predict(self, batch):
+        self.calls += 1
+        return self.inner.predict(batch)
+
+
+def run(model, cache, n=3, domains=("in_domain", "scaled"), **kwargs):
+    return evaluate(model, domains, n, seed=5, progress=False, task=TASK, cache_dir=cache,
+                    **kwargs)
+
+
+def summaries(results):
+    return {domain: {k: v for k, v in entry.items()
+                     if k not in ("seconds", "cached_batches")}
+            for domain, entry in results["domains"].items()}
+
+
+def test_scaled_domain_draws_conditional_targets():
+    results = run(CountingModel(), None, n=2)
+    assert CONDITIONAL_DOMAINS == ("scaled",)
+    assert results["domains"]["scaled"]["targets"] == "conditional"
+    assert results["domains"]["in_domain"]["targets"] == "joint"
+
+
+def test_rerun_scores_only_missing_batches_and_matches_an_uncached_run(tmp_path):
+    fresh = run(CountingModel(), None, n=5)
+    model = CountingModel()
+    first = run(model, tmp_path, n=3)
+    assert model.calls == 6 and first["domains"]["scaled"]["cached_batches"] == 0
+    second = run(model, tmp_path, n=5)
+    assert model.calls == 6 + 4  # two new batches per domain
+    assert second["domains"]["in_domain"]["cached_batches"] == 3
+    assert summaries(second) == summaries(fresh)
+    fewer = run(model, tmp_path, n=2)
+    assert model.calls == 10 and summaries(fewer) == summaries(run(CountingModel(), None, n=2))
+    lines = (tmp_path / "in_domain.jsonl").read_text().splitlines()
+    assert len(lines) == 1 + 5 and "header" in json.loads(lines[0])
+
+
+def test_a_torn_last_line_is_dropped_and_rescored(tmp_path):
+    model = CountingModel()
+    run(model, tmp_path, n=3, domains=("in_domain",))
+    path = tmp_path / "in_domain.jsonl"
+    text = path.read_text()
+    path.write_text(text[: text.rfind("\n", 0, len(text) - 1) + 1] + '{"index": 2, "sco')
+    again = run(model, tmp_path, n=3, domains=("in_domain",))
+    assert model.calls == 3 + 1 and again["domains"]["in_domain"]["cached_batches"] == 2
+    assert summaries(again) == summaries(run(CountingModel(), None, n=3, domains=("in_domain",)))
+    assert len(path.read_text().splitlines()) == 1 + 3
+
+
+@pytest.mark.parametrize("change", ["weights", "seed", "oracle", "task"])
+def test_cache_of_another_evaluation_is_refused_and_kept(tmp_path, change):
+    run(CountingModel(), tmp_path, n=2, domains=("in_domain",))
+    before = (tmp_path / "in_domain.jsonl").read_text()
+    model, kwargs = CountingModel(), {}
+    if change == "weights":
+        model = CountingModel(nudge=1e-6)
+    with pytest.raises(ValueError, match="another evaluation"):
+        if change == "seed":
+            evaluate(model, ("in_domain",), 2, seed=6, progress=False, task=TASK,
+                     cache_dir=tmp_path)
+        elif change == "task":
+            evaluate(model, ("in_domain",), 2, seed=5, progress=False,
+                     task=GP2DTask(batch_size=2, n_ctx=16, n_test=20, min_ctx=4, max_ctx=15),
+                     cache_dir=tmp_path)
+        else:
+            kwargs = {"with_oracle": False} if change == "oracle" else {}
+            run(model, tmp_path, n=2, domains=("in_domain",), **kwargs)
+    assert (tmp_path / "in_domain.jsonl").read_text() == before
+
+
+def test_a_foreign_file_is_refused(tmp_path):
+    (tmp_path / "in_domain.jsonl").write_text("not json\n")
+    with pytest.raises(ValueError, match="not a bsatnp score cache"):
+        run(CountingModel(), tmp_path, n=1, domains=("in_domain",))
