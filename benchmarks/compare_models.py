@@ -9,9 +9,16 @@ slots, 128–511 valid, 1024 test points): models take turns step by step, so ma
 hits them alike; GFLOPs per training step (forward + backward) are counted by
 ``torch.utils.flop_counter`` (matrix products only: exponentials are not counted).
 
+A full comparison takes about a CPU-day on 2 cores, so it can be done in pieces: with
+``--runs DIR`` each variant trains in ``DIR/<name>`` and a rerun resumes it (exactly) from its
+last checkpoint, ``--minutes`` bounds the training time of one invocation, and the test scores
+of every batch are kept in ``DIR/scores`` so that an interrupted evaluation continues too. The
+tables are written once every variant has reached ``--steps``.
+
 Usage:
     python benchmarks/compare_models.py --quick            # CI-sized, about a minute
     python benchmarks/compare_models.py --steps 5000 --eval-batches 500 --scaled-batches 50
+    python benchmarks/compare_models.py --steps 1000 --runs runs/compare --minutes 150  # rerun
     python benchmarks/compare_models.py --models bsatnp,tnpd --steps 200
     python benchmarks/compare_models.py --costs-only       # parameters, step time, GFLOPs
 """
@@ -19,6 +26,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import platform
@@ -81,14 +89,26 @@ def variants(quick: bool) -> dict[str, ModelConfig]:
     }
 
 
-def train(name: str, experiment: ExperimentConfig, out_root: Path, steps: int) -> nn.Module:
-    """Train one variant for ``steps`` steps with the experiment's hyperparameters."""
-    out_dir = out_root / name.replace(" ", "_").replace("=", "").replace("+", "_")
-    trainer = build_trainer(experiment, out_dir=out_dir)
-    start = time.perf_counter()
-    trainer.fit(progress=False)
-    print(f"  trained {name}: {steps} steps in {time.perf_counter() - start:.0f} s", flush=True)
-    return trainer.model
+def train(name: str, experiment: ExperimentConfig, out_dir: Path,
+          deadline: float | None) -> nn.Module | None:
+    """Train one variant to ``experiment.train.steps``, resuming ``out_dir/last.safetensors``.
+
+    Returns:
+        The trained model, or ``None`` when ``deadline`` (``time.monotonic()``) came first.
+    """
+    last = out_dir / "last.safetensors"
+    trainer = build_trainer(experiment, resume=last if last.exists() else None, out_dir=out_dir)
+    steps = experiment.train.steps
+    if trainer.config.steps != steps:
+        sys.exit(f"{last} is a run of {trainer.config.steps} steps, not --steps {steps}; "
+                 "use another --runs directory")
+    start, first = time.perf_counter(), trainer.step
+    budget = None if deadline is None else deadline - time.monotonic()
+    if trainer.step < steps and (budget is None or budget > 0):
+        trainer.fit(progress=False, max_seconds=budget)
+    print(f"  {name}: step {trainer.step} of {steps} ({trainer.step - first} steps in "
+          f"{time.perf_counter() - start:.0f} s)", flush=True)
+    return trainer.model if trainer.step >= steps else None
 
 
 def _baddbmm_flops(self_shape: Any, batch1_shape: Any, batch2_shape: Any, *args: Any,
@@ -196,9 +216,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="timed steps per model")
     parser.add_argument("--costs-only", action="store_true",
                         help="no training or evaluation: parameters, step time and GFLOPs")
+    parser.add_argument("--runs", metavar="DIR",
+                        help="keep the runs in DIR/<model> and the test scores in DIR/scores; "
+                             "a rerun resumes both (default: a temporary directory)")
+    parser.add_argument("--minutes", type=float,
+                        help="training budget of this invocation (rerun with the same --runs "
+                             "to continue)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default="benchmarks/results/compare_models.json")
     args = parser.parse_args()
+    if args.minutes is not None and args.runs is None:
+        parser.error("--minutes needs --runs (where the unfinished runs wait for a rerun)")
     torch.set_num_threads(args.threads)
 
     task = GP2DTask()
@@ -214,18 +242,31 @@ def main() -> None:
             sys.exit(f"unknown models {unknown}; known: {[*configs, *TRAINING_FREE]}")
         configs = {name: c for name, c in configs.items() if name in wanted}
     train_config = replace(experiment.train, steps=args.steps, val_every=args.steps,
-                           save_every=args.steps, val_batches=2 if args.quick else 16)
+                           save_every=min(args.steps, 100), val_batches=2 if args.quick else 16)
     models: dict[str, nn.Module] = {}
     free: dict[str, nn.Module] = {}
     scored = None
-    with tempfile.TemporaryDirectory(prefix="compare_models_") as out_root:
+    deadline = None if args.minutes is None else time.monotonic() + 60 * args.minutes
+    unfinished = []
+    runs = (contextlib.nullcontext(args.runs) if args.runs is not None
+            else tempfile.TemporaryDirectory(prefix="compare_models_"))
+    with runs as out_root:
         for name, config in configs.items():
             torch.manual_seed(train_config.seed)
             if args.costs_only or name in COST_ONLY:
                 models[name] = build_model(config)
                 continue
             variant = replace(experiment, model=config, task=task, train=train_config)
-            models[name] = train(name, variant, Path(out_root), args.steps)
+            out_dir = Path(out_root) / name.replace(" ", "_").replace("=", "").replace("+", "_")
+            model = train(name, variant, out_dir, deadline)
+            if model is None:
+                unfinished.append(name)
+            else:
+                models[name] = model
+    if unfinished:
+        print(f"Not yet at {args.steps} steps: {', '.join(unfinished)}. Rerun the same command "
+              f"to continue from {args.runs}; the tables need every model trained.")
+        return
     if not args.costs_only:
         wanted = args.models.split(",") if args.models else TRAINING_FREE
         validation = (b for b, _ in eval_batches(task, train_config.val_batches,
@@ -237,7 +278,8 @@ def main() -> None:
                   "scaled": args.scaled_batches}
         scored = evaluate({n: m for n, m in {**models, **free}.items() if n not in COST_ONLY},
                           n_batches=counts, seed=experiment.eval.seed, task=task,
-                          progress=False)
+                          progress=False,
+                          cache_dir=None if args.runs is None else Path(args.runs) / "scores")
     results = {
         "meta": {"command": " ".join(["python", *sys.argv]), "torch": torch.__version__,
                  "machine": platform.machine(), "threads": args.threads,

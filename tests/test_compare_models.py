@@ -40,6 +40,35 @@ def test_compare_models_quick_mode(tmp_path):
     assert "| oracle |" in proc.stdout
 
 
+def test_compare_models_continues_in_pieces(tmp_path):
+    runs, out = tmp_path / "runs", tmp_path / "compare.json"
+
+    def compare(*extra):
+        return subprocess.run(
+            [sys.executable, str(ROOT / "benchmarks" / "compare_models.py"), "--quick",
+             "--models", "bsatnp,tnpd,idw", "--threads", "1", "--runs", str(runs), "--out",
+             str(out), *extra],
+            capture_output=True, text=True, timeout=600,
+        )
+
+    proc = compare("--minutes", "0")  # no time: nothing trains, no table yet
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Not yet at 4 steps: bsatnp, tnpd" in proc.stdout and not out.exists()
+    assert compare().returncode == 0
+    first = json.loads(out.read_text())
+    assert (runs / "scores" / "in_domain.jsonl").exists()
+    again = compare()  # every run is finished and every batch scored: both are reused
+    assert again.returncode == 0 and "bsatnp: step 4 of 4 (0 steps" in again.stdout
+    assert json.loads(out.read_text())["eval"]["domains"] == {
+        domain: {**entry, "seconds": entry_again["seconds"],
+                 "cached_batches": entry_again["cached_batches"]}
+        for (domain, entry), entry_again in zip(
+            first["eval"]["domains"].items(),
+            json.loads(out.read_text())["eval"]["domains"].values(), strict=True)
+    }
+    assert json.loads(out.read_text())["eval"]["domains"]["scaled"]["cached_batches"] == 1
+
+
 def test_compare_models_costs_only_counts_in_place_matmuls(tmp_path):
     out = tmp_path / "costs.json"
     proc = subprocess.run(
