@@ -169,9 +169,12 @@ def markdown_table(results: Mapping[str, Any]) -> str:
             label = ""
     lines += ["", f"Mean ± s.e. over batches, test seed {results['seed']}; gap = model − oracle "
               f"per batch (paired s.e.). The shifted batches are the in-domain batches "
-              f"translated by +{SHIFT:g} in both coordinates. Test targets of the "
-              f"{', '.join(CONDITIONAL_DOMAINS)} domain are drawn from their exact "
-              f"conditionals given the context (same expected per-point metrics)."]
+              f"translated by +{SHIFT:g} in both coordinates."]
+    conditional = [d for d, entry in results["domains"].items()
+                   if entry.get("targets") == "conditional"]
+    if conditional:
+        lines[-1] += (f" Test targets of {', '.join(conditional)} are drawn from their exact "
+                      "conditionals given the context (same expected per-point metrics).")
     return "\n".join(lines) + "\n"
 
 
@@ -202,6 +205,7 @@ def _evaluate_domain(models: Mapping[str, nn.Module], task: GP2DTask, count: int
     tqdm = tqdm_class()
     start = time.perf_counter()
     done = cache.load() if cache is not None else {}
+    cached = sum(index < count for index in done)
     rows: list[dict[str, dict[str, float]]] = []
     for index in tqdm(range(count), desc=domain, disable=not progress):
         if index not in done:
@@ -223,7 +227,7 @@ def _evaluate_domain(models: Mapping[str, nn.Module], task: GP2DTask, count: int
         "box": list(task.box),
         "targets": task.targets,
         "seconds": time.perf_counter() - start,
-        "cached_batches": cache.loaded_below(count) if cache is not None else 0,
+        "cached_batches": cached,
         **{part: _summary(values) for part, values in parts.items()},
     }
 
@@ -268,6 +272,10 @@ def _fingerprint(model: nn.Module) -> str:
 class _ScoreCache:
     """Append-only JSON-lines file of per-batch scores behind a header line.
 
+    One process per file: :meth:`load` trims a torn last line, which would cut a line that
+    another process is writing. Different domains use different files, so one process per
+    domain may share a cache directory.
+
     Args:
         path: The ``.jsonl`` file (created with its directory on the first append).
         header: Identity of the evaluation; a file with another header is refused.
@@ -276,7 +284,6 @@ class _ScoreCache:
     def __init__(self, path: Path, header: dict[str, Any]) -> None:
         self.path = path
         self.header = header
-        self._indices: set[int] = set()
 
     def load(self) -> dict[int, dict[str, dict[str, float]]]:
         """Scores by batch index; a partly written last line (an interrupted run) is dropped.
@@ -302,12 +309,7 @@ class _ScoreCache:
                 f"{self.path} holds scores of another evaluation (models, task, seed or "
                 "oracle setting differ); delete it or choose another cache directory"
             )
-        self._indices = set(scores)
         return scores
-
-    def loaded_below(self, count: int) -> int:
-        """How many of the first ``count`` batches :meth:`load` found."""
-        return sum(index < count for index in self._indices)
 
     def append(self, index: int, scores: Mapping[str, Mapping[str, float]]) -> None:
         """Append one batch's scores (writing the header first into a new file)."""
