@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from torch import Tensor
 from torch.distributions import Normal
@@ -16,10 +18,10 @@ def gp_posterior(batch: Batch, params: GPParams) -> Normal:
 
     The prior is the generative model of the task: covariance ``K + jitter·I`` for the
     latent function and independent ``N(0, noise²)`` noise on context values; test targets
-    are noise-free, so the predictive is for the latent function. Computed in float64 for
-    all tasks at once. Padded context slots are neutralised: their covariance rows and
-    columns become those of the identity, their values zero and their cross-covariances
-    with test points zero, so they get zero weight whatever they held.
+    are noise-free, so the predictive is for the latent function. Computed in float64, one
+    task at a time on that task's valid context only, so padded slots cannot contribute
+    whatever they hold and the cost follows the valid count ``k`` (``O(k³ + k²·Lt)``), not
+    the padded width.
 
     Args:
         batch: Batch with ``s_ctx [B, Lc, Ds]``, ``f_ctx [B, Lc, 1]``, optional
@@ -27,7 +29,8 @@ def gp_posterior(batch: Batch, params: GPParams) -> Normal:
         params: True hyperparameters (``var``, ``lengthscale`` ``[B]``, ``noise``, ...).
 
     Returns:
-        ``Normal`` with ``mean`` and ``stddev`` of shape ``[B, Lt, 1]`` (float32).
+        ``Normal`` with ``mean`` and ``stddev`` of shape ``[B, Lt, 1]`` (float32); a task
+        without valid context gets the prior ``N(0, var + jitter)``.
     """
     if batch.s_ctx is None or batch.s_test is None:
         raise ValueError("gp_posterior needs s_ctx and s_test")
@@ -35,25 +38,44 @@ def gp_posterior(batch: Batch, params: GPParams) -> Normal:
         raise ValueError(
             f"gp_posterior needs scalar f_ctx [B, Lc, 1], got {tuple(batch.f_ctx.shape)}"
         )
-    kernel = get_kernel(params.kernel)
     valid = batch.context_mask()  # [B, Lc]
-    pair = valid[:, :, None] & valid[:, None, :]  # [B, Lc, Lc]
-    s_ctx = torch.where(valid[..., None], batch.s_ctx, 0).to(torch.float64)
-    s_test = batch.s_test.to(torch.float64)
-    y = torch.where(valid[..., None], batch.f_ctx, 0).to(torch.float64)  # [B, Lc, 1]
+    var = torch.as_tensor(params.var, dtype=torch.float64).expand(valid.shape[0])
+    lengthscale = torch.as_tensor(params.lengthscale, dtype=torch.float64).expand(valid.shape[0])
+    moments = [
+        _task_posterior(
+            batch.s_ctx[b, valid[b]], batch.f_ctx[b, valid[b]], batch.s_test[b],
+            replace(params, var=var[b:b + 1], lengthscale=lengthscale[b:b + 1]),
+        )
+        for b in range(valid.shape[0])
+    ]
+    mean = torch.stack([m for m, _ in moments])  # [B, Lt, 1]
+    std = torch.stack([s for _, s in moments])
+    return Normal(mean.to(torch.float32), std.to(torch.float32))
+
+
+def _task_posterior(s_ctx: Tensor, f_ctx: Tensor, s_test: Tensor,
+                    params: GPParams) -> tuple[Tensor, Tensor]:
+    """Predictive mean and std ``[Lt, 1]`` (float64) of one task from its valid context.
+
+    Args:
+        s_ctx: Valid context locations ``[k, Ds]`` (``k`` may be 0).
+        f_ctx: Their noisy values ``[k, 1]``.
+        s_test: Test locations ``[Lt, Ds]``.
+        params: The task's hyperparameters (``var``, ``lengthscale`` of shape ``[1]``).
+    """
+    kernel = get_kernel(params.kernel)
 
     def cov(a: Tensor, b: Tensor) -> Tensor:
-        return kernel(a, b, params.var, params.lengthscale, **params.kernel_kwargs)
+        return kernel(a[None].double(), b[None].double(), params.var, params.lengthscale,
+                      **params.kernel_kwargs)[0]
 
-    k_cc = torch.where(pair, cov(s_ctx, s_ctx), 0.0)
-    diag = torch.where(valid, params.jitter + params.noise**2, 1.0)  # [B, Lc]
-    k_cc = k_cc + torch.diag_embed(diag)
-    k_ct = torch.where(valid[..., None], cov(s_ctx, s_test), 0.0)  # [B, Lc, Lt]
+    k_cc = cov(s_ctx, s_ctx)  # [k, k]
+    k_cc.diagonal().add_(params.jitter + params.noise**2)
+    k_ct = cov(s_ctx, s_test)  # [k, Lt]
     chol = torch.linalg.cholesky(k_cc)
-    alpha = torch.cholesky_solve(y, chol)  # [B, Lc, 1]
-    mean = k_ct.mT @ alpha  # [B, Lt, 1]
-    v = torch.linalg.solve_triangular(chol, k_ct, upper=False)  # [B, Lc, Lt]
+    mean = k_ct.mT @ torch.cholesky_solve(f_ctx.double(), chol)  # [Lt, 1]
+    v = torch.linalg.solve_triangular(chol, k_ct, upper=False)  # [k, Lt]
     # Stationary kernels: k(s, s) is the same for every s, so one point gives the diagonal.
-    prior_var = cov(s_test[:, :1], s_test[:, :1])[..., 0] + params.jitter  # [B, 1]
-    var = (prior_var - v.square().sum(dim=1)).clamp_min(1e-12)
-    return Normal(mean.to(torch.float32), var.sqrt()[..., None].to(torch.float32))
+    prior_var = cov(s_test[:1], s_test[:1])[0, 0] + params.jitter
+    var = (prior_var - v.square().sum(dim=0)).clamp_min(1e-12)  # [Lt]
+    return mean, var.sqrt()[:, None]
