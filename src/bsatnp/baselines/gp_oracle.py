@@ -64,9 +64,10 @@ def _task_posterior(s_ctx: Tensor, f_ctx: Tensor, s_test: Tensor,
         params: The task's hyperparameters (``var``, ``lengthscale`` of shape ``[1]``).
     """
     kernel = get_kernel(params.kernel)
+    s_ctx, s_test = s_ctx.double(), s_test.double()
 
     def cov(a: Tensor, b: Tensor) -> Tensor:
-        return kernel(a[None].double(), b[None].double(), params.var, params.lengthscale,
+        return kernel(a[None], b[None], params.var, params.lengthscale,
                       **params.kernel_kwargs)[0]
 
     k_cc = cov(s_ctx, s_ctx)  # [k, k]
