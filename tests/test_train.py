@@ -147,6 +147,23 @@ def test_resume_is_bitwise_exact(tmp_path):
     assert load_checkpoint(tmp_path / "b" / "last.safetensors").step == 20
 
 
+def test_resume_after_a_kill_drops_the_log_records_it_retrains(tmp_path):
+    trainer = Trainer(tiny_model(), sample_batch, config(tmp_path, log_every=2, save_every=4))
+    trainer.fit(steps=4, progress=False)
+    at_step_4 = (tmp_path / "last.safetensors").read_bytes()
+    trainer.fit(steps=2, progress=False)  # logs step 6 ...
+    (tmp_path / "last.safetensors").write_bytes(at_step_4)  # ... and dies before saving it
+    log = tmp_path / "log.jsonl"
+    assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [2, 4, 6]
+
+    resumed = Trainer.from_checkpoint(tmp_path / "last.safetensors", sample_batch)
+    assert resumed.step == 4
+    resumed.fit(progress=False)
+    assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == list(
+        range(2, 21, 2))
+    assert not (tmp_path / "log.jsonl.tmp").exists()
+
+
 def test_best_checkpoint_tracks_lowest_validation_nll(tmp_path):
     scripted = iter([3.0, 1.0, 2.0, 1.5])
 

@@ -32,7 +32,9 @@ class Trainer:
 
     Files in ``config.out_dir``: ``log.jsonl`` (one JSON record per line),
     ``last.safetensors`` (every ``save_every`` steps and at the end of :meth:`fit`) and
-    ``best.safetensors`` (lowest validation NLL so far).
+    ``best.safetensors`` (lowest validation NLL so far). The log describes the run whose
+    state the trainer holds: :meth:`fit` first drops records past the current step, which a
+    run killed between two checkpoints left behind and which are about to be retrained.
 
     Args:
         model: The model to train (on any device; batches are moved to it).
@@ -115,6 +117,7 @@ class Trainer:
         target = self.config.steps if steps is None else self.step + steps
         deadline = None if max_seconds is None else time.monotonic() + max_seconds
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        self._drop_log_records_after(self.step)
         losses: list[Tensor] = []
         norms: list[Tensor] = []
         self.model.train()
@@ -183,6 +186,19 @@ class Trainer:
             self.best_metric = metrics["nll"]
             self.save(self.out_dir / "best.safetensors")
         return metrics
+
+    def _drop_log_records_after(self, step: int) -> None:
+        """Rewrite ``log.jsonl`` (atomically) without the records of steps after ``step``."""
+        path = self.out_dir / "log.jsonl"
+        if not path.exists():
+            return
+        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+        kept = [line for line in lines if json.loads(line)["step"] <= step]
+        if len(kept) == len(lines):
+            return
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(kept), encoding="utf-8")
+        os.replace(tmp, path)
 
     def _record(self, log: TextIO, losses: list[Tensor], norms: list[Tensor], lr: float,
                 metrics: dict[str, float] | None) -> dict[str, Any]:
