@@ -7,7 +7,7 @@ ignored); their configs are flat frozen dataclasses of plain values.
 from __future__ import annotations
 
 from dataclasses import asdict, fields
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -47,11 +47,21 @@ class PlainConfig:
 class LocationModel(nn.Module):
     """Base class: checks that a batch has locations and values of the configured widths.
 
-    Subclasses set ``self.config`` (with ``dim_s`` and ``dim_f``) and implement ``forward``
-    returning a distribution with ``mean``/``stddev`` ``[B, Lt, Df]``.
+    Subclasses name their config dataclass in ``config_class`` (with ``dim_s`` and
+    ``dim_f`` fields), call ``super().__init__(config, overrides)`` and implement
+    ``forward`` returning a distribution with ``mean``/``stddev`` ``[B, Lt, Df]``.
+
+    Args:
+        config: Model configuration (default: ``config_class()``).
+        overrides: Fields of the configuration to change.
     """
 
-    config: Any
+    config_class: ClassVar[type[PlainConfig]]
+
+    def __init__(self, config: PlainConfig | None, overrides: dict[str, Any]) -> None:
+        super().__init__()
+        config = config or self.config_class()
+        self.config: Any = config.replaced(**overrides) if overrides else config
 
     def check_batch(self, batch: Batch) -> None:
         """Raise ``ValueError`` if ``batch`` does not fit this model (shapes, roles, values)."""

@@ -223,12 +223,11 @@ class ConvCNP(LocationModel):
         >>> dist = model(batch)          # torch.distributions.Normal, [B, Lt, Df]
     """
 
+    config_class = ConvCNPConfig
+
     def __init__(self, config: ConvCNPConfig | None = None, **overrides: Any) -> None:
-        super().__init__()
-        config = config or ConvCNPConfig()
-        if overrides:
-            config = config.replaced(**overrides)
-        self.config = config
+        super().__init__(config, overrides)
+        config = self.config
         init = math.log(2.0 / config.points_per_unit)
         self.log_lengthscale_enc = nn.Parameter(torch.tensor(init))
         self.log_lengthscale_dec = nn.Parameter(torch.tensor(init))

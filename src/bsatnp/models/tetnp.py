@@ -291,12 +291,11 @@ class TETNP(LocationModel):
         >>> dist = model(batch)          # torch.distributions.Normal, [B, Lt, Df]
     """
 
+    config_class = TETNPConfig
+
     def __init__(self, config: TETNPConfig | None = None, **overrides: Any) -> None:
-        super().__init__()
-        config = config or TETNPConfig()
-        if overrides:
-            config = config.replaced(**overrides)
-        self.config = config
+        super().__init__(config, overrides)
+        config = self.config
         self.embed = TokenEmbedding(config.token_config())
         self.layers = nn.ModuleList(
             TEISTLayer(

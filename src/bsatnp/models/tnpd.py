@@ -101,12 +101,11 @@ class TNPD(LocationModel):
         >>> dist = model(batch)          # torch.distributions.Normal, [B, Lt, Df]
     """
 
+    config_class = TNPDConfig
+
     def __init__(self, config: TNPDConfig | None = None, **overrides: Any) -> None:
-        super().__init__()
-        config = config or TNPDConfig()
-        if overrides:
-            config = config.replaced(**overrides)
-        self.config = config
+        super().__init__(config, overrides)
+        config = self.config
         self.embed = TokenEmbedding(config.token_config())
         self.blocks = nn.ModuleList(
             KRBlock(
