@@ -155,6 +155,8 @@ def test_resume_after_a_kill_drops_the_log_records_it_retrains(tmp_path):
     (tmp_path / "last.safetensors").write_bytes(at_step_4)  # ... and dies before saving it
     log = tmp_path / "log.jsonl"
     assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [2, 4, 6]
+    with log.open("a") as handle:
+        handle.write('{"step": 8, "lo')  # torn by the kill
 
     resumed = Trainer.from_checkpoint(tmp_path / "last.safetensors", sample_batch)
     assert resumed.step == 4

@@ -188,13 +188,17 @@ class Trainer:
         return metrics
 
     def _drop_log_records_after(self, step: int) -> None:
-        """Rewrite ``log.jsonl`` (atomically) without the records of steps after ``step``."""
+        """Rewrite ``log.jsonl`` (atomically) without the records of steps after ``step``.
+
+        A torn last line (a kill in the middle of a write) goes too.
+        """
         path = self.out_dir / "log.jsonl"
         if not path.exists():
             return
-        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+        text = path.read_text(encoding="utf-8")
+        lines = text[: text.rfind("\n") + 1].splitlines(keepends=True)
         kept = [line for line in lines if json.loads(line)["step"] <= step]
-        if len(kept) == len(lines):
+        if "".join(kept) == text:
             return
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text("".join(kept), encoding="utf-8")
