@@ -90,14 +90,16 @@ def variants(quick: bool) -> dict[str, ModelConfig]:
 
 
 def train(name: str, experiment: ExperimentConfig, out_dir: Path,
-          deadline: float | None) -> nn.Module | None:
-    """Train one variant to ``experiment.train.steps``, resuming ``out_dir/last.safetensors``.
+          deadline: float | None, device: str) -> nn.Module | None:
+    """Train one variant on ``device`` to ``experiment.train.steps``, resuming
+    ``out_dir/last.safetensors`` (a checkpoint from any device).
 
     Returns:
         The trained model, or ``None`` when ``deadline`` (``time.monotonic()``) came first.
     """
     last = out_dir / "last.safetensors"
-    trainer = build_trainer(experiment, resume=last if last.exists() else None, out_dir=out_dir)
+    trainer = build_trainer(experiment, resume=last if last.exists() else None, out_dir=out_dir,
+                            device=device)
     steps = experiment.train.steps
     if trainer.config.steps != steps:
         sys.exit(f"{last} is a run of {trainer.config.steps} steps, not --steps {steps}; "
@@ -142,9 +144,11 @@ EXTRA_FLOP_FORMULAS = {
 """Formulas ``torch.utils.flop_counter`` lacks for ops our models run on the CPU."""
 
 
-def step_costs(models: dict[str, nn.Module], task: GP2DTask, rounds: int) -> dict[str, dict]:
-    """Median training-step seconds (models take turns) and GFLOPs per step."""
-    batch = replace(task, batch_size=8).sample(torch.Generator().manual_seed(123))[0]
+def step_costs(models: dict[str, nn.Module], task: GP2DTask, rounds: int,
+               device: str = "cpu") -> dict[str, dict]:
+    """Median training-step seconds (models take turns) and GFLOPs per step on ``device``."""
+    batch = replace(task, batch_size=8).sample(torch.Generator().manual_seed(123))[0].to(device)
+    cuda = torch.device(device).type == "cuda"
     optimizers = {n: torch.optim.AdamW(m.parameters(), lr=1e-4) for n, m in models.items()}
 
     def step(name: str) -> None:
@@ -155,15 +159,22 @@ def step_costs(models: dict[str, nn.Module], task: GP2DTask, rounds: int) -> dic
         optimizers[name].step()
 
     times: dict[str, list[float]] = {name: [] for name in models}
-    for name in models:  # warm-up, and the GFLOPs of one step
-        counter = FlopCounterMode(display=False, custom_mapping=EXTRA_FLOP_FORMULAS)
-        with counter:
-            step(name)
-        times[name].append(counter.get_total_flops() / 1e9)
+    for name in models:  # warm-up, and the GFLOPs of one step (counted on the CPU only: the
+        # counter cannot trace the compiled flex_attention kernels the GPU runs)
+        if cuda:
+            times[name].append(math.nan)
+        else:
+            counter = FlopCounterMode(display=False, custom_mapping=EXTRA_FLOP_FORMULAS)
+            with counter:
+                step(name)
+            times[name].append(counter.get_total_flops() / 1e9)
+        step(name)  # a warm-up outside the counter too (compiled kernels, caches)
     for _ in range(rounds):
         for name in models:
             start = time.perf_counter()
             step(name)
+            if cuda:  # kernels run asynchronously: wait for them before reading the clock
+                torch.cuda.synchronize()
             times[name].append(time.perf_counter() - start)
     return {name: {"gflops": t[0], "step_s": statistics.median(t[1:]), "times": t[1:]}
             for name, t in times.items()}
@@ -179,7 +190,7 @@ def tables(results: dict[str, Any]) -> str:
         cost = costs.get(name)
         step = f"{cost['step_s']:.3f}" if cost else "–"
         ratio = f"{cost['step_s'] / base:.2f}" if cost and base else "–"
-        gflops = f"{cost['gflops']:.1f}" if cost else "–"
+        gflops = f"{cost['gflops']:.1f}" if cost and math.isfinite(cost["gflops"]) else "–"
         lines.append(f"| {name} | {info['family']} | {info['parameters']:,} | {step} | {ratio} "
                      f"| {gflops} |")
     for domain, entry in results.get("eval", {"domains": {}})["domains"].items():
@@ -223,6 +234,9 @@ def main() -> None:
                         help="training budget of this invocation (rerun with the same --runs "
                              "to continue)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu",
+                        help="where models train, are timed and predict (e.g. cuda); the "
+                             "batches and the oracle stay on the CPU")
     parser.add_argument("--out", default="benchmarks/results/compare_models.json")
     args = parser.parse_args()
     if args.minutes is not None and args.runs is None:
@@ -254,11 +268,11 @@ def main() -> None:
         for name, config in configs.items():
             torch.manual_seed(train_config.seed)
             if args.costs_only or name in COST_ONLY:
-                models[name] = build_model(config)
+                models[name] = build_model(config).to(args.device)
                 continue
             variant = replace(experiment, model=config, task=task, train=train_config)
             out_dir = Path(out_root) / name.replace(" ", "_").replace("=", "").replace("+", "_")
-            model = train(name, variant, out_dir, deadline)
+            model = train(name, variant, out_dir, deadline, args.device)
             if model is None:
                 unfinished.append(name)
             else:
@@ -272,7 +286,7 @@ def main() -> None:
         validation = (b for b, _ in eval_batches(task, train_config.val_batches,
                                                  experiment.eval.val_seed))
         free = calibrated_local_averages([n for n in TRAINING_FREE if n in wanted], validation)
-    costs = step_costs(models, task if args.quick else GP2DTask(), args.rounds)
+    costs = step_costs(models, task if args.quick else GP2DTask(), args.rounds, args.device)
     if not args.costs_only:
         counts = {"in_domain": args.eval_batches, "shifted": args.eval_batches,
                   "scaled": args.scaled_batches}
@@ -283,6 +297,8 @@ def main() -> None:
     results = {
         "meta": {"command": " ".join(["python", *sys.argv]), "torch": torch.__version__,
                  "machine": platform.machine(), "threads": args.threads,
+                 "device": (torch.cuda.get_device_name(args.device)
+                            if torch.device(args.device).type == "cuda" else "cpu"),
                  "steps": 0 if args.costs_only else args.steps, "quick": args.quick,
                  "reference_gflops": REFERENCE_GFLOPS},
         "models": {

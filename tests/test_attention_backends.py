@@ -10,7 +10,12 @@ from reference import attention_reference, bias_reference, pairwise
 
 import bsatnp.attention.tiled as tiled
 from bsatnp.attention import AttentionBias, BiasSpec, biased_attention
-from bsatnp.attention.functional import choose_backend
+from bsatnp.attention.flex import flex_available
+from bsatnp.attention.functional import (
+    CUDA_DENSE_TRAIN_MAX_ELEMENTS,
+    backend_for,
+    choose_backend,
+)
 
 GRAD_BACKENDS = ("dense", "tiled")
 SPECS = {
@@ -222,6 +227,16 @@ def test_auto_picks_by_size_and_gradients_on_cpu():
     assert choose_backend(small, small) == "dense"
     assert choose_backend(small, small, needs_grad=True) == "tiled"
     assert choose_backend(big, big) == "tiled"
+
+
+@pytest.mark.skipif(not flex_available(), reason="this PyTorch build has no flex_attention")
+def test_auto_on_cuda_trains_small_problems_dense_and_the_rest_flex():
+    limit = CUDA_DENSE_TRAIN_MAX_ELEMENTS
+    assert backend_for("cuda", 8 * 4 * 1536 * 512, needs_grad=True) == "dense"
+    assert backend_for("cuda", limit, needs_grad=True) == "dense"
+    assert backend_for("cuda", limit + 1, needs_grad=True) == "flex"
+    assert backend_for("cuda", 8 * 4 * 1536 * 512, needs_grad=False) == "flex"
+    assert backend_for("cpu", limit + 1, needs_grad=True) == "tiled"
 
 
 def test_bad_backend_and_mask_dtype():

@@ -116,26 +116,32 @@ class DistanceBias(nn.Module):
         return d.sqrt() if self._returns_squared else d
 
     def profile(self, dist: Tensor, a: Tensor, b: Tensor | None, c: Tensor | None) -> Tensor:
-        """Bias from distances with the parameters given explicitly.
+        """Bias from distances with the parameters given explicitly: the sum over the basis.
 
         Shapes only need to broadcast: ``a[..., f]`` (and ``b``, ``c``) against ``dist``.
-        Tiled backends pass ``dist [B, 1, Lq, Lk]`` with ``a [1, H, 1, 1, F]``; the fused
-        kernel passes scalars for one (query, key) pair and one head.
+        Tiled backends pass ``dist [B, 1, Lq, Lk]`` with ``a [1, H, 1, 1, F]``.
         """
-        family = self.spec.family
-        if family == "scalar":
-            return a[..., 0] * dist
-        assert b is not None
         out = None
         for f in range(a.shape[-1]):
-            if family == "tisa":
-                assert c is not None
-                term = a[..., f] * torch.exp(-b[..., f] * (dist - c[..., f]).square())
-            else:  # rbf (dist is d²) and exponential (dist is d)
-                term = a[..., f] * torch.exp(-b[..., f] * dist)
+            term = self.basis_term(dist, a[..., f], None if b is None else b[..., f],
+                                   None if c is None else c[..., f])
             out = term if out is None else out + term
         assert out is not None
         return out
+
+    def basis_term(self, dist: Tensor, a: Tensor, b: Tensor | None, c: Tensor | None) -> Tensor:
+        """Bias of one basis function; its parameters (no basis axis) broadcast against ``dist``.
+
+        The fused kernel calls it with scalars for one (query, key) pair and one head.
+        """
+        family = self.spec.family
+        if family == "scalar":
+            return a * dist
+        assert b is not None
+        if family == "tisa":
+            assert c is not None
+            return a * torch.exp(-b * (dist - c).square())
+        return a * torch.exp(-b * dist)  # rbf (dist is d²) and exponential (dist is d)
 
     def params(self) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """``(a, b, c)``, each ``[H, F]`` or ``None`` where the family has no such parameter."""

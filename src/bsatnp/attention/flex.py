@@ -54,10 +54,10 @@ def _score_mod(
     def score_mod(score: Tensor, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
         for term, cq, ck, params in captured:
             dist = term.distance([c[b, q_idx] for c in cq], [c[b, kv_idx] for c in ck])
-            per_head = [
-                None if p is None else torch.stack([p_f[h] for p_f in p], -1) for p in params
-            ]
-            score = score + term.profile(dist, *per_head)
+            pa, pb, pc = params
+            for f in range(len(pa)):  # term by term: stacking the basis inside fails to lower
+                score = score + term.basis_term(dist, pa[f][h], None if pb is None else pb[f][h],
+                                                None if pc is None else pc[f][h])
         return score
 
     return score_mod

@@ -22,20 +22,35 @@ BACKENDS = ("auto", "dense", "tiled", "flex")
 
 DENSE_MAX_ELEMENTS = 1 << 22
 """CPU inference below this many ``B·H·Lq·Lk`` score elements uses ``dense``."""
+CUDA_DENSE_TRAIN_MAX_ELEMENTS = 1 << 27
+"""CUDA training up to this many score elements (512 MiB per float32 copy) uses ``dense``."""
 
 
 def choose_backend(q: Tensor, k: Tensor, needs_grad: bool = False) -> str:
     """The backend ``auto`` uses for queries ``q [B, H, Lq, D]`` and keys ``k [B, H, Lk, D]``.
 
-    CUDA: ``flex`` (fused kernel). CPU: ``dense`` for small inference problems (up to
-    4M score elements, where it measured ~1.5× faster), otherwise ``tiled``: faster than
-    ``dense`` at larger sizes and in training (``benchmarks/forward.py``), and bounded in
-    memory.
+    See :func:`backend_for`.
     """
-    if q.is_cuda and flex_available():
-        return "flex"
     B, H, Lq, _ = q.shape
-    if not needs_grad and B * H * Lq * k.shape[2] <= DENSE_MAX_ELEMENTS:
+    return backend_for(q.device.type, B * H * Lq * k.shape[2], needs_grad)
+
+
+def backend_for(device_type: str, score_elements: int, needs_grad: bool) -> str:
+    """The backend ``auto`` uses on ``device_type`` for ``B·H·Lq·Lk`` score elements.
+
+    CUDA: ``flex`` (the fused kernel), except in training up to
+    :data:`CUDA_DENSE_TRAIN_MAX_ELEMENTS`, where ``dense`` measured 6.6× faster (an H200,
+    B=8, 512 context slots, 1024 test points: flex's backward accumulates the gradients of
+    the per-head bias parameters over every score element). CPU: ``dense`` for small
+    inference problems (up to :data:`DENSE_MAX_ELEMENTS`, where it measured ~1.5×
+    faster), otherwise ``tiled``: faster than ``dense`` at larger sizes and in training,
+    and bounded in memory. Measurements: ``docs/benchmarks.md``.
+    """
+    if device_type == "cuda" and flex_available():
+        if needs_grad and score_elements <= CUDA_DENSE_TRAIN_MAX_ELEMENTS:
+            return "dense"
+        return "flex"
+    if not needs_grad and score_elements <= DENSE_MAX_ELEMENTS:
         return "dense"
     return "tiled"
 
