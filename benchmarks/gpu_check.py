@@ -9,7 +9,7 @@ Made for a short device session (the whole run is sized to finish in a few minut
    μ, σ, loss and the gradient of every parameter with ``backend="auto"`` on the device vs
    float64 on the CPU.
 2. **Timing** (after warm-up, CUDA-synchronised medians): a training step at B=8, 512
-   context slots (128–511 valid), 1024 test points for ``auto``/``dense``/``tiled``; model
+   context slots (128–511 valid), 1024 test points for ``auto``/``dense``/``tiled``/``flex``; model
    forwards at B=1 for (ctx, test) = (2048, 4096), (16384, 65536) and, with ``--large``,
    (100000, 1000000).
 
@@ -185,7 +185,7 @@ def main() -> None:
     report["model"] = guarded(model_case, dev)
     log(report["model"])
     if not args.no_timing:
-        for backend in ("auto", "dense", "tiled"):
+        for backend in ("auto", "dense", "tiled", "flex"):
             name = f"train_{backend}"
             report["timing"][name] = guarded(train_step_time, backend, dev, args.repeats)
             log({name: report["timing"][name]})

@@ -37,6 +37,21 @@ def _compiled_flex() -> Callable[..., Tensor]:
     return torch.compile(flex_attention, dynamic=False)
 
 
+def _spread(param: Tensor, coords_q: Tensor) -> Tensor:
+    """A per-head parameter ``[H]`` as ``[B, H, Lq]``: a copy for gradients, else a view.
+
+    ``coords_q`` (``[B, Lq]``) gives the shape.
+
+    The kernel's backward adds the gradient of every score element into the parameter it
+    read: with one address per head those atomic additions contend and the training step
+    is an order of magnitude slower (SPEC §9); one address per (batch, head, query) spreads
+    them, and autograd sums the copies back into the parameter.
+    """
+    B, Lq = coords_q.shape
+    spread = param[None, :, None].expand(B, -1, Lq)
+    return spread.contiguous() if param.requires_grad and torch.is_grad_enabled() else spread
+
+
 def _score_mod(
     bias: AttentionBias, coords_q: Mapping[str, Tensor], coords_k: Mapping[str, Tensor]
 ) -> Callable[[Tensor, Tensor, Tensor, Tensor, Tensor], Tensor]:
@@ -48,7 +63,8 @@ def _score_mod(
         ck = [coords_k[role][..., d].contiguous() for d in range(coords_k[role].shape[-1])]
         # One captured tensor per parameter use: flex's compiler cannot differentiate
         # several indexing operations on the same tensor.
-        params = [None if p is None else p.unbind(-1) for p in term.params()]
+        params = [None if p is None else [_spread(p_f, cq[0]) for p_f in p.unbind(-1)]
+                  for p in term.params()]
         captured.append((term, cq, ck, params))
 
     def score_mod(score: Tensor, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
@@ -56,8 +72,9 @@ def _score_mod(
             dist = term.distance([c[b, q_idx] for c in cq], [c[b, kv_idx] for c in ck])
             pa, pb, pc = params
             for f in range(len(pa)):  # term by term: stacking the basis inside fails to lower
-                score = score + term.basis_term(dist, pa[f][h], None if pb is None else pb[f][h],
-                                                None if pc is None else pc[f][h])
+                score = score + term.basis_term(
+                    dist, pa[f][b, h, q_idx], None if pb is None else pb[f][b, h, q_idx],
+                    None if pc is None else pc[f][b, h, q_idx])
         return score
 
     return score_mod

@@ -39,9 +39,8 @@ def backend_for(device_type: str, score_elements: int, needs_grad: bool) -> str:
     """The backend ``auto`` uses on ``device_type`` for ``B·H·Lq·Lk`` score elements.
 
     CUDA: ``flex`` (the fused kernel), except in training up to
-    :data:`CUDA_DENSE_TRAIN_MAX_ELEMENTS`, where ``dense`` measured 6.6× faster (an H200,
-    B=8, 512 context slots, 1024 test points: flex's backward accumulates the gradients of
-    the per-head bias parameters over every score element). CPU: ``dense`` for small
+    :data:`CUDA_DENSE_TRAIN_MAX_ELEMENTS`, where ``dense`` measured 1.5× faster (an H200,
+    B=8, 512 context slots, 1024 test points: 45 ms vs 68 ms a step). CPU: ``dense`` for small
     inference problems (up to :data:`DENSE_MAX_ELEMENTS`, where it measured ~1.5×
     faster), otherwise ``tiled``: faster than ``dense`` at larger sizes and in training,
     and bounded in memory. Measurements: ``docs/benchmarks.md``.
