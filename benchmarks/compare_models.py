@@ -159,9 +159,8 @@ def step_costs(models: dict[str, nn.Module], task: GP2DTask, rounds: int,
         optimizers[name].step()
 
     times: dict[str, list[float]] = {name: [] for name in models}
-    for name in models:  # warm-up, and the GFLOPs of one step (counted on the CPU only: the
-        # counter cannot trace the compiled flex_attention kernels the GPU runs)
-        if cuda:
+    for name in models:  # warm-up, and the GFLOPs of one step
+        if cuda:  # counted on the CPU only: the counter cannot trace compiled flex_attention
             times[name].append(math.nan)
         else:
             counter = FlopCounterMode(display=False, custom_mapping=EXTRA_FLOP_FORMULAS)

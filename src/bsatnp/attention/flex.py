@@ -70,11 +70,9 @@ def _score_mod(
     def score_mod(score: Tensor, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
         for term, cq, ck, params in captured:
             dist = term.distance([c[b, q_idx] for c in cq], [c[b, kv_idx] for c in ck])
-            pa, pb, pc = params
-            for f in range(len(pa)):  # term by term: stacking the basis inside fails to lower
-                score = score + term.basis_term(
-                    dist, pa[f][b, h, q_idx], None if pb is None else pb[f][b, h, q_idx],
-                    None if pc is None else pc[f][b, h, q_idx])
+            for f in range(len(params[0])):  # term by term: stacking the basis fails to lower
+                at_f = [None if p is None else p[f][b, h, q_idx] for p in params]
+                score = score + term.basis_term(dist, *at_f)
         return score
 
     return score_mod
