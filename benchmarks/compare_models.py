@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
 import math
 import platform
@@ -146,9 +147,13 @@ EXTRA_FLOP_FORMULAS = {
 
 def step_costs(models: dict[str, nn.Module], task: GP2DTask, rounds: int,
                device: str = "cpu") -> dict[str, dict]:
-    """Median training-step seconds (models take turns) and GFLOPs per step on ``device``."""
+    """Median training-step seconds (models take turns) and GFLOPs per step on ``device``.
+
+    The steps update copies: the models passed in are left as they are (they are scored next).
+    """
     batch = replace(task, batch_size=8).sample(torch.Generator().manual_seed(123))[0].to(device)
     cuda = torch.device(device).type == "cuda"
+    models = {n: copy.deepcopy(m) for n, m in models.items()}
     optimizers = {n: torch.optim.AdamW(m.parameters(), lr=1e-4) for n, m in models.items()}
 
     def step(name: str) -> None:

@@ -86,3 +86,24 @@ def test_compare_models_costs_only_counts_in_place_matmuls(tmp_path):
     assert gflops["bsatnp"] >= gflops["bsatnp embed"] * 0.98
     # TNP-D as usually implemented also computes the (masked) test × test pairs.
     assert gflops["tnpd all-keys dense"] > 1.2 * gflops["tnpd"]
+
+
+def test_step_costs_leave_the_timed_models_unchanged():
+    """The costs are measured before the evaluation: their optimiser steps must not touch
+    the models that are scored next."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import compare_models
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    from bsatnp.models.registry import build_model
+    from bsatnp.tasks.gp2d import GP2DTask
+
+    torch = compare_models.torch
+    model = build_model(compare_models.variants(quick=True)["bsatnp"])
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    task = GP2DTask(batch_size=2, n_ctx=64, n_test=128, min_ctx=16, max_ctx=63)
+    costs = compare_models.step_costs({"bsatnp": model}, task, rounds=1)
+    assert costs["bsatnp"]["step_s"] > 0
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key
