@@ -69,6 +69,9 @@ QUICK = {
     "convcnp": {"channels": 16, "points_per_unit": 8},
 }
 
+QUICK_TASK = GP2DTask(batch_size=2, n_ctx=64, n_test=128, min_ctx=16, max_ctx=63)
+"""The 2D-GP task of --quick."""
+
 
 def variants(quick: bool) -> dict[str, ModelConfig]:
     """The compared models by row name (BSA-TNP ablations change one thing each)."""
@@ -251,7 +254,7 @@ def main() -> None:
     experiment = ExperimentConfig(task=task)
     configs = variants(args.quick)
     if args.quick:
-        task = GP2DTask(batch_size=2, n_ctx=64, n_test=128, min_ctx=16, max_ctx=63)
+        task = QUICK_TASK
         args.steps, args.eval_batches, args.scaled_batches, args.rounds = 4, 2, 1, 1
     if args.models:
         wanted = args.models.split(",")

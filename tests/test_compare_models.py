@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -97,13 +99,10 @@ def test_step_costs_leave_the_timed_models_unchanged():
     finally:
         sys.path.remove(str(ROOT / "benchmarks"))
     from bsatnp.models.registry import build_model
-    from bsatnp.tasks.gp2d import GP2DTask
 
-    torch = compare_models.torch
     model = build_model(compare_models.variants(quick=True)["bsatnp"])
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    task = GP2DTask(batch_size=2, n_ctx=64, n_test=128, min_ctx=16, max_ctx=63)
-    costs = compare_models.step_costs({"bsatnp": model}, task, rounds=1)
+    costs = compare_models.step_costs({"bsatnp": model}, compare_models.QUICK_TASK, rounds=1)
     assert costs["bsatnp"]["step_s"] > 0
     for key, value in model.state_dict().items():
         assert torch.equal(value, before[key]), key
