@@ -1,4 +1,8 @@
-"""Side-by-side comparison on the 2D-GP protocol: BSA-TNP, its ablations and the baselines.
+"""Side-by-side comparison on any registered task: BSA-TNP, its ablations and the baselines.
+
+``--task`` picks the task (default ``gp2d``: the paper's 2D GP, with every BSA-TNP ablation);
+the task's bundled config gives its sizes, priors, batch size and seeds, and
+:data:`VARIANTS` lists the models the paper compares on it.
 
 Every trainable model gets the same training budget and hyperparameters (SPEC §7, with
 the cosine decay over ``--steps``), the same training batches (same seed) and the same
@@ -21,6 +25,7 @@ Usage:
     python benchmarks/compare_models.py --steps 1000 --runs runs/compare --minutes 150  # rerun
     python benchmarks/compare_models.py --models bsatnp,tnpd --steps 200
     python benchmarks/compare_models.py --costs-only       # parameters, step time, GFLOPs
+    python benchmarks/compare_models.py --task geodesic --steps 2000 --runs runs/geodesic
 """
 
 from __future__ import annotations
@@ -46,13 +51,15 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, 
 from bsatnp.baselines import calibrated_local_averages
 from bsatnp.baselines.idw import LOCAL_AVERAGES
 from bsatnp.evaluate import evaluate
-from bsatnp.experiment import ExperimentConfig, build_trainer
+from bsatnp.experiment import ExperimentConfig, build_trainer, load_experiment
 from bsatnp.models import BSATNPConfig, masked_nll
 from bsatnp.models.convcnp import ConvCNPConfig
 from bsatnp.models.registry import ModelConfig, build_model, family_name
 from bsatnp.models.tetnp import TETNPConfig
 from bsatnp.models.tnpd import TNPDConfig
-from bsatnp.tasks.gp2d import GP2DTask, eval_batches
+from bsatnp.tasks import Task, eval_batches, task_names
+from bsatnp.tasks.gp import GPTask
+from bsatnp.tasks.gp2d import GP2DTask
 
 REFERENCE_GFLOPS = {"bsatnp": 94.6, "tnpd": 214.5}  # dl4bi, B=8 512/1024 step (issue 4)
 TRAINING_FREE = tuple(LOCAL_AVERAGES)
@@ -71,14 +78,39 @@ QUICK = {
 
 QUICK_TASK = GP2DTask(batch_size=2, n_ctx=64, n_test=128, min_ctx=16, max_ctx=63)
 """The 2D-GP task of --quick."""
+QUICK_SIZES = {"batch_size": 2, "n_ctx": 32, "n_test": 32, "min_ctx": 8, "max_ctx": 31}
+"""Sizes of the other GP tasks under --quick."""
 
 
-def variants(quick: bool) -> dict[str, ModelConfig]:
-    """The compared models by row name (BSA-TNP ablations change one thing each)."""
+def quick_task(task: Task) -> Task:
+    """A CI-sized version of ``task``."""
+    if isinstance(task, GP2DTask):
+        return replace(QUICK_TASK, box=task.box)
+    if isinstance(task, GPTask):
+        return replace(task, **QUICK_SIZES)
+    return task.with_batch_size(2)
+
+
+def variants(task: str, quick: bool, roles: dict[str, Any]) -> dict[str, ModelConfig]:
+    """The compared models of ``task`` by row name (ablations change one thing each).
+
+    Args:
+        task: Task name (a key of :data:`VARIANTS`).
+        quick: Small widths (CI-sized).
+        roles: The task's ``model_defaults()`` (role widths, likelihood).
+    """
     def small(family: str) -> dict[str, Any]:
         return QUICK[family] if quick else {}
 
-    bsatnp = BSATNPConfig(**small("bsatnp"))
+    def config(cls: type, family: str, **fields: Any) -> ModelConfig:
+        known = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in roles.items() if k in known}, **small(family), **fields)
+
+    return VARIANTS[task](config)
+
+
+def _gp2d_variants(config: Any) -> dict[str, ModelConfig]:
+    bsatnp = config(BSATNPConfig, "bsatnp")
     spec = bsatnp.bias_s
     return {
         "bsatnp": bsatnp,
@@ -86,11 +118,39 @@ def variants(quick: bool) -> dict[str, ModelConfig]:
         **{f"bsatnp F={f}": replace(bsatnp, bias_s=replace(spec, num_basis=f)) for f in (1, 3, 10)},
         "bsatnp embed": replace(bsatnp, use_s="embed"),
         "bsatnp embed+bias": replace(bsatnp, use_s="both"),
-        "tnpd": TNPDConfig(**small("tnpd")),
-        "tnpd all-keys dense": TNPDConfig(**small("tnpd"), keys="all_masked", backend="dense"),
-        "tetnp": TETNPConfig(**small("tetnp")),
-        "convcnp": ConvCNPConfig(**small("convcnp")),
+        "tnpd": config(TNPDConfig, "tnpd"),
+        "tnpd all-keys dense": config(TNPDConfig, "tnpd", keys="all_masked", backend="dense"),
+        "tetnp": config(TETNPConfig, "tetnp"),
+        "convcnp": config(ConvCNPConfig, "convcnp"),
     }
+
+
+def _geodesic_variants(config: Any) -> dict[str, ModelConfig]:
+    """PROTOCOLS §3: the bias on the great-circle distance in degrees, on the Euclidean
+    distance of raw (lon, lat), and (lon, lat) embedded without a bias (SA-TNP)."""
+    bsatnp = config(BSATNPConfig, "bsatnp")
+    return {
+        "geo-bsatnp": replace(bsatnp, bias_s=replace(bsatnp.bias_s,
+                                                     distance="great_circle_degrees")),
+        "bsatnp": bsatnp,
+        "sa-tnp": replace(bsatnp, use_s="embed"),
+    }
+
+
+def _fixed_effects_variants(config: Any) -> dict[str, ModelConfig]:
+    """PROTOCOLS §4: x embedded, s biased; the ablation ignores the covariates."""
+    bsatnp = config(BSATNPConfig, "bsatnp", min_std=0.05)
+    return {"bsatnp": bsatnp, "bsatnp no-x": replace(bsatnp, dim_x=0)}
+
+
+VARIANTS = {
+    "gp2d": _gp2d_variants,
+    "multiscale": lambda config: {"bsatnp": config(BSATNPConfig, "bsatnp"),
+                                  "tetnp": config(TETNPConfig, "tetnp")},
+    "geodesic": _geodesic_variants,
+    "fixed_effects": _fixed_effects_variants,
+}
+"""Task name → the models compared on it (PROTOCOLS §1–4)."""
 
 
 def train(name: str, experiment: ExperimentConfig, out_dir: Path,
@@ -148,13 +208,14 @@ EXTRA_FLOP_FORMULAS = {
 """Formulas ``torch.utils.flop_counter`` lacks for ops our models run on the CPU."""
 
 
-def step_costs(models: dict[str, nn.Module], task: GP2DTask, rounds: int,
+def step_costs(models: dict[str, nn.Module], task: Task, rounds: int,
                device: str = "cpu") -> dict[str, dict]:
-    """Median training-step seconds (models take turns) and GFLOPs per step on ``device``.
+    """Median training-step seconds (models take turns) and GFLOPs per step on ``device``,
+    on one batch of ``task`` (give it the training batch size).
 
     The steps update copies: the models passed in are left as they are (they are scored next).
     """
-    batch = replace(task, batch_size=8).sample(torch.Generator().manual_seed(123))[0].to(device)
+    batch = task.sample(torch.Generator().manual_seed(123)).to(device)
     cuda = torch.device(device).type == "cuda"
     models = {n: copy.deepcopy(m) for n, m in models.items()}
     optimizers = {n: torch.optim.AdamW(m.parameters(), lr=1e-4) for n, m in models.items()}
@@ -201,9 +262,9 @@ def tables(results: dict[str, Any]) -> str:
         lines.append(f"| {name} | {info['family']} | {info['parameters']:,} | {step} | {ratio} "
                      f"| {gflops} |")
     for domain, entry in results.get("eval", {"domains": {}})["domains"].items():
+        facts = ", ".join(f"{k} {entry[k]}" for k in ("box", "n_ctx", "n_test") if k in entry)
         lines += ["", f"**{domain}** ({entry['n_batches']} batches × {entry['batch_size']} "
-                  f"tasks, box {entry['box']}, {entry['n_ctx']} ctx slots / {entry['n_test']} "
-                  "test)", "",
+                  f"tasks; {facts})", "",
                   "| model | NLL | RMSE | MAE | cov95 | NLL − oracle |",
                   "|---|---|---|---|---|---|"]
         for name in [n for n in (*results["models"], "oracle") if n in entry]:
@@ -223,13 +284,16 @@ def _fmt(stat: dict[str, float | None]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--task", default="gp2d",
+                        choices=[t for t in task_names() if t in VARIANTS],
+                        help="task to compare on (its bundled config gives sizes and seeds)")
     parser.add_argument("--quick", action="store_true",
                         help="small models, small tasks, a few steps: a CI-sized check")
     parser.add_argument("--steps", type=int, default=5000, help="training steps per model")
     parser.add_argument("--eval-batches", type=int, default=500,
-                        help="test batches for in_domain and shifted")
+                        help="test batches of every domain but scaled")
     parser.add_argument("--scaled-batches", type=int, default=50,
-                        help="test batches for scaled (4× the points; the oracle is costly)")
+                        help="test batches of the 2D GP's scaled domain (4× the points)")
     parser.add_argument("--models", help="comma-separated subset of the row names")
     parser.add_argument("--rounds", type=int, default=5, help="timed steps per model")
     parser.add_argument("--costs-only", action="store_true",
@@ -244,17 +308,19 @@ def main() -> None:
     parser.add_argument("--device", default="cpu",
                         help="where models train, are timed and predict (e.g. cuda); the "
                              "batches and the oracle stay on the CPU")
-    parser.add_argument("--out", default="benchmarks/results/compare_models.json")
+    parser.add_argument("--out", help="JSON results (default: benchmarks/results/"
+                        "compare_models.json, or compare_models_<task>.json)")
     args = parser.parse_args()
     if args.minutes is not None and args.runs is None:
         parser.error("--minutes needs --runs (where the unfinished runs wait for a rerun)")
     torch.set_num_threads(args.threads)
 
-    task = GP2DTask()
-    experiment = ExperimentConfig(task=task)
-    configs = variants(args.quick)
+    experiment = load_experiment(args.task)
+    task = experiment.task
+    configs = variants(args.task, args.quick, task.model_defaults())
+    full_task = task
     if args.quick:
-        task = QUICK_TASK
+        task = quick_task(task)
         args.steps, args.eval_batches, args.scaled_batches, args.rounds = 4, 2, 1, 1
     if args.models:
         wanted = args.models.split(",")
@@ -290,13 +356,14 @@ def main() -> None:
         return
     if not args.costs_only:
         wanted = args.models.split(",") if args.models else TRAINING_FREE
-        validation = (b for b, _ in eval_batches(task, train_config.val_batches,
-                                                 experiment.eval.val_seed))
+        validation = eval_batches(task, train_config.val_batches, experiment.eval.val_seed,
+                                  split="valid")
         free = calibrated_local_averages([n for n in TRAINING_FREE if n in wanted], validation)
-    costs = step_costs(models, task if args.quick else GP2DTask(), args.rounds, args.device)
+    costs = step_costs(models, (task if args.quick else full_task).with_batch_size(
+        train_config.batch_size), args.rounds, args.device)
     if not args.costs_only:
-        counts = {"in_domain": args.eval_batches, "shifted": args.eval_batches,
-                  "scaled": args.scaled_batches}
+        counts = {d: args.scaled_batches if d == "scaled" else args.eval_batches
+                  for d in task.domains}
         scored = evaluate({n: m for n, m in {**models, **free}.items() if n not in COST_ONLY},
                           n_batches=counts, seed=experiment.eval.seed, task=task,
                           progress=False,
@@ -306,7 +373,8 @@ def main() -> None:
                  "machine": platform.machine(), "threads": args.threads,
                  "device": (torch.cuda.get_device_name(args.device)
                             if torch.device(args.device).type == "cuda" else "cpu"),
-                 "steps": 0 if args.costs_only else args.steps, "quick": args.quick,
+                 "task": args.task, "steps": 0 if args.costs_only else args.steps,
+                 "quick": args.quick,
                  "reference_gflops": REFERENCE_GFLOPS},
         "models": {
             name: {"family": family_name(m.config) if name in models else "training-free",
@@ -317,7 +385,8 @@ def main() -> None:
         **({} if scored is None else {"eval": scored}),
     }
     print(tables(results))
-    out = Path(args.out)
+    suffix = "" if args.task == "gp2d" else f"_{args.task}"
+    out = Path(args.out or f"benchmarks/results/compare_models{suffix}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2, default=str) + "\n", encoding="utf-8")
     print(f"wrote {out}")

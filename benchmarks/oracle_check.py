@@ -1,7 +1,8 @@
-"""Score the exact-GP oracle on reproducible 2D-GP batches (SPEC §8 sanity check).
+"""Score a task's exact oracle on its reproducible test batches (SPEC §8 sanity check).
 
 Usage:
     OMP_NUM_THREADS=1 python benchmarks/oracle_check.py --n-batches 1000 --seed 0
+    python benchmarks/oracle_check.py --task geodesic --domain rotated_60_30_20 --n-batches 50
 
 Prints mean ± standard error over batches of every metric and writes them as JSON.
 """
@@ -15,31 +16,33 @@ from pathlib import Path
 
 import torch
 
-from bsatnp.baselines.gp_oracle import gp_posterior
+from bsatnp.experiment import load_experiment
 from bsatnp.metrics import gaussian_metrics, summarize
-from bsatnp.tasks.gp2d import eval_batches, in_domain, scaled, shifted
-
-DOMAINS = {"in_domain": in_domain, "shifted": shifted, "scaled": scaled}
+from bsatnp.tasks import batch_generator, task_names
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n-batches", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--domain", choices=sorted(DOMAINS), default="in_domain")
+    parser.add_argument("--task", choices=task_names(), default="gp2d",
+                        help="task of the bundled config of that name")
+    parser.add_argument("--domain", default="in_domain")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/oracle_check.json"))
     args = parser.parse_args()
 
-    task = DOMAINS[args.domain]()
+    task = load_experiment(args.task).task.domain(args.domain)
+    if not task.has_oracle:
+        parser.error(f"task {args.task} has no oracle")
     start = time.perf_counter()
     results = []
-    for batch, params in eval_batches(task, args.n_batches, args.seed):
-        pred = gp_posterior(batch, params)
+    for index in range(args.n_batches):
+        batch, pred = task.sample_with_oracle(batch_generator(args.seed, index))
         results.append(gaussian_metrics(pred.mean, pred.stddev, batch.f_test, batch.test_mask()))
     elapsed = time.perf_counter() - start
     summary = summarize(results)
 
-    print(f"GP oracle, 2D GP {args.domain}, {args.n_batches} batches, seed {args.seed}")
+    print(f"oracle, {args.task} {args.domain}, {args.n_batches} batches, seed {args.seed}")
     print(f"{'metric':<8} {'mean':>9} {'s.e.':>8}")
     for key, (mean, stderr) in summary.items():
         print(f"{key:<8} {mean:>9.4f} {stderr:>8.4f}")

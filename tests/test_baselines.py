@@ -8,7 +8,8 @@ from conftest import assert_same, dropped, random_batch, shifted, with_nan_paddi
 
 from bsatnp.baselines import IDW, TNPD, KNearestMean, TNPDConfig
 from bsatnp.metrics import coverage
-from bsatnp.tasks.gp2d import eval_batches, in_domain
+from bsatnp.tasks import eval_batches
+from bsatnp.tasks.gp2d import in_domain
 
 SMALL = {"dim": 32, "num_blocks": 2, "qkv_dim": 32, "ffn_dim": 64,
          "embed_hidden": (64,), "head_hidden": (64,), "backend": "dense"}
@@ -107,8 +108,8 @@ def test_knn_with_k_above_context_size_is_the_context_mean():
 @pytest.mark.parametrize("make", [IDW, lambda: KNearestMean(k=1)], ids=["idw", "1nn"])
 def test_calibrate_moves_coverage_towards_nominal(make):
     task = in_domain(batch_size=2, n_ctx=64, n_test=64, min_ctx=16, max_ctx=63)
-    fit = [batch for batch, _ in eval_batches(task, 4, seed=0)]
-    held_out = [batch for batch, _ in eval_batches(task, 8, seed=1)]
+    fit = list(eval_batches(task, 4, seed=0))
+    held_out = list(eval_batches(task, 8, seed=1))
     model = make()
 
     def held_out_coverage() -> float:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from bsatnp import cli
-from bsatnp.evaluate import DOMAINS, TABLE_METRICS, domain_task, evaluate
+from bsatnp.evaluate import TABLE_METRICS, evaluate
 from bsatnp.experiment import ExperimentConfig, load_experiment
 from bsatnp.io.checkpoint import load_model
 from bsatnp.models import BSATNPConfig
@@ -58,7 +58,7 @@ def test_evaluate_writes_model_oracle_gap_per_domain(run, tmp_path, capsys):
                      "--out", str(tmp_path), "--quiet"])
     assert code == 0
     results = json.loads((tmp_path / "eval.json").read_text())
-    assert list(results["domains"]) == list(DOMAINS)
+    assert list(results["domains"]) == list(GP2DTask.domains)
     for domain, entry in results["domains"].items():
         assert {"model", "oracle", "gap"} <= set(entry)
         for part in ("model", "oracle", "gap"):
@@ -205,9 +205,9 @@ def test_demo_runs_end_to_end_on_a_tiny_config(run, tmp_path, monkeypatch, capsy
         ("train: {stepz: 5}\n", "train: unknown key(s) ['stepz']"),
         ("train: {lr: fast}\n", "train.lr: expected float, got 'fast'"),
         ("model: {embed_hidden: [32, x]}\n", "model.embed_hidden[1]: expected int"),
-        ("task: {lengthscale_prior: {gamma: [1, 2]}}\n", "task.lengthscale_prior: unknown prior"),
+        ("task: {lengthscale_prior: {weibull: [1, 2]}}\n", "task.lengthscale_prior: unknown prior"),
         ("task: {min_ctx: 9, max_ctx: 4}\n", "task: need 1 <= min_ctx"),
-        ("eval: {domains: [moon]}\n", "eval: domains must be"),
+        ("eval: {domains: [moon]}\n", "eval.domains must be distinct names"),
         ("optim: {}\n", "unknown section(s) ['optim']"),
         ("train: [1, 2\n", "not valid YAML"),
     ],
@@ -257,16 +257,19 @@ def test_gap_is_model_minus_oracle():
 
 
 def test_derived_domains_match_the_paper_domains():
-    assert domain_task(in_domain(), "in_domain") == in_domain()
-    assert domain_task(in_domain(), "shifted") == shifted()
-    assert domain_task(in_domain(), "scaled") == scaled()
-    with pytest.raises(ValueError, match="unknown domain"):
-        domain_task(in_domain(), "moon")
+    assert in_domain().domain("in_domain") == in_domain()
+    assert in_domain().domain("shifted") == shifted()
+    assert in_domain().domain("scaled") == scaled(targets="conditional", min_ctx=512)
+    paper = load_experiment("gp2d").task
+    assert paper.domain("scaled") == scaled(targets="conditional", scaled_min_ctx=492)
+    assert scaled().min_ctx == 492  # PROTOCOLS §1
+    with pytest.raises(ValueError, match="has no domain 'moon'"):
+        in_domain().domain("moon")
 
 
 def test_bundled_configs_are_the_paper_setup():
     paper = load_experiment("gp2d")
-    assert paper.model == BSATNPConfig() and paper.task == in_domain()
+    assert paper.model == BSATNPConfig() and paper.task == in_domain(scaled_min_ctx=492)
     assert paper.train == TrainConfig(out_dir="runs/gp2d")
     quick = load_experiment("configs/gp2d_quick.yaml")
     assert quick.model == paper.model and quick.task == paper.task

@@ -100,7 +100,8 @@ def test_step_costs_leave_the_timed_models_unchanged():
         sys.path.remove(str(ROOT / "benchmarks"))
     from bsatnp.models.registry import build_model
 
-    model = build_model(compare_models.variants(quick=True)["bsatnp"])
+    model = build_model(compare_models.variants(
+        "gp2d", True, compare_models.QUICK_TASK.model_defaults())["bsatnp"])
     before = {k: v.clone() for k, v in model.state_dict().items()}
     costs = compare_models.step_costs({"bsatnp": model}, compare_models.QUICK_TASK, rounds=1)
     assert costs["bsatnp"]["step_s"] > 0

@@ -4,11 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from bsatnp.baselines.gp_oracle import gp_posterior
 from bsatnp.batch import Batch
 from bsatnp.metrics import coverage
-from bsatnp.tasks.gp import GPParams
 from bsatnp.tasks.gp2d import GP2DTask, in_domain
+from bsatnp.tasks.oracle import GPParams, gp_posterior
 
 VAR, LS, NOISE, JITTER = 1.3, 0.7, 0.2, 1e-5
 
@@ -70,7 +69,7 @@ def test_two_context_points_with_padding_vs_numpy():
 
 def test_padded_slots_change_nothing_vs_dropping_them():
     task = GP2DTask(batch_size=4, n_ctx=40, n_test=30, min_ctx=5, max_ctx=35)
-    batch, params = task.sample(torch.Generator().manual_seed(0))
+    batch, params = task.draw(torch.Generator().manual_seed(0))
     pad = ~batch.mask_ctx[..., None]
     garbage = batch.map(
         s_ctx=torch.where(pad, 1e4, batch.s_ctx), f_ctx=torch.where(pad, float("nan"), batch.f_ctx)
@@ -91,7 +90,7 @@ def test_padded_slots_change_nothing_vs_dropping_them():
 
 
 def test_oracle_is_calibrated_on_the_2d_gp_protocol():
-    batch, params = in_domain().sample(torch.Generator().manual_seed(1))
+    batch, params = in_domain().draw(torch.Generator().manual_seed(1))
     pred = gp_posterior(batch, params)
     assert pred.mean.shape == (8, 1024, 1)
     cov95 = coverage(pred.mean, pred.stddev, batch.f_test, batch.test_mask(), 0.95).item()

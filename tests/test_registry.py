@@ -24,7 +24,8 @@ from bsatnp.models.registry import (
 )
 from bsatnp.models.tetnp import TETNPConfig
 from bsatnp.models.tnpd import TNPDConfig
-from bsatnp.tasks.gp2d import GP2DTask, eval_batches
+from bsatnp.tasks import eval_batches
+from bsatnp.tasks.gp2d import GP2DTask
 
 SMALL = {
     "bsatnp": BSATNPConfig(dim=32, num_blocks=1, qkv_dim=32, ffn_dim=32, embed_hidden=(32,),
@@ -53,7 +54,7 @@ def test_config_round_trip_with_family_tag(family):
 def test_gradients_reach_every_parameter(family):
     torch.manual_seed(0)
     model = build_model(SMALL[family])
-    batch = next(eval_batches(TINY_TASK, 1, seed=1))[0]
+    batch = next(eval_batches(TINY_TASK, 1, seed=1))
     masked_nll(model(batch), batch.f_test, batch.test_mask()).backward()
     for name, p in model.named_parameters():
         assert p.grad is not None and bool(torch.isfinite(p.grad).all()), name
@@ -64,7 +65,7 @@ def test_gradients_reach_every_parameter(family):
 def test_adam_steps_reduce_the_loss_on_a_fixed_batch(family):
     torch.manual_seed(0)
     model = build_model(SMALL[family])
-    batch = next(eval_batches(replace(TINY_TASK, batch_size=4), 1, seed=2))[0]
+    batch = next(eval_batches(replace(TINY_TASK, batch_size=4), 1, seed=2))
     optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
     losses = []
     for _ in range(20):

@@ -1,4 +1,4 @@
-"""Command-line interface: ``bsatnp {demo,train,evaluate,predict,plot}``.
+"""Command-line interface: ``bsatnp {demo,train,evaluate,predict,plot,tasks}``.
 
 Bad configs, checkpoints and input files end the program with a one-line message on
 stderr and exit code 2 (no traceback).
@@ -17,7 +17,7 @@ from torch import nn
 
 from bsatnp.baselines import calibrated_local_averages
 from bsatnp.baselines.idw import LOCAL_AVERAGES
-from bsatnp.evaluate import DOMAINS, domain_task, evaluate, markdown_table, write_results
+from bsatnp.evaluate import evaluate, markdown_table, write_results
 from bsatnp.experiment import (
     ExperimentConfig,
     build_trainer,
@@ -27,7 +27,7 @@ from bsatnp.experiment import (
 )
 from bsatnp.io.checkpoint import load_checkpoint, load_model
 from bsatnp.predict import FORMAT_HELP, predict_file
-from bsatnp.tasks.gp2d import eval_batches
+from bsatnp.tasks import eval_batches, task_class, task_names
 
 DEMO_CONFIG = "gp2d_quick"
 DEMO_MINUTES = 5.0
@@ -60,8 +60,8 @@ def _demo(args: argparse.Namespace) -> None:
     trainer.fit(progress=not args.quiet, max_seconds=60 * args.minutes)
     print(f"Trained {trainer.step} steps. Evaluating against the exact GP oracle ...", flush=True)
     model = trainer.model.eval()
-    results = evaluate(model, config.eval.domains, config.eval.n_batches, config.eval.seed,
-                       progress=not args.quiet, task=config.task)
+    results = evaluate(model, config.eval.domains_of(config.task), config.eval.n_batches,
+                       config.eval.seed, progress=not args.quiet, task=config.task)
     paths = _report(results, out)
     from bsatnp.plot import plot_field, plot_learning_curve
 
@@ -89,13 +89,13 @@ def _evaluate(args: argparse.Namespace) -> None:
     model, config = _load(args)
     scored: nn.Module | dict[str, nn.Module] = model
     if args.baselines:
-        validation = (batch for batch, _ in eval_batches(
-            config.task, config.train.val_batches, config.eval.val_seed))
+        validation = eval_batches(config.task, config.train.val_batches, config.eval.val_seed,
+                                  split="valid")
         scored = {"model": model, **calibrated_local_averages(args.baselines, validation)}
     results = evaluate(
         scored,
         domains=args.domains or (tuple(args.n_batches) if isinstance(args.n_batches, dict)
-                                 else config.eval.domains),
+                                 else config.eval.domains_of(config.task)),
         n_batches=args.n_batches or config.eval.n_batches,
         seed=config.eval.seed if args.seed is None else args.seed,
         with_oracle=not args.no_oracle,
@@ -132,9 +132,16 @@ def _plot(args: argparse.Namespace) -> None:
     else:
         model, config = _load(args)
         out = args.out or Path(args.checkpoint).with_name(f"field_{args.domain}.png")
-        path = plot_field(model, out, seed=args.seed, task=domain_task(config.task, args.domain),
+        path = plot_field(model, out, seed=args.seed, task=config.task.domain(args.domain),
                           n_ctx=args.n_ctx)
     print(f"Wrote {path}")
+
+
+def _tasks(args: argparse.Namespace) -> None:
+    for name in task_names():
+        cls = task_class(name)
+        summary = (cls.__doc__ or "").strip().splitlines()[0]
+        print(f"{name:<14} domains: {', '.join(cls.domains):<44} {summary}")
 
 
 def _load(args: argparse.Namespace) -> tuple[nn.Module, ExperimentConfig]:
@@ -172,7 +179,8 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--quiet", action="store_true", help="no progress bars")
     common.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     parser = argparse.ArgumentParser(
-        prog="bsatnp", description="BSA-TNP neural processes: train, evaluate, predict, plot."
+        prog="bsatnp", description="BSA-TNP neural processes: train, evaluate, predict, plot. "
+        f"Registered tasks: {', '.join(task_names())}."
     )
     sub = parser.add_subparsers(dest="name", required=True, metavar="COMMAND")
 
@@ -188,7 +196,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="training budget in minutes (%(default)s)")
     cmd.set_defaults(command=_demo)
 
-    cmd = sub.add_parser("train", parents=[common], help="train from a YAML experiment config")
+    cmd = sub.add_parser("train", parents=[common], help="train from a YAML experiment config",
+                         description="Train a model on a registered task "
+                         f"({', '.join(task_names())}) as a YAML experiment describes.")
     cmd.add_argument("--config", required=True,
                      help=f"YAML file, or a bundled config: {', '.join(bundled_configs())}")
     cmd.add_argument("--out", help="output directory (default: train.out_dir of the config, "
@@ -200,13 +210,15 @@ def _parser() -> argparse.ArgumentParser:
     cmd.set_defaults(command=_train)
 
     cmd = sub.add_parser("evaluate", parents=[common],
-                         help="score a checkpoint and the GP oracle on fixed batches")
+                         help="score a checkpoint and its task's oracle on fixed batches")
     cmd.add_argument("--checkpoint", required=True)
     cmd.add_argument("--n-batches", type=_batch_counts, metavar="N | DOMAIN=N,...",
                      help="batches per domain: one count, or e.g. in_domain=500,scaled=20 "
                           "(default: eval.n_batches of the run)")
     cmd.add_argument("--seed", type=int, help="test seed (default: eval.seed of the run)")
-    cmd.add_argument("--domains", nargs="+", choices=DOMAINS, help="default: eval.domains")
+    cmd.add_argument("--domains", nargs="+", metavar="DOMAIN",
+                     help="domains of the run's task (default: eval.domains, else all; "
+                          "see `bsatnp tasks`)")
     cmd.add_argument("--baselines", nargs="+", choices=sorted(LOCAL_AVERAGES), default=(),
                      help="also score these training-free baselines (std calibrated on the "
                           "run's validation batches)")
@@ -229,11 +241,15 @@ def _parser() -> argparse.ArgumentParser:
     cmd = sub.add_parser("plot", parents=[common],
                          help="plot a predicted field (--checkpoint) or a learning curve (--log)")
     source = cmd.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", help="plot one 2D-GP field predicted by this model")
+    source.add_argument("--checkpoint",
+                        help="plot one field of its GP task predicted by this model")
     source.add_argument("--log", help="plot the learning curve of this log.jsonl")
     cmd.add_argument("--out", help="PNG file (default: beside the input)")
     cmd.add_argument("--seed", type=int, default=0, help="seed of the plotted task")
-    cmd.add_argument("--domain", choices=DOMAINS, default="in_domain")
+    cmd.add_argument("--domain", default="in_domain", help="a domain of the run's task")
     cmd.add_argument("--n-ctx", type=int, default=200, help="context points (%(default)s)")
     cmd.set_defaults(command=_plot)
+
+    cmd = sub.add_parser("tasks", help="list the registered tasks and their evaluation domains")
+    cmd.set_defaults(command=_tasks)
     return parser

@@ -1,19 +1,14 @@
-"""Evaluation of a model against the exact-GP oracle on the 2D-GP domains (SPEC §8).
+"""Evaluation of models against a task's exact oracle on the task's named domains.
 
-The in-domain task is the one the model was trained on; the out-of-distribution domains
-are derived from it without retraining: ``shifted`` moves the box by +10 in both axes
-(``[−2, 2]² → [8, 12]²``), ``scaled`` doubles its side about its centre with 4× the points
-(``[−4, 4]²``, 2048 context slots, 4096 test points). Every domain draws its batches from
-the same seed, so the shifted batches are the in-domain batches translated: a paired
-comparison in which a translation-invariant model scores the same up to rounding.
+The in-domain task is the one the model was trained on; each task derives its
+out-of-distribution domains from it without retraining (:meth:`bsatnp.tasks.Task.domain`:
+the 2D GP's ``shifted`` and ``scaled``, the geodesic GP's rotations, ...). Every domain
+draws its batches from the same seed, so e.g. the shifted batches are the in-domain batches
+translated: a paired comparison in which a translation-invariant model scores the same up
+to rounding.
 
-Model and oracle are scored on the same batches; the gap (model − oracle) is computed per
+Models and oracle are scored on the same batches; the gap (model − oracle) is computed per
 batch and then averaged, so its standard error is that of the paired difference.
-
-The scaled domain draws its test targets conditionally on the context (``targets =
-"conditional"`` of :class:`~bsatnp.tasks.gp2d.GP2DTask`): the per-point metrics keep their
-expectation, and a batch costs one 2048-point factorisation per task instead of one
-6144-point joint draw plus the oracle's factorisation.
 
 Long evaluations can be interrupted: with ``cache_dir``, each batch's scores are appended
 to ``<cache_dir>/<domain>.jsonl`` as soon as they are computed, and a rerun of the same
@@ -29,7 +24,6 @@ import math
 import os
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -39,44 +33,11 @@ from torch import nn
 from bsatnp.batch import Batch
 from bsatnp.metrics import gaussian_metrics, summarize
 from bsatnp.progress import tqdm_class
-from bsatnp.tasks.gp2d import GP2DTask, batch_generator, in_domain
+from bsatnp.tasks import Task, batch_generator
+from bsatnp.tasks.gp2d import GP2DTask
 
-DOMAINS = ("in_domain", "shifted", "scaled")
-SHIFT = 10.0
-"""Offset of the shifted domain in both axes."""
 TABLE_METRICS = ("nll", "rmse", "mae", "cov50", "cov90", "cov95", "crps")
 """Columns of the markdown table (the JSON holds every metric)."""
-CONDITIONAL_DOMAINS = ("scaled",)
-"""Domains whose test targets are drawn conditionally on the context (module docstring)."""
-
-
-def domain_task(task: GP2DTask, domain: str) -> GP2DTask:
-    """The evaluation task of ``domain`` derived from the in-domain ``task``.
-
-    For the paper's task this gives exactly :func:`~bsatnp.tasks.gp2d.shifted` and
-    :func:`~bsatnp.tasks.gp2d.scaled`.
-
-    Raises:
-        ValueError: If ``domain`` is not one of :data:`DOMAINS`.
-    """
-    lo, hi = task.box
-    if domain == "in_domain":
-        return task
-    if domain == "shifted":
-        return replace(task, box=(lo + SHIFT, hi + SHIFT))
-    if domain == "scaled":
-        centre, half = (lo + hi) / 2, (hi - lo) / 2
-        return replace(
-            task,
-            box=(centre - 2 * half, centre + 2 * half),
-            n_ctx=4 * task.n_ctx,
-            n_test=4 * task.n_test,
-            min_ctx=4 * task.min_ctx,
-            max_ctx=4 * (task.max_ctx + 1) - 1,
-        )
-    raise ValueError(f"unknown domain {domain!r}; choose from {DOMAINS}")
-
-
 def model_device(model: nn.Module) -> torch.device:
     """Device of the model's first parameter or buffer (CPU for a model with neither)."""
     for tensor in (*model.parameters(), *model.buffers()):
@@ -96,12 +57,12 @@ def model_metrics(model: nn.Module, batch: Batch) -> dict[str, float]:
 
 def evaluate(
     model: nn.Module | Mapping[str, nn.Module],
-    domains: Sequence[str] = DOMAINS,
+    domains: Sequence[str] | None = None,
     n_batches: int | Mapping[str, int] = 32,
     seed: int = 1000,
     with_oracle: bool = True,
     progress: bool = True,
-    task: GP2DTask | None = None,
+    task: Task | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Score a model, or several side by side, (and the oracle) on fixed batches per domain.
@@ -109,21 +70,23 @@ def evaluate(
     Every model sees the same batches, and the oracle is computed once per batch.
 
     Args:
-        model: A Gaussian model for 2D locations and scalar values (any family, or a
+        model: A Gaussian model that fits the task's batches (any family, or a
             training-free baseline with ``predict``), or ``{name: model}``.
-        domains: Names from :data:`DOMAINS`.
+        domains: Names from ``task.domains`` (default: all of them).
         n_batches: Batches per domain: one count, or a count per domain name.
         seed: Seed of the batches (the same for every domain).
-        with_oracle: Also score the exact GP posterior and the gap model − oracle.
+        with_oracle: Also score the task's exact oracle and the gap model − oracle (tasks
+            without an oracle score the models only).
         progress: Show a tqdm bar per domain.
-        task: In-domain task (default: the paper's, :func:`~bsatnp.tasks.gp2d.in_domain`).
+        task: In-domain task (default: the paper's 2D GP).
         cache_dir: Directory of per-batch scores (``<domain>.jsonl``): batches already
             there are not scored again, new ones are appended as they finish.
 
     Returns:
-        ``{"seed": seed, "domains": {name: entry}}`` where each entry holds ``n_batches``,
-        ``batch_size``, ``n_ctx``, ``n_test``, ``box``, ``targets``, ``seconds`` (of this
-        call), ``cached_batches`` (read from ``cache_dir``) and one summary
+        ``{"seed": seed, "task": name, "domains": {name: entry}}`` where each entry holds
+        ``n_batches``, the task's description of the domain (:meth:`Task.describe`: sizes,
+        box, ...), ``seconds`` (of this call), ``cached_batches`` (read from ``cache_dir``)
+        and one summary
         ``{metric: {"mean", "se"}}`` per scored method: ``model`` (or each name of the
         mapping), plus ``oracle`` and the paired gaps with the oracle, ``gap`` (or
         ``gap/<name>``).
@@ -135,8 +98,10 @@ def evaluate(
     models = dict(model) if isinstance(model, Mapping) else {"model": model}
     if "oracle" in models or any(name.startswith("gap") for name in models):
         raise ValueError(f"model names may not be 'oracle' or start with 'gap': {list(models)}")
-    task = task or in_domain()
-    tasks = {domain: _evaluation_task(task, domain) for domain in domains}  # check all first
+    task = task or GP2DTask()
+    with_oracle = with_oracle and task.has_oracle
+    domains = task.domains if domains is None else tuple(domains)
+    tasks = {domain: task.domain(domain) for domain in domains}  # check all first
     counts = {domain: _count(n_batches, domain) for domain in domains}
     modes = {name: m.training for name, m in models.items()}
     for m in models.values():
@@ -153,7 +118,7 @@ def evaluate(
     finally:
         for name, m in models.items():
             m.train(modes[name])
-    return {"seed": seed, "domains": scored}
+    return {"seed": seed, "task": task.name, "domains": scored}
 
 
 def markdown_table(results: Mapping[str, Any]) -> str:
@@ -167,9 +132,9 @@ def markdown_table(results: Mapping[str, Any]) -> str:
             cells = [_mean_se(entry[name][m]) for m in TABLE_METRICS]
             lines.append("| " + " | ".join([label, name, *cells]) + " |")
             label = ""
-    lines += ["", f"Mean ± s.e. over batches, test seed {results['seed']}; gap = model − oracle "
-              f"per batch (paired s.e.). The shifted batches are the in-domain batches "
-              f"translated by +{SHIFT:g} in both coordinates."]
+    lines += ["", f"Mean ± s.e. over batches of the {results.get('task', 'gp2d')} task, test "
+              f"seed {results['seed']} (every domain draws from it, so domains are paired); "
+              "gap = model − oracle per batch (paired s.e.)."]
     conditional = [d for d, entry in results["domains"].items()
                    if entry.get("targets") == "conditional"]
     if conditional:
@@ -192,13 +157,7 @@ def write_results(results: Mapping[str, Any], out_dir: str | os.PathLike[str]) -
     return json_path, md_path
 
 
-def _evaluation_task(task: GP2DTask, domain: str) -> GP2DTask:
-    """:func:`domain_task`, with conditional test targets in :data:`CONDITIONAL_DOMAINS`."""
-    derived = domain_task(task, domain)
-    return replace(derived, targets="conditional") if domain in CONDITIONAL_DOMAINS else derived
-
-
-def _evaluate_domain(models: Mapping[str, nn.Module], task: GP2DTask, count: int, seed: int,
+def _evaluate_domain(models: Mapping[str, nn.Module], task: Task, count: int, seed: int,
                      with_oracle: bool, progress: bool, domain: str,
                      cache: _ScoreCache | None) -> dict[str, Any]:
     """One entry of :func:`evaluate`'s ``domains``."""
@@ -221,27 +180,23 @@ def _evaluate_domain(models: Mapping[str, nn.Module], task: GP2DTask, count: int
                   for name in models}
     return {
         "n_batches": count,
-        "batch_size": task.batch_size,
-        "n_ctx": task.n_ctx,
-        "n_test": task.n_test,
-        "box": list(task.box),
-        "targets": task.targets,
+        **task.describe(),
         "seconds": time.perf_counter() - start,
         "cached_batches": cached,
         **{part: _summary(values) for part, values in parts.items()},
     }
 
 
-def _score_batch(models: Mapping[str, nn.Module], task: GP2DTask, generator: torch.Generator,
+def _score_batch(models: Mapping[str, nn.Module], task: Task, generator: torch.Generator,
                  with_oracle: bool) -> dict[str, dict[str, float]]:
     """Metrics of every model (and the oracle) on the batch drawn from ``generator``."""
     scores = {}
     if with_oracle:
-        batch, _, oracle = task.sample_with_oracle(generator)
+        batch, oracle = task.sample_with_oracle(generator, "test")
         scores["oracle"] = gaussian_metrics(oracle.mean, oracle.stddev, batch.f_test,
                                             batch.test_mask())
     else:
-        batch, _ = task.sample(generator)
+        batch = task.sample(generator, "test")
     for name, model in models.items():
         scores[name] = model_metrics(model, batch)
     return scores
@@ -251,7 +206,7 @@ def _difference(a: Mapping[str, float], b: Mapping[str, float]) -> dict[str, flo
     return {key: value - b[key] for key, value in a.items()}
 
 
-def _cache_header(models: Mapping[str, nn.Module], task: GP2DTask, seed: int,
+def _cache_header(models: Mapping[str, nn.Module], task: Task, seed: int,
                   with_oracle: bool) -> dict[str, Any]:
     """What a cached score depends on: the task, the seed, the oracle flag, every model."""
     return {"task": repr(task), "seed": seed, "with_oracle": with_oracle,

@@ -1,12 +1,13 @@
-"""2D-GP experiments described by one YAML file: model, task, training and evaluation.
+"""Experiments described by one YAML file: model, task, training and evaluation.
 
 A file has up to four sections, each a mapping of dataclass fields (missing fields take
 their defaults, the paper's values)::
 
-    model:  # family (default bsatnp) and the fields of its config, e.g. BSATNPConfig
-      family: bsatnp
+    model:  # family (default bsatnp) and the fields of its config, e.g. BSATNPConfig;
+      family: bsatnp       # the role widths and likelihood default to the task's
       num_blocks: 6
-    task:   # GP2DTask: in-domain batches for validation and evaluation
+    task:   # name (default gp2d; see `bsatnp tasks`) and the fields of that task
+      name: gp2d
       box: [-2.0, 2.0]
       lengthscale_prior: {beta: [3.0, 7.0]}
     train:  # TrainConfig (train.batch_size sets the training batches)
@@ -14,9 +15,10 @@ their defaults, the paper's values)::
     eval:   # EvalConfig
       n_batches: {in_domain: 5000, shifted: 5000, scaled: 5000}
 
-Priors are written ``{fixed: v}``, ``{uniform: [lo, hi]}``, ``{loguniform: [lo, hi]}`` or
-``{beta: [a, b]}``. Configs shipped with the package (``gp2d``, ``gp2d_quick``) can be
-named instead of given as a path.
+Priors are written ``{fixed: v}``, ``{uniform: [lo, hi]}``, ``{loguniform: [lo, hi]}``,
+``{beta: [a, b]}``, ``{gamma: [shape, rate]}`` or ``{invgamma: [shape, scale]}``. Configs
+shipped with the package (``gp2d``, ``geodesic``, ...) can be named instead of given as a
+path.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from bsatnp.evaluate import DOMAINS, model_metrics
+from bsatnp.evaluate import model_metrics
 from bsatnp.io.checkpoint import Checkpoint
 from bsatnp.io.typed_config import build_dataclass
 from bsatnp.metrics import summarize
@@ -43,13 +45,14 @@ from bsatnp.models.registry import (
     config_to_dict,
     split_family,
 )
-from bsatnp.tasks.gp2d import GP2DTask, eval_batches
-from bsatnp.tasks.priors import Beta, Fixed, LogUniform, Prior, Uniform, prior_from_config
+from bsatnp.tasks import Task, eval_batches
+from bsatnp.tasks.gp2d import GP2DTask
+from bsatnp.tasks.priors import Prior, prior_from_config, prior_to_config
+from bsatnp.tasks.registry import split_name
 from bsatnp.train.config import TrainConfig
 from bsatnp.train.trainer import SampleBatch, Trainer, Validate
 
 SECTIONS = ("model", "task", "train", "eval")
-_PRIOR_NAMES = {Fixed: "fixed", Uniform: "uniform", LogUniform: "loguniform", Beta: "beta"}
 _CONVERTERS = {Prior: prior_from_config}
 
 
@@ -61,32 +64,43 @@ class EvalConfig:
         n_batches: Test batches per domain: one count, or a count per domain name.
         seed: Seed of the test batches.
         val_seed: Seed of the fixed in-domain validation batches used during training.
-        domains: Domains to evaluate (see :data:`bsatnp.evaluate.DOMAINS`).
+        domains: Domains to evaluate, names from the task's ``domains`` (default: all).
     """
 
     n_batches: int | dict[str, int] = 5000
     seed: int = 1000
     val_seed: int = 2000
-    domains: tuple[str, ...] = DOMAINS
+    domains: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
-        unknown = [d for d in self.domains if d not in DOMAINS]
-        if unknown or not self.domains or len(set(self.domains)) != len(self.domains):
-            raise ValueError(f"domains must be distinct names from {DOMAINS}, got {self.domains}")
-        counts = [self.n_batches]
-        if isinstance(self.n_batches, dict):
-            counts = list(self.n_batches.values())
-            missing = [d for d in self.domains if d not in self.n_batches]
-            extra = [d for d in self.n_batches if d not in DOMAINS]
-            if missing or extra:
-                raise ValueError(
-                    f"n_batches needs a count for each of {self.domains} (and only domain "
-                    f"names), missing {missing}, unknown {extra}"
-                )
+        counts = list(self.n_batches.values()) if isinstance(self.n_batches, dict) else [
+            self.n_batches]
         if any(count < 1 for count in counts):
             raise ValueError(f"n_batches must be >= 1, got {self.n_batches}")
         if self.seed == self.val_seed:
             raise ValueError(f"seed and val_seed must differ (test ≠ validation), both {self.seed}")
+
+    def domains_of(self, task: Task) -> tuple[str, ...]:
+        """The domains to evaluate for ``task``, checked against it and ``n_batches``.
+
+        Raises:
+            ValueError: On a domain the task lacks, a repeated one, or ``n_batches`` given
+                per domain without a count for each evaluated domain (or with others).
+        """
+        domains = task.domains if self.domains is None else self.domains
+        unknown = [d for d in domains if d not in task.domains]
+        if unknown or not domains or len(set(domains)) != len(domains):
+            raise ValueError(f"eval.domains must be distinct names from {task.domains} (task "
+                             f"{task.name}), got {list(domains)}")
+        if isinstance(self.n_batches, dict):
+            missing = [d for d in domains if d not in self.n_batches]
+            extra = [d for d in self.n_batches if d not in task.domains]
+            if missing or extra:
+                raise ValueError(
+                    f"eval.n_batches needs a count for each of {list(domains)} (and only "
+                    f"domain names), missing {missing}, unknown {extra}"
+                )
+        return tuple(domains)
 
 
 @dataclass(frozen=True)
@@ -96,14 +110,15 @@ class ExperimentConfig:
     Attributes:
         model: Architecture: the config of any family in
             :data:`~bsatnp.models.registry.FAMILIES`.
-        task: In-domain task; its ``batch_size`` applies to validation and test batches.
+        task: In-domain task (any registered :class:`~bsatnp.tasks.Task`); its
+            ``batch_size`` applies to validation and test batches.
         train: Optimisation; ``train.batch_size`` is the training batch size.
         eval: Test protocol.
         source: Where the config came from (used in error messages).
     """
 
     model: ModelConfig = field(default_factory=BSATNPConfig)
-    task: GP2DTask = field(default_factory=GP2DTask)
+    task: Task = field(default_factory=GP2DTask)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     source: str = field(default="<defaults>", compare=False)
@@ -114,6 +129,10 @@ class ExperimentConfig:
                 f"{self.source}: train.seed ({self.train.seed}) must differ from eval.seed and "
                 "eval.val_seed, or training would see the test or validation batches"
             )
+        try:
+            self.eval.domains_of(self.task)
+        except ValueError as err:
+            raise ValueError(f"{self.source}: {err}") from err
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "<dict>") -> ExperimentConfig:
@@ -129,22 +148,28 @@ class ExperimentConfig:
         if unknown:
             raise ValueError(f"{source}: unknown section(s) {unknown}; known: {list(SECTIONS)}")
         try:
-            family, model = split_family(data.get("model") or {})
-            classes = {"model": FAMILIES[family].config, "task": GP2DTask, "train": TrainConfig,
-                       "eval": EvalConfig}
+            task_cls, task = split_name(_mapping(data.get("task"), "task"))
+            family, model = split_family(_mapping(data.get("model"), "model"))
+            classes = {"model": FAMILIES[family].config, "task": task_cls,
+                       "train": TrainConfig, "eval": EvalConfig}
+            task_obj = build_dataclass(task_cls, task, "task", _CONVERTERS)
+            known = set(classes["model"].__dataclass_fields__)
+            model = {**{key: value for key, value in task_obj.model_defaults().items()
+                        if key in known}, **model}  # the task's role widths by default
             sections = {**data, "model": model}
             parts = {name: build_dataclass(classes[name], sections[name] or {}, name, _CONVERTERS)
-                     for name in SECTIONS if name in data}  # an empty section is None
+                     for name in ("model", "train", "eval") if name in data or name == "model"}
+            parts["task"] = task_obj
         except ValueError as err:
             raise ValueError(f"{source}: {err}") from err
         return cls(**parts, source=source)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (JSON-ready, storable in a checkpoint; inverse of :meth:`from_dict`)."""
-        task = {f.name: getattr(self.task, f.name) for f in fields(self.task)}
-        for key, value in task.items():
-            if isinstance(value, Prior):
-                task[key] = _prior_to_config(value)
+        task = {"name": self.task.name}
+        for f in fields(self.task):  # type: ignore[arg-type]
+            value = getattr(self.task, f.name)
+            task[f.name] = prior_to_config(value) if isinstance(value, Prior) else value
         ev = {f.name: getattr(self.eval, f.name) for f in fields(self.eval)}
         return {"model": config_to_dict(self.model), "task": task, "train": self.train.to_dict(),
                 "eval": ev}
@@ -222,11 +247,11 @@ def experiment_from_checkpoint(ckpt: Checkpoint) -> ExperimentConfig:
 
 def training_sampler(config: ExperimentConfig) -> SampleBatch:
     """Training batches: the in-domain task with ``train.batch_size`` tasks per batch."""
-    task = replace(config.task, batch_size=config.train.batch_size)
-    return lambda generator: task.sample(generator)[0]
+    task = config.task.with_batch_size(config.train.batch_size)
+    return lambda generator: task.sample(generator, "train")
 
 
-def validator(task: GP2DTask, n_batches: int, seed: int) -> Validate:
+def validator(task: Task, n_batches: int, seed: int) -> Validate:
     """Mean metrics (incl. ``"nll"``) on a fixed set of ``n_batches`` batches of ``task``.
 
     The batches are drawn once, on the first call, from their own generator seeded with
@@ -236,7 +261,7 @@ def validator(task: GP2DTask, n_batches: int, seed: int) -> Validate:
 
     def validate(model: nn.Module) -> dict[str, float]:
         if not batches:
-            batches.extend(batch for batch, _ in eval_batches(task, n_batches, seed))
+            batches.extend(eval_batches(task, n_batches, seed, split="valid"))
         summary = summarize(model_metrics(model, batch) for batch in batches)
         return {key: mean for key, (mean, _) in summary.items()}
 
@@ -278,8 +303,10 @@ def build_trainer(config: ExperimentConfig, resume: str | os.PathLike[str] | Non
     return trainer
 
 
-def _prior_to_config(prior: Prior) -> dict[str, Any]:
-    """Inverse of :func:`~bsatnp.tasks.priors.prior_from_config`."""
-    name = _PRIOR_NAMES[type(prior)]
-    values = [getattr(prior, f.name) for f in fields(prior)]
-    return {name: values[0] if name == "fixed" else values}
+def _mapping(section: Any, name: str) -> dict[str, Any]:
+    """A section's mapping (an empty or missing section is ``{}``)."""
+    if section is None:
+        return {}
+    if not isinstance(section, Mapping):
+        raise ValueError(f"{name}: expected a mapping, got {type(section).__name__}")
+    return dict(section)

@@ -1,4 +1,4 @@
-"""Figures: a model's prediction of one 2D-GP field, and a run's learning curve.
+"""Figures: a model's prediction of one field of a GP task, and a run's learning curve.
 
 Matplotlib is optional (``pip install 'bsatnp[plot]'``) and imported only when a figure is
 drawn; figures are rendered off-screen (Agg) without touching pyplot's global state.
@@ -14,59 +14,35 @@ from typing import Any
 import torch
 from torch import nn
 
-from bsatnp.batch import Batch
 from bsatnp.evaluate import model_device
 from bsatnp.metrics import gaussian_metrics
-from bsatnp.tasks.gp import sample_gp
-from bsatnp.tasks.gp2d import GP2DTask, in_domain
-
-
-def field_batch(task: GP2DTask, n_ctx: int, grid_size: int,
-                generator: torch.Generator) -> tuple[Batch, float]:
-    """One task of ``task``'s GP: ``n_ctx`` random noisy context points and a test grid.
-
-    The function is drawn jointly at the context points and the ``grid_size²`` grid
-    points covering ``task.box``, with hyperparameters from the task's priors.
-
-    Returns:
-        ``(batch, lengthscale)``: a batch with ``B = 1``, ``s_ctx [1, n_ctx, 2]``,
-        ``f_ctx [1, n_ctx, 1]`` (noisy), ``s_test [1, G², 2]`` in row-major grid order
-        (row = second coordinate) and ``f_test [1, G², 1]`` (noise-free).
-    """
-    lo, hi = task.box
-    axis = torch.linspace(lo, hi, grid_size)
-    rows, cols = torch.meshgrid(axis, axis, indexing="ij")
-    grid = torch.stack([cols.flatten(), rows.flatten()], dim=-1)  # [G², 2]
-    s_ctx = lo + (hi - lo) * torch.rand(n_ctx, 2, generator=generator)
-    var = task.var_prior.sample(1, generator)
-    lengthscale = task.lengthscale_prior.sample(1, generator)
-    f = sample_gp(torch.cat([s_ctx, grid])[None], task.kernel, var, lengthscale,
-                  jitter=task.jitter, generator=generator, **task.kernel_kwargs)  # [1, N, 1]
-    noise = task.noise_std * torch.randn(1, n_ctx, 1, generator=generator)
-    batch = Batch(s_ctx=s_ctx[None], f_ctx=f[:, :n_ctx] + noise, s_test=grid[None],
-                  f_test=f[:, n_ctx:])
-    return batch, float(lengthscale)
+from bsatnp.tasks import Task
+from bsatnp.tasks.gp2d import GP2DTask
 
 
 def plot_field(model: nn.Module, out_png: str | os.PathLike[str], seed: int = 0,
-               task: GP2DTask | None = None, n_ctx: int = 200, grid_size: int = 64) -> Path:
+               task: Task | None = None, n_ctx: int = 200, grid_size: int = 64) -> Path:
     """Five panels: context points, true field, predicted mean, predicted std, |error|.
 
     Args:
         model: A Gaussian model for 2D locations and scalar values.
         out_png: Output file.
         seed: Seed of the drawn task.
-        task: Domain and GP prior (default: the paper's in-domain task).
+        task: A GP task with 2D locations (its domain and prior; default: the 2D GP).
         n_ctx: Number of context points.
         grid_size: Test points per grid side.
 
     Returns:
         The path written.
+
+    Raises:
+        ValueError: If the task has no field to plot or ``n_ctx``/``grid_size`` is out of range.
     """
     figure_class = _figure_class()
-    task = task or in_domain()
-    batch, lengthscale = field_batch(task, n_ctx, grid_size,
-                                     torch.Generator().manual_seed(seed))
+    task = task or GP2DTask()
+    if not hasattr(task, "field_batch"):
+        raise ValueError(f"task {task.name!r} has no field to plot (plot needs a GP task)")
+    batch, lengthscale = task.field_batch(n_ctx, grid_size, torch.Generator().manual_seed(seed))
     device = model_device(model)
     was_training = model.training
     try:
@@ -81,7 +57,8 @@ def plot_field(model: nn.Module, out_png: str | os.PathLike[str], seed: int = 0,
 
     truth = batch.f_test
     vmin, vmax = float(truth.min()), float(truth.max())
-    extent = (*task.box, *task.box)
+    lo, hi = float(batch.s_test.min()), float(batch.s_test.max())
+    extent = (lo, hi, lo, hi)
     fig = figure_class(figsize=(22, 4.4), layout="constrained")
     axes = fig.subplots(1, 5)
     ctx = axes[0].scatter(batch.s_ctx[0, :, 0], batch.s_ctx[0, :, 1], c=batch.f_ctx[0, :, 0],
@@ -96,12 +73,12 @@ def plot_field(model: nn.Module, out_png: str | os.PathLike[str], seed: int = 0,
     ]
     for ax, (title, mappable) in zip(axes, panels, strict=True):
         ax.set_title(title)
-        ax.set_xlim(task.box)
-        ax.set_ylim(task.box)
+        ax.set_xlim(lo, hi)
+        ax.set_ylim(lo, hi)
         ax.set_aspect("equal")
         fig.colorbar(mappable, ax=ax, shrink=0.85)
     fig.suptitle(
-        f"2D GP on [{task.box[0]:g}, {task.box[1]:g}]², lengthscale {lengthscale:.2f}, "
+        f"{task.name} on [{lo:g}, {hi:g}]², lengthscale {lengthscale:.2f}, "
         f"{n_ctx} context points, {grid_size}×{grid_size} test grid — "
         f"NLL {scores['nll']:.3f}, RMSE {scores['rmse']:.3f}, 95% coverage {scores['cov95']:.2f}"
     )

@@ -38,7 +38,8 @@ class BiasSpec:
     Attributes:
         role: Which coordinates the bias reads: ``"s"``, ``"t"`` or ``"x"``.
         family: One of ``rbf``, ``exponential``, ``tisa``, ``scalar``.
-        distance: One of ``euclidean``, ``great_circle``, ``abs``.
+        distance: One of ``euclidean``, ``great_circle`` (radians), ``great_circle_degrees``,
+            ``abs``.
         num_basis: Number of basis functions ``F`` per head (ignored for ``scalar``).
         init: ``"constant"`` (a = b = 1, c = 0; the reference's init) or ``"spread"``
             (symmetry breaking: b log-spaced over [0.1, 100], c spread over [0, 1]).

@@ -52,11 +52,17 @@ def great_circle(q: Components, k: Components) -> Tensor:
     return 2 * torch.asin(h.clamp(0, 1).sqrt())
 
 
+def great_circle_degrees(q: Components, k: Components) -> Tensor:
+    """:func:`great_circle` in degrees (the reference's unit for geodesic biases)."""
+    return great_circle(q, k) * (180.0 / math.pi)
+
+
 DistanceFn = Callable[[Components, Components], Tensor]
 
 DISTANCES: dict[str, tuple[DistanceFn, bool]] = {
     "euclidean": (euclidean_sq, True),
     "great_circle": (great_circle, False),
+    "great_circle_degrees": (great_circle_degrees, False),
     "abs": (abs_diff, False),
 }
 """Distance name → (function, whether the function returns the *squared* distance)."""

@@ -1,1 +1,12 @@
-"""Synthetic tasks: GP kernels, hyperparameter priors, GP sampling, the 2D-GP protocol."""
+"""Tasks: the contract (:class:`Task`), the registry, and the paper's synthetic benchmarks.
+
+Importing this package registers the bundled tasks: ``gp2d``, ``multiscale``,
+``geodesic`` and ``fixed_effects``.
+"""
+
+from bsatnp.tasks import fixed_effects, geodesic, gp2d, multiscale  # noqa: F401 (registers)
+from bsatnp.tasks.base import IN_DOMAIN, Task, batch_generator, eval_batches
+from bsatnp.tasks.registry import register_task, task_class, task_names
+
+__all__ = ["IN_DOMAIN", "Task", "batch_generator", "eval_batches", "register_task",
+           "task_class", "task_names"]

@@ -15,6 +15,9 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from bsatnp.attention.distances import great_circle_degrees as _gc_degrees
+from bsatnp.attention.distances import pairwise_components
+
 Kernel = Callable[..., Tensor]
 """``kernel(x1 [B,N,D], x2 [B,M,D], var [B], lengthscale [B], **extra) -> [B,N,M]``."""
 
@@ -99,12 +102,37 @@ def periodic(
     return _per_task(var, x1) * torch.exp(-2.0 * s.square() / _per_task(lengthscale, x1).square())
 
 
+def great_circle_degrees(x1: Tensor, x2: Tensor) -> Tensor:
+    """Pairwise great-circle distances in degrees between (longitude, latitude) in degrees.
+
+    Args:
+        x1: Points ``[B, N, 2]``.
+        x2: Points ``[B, M, 2]``.
+
+    Returns:
+        ``[B, N, M]`` central angles in degrees (haversine, well conditioned when small).
+    """
+    return _gc_degrees(*pairwise_components(x1, x2))
+
+
+def matern12_great_circle(x1: Tensor, x2: Tensor, var: Tensor | float,
+                          lengthscale: Tensor | float) -> Tensor:
+    """Exponential kernel on the sphere ``var · exp(−d_gc/ℓ)``, ``d_gc`` in degrees.
+
+    Inputs are (longitude, latitude) in degrees ``[B, N, 2]``; positive definite on the
+    sphere (the exponential of the geodesic distance is); shapes as in the module doc.
+    """
+    d = great_circle_degrees(x1, x2)
+    return _per_task(var, x1) * torch.exp(-d / _per_task(lengthscale, x1))
+
+
 KERNELS: dict[str, Kernel] = {
     "rbf": rbf,
     "matern12": matern12,
     "matern32": matern32,
     "matern52": matern52,
     "periodic": periodic,
+    "matern12_great_circle": matern12_great_circle,
 }
 """Kernel name → kernel function."""
 

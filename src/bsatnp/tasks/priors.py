@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
@@ -89,6 +89,41 @@ class Beta(Prior):
         return x / (x + y)
 
 
+@dataclass(frozen=True)
+class Gamma(Prior):
+    """Gamma with shape ``a`` and rate ``b`` (mean ``a / b``)."""
+
+    a: float
+    b: float
+
+    def __post_init__(self) -> None:
+        if not (self.a > 0 and self.b > 0):
+            raise ValueError(f"Gamma prior needs a > 0 and b > 0, got a={self.a}, b={self.b}")
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """Draw ``[n]`` values."""
+        return _sample_gamma(self.a, n, generator) / self.b
+
+
+@dataclass(frozen=True)
+class InvGamma(Prior):
+    """Inverse gamma with shape ``a`` and scale ``b``: ``b / X`` with ``X ~ Gamma(a, 1)``.
+
+    Its mean is ``b / (a − 1)`` for ``a > 1``.
+    """
+
+    a: float
+    b: float
+
+    def __post_init__(self) -> None:
+        if not (self.a > 0 and self.b > 0):
+            raise ValueError(f"InvGamma prior needs a > 0 and b > 0, got a={self.a}, b={self.b}")
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """Draw ``[n]`` values."""
+        return self.b / _sample_gamma(self.a, n, generator)
+
+
 def _sample_gamma(shape: float, n: int, generator: torch.Generator | None) -> Tensor:
     """Gamma(``shape``, 1) variates ``[n]`` by Marsaglia–Tsang rejection (float64).
 
@@ -113,14 +148,16 @@ def _sample_gamma(shape: float, n: int, generator: torch.Generator | None) -> Te
     return out
 
 
-_PAIRS = {"uniform": Uniform, "loguniform": LogUniform, "beta": Beta}
+_PAIRS = {"uniform": Uniform, "loguniform": LogUniform, "beta": Beta, "gamma": Gamma,
+          "invgamma": InvGamma}
 
 
 def prior_from_config(config: Mapping[str, Any]) -> Prior:
     """Build a prior from a one-key mapping.
 
     Accepted forms: ``{"fixed": v}``, ``{"uniform": [lo, hi]}``,
-    ``{"loguniform": [lo, hi]}``, ``{"beta": [a, b]}``.
+    ``{"loguniform": [lo, hi]}``, ``{"beta": [a, b]}``, ``{"gamma": [shape, rate]}``,
+    ``{"invgamma": [shape, scale]}``.
 
     Raises:
         ValueError: If ``config`` is not a one-key mapping of a known prior with
@@ -146,3 +183,11 @@ def prior_from_config(config: Mapping[str, Any]) -> Prior:
     ):
         raise ValueError(f"{name!r} prior needs a pair of numbers [p1, p2], got {params!r}")
     return _PAIRS[name](float(params[0]), float(params[1]))
+
+
+def prior_to_config(prior: Prior) -> dict[str, Any]:
+    """Inverse of :func:`prior_from_config`."""
+    if isinstance(prior, Fixed):
+        return {"fixed": prior.value}
+    name = next(key for key, cls in _PAIRS.items() if type(prior) is cls)
+    return {name: [getattr(prior, f.name) for f in fields(prior)]}
