@@ -52,7 +52,8 @@ from bsatnp.baselines import calibrated_local_averages
 from bsatnp.baselines.idw import LOCAL_AVERAGES
 from bsatnp.evaluate import evaluate
 from bsatnp.experiment import ExperimentConfig, build_trainer, load_experiment
-from bsatnp.models import BSATNPConfig, masked_nll
+from bsatnp.loss import masked_nll
+from bsatnp.models import BSATNPConfig
 from bsatnp.models.convcnp import ConvCNPConfig
 from bsatnp.models.registry import ModelConfig, build_model, family_name
 from bsatnp.models.tetnp import TETNPConfig

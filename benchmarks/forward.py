@@ -27,7 +27,8 @@ import torch
 
 import bsatnp.attention.tiled as tiled
 from bsatnp import Batch
-from bsatnp.models import BSATNP, masked_nll
+from bsatnp.loss import masked_nll
+from bsatnp.models import BSATNP
 
 DEFAULT_SIZES = ("512x1024", "2048x4096", "8192x16384", "16384x65536")
 REFERENCE_SECONDS = {  # dl4bi 0.1.3 on JAX, 2-core CPU (SPEC §9)

@@ -35,7 +35,8 @@ import torch
 from bsatnp import Batch
 from bsatnp.attention.biases import AttentionBias, BiasSpec
 from bsatnp.attention.functional import biased_attention
-from bsatnp.models import BSATNP, masked_nll
+from bsatnp.loss import masked_nll
+from bsatnp.models import BSATNP
 from bsatnp.tasks.gp2d import GP2DTask
 
 SHAPES = [(1, 4, 64, 48, 32), (3, 4, 200, 130, 32), (2, 2, 1024, 515, 16)]  # B, H, Lq, Lk, D

@@ -30,7 +30,7 @@ def test_tnpd_config_round_trip_and_unknown_keys():
     config = TNPDConfig(**SMALL)
     assert TNPDConfig.from_dict(config.to_dict()) == config
     assert TNPD(config).config == TNPD(**SMALL).config == config
-    with pytest.raises(ValueError, match="unknown TNPDConfig keys"):
+    with pytest.raises(ValueError, match="TNPDConfig: unknown key"):
         TNPDConfig.from_dict({"use_s": "bias"})
     with pytest.raises(ValueError, match="dim_s"):
         TNPDConfig(dim_s=0)

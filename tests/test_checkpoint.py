@@ -12,7 +12,8 @@ from safetensors.torch import save_file
 import bsatnp
 from bsatnp import Batch
 from bsatnp.io.checkpoint import load_checkpoint, load_model, save_checkpoint
-from bsatnp.models import BSATNP, masked_nll
+from bsatnp.loss import masked_nll
+from bsatnp.models import BSATNP
 from bsatnp.train.schedule import cosine_schedule
 
 TINY = dict(num_blocks=1, dim=16, qkv_dim=16, ffn_dim=32, embed_hidden=(32,), head_hidden=(32,))

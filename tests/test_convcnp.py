@@ -40,7 +40,7 @@ def test_convcnp_config_round_trip_and_errors():
     config = ConvCNPConfig(grid_bounds=(-3.0, 3.0), **SMALL)
     assert ConvCNPConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
     assert ConvCNP(config).config == ConvCNP(grid_bounds=(-3.0, 3.0), **SMALL).config == config
-    with pytest.raises(ValueError, match="unknown ConvCNPConfig keys"):
+    with pytest.raises(ValueError, match="ConvCNPConfig: unknown key"):
         ConvCNPConfig.from_dict({"dim": 64})
     with pytest.raises(ValueError, match="dim_s"):
         ConvCNPConfig(dim_s=1)

@@ -12,7 +12,8 @@ from conftest import FIXTURE, assert_same, random_batch, randomise_biases, shift
 from bsatnp import Batch
 from bsatnp.attention import BiasSpec
 from bsatnp.io.reference_weights import load_dl4bi_params
-from bsatnp.models import BSATNP, BSATNPConfig, masked_nll
+from bsatnp.loss import masked_nll
+from bsatnp.models import BSATNP, BSATNPConfig
 
 
 def fixture_batch(z) -> Batch:

@@ -13,7 +13,8 @@ from bsatnp.baselines import IDW
 from bsatnp.evaluate import evaluate, markdown_table
 from bsatnp.experiment import ExperimentConfig, load_experiment
 from bsatnp.io.checkpoint import load_model, save_checkpoint
-from bsatnp.models import BSATNPConfig, masked_nll
+from bsatnp.loss import masked_nll
+from bsatnp.models import BSATNPConfig
 from bsatnp.models.convcnp import ConvCNPConfig
 from bsatnp.models.registry import (
     FAMILIES,

@@ -61,7 +61,7 @@ def test_tetnp_config_round_trip_and_unknown_keys():
     config = TETNPConfig(**SMALL)
     assert TETNPConfig.from_dict(config.to_dict()) == config
     assert TETNP(config).config == TETNP(**SMALL).config == config
-    with pytest.raises(ValueError, match="unknown TETNPConfig keys"):
+    with pytest.raises(ValueError, match="TETNPConfig: unknown key"):
         TETNPConfig.from_dict({"use_s": "bias"})
     with pytest.raises(ValueError, match="dim_s"):
         TETNPConfig(dim_s=0)

@@ -10,7 +10,8 @@ import torch
 
 from bsatnp import Batch
 from bsatnp.io.checkpoint import load_checkpoint, save_checkpoint
-from bsatnp.models import BSATNP, masked_nll
+from bsatnp.loss import masked_nll
+from bsatnp.models import BSATNP
 from bsatnp.train.config import TrainConfig
 from bsatnp.train.schedule import CosineDecay, cosine_schedule
 from bsatnp.train.trainer import Trainer
@@ -99,7 +100,7 @@ def test_train_config_defaults_and_round_trip():
 
 
 def test_train_config_rejects_unknown_and_bad_values():
-    with pytest.raises(ValueError, match="unknown TrainConfig keys: \\['step'\\]"):
+    with pytest.raises(ValueError, match="TrainConfig: unknown key\\(s\\) \\['step'\\]"):
         TrainConfig.from_dict({"step": 10})
     with pytest.raises(ValueError, match="mapping"):
         TrainConfig.from_dict([("steps", 10)])

@@ -32,19 +32,13 @@ from torch import nn
 
 from bsatnp.batch import Batch
 from bsatnp.metrics import gaussian_metrics, summarize
+from bsatnp.models.base import model_device
 from bsatnp.progress import tqdm_class
 from bsatnp.tasks import Task, batch_generator
 from bsatnp.tasks.gp2d import GP2DTask
 
 TABLE_METRICS = ("nll", "rmse", "mae", "cov50", "cov90", "cov95", "crps")
 """Columns of the markdown table (the JSON holds every metric)."""
-def model_device(model: nn.Module) -> torch.device:
-    """Device of the model's first parameter or buffer (CPU for a model with neither)."""
-    for tensor in (*model.parameters(), *model.buffers()):
-        return tensor.device
-    return torch.device("cpu")
-
-
 def model_metrics(model: nn.Module, batch: Batch) -> dict[str, float]:
     """Metrics of the model's Gaussian predictive on one batch (see :func:`gaussian_metrics`).
 

@@ -33,9 +33,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from bsatnp.config import Config, build_dataclass
 from bsatnp.evaluate import model_metrics
 from bsatnp.io.checkpoint import Checkpoint
-from bsatnp.io.typed_config import build_dataclass
 from bsatnp.metrics import summarize
 from bsatnp.models import BSATNPConfig
 from bsatnp.models.registry import (
@@ -57,7 +57,7 @@ _CONVERTERS = {Prior: prior_from_config}
 
 
 @dataclass(frozen=True)
-class EvalConfig:
+class EvalConfig(Config):
     """How a trained model is tested (and validated during training).
 
     Attributes:

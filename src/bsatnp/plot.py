@@ -14,8 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from bsatnp.evaluate import model_device
 from bsatnp.metrics import gaussian_metrics
+from bsatnp.models.base import model_device
 from bsatnp.tasks import Task
 from bsatnp.tasks.gp2d import GP2DTask
 

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from bsatnp.batch import Batch
-from bsatnp.evaluate import model_device
+from bsatnp.models.base import model_device
 from bsatnp.models.registry import ModelConfig
 
 FORMAT_HELP = """\

@@ -1,7 +1,7 @@
-"""Models: the BSA-TNP, its configuration, blocks and likelihood heads."""
+"""Models: the :class:`NeuralProcess` contract, the BSA-TNP and its parts; baselines beside."""
 
+from bsatnp.models.base import NeuralProcess
 from bsatnp.models.bsatnp import BSATNP
 from bsatnp.models.config import BSATNPConfig
-from bsatnp.models.heads import masked_nll
 
-__all__ = ["BSATNP", "BSATNPConfig", "masked_nll"]
+__all__ = ["BSATNP", "BSATNPConfig", "NeuralProcess"]

@@ -1,85 +1,101 @@
-"""Plumbing shared by the models whose tokens read locations and values only.
+"""The one model contract: every family is a :class:`NeuralProcess`.
 
-TNP-D, TE-TNP and ConvCNP take context ``(s, f)`` and test ``s`` (other roles are
-ignored); their configs are flat frozen dataclasses of plain values.
+A neural process maps a :class:`~bsatnp.batch.Batch` (context and test sets) to a
+predictive distribution at the test points. The base class owns what every family shares:
+the config (a frozen :class:`~bsatnp.config.Config` dataclass with ``dim_<role>`` widths),
+input checks, sanitising padding, and ``predict``; a family implements only
+:meth:`NeuralProcess.predictive` on a checked, sanitised batch.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, fields
-from typing import Any, ClassVar, TypeVar
+from abc import abstractmethod
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
+from torch.distributions import Distribution
 
-from bsatnp.batch import Batch
-
-C = TypeVar("C", bound="PlainConfig")
-
-
-class PlainConfig:
-    """Mixin for a frozen config dataclass of plain fields: JSON round trip.
-
-    Tuple-valued fields come back from JSON as lists and are turned into tuples again.
-    """
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dictionary (inverse of :meth:`from_dict`)."""
-        return asdict(self)  # type: ignore[call-overload]
-
-    @classmethod
-    def from_dict(cls: type[C], data: dict[str, Any]) -> C:
-        """Rebuild from :meth:`to_dict` output.
-
-        Raises:
-            ValueError: On a key that is not a field, or an invalid value.
-        """
-        unknown = set(data) - {f.name for f in fields(cls)}  # type: ignore[arg-type]
-        if unknown:
-            raise ValueError(f"unknown {cls.__name__} keys: {sorted(unknown)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
-
-    def replaced(self: C, **overrides: Any) -> C:
-        """A copy with ``overrides`` applied (validated like :meth:`from_dict`)."""
-        return type(self).from_dict({**self.to_dict(), **overrides})
+from bsatnp.batch import ROLES, Batch
+from bsatnp.config import Config
 
 
-class LocationModel(nn.Module):
-    """Base class: checks that a batch has locations and values of the configured widths.
+class NeuralProcess(nn.Module):
+    """Base of every model family (BSA-TNP, TNP-D, TE-TNP, ConvCNP).
 
-    Subclasses name their config dataclass in ``config_class`` (with ``dim_s`` and
-    ``dim_f`` fields), call ``super().__init__(config, overrides)`` and implement
-    ``forward`` returning a distribution with ``mean``/``stddev`` ``[B, Lt, Df]``.
+    Subclasses name their config dataclass in ``config_class``, call
+    ``super().__init__(config, overrides)`` and implement :meth:`predictive`. A role
+    ``r`` in ``x, s, t`` is read when the config has ``dim_r > 0``; ``dim_f`` is the
+    value width (classes for a categorical model).
 
     Args:
         config: Model configuration (default: ``config_class()``).
         overrides: Fields of the configuration to change.
+
+    Example:
+        >>> dist = model(batch)          # Normal [B, Lt, Df] or Categorical [B, Lt]
+        >>> mean, std = model.predict(batch)
     """
 
-    config_class: ClassVar[type[PlainConfig]]
+    config_class: ClassVar[type[Config]]
 
-    def __init__(self, config: PlainConfig | None, overrides: dict[str, Any]) -> None:
+    def __init__(self, config: Config | None, overrides: dict[str, Any]) -> None:
         super().__init__()
         config = config or self.config_class()
+        if not isinstance(config, self.config_class):
+            raise ValueError(f"{type(self).__name__} needs a {self.config_class.__name__}, "
+                             f"got {type(config).__name__}")
         self.config: Any = config.replaced(**overrides) if overrides else config
+
+    @property
+    def roles(self) -> tuple[str, ...]:
+        """Input roles the model reads (``dim_<role> > 0``), in ``x, s, t`` order."""
+        return tuple(r for r in ROLES if getattr(self.config, f"dim_{r}", 0) > 0)
+
+    @property
+    def likelihood(self) -> str:
+        """``"gaussian"`` or ``"categorical"``: the distribution :meth:`forward` returns."""
+        return str(getattr(self.config, "likelihood", "gaussian"))
 
     def check_batch(self, batch: Batch) -> None:
         """Raise ``ValueError`` if ``batch`` does not fit this model (shapes, roles, values)."""
         if not isinstance(batch, Batch):
             raise ValueError(f"batch must be a bsatnp.Batch, got {type(batch).__name__}")
-        batch.validate(required_roles=("s",))
-        for name, got, want in (
-            ("s_ctx", batch.s_ctx.shape[-1], self.config.dim_s),
-            ("f_ctx", batch.f_ctx.shape[-1], self.config.dim_f),
-        ):
+        batch.validate(required_roles=self.roles)
+        for role in (*self.roles, "f"):
+            want = getattr(self.config, f"dim_{role}")
+            got = batch.ctx(role).shape[-1]
             if got != want:
                 raise ValueError(
-                    f"{name} has {got} features but the model was built with "
-                    f"dim_{name[0]}={want}"
+                    f"{role}_ctx has {got} features but the model was built with dim_{role}={want}"
                 )
+
+    def forward(self, batch: Batch) -> Distribution:
+        """Predictive distribution at the test points.
+
+        Args:
+            batch: Context ``(roles, f, mask_ctx)`` and test ``(roles)`` inputs.
+
+        Returns:
+            ``Normal`` with mean/stddev ``[B, Lt, Df]`` or ``Categorical`` with logits
+            ``[B, Lt, C]``.
+        """
+        self.check_batch(batch)
+        return self.predictive(batch.sanitized())
+
+    @abstractmethod
+    def predictive(self, batch: Batch) -> Distribution:
+        """The family's computation on a checked batch whose padding is zeroed."""
 
     @torch.no_grad()
     def predict(self, batch: Batch) -> tuple[Tensor, Tensor]:
         """Predictive mean and standard deviation ``[B, Lt, Df]`` without gradients."""
         dist = self(batch)
         return dist.mean, dist.stddev
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """Device of the model's first parameter or buffer (CPU for a model with neither)."""
+    for tensor in (*model.parameters(), *model.buffers()):
+        return tensor.device
+    return torch.device("cpu")

@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 from torch.distributions import Distribution
 
 from bsatnp.batch import Batch
+from bsatnp.models.base import NeuralProcess
 from bsatnp.models.blocks import KRBlock
 from bsatnp.models.config import BSATNPConfig
 from bsatnp.models.embedding import TokenEmbedding
@@ -16,7 +17,7 @@ from bsatnp.models.heads import CategoricalHead, GaussianHead
 from bsatnp.models.layers import reference_init_
 
 
-class BSATNP(nn.Module):
+class BSATNP(NeuralProcess):
     """BSA-TNP: token embedding → KRBlocks with biased attention → likelihood head.
 
     Locations and times enter (by default) only through attention biases computed from
@@ -32,13 +33,15 @@ class BSATNP(nn.Module):
         >>> dist.mean, dist.stddev
     """
 
+    config_class = BSATNPConfig
+
     def __init__(self, config: BSATNPConfig | None = None, **overrides: Any) -> None:
-        super().__init__()
-        config = config or BSATNPConfig()
-        if overrides:
-            config = BSATNPConfig.from_dict({**config.to_dict(), **overrides})
-        self.config = config
-        self.embed = TokenEmbedding(config)
+        super().__init__(config, overrides)
+        config = self.config
+        self.embed = TokenEmbedding(
+            {r: getattr(config, f"dim_{r}") for r in config.embedded_roles}, config.dim_f,
+            config.obs_dim, config.embed_hidden, config.dim, config.ln_eps,
+        )
         self.blocks = nn.ModuleList(
             KRBlock(
                 config.dim, config.qkv_dim, config.num_heads, config.ffn_dim,
@@ -54,31 +57,8 @@ class BSATNP(nn.Module):
             self.head = CategoricalHead((*head_dims, config.dim_f))
         reference_init_(self)
 
-    def check_batch(self, batch: Batch) -> None:
-        """Raise ``ValueError`` if ``batch`` does not fit this model (shapes, roles, values)."""
-        if not isinstance(batch, Batch):
-            raise ValueError(f"batch must be a bsatnp.Batch, got {type(batch).__name__}")
-        batch.validate(required_roles=self.config.roles)
-        for role in (*self.config.roles, "f"):
-            want = getattr(self.config, f"dim_{role}")
-            got = batch.f_ctx.shape[-1] if role == "f" else batch.ctx(role).shape[-1]
-            if got != want:
-                raise ValueError(
-                    f"{role}_ctx has {got} features but the model was built with dim_{role}={want}"
-                )
-
-    def forward(self, batch: Batch) -> Distribution:
-        """Predictive distribution at the test points.
-
-        Args:
-            batch: Context ``(x, s, t, f, mask_ctx)`` and test ``(x, s, t)`` inputs.
-
-        Returns:
-            ``Normal`` with mean/stddev ``[B, Lt, Df]`` (Gaussian likelihood) or
-            ``Categorical`` with logits ``[B, Lt, C]``.
-        """
-        self.check_batch(batch)
-        batch = batch.sanitized()
+    def predictive(self, batch: Batch) -> Distribution:
+        """``Normal`` ``[B, Lt, Df]`` or ``Categorical`` ``[B, Lt, C]`` at the test points."""
         n_ctx = batch.n_ctx
         mask_ctx = batch.context_mask()
         coords = {
@@ -89,9 +69,3 @@ class BSATNP(nn.Module):
         for block in self.blocks:
             z = block(z, n_ctx, coords, mask_ctx)
         return self.head(self.norm(z[:, n_ctx:]))
-
-    @torch.no_grad()
-    def predict(self, batch: Batch) -> tuple[Tensor, Tensor]:
-        """Predictive mean and standard deviation ``[B, Lt, Df]`` without gradients."""
-        dist = self(batch)
-        return dist.mean, dist.stddev

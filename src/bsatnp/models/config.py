@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from dataclasses import dataclass, field
 
 from bsatnp.attention.biases import BiasSpec
 from bsatnp.attention.functional import BACKENDS
+from bsatnp.config import Config
 from bsatnp.models.heads import LIKELIHOODS
 
 ROLE_USES = ("embed", "bias", "both")
 
 
 @dataclass(frozen=True)
-class BSATNPConfig:
+class BSATNPConfig(Config):
     """Everything needed to rebuild a BSA-TNP (defaults: the paper's 2D-GP model).
 
     Attributes:
@@ -106,24 +106,3 @@ class BSATNPConfig:
             for r in self.roles
             if getattr(self, f"use_{r}") in ("bias", "both")
         )
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dictionary (inverse of :meth:`from_dict`)."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> BSATNPConfig:
-        """Rebuild from :meth:`to_dict` output; unknown keys raise ``ValueError``."""
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown BSATNPConfig keys: {sorted(unknown)}")
-        kwargs = dict(data)
-        for role in ("x", "s", "t"):
-            spec = kwargs.get(f"bias_{role}")
-            if isinstance(spec, dict):
-                kwargs[f"bias_{role}"] = BiasSpec(**spec)
-        for key in ("embed_hidden", "head_hidden"):
-            if key in kwargs:
-                kwargs[key] = tuple(kwargs[key])
-        return cls(**kwargs)

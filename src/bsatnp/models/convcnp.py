@@ -38,7 +38,8 @@ from torch import Tensor, nn
 from torch.distributions import Normal
 
 from bsatnp.batch import Batch
-from bsatnp.models.base import LocationModel, PlainConfig
+from bsatnp.config import Config
+from bsatnp.models.base import NeuralProcess
 from bsatnp.models.heads import GaussianHead
 from bsatnp.models.layers import reference_init_
 
@@ -47,7 +48,7 @@ _CEIL_TOL = 1e-3  # grid points; keeps float rounding of a shifted extent from a
 
 
 @dataclass(frozen=True)
-class ConvCNPConfig(PlainConfig):
+class ConvCNPConfig(Config):
     """Everything needed to rebuild a ConvCNP (defaults: 596,100 parameters for ``Df = 1``).
 
     Attributes:
@@ -211,7 +212,7 @@ class UNet(nn.Module):
         return h
 
 
-class ConvCNP(LocationModel):
+class ConvCNP(NeuralProcess):
     """ConvCNP on 2D locations: SetConv → grid → UNet → SetConv → Gaussian head.
 
     Args:
@@ -273,17 +274,8 @@ class ConvCNP(LocationModel):
             )
         return origin, (n_x, n_y)
 
-    def forward(self, batch: Batch) -> Normal:
-        """Predictive distribution at the test points.
-
-        Args:
-            batch: Context ``(s, f, mask_ctx)`` and test ``s`` inputs.
-
-        Returns:
-            ``Normal`` with mean/stddev ``[B, Lt, Df]``.
-        """
-        self.check_batch(batch)
-        batch = batch.sanitized()
+    def predictive(self, batch: Batch) -> Normal:
+        """``Normal`` with mean/stddev ``[B, Lt, Df]`` from context ``(s, f)``, test ``s``."""
         origin, size = self.grid(batch)
         spacing = 1.0 / self.config.points_per_unit
         h = set_conv_to_grid(

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 import torch
 from torch import Tensor, nn
 
 from bsatnp.batch import Batch
-from bsatnp.models.config import BSATNPConfig
 from bsatnp.models.layers import MLP
 
 
@@ -14,20 +15,26 @@ class TokenEmbedding(nn.Module):
     """Embed context and test points into tokens ``[B, Lc + Lt, E]``.
 
     Context tokens read ``(flag=1, roles, f_ctx)``; test tokens ``(flag=0, roles, 0)``.
-    Roles configured as ``bias`` are *not* in the token, which makes the model invariant
-    to translating them.
+    Roles left out of ``roles`` (e.g. those used as attention biases) are not in the token,
+    which makes the model invariant to translating them.
 
     Args:
-        config: Model configuration.
+        roles: Embedded roles and their widths in token order, e.g. ``{"x": 10}``.
+        dim_f: Value width ``Df``.
+        obs_dim: Width of the observed-flag embedding.
+        hidden: Hidden widths of the MLP.
+        dim: Token width ``E``.
+        ln_eps: LayerNorm epsilon.
     """
 
-    def __init__(self, config: BSATNPConfig) -> None:
+    def __init__(self, roles: Mapping[str, int], dim_f: int, obs_dim: int,
+                 hidden: Sequence[int], dim: int, ln_eps: float) -> None:
         super().__init__()
-        self.roles = config.embedded_roles
-        width = config.obs_dim + sum(getattr(config, f"dim_{r}") for r in self.roles)
-        self.obs = nn.Embedding(2, config.obs_dim)
-        self.mlp = MLP((width + config.dim_f, *config.embed_hidden, config.dim))
-        self.norm = nn.LayerNorm(config.dim, eps=config.ln_eps)
+        self.roles = tuple(roles)
+        width = obs_dim + sum(roles.values()) + dim_f
+        self.obs = nn.Embedding(2, obs_dim)
+        self.mlp = MLP((width, *hidden, dim))
+        self.norm = nn.LayerNorm(dim, eps=ln_eps)
 
     def _tokens(self, batch: Batch, which: str, observed: bool, f: Tensor) -> Tensor:
         B, L = f.shape[:2]

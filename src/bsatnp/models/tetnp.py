@@ -37,8 +37,8 @@ from torch import Tensor, nn
 from torch.distributions import Normal
 
 from bsatnp.batch import Batch
-from bsatnp.models.base import LocationModel, PlainConfig
-from bsatnp.models.config import BSATNPConfig
+from bsatnp.config import Config
+from bsatnp.models.base import NeuralProcess
 from bsatnp.models.embedding import TokenEmbedding
 from bsatnp.models.heads import GaussianHead
 from bsatnp.models.layers import MLP, reference_init_
@@ -215,7 +215,7 @@ class TEISTLayer(nn.Module):
 
 
 @dataclass(frozen=True)
-class TETNPConfig(PlainConfig):
+class TETNPConfig(Config):
     """Everything needed to rebuild a TE-TNP (defaults: 4 layers, 554,410 parameters for Ds=2).
 
     Attributes:
@@ -264,15 +264,8 @@ class TETNPConfig(PlainConfig):
         if not 0.0 <= self.min_std < 1.0:
             raise ValueError(f"min_std must be in [0, 1), got {self.min_std}")
 
-    def token_config(self) -> BSATNPConfig:
-        """The equivalent BSA-TNP token settings: ``s`` kept out of the token."""
-        return BSATNPConfig(
-            dim_s=self.dim_s, dim_f=self.dim_f, use_s="bias", obs_dim=self.obs_dim,
-            embed_hidden=self.embed_hidden, dim=self.dim, ln_eps=self.ln_eps,
-        )
 
-
-class TETNP(LocationModel):
+class TETNP(NeuralProcess):
     """TE-TNP with pseudo-tokens: ``[flag, f]`` tokens → TE-IST layers → Gaussian head.
 
     Context tokens embed ``(flag=1, f)`` and test tokens ``(flag=0, 0)``; locations are
@@ -296,7 +289,8 @@ class TETNP(LocationModel):
     def __init__(self, config: TETNPConfig | None = None, **overrides: Any) -> None:
         super().__init__(config, overrides)
         config = self.config
-        self.embed = TokenEmbedding(config.token_config())
+        self.embed = TokenEmbedding({}, config.dim_f, config.obs_dim, config.embed_hidden,
+                                    config.dim, config.ln_eps)  # s enters the kernel MLP
         self.layers = nn.ModuleList(
             TEISTLayer(
                 config.dim, config.dim_s, config.qkv_dim, config.num_heads, config.ffn_dim,
@@ -311,17 +305,8 @@ class TETNP(LocationModel):
         self.pseudo_tokens = nn.Parameter(torch.randn(config.num_pseudo, config.dim))
         self.pseudo_offsets = nn.Parameter(0.1 * torch.randn(config.num_pseudo, config.dim_s))
 
-    def forward(self, batch: Batch) -> Normal:
-        """Predictive distribution at the test points.
-
-        Args:
-            batch: Context ``(s, f, mask_ctx)`` and test ``s`` inputs.
-
-        Returns:
-            ``Normal`` with mean/stddev ``[B, Lt, Df]``.
-        """
-        self.check_batch(batch)
-        batch = batch.sanitized()
+    def predictive(self, batch: Batch) -> Normal:
+        """``Normal`` with mean/stddev ``[B, Lt, Df]`` from context ``(s, f)``, test ``s``."""
         n_ctx, mask_ctx = batch.n_ctx, batch.context_mask()
         weights = mask_ctx[..., None].to(batch.s_ctx.dtype)  # [B, Lc, 1]
         centre = (batch.s_ctx * weights).sum(1, keepdim=True) / weights.sum(1, keepdim=True)

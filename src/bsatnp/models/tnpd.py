@@ -18,16 +18,16 @@ from torch.distributions import Normal
 
 from bsatnp.attention.functional import BACKENDS
 from bsatnp.batch import Batch
-from bsatnp.models.base import LocationModel, PlainConfig
+from bsatnp.config import Config
+from bsatnp.models.base import NeuralProcess
 from bsatnp.models.blocks import KRBlock
-from bsatnp.models.config import BSATNPConfig
 from bsatnp.models.embedding import TokenEmbedding
 from bsatnp.models.heads import GaussianHead
 from bsatnp.models.layers import reference_init_
 
 
 @dataclass(frozen=True)
-class TNPDConfig(PlainConfig):
+class TNPDConfig(Config):
     """Everything needed to rebuild a TNP-D (defaults: sized like the 2D-GP BSA-TNP).
 
     Attributes:
@@ -78,15 +78,8 @@ class TNPDConfig(PlainConfig):
         if self.keys not in ("context", "all_masked"):
             raise ValueError(f"keys must be 'context' or 'all_masked', got {self.keys!r}")
 
-    def token_config(self) -> BSATNPConfig:
-        """The equivalent BSA-TNP token settings: ``s`` embedded, no bias."""
-        return BSATNPConfig(
-            dim_s=self.dim_s, dim_f=self.dim_f, use_s="embed", obs_dim=self.obs_dim,
-            embed_hidden=self.embed_hidden, dim=self.dim, ln_eps=self.ln_eps,
-        )
 
-
-class TNPD(LocationModel):
+class TNPD(NeuralProcess):
     """TNP-D: ``[flag, s, f]`` tokens → plain pre-norm transformer → Gaussian head.
 
     Context tokens read ``(flag=1, s, f)``, test tokens ``(flag=0, s, 0)``. Every block
@@ -106,7 +99,8 @@ class TNPD(LocationModel):
     def __init__(self, config: TNPDConfig | None = None, **overrides: Any) -> None:
         super().__init__(config, overrides)
         config = self.config
-        self.embed = TokenEmbedding(config.token_config())
+        self.embed = TokenEmbedding({"s": config.dim_s}, config.dim_f, config.obs_dim,
+                                    config.embed_hidden, config.dim, config.ln_eps)
         self.blocks = nn.ModuleList(
             KRBlock(
                 config.dim, config.qkv_dim, config.num_heads, config.ffn_dim,
@@ -119,17 +113,8 @@ class TNPD(LocationModel):
                                  config.min_std)
         reference_init_(self)
 
-    def forward(self, batch: Batch) -> Normal:
-        """Predictive distribution at the test points.
-
-        Args:
-            batch: Context ``(s, f, mask_ctx)`` and test ``s`` inputs.
-
-        Returns:
-            ``Normal`` with mean/stddev ``[B, Lt, Df]``.
-        """
-        self.check_batch(batch)
-        batch = batch.sanitized()
+    def predictive(self, batch: Batch) -> Normal:
+        """``Normal`` with mean/stddev ``[B, Lt, Df]`` from context ``(s, f)``, test ``s``."""
         n_ctx, mask_ctx = batch.n_ctx, batch.context_mask()
         z = self.embed(batch)  # [B, Lc + Lt, E]
         n_keys, key_mask = n_ctx, mask_ctx

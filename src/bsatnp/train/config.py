@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+from dataclasses import dataclass
+
+from bsatnp.config import Config
 
 _POSITIVE_INTS = ("steps", "batch_size", "val_every", "val_batches", "save_every", "log_every")
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(Config):
     """Optimisation, validation and checkpointing settings of one training run.
 
     Attributes:
@@ -59,23 +59,3 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.betas must be two numbers in [0, 1), got {self.betas}")
         if self.clip_norm <= 0:
             raise ValueError(f"TrainConfig.clip_norm must be > 0, got {self.clip_norm}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dictionary (inverse of :meth:`from_dict`)."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
-        """Rebuild from :meth:`to_dict` output (or YAML); unknown keys raise ``ValueError``.
-
-        Missing keys take their defaults.
-        """
-        if not isinstance(data, Mapping):
-            raise ValueError(f"TrainConfig.from_dict needs a mapping, got {type(data).__name__}")
-        unknown = set(data) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown TrainConfig keys: {sorted(unknown)}")
-        kwargs = dict(data)
-        if "betas" in kwargs:
-            kwargs["betas"] = tuple(kwargs["betas"])
-        return cls(**kwargs)

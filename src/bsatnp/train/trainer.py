@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from bsatnp.batch import Batch
 from bsatnp.io.checkpoint import load_checkpoint, save_checkpoint
-from bsatnp.models.heads import masked_nll
+from bsatnp.loss import masked_nll
 from bsatnp.progress import tqdm_class
 from bsatnp.train.config import TrainConfig
 from bsatnp.train.schedule import cosine_schedule

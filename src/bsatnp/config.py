@@ -1,4 +1,9 @@
-"""Config dataclasses from plain mappings (YAML/JSON), with every field type-checked.
+"""The one configuration dialect: frozen dataclasses built from plain mappings, type-checked.
+
+Every config in the package (model families, tasks, training, evaluation) is a frozen
+dataclass read by :func:`build_dataclass`, whether it comes from YAML or from a
+checkpoint; the :class:`Config` mixin gives the model and training configs their
+``to_dict``/``from_dict`` round trip through it.
 
 :func:`build_dataclass` checks keys and value types against the dataclass annotations
 (``int``, ``float``, ``str``, ``bool``, ``tuple[...]``, ``dict[...]``, unions such as
@@ -12,14 +17,37 @@ from __future__ import annotations
 import types
 import typing
 from collections.abc import Callable, Mapping
-from dataclasses import fields, is_dataclass
+from dataclasses import asdict, fields, is_dataclass
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+C = TypeVar("C", bound="Config")
 Converters = Mapping[Any, Callable[[Any], Any]]
 """Annotation → function building that type from a plain value (e.g. a prior's spec)."""
 
 _UNIONS = (typing.Union, types.UnionType)
+
+
+class Config:
+    """Mixin of a frozen config dataclass: plain-data round trip through the strict parser."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dictionary (inverse of :meth:`from_dict`)."""
+        return asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls: type[C], data: Any) -> C:
+        """Rebuild from :meth:`to_dict` output, YAML or a checkpoint (missing keys: defaults).
+
+        Raises:
+            ValueError: On a non-mapping, an unknown key or a value of the wrong type or
+                range; the message starts with the class name and the key.
+        """
+        return build_dataclass(cls, data, cls.__name__)
+
+    def replaced(self: C, **overrides: Any) -> C:
+        """A copy with ``overrides`` applied (checked like :meth:`from_dict`)."""
+        return type(self).from_dict({**self.to_dict(), **overrides})
 
 
 def build_dataclass(cls: type[T], data: Any, where: str, converters: Converters | None = None) -> T:
@@ -65,6 +93,8 @@ def _coerce(value: Any, hint: Any, where: str, converters: Converters) -> Any:
         except (TypeError, ValueError) as err:
             raise ValueError(f"{where}: {err}") from err
     if is_dataclass(hint):
+        if isinstance(value, hint):  # already built (e.g. a BiasSpec passed as an override)
+            return value
         return build_dataclass(hint, value, where, converters)
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in _UNIONS:
