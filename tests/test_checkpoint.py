@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 
@@ -220,3 +221,62 @@ def test_save_rejects_bad_values(tmp_path):
     with pytest.raises(ValueError, match="cannot store a object"):
         save_checkpoint(tmp_path / "a.safetensors", model, extra={"x": object()})
     assert not any(tmp_path.iterdir())
+
+
+def test_each_config_is_stored_once_and_format_1_files_still_load(tmp_path):
+    from safetensors import safe_open
+
+    from bsatnp.experiment import ExperimentConfig, build_trainer, experiment_from_checkpoint
+
+    config = ExperimentConfig.from_dict({
+        "model": {k: list(v) if isinstance(v, tuple) else v for k, v in TINY.items()},
+        "task": {"name": "geodesic", "batch_size": 2, "n_ctx": 8, "n_test": 6, "min_ctx": 2,
+                 "max_ctx": 7},
+        "train": {"steps": 1, "batch_size": 2, "val_batches": 1, "out_dir": str(tmp_path)},
+    })
+    trainer = build_trainer(config)
+    trainer.fit(progress=False)
+    path = tmp_path / "last.safetensors"
+    ckpt = load_checkpoint(path)
+    assert set(ckpt.extra["experiment"]) == {"task", "eval"}  # model/train: their own fields
+    assert experiment_from_checkpoint(ckpt) == config
+    # The format-1 layout repeated the model and train configs inside extra["experiment"].
+    with safe_open(str(path), framework="pt") as file:
+        metadata = file.metadata()
+        tensors = {key: file.get_tensor(key) for key in file.keys()}
+    extra = json.loads(metadata["extra"])
+    extra["experiment"] = config.to_dict()
+    old = tmp_path / "v1.safetensors"
+    save_file(tensors, str(old), metadata={**metadata, "format_version": "1",
+                                           "extra": json.dumps(extra)})
+    assert experiment_from_checkpoint(load_checkpoint(old)) == config
+
+
+def test_a_stored_config_is_checked_as_strictly_as_yaml(tmp_path):
+    model = tiny_model()
+    path = save_checkpoint(tmp_path / "c.safetensors", model)
+    with safe_open_metadata(path) as (metadata, tensors):
+        config = json.loads(metadata["model_config"])
+        config["num_heads"] = "4"  # a string where an int belongs
+        metadata["model_config"] = json.dumps(config)
+    with pytest.raises(ValueError, match="num_heads: expected int"):
+        load_model(path)
+
+
+class safe_open_metadata:  # noqa: N801 (a context manager used like a function)
+    """Read a checkpoint's metadata and tensors; write them back on exit."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __enter__(self):
+        from safetensors import safe_open
+
+        with safe_open(str(self.path), framework="pt") as file:
+            self.metadata = dict(file.metadata())
+            self.tensors = {key: file.get_tensor(key) for key in file.keys()}
+        return self.metadata, self.tensors
+
+    def __exit__(self, *exc):
+        if exc[0] is None:
+            save_file(self.tensors, str(self.path), metadata=self.metadata)

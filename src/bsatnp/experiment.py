@@ -236,13 +236,22 @@ def bundled_configs() -> list[str]:
 def experiment_from_checkpoint(ckpt: Checkpoint) -> ExperimentConfig:
     """The experiment a :class:`Trainer` run stored in ``ckpt`` (defaults if none).
 
+    The model and training configs come from the checkpoint's own fields (stored once);
+    ``extra["experiment"]`` holds the task and evaluation settings.
+
     Raises:
         ValueError: If the stored experiment is damaged.
     """
     stored = (ckpt.extra or {}).get("experiment")
     if stored is None:
         return ExperimentConfig(source=str(ckpt.path))
-    return ExperimentConfig.from_dict(stored, source=f"{ckpt.path} (stored experiment)")
+    if not isinstance(stored, Mapping):
+        raise ValueError(f"{ckpt.path}: the stored experiment is not a mapping")
+    own = {"model": ckpt.model_config}
+    if ckpt.train_config is not None:
+        own["train"] = ckpt.train_config
+    return ExperimentConfig.from_dict({**stored, **own},
+                                      source=f"{ckpt.path} (stored experiment)")
 
 
 def training_sampler(config: ExperimentConfig) -> SampleBatch:
@@ -289,7 +298,8 @@ def build_trainer(config: ExperimentConfig, resume: str | os.PathLike[str] | Non
         config = config.with_out_dir(out_dir)
     sample = training_sampler(config)
     validate = validator(config.task, config.train.val_batches, config.eval.val_seed)
-    extra = {"experiment": config.to_dict()}
+    stored = config.to_dict()  # model and train configs are checkpoint fields of their own
+    extra = {"experiment": {key: stored[key] for key in ("task", "eval")}}
     if resume is None:
         return Trainer(config.build_model().to(device), sample, config.train, validate, extra)
     trainer = Trainer.from_checkpoint(resume, sample, validate, map_location=device)

@@ -12,6 +12,11 @@ Layout of the file:
 Nested Python structures are stored as JSON in which tensors are references to stored
 tensors, tuples and dicts with non-string keys are tagged, so ``load(save(x)) == x``
 exactly. Loading only parses JSON and raw tensor bytes: it never executes code.
+
+Each configuration is stored once: the model's in ``model_config``, the training run's in
+``train_config``; the experiment layer keeps only the rest (task, evaluation) in ``extra``
+(format 2). Format 1 files, whose ``extra`` repeated the model and training configs, still
+load: the dedicated fields win.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ import bsatnp
 from bsatnp.models.registry import build_model, config_from_dict, config_to_dict
 
 FORMAT = "bsatnp-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 _TENSOR, _TUPLE, _ITEMS = "__tensor__", "__tuple__", "__items__"
 _MARKERS = (_TENSOR, _TUPLE, _ITEMS)
