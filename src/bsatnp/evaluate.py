@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from bsatnp.batch import Batch
+from bsatnp.io.files import complete_lines
 from bsatnp.metrics import gaussian_metrics, summarize
 from bsatnp.models.base import model_device
 from bsatnp.progress import tqdm_class
@@ -240,13 +241,9 @@ class _ScoreCache:
         Raises:
             ValueError: If the file belongs to another evaluation or is not a score file.
         """
-        if not self.path.exists():
+        lines = complete_lines(self.path).splitlines()
+        if not lines:
             return {}
-        text = self.path.read_text(encoding="utf-8")
-        complete = text[: text.rfind("\n") + 1]
-        if complete != text:  # cut the torn line so that appends start on a fresh one
-            self.path.write_text(complete, encoding="utf-8")
-        lines = complete.splitlines()
         try:
             header = json.loads(lines[0]) if lines else None
             rows = [json.loads(line) for line in lines[1:]]

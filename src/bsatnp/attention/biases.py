@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from bsatnp.attention.distances import DISTANCES, Components, pairwise_components
 from bsatnp.attention.exp_basis import exp_basis
 
-FAMILIES = ("rbf", "exponential", "tisa", "scalar")
+BIAS_FAMILIES = ("rbf", "exponential", "tisa", "scalar")
 INITS = ("constant", "spread")
 
 
@@ -54,8 +54,8 @@ class BiasSpec:
     def __post_init__(self) -> None:
         if self.role not in ("s", "t", "x"):
             raise ValueError(f"BiasSpec.role must be 's', 't' or 'x', got {self.role!r}")
-        if self.family not in FAMILIES:
-            raise ValueError(f"BiasSpec.family must be one of {FAMILIES}, got {self.family!r}")
+        if self.family not in BIAS_FAMILIES:
+            raise ValueError(f"BiasSpec.family must be one of {BIAS_FAMILIES}, got {self.family!r}")
         if self.distance not in DISTANCES:
             raise ValueError(
                 f"BiasSpec.distance must be one of {tuple(DISTANCES)}, got {self.distance!r}"

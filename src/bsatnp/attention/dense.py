@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from bsatnp.attention.biases import AttentionBias
+from bsatnp.attention.numerics import zero_keyless_rows
 
 
 def dense_attention(
@@ -53,4 +53,4 @@ def dense_attention(
     keep = (key_mask | ~has_key[:, None])[:, None, None, :]
     attn_mask = scores_bias.masked_fill(~keep, float("-inf"))
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)
-    return torch.where(has_key[:, None, None, None], out, torch.zeros_like(out))
+    return zero_keyless_rows(out, key_mask)

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from bsatnp.attention.biases import AttentionBias
+from bsatnp.attention.numerics import zero_keyless_rows
 
 
 def flex_available() -> bool:
@@ -116,7 +117,4 @@ def flex_attention_biased(
         )
     fn = _compiled_flex() if compile else flex_attention
     out = fn(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale)
-    if key_mask is not None:
-        has_key = key_mask.any(dim=1)[:, None, None, None]
-        out = torch.where(has_key, out, torch.zeros_like(out))
-    return out
+    return out if key_mask is None else zero_keyless_rows(out, key_mask)

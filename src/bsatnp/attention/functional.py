@@ -15,6 +15,7 @@ from torch import Tensor
 from bsatnp.attention.biases import AttentionBias
 from bsatnp.attention.dense import dense_attention
 from bsatnp.attention.flex import flex_attention_biased, flex_available
+from bsatnp.attention.numerics import builds_graph
 from bsatnp.attention.tiled import tiled_attention
 
 BACKENDS = ("auto", "dense", "tiled", "flex")
@@ -93,11 +94,7 @@ def biased_attention(
     if key_mask is not None and key_mask.dtype != torch.bool:
         raise ValueError(f"key_mask must be bool, got {key_mask.dtype}")
     if backend == "auto":
-        params = () if bias is None else tuple(bias.parameters())
-        needs_grad = torch.is_grad_enabled() and any(
-            t.requires_grad for t in (q, k, v, *params)
-        )
-        backend = choose_backend(q, k, needs_grad)
+        backend = choose_backend(q, k, builds_graph(q, k, v, bias=bias))
     if backend == "dense":
         return dense_attention(q, k, v, bias, coords_q, coords_k, key_mask, scale)
     if backend == "tiled":

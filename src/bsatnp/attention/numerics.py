@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 
-from torch import Tensor
+import torch
+from torch import Tensor, nn
 
 EXP_FLOOR = -87.0
 """Smallest exponent whose ``exp`` is a normal float32."""
@@ -22,3 +23,21 @@ def exp_(x: Tensor) -> Tensor:
     and underflowing ones give exactly 0; any other result changes by at most 1.6e−38.
     """
     return x.clamp_min_(EXP_FLOOR).exp_().sub_(EXP_FLOOR_VALUE)
+
+
+def builds_graph(*tensors: Tensor, bias: nn.Module | None = None) -> bool:
+    """Whether a call builds an autograd graph.
+
+    True when gradients are enabled and an input or a bias parameter requires them.
+    """
+    params = () if bias is None else tuple(bias.parameters())
+    return torch.is_grad_enabled() and any(t.requires_grad for t in (*tensors, *params))
+
+
+def zero_keyless_rows(out: Tensor, key_mask: Tensor) -> Tensor:
+    """``out [B, H, Lq, D]`` with the rows of tasks without a valid key set to zero.
+
+    A task has no valid key when its row of ``key_mask [B, Lk]`` is all False.
+    """
+    has_key = key_mask.any(dim=1)[:, None, None, None]
+    return torch.where(has_key, out, torch.zeros_like(out))

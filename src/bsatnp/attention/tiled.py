@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from bsatnp.attention.biases import AttentionBias, slice_coords
-from bsatnp.attention.numerics import exp_
+from bsatnp.attention.numerics import builds_graph, exp_
 
 TILE_K_TRAIN = 1024
 """Default keys per tile when gradients are needed."""
@@ -289,7 +289,7 @@ def tiled_attention(
         ``[B, H, Lq, Dv]``.
     """
     B, H, Lq, _ = q.shape
-    keep_tiles = _needs_grad(q, k, v, bias) and (  # judged on the whole batch
+    keep_tiles = builds_graph(q, k, v, bias=bias) and (  # judged on the whole batch
         B * H * Lq * k.shape[2] * _kept_per_score(bias) <= KEEP_ELEMENTS
     )
     if key_mask is not None and B > 1 and not bool(key_mask.all()):
@@ -297,12 +297,6 @@ def tiled_attention(
                          keep_tiles)
     return _attend(q, k, v, bias, coords_q, coords_k, key_mask, scale, tile_q, tile_k,
                    keep_tiles)
-
-
-def _needs_grad(q: Tensor, k: Tensor, v: Tensor, bias: AttentionBias | None) -> bool:
-    """Whether the call builds a graph (gradients enabled and some input requires them)."""
-    params = tuple(bias.parameters()) if bias is not None else ()
-    return torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, *params))
 
 
 def _kept_per_score(bias: AttentionBias | None) -> int:
@@ -322,7 +316,7 @@ def _attend(
 ) -> Tensor:
     """:func:`tiled_attention` on one batch, without the per-task split."""
     params = tuple(bias.parameters()) if bias is not None else ()
-    training = _needs_grad(q, k, v, bias)
+    training = builds_graph(q, k, v, bias=bias)
     plan = _plan(q, k.shape[2], key_mask, tile_q, tile_k, training, keep_tiles)
     coords_q = {r: c.detach() for r, c in coords_q.items()}
     coords_k = {r: c.detach() for r, c in coords_k.items()}

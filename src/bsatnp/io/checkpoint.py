@@ -21,10 +21,8 @@ load: the dedicated fields win.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -36,6 +34,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
 import bsatnp
+from bsatnp.io.files import write_atomic
 from bsatnp.models.registry import build_model, config_from_dict, config_to_dict
 
 FORMAT = "bsatnp-checkpoint"
@@ -171,7 +170,7 @@ def save_checkpoint(
     }
     for key, value in fields.items():
         metadata[key] = json.dumps(_encode(value, prefixes.get(key, key), tensors))
-    _write_atomic(path, st.torch.save(tensors, metadata=metadata))
+    write_atomic(path, st.torch.save(tensors, metadata=metadata))
     return path
 
 
@@ -295,35 +294,3 @@ def _decoded_field(path: Path, metadata: dict[str, str], key: str,
         return _decode(json.loads(metadata[key]), tensors)
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
         raise ValueError(f"{path}: checkpoint field {key!r} is damaged: {err!r}") from err
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temp file beside ``path``, fsync it, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a checkpoint is an ordinary file
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Persist the rename itself (POSIX); a no-op where directories cannot be opened."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

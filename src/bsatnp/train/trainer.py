@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from bsatnp.batch import Batch
 from bsatnp.io.checkpoint import load_checkpoint, save_checkpoint
+from bsatnp.io.files import complete_lines, write_atomic
 from bsatnp.loss import masked_nll
 from bsatnp.progress import tqdm_class
 from bsatnp.train.config import TrainConfig
@@ -193,16 +194,10 @@ class Trainer:
         A torn last line (a kill in the middle of a write) goes too.
         """
         path = self.out_dir / "log.jsonl"
-        if not path.exists():
-            return
-        text = path.read_text(encoding="utf-8")
-        lines = text[: text.rfind("\n") + 1].splitlines(keepends=True)
+        lines = complete_lines(path).splitlines(keepends=True)
         kept = [line for line in lines if json.loads(line)["step"] <= step]
-        if "".join(kept) == text:
-            return
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(kept), encoding="utf-8")
-        os.replace(tmp, path)
+        if len(kept) < len(lines):
+            write_atomic(path, "".join(kept).encode("utf-8"))
 
     def _record(self, log: TextIO, losses: list[Tensor], norms: list[Tensor], lr: float,
                 metrics: dict[str, float] | None) -> dict[str, Any]:
