@@ -24,7 +24,13 @@ from bsatnp.tasks.multiscale import MultiscaleTask
 from bsatnp.tasks.oracle import GPParams, gp_posterior
 from bsatnp.tasks.priors import Gamma, InvGamma, prior_from_config
 from bsatnp.tasks.registry import TASKS
-from bsatnp.tasks.samplers import split_context_test
+from bsatnp.tasks.samplers import (
+    context_test_indices,
+    frame_context,
+    row_windows,
+    split_context_test,
+    time_window,
+)
 
 SMALL = {"batch_size": 3, "n_ctx": 24, "n_test": 20, "min_ctx": 5, "max_ctx": 23}
 SMALL_TASKS = {
@@ -73,6 +79,58 @@ def test_split_counts_in_range_masks_prefix_and_permutations(shared):
     assert counts.min() == 3 and counts.max() == 11  # 64 draws cover U{3..11}
     assert torch.equal(mask, torch.arange(12)[None] < counts[:, None])
     assert (perm == perm[:1]).all() == shared
+
+
+@pytest.mark.parametrize("includes", [False, True])
+def test_context_and_test_indices_disjoint_or_containing_the_context(includes):
+    g = torch.Generator().manual_seed(1)
+    ctx, mask, test = context_test_indices(16, 40, 10, 20, 2, 9, g, test_includes_context=includes)
+    assert ctx.shape == mask.shape == (16, 10) and test.shape == (16, 20)
+    for c, t in zip(ctx.tolist(), test.tolist(), strict=True):
+        overlap = set(c) & set(t)
+        assert overlap == (set(c) if includes else set())  # every context slot, or none
+        assert len(set(t)) == 20
+    with pytest.raises(ValueError, match="exceeds"):
+        context_test_indices(2, 20, 10, 11, 1, 9, g)
+
+
+@pytest.mark.parametrize("target", ["last", "middle"])
+def test_time_windows_are_contiguous_and_cover_every_start(target):
+    g = torch.Generator().manual_seed(0)
+    starts = set()
+    for _ in range(200):
+        steps, where = time_window(12, 5, g, target)
+        assert torch.equal(steps, torch.arange(steps[0], steps[0] + 5))  # contiguous
+        assert 0 <= steps[0] and steps[-1] <= 11
+        assert where == (4 if target == "last" else 2)
+        starts.add(int(steps[0]))
+    assert starts == set(range(8))
+    with pytest.raises(ValueError):
+        time_window(4, 5, g)
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_frame_context_draws_each_frame_independently(shared):
+    g = torch.Generator().manual_seed(0)
+    index, mask = frame_context(4, 3, 256, 16, 8, 15, g, shared=shared)
+    assert index.shape == mask.shape == (4, 3, 16)
+    counts = mask.sum(-1)
+    assert ((counts >= 8) & (counts <= 15)).all()
+    assert torch.equal(mask, torch.arange(16) < counts[..., None])  # valid slots first
+    for row in index.reshape(-1, 16).tolist():
+        assert len(set(row)) == 16 and max(row) < 256  # distinct locations per frame
+    assert not torch.equal(index[0, 0], index[0, 1])  # frames differ
+    assert bool((index == index[:1]).all()) == shared  # tasks share them only if asked
+
+
+def test_row_windows_are_contiguous_and_distinct():
+    g = torch.Generator().manual_seed(0)
+    rows = row_windows(100, 708 // 12, 32, g)
+    assert rows.shape == (32, 59)
+    assert torch.equal(rows - rows[:, :1], torch.arange(59).expand(32, 59))
+    assert len(set(rows[:, 0].tolist())) == 32 and rows.max() < 100
+    with pytest.raises(ValueError, match="cannot draw"):
+        row_windows(40, 30, 20, g)
 
 
 @pytest.mark.parametrize("name", sorted(SMALL_TASKS))
@@ -313,3 +371,26 @@ def test_bundled_task_configs_build_the_paper_models(config):
 def _tensors(batch: Batch) -> list[torch.Tensor]:
     return [getattr(batch, n) for n in ("x_ctx", "s_ctx", "f_ctx", "mask_ctx", "x_test",
                                         "s_test", "f_test") if getattr(batch, n) is not None]
+
+
+def test_imports_run_downhill():
+    """tasks/ and train/ never import the model zoo or baselines; the tasks load without it."""
+    import ast
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "src" / "bsatnp"
+    for folder in ("tasks", "train"):
+        for path in (root / folder).glob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                         [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+                bad = [n for n in names if n.startswith(("bsatnp.models", "bsatnp.baselines"))]
+                assert not bad, f"{path.name} imports {bad}"
+    code = ("import sys, bsatnp.tasks; "
+            "print(sorted(m for m in sys.modules if m.startswith(('bsatnp.models', "
+            "'bsatnp.baselines'))))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True).stdout.strip()
+    assert loaded == "[]"
