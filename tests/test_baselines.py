@@ -1,4 +1,4 @@
-"""Baselines: TNP-D (no attention bias) and the training-free IDW / k-nearest-neighbour means."""
+"""Baselines: the paper's TNP-D (roles in the token) and training-free IDW / kNN means."""
 
 from __future__ import annotations
 
@@ -16,9 +16,10 @@ SMALL = {"dim": 32, "num_blocks": 2, "qkv_dim": 32, "ffn_dim": 64,
 
 
 # ------------------------------------------------------------------------------ TNP-D
-def test_tnpd_shapes_and_parameter_count():
-    model = TNPD()
-    assert sum(p.numel() for p in model.parameters()) == 476_042
+@pytest.mark.parametrize("norm", ["post", "pre"])
+def test_tnpd_shapes_and_parameter_count(norm):
+    model = TNPD(norm=norm)
+    assert sum(p.numel() for p in model.parameters()) == 474_754  # PROTOCOLS §9
     dist = model(random_batch(B=3, Lc=10, Lt=7))
     assert dist.mean.shape == dist.stddev.shape == (3, 7, 1)
     assert bool((dist.stddev > 0).all())
@@ -32,8 +33,24 @@ def test_tnpd_config_round_trip_and_unknown_keys():
     assert TNPD(config).config == TNPD(**SMALL).config == config
     with pytest.raises(ValueError, match="TNPDConfig: unknown key"):
         TNPDConfig.from_dict({"use_s": "bias"})
-    with pytest.raises(ValueError, match="dim_s"):
-        TNPDConfig(dim_s=0)
+    with pytest.raises(ValueError, match="norm"):
+        TNPDConfig(norm="middle")
+
+
+def test_tnpd_reads_every_role_in_its_token():
+    torch.manual_seed(0)
+    model = TNPD(dim_x=3, dim_t=1, **SMALL).eval()
+    batch = random_batch(B=2, Lc=12, Lt=5, seed=3)
+    g = torch.Generator().manual_seed(0)
+    extra = {f"{r}_{w}": torch.randn(2, n, d, generator=g)
+             for r, d in (("x", 3), ("t", 1)) for w, n in (("ctx", 12), ("test", 5))}
+    full = batch.map(**extra)
+    with torch.no_grad():
+        base = model(full).mean
+        moved = model(full.map(x_test=full.x_test + 1.0)).mean
+    assert base.shape == (2, 5, 1) and (base - moved).abs().max() > 1e-4  # x is read
+    with pytest.raises(ValueError, match="x_ctx is required"):
+        model(batch)
 
 
 @pytest.mark.parametrize("backend", ["dense", "tiled"])

@@ -154,3 +154,14 @@ def test_bundled_baseline_configs_differ_from_gp2d_only_in_the_model(family):
     assert baseline.task == paper.task and baseline.eval == paper.eval
     assert baseline.train.out_dir == f"runs/gp2d_{family}"
     assert replace(baseline.train, out_dir=paper.train.out_dir) == paper.train
+
+
+def test_a_stored_former_tnpd_config_reads_as_the_sa_tnp_it_was():
+    former = {"family": "tnpd", "dim_s": 2, "dim_f": 1, "obs_dim": 4, "dim": 32,
+              "num_blocks": 1, "num_heads": 4, "qkv_dim": 32, "ffn_dim": 32,
+              "embed_hidden": [32], "head_hidden": [32], "min_std": 0.0, "ln_eps": 1e-6,
+              "backend": "auto", "keys": "context"}
+    config = config_from_dict(former)
+    assert isinstance(config, BSATNPConfig) and config.use_s == "embed"
+    assert config.bias_specs == () and config.dim == 32
+    assert isinstance(config_from_dict({"family": "tnpd"}), TNPDConfig)  # the paper's TNP-D

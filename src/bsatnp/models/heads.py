@@ -15,15 +15,17 @@ class GaussianHead(nn.Module):
     """MLP → ``(μ, raw)``; ``σ = min_std + (1 − min_std)·softplus(raw)``.
 
     Args:
-        dims: MLP widths ``(E, hidden..., 2·Df)``; GELU after every hidden layer.
+        dims: MLP widths ``(E, hidden..., 2·Df)``.
         min_std: Lower bound of the predictive standard deviation.
+        activation: After every hidden layer, ``"gelu"`` or ``"relu"``.
     """
 
-    def __init__(self, dims: tuple[int, ...], min_std: float = 0.0) -> None:
+    def __init__(self, dims: tuple[int, ...], min_std: float = 0.0,
+                 activation: str = "gelu") -> None:
         super().__init__()
         if dims[-1] % 2:
             raise ValueError(f"GaussianHead needs an even output width 2·Df, got {dims[-1]}")
-        self.mlp = MLP(dims)
+        self.mlp = MLP(dims, activation=activation)
         self.min_std = min_std
 
     def forward(self, z: Tensor) -> Normal:

@@ -2,7 +2,10 @@
 
 A model config is stored as plain data with a ``family`` key next to the config's own
 fields, e.g. ``{"family": "tnpd", "num_blocks": 6, ...}``. A missing ``family`` means
-``"bsatnp"`` (checkpoints written before other families existed).
+``"bsatnp"`` (checkpoints written before other families existed). Before bsatnp had the
+paper's TNP-D, ``tnpd`` named a KRBlock model with locations embedded and no bias (the
+reference's SA-TNP), which is a BSA-TNP with ``use_s="embed"``; such stored configs (they
+have ``obs_dim``) are read as that BSA-TNP, whose weights have the same names.
 """
 
 from __future__ import annotations
@@ -57,6 +60,9 @@ def split_family(data: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """
     fields = dict(data)
     name = fields.pop("family", DEFAULT_FAMILY)
+    if name == "tnpd" and "obs_dim" in fields:  # the former tnpd: SA-TNP (module doc)
+        fields.pop("keys", None)  # its all-masked mode predicted the same
+        return DEFAULT_FAMILY, {**fields, "use_s": "embed"}
     if name not in FAMILIES:
         raise ValueError(f"unknown model family {name!r}; known: {sorted(FAMILIES)}")
     return name, fields

@@ -1,10 +1,15 @@
-"""TNP-D (Nguyen & Grover, 2022): the transformer neural process without attention biases.
+"""TNP-D (Nguyen & Grover, 2022) as the paper runs it (PROTOCOLS §9).
 
-Locations enter the token instead of an attention bias, so the model is *not* invariant
-to translating them — the ablation that isolates what the biases of the BSA-TNP buy.
-The blocks are BSA-TNP's :class:`~bsatnp.models.blocks.KRBlock` with no bias (separate
-weights per block, context → context and test → context attention, padding masked as
-keys), sized like the paper's model.
+Every role is in the token — ``[x, s, t, f]`` with ``f = 0`` for test points and no
+observed flag — embedded by a ReLU MLP, then post-norm transformer encoder blocks in which
+every token attends to the context tokens (the paper's implementation attends to all
+tokens with the test tokens masked as keys, which gives the same outputs: masked =
+dropped; ``keys="all_masked"`` computes it that way for cost comparisons), no final
+LayerNorm, and a ReLU head. Locations in the token make it *not* invariant to
+translation: the baseline the attention biases of BSA-TNP are measured against.
+
+A KRBlock model with locations embedded and no bias (the reference's SA-TNP) is a
+BSA-TNP with ``use_s="embed"``; it is not this model.
 """
 
 from __future__ import annotations
@@ -13,47 +18,50 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.distributions import Normal
 
 from bsatnp.attention.functional import BACKENDS
-from bsatnp.batch import Batch
+from bsatnp.attention.mha import BiasedMultiheadAttention
+from bsatnp.batch import ROLES, Batch
 from bsatnp.config import Config
 from bsatnp.models.base import NeuralProcess
-from bsatnp.models.blocks import KRBlock
-from bsatnp.models.embedding import TokenEmbedding
 from bsatnp.models.heads import GaussianHead
-from bsatnp.models.layers import reference_init_
+from bsatnp.models.layers import MLP, reference_init_
+
+NORMS = ("post", "pre")
+KEYS = ("context", "all_masked")
 
 
 @dataclass(frozen=True)
 class TNPDConfig(Config):
-    """Everything needed to rebuild a TNP-D (defaults: sized like the 2D-GP BSA-TNP).
+    """Everything needed to rebuild a TNP-D (defaults: the paper's 2D GP, 474,754 parameters).
 
     Attributes:
-        dim_s: Location features ``Ds`` (embedded in the token).
+        dim_x: Covariate features ``Dx`` (0: no ``x`` role).
+        dim_s: Location features ``Ds`` (0: no ``s`` role).
+        dim_t: Time features ``Dt`` (0: no ``t`` role).
         dim_f: Value features ``Df``.
-        obs_dim: Width of the observed-flag embedding.
         dim: Token width ``E``.
         num_blocks: Number of transformer blocks.
         num_heads: Attention heads.
         qkv_dim: Query/key/value width.
         ffn_dim: FFN hidden width.
-        embed_hidden: Hidden widths of the token MLP.
-        head_hidden: Hidden widths of the output MLP.
+        embed_hidden: Hidden widths of the token MLP (ReLU).
+        head_hidden: Hidden widths of the output MLP (ReLU).
+        norm: ``"post"`` (the paper's 2D GP) or ``"pre"`` (its Beijing and Gneiting runs).
         min_std: Gaussian lower bound on σ.
         ln_eps: LayerNorm epsilon.
         backend: Attention backend (``auto``, ``dense``, ``tiled``, ``flex``).
-        keys: ``"context"`` (default): every token attends to the context tokens only.
-            ``"all_masked"``: the usual TNP-D implementation, attention over all
-            ``Lc + Lt`` tokens with the test tokens masked as keys; the same predictions
-            (masked = dropped) at the cost of the test × test pairs, for cost comparisons
-            with the paper's TNP-D (use ``backend="dense"``, which does not drop masked keys).
+        keys: ``"context"`` (attend to the context tokens) or ``"all_masked"`` (attend to
+            all tokens with the test tokens masked: the same outputs at the cost of the test
+            × test pairs; use ``backend="dense"``, which does not drop masked keys).
     """
 
+    dim_x: int = 0
     dim_s: int = 2
+    dim_t: int = 0
     dim_f: int = 1
-    obs_dim: int = 4
     dim: int = 64
     num_blocks: int = 6
     num_heads: int = 4
@@ -61,33 +69,57 @@ class TNPDConfig(Config):
     ffn_dim: int = 256
     embed_hidden: tuple[int, ...] = (256, 128)
     head_hidden: tuple[int, ...] = (256, 64)
+    norm: str = "post"
     min_std: float = 0.0
     ln_eps: float = 1e-6
     backend: str = "auto"
     keys: str = "context"
 
     def __post_init__(self) -> None:
-        if self.dim_s < 1:
-            raise ValueError(f"dim_s must be >= 1 (TNP-D embeds locations), got {self.dim_s}")
-        if self.dim_f < 1:
-            raise ValueError(f"dim_f must be >= 1, got {self.dim_f}")
-        if not 0.0 <= self.min_std < 1.0:
-            raise ValueError(f"min_std must be in [0, 1), got {self.min_std}")
+        if min(self.dim_x, self.dim_s, self.dim_t) < 0 or self.dim_f < 1:
+            raise ValueError("role widths must be >= 0 and dim_f >= 1")
+        if self.norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
+        if self.keys not in KEYS:
+            raise ValueError(f"keys must be one of {KEYS}, got {self.keys!r}")
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
-        if self.keys not in ("context", "all_masked"):
-            raise ValueError(f"keys must be 'context' or 'all_masked', got {self.keys!r}")
+        if not 0.0 <= self.min_std < 1.0:
+            raise ValueError(f"min_std must be in [0, 1), got {self.min_std}")
+
+
+class EncoderBlock(nn.Module):
+    """Transformer encoder block, post-norm (``LN(z + MHA(z))``) or pre-norm, ReLU FFN.
+
+    Args:
+        config: The model's configuration (widths, heads, norm placement, backend).
+    """
+
+    def __init__(self, config: TNPDConfig) -> None:
+        super().__init__()
+        self.post = config.norm == "post"
+        self.attn = BiasedMultiheadAttention(config.dim, config.qkv_dim, config.num_heads, (),
+                                             config.backend)
+        self.norm1 = nn.LayerNorm(config.dim, eps=config.ln_eps)
+        self.norm2 = nn.LayerNorm(config.dim, eps=config.ln_eps)
+        self.ffn = MLP((config.dim, config.ffn_dim, config.dim), activation="relu")
+
+    def forward(self, z: Tensor, n_keys: int, key_mask: Tensor) -> Tensor:
+        """Update tokens ``z [B, L, E]``; the first ``n_keys`` are the keys (``key_mask``)."""
+        if self.post:
+            z = self.norm1(z + self.attn(z, z[:, :n_keys], {}, {}, key_mask))
+            return self.norm2(z + self.ffn(z))
+        zn = self.norm1(z)
+        z = z + self.attn(zn, zn[:, :n_keys], {}, {}, key_mask)
+        return z + self.ffn(self.norm2(z))
 
 
 class TNPD(NeuralProcess):
-    """TNP-D: ``[flag, s, f]`` tokens → plain pre-norm transformer → Gaussian head.
-
-    Context tokens read ``(flag=1, s, f)``, test tokens ``(flag=0, s, 0)``. Every block
-    lets context attend to context and test attend to context only.
+    """The paper's TNP-D: ``[x, s, t, f]`` tokens → encoder blocks → Gaussian head.
 
     Args:
-        config: Model configuration (default: 476,042 parameters).
-        **overrides: Fields of :class:`TNPDConfig` to change, e.g. ``backend="dense"``.
+        config: Model configuration (default: the paper's 2D-GP TNP-D).
+        **overrides: Fields of :class:`TNPDConfig` to change, e.g. ``norm="pre"``.
 
     Example:
         >>> model = TNPD(num_blocks=2)
@@ -99,28 +131,27 @@ class TNPD(NeuralProcess):
     def __init__(self, config: TNPDConfig | None = None, **overrides: Any) -> None:
         super().__init__(config, overrides)
         config = self.config
-        self.embed = TokenEmbedding({"s": config.dim_s}, config.dim_f, config.obs_dim,
-                                    config.embed_hidden, config.dim, config.ln_eps)
-        self.blocks = nn.ModuleList(
-            KRBlock(
-                config.dim, config.qkv_dim, config.num_heads, config.ffn_dim,
-                bias_specs=(), ln_eps=config.ln_eps, backend=config.backend,
-            )
-            for _ in range(config.num_blocks)
-        )
-        self.norm = nn.LayerNorm(config.dim, eps=config.ln_eps)
+        width = sum(getattr(config, f"dim_{r}") for r in ROLES) + config.dim_f
+        self.embed = MLP((width, *config.embed_hidden, config.dim), activation="relu")
+        self.blocks = nn.ModuleList(EncoderBlock(config) for _ in range(config.num_blocks))
         self.head = GaussianHead((config.dim, *config.head_hidden, 2 * config.dim_f),
-                                 config.min_std)
+                                 config.min_std, activation="relu")
         reference_init_(self)
 
     def predictive(self, batch: Batch) -> Normal:
-        """``Normal`` with mean/stddev ``[B, Lt, Df]`` from context ``(s, f)``, test ``s``."""
+        """``Normal`` ``[B, Lt, Df]`` at the test points."""
         n_ctx, mask_ctx = batch.n_ctx, batch.context_mask()
-        z = self.embed(batch)  # [B, Lc + Lt, E]
+        f_test = batch.f_ctx.new_zeros(batch.batch_size, batch.n_test, batch.f_ctx.shape[-1])
+        tokens = torch.cat([
+            torch.cat([*(batch.ctx(r) for r in self.roles), batch.f_ctx], dim=-1),
+            torch.cat([*(batch.test(r) for r in self.roles), f_test], dim=-1),
+        ], dim=1)
+        z = self.embed(tokens)  # [B, Lc + Lt, E]
         n_keys, key_mask = n_ctx, mask_ctx
         if self.config.keys == "all_masked":  # test tokens are keys too, all masked
             n_keys = z.shape[1]
-            key_mask = torch.cat([mask_ctx, mask_ctx.new_zeros(mask_ctx.shape[0], batch.n_test)], 1)
+            key_mask = torch.cat([mask_ctx, mask_ctx.new_zeros(mask_ctx.shape[0], batch.n_test)],
+                                 dim=1)
         for block in self.blocks:
-            z = block(z, n_keys, {}, key_mask)
-        return self.head(self.norm(z[:, n_ctx:]))
+            z = block(z, n_keys, key_mask)
+        return self.head(z[:, n_ctx:])
