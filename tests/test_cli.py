@@ -198,6 +198,20 @@ def test_demo_runs_end_to_end_on_a_tiny_config(run, tmp_path, monkeypatch, capsy
     assert "Trained 1 steps" in out and str(tmp_path / "field.png") in out
 
 
+def test_demo_runs_any_task_and_skips_the_map_where_there_is_none(tmp_path, capsys):
+    config = write_yaml(tmp_path, (
+        "model: {num_blocks: 1, dim: 16, qkv_dim: 16, ffn_dim: 32, min_std: 0.05}\n"
+        "task: {name: fixed_effects, batch_size: 2, n_ctx: 12, n_test: 8, min_ctx: 3, "
+        "max_ctx: 11, dim_x: 3}\n"
+        "train: {steps: 2, batch_size: 2, val_every: 2, val_batches: 1}\n"
+        "eval: {n_batches: 2}\n"))
+    out = tmp_path / "demo"
+    assert cli.main(["demo", "--config", str(config), "--out", str(out), "--minutes", "0",
+                     "--quiet"]) == 0
+    assert (out / "eval.md").is_file() and not (out / "field.png").exists()
+    assert "fixed_effects task" in capsys.readouterr().out
+
+
 # ------------------------------------------------------------------------- errors
 @pytest.mark.parametrize(
     ("text", "needle"),

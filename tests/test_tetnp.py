@@ -121,3 +121,21 @@ def test_tetnp_runs_on_cuda_like_on_cpu():
         gpu = model.cuda()(batch.to("cuda"))
     assert (cpu.mean - gpu.mean.cpu()).abs().max() <= 1e-4
     assert (cpu.stddev - gpu.stddev.cpu()).abs().max() <= 1e-4
+
+
+def test_tetnp_embeds_covariates_and_times_when_configured():
+    from conftest import random_batch
+
+    torch.manual_seed(0)
+    model = TETNP(dim_x=2, dim_t=1, num_layers=1, dim=16, qkv_dim=16, ffn_dim=32,
+                  num_pseudo=4).eval()
+    batch = random_batch(B=2, Lc=10, Lt=4, seed=2)
+    g = torch.Generator().manual_seed(1)
+    full = batch.map(**{f"{r}_{w}": torch.randn(2, n, d, generator=g)
+                        for r, d in (("x", 2), ("t", 1)) for w, n in (("ctx", 10), ("test", 4))})
+    with torch.no_grad():
+        base = model(full).mean
+        moved = model(full.map(t_test=full.t_test + 1.0)).mean
+    assert (base - moved).abs().max() > 1e-4  # t is read
+    with pytest.raises(ValueError, match="x_ctx is required"):
+        model(batch)

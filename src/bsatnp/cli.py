@@ -51,22 +51,25 @@ def _demo(args: argparse.Namespace) -> None:
     run_dir = out / "run"
     for name in DEMO_RUN_FILES:  # a previous demo here: start afresh
         (run_dir / name).unlink(missing_ok=True)
-    config = load_experiment(DEMO_CONFIG)
+    config = load_experiment(args.config)
     trainer = build_trainer(config, out_dir=run_dir, device=_device(args))
     n_params = sum(p.numel() for p in trainer.model.parameters())
-    print(f"Training the paper's BSA-TNP ({n_params:,} parameters) on the 2D-GP task "
-          f"({DEMO_CONFIG} config) for {args.minutes:g} min on {_device(args)} "
+    print(f"Training a {type(trainer.model).__name__} ({n_params:,} parameters) on the "
+          f"{config.task.name} task ({args.config} config) for {args.minutes:g} min on "
+          f"{_device(args)} "
           f"with {torch.get_num_threads()} threads ...", flush=True)
     trainer.fit(progress=not args.quiet, max_seconds=60 * args.minutes)
-    print(f"Trained {trainer.step} steps. Evaluating against the exact GP oracle ...", flush=True)
+    oracle = " against its exact oracle" if config.task.has_oracle else ""
+    print(f"Trained {trainer.step} steps. Evaluating{oracle} ...", flush=True)
     model = trainer.model.eval()
     results = evaluate(model, config.eval.domains_of(config.task), config.eval.n_batches,
                        config.eval.seed, progress=not args.quiet, task=config.task)
     paths = _report(results, out)
     from bsatnp.plot import plot_field, plot_learning_curve
 
-    paths["field plot"] = plot_field(model, out / "field.png", seed=config.eval.seed,
-                                     task=config.task)
+    if config.task.has_field:
+        paths["field plot"] = plot_field(model, out / "field.png", seed=config.eval.seed,
+                                         task=config.task)
     paths["learning curve"] = plot_learning_curve(run_dir / "log.jsonl",
                                                   out / "learning_curve.png")
     paths["checkpoint"] = run_dir / "last.safetensors"
@@ -194,6 +197,9 @@ def _parser() -> argparse.ArgumentParser:
     cmd.add_argument("--out", default="outputs/demo", help="output directory (%(default)s)")
     cmd.add_argument("--minutes", type=float, default=DEMO_MINUTES,
                      help="training budget in minutes (%(default)s)")
+    cmd.add_argument("--config", default=DEMO_CONFIG,
+                     help="experiment to demo: a YAML file or bundled config (%(default)s; "
+                          f"bundled: {', '.join(bundled_configs())})")
     cmd.set_defaults(command=_demo)
 
     cmd = sub.add_parser("train", parents=[common], help="train from a YAML experiment config",

@@ -40,8 +40,8 @@ def plot_field(model: nn.Module, out_png: str | os.PathLike[str], seed: int = 0,
     """
     figure_class = _figure_class()
     task = task or GP2DTask()
-    if not hasattr(task, "field_batch"):
-        raise ValueError(f"task {task.name!r} has no field to plot (plot needs a GP task)")
+    if not task.has_field:
+        raise ValueError(f"task {task.name!r} has no field to plot (its values are not a map)")
     batch, lengthscale = task.field_batch(n_ctx, grid_size, torch.Generator().manual_seed(seed))
     device = model_device(model)
     was_training = model.training

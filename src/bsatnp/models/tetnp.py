@@ -219,7 +219,9 @@ class TETNPConfig(Config):
     """Everything needed to rebuild a TE-TNP (defaults: 4 layers, 554,410 parameters for Ds=2).
 
     Attributes:
+        dim_x: Covariate features ``Dx``, embedded in the token (0: no ``x`` role).
         dim_s: Location features ``Ds`` (used only through TE attention).
+        dim_t: Time features ``Dt``, embedded in the token (0: no ``t`` role).
         dim_f: Value features ``Df``.
         obs_dim: Width of the observed-flag embedding.
         dim: Token width ``E``.
@@ -236,7 +238,9 @@ class TETNPConfig(Config):
         max_pair_elements: Largest ``B·Lq·Lk·phi_hidden`` one TE-MHA call may use.
     """
 
+    dim_x: int = 0
     dim_s: int = 2
+    dim_t: int = 0
     dim_f: int = 1
     obs_dim: int = 4
     dim: int = 64
@@ -257,6 +261,8 @@ class TETNPConfig(Config):
                      "max_pair_elements"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if min(self.dim_x, self.dim_t) < 0:
+            raise ValueError(f"dim_x and dim_t must be >= 0, got {self.dim_x}, {self.dim_t}")
         if self.qkv_dim % self.num_heads:
             raise ValueError(
                 f"qkv_dim={self.qkv_dim} is not divisible by num_heads={self.num_heads}"
@@ -266,14 +272,15 @@ class TETNPConfig(Config):
 
 
 class TETNP(NeuralProcess):
-    """TE-TNP with pseudo-tokens: ``[flag, f]`` tokens → TE-IST layers → Gaussian head.
+    """TE-TNP with pseudo-tokens: ``[flag, x, t, f]`` tokens → TE-IST layers → Gaussian head.
 
-    Context tokens embed ``(flag=1, f)`` and test tokens ``(flag=0, 0)``; locations are
-    never in a token. Every layer updates the pseudo-tokens from the valid context, then
-    lets context and test tokens attend to the pseudo-tokens (:class:`TEISTLayer`); the
-    final test tokens go through a LayerNorm and the Gaussian head. Pseudo-tokens sit at
-    the mean valid context location plus learned offsets (initialised ``N(0, 0.1²)``), so
-    padded slots influence nothing and the model is translation equivariant.
+    Context tokens embed ``(flag=1, x, t, f)`` and test tokens ``(flag=0, x, t, 0)`` (``x``
+    and ``t`` when the config has them); locations are never in a token. Every layer
+    updates the pseudo-tokens from the valid context, then lets context and test tokens
+    attend to the pseudo-tokens (:class:`TEISTLayer`); the final test tokens go through a
+    LayerNorm and the Gaussian head. Pseudo-tokens sit at the mean valid context location
+    plus learned offsets (initialised ``N(0, 0.1²)``), so padded slots influence nothing
+    and the model is translation equivariant in ``s``.
 
     Args:
         config: Model configuration (default: 554,410 parameters).
@@ -289,8 +296,10 @@ class TETNP(NeuralProcess):
     def __init__(self, config: TETNPConfig | None = None, **overrides: Any) -> None:
         super().__init__(config, overrides)
         config = self.config
-        self.embed = TokenEmbedding({}, config.dim_f, config.obs_dim, config.embed_hidden,
-                                    config.dim, config.ln_eps)  # s enters the kernel MLP
+        tokens = {r: getattr(config, f"dim_{r}") for r in ("x", "t")
+                  if getattr(config, f"dim_{r}") > 0}  # s enters the kernel MLP instead
+        self.embed = TokenEmbedding(tokens, config.dim_f, config.obs_dim, config.embed_hidden,
+                                    config.dim, config.ln_eps)
         self.layers = nn.ModuleList(
             TEISTLayer(
                 config.dim, config.dim_s, config.qkv_dim, config.num_heads, config.ffn_dim,

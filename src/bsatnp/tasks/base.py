@@ -43,6 +43,8 @@ class Task(ABC):
         likelihood: ``"gaussian"`` or ``"categorical"``; what the model's head must be.
         domains: Evaluation domain names, :data:`IN_DOMAIN` first.
         has_oracle: Whether :meth:`sample_with_oracle` returns the exact predictive.
+        has_field: Whether the task draws a map for figures (``field_batch(n_ctx,
+            grid_size, generator)`` returns a one-task batch with a 2D test grid).
 
     Every subclass has a ``batch_size`` field (tasks per batch ``B``).
     """
@@ -51,6 +53,7 @@ class Task(ABC):
     likelihood: ClassVar[str] = "gaussian"
     domains: ClassVar[tuple[str, ...]] = (IN_DOMAIN,)
     has_oracle: ClassVar[bool] = False
+    has_field: ClassVar[bool] = False
     batch_size: int
 
     @abstractmethod

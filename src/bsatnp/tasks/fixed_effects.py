@@ -39,6 +39,7 @@ class FixedEffectsTask(GPTask):
     """
 
     name = "fixed_effects"
+    has_field = False  # values depend on per-point covariates: no map to draw
 
     batch_size: int = 32
     n_ctx: int = 64
@@ -85,16 +86,6 @@ class FixedEffectsTask(GPTask):
         params = GPParams(kernel=self.kernel, var=var.repeat(B), lengthscale=lengthscale.repeat(B),
                           noise=noise, jitter=self.jitter, x_var=1.0, test_noise=True)
         return batch, params
-
-    def field_batch(self, n_ctx: int, grid_size: int,
-                    generator: torch.Generator | None = None) -> tuple[Batch, float]:
-        """Not available: values depend on per-point covariates, there is no map to draw.
-
-        Raises:
-            ValueError: Always.
-        """
-        raise ValueError("fixed_effects has no field to plot: its values depend on "
-                         "per-point covariates")
 
     def sample_with_oracle(
         self, generator: torch.Generator | None = None, split: str = "test"

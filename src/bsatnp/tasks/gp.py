@@ -107,6 +107,7 @@ class GPTask(Task):
     """
 
     has_oracle: ClassVar[bool] = True
+    has_field: ClassVar[bool] = True
     dim_s: ClassVar[int] = 2
 
     batch_size: int = 8
