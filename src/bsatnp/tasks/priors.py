@@ -72,15 +72,21 @@ class LogUniform(Prior):
 
 
 @dataclass(frozen=True)
-class Beta(Prior):
-    """Beta(``a``, ``b``) on ``(0, 1)``, drawn as ``X / (X + Y)`` with Gamma variates."""
+class _PositivePair(Prior):
+    """A prior with two positive parameters ``a`` and ``b``."""
 
     a: float
     b: float
 
     def __post_init__(self) -> None:
         if not (self.a > 0 and self.b > 0):
-            raise ValueError(f"Beta prior needs a > 0 and b > 0, got a={self.a}, b={self.b}")
+            raise ValueError(f"{type(self).__name__} prior needs a > 0 and b > 0, got "
+                             f"a={self.a}, b={self.b}")
+
+
+@dataclass(frozen=True)
+class Beta(_PositivePair):
+    """Beta(``a``, ``b``) on ``(0, 1)``, drawn as ``X / (X + Y)`` with Gamma variates."""
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """Draw ``[n]`` values."""
@@ -90,15 +96,8 @@ class Beta(Prior):
 
 
 @dataclass(frozen=True)
-class Gamma(Prior):
+class Gamma(_PositivePair):
     """Gamma with shape ``a`` and rate ``b`` (mean ``a / b``)."""
-
-    a: float
-    b: float
-
-    def __post_init__(self) -> None:
-        if not (self.a > 0 and self.b > 0):
-            raise ValueError(f"Gamma prior needs a > 0 and b > 0, got a={self.a}, b={self.b}")
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """Draw ``[n]`` values."""
@@ -106,18 +105,11 @@ class Gamma(Prior):
 
 
 @dataclass(frozen=True)
-class InvGamma(Prior):
+class InvGamma(_PositivePair):
     """Inverse gamma with shape ``a`` and scale ``b``: ``b / X`` with ``X ~ Gamma(a, 1)``.
 
     Its mean is ``b / (a − 1)`` for ``a > 1``.
     """
-
-    a: float
-    b: float
-
-    def __post_init__(self) -> None:
-        if not (self.a > 0 and self.b > 0):
-            raise ValueError(f"InvGamma prior needs a > 0 and b > 0, got a={self.a}, b={self.b}")
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """Draw ``[n]`` values."""
