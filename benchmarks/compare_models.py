@@ -266,13 +266,15 @@ def tables(results: dict[str, Any]) -> str:
         facts = ", ".join(f"{k} {entry[k]}" for k in ("box", "n_ctx", "n_test") if k in entry)
         lines += ["", f"**{domain}** ({entry['n_batches']} batches × {entry['batch_size']} "
                   f"tasks; {facts})", "",
-                  "| model | NLL | RMSE | MAE | cov95 | NLL − oracle |",
-                  "|---|---|---|---|---|---|"]
+                  "| model | NLL | RMSE | MAE | cov95 | NLL − oracle | NLL − in-domain NLL |",
+                  "|---|---|---|---|---|---|---|"]
         for name in [n for n in (*results["models"], "oracle") if n in entry]:
             row = entry[name]
             gap = entry.get(f"gap/{name}", {}).get("nll")
+            shift = entry.get(f"vs_in_domain/{name}", {}).get("nll")
             cells = [_fmt(row[m]) for m in ("nll", "rmse", "mae", "cov95")]
-            lines.append(f"| {name} | {' | '.join(cells)} | {_fmt(gap) if gap else '–'} |")
+            cells += [_fmt(gap) if gap else "–", _fmt(shift) if shift else "–"]
+            lines.append(f"| {name} | {' | '.join(cells)} |")
     return "\n".join(lines) + "\n"
 
 

@@ -100,3 +100,16 @@ def test_a_foreign_file_is_refused(tmp_path):
     (tmp_path / "in_domain.jsonl").write_text("not json\n")
     with pytest.raises(ValueError, match="not a bsatnp score cache"):
         run(CountingModel(), tmp_path, n=1, domains=("in_domain",))
+
+
+def test_each_domain_reports_its_paired_difference_to_in_domain():
+    model = CountingModel()
+    results = evaluate(model, ("shifted", "in_domain"), 3, seed=5, progress=False, task=TASK)
+    shifted, base = results["domains"]["shifted"], results["domains"]["in_domain"]
+    assert "vs_in_domain" not in base
+    diff = shifted["vs_in_domain"]["nll"]
+    assert diff["mean"] == pytest.approx(shifted["model"]["nll"]["mean"]
+                                         - base["model"]["nll"]["mean"], abs=1e-12)
+    assert abs(diff["mean"]) < 1e-4  # BSA-TNP is translation invariant: shifted = in-domain
+    with pytest.raises(ValueError, match="vs_in_domain"):
+        evaluate({"vs_in_domain/x": model}, ("in_domain",), 1, task=TASK)

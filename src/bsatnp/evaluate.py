@@ -8,7 +8,9 @@ translated: a paired comparison in which a translation-invariant model scores th
 to rounding.
 
 Models and oracle are scored on the same batches; the gap (model − oracle) is computed per
-batch and then averaged, so its standard error is that of the paired difference.
+batch and then averaged, so its standard error is that of the paired difference. Likewise
+``vs_in_domain`` (domain − in-domain, per batch index) measures what an out-of-distribution
+domain costs each model, with a paired standard error.
 
 Long evaluations can be interrupted: with ``cache_dir``, each batch's scores are appended
 to ``<cache_dir>/<domain>.jsonl`` as soon as they are computed, and a rerun of the same
@@ -35,7 +37,7 @@ from bsatnp.io.files import complete_lines
 from bsatnp.metrics import gaussian_metrics, summarize
 from bsatnp.models.base import model_device
 from bsatnp.progress import tqdm_class
-from bsatnp.tasks import Task, batch_generator
+from bsatnp.tasks import IN_DOMAIN, Task, batch_generator
 from bsatnp.tasks.gp2d import GP2DTask
 
 TABLE_METRICS = ("nll", "rmse", "mae", "cov50", "cov90", "cov95", "crps")
@@ -91,8 +93,9 @@ def evaluate(
             named ``oracle``, or a cache file written by a different evaluation.
     """
     models = dict(model) if isinstance(model, Mapping) else {"model": model}
-    if "oracle" in models or any(name.startswith("gap") for name in models):
-        raise ValueError(f"model names may not be 'oracle' or start with 'gap': {list(models)}")
+    if "oracle" in models or any(name.startswith(("gap", "vs_in_domain")) for name in models):
+        raise ValueError("model names may not be 'oracle' or start with 'gap' or "
+                         f"'vs_in_domain': {list(models)}")
     task = task or GP2DTask()
     with_oracle = with_oracle and task.has_oracle
     domains = task.domains if domains is None else tuple(domains)
@@ -102,14 +105,17 @@ def evaluate(
     for m in models.values():
         m.eval()
     try:
-        scored = {}
-        for domain in domains:
+        scored, in_rows = {}, None
+        for domain in sorted(domains, key=lambda d: d != IN_DOMAIN):  # in-domain first
             cache = None
             if cache_dir is not None:
                 cache = _ScoreCache(Path(cache_dir) / f"{domain}.jsonl",
                                     _cache_header(models, tasks[domain], seed, with_oracle))
-            scored[domain] = _evaluate_domain(models, tasks[domain], counts[domain], seed,
-                                              with_oracle, progress, domain, cache)
+            scored[domain], rows = _evaluate_domain(models, tasks[domain], counts[domain], seed,
+                                                    with_oracle, progress, domain, cache,
+                                                    in_rows)
+            if domain == IN_DOMAIN:
+                in_rows = rows
     finally:
         for name, m in models.items():
             m.train(modes[name])
@@ -129,7 +135,8 @@ def markdown_table(results: Mapping[str, Any]) -> str:
             label = ""
     lines += ["", f"Mean ± s.e. over batches of the {results.get('task', 'gp2d')} task, test "
               f"seed {results['seed']} (every domain draws from it, so domains are paired); "
-              "gap = model − oracle per batch (paired s.e.)."]
+              "gap = model − oracle per batch (paired s.e.); vs_in_domain = this domain − "
+              "in_domain per batch index (paired s.e.)."]
     conditional = [d for d, entry in results["domains"].items()
                    if entry.get("targets") == "conditional"]
     if conditional:
@@ -153,9 +160,14 @@ def write_results(results: Mapping[str, Any], out_dir: str | os.PathLike[str]) -
 
 
 def _evaluate_domain(models: Mapping[str, nn.Module], task: Task, count: int, seed: int,
-                     with_oracle: bool, progress: bool, domain: str,
-                     cache: _ScoreCache | None) -> dict[str, Any]:
-    """One entry of :func:`evaluate`'s ``domains``."""
+                     with_oracle: bool, progress: bool, domain: str, cache: _ScoreCache | None,
+                     in_rows: list[dict[str, dict[str, float]]] | None,
+                     ) -> tuple[dict[str, Any], list[dict[str, dict[str, float]]]]:
+    """One entry of :func:`evaluate`'s ``domains`` and its per-batch scores.
+
+    With ``in_rows`` (the in-domain scores of the same batch indices) the entry also holds
+    each model's paired difference to in-domain, over the indices both have.
+    """
     tqdm = tqdm_class()
     start = time.perf_counter()
     done = cache.load() if cache is not None else {}
@@ -173,13 +185,18 @@ def _evaluate_domain(models: Mapping[str, nn.Module], task: Task, count: int, se
     if with_oracle:
         parts |= {gap_name[name]: [_difference(row[name], row["oracle"]) for row in rows]
                   for name in models}
+    if in_rows is not None:
+        suffix = {name: "" if list(models) == ["model"] else f"/{name}" for name in models}
+        parts |= {f"vs_in_domain{suffix[name]}": [_difference(row[name], base[name])
+                                                  for row, base in zip(rows, in_rows)]
+                  for name in models}
     return {
         "n_batches": count,
         **task.describe(),
         "seconds": time.perf_counter() - start,
         "cached_batches": cached,
         **{part: _summary(values) for part, values in parts.items()},
-    }
+    }, rows
 
 
 def _score_batch(models: Mapping[str, nn.Module], task: Task, generator: torch.Generator,
