@@ -148,18 +148,18 @@ class ExperimentConfig:
         if unknown:
             raise ValueError(f"{source}: unknown section(s) {unknown}; known: {list(SECTIONS)}")
         try:
-            task_cls, task = split_name(_mapping(data.get("task"), "task"))
-            family, model = split_family(_mapping(data.get("model"), "model"))
-            classes = {"model": FAMILIES[family].config, "task": task_cls,
-                       "train": TrainConfig, "eval": EvalConfig}
-            task_obj = build_dataclass(task_cls, task, "task", _CONVERTERS)
-            known = set(classes["model"].__dataclass_fields__)
-            model = {**{key: value for key, value in task_obj.model_defaults().items()
-                        if key in known}, **model}  # the task's role widths by default
-            sections = {**data, "model": model}
-            parts = {name: build_dataclass(classes[name], sections[name] or {}, name, _CONVERTERS)
-                     for name in ("model", "train", "eval") if name in data or name == "model"}
-            parts["task"] = task_obj
+            task_cls, task_fields = split_name(_mapping(data.get("task"), "task"))
+            task = build_dataclass(task_cls, task_fields, "task", _CONVERTERS)
+            family, model_fields = split_family(_mapping(data.get("model"), "model"))
+            model_cls = FAMILIES[family].config
+            defaults = {key: value for key, value in task.model_defaults().items()
+                        if key in model_cls.__dataclass_fields__}  # the task's role widths
+            parts = {
+                "task": task,
+                "model": build_dataclass(model_cls, {**defaults, **model_fields}, "model"),
+                **{name: build_dataclass(cls_, _mapping(data.get(name), name), name)
+                   for name, cls_ in (("train", TrainConfig), ("eval", EvalConfig))},
+            }
         except ValueError as err:
             raise ValueError(f"{source}: {err}") from err
         return cls(**parts, source=source)
@@ -307,6 +307,7 @@ def build_trainer(config: ExperimentConfig, resume: str | os.PathLike[str] | Non
         raise ValueError(
             f"{resume}: the checkpoint's model differs from the model in {config.source}"
         )
+    trainer.extra = extra  # written in format 2 from now on
     if out_dir is not None:
         trainer.config = replace(trainer.config, out_dir=str(out_dir))
         trainer.out_dir = Path(out_dir)
