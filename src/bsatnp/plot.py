@@ -57,8 +57,9 @@ def plot_field(model: nn.Module, out_png: str | os.PathLike[str], seed: int = 0,
 
     truth = batch.f_test
     vmin, vmax = float(truth.min()), float(truth.max())
-    lo, hi = float(batch.s_test.min()), float(batch.s_test.max())
-    extent = (lo, hi, lo, hi)
+    (x0, y0), (x1, y1) = batch.s_test[0].aminmax(dim=0)  # the grid's corners
+    x0, y0, x1, y1 = float(x0), float(y0), float(x1), float(y1)
+    extent = (x0, x1, y0, y1)
     fig = figure_class(figsize=(22, 4.4), layout="constrained")
     axes = fig.subplots(1, 5)
     ctx = axes[0].scatter(batch.s_ctx[0, :, 0], batch.s_ctx[0, :, 1], c=batch.f_ctx[0, :, 0],
@@ -73,12 +74,13 @@ def plot_field(model: nn.Module, out_png: str | os.PathLike[str], seed: int = 0,
     ]
     for ax, (title, mappable) in zip(axes, panels, strict=True):
         ax.set_title(title)
-        ax.set_xlim(lo, hi)
-        ax.set_ylim(lo, hi)
+        ax.set_xlim(x0, x1)
+        ax.set_ylim(y0, y1)
         ax.set_aspect("equal")
         fig.colorbar(mappable, ax=ax, shrink=0.85)
     fig.suptitle(
-        f"{task.name} on [{lo:g}, {hi:g}]², lengthscale {lengthscale:.2f}, "
+        f"{task.name} on [{x0:.3g}, {x1:.3g}] × [{y0:.3g}, {y1:.3g}], "
+        f"lengthscale {lengthscale:.2f}, "
         f"{n_ctx} context points, {grid_size}×{grid_size} test grid — "
         f"NLL {scores['nll']:.3f}, RMSE {scores['rmse']:.3f}, 95% coverage {scores['cov95']:.2f}"
     )

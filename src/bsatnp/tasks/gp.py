@@ -184,7 +184,7 @@ class GPTask(Task):
         """One task for a figure: ``n_ctx`` noisy context points and a test grid.
 
         The context points are a random subset of draws of :meth:`locations` (as many
-        draws as ``n_ctx`` needs); the grid covers their bounding square; the function is
+        draws as ``n_ctx`` needs); the grid covers their bounding box; the function is
         drawn jointly at both with hyperparameters from the priors.
 
         Returns:
@@ -201,9 +201,9 @@ class GPTask(Task):
         draws = -(-n_ctx // self.n_points)
         locs = torch.cat([self.locations(generator)[0] for _ in range(draws)])
         s_ctx = locs[torch.randperm(len(locs), generator=generator)[:n_ctx]]
-        lo, hi = float(locs.min()), float(locs.max())
-        axis = torch.linspace(lo, hi, grid_size)
-        rows, cols = torch.meshgrid(axis, axis, indexing="ij")
+        lo, hi = locs.min(dim=0).values, locs.max(dim=0).values
+        rows, cols = torch.meshgrid(torch.linspace(lo[1], hi[1], grid_size),
+                                    torch.linspace(lo[0], hi[0], grid_size), indexing="ij")
         grid = torch.stack([cols.flatten(), rows.flatten()], dim=-1)  # [G², 2]
         var = self.var_prior.sample(1, generator)
         lengthscale = self.lengthscale_prior.sample(1, generator)
