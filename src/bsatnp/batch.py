@@ -126,7 +126,7 @@ class Batch:
         """
         keep = self.context_mask()[..., None]
         updates: dict[str, Tensor | None] = {}
-        for role in ("x", "s", "t", "f"):
+        for role in (*ROLES, "f"):
             value = self.ctx(role)
             if value is not None:
                 updates[f"{role}_ctx"] = torch.where(keep, value, torch.zeros_like(value))
@@ -171,7 +171,7 @@ class Batch:
             )
         mask_test = self.test_mask()
         _check_mask("mask_test", mask_test, (B, Lt))
-        for role in ("x", "s", "t", "f"):
+        for role in (*ROLES, "f"):
             c, t = self.ctx(role), self.test(role)
             if role in required_roles and (c is None or t is None):
                 missing = f"{role}_ctx" if c is None else f"{role}_test"

@@ -9,11 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
-from bsatnp.batch import Batch
-from bsatnp.models.base import model_device
-from bsatnp.models.registry import ModelConfig
+from bsatnp.batch import ROLES, Batch
+from bsatnp.models.base import NeuralProcess, model_device
 
 FORMAT_HELP = """\
 Input, one task (columns/arrays depend on the model; a 2D-GP model has Ds=2, Df=1):
@@ -31,12 +29,12 @@ Output (format by extension): the test points with the predictive mean and stand
   or NPZ arrays s_test, mean [Lt, Df], std [Lt, Df]."""
 
 
-def read_points(path: str | os.PathLike[str], config: ModelConfig) -> Batch:
+def read_points(path: str | os.PathLike[str], model: NeuralProcess) -> Batch:
     """Read one task (context and test points) from a CSV or NPZ file (see :data:`FORMAT_HELP`).
 
     Args:
         path: ``.csv`` or ``.npz`` file.
-        config: Config of the model that will predict (gives the roles and their widths).
+        model: The model that will predict (gives the roles and their widths).
 
     Returns:
         A batch with ``B = 1`` (no ``f_test``).
@@ -51,7 +49,7 @@ def read_points(path: str | os.PathLike[str], config: ModelConfig) -> Batch:
     readers = {".csv": _read_csv, ".npz": _read_npz}
     if path.suffix not in readers:
         raise ValueError(f"{path}: unsupported input format {path.suffix!r}; use .csv or .npz")
-    arrays = readers[path.suffix](path, config)
+    arrays = readers[path.suffix](path, model)
     return Batch(**{name: torch.as_tensor(value, dtype=torch.float32)[None]
                     for name, value in arrays.items()})
 
@@ -64,7 +62,7 @@ def write_predictions(path: str | os.PathLike[str], batch: Batch, mean: torch.Te
         ValueError: On an unknown extension (``.csv`` or ``.npz``).
     """
     path = Path(path)
-    tests = {f"{role}_test": batch.test(role)[0].numpy() for role in ("x", "s", "t")
+    tests = {f"{role}_test": batch.test(role)[0].numpy() for role in ROLES
              if batch.test(role) is not None}
     pred = {"mean": mean[0].cpu().numpy(), "std": std[0].cpu().numpy()}
     if path.suffix == ".npz":
@@ -84,17 +82,16 @@ def write_predictions(path: str | os.PathLike[str], batch: Batch, mean: torch.Te
     return path
 
 
-def predict_file(model: nn.Module, input_path: str | os.PathLike[str],
+def predict_file(model: NeuralProcess, input_path: str | os.PathLike[str],
                  output_path: str | os.PathLike[str]) -> Path:
     """Read points, predict with ``model`` and write the predictions.
 
     Raises:
         ValueError: If the model is not Gaussian or the input does not fit the model.
     """
-    likelihood = getattr(model.config, "likelihood", "gaussian")  # baselines are Gaussian
-    if likelihood != "gaussian":
-        raise ValueError(f"predict needs a Gaussian model, this one is {likelihood}")
-    batch = read_points(input_path, model.config)
+    if model.likelihood != "gaussian":
+        raise ValueError(f"predict needs a Gaussian model, this one is {model.likelihood}")
+    batch = read_points(input_path, model)
     device = model_device(model)
     mean, std = model.eval().predict(batch.to(device))
     return write_predictions(output_path, batch, mean, std)
@@ -105,18 +102,18 @@ def _columns(role: str, dim: int) -> list[str]:
     return [role] if dim == 1 else [f"{role}{i}" for i in range(dim)]
 
 
-def _roles(config: ModelConfig) -> list[tuple[str, int]]:
-    roles = getattr(config, "roles", ("s",))  # the baselines read locations only
-    return [(role, getattr(config, f"dim_{role}")) for role in roles]
+def _roles(model: NeuralProcess) -> list[tuple[str, int]]:
+    """The model's input roles and their widths, in ``x, s, t`` order."""
+    return [(role, getattr(model.config, f"dim_{role}")) for role in model.roles]
 
 
-def _read_csv(path: Path, config: ModelConfig) -> dict[str, np.ndarray]:
+def _read_csv(path: Path, model: NeuralProcess) -> dict[str, np.ndarray]:
     with open(path, newline="", encoding="utf-8") as file:
         reader = csv.DictReader(file)
         rows = list(reader)
         header = reader.fieldnames or []
-    needed = ["split"] + [c for role, dim in _roles(config) for c in _columns(role, dim)]
-    needed += _columns("f", config.dim_f)
+    needed = ["split"] + [c for role, dim in _roles(model) for c in _columns(role, dim)]
+    needed += _columns("f", model.config.dim_f)
     missing = [c for c in needed if c not in header]
     if missing:
         raise ValueError(f"{path}: missing column(s) {missing}; expected {needed}")
@@ -131,7 +128,7 @@ def _read_csv(path: Path, config: ModelConfig) -> dict[str, np.ndarray]:
     for split, suffix in (("context", "ctx"), ("test", "test")):
         if not splits[split]:
             raise ValueError(f"{path}: no {split} rows")
-        roles = _roles(config) + ([("f", config.dim_f)] if split == "context" else [])
+        roles = _roles(model) + ([("f", model.config.dim_f)] if split == "context" else [])
         for role, dim in roles:
             out[f"{role}_{suffix}"] = _numbers(path, splits[split], _columns(role, dim))
     return out
@@ -152,13 +149,13 @@ def _numbers(path: Path, rows: list[tuple[int, dict[str, str]]], columns: list[s
     return out
 
 
-def _read_npz(path: Path, config: ModelConfig) -> dict[str, np.ndarray]:
+def _read_npz(path: Path, model: NeuralProcess) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as data:
             stored = {name: data[name] for name in data.files}
     except (OSError, ValueError, zipfile.BadZipFile) as err:
         raise ValueError(f"{path}: not a readable .npz file: {err}") from err
-    names = [f"{role}_{part}" for role, _ in _roles(config) for part in ("ctx", "test")]
+    names = [f"{role}_{part}" for role, _ in _roles(model) for part in ("ctx", "test")]
     names.append("f_ctx")
     missing = [name for name in names if name not in stored]
     if missing:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from bsatnp.attention.biases import BiasSpec
 from bsatnp.attention.functional import BACKENDS
+from bsatnp.batch import ROLES
 from bsatnp.config import Config
 from bsatnp.models.heads import LIKELIHOODS
 
@@ -71,7 +72,7 @@ class BSATNPConfig(Config):
     tile_k: int | None = None
 
     def __post_init__(self) -> None:
-        for role in ("x", "s", "t"):
+        for role in ROLES:
             use = getattr(self, f"use_{role}")
             if use not in ROLE_USES:
                 raise ValueError(f"use_{role} must be one of {ROLE_USES}, got {use!r}")
@@ -91,7 +92,7 @@ class BSATNPConfig(Config):
     @property
     def roles(self) -> tuple[str, ...]:
         """Roles present in the data (dim > 0)."""
-        return tuple(r for r in ("x", "s", "t") if getattr(self, f"dim_{r}") > 0)
+        return tuple(r for r in ROLES if getattr(self, f"dim_{r}") > 0)
 
     @property
     def embedded_roles(self) -> tuple[str, ...]:
