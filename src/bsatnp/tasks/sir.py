@@ -79,8 +79,9 @@ class SIRSimulator:
         return run_sir(state, beta, gamma, self.n_frames, generator), beta, gamma
 
     def initial_state(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        """``[n, H, W]`` int8: all susceptible but ``k ~ U{min, …, max}`` distinct infected
-        cells per epidemic.
+        """Initial states ``[n, H, W]`` (int8): all susceptible but a few infected cells.
+
+        Each epidemic has ``k ~ U{min_infected, …, max_infected}`` distinct infected cells.
         """
         cells = self.height * self.width
         k = torch.randint(self.min_infected, self.max_infected + 1, (n, 1), generator=generator)
