@@ -1,16 +1,22 @@
-"""The SIR lattice simulator (PROTOCOLS §5): kernel, transitions, reproducibility."""
+"""SIR (PROTOCOLS §5): the lattice simulator, the task, categorical metrics and evaluation."""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
 
+from bsatnp.evaluate import evaluate, markdown_table
+from bsatnp.experiment import ExperimentConfig, build_trainer
+from bsatnp.metrics import categorical_metrics
 from bsatnp.tasks.priors import Fixed
 from bsatnp.tasks.sir import (
     INFECTED,
     RECOVERED,
     SUSCEPTIBLE,
     SIRSimulator,
+    SIRTask,
     pressure_kernel,
     run_sir,
 )
@@ -63,3 +69,82 @@ def test_no_infection_without_rate_and_recovery_from_the_previous_state():
     far[0, 0, 0] = INFECTED  # cells more than 4 away feel no pressure
     out = run_sir(far, torch.tensor([100.0]), torch.tensor([0.0]), 2)
     assert (out[0, 1, 5:, :] == SUSCEPTIBLE).all() and (out[0, 1, :, 5:] == SUSCEPTIBLE).all()
+
+
+# ------------------------------------------------------------------------ the task
+def test_sir_task_batches_share_cells_and_test_contains_the_context():
+    task = SIRTask(batch_size=4, side=16, n_frames=6, n_ctx=40, min_ctx=10, max_ctx=39,
+                   n_test=100)
+    batch = task.sample(torch.Generator().manual_seed(0))
+    batch.validate(required_roles=("s",), need_f_test=True)
+    assert batch.f_ctx.shape == (4, 40, 3) and batch.f_test.shape == (4, 100, 3)
+    assert torch.equal(batch.f_test.sum(-1), torch.ones(4, 100))  # one-hot
+    assert torch.equal(batch.s_ctx, batch.s_ctx[:1].expand_as(batch.s_ctx))  # shared cells
+    assert torch.equal(batch.s_test[:, :40], batch.s_ctx)  # context slots come first
+    assert torch.equal(batch.f_test[:, :40], batch.f_ctx)
+    counts = batch.context_mask().sum(1)
+    assert ((counts >= 10) & (counts <= 39)).all()
+    grid = torch.linspace(-2, 2, 16)
+    assert set(batch.s_test[0, :, 0].tolist()) <= set(grid.tolist())
+    assert task.model_defaults()["dim_f"] == 3 and task.likelihood == "categorical"
+
+
+def test_sir_domains_shift_and_scale_the_lattice():
+    task = SIRTask(side=16, n_frames=4, n_ctx=40, min_ctx=10, max_ctx=39, n_test=60,
+                   scaled_side=32, scaled_frames=5, scaled_min_ctx=40)
+    shifted = task.domain("shifted").sample(torch.Generator().manual_seed(1))
+    plain = task.sample(torch.Generator().manual_seed(1))
+    assert torch.allclose(shifted.s_ctx, plain.s_ctx + 10) and torch.equal(shifted.f_ctx,
+                                                                             plain.f_ctx)
+    big = task.domain("scaled")
+    assert (big.side, big.n_ctx, big.n_test, big.min_ctx, big.max_ctx, big.box) == (
+        32, 160, 240, 40, 159, (-4.0, 4.0))
+    assert big.sample(torch.Generator().manual_seed(2)).s_test.abs().max() == 4.0
+
+
+def test_categorical_metrics_by_hand():
+    probs = torch.tensor([[[0.7, 0.2, 0.1], [0.1, 0.6, 0.3], [0.5, 0.4, 0.1]]])
+    target = torch.nn.functional.one_hot(torch.tensor([[0, 2, 1]]), 3).float()
+    mask = torch.tensor([[True, True, False]])  # the third point does not count
+    m = categorical_metrics(probs, target, mask)
+    assert m["nll"] == pytest.approx(-(math.log(0.7) + math.log(0.3)) / 2)
+    assert m["acc"] == pytest.approx(0.5) and m["acc/0"] == 1.0 and m["acc/2"] == 0.0
+    assert math.isnan(m["acc/1"])
+    brier = ((0.3**2 + 0.2**2 + 0.1**2) + (0.1**2 + 0.6**2 + 0.7**2)) / 2
+    assert m["brier"] == pytest.approx(brier)
+    assert m["ece"] == pytest.approx((abs(1 - 0.7) + abs(0 - 0.6)) / 2)  # one point per bin
+
+
+def test_sir_experiment_trains_and_evaluates_with_categorical_metrics(tmp_path):
+    config = ExperimentConfig.from_dict({
+        "model": {"num_blocks": 1, "dim": 16, "qkv_dim": 16, "ffn_dim": 32,
+                  "bias_s": {"family": "tisa"}},
+        "task": {"name": "sir", "batch_size": 2, "side": 12, "n_frames": 5, "n_ctx": 30,
+                 "min_ctx": 5, "max_ctx": 29, "n_test": 50, "scaled_side": 24,
+                 "scaled_frames": 6, "scaled_min_ctx": 20},
+        "train": {"steps": 2, "batch_size": 2, "val_every": 2, "val_batches": 1,
+                  "out_dir": str(tmp_path)},
+        "eval": {"n_batches": 2},
+    })
+    assert config.model.likelihood == "categorical" and config.model.dim_f == 3
+    trainer = build_trainer(config)
+    trainer.fit(progress=False)
+    results = evaluate(trainer.model, n_batches=2, task=config.task, progress=False)
+    entry = results["domains"]["scaled"]
+    assert {"nll", "acc", "brier", "ece"} <= set(entry["model"]) and "oracle" not in entry
+    assert 0 <= entry["model"]["acc"]["mean"] <= 1
+    header = markdown_table(results).splitlines()[0]
+    assert "| acc | brier | ece |" in header and "rmse" not in header
+    assert abs(results["domains"]["shifted"]["vs_in_domain"]["nll"]["mean"]) < 1e-4
+
+
+def test_bundled_sir_config_is_the_paper_model():
+    from bsatnp.experiment import load_experiment
+
+    experiment = load_experiment("sir")
+    model = experiment.build_model()
+    assert experiment.model.bias_s.family == "tisa" and experiment.model.likelihood == "categorical"
+    small = SIRTask(batch_size=1, side=8, n_frames=3, n_ctx=10, min_ctx=2, max_ctx=9, n_test=20)
+    with torch.no_grad():
+        dist = model(small.sample(torch.Generator().manual_seed(0)))
+    assert dist.probs.shape == (1, 20, 3)

@@ -34,21 +34,33 @@ from torch import nn
 
 from bsatnp.batch import Batch
 from bsatnp.io.files import complete_lines
-from bsatnp.metrics import gaussian_metrics, summarize
+from bsatnp.metrics import categorical_metrics, gaussian_metrics, summarize
 from bsatnp.models.base import model_device
 from bsatnp.progress import tqdm_class
 from bsatnp.tasks import IN_DOMAIN, Task, batch_generator
 from bsatnp.tasks.gp2d import GP2DTask
 
 TABLE_METRICS = ("nll", "rmse", "mae", "cov50", "cov90", "cov95", "crps")
-"""Columns of the markdown table (the JSON holds every metric)."""
-def model_metrics(model: nn.Module, batch: Batch) -> dict[str, float]:
-    """Metrics of the model's Gaussian predictive on one batch (see :func:`gaussian_metrics`).
+"""Columns of the markdown table of Gaussian tasks (the JSON holds every metric)."""
+CATEGORICAL_TABLE_METRICS = ("nll", "acc", "brier", "ece")
+"""Columns of the markdown table of categorical tasks."""
 
-    ``model.predict(batch)`` must return the mean and standard deviation ``[B, Lt, Df]``.
+
+def model_metrics(model: nn.Module, batch: Batch, likelihood: str = "gaussian"
+                  ) -> dict[str, float]:
+    """Metrics of the model's predictive on one batch.
+
+    Gaussian (:func:`~bsatnp.metrics.gaussian_metrics`): ``model.predict(batch)`` returns the
+    mean and standard deviation ``[B, Lt, Df]``. Categorical
+    (:func:`~bsatnp.metrics.categorical_metrics`): ``model(batch)`` is a ``Categorical``
+    over the classes of the one-hot ``f_test``.
     """
-    device = model_device(model)
-    mean, std = model.predict(batch.to(device))
+    batch_on_device = batch.to(model_device(model))
+    if likelihood == "categorical":
+        with torch.no_grad():
+            probs = model(batch_on_device).probs
+        return categorical_metrics(probs.cpu(), batch.f_test, batch.test_mask())
+    mean, std = model.predict(batch_on_device)
     return gaussian_metrics(mean.cpu(), std.cpu(), batch.f_test, batch.test_mask())
 
 
@@ -124,13 +136,16 @@ def evaluate(
 
 def markdown_table(results: Mapping[str, Any]) -> str:
     """Markdown table of :func:`evaluate` results: one row per domain and scored method."""
-    header = ["domain (batches×tasks)", "method", *TABLE_METRICS]
+    first = next(iter(results["domains"].values()))
+    summaries = [value for value in first.values() if isinstance(value, Mapping)]
+    columns = TABLE_METRICS if summaries and "rmse" in summaries[0] else CATEGORICAL_TABLE_METRICS
+    header = ["domain (batches×tasks)", "method", *columns]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for domain, entry in results["domains"].items():
         label = f"{domain} ({entry['n_batches']}×{entry['batch_size']})"
         methods = [key for key, value in entry.items() if isinstance(value, Mapping)]
         for name in methods:
-            cells = [_mean_se(entry[name][m]) for m in TABLE_METRICS]
+            cells = [_mean_se(entry[name][m]) for m in columns]
             lines.append("| " + " | ".join([label, name, *cells]) + " |")
             label = ""
     lines += ["", f"Mean ± s.e. over batches of the {results.get('task', 'gp2d')} task, test "
@@ -210,7 +225,7 @@ def _score_batch(models: Mapping[str, nn.Module], task: Task, generator: torch.G
     else:
         batch = task.sample(generator, "test")
     for name, model in models.items():
-        scores[name] = model_metrics(model, batch)
+        scores[name] = model_metrics(model, batch, task.likelihood)
     return scores
 
 

@@ -271,7 +271,7 @@ def validator(task: Task, n_batches: int, seed: int) -> Validate:
     def validate(model: nn.Module) -> dict[str, float]:
         if not batches:
             batches.extend(eval_batches(task, n_batches, seed, split="valid"))
-        summary = summarize(model_metrics(model, batch) for batch in batches)
+        summary = summarize(model_metrics(model, batch, task.likelihood) for batch in batches)
         return {key: mean for key, (mean, _) in summary.items()}
 
     return validate

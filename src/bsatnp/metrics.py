@@ -1,10 +1,11 @@
-"""Metrics of Gaussian predictions, averaged over the valid points of a batch.
+"""Metrics of Gaussian and categorical predictions, averaged over the valid points of a batch.
 
-Every metric takes predictive ``mean`` and ``std`` and ``target`` of shape ``[B, L, D]``
-and a bool ``mask [B, L]`` of the points that count, and returns the average over all
-valid points (and output dimensions) of the whole batch — as SPEC §5 defines the NLL.
-Masked points may hold anything, NaN included. Computed in float64.
-:func:`summarize` turns per-batch results into mean ± standard error.
+Every Gaussian metric takes predictive ``mean`` and ``std`` and ``target`` of shape
+``[B, L, D]`` and a bool ``mask [B, L]`` of the points that count, and returns the average
+over all valid points (and output dimensions) of the whole batch — as SPEC §5 defines the
+NLL. :func:`categorical_metrics` does the same for class probabilities. Masked points may
+hold anything, NaN included. Computed in float64. :func:`summarize` turns per-batch results
+into mean ± standard error.
 """
 
 from __future__ import annotations
@@ -103,6 +104,42 @@ def gaussian_metrics(mean: Tensor, std: Tensor, target: Tensor, mask: Tensor) ->
     return {key: float(value) for key, value in out.items()}
 
 
+ECE_BINS = 15
+"""Confidence bins of the expected calibration error."""
+
+
+def categorical_metrics(probs: Tensor, target: Tensor, mask: Tensor) -> dict[str, float]:
+    """Metrics of class probabilities ``probs [B, L, C]`` against one-hot ``target``.
+
+    Returns:
+        ``nll`` (cross-entropy), ``acc`` (accuracy of the most likely class), ``brier``
+        (Σ_c (p_c − y_c)², per point), ``ece`` (expected calibration error of the top-class
+        confidence over :data:`ECE_BINS` equal-width bins) and ``acc/<c>`` (accuracy on the
+        points whose true class is ``c``; NaN when a batch has none).
+    """
+    keep = mask.bool()
+    if not bool(keep.any()):
+        raise ValueError("mask selects no point: the metric is undefined")
+    p = probs.double()[keep]  # [N, C]
+    y = torch.where(mask[..., None], target, 0).double()[keep]
+    truth = y.argmax(-1)
+    confidence, guess = p.max(-1)
+    correct = (guess == truth).double()
+    bins = (confidence * ECE_BINS).long().clamp_max(ECE_BINS - 1)
+    ece = sum((correct[bins == k] - confidence[bins == k]).sum().abs()
+              for k in range(ECE_BINS)) / len(correct)
+    out = {
+        "nll": -p.gather(1, truth[:, None]).clamp_min(1e-300).log().mean(),
+        "acc": correct.mean(),
+        "brier": (p - y).square().sum(-1).mean(),
+        "ece": ece,
+    }
+    for c in range(p.shape[-1]):
+        here = truth == c
+        out[f"acc/{c}"] = correct[here].mean() if bool(here.any()) else torch.tensor(math.nan)
+    return {key: float(value) for key, value in out.items()}
+
+
 def summarize(results: Iterable[Mapping[str, float]]) -> dict[str, tuple[float, float]]:
     """Mean and standard error of each metric over batches.
 
@@ -112,7 +149,8 @@ def summarize(results: Iterable[Mapping[str, float]]) -> dict[str, tuple[float, 
 
     Returns:
         ``key -> (mean, stderr)`` with ``stderr = sd / √n`` (sample sd, ``n − 1``);
-        ``stderr`` is NaN for a single batch.
+        ``stderr`` is NaN for a single batch. NaN entries (a metric undefined on a
+        batch) are left out of that metric's mean.
     """
     rows = list(results)
     if not rows:
@@ -120,6 +158,7 @@ def summarize(results: Iterable[Mapping[str, float]]) -> dict[str, tuple[float, 
     out = {}
     for key in rows[0]:
         values = torch.tensor([row[key] for row in rows], dtype=torch.float64)
+        values = values[~values.isnan()] if bool(values.isnan().any()) else values
         n = values.numel()
         stderr = float(values.std() / math.sqrt(n)) if n > 1 else math.nan
         out[key] = (float(values.mean()), stderr)

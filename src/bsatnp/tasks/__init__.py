@@ -1,10 +1,10 @@
 """Tasks: the contract (:class:`Task`), the registry, and the paper's synthetic benchmarks.
 
 Importing this package registers the bundled tasks: ``gp2d``, ``multiscale``,
-``geodesic`` and ``fixed_effects``.
+``geodesic``, ``fixed_effects`` and ``sir``.
 """
 
-from bsatnp.tasks import fixed_effects, geodesic, gp2d, multiscale  # noqa: F401 (registers)
+from bsatnp.tasks import fixed_effects, geodesic, gp2d, multiscale, sir  # noqa: F401 (registers)
 from bsatnp.tasks.base import IN_DOMAIN, Task, batch_generator, eval_batches
 from bsatnp.tasks.registry import register_task, task_class, task_names
 

@@ -1,4 +1,4 @@
-"""Stochastic SIR epidemics on a lattice (PROTOCOLS §5), simulated in torch.
+"""Stochastic SIR epidemics on a lattice (PROTOCOLS §5) and the task of classifying them.
 
 Each cell is susceptible, infected or recovered. One transition, computed from the previous
 state only (a cell infected in a step cannot recover in it):
@@ -15,13 +15,19 @@ Simulations are vectorised over a leading batch axis, and all randomness comes f
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from bsatnp.batch import Batch
+from bsatnp.tasks.base import IN_DOMAIN, Task
+from bsatnp.tasks.gp import check_box
 from bsatnp.tasks.priors import Beta, InvGamma, Prior
+from bsatnp.tasks.registry import register_task
+from bsatnp.tasks.samplers import context_test_indices
 
 SUSCEPTIBLE, INFECTED, RECOVERED = 0, 1, 2
 """Cell states as stored in simulated frames (``int8``)."""
@@ -123,3 +129,103 @@ def run_sir(state: Tensor, beta: Tensor, gamma: Tensor, n_frames: int,
         state[recover] = RECOVERED
         frames.append(state)
     return torch.stack(frames, dim=1)
+
+
+CLASS_ORDER = (INFECTED, RECOVERED, SUSCEPTIBLE)
+"""Class ``c`` of the one-hot values is state ``CLASS_ORDER[c]`` (the reference's order)."""
+
+
+@register_task
+@dataclass(frozen=True)
+class SIRTask(Task):
+    """Classify epidemic states on a lattice from a few observed cells (PROTOCOLS §5).
+
+    Per batch: one epidemic simulated on a ``side × side`` grid of locations
+    ``linspace(lo, hi, side)²``; ``batch_size`` frames drawn from it with replacement; one
+    permutation of the cells shared by the batch. The first ``n_ctx`` permuted cells are
+    context slots with ``k ~ U{min_ctx, …, max_ctx}`` valid per task; the test set is the
+    first ``n_test`` permuted cells, which contain every context slot. Values are one-hot
+    over (infected, recovered, susceptible); no noise, no time input.
+
+    Attributes:
+        batch_size: Frames per batch ``B``.
+        side: Lattice cells per side.
+        box: ``(lo, hi)`` of the square the lattice spans.
+        n_frames: Frames per simulated epidemic.
+        n_ctx: Context slots ``Lc``.
+        min_ctx: Fewest valid context cells per task.
+        max_ctx: Most valid context cells per task.
+        n_test: Test cells ``Lt`` (at least ``n_ctx``: the context slots come first).
+        scaled_side: Lattice side of the scaled domain (the paper's 128 on ``[−4, 4]²``:
+            the box doubles, the cell spacing stays about the same).
+        scaled_frames: Frames per epidemic in the scaled domain.
+        scaled_min_ctx: Fewest valid context cells in the scaled domain.
+    """
+
+    name = "sir"
+    likelihood = "categorical"
+    domains = (IN_DOMAIN, "shifted", "scaled")
+
+    batch_size: int = 8
+    side: int = 64
+    box: tuple[float, float] = (-2.0, 2.0)
+    n_frames: int = 25
+    n_ctx: int = 512
+    min_ctx: int = 128
+    max_ctx: int = 511
+    n_test: int = 1024
+    scaled_side: int = 128
+    scaled_frames: int = 50
+    scaled_min_ctx: int = 512
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_ctx <= self.max_ctx <= self.n_ctx <= self.n_test <= self.side**2:
+            raise ValueError("need 1 <= min_ctx <= max_ctx <= n_ctx <= n_test <= side², got "
+                             f"{self.min_ctx}, {self.max_ctx}, {self.n_ctx}, {self.n_test}, "
+                             f"{self.side}²")
+        check_box(self.box)
+
+    def model_defaults(self) -> dict[str, Any]:
+        """2D locations; three classes."""
+        return {"dim_x": 0, "dim_s": 2, "dim_t": 0, "dim_f": len(CLASS_ORDER),
+                "likelihood": "categorical"}
+
+    def domain(self, name: str) -> Task:
+        """``in_domain``, ``shifted`` (box + 10) or ``scaled``.
+
+        ``scaled`` doubles the box about its centre on a ``scaled_side`` lattice with 4× the
+        context slots and test cells.
+        """
+        lo, hi = self.box
+        if name == "shifted":
+            return replace(self, box=(lo + 10.0, hi + 10.0))
+        if name == "scaled":
+            centre, half = (lo + hi) / 2, (hi - lo) / 2
+            return replace(self, box=(centre - 2 * half, centre + 2 * half),
+                           side=self.scaled_side, n_frames=self.scaled_frames,
+                           n_ctx=4 * self.n_ctx, n_test=4 * self.n_test,
+                           min_ctx=self.scaled_min_ctx, max_ctx=4 * (self.max_ctx + 1) - 1)
+        return super().domain(name)
+
+    def sample(self, generator: torch.Generator | None = None, split: str = "train") -> Batch:
+        """One batch: ``s [B, L, 2]`` cell centres and one-hot ``f [B, L, 3]``."""
+        B, Lc = self.batch_size, self.n_ctx
+        sim = SIRSimulator(height=self.side, width=self.side, n_frames=self.n_frames)
+        frames = sim.simulate(1, generator)[0][0]  # [F, H, W]
+        picked = frames[torch.randint(0, self.n_frames, (B,), generator=generator)]
+        ctx, mask_ctx, test = context_test_indices(
+            B, self.side**2, Lc, self.n_test, self.min_ctx, self.max_ctx, generator,
+            shared_permutation=True, test_includes_context=True)
+        axis = torch.linspace(*self.box, self.side)
+        rows, cols = torch.meshgrid(axis, axis, indexing="ij")
+        cells = torch.stack([cols.flatten(), rows.flatten()], dim=-1)  # [H·W, 2]
+        states = picked.reshape(B, -1).long()  # [B, H·W]
+        classes = torch.tensor([CLASS_ORDER.index(s) for s in range(3)])[states]
+        onehot = F.one_hot(classes, len(CLASS_ORDER)).float()  # [B, H·W, 3]
+
+        def take(values: Tensor, index: Tensor) -> Tensor:
+            return values.gather(1, index[..., None].expand(-1, -1, values.shape[-1]))
+
+        s_all = cells.expand(B, -1, -1)
+        return Batch(s_ctx=take(s_all, ctx), f_ctx=take(onehot, ctx), mask_ctx=mask_ctx,
+                     s_test=take(s_all, test), f_test=take(onehot, test))
