@@ -61,6 +61,7 @@ from bsatnp.models.tnpd import TNPDConfig
 from bsatnp.tasks import Task, eval_batches, task_names
 from bsatnp.tasks.gp import GPTask
 from bsatnp.tasks.gp2d import GP2DTask
+from bsatnp.tasks.sir import SIRTask
 
 REFERENCE_GFLOPS = {"bsatnp": 94.6, "tnpd": 214.5}  # dl4bi, B=8 512/1024 step (issue 4)
 TRAINING_FREE = tuple(LOCAL_AVERAGES)
@@ -89,6 +90,10 @@ def quick_task(task: Task) -> Task:
         return replace(QUICK_TASK, box=task.box)
     if isinstance(task, GPTask):
         return replace(task, **QUICK_SIZES)
+    if isinstance(task, SIRTask):
+        return replace(task, batch_size=2, side=12, n_frames=5, n_ctx=30, min_ctx=5,
+                       max_ctx=29, n_test=50, scaled_side=24, scaled_frames=6,
+                       scaled_min_ctx=20)
     return task.with_batch_size(2)
 
 
@@ -144,14 +149,24 @@ def _fixed_effects_variants(config: Any) -> dict[str, ModelConfig]:
     return {"bsatnp": bsatnp, "bsatnp no-x": replace(bsatnp, dim_x=0)}
 
 
+def _sir_variants(config: Any) -> dict[str, ModelConfig]:
+    """PROTOCOLS §5: BSA-TNP with a TISA bias on the unsquared distance; the baselines with
+    3-class heads."""
+    bsatnp = config(BSATNPConfig, "bsatnp")
+    return {"bsatnp": replace(bsatnp, bias_s=replace(bsatnp.bias_s, family="tisa")),
+            "tnpd": config(TNPDConfig, "tnpd"), "tetnp": config(TETNPConfig, "tetnp"),
+            "convcnp": config(ConvCNPConfig, "convcnp")}
+
+
 VARIANTS = {
     "gp2d": _gp2d_variants,
     "multiscale": lambda config: {"bsatnp": config(BSATNPConfig, "bsatnp"),
                                   "tetnp": config(TETNPConfig, "tetnp")},
     "geodesic": _geodesic_variants,
     "fixed_effects": _fixed_effects_variants,
+    "sir": _sir_variants,
 }
-"""Task name → the models compared on it (PROTOCOLS §1–4)."""
+"""Task name → the models compared on it (PROTOCOLS §1–5)."""
 
 
 def train(name: str, experiment: ExperimentConfig, out_dir: Path,
@@ -264,15 +279,18 @@ def tables(results: dict[str, Any]) -> str:
                      f"| {gflops} |")
     for domain, entry in results.get("eval", {"domains": {}})["domains"].items():
         facts = ", ".join(f"{k} {entry[k]}" for k in ("box", "n_ctx", "n_test") if k in entry)
+        names = [n for n in (*results["models"], "oracle") if n in entry]
+        metrics = ("nll", "rmse", "mae", "cov95") if "rmse" in entry[names[0]] else (
+            "nll", "acc", "brier", "ece")
         lines += ["", f"**{domain}** ({entry['n_batches']} batches × {entry['batch_size']} "
                   f"tasks; {facts})", "",
-                  "| model | NLL | RMSE | MAE | cov95 | NLL − oracle | NLL − in-domain NLL |",
-                  "|---|---|---|---|---|---|---|"]
-        for name in [n for n in (*results["models"], "oracle") if n in entry]:
+                  f"| model | {' | '.join(m.upper() for m in metrics)} | NLL − oracle "
+                  "| NLL − in-domain NLL |", "|---|" + "---|" * (len(metrics) + 2)]
+        for name in names:
             row = entry[name]
             gap = entry.get(f"gap/{name}", {}).get("nll")
             shift = entry.get(f"vs_in_domain/{name}", {}).get("nll")
-            cells = [_fmt(row[m]) for m in ("nll", "rmse", "mae", "cov95")]
+            cells = [_fmt(row[m]) for m in metrics]
             cells += [_fmt(gap) if gap else "–", _fmt(shift) if shift else "–"]
             lines.append(f"| {name} | {' | '.join(cells)} |")
     return "\n".join(lines) + "\n"
@@ -357,7 +375,7 @@ def main() -> None:
         print(f"Not yet at {args.steps} steps: {', '.join(unfinished)}. Rerun the same command "
               f"to continue from {args.runs}; the tables need every model trained.")
         return
-    if not args.costs_only:
+    if not args.costs_only and task.likelihood == "gaussian":  # IDW/kNN predict Gaussians
         wanted = args.models.split(",") if args.models else TRAINING_FREE
         validation = eval_batches(task, train_config.val_batches, experiment.eval.val_seed,
                                   split="valid")

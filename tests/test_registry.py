@@ -165,3 +165,22 @@ def test_a_stored_former_tnpd_config_reads_as_the_sa_tnp_it_was():
     assert isinstance(config, BSATNPConfig) and config.use_s == "embed"
     assert config.bias_specs == () and config.dim == 32
     assert isinstance(config_from_dict({"family": "tnpd"}), TNPDConfig)  # the paper's TNP-D
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_every_family_has_a_categorical_head(family):
+    from dataclasses import replace
+
+    from torch.distributions import Categorical
+
+    from bsatnp.loss import masked_nll
+
+    torch.manual_seed(0)
+    model = build_model(replace(SMALL[family], likelihood="categorical", dim_f=3))
+    batch = random_batch(B=2, Lc=12, Lt=5, dim_f=3)
+    dist = model(batch)
+    assert isinstance(dist, Categorical) and dist.probs.shape == (2, 5, 3)
+    masked_nll(dist, batch.f_test, batch.test_mask()).backward()
+    assert model.likelihood == "categorical"
+    with pytest.raises(ValueError, match="likelihood"):
+        build_model(replace(SMALL[family], likelihood="poisson"))

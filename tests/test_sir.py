@@ -148,3 +148,28 @@ def test_bundled_sir_config_is_the_paper_model():
     with torch.no_grad():
         dist = model(small.sample(torch.Generator().manual_seed(0)))
     assert dist.probs.shape == (1, 20, 3)
+
+
+def test_predict_writes_class_probabilities_and_the_most_likely_class(tmp_path):
+    import csv
+
+    from bsatnp import cli
+    from bsatnp.io.checkpoint import save_checkpoint
+    from bsatnp.models import BSATNP
+
+    torch.manual_seed(0)
+    model = BSATNP(num_blocks=1, dim=16, qkv_dim=16, ffn_dim=32, dim_f=3,
+                   likelihood="categorical")
+    checkpoint = save_checkpoint(tmp_path / "m.safetensors", model)
+    points = tmp_path / "points.csv"
+    points.write_text("split,s0,s1,f0,f1,f2\ncontext,0,0,1,0,0\ncontext,1,0,0,0,1\n"
+                      "test,0.5,0,,,\ntest,2,2,,,\n")
+    out = tmp_path / "pred.csv"
+    assert cli.main(["predict", "--checkpoint", str(checkpoint), "--input", str(points),
+                     "--output", str(out)]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert list(rows[0]) == ["s0", "s1", "prob0", "prob1", "prob2", "class"]
+    for row in rows:
+        probs = [float(row[f"prob{c}"]) for c in range(3)]
+        assert sum(probs) == pytest.approx(1.0, abs=1e-6)
+        assert int(row["class"]) == max(range(3), key=probs.__getitem__)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import os
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -24,9 +25,12 @@ Input, one task (columns/arrays depend on the model; a 2D-GP model has Ds=2, Df=
       test,0.0,0.0,
   NPZ (.npz): arrays s_ctx [Lc, Ds], f_ctx [Lc] or [Lc, Df], s_test [Lt, Ds]
     (plus x_ctx/x_test, t_ctx/t_test for those roles).
+  A categorical model with C classes reads one-hot values f0..f{C-1}.
 Output (format by extension): the test points with the predictive mean and standard
   deviation, CSV columns <test location columns>, mean, std (mean0.., std0.. when Df>1),
-  or NPZ arrays s_test, mean [Lt, Df], std [Lt, Df]."""
+  or NPZ arrays s_test, mean [Lt, Df], std [Lt, Df]. A categorical model writes the class
+  probabilities prob0..prob{C-1} and the most likely class instead (NPZ: prob [Lt, C],
+  class [Lt, 1])."""
 
 
 def read_points(path: str | os.PathLike[str], model: NeuralProcess) -> Batch:
@@ -54,9 +58,14 @@ def read_points(path: str | os.PathLike[str], model: NeuralProcess) -> Batch:
                     for name, value in arrays.items()})
 
 
-def write_predictions(path: str | os.PathLike[str], batch: Batch, mean: torch.Tensor,
-                      std: torch.Tensor) -> Path:
-    """Write the test points of ``batch`` (``B = 1``) with ``mean`` and ``std`` ``[1, Lt, Df]``.
+def write_predictions(path: str | os.PathLike[str], batch: Batch,
+                      outputs: Mapping[str, torch.Tensor]) -> Path:
+    """Write the test points of ``batch`` (``B = 1``) with named outputs ``[1, Lt, k]``.
+
+    Args:
+        path: ``.csv`` (columns ``name`` or ``name0, name1, ...`` per output) or ``.npz``.
+        batch: The task whose test points are written first.
+        outputs: E.g. ``{"mean": ..., "std": ...}`` or ``{"prob": ..., "class": ...}``.
 
     Raises:
         ValueError: On an unknown extension (``.csv`` or ``.npz``).
@@ -64,7 +73,7 @@ def write_predictions(path: str | os.PathLike[str], batch: Batch, mean: torch.Te
     path = Path(path)
     tests = {f"{role}_test": batch.test(role)[0].numpy() for role in ROLES
              if batch.test(role) is not None}
-    pred = {"mean": mean[0].cpu().numpy(), "std": std[0].cpu().numpy()}
+    pred = {name: value[0].cpu().numpy() for name, value in outputs.items()}
     if path.suffix == ".npz":
         path.parent.mkdir(parents=True, exist_ok=True)
         np.savez(path, **tests, **pred)
@@ -78,7 +87,8 @@ def write_predictions(path: str | os.PathLike[str], batch: Batch, mean: torch.Te
     with open(path, "w", newline="", encoding="utf-8") as file:
         writer = csv.writer(file)
         writer.writerow(header)
-        writer.writerows(np.concatenate(list(arrays.values()), axis=1).tolist())
+        columns = [array.tolist() for array in arrays.values()]  # ints stay ints (class)
+        writer.writerows([value for part in row for value in part] for row in zip(*columns))
     return path
 
 
@@ -86,15 +96,23 @@ def predict_file(model: NeuralProcess, input_path: str | os.PathLike[str],
                  output_path: str | os.PathLike[str]) -> Path:
     """Read points, predict with ``model`` and write the predictions.
 
+    Gaussian models write the predictive mean and standard deviation; categorical ones the
+    class probabilities and the most likely class.
+
     Raises:
-        ValueError: If the model is not Gaussian or the input does not fit the model.
+        ValueError: If the input does not fit the model.
     """
-    if model.likelihood != "gaussian":
-        raise ValueError(f"predict needs a Gaussian model, this one is {model.likelihood}")
     batch = read_points(input_path, model)
-    device = model_device(model)
-    mean, std = model.eval().predict(batch.to(device))
-    return write_predictions(output_path, batch, mean, std)
+    on_device = batch.to(model_device(model))
+    model.eval()
+    if model.likelihood == "categorical":
+        with torch.no_grad():
+            probs = model(on_device).probs
+        outputs = {"prob": probs, "class": probs.argmax(-1, keepdim=True)}
+    else:
+        mean, std = model.predict(on_device)
+        outputs = {"mean": mean, "std": std}
+    return write_predictions(output_path, batch, outputs)
 
 
 def _columns(role: str, dim: int) -> list[str]:

@@ -13,7 +13,7 @@ from bsatnp.models.base import NeuralProcess
 from bsatnp.models.blocks import KRBlock
 from bsatnp.models.config import BSATNPConfig
 from bsatnp.models.embedding import TokenEmbedding
-from bsatnp.models.heads import CategoricalHead, GaussianHead
+from bsatnp.models.heads import likelihood_head
 from bsatnp.models.layers import reference_init_
 
 
@@ -50,11 +50,8 @@ class BSATNP(NeuralProcess):
             for _ in range(config.num_blocks)
         )
         self.norm = nn.LayerNorm(config.dim, eps=config.ln_eps)
-        head_dims = (config.dim, *config.head_hidden)
-        if config.likelihood == "gaussian":
-            self.head: nn.Module = GaussianHead((*head_dims, 2 * config.dim_f), config.min_std)
-        else:
-            self.head = CategoricalHead((*head_dims, config.dim_f))
+        self.head = likelihood_head(config.likelihood, (config.dim, *config.head_hidden),
+                                    config.dim_f, config.min_std)
         reference_init_(self)
 
     def predictive(self, batch: Batch) -> Distribution:

@@ -8,7 +8,7 @@ from bsatnp.attention.biases import BiasSpec
 from bsatnp.attention.functional import BACKENDS
 from bsatnp.batch import ROLES
 from bsatnp.config import Config
-from bsatnp.models.heads import LIKELIHOODS
+from bsatnp.models.heads import check_likelihood
 
 ROLE_USES = ("embed", "bias", "both")
 
@@ -82,8 +82,7 @@ class BSATNPConfig(Config):
                 raise ValueError(f"dim_{role} must be >= 0")
         if self.dim_f < 1:
             raise ValueError(f"dim_f must be >= 1, got {self.dim_f}")
-        if self.likelihood not in LIKELIHOODS:
-            raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {self.likelihood!r}")
+        check_likelihood(self.likelihood)
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
         if not 0.0 <= self.min_std < 1.0:

@@ -35,12 +35,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.distributions import Normal
+from torch.distributions import Distribution
 
 from bsatnp.batch import Batch
 from bsatnp.config import Config
 from bsatnp.models.base import NeuralProcess
-from bsatnp.models.heads import GaussianHead
+from bsatnp.models.heads import check_likelihood, likelihood_head
 from bsatnp.models.layers import reference_init_
 
 _DENSITY_EPS = 1e-8
@@ -62,6 +62,7 @@ class ConvCNPConfig(Config):
         depth: Number of stride-2 down/up levels of the UNet.
         kernel_size: Odd convolution kernel size.
         head_hidden: Hidden widths of the pointwise output MLP.
+        likelihood: ``gaussian`` or ``categorical`` (``dim_f`` classes).
         min_std: Gaussian lower bound on σ.
         max_points_per_axis: Largest grid allowed per axis; a larger one raises
             ``ValueError`` (guards against locations on a much larger scale than ``ppu``).
@@ -76,6 +77,7 @@ class ConvCNPConfig(Config):
     depth: int = 4
     kernel_size: int = 3
     head_hidden: tuple[int, ...] = (64,)
+    likelihood: str = "gaussian"
     min_std: float = 0.0
     max_points_per_axis: int = 1024
 
@@ -100,6 +102,7 @@ class ConvCNPConfig(Config):
             raise ValueError(f"kernel_size must be odd and >= 1, got {self.kernel_size}")
         if not 0.0 <= self.min_std < 1.0:
             raise ValueError(f"min_std must be in [0, 1), got {self.min_std}")
+        check_likelihood(self.likelihood)
         if self.max_points_per_axis < 2:
             raise ValueError(
                 f"max_points_per_axis must be >= 2, got {self.max_points_per_axis}"
@@ -233,9 +236,8 @@ class ConvCNP(NeuralProcess):
         self.log_lengthscale_enc = nn.Parameter(torch.tensor(init))
         self.log_lengthscale_dec = nn.Parameter(torch.tensor(init))
         self.cnn = UNet(1 + config.dim_f, config.channels, config.depth, config.kernel_size)
-        self.head = GaussianHead(
-            (config.channels, *config.head_hidden, 2 * config.dim_f), config.min_std
-        )
+        self.head = likelihood_head(config.likelihood, (config.channels, *config.head_hidden),
+                                    config.dim_f, config.min_std)
         reference_init_(self.head)
 
     def grid(self, batch: Batch) -> tuple[Tensor, tuple[int, int]]:
@@ -274,8 +276,8 @@ class ConvCNP(NeuralProcess):
             )
         return origin, (n_x, n_y)
 
-    def predictive(self, batch: Batch) -> Normal:
-        """``Normal`` with mean/stddev ``[B, Lt, Df]`` from context ``(s, f)``, test ``s``."""
+    def predictive(self, batch: Batch) -> Distribution:
+        """``Normal`` ``[B, Lt, Df]`` or ``Categorical`` ``[B, Lt, C]`` at the test points."""
         origin, size = self.grid(batch)
         spacing = 1.0 / self.config.points_per_unit
         h = set_conv_to_grid(

@@ -40,12 +40,32 @@ class CategoricalHead(nn.Module):
 
     Args:
         dims: MLP widths ``(E, hidden..., C)``.
+        activation: After every hidden layer, ``"gelu"`` or ``"relu"``.
     """
 
-    def __init__(self, dims: tuple[int, ...]) -> None:
+    def __init__(self, dims: tuple[int, ...], activation: str = "gelu") -> None:
         super().__init__()
-        self.mlp = MLP(dims)
+        self.mlp = MLP(dims, activation=activation)
 
     def forward(self, z: Tensor) -> Categorical:
         """Tokens ``[B, Lt, E]`` → ``Categorical`` over ``C`` classes, batch shape ``[B, Lt]``."""
         return Categorical(logits=self.mlp(z), validate_args=False)
+
+
+def check_likelihood(likelihood: str) -> None:
+    """Raise ``ValueError`` unless ``likelihood`` is one of :data:`LIKELIHOODS`."""
+    if likelihood not in LIKELIHOODS:
+        raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
+
+
+def likelihood_head(likelihood: str, dims: tuple[int, ...], dim_f: int, min_std: float = 0.0,
+                    activation: str = "gelu") -> nn.Module:
+    """The head of a likelihood: MLP widths ``(E, hidden...)`` then the outputs it needs.
+
+    Gaussian: ``2·Df`` outputs (mean and raw std) → :class:`GaussianHead`; categorical:
+    ``Df = C`` class logits → :class:`CategoricalHead`.
+    """
+    check_likelihood(likelihood)
+    if likelihood == "categorical":
+        return CategoricalHead((*dims, dim_f), activation)
+    return GaussianHead((*dims, 2 * dim_f), min_std, activation)

@@ -34,13 +34,13 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import Normal
+from torch.distributions import Distribution
 
 from bsatnp.batch import Batch
 from bsatnp.config import Config
 from bsatnp.models.base import NeuralProcess
 from bsatnp.models.embedding import TokenEmbedding
-from bsatnp.models.heads import GaussianHead
+from bsatnp.models.heads import check_likelihood, likelihood_head
 from bsatnp.models.layers import MLP, reference_init_
 
 DEFAULT_MAX_PAIR_ELEMENTS = 2**28
@@ -233,6 +233,7 @@ class TETNPConfig(Config):
         num_pseudo: Number of pseudo-tokens ``M``.
         embed_hidden: Hidden widths of the token MLP.
         head_hidden: Hidden widths of the output MLP.
+        likelihood: ``gaussian`` or ``categorical`` (``dim_f`` classes).
         min_std: Gaussian lower bound on σ.
         ln_eps: LayerNorm epsilon.
         max_pair_elements: Largest ``B·Lq·Lk·phi_hidden`` one TE-MHA call may use.
@@ -252,6 +253,7 @@ class TETNPConfig(Config):
     num_pseudo: int = 32
     embed_hidden: tuple[int, ...] = (128,)
     head_hidden: tuple[int, ...] = (128,)
+    likelihood: str = "gaussian"
     min_std: float = 0.0
     ln_eps: float = 1e-6
     max_pair_elements: int = DEFAULT_MAX_PAIR_ELEMENTS
@@ -269,6 +271,7 @@ class TETNPConfig(Config):
             )
         if not 0.0 <= self.min_std < 1.0:
             raise ValueError(f"min_std must be in [0, 1), got {self.min_std}")
+        check_likelihood(self.likelihood)
 
 
 class TETNP(NeuralProcess):
@@ -308,14 +311,14 @@ class TETNP(NeuralProcess):
             for _ in range(config.num_layers)
         )
         self.norm = nn.LayerNorm(config.dim, eps=config.ln_eps)
-        self.head = GaussianHead((config.dim, *config.head_hidden, 2 * config.dim_f),
-                                 config.min_std)
+        self.head = likelihood_head(config.likelihood, (config.dim, *config.head_hidden),
+                                    config.dim_f, config.min_std)
         reference_init_(self)
         self.pseudo_tokens = nn.Parameter(torch.randn(config.num_pseudo, config.dim))
         self.pseudo_offsets = nn.Parameter(0.1 * torch.randn(config.num_pseudo, config.dim_s))
 
-    def predictive(self, batch: Batch) -> Normal:
-        """``Normal`` with mean/stddev ``[B, Lt, Df]`` from context ``(s, f)``, test ``s``."""
+    def predictive(self, batch: Batch) -> Distribution:
+        """``Normal`` ``[B, Lt, Df]`` or ``Categorical`` ``[B, Lt, C]`` at the test points."""
         n_ctx, mask_ctx = batch.n_ctx, batch.context_mask()
         weights = mask_ctx[..., None].to(batch.s_ctx.dtype)  # [B, Lc, 1]
         centre = (batch.s_ctx * weights).sum(1, keepdim=True) / weights.sum(1, keepdim=True)

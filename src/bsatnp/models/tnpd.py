@@ -19,14 +19,14 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import Normal
+from torch.distributions import Distribution
 
 from bsatnp.attention.functional import BACKENDS
 from bsatnp.attention.mha import BiasedMultiheadAttention
 from bsatnp.batch import ROLES, Batch
 from bsatnp.config import Config
 from bsatnp.models.base import NeuralProcess
-from bsatnp.models.heads import GaussianHead
+from bsatnp.models.heads import check_likelihood, likelihood_head
 from bsatnp.models.layers import MLP, reference_init_
 
 NORMS = ("post", "pre")
@@ -50,6 +50,7 @@ class TNPDConfig(Config):
         embed_hidden: Hidden widths of the token MLP (ReLU).
         head_hidden: Hidden widths of the output MLP (ReLU).
         norm: ``"post"`` (the paper's 2D GP) or ``"pre"`` (its Beijing and Gneiting runs).
+        likelihood: ``gaussian`` or ``categorical`` (``dim_f`` classes).
         min_std: Gaussian lower bound on σ.
         ln_eps: LayerNorm epsilon.
         backend: Attention backend (``auto``, ``dense``, ``tiled``, ``flex``).
@@ -70,6 +71,7 @@ class TNPDConfig(Config):
     embed_hidden: tuple[int, ...] = (256, 128)
     head_hidden: tuple[int, ...] = (256, 64)
     norm: str = "post"
+    likelihood: str = "gaussian"
     min_std: float = 0.0
     ln_eps: float = 1e-6
     backend: str = "auto"
@@ -86,6 +88,7 @@ class TNPDConfig(Config):
             raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
         if not 0.0 <= self.min_std < 1.0:
             raise ValueError(f"min_std must be in [0, 1), got {self.min_std}")
+        check_likelihood(self.likelihood)
 
 
 class EncoderBlock(nn.Module):
@@ -115,7 +118,7 @@ class EncoderBlock(nn.Module):
 
 
 class TNPD(NeuralProcess):
-    """The paper's TNP-D: ``[x, s, t, f]`` tokens → encoder blocks → Gaussian head.
+    """The paper's TNP-D: ``[x, s, t, f]`` tokens → encoder blocks → likelihood head.
 
     Args:
         config: Model configuration (default: the paper's 2D-GP TNP-D).
@@ -134,12 +137,12 @@ class TNPD(NeuralProcess):
         width = sum(getattr(config, f"dim_{r}") for r in ROLES) + config.dim_f
         self.embed = MLP((width, *config.embed_hidden, config.dim), activation="relu")
         self.blocks = nn.ModuleList(EncoderBlock(config) for _ in range(config.num_blocks))
-        self.head = GaussianHead((config.dim, *config.head_hidden, 2 * config.dim_f),
-                                 config.min_std, activation="relu")
+        self.head = likelihood_head(config.likelihood, (config.dim, *config.head_hidden),
+                                    config.dim_f, config.min_std, activation="relu")
         reference_init_(self)
 
-    def predictive(self, batch: Batch) -> Normal:
-        """``Normal`` ``[B, Lt, Df]`` at the test points."""
+    def predictive(self, batch: Batch) -> Distribution:
+        """``Normal`` ``[B, Lt, Df]`` or ``Categorical`` ``[B, Lt, C]`` at the test points."""
         n_ctx, mask_ctx = batch.n_ctx, batch.context_mask()
         f_test = batch.f_ctx.new_zeros(batch.batch_size, batch.n_test, batch.f_ctx.shape[-1])
         tokens = torch.cat([
