@@ -173,3 +173,18 @@ def test_predict_writes_class_probabilities_and_the_most_likely_class(tmp_path):
         probs = [float(row[f"prob{c}"]) for c in range(3)]
         assert sum(probs) == pytest.approx(1.0, abs=1e-6)
         assert int(row["class"]) == max(range(3), key=probs.__getitem__)
+
+
+def test_plot_draws_the_lattice_classes_and_entropy(tmp_path):
+    from bsatnp.models import BSATNP
+    from bsatnp.plot import plot_field
+
+    torch.manual_seed(0)
+    model = BSATNP(num_blocks=1, dim=16, qkv_dim=16, ffn_dim=32, dim_f=3,
+                   likelihood="categorical")
+    path = plot_field(model, tmp_path / "sir.png", task=SIRTask(side=12, n_frames=4, n_ctx=30,
+                                                                min_ctx=5, max_ctx=29,
+                                                                n_test=60), n_ctx=40)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="n_ctx"):
+        SIRTask(side=12, n_ctx=30, min_ctx=5, max_ctx=29, n_test=60).field_batch(200, 0)

@@ -1,4 +1,4 @@
-"""Figures: a model's prediction of one field of a GP task, and a run's learning curve.
+"""Figures: a model's prediction of one field of a task, and a run's learning curve.
 
 Matplotlib is optional (``pip install 'bsatnp[plot]'``) and imported only when a figure is
 drawn; figures are rendered off-screen (Agg) without touching pyplot's global state.
@@ -7,6 +7,7 @@ drawn; figures are rendered off-screen (Agg) without touching pyplot's global st
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from bsatnp.metrics import gaussian_metrics
+from bsatnp.metrics import categorical_metrics, gaussian_metrics
 from bsatnp.models.base import model_device
 from bsatnp.tasks import Task
 from bsatnp.tasks.gp2d import GP2DTask
@@ -22,15 +23,18 @@ from bsatnp.tasks.gp2d import GP2DTask
 
 def plot_field(model: nn.Module, out_png: str | os.PathLike[str], seed: int = 0,
                task: Task | None = None, n_ctx: int = 200, grid_size: int = 64) -> Path:
-    """Five panels: context points, true field, predicted mean, predicted std, |error|.
+    """One field of ``task`` predicted by ``model``, panel by panel.
+
+    Gaussian tasks: context points, true field, predicted mean, predicted std, |error|.
+    Categorical tasks: context points, true classes, most likely class, predictive entropy.
 
     Args:
-        model: A Gaussian model for 2D locations and scalar values.
+        model: A model for the task's 2D locations.
         out_png: Output file.
         seed: Seed of the drawn task.
-        task: A GP task with 2D locations (its domain and prior; default: the 2D GP).
+        task: A task with a map (``has_field``; default: the 2D GP).
         n_ctx: Number of context points.
-        grid_size: Test points per grid side.
+        grid_size: Test points per grid side (a lattice task uses its own lattice).
 
     Returns:
         The path written.
@@ -42,48 +46,72 @@ def plot_field(model: nn.Module, out_png: str | os.PathLike[str], seed: int = 0,
     task = task or GP2DTask()
     if not task.has_field:
         raise ValueError(f"task {task.name!r} has no field to plot (its values are not a map)")
-    batch, lengthscale = task.field_batch(n_ctx, grid_size, torch.Generator().manual_seed(seed))
-    device = model_device(model)
+    batch, caption = task.field_batch(n_ctx, grid_size, torch.Generator().manual_seed(seed))
     was_training = model.training
     try:
-        mean, std = model.eval().predict(batch.to(device))
+        with torch.no_grad():
+            dist = model.eval()(batch.to(model_device(model)))
     finally:
         model.train(was_training)
-    mean, std = mean.cpu(), std.cpu()
-    scores = gaussian_metrics(mean, std, batch.f_test, batch.test_mask())
-
-    def image(values: torch.Tensor) -> Any:
-        return values.reshape(grid_size, grid_size).numpy()
-
-    truth = batch.f_test
-    vmin, vmax = float(truth.min()), float(truth.max())
+    side = round(batch.n_test ** 0.5)
     (x0, y0), (x1, y1) = batch.s_test[0].aminmax(dim=0)  # the grid's corners
     x0, y0, x1, y1 = float(x0), float(y0), float(x1), float(y1)
     extent = (x0, x1, y0, y1)
-    fig = figure_class(figsize=(22, 4.4), layout="constrained")
-    axes = fig.subplots(1, 5)
-    ctx = axes[0].scatter(batch.s_ctx[0, :, 0], batch.s_ctx[0, :, 1], c=batch.f_ctx[0, :, 0],
-                          cmap="viridis", vmin=vmin, vmax=vmax, s=14, edgecolors="k",
-                          linewidths=0.3)
-    panels = [
-        ("context (noisy values)", ctx),
-        ("true field", _show(axes[1], image(truth), extent, "viridis", vmin, vmax)),
-        ("predicted mean", _show(axes[2], image(mean), extent, "viridis", vmin, vmax)),
-        ("predicted std", _show(axes[3], image(std), extent, "magma")),
-        ("|mean − truth|", _show(axes[4], image((mean - truth).abs()), extent, "magma")),
-    ]
-    for ax, (title, mappable) in zip(axes, panels, strict=True):
+
+    def image(values: torch.Tensor) -> Any:
+        return values.reshape(side, side).numpy()
+
+    if task.likelihood == "categorical":
+        probs = dist.probs.cpu()
+        scores = categorical_metrics(probs, batch.f_test, batch.test_mask())
+        truth, guess = batch.f_test.argmax(-1), probs.argmax(-1)
+        entropy = -(probs * probs.clamp_min(1e-12).log()).sum(-1)
+        n = batch.f_ctx.shape[-1]
+        from matplotlib import colormaps
+        from matplotlib.colors import ListedColormap
+
+        classes = ListedColormap(colormaps["tab10"].colors[:n])
+        top = n - 0.5
+        contents = [
+            ("context (observed classes)", batch.f_ctx[0].argmax(-1), classes, -0.5, top),
+            ("true classes", image(truth), classes, -0.5, top),
+            ("most likely class", image(guess), classes, -0.5, top),
+            (f"predictive entropy (max {math.log(n):.2f})", image(entropy), "magma", None, None),
+        ]
+        summary = f"NLL {scores['nll']:.3f}, accuracy {scores['acc']:.3f}"
+    else:
+        mean, std = dist.mean.cpu(), dist.stddev.cpu()
+        scores = gaussian_metrics(mean, std, batch.f_test, batch.test_mask())
+        truth = batch.f_test
+        lo, hi = float(truth.min()), float(truth.max())
+        contents = [
+            ("context (noisy values)", batch.f_ctx[0, :, 0], "viridis", lo, hi),
+            ("true field", image(truth), "viridis", lo, hi),
+            ("predicted mean", image(mean), "viridis", lo, hi),
+            ("predicted std", image(std), "magma", None, None),
+            ("|mean − truth|", image((mean - truth).abs()), "magma", None, None),
+        ]
+        summary = (f"NLL {scores['nll']:.3f}, RMSE {scores['rmse']:.3f}, "
+                   f"95% coverage {scores['cov95']:.2f}")
+    fig = figure_class(figsize=(4.4 * len(contents), 4.4), layout="constrained")
+    axes = fig.subplots(1, len(contents))
+    for n_panel, (ax, (title, values, cmap, vmin, vmax)) in enumerate(zip(axes, contents,
+                                                                          strict=True)):
+        if n_panel == 0:  # the context as points
+            mappable = ax.scatter(batch.s_ctx[0, :, 0], batch.s_ctx[0, :, 1], c=values,
+                                  cmap=cmap, vmin=vmin, vmax=vmax, s=14, edgecolors="k",
+                                  linewidths=0.3)
+        else:
+            mappable = _show(ax, values, extent, cmap, vmin, vmax)
         ax.set_title(title)
         ax.set_xlim(x0, x1)
         ax.set_ylim(y0, y1)
         ax.set_aspect("equal")
-        fig.colorbar(mappable, ax=ax, shrink=0.85)
-    fig.suptitle(
-        f"{task.name} on [{x0:.3g}, {x1:.3g}] × [{y0:.3g}, {y1:.3g}], "
-        f"lengthscale {lengthscale:.2f}, "
-        f"{n_ctx} context points, {grid_size}×{grid_size} test grid — "
-        f"NLL {scores['nll']:.3f}, RMSE {scores['rmse']:.3f}, 95% coverage {scores['cov95']:.2f}"
-    )
+        bar = fig.colorbar(mappable, ax=ax, shrink=0.85)
+        if vmin == -0.5 and task.class_names:  # a class map: one labelled tick per class
+            bar.set_ticks(range(len(task.class_names)), labels=list(task.class_names))
+    fig.suptitle(f"{task.name} on [{x0:.3g}, {x1:.3g}] × [{y0:.3g}, {y1:.3g}], {caption}, "
+                 f"{batch.n_ctx} context points, {side}×{side} test grid — {summary}")
     return _save(fig, out_png)
 
 

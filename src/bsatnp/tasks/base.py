@@ -45,6 +45,7 @@ class Task(ABC):
         has_oracle: Whether :meth:`sample_with_oracle` returns the exact predictive.
         has_field: Whether the task draws a map for figures (``field_batch(n_ctx,
             grid_size, generator)`` returns a one-task batch with a 2D test grid).
+        class_names: Names of the classes of a categorical task, in value order.
 
     Every subclass has a ``batch_size`` field (tasks per batch ``B``).
     """
@@ -54,6 +55,7 @@ class Task(ABC):
     domains: ClassVar[tuple[str, ...]] = (IN_DOMAIN,)
     has_oracle: ClassVar[bool] = False
     has_field: ClassVar[bool] = False
+    class_names: ClassVar[tuple[str, ...]] = ()
     batch_size: int
 
     @abstractmethod

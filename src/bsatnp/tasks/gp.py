@@ -180,7 +180,7 @@ class GPTask(Task):
         return batch, gp_posterior(batch, params)
 
     def field_batch(self, n_ctx: int, grid_size: int,
-                    generator: torch.Generator | None = None) -> tuple[Batch, float]:
+                    generator: torch.Generator | None = None) -> tuple[Batch, str]:
         """One task for a figure: ``n_ctx`` noisy context points and a test grid.
 
         The context points are a random subset of draws of :meth:`locations` (as many
@@ -188,9 +188,10 @@ class GPTask(Task):
         drawn jointly at both with hyperparameters from the priors.
 
         Returns:
-            ``(batch, lengthscale)``: ``B = 1``, ``s_ctx [1, n_ctx, 2]``, noisy
+            ``(batch, caption)``: ``B = 1``, ``s_ctx [1, n_ctx, 2]``, noisy
             ``f_ctx [1, n_ctx, 1]``, ``s_test [1, G², 2]`` in row-major grid order (row =
-            second coordinate) and noise-free ``f_test [1, G², 1]``.
+            second coordinate) and noise-free ``f_test [1, G², 1]``; the caption names
+            the drawn lengthscale.
 
         Raises:
             ValueError: If ``n_ctx < 1`` or ``grid_size < 2``.
@@ -212,7 +213,7 @@ class GPTask(Task):
         noise = self.noise_std * torch.randn(1, n_ctx, 1, generator=generator)
         batch = Batch(s_ctx=s_ctx[None], f_ctx=f[:, :n_ctx] + noise, s_test=grid[None],
                       f_test=f[:, n_ctx:])
-        return batch, float(lengthscale)
+        return batch, f"lengthscale {float(lengthscale):.2f}"
 
     def _draw_joint(self, generator: torch.Generator | None) -> tuple[Batch, GPParams]:
         """One GP draw over all locations of the batch (shared factorisation)."""

@@ -164,6 +164,8 @@ class SIRTask(Task):
 
     name = "sir"
     likelihood = "categorical"
+    has_field = True
+    class_names = ("infected", "recovered", "susceptible")
     domains = (IN_DOMAIN, "shifted", "scaled")
 
     batch_size: int = 8
@@ -207,6 +209,42 @@ class SIRTask(Task):
                            min_ctx=self.scaled_min_ctx, max_ctx=4 * (self.max_ctx + 1) - 1)
         return super().domain(name)
 
+    def field_batch(self, n_ctx: int, grid_size: int,
+                    generator: torch.Generator | None = None) -> tuple[Batch, str]:
+        """One frame for a figure: ``n_ctx`` random observed cells, every cell as a test point.
+
+        ``grid_size`` is unused: the test grid is the lattice (row-major, row = second
+        coordinate).
+
+        Returns:
+            ``(batch, caption)`` with ``B = 1`` and the frame's ``β``, ``γ`` and time.
+
+        Raises:
+            ValueError: If ``n_ctx`` is not in ``[1, side²]``.
+        """
+        if not 1 <= n_ctx <= self.side**2:
+            raise ValueError(f"need 1 <= n_ctx <= {self.side**2}, got {n_ctx}")
+        sim = SIRSimulator(height=self.side, width=self.side, n_frames=self.n_frames)
+        frames, beta, gamma = sim.simulate(1, generator)
+        time = int(torch.randint(0, self.n_frames, (1,), generator=generator))
+        s, f = self._cells_and_classes(frames[0, time][None])
+        ctx = torch.randperm(self.side**2, generator=generator)[:n_ctx]
+        batch = Batch(s_ctx=s[:, ctx], f_ctx=f[:, ctx], s_test=s, f_test=f)
+        return batch, f"frame {time}, β {float(beta):.2f}, γ {float(gamma):.2f}"
+
+    def _cells_and_classes(self, frames: Tensor) -> tuple[Tensor, Tensor]:
+        """Cell centres ``[B, H·W, 2]`` and one-hot classes ``[B, H·W, 3]`` of frames.
+
+        Args:
+            frames: States ``[B, H, W]`` (int8).
+        """
+        axis = torch.linspace(*self.box, self.side)
+        rows, cols = torch.meshgrid(axis, axis, indexing="ij")
+        cells = torch.stack([cols.flatten(), rows.flatten()], dim=-1)  # [H·W, 2]
+        classes = torch.tensor([CLASS_ORDER.index(s) for s in range(3)])[frames.flatten(1).long()]
+        onehot = F.one_hot(classes, len(CLASS_ORDER)).float()
+        return cells.expand(len(frames), -1, -1), onehot
+
     def sample(self, generator: torch.Generator | None = None, split: str = "train") -> Batch:
         """One batch: ``s [B, L, 2]`` cell centres and one-hot ``f [B, L, 3]``."""
         B, Lc = self.batch_size, self.n_ctx
@@ -216,16 +254,10 @@ class SIRTask(Task):
         ctx, mask_ctx, test = context_test_indices(
             B, self.side**2, Lc, self.n_test, self.min_ctx, self.max_ctx, generator,
             shared_permutation=True, test_includes_context=True)
-        axis = torch.linspace(*self.box, self.side)
-        rows, cols = torch.meshgrid(axis, axis, indexing="ij")
-        cells = torch.stack([cols.flatten(), rows.flatten()], dim=-1)  # [H·W, 2]
-        states = picked.reshape(B, -1).long()  # [B, H·W]
-        classes = torch.tensor([CLASS_ORDER.index(s) for s in range(3)])[states]
-        onehot = F.one_hot(classes, len(CLASS_ORDER)).float()  # [B, H·W, 3]
+        s_all, onehot = self._cells_and_classes(picked)
 
         def take(values: Tensor, index: Tensor) -> Tensor:
             return values.gather(1, index[..., None].expand(-1, -1, values.shape[-1]))
 
-        s_all = cells.expand(B, -1, -1)
         return Batch(s_ctx=take(s_all, ctx), f_ctx=take(onehot, ctx), mask_ctx=mask_ctx,
                      s_test=take(s_all, test), f_test=take(onehot, test))
