@@ -188,3 +188,20 @@ def test_plot_draws_the_lattice_classes_and_entropy(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match="n_ctx"):
         SIRTask(side=12, n_ctx=30, min_ctx=5, max_ctx=29, n_test=60).field_batch(200, 0)
+
+
+def test_infection_probability_is_beta_times_pressure_statistically():
+    n, beta = 40_000, 0.3
+    state = torch.zeros(n, 9, 9, dtype=torch.int8)
+    state[:, 4, 4] = INFECTED
+    state[:, 4, 6] = INFECTED  # two sources: pressure adds up
+    out = run_sir(state, torch.full((n,), beta), torch.zeros(n), 2,
+                  torch.Generator().manual_seed(0))[:, 1]
+    assert ((out >= 0) & (out <= 2)).all()  # every cell in exactly one state
+    # ν from each source within reach (offsets up to 4 in both axes): 1 / (Δi² + Δj²)
+    pressure = {(4, 5): 1 + 1, (3, 4): 1 + 1 / 5, (0, 0): 1 / 32, (8, 8): 1 / 32 + 1 / 20,
+                (0, 8): 1 / 32 + 1 / 20}
+    for (i, j), nu in pressure.items():
+        rate = (out[:, i, j] == INFECTED).double().mean().item()
+        p = min(beta * nu, 1.0)
+        assert abs(rate - p) < 4 * math.sqrt(p * (1 - p) / n) + 1e-9, (i, j, rate, p)
