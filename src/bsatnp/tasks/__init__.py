@@ -1,10 +1,17 @@
 """Tasks: the contract (:class:`Task`), the registry, and the paper's synthetic benchmarks.
 
 Importing this package registers the bundled tasks: ``gp2d``, ``multiscale``,
-``geodesic``, ``fixed_effects`` and ``sir``.
+``geodesic``, ``fixed_effects``, ``sir`` and ``gneiting``.
 """
 
-from bsatnp.tasks import fixed_effects, geodesic, gp2d, multiscale, sir  # noqa: F401 (registers)
+from bsatnp.tasks import (  # noqa: F401 (importing registers them)
+    fixed_effects,
+    geodesic,
+    gneiting,
+    gp2d,
+    multiscale,
+    sir,
+)
 from bsatnp.tasks.base import IN_DOMAIN, Task, batch_generator, eval_batches
 from bsatnp.tasks.registry import register_task, task_class, task_names
 

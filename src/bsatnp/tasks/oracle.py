@@ -118,15 +118,30 @@ def _task_posterior(s_ctx: Tensor, x_ctx: Tensor | None, f_ctx: Tensor, s_test: 
     noise_var = own["noise"].square()
     k_cc = cov(s_ctx, x_ctx, s_ctx, x_ctx)  # [k, k]
     k_cc.diagonal().add_(params.jitter + noise_var)
-    k_ct = cov(s_ctx, x_ctx, s_test, x_test)  # [k, Lt]
-    chol = torch.linalg.cholesky(k_cc)
-    mean = k_ct.mT @ torch.cholesky_solve(f_ctx.double(), chol)  # [Lt, 1]
-    v = torch.linalg.solve_triangular(chol, k_ct, upper=False)  # [k, Lt]
     # Stationary kernels: k(s, s) is the same for every s, so one point gives it.
     prior_var = cov(s_test[:1], None, s_test[:1], None)[0, 0] + params.jitter
     if x_test is not None:
         prior_var = prior_var + params.x_var * x_test.double().square().sum(-1)
     if params.test_noise:
         prior_var = prior_var + noise_var
+    return condition(k_cc, cov(s_ctx, x_ctx, s_test, x_test), prior_var, f_ctx.double())
+
+
+def condition(k_cc: Tensor, k_ct: Tensor, prior_var: Tensor, residual: Tensor
+              ) -> tuple[Tensor, Tensor]:
+    """Gaussian conditioning: the predictive of test values given observed ones.
+
+    Args:
+        k_cc: Covariance of the observed values ``[k, k]`` (noise included), float64.
+        k_ct: Covariance between observed and test values ``[k, Lt]``.
+        prior_var: Prior variance of each test value ``[Lt]`` (or a scalar).
+        residual: Observed values minus their prior mean ``[k, 1]``.
+
+    Returns:
+        Mean (add the test values' prior mean) and std, each ``[Lt, 1]``.
+    """
+    chol = torch.linalg.cholesky(k_cc)
+    mean = k_ct.mT @ torch.cholesky_solve(residual, chol)  # [Lt, 1]
+    v = torch.linalg.solve_triangular(chol, k_ct, upper=False)  # [k, Lt]
     var = (prior_var - v.square().sum(dim=0)).clamp_min(1e-12)  # [Lt]
     return mean, var.sqrt()[:, None]
