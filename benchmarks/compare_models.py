@@ -59,6 +59,7 @@ from bsatnp.models.registry import ModelConfig, build_model, family_name
 from bsatnp.models.tetnp import TETNPConfig
 from bsatnp.models.tnpd import TNPDConfig
 from bsatnp.tasks import Task, eval_batches, task_names
+from bsatnp.tasks.gneiting import GneitingTask
 from bsatnp.tasks.gp import GPTask
 from bsatnp.tasks.gp2d import GP2DTask
 from bsatnp.tasks.sir import SIRTask
@@ -90,6 +91,8 @@ def quick_task(task: Task) -> Task:
         return replace(QUICK_TASK, box=task.box)
     if isinstance(task, GPTask):
         return replace(task, **QUICK_SIZES)
+    if isinstance(task, GneitingTask):
+        return replace(task, batch_size=2, n_locations=40, n_slots=8, min_ctx=2, max_ctx=7)
     if isinstance(task, SIRTask):
         return replace(task, batch_size=2, side=12, n_frames=5, n_ctx=30, min_ctx=5,
                        max_ctx=29, n_test=50, scaled_side=24, scaled_frames=6,
@@ -158,6 +161,17 @@ def _sir_variants(config: Any) -> dict[str, ModelConfig]:
             "convcnp": config(ConvCNPConfig, "convcnp")}
 
 
+def _gneiting_variants(config: Any) -> dict[str, ModelConfig]:
+    """PROTOCOLS §6: s and t embedded and biased (the headline), bias only, embed only;
+    TNP-D (pre-norm, as the paper runs it here) and TE-TNP."""
+    both = config(BSATNPConfig, "bsatnp", use_s="both", use_t="both", min_std=0.05)
+    return {"bsatnp embed+bias": both,
+            "bsatnp bias": replace(both, use_s="bias", use_t="bias"),
+            "bsatnp embed": replace(both, use_s="embed", use_t="embed"),
+            "tnpd": config(TNPDConfig, "tnpd", norm="pre", min_std=0.05),
+            "tetnp": config(TETNPConfig, "tetnp", min_std=0.05)}
+
+
 VARIANTS = {
     "gp2d": _gp2d_variants,
     "multiscale": lambda config: {"bsatnp": config(BSATNPConfig, "bsatnp"),
@@ -165,8 +179,9 @@ VARIANTS = {
     "geodesic": _geodesic_variants,
     "fixed_effects": _fixed_effects_variants,
     "sir": _sir_variants,
+    "gneiting": _gneiting_variants,
 }
-"""Task name → the models compared on it (PROTOCOLS §1–5)."""
+"""Task name → the models compared on it (PROTOCOLS §1–6)."""
 
 
 def train(name: str, experiment: ExperimentConfig, out_dir: Path,
