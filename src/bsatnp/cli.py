@@ -143,8 +143,9 @@ def _plot(args: argparse.Namespace) -> None:
 def _tasks(args: argparse.Namespace) -> None:
     for name in task_names():
         cls = task_class(name)
-        summary = (cls.__doc__ or "").strip().splitlines()[0]
-        print(f"{name:<14} domains: {', '.join(cls.domains):<44} {summary}")
+        doc = sys.modules[cls.__module__].__doc__ or cls.__doc__ or ""
+        summary = doc.strip().splitlines()[0] if doc.strip() else ""
+        print(f"{name:<14} {cls.likelihood:<12} domains: {', '.join(cls.domains):<44} {summary}")
 
 
 def _load(args: argparse.Namespace) -> tuple[nn.Module, ExperimentConfig]:
@@ -188,11 +189,12 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="name", required=True, metavar="COMMAND")
 
     cmd = sub.add_parser(
-        "demo", parents=[common], help="train briefly on the 2D GP, evaluate vs the oracle, plot",
-        description="Train the paper's BSA-TNP on the 2D-GP task for a wall-clock budget, "
-        "evaluate it in-domain, shifted and scaled against the exact GP oracle, and write "
-        "eval.md/eval.json, field.png and learning_curve.png (~7-9 min on 2 CPU cores). "
-        "Overwrites a previous demo in the same directory.",
+        "demo", parents=[common],
+        help="train briefly (default: the 2D GP), evaluate vs the oracle, plot",
+        description="Train a model for a wall-clock budget (default: the paper's BSA-TNP on "
+        "the 2D GP), evaluate it on every domain of its task against the task's exact oracle, "
+        "and write eval.md/eval.json, field.png and learning_curve.png (~7-9 min on 2 CPU "
+        "cores for the default). Overwrites a previous demo in the same directory.",
     )
     cmd.add_argument("--out", default="outputs/demo", help="output directory (%(default)s)")
     cmd.add_argument("--minutes", type=float, default=DEMO_MINUTES,
