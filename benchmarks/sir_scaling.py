@@ -39,7 +39,7 @@ def scaling_batch(task: SIRTask, sim: SIRSimulator, n_ctx: int, n_test: int,
     """One frame of a fresh epidemic: ``n_ctx`` random context cells, ``n_test`` test cells."""
     frames, _, _ = sim.simulate(1, generator)
     time_index = int(torch.randint(0, sim.n_frames, (1,), generator=generator))
-    s, f = task._cells_and_classes(frames[0, time_index][None])
+    s, f = task.cells_and_classes(frames[0, time_index][None])
     order = torch.randperm(s.shape[1], generator=generator)
     ctx, test = order[:n_ctx], order[:n_test] if n_test < s.shape[1] else torch.arange(s.shape[1])
     return Batch(s_ctx=s[:, ctx], f_ctx=f[:, ctx], s_test=s[:, test], f_test=f[:, test])

@@ -227,12 +227,12 @@ class SIRTask(Task):
         sim = SIRSimulator(height=self.side, width=self.side, n_frames=self.n_frames)
         frames, beta, gamma = sim.simulate(1, generator)
         time = int(torch.randint(0, self.n_frames, (1,), generator=generator))
-        s, f = self._cells_and_classes(frames[0, time][None])
+        s, f = self.cells_and_classes(frames[0, time][None])
         ctx = torch.randperm(self.side**2, generator=generator)[:n_ctx]
         batch = Batch(s_ctx=s[:, ctx], f_ctx=f[:, ctx], s_test=s, f_test=f)
         return batch, f"frame {time}, β {float(beta):.2f}, γ {float(gamma):.2f}"
 
-    def _cells_and_classes(self, frames: Tensor) -> tuple[Tensor, Tensor]:
+    def cells_and_classes(self, frames: Tensor) -> tuple[Tensor, Tensor]:
         """Cell centres ``[B, H·W, 2]`` and one-hot classes ``[B, H·W, 3]`` of frames.
 
         Args:
@@ -254,7 +254,7 @@ class SIRTask(Task):
         ctx, mask_ctx, test = context_test_indices(
             B, self.side**2, Lc, self.n_test, self.min_ctx, self.max_ctx, generator,
             shared_permutation=True, test_includes_context=True)
-        s_all, onehot = self._cells_and_classes(picked)
+        s_all, onehot = self.cells_and_classes(picked)
 
         def take(values: Tensor, index: Tensor) -> Tensor:
             return values.gather(1, index[..., None].expand(-1, -1, values.shape[-1]))
