@@ -17,7 +17,8 @@ class TrainConfig(Config):
         steps: Total optimiser steps (also the length of the cosine decay).
         batch_size: Tasks per batch, read by whoever builds the task sampler.
         lr: Peak (initial) learning rate of AdamW.
-        final_lr_factor: Final learning rate as a fraction of ``lr``.
+        final_lr_factor: Final learning rate as a fraction of ``lr`` (1: constant rate).
+        warmup_steps: Steps of linear learning-rate warm-up before the cosine decay.
         weight_decay: AdamW decoupled weight decay.
         betas: AdamW moment decay rates.
         clip_norm: Global gradient-norm clipping threshold.
@@ -33,6 +34,7 @@ class TrainConfig(Config):
     batch_size: int = 8
     lr: float = 1e-4
     final_lr_factor: float = 2e-5
+    warmup_steps: int = 0
     weight_decay: float = 1e-4
     betas: tuple[float, float] = (0.9, 0.999)
     clip_norm: float = 0.5
@@ -53,6 +55,9 @@ class TrainConfig(Config):
             raise ValueError(
                 f"TrainConfig.final_lr_factor must be in [0, 1], got {self.final_lr_factor}"
             )
+        if not 0 <= self.warmup_steps < self.steps:
+            raise ValueError(f"TrainConfig.warmup_steps must be in [0, steps), got "
+                             f"{self.warmup_steps}")
         if self.weight_decay < 0:
             raise ValueError(f"TrainConfig.weight_decay must be >= 0, got {self.weight_decay}")
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):

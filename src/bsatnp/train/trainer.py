@@ -64,7 +64,8 @@ class Trainer:
             model.parameters(), lr=config.lr, betas=config.betas,
             weight_decay=config.weight_decay,
         )
-        self.scheduler = cosine_schedule(self.optimizer, config.steps, config.final_lr_factor)
+        self.scheduler = cosine_schedule(self.optimizer, config.steps, config.final_lr_factor,
+                                         config.warmup_steps)
         self.generator = torch.Generator().manual_seed(config.seed)
         self.step = 0
         self.best_metric: float | None = None
