@@ -222,3 +222,24 @@ def test_bad_config_raises():
         BSATNP(backend="quantum")
     with pytest.raises(ValueError, match="unknown"):
         BSATNPConfig.from_dict({"dim_z": 3})
+
+
+@pytest.mark.parametrize("backend", ["dense", "tiled"])
+def test_conditioned_chunks_equal_one_pass(backend):
+    """The context is encoded once; test points in chunks match the joint forward pass."""
+    model = BSATNP(dim_x=2, dim_t=1, use_x="embed", num_blocks=2, backend=backend,
+                   tile_q=3, tile_k=5).eval()
+    randomise_biases(model)
+    batch = random_batch(B=2, Lc=20, Lt=17, seed=11, dim_x=2, dim_t=1)
+    with torch.no_grad():
+        whole = model(batch)
+    conditioned = model.condition(batch)
+    means, stds = [], []
+    for lo, hi in ((0, 5), (5, 6), (6, 17)):
+        dist = conditioned.predictive({f"{r}_test": batch.test(r)[:, lo:hi] for r in "xst"})
+        means.append(dist.mean)
+        stds.append(dist.stddev)
+    torch.testing.assert_close(torch.cat(means, 1), whole.mean, rtol=0, atol=1e-6)
+    torch.testing.assert_close(torch.cat(stds, 1), whole.stddev, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="t_test is required"):
+        conditioned.predictive({"s_test": batch.s_test, "x_test": batch.x_test})

@@ -3,13 +3,16 @@
 A neural process maps a :class:`~bsatnp.batch.Batch` (context and test sets) to a
 predictive distribution at the test points. The base class owns what every family shares:
 the config (a frozen :class:`~bsatnp.config.Config` dataclass with ``dim_<role>`` widths),
-input checks, sanitising padding, and ``predict``; a family implements only
-:meth:`NeuralProcess.predictive` on a checked, sanitised batch.
+input checks, sanitising padding, ``predict`` and conditioning once for many test sets
+(:meth:`NeuralProcess.condition`); a family implements only :meth:`NeuralProcess.predictive`
+on a checked, sanitised batch, and may split it into :meth:`~NeuralProcess.encode` (context
+only) and :meth:`~NeuralProcess.decode` (test points) so the context is computed once.
 """
 
 from __future__ import annotations
 
 from abc import abstractmethod
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import torch
@@ -92,6 +95,61 @@ class NeuralProcess(nn.Module):
         """Predictive mean and standard deviation ``[B, Lt, Df]`` without gradients."""
         dist = self(batch)
         return dist.mean, dist.stddev
+
+    def encode(self, batch: Batch) -> Any:
+        """What the family computes from the context of a sanitised batch alone.
+
+        The default keeps nothing: :meth:`decode` then recomputes from the whole batch.
+        """
+        return None
+
+    def decode(self, encoded: Any, batch: Batch) -> Distribution:
+        """Predictive at the test points of ``batch`` from :meth:`encode` of its context."""
+        return self.predictive(batch)
+
+    @torch.no_grad()
+    def condition(self, batch: Batch) -> ConditionedModel:
+        """Encode the context of ``batch`` once, to predict at any number of test sets.
+
+        Args:
+            batch: Context (and any test points, which are only used for the checks).
+
+        Returns:
+            A :class:`ConditionedModel` whose ``predictive(test)`` reuses the encoding;
+            its result equals ``model(batch)`` for the same test points up to float
+            round-off, whatever the chunking.
+        """
+        self.check_batch(batch)
+        context = batch.sanitized()
+        return ConditionedModel(self, context, self.encode(context))
+
+
+class ConditionedModel:
+    """A model with its context encoded once (from :meth:`NeuralProcess.condition`).
+
+    Args:
+        model: The model.
+        context: Checked, sanitised batch whose context is used.
+        encoded: ``model.encode(context)``.
+    """
+
+    def __init__(self, model: NeuralProcess, context: Batch, encoded: Any) -> None:
+        self.model, self.context, self.encoded = model, context, encoded
+
+    @torch.no_grad()
+    def predictive(self, test: Mapping[str, Tensor]) -> Distribution:
+        """Predictive at new test points ``{role: [B, Lt, Dr]}`` (every role the model reads).
+
+        Raises:
+            ValueError: If the test points do not fit the model (roles, shapes, NaN).
+        """
+        unknown = set(test) - {f"{role}_test" for role in ROLES}
+        if unknown:
+            raise ValueError(f"unknown test fields {sorted(unknown)}; expected x/s/t_test")
+        batch = self.context.map(**{f"{r}_test": test.get(f"{r}_test") for r in ROLES},
+                                 f_test=None, mask_test=None)
+        batch.validate(required_roles=self.model.roles)
+        return self.model.decode(self.encoded, batch)
 
 
 def model_device(model: nn.Module) -> torch.device:

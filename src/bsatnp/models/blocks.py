@@ -69,7 +69,31 @@ class KRBlock(nn.Module):
             coords: Per-role coordinates of all tokens ``{role: [B, Lc + Lt, Dr]}``.
             mask_ctx: Valid context slots ``[B, Lc]``.
         """
-        zn = self.norm1(z)
         coords_ctx = {role: c[:, :n_ctx] for role, c in coords.items()}
-        z = z + self.attn(zn, zn[:, :n_ctx], coords, coords_ctx, mask_ctx)
+        return self.attend(z, z[:, :n_ctx], coords, coords_ctx, mask_ctx)
+
+    def attend(
+        self,
+        z: Tensor,
+        z_ctx: Tensor,
+        coords: Mapping[str, Tensor],
+        coords_ctx: Mapping[str, Tensor],
+        mask_ctx: Tensor,
+    ) -> Tensor:
+        """Update query tokens ``z [B, L, E]`` that attend to context tokens ``z_ctx``.
+
+        The context stream is ``attend(z_ctx, z_ctx, ...)``; any set of test tokens is
+        updated from the same ``z_ctx`` without changing it, so test points can be
+        processed in chunks against a context encoded once.
+
+        Args:
+            z: Query tokens (context or test).
+            z_ctx: Context tokens at the input of this block ``[B, Lc, E]``.
+            coords: Per-role coordinates of the queries ``{role: [B, L, Dr]}``.
+            coords_ctx: Per-role coordinates of the context ``{role: [B, Lc, Dr]}``.
+            mask_ctx: Valid context slots ``[B, Lc]``.
+        """
+        keys = self.norm1(z_ctx)
+        queries = keys if z is z_ctx else self.norm1(z)
+        z = z + self.attn(queries, keys, coords, coords_ctx, mask_ctx)
         return z + self.ffn(self.norm2(z))

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.distributions import Distribution
 
 from bsatnp.batch import Batch
@@ -56,13 +55,25 @@ class BSATNP(NeuralProcess):
 
     def predictive(self, batch: Batch) -> Distribution:
         """``Normal`` ``[B, Lt, Df]`` or ``Categorical`` ``[B, Lt, C]`` at the test points."""
-        n_ctx = batch.n_ctx
+        return self.decode(self.encode(batch), batch)
+
+    def encode(self, batch: Batch) -> list[Tensor]:
+        """The context stream: context tokens at the input of each block ``[B, Lc, E]``."""
         mask_ctx = batch.context_mask()
-        coords = {
-            spec.role: torch.cat([batch.ctx(spec.role), batch.test(spec.role)], dim=1)
-            for spec in self.config.bias_specs
-        }
-        z = self.embed(batch)
+        coords = {spec.role: batch.ctx(spec.role) for spec in self.config.bias_specs}
+        z = self.embed.context(batch)
+        states = []
         for block in self.blocks:
-            z = block(z, n_ctx, coords, mask_ctx)
-        return self.head(self.norm(z[:, n_ctx:]))
+            states.append(z)
+            z = block.attend(z, z, coords, coords, mask_ctx)
+        return states
+
+    def decode(self, encoded: list[Tensor], batch: Batch) -> Distribution:
+        """The test stream: test tokens attend, block by block, to the encoded context."""
+        mask_ctx = batch.context_mask()
+        coords_ctx = {spec.role: batch.ctx(spec.role) for spec in self.config.bias_specs}
+        coords = {spec.role: batch.test(spec.role) for spec in self.config.bias_specs}
+        z = self.embed.test(batch)
+        for block, z_ctx in zip(self.blocks, encoded):
+            z = block.attend(z, z_ctx, coords, coords_ctx, mask_ctx)
+        return self.head(self.norm(z))

@@ -43,10 +43,15 @@ class TokenEmbedding(nn.Module):
         parts += [getattr(batch, f"{r}_{which}") for r in self.roles]
         return torch.cat([*parts, f], dim=-1)
 
+    def context(self, batch: Batch) -> Tensor:
+        """Context tokens ``[B, Lc, E]``."""
+        return self.norm(self.mlp(self._tokens(batch, "ctx", True, batch.f_ctx)))
+
+    def test(self, batch: Batch) -> Tensor:
+        """Test tokens ``[B, Lt, E]`` (each embedded on its own: no context is read)."""
+        f = batch.f_ctx.new_zeros(batch.batch_size, batch.n_test, batch.f_ctx.shape[-1])
+        return self.norm(self.mlp(self._tokens(batch, "test", False, f)))
+
     def forward(self, batch: Batch) -> Tensor:
         """Tokens ``[B, Lc + Lt, E]``: context slots first, then test points."""
-        f_ctx = batch.f_ctx
-        test_ref = batch.f_ctx.new_zeros(batch.batch_size, batch.n_test, f_ctx.shape[-1])
-        ctx = self._tokens(batch, "ctx", True, f_ctx)
-        test = self._tokens(batch, "test", False, test_ref)
-        return self.norm(self.mlp(torch.cat([ctx, test], dim=1)))
+        return torch.cat([self.context(batch), self.test(batch)], dim=1)

@@ -1,10 +1,13 @@
-"""Tasks: the contract (:class:`Task`), the registry, and the paper's synthetic benchmarks.
+"""Tasks: the contract (:class:`Task`), the registry, and the paper's benchmarks.
 
-Importing this package registers the bundled tasks: ``gp2d``, ``multiscale``,
-``geodesic``, ``fixed_effects``, ``sir`` and ``gneiting``.
+Importing this package registers the bundled tasks: the synthetic ``gp2d``, ``multiscale``,
+``geodesic``, ``fixed_effects``, ``sir`` and ``gneiting``, and the real-data ``beijing`` and
+``era5`` (their data are read on the first batch, see :mod:`bsatnp.tasks.real_data`).
 """
 
 from bsatnp.tasks import (  # noqa: F401 (importing registers them)
+    beijing,
+    era5,
     fixed_effects,
     geodesic,
     gneiting,
