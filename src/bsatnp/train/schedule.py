@@ -14,9 +14,9 @@ class CosineDecay:
     During ``warmup_steps`` the factor rises linearly, ``(k + 1)/warmup``; then
     ``factor(k) = final + (1 − final)·½·(1 + cos(π·p))`` with ``p`` the fraction of the
     remaining ``total − warmup`` steps done; after ``total_steps`` it stays at
-    ``final_factor``. Without warm-up it is the paper's schedule (SPEC §7). A callable object rather than a function
-    so that :class:`~torch.optim.lr_scheduler.LambdaLR` saves its settings in its
-    ``state_dict``.
+    ``final_factor``. Without warm-up it is the paper's schedule (SPEC §7). A callable
+    object rather than a function so that :class:`~torch.optim.lr_scheduler.LambdaLR`
+    saves its settings in its ``state_dict``.
 
     Args:
         total_steps: Steps over which the rate decays (SPEC §7: 100,000).
