@@ -26,6 +26,7 @@ Usage:
     python benchmarks/compare_models.py --models bsatnp,tnpd --steps 200
     python benchmarks/compare_models.py --costs-only       # parameters, step time, GFLOPs
     python benchmarks/compare_models.py --task geodesic --steps 2000 --runs runs/geodesic
+    python benchmarks/compare_models.py --task beijing --quick   # also era5 (real data)
 """
 
 from __future__ import annotations
@@ -59,6 +60,8 @@ from bsatnp.models.registry import ModelConfig, build_model, family_name
 from bsatnp.models.tetnp import TETNPConfig
 from bsatnp.models.tnpd import TNPDConfig
 from bsatnp.tasks import Task, eval_batches, task_names
+from bsatnp.tasks.beijing import BeijingTask
+from bsatnp.tasks.era5 import Era5Task
 from bsatnp.tasks.gneiting import GneitingTask
 from bsatnp.tasks.gp import GPTask
 from bsatnp.tasks.gp2d import GP2DTask
@@ -97,6 +100,10 @@ def quick_task(task: Task) -> Task:
         return replace(task, batch_size=2, side=12, n_frames=5, n_ctx=30, min_ctx=5,
                        max_ctx=29, n_test=50, scaled_side=24, scaled_frames=6,
                        scaled_min_ctx=20)
+    if isinstance(task, BeijingTask):
+        return replace(task, batch_size=2, n_ctx=48, n_test=12)
+    if isinstance(task, Era5Task):
+        return replace(task, batch_size=2, block=8, n_slots=16, min_ctx=4, max_ctx=15)
     return task.with_batch_size(2)
 
 
@@ -172,6 +179,23 @@ def _gneiting_variants(config: Any) -> dict[str, ModelConfig]:
             "tetnp": config(TETNPConfig, "tetnp", min_std=0.05)}
 
 
+def _beijing_variants(config: Any) -> dict[str, ModelConfig]:
+    """PROTOCOLS §8: x, s and t embedded, s and t also biased (the headline), bias only,
+    embed only; TNP-D (pre-norm) and TE-TNP."""
+    both = config(BSATNPConfig, "bsatnp", use_s="both", use_t="both")
+    return {"bsatnp embed+bias": both,
+            "bsatnp bias": replace(both, use_s="bias", use_t="bias"),
+            "bsatnp embed": replace(both, use_s="embed", use_t="embed"),
+            "tnpd": config(TNPDConfig, "tnpd", norm="pre"),
+            "tetnp": config(TETNPConfig, "tetnp")}
+
+
+def _era5_variants(config: Any) -> dict[str, ModelConfig]:
+    """PROTOCOLS §7: x (hour of day) embedded, s and t biased; TNP-D and TE-TNP."""
+    return {"bsatnp": config(BSATNPConfig, "bsatnp", use_s="bias", use_t="bias"),
+            "tnpd": config(TNPDConfig, "tnpd"), "tetnp": config(TETNPConfig, "tetnp")}
+
+
 VARIANTS = {
     "gp2d": _gp2d_variants,
     "multiscale": lambda config: {"bsatnp": config(BSATNPConfig, "bsatnp"),
@@ -180,8 +204,10 @@ VARIANTS = {
     "fixed_effects": _fixed_effects_variants,
     "sir": _sir_variants,
     "gneiting": _gneiting_variants,
+    "beijing": _beijing_variants,
+    "era5": _era5_variants,
 }
-"""Task name → the models compared on it (PROTOCOLS §1–6)."""
+"""Task name → the models compared on it (PROTOCOLS §1–8)."""
 
 
 def train(name: str, experiment: ExperimentConfig, out_dir: Path,

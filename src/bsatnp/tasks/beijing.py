@@ -148,7 +148,7 @@ def load_beijing(path: str | Path) -> BeijingData:
     if (wind < 0).any():
         raise ValueError(f"{folder}: unknown wind directions "
                          f"{sorted(set(table['wd'][wind < 0]))}")
-    dow = time.dt.dayofweek.to_numpy()
+    dow = time.dt.day_of_week.to_numpy()
     numeric = np.column_stack([
         table[["year", "month", "day", "hour"]].to_numpy(np.float64), dow, dow >= 5,
         table[["TEMP", "PRES", "DEWP", "RAIN", "WSPM"]].to_numpy(np.float64)])
@@ -173,8 +173,11 @@ def load_beijing(path: str | Path) -> BeijingData:
 
 
 def _split_cuts(seconds: np.ndarray) -> tuple[int, int]:
-    """Row indices where valid and test start: the shares of :data:`SPLIT_FRACTIONS`, each
-    moved forward to the first row of the next timestamp (``seconds`` ascending)."""
+    """Row indices where valid and test start (``seconds`` ascending).
+
+    The shares of :data:`SPLIT_FRACTIONS`, each moved forward to the first row of the next
+    timestamp, so that no hour is in two splits.
+    """
     n = len(seconds)
     cuts = []
     for share in np.cumsum(SPLIT_FRACTIONS)[:2]:
