@@ -1,0 +1,409 @@
+"""User containers in and out: pandas DataFrames, xarray Datasets/DataArrays, mappings.
+
+:func:`read_points` reads the columns a :class:`~bsatnp.data.schema.Schema` names into
+:class:`Points` (float64, the user's units) and keeps a :class:`Template` of the container;
+:meth:`Template.build` writes per-point outputs back into the same kind of container with
+the original index or coordinates (copied, never recomputed).
+
+Rules for bad input: a missing column, NaN/inf coordinates, NaN covariates at targets, or
+an unknown class label raise ``ValueError`` naming the column and the row; observations
+whose value or covariate is NaN are dropped with one warning that counts them.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from bsatnp.data.geo import check_lonlat, require, same_crs, transform
+from bsatnp.data.schema import Schema
+
+
+@dataclass(frozen=True)
+class Points:
+    """Points in the user's units (float64), one row per point.
+
+    Attributes:
+        label: Row label of point ``i`` for messages (index value or coordinates).
+        space: Locations ``[N, Ds]`` in the schema's CRS, or ``None``.
+        time: Times ``[N]`` (seconds since 1970-01-01 for datetimes), or ``None``.
+        covariates: Covariates ``[N, Dx]``, or ``None``.
+        values: Values ``[N, Dv]`` (Gaussian) or class indices ``[N, 1]`` (categorical),
+            or ``None`` for targets.
+    """
+
+    label: Callable[[int], str]
+    space: np.ndarray | None
+    time: np.ndarray | None
+    covariates: np.ndarray | None
+    values: np.ndarray | None
+
+    @property
+    def n(self) -> int:
+        """Number of points."""
+        for array in (self.space, self.time, self.covariates, self.values):
+            if array is not None:
+                return len(array)
+        return 0
+
+    def take(self, rows: np.ndarray) -> Points:
+        """The points at ``rows`` (indices or a boolean mask)."""
+        index = np.arange(self.n)[rows]
+        pick = {name: None if getattr(self, name) is None else getattr(self, name)[rows]
+                for name in ("space", "time", "covariates", "values")}
+        return replace(self, label=lambda i: self.label(int(index[i])), **pick)
+
+
+@dataclass(frozen=True)
+class Template:
+    """How to build an output like the targets.
+
+    Attributes:
+        data: The targets as given.
+        kind: ``"pandas"``, ``"xarray"`` or ``"mapping"``.
+        dims: Dimensions of the broadcast target grid (xarray).
+        shape: Its shape (xarray); ``(N,)`` otherwise.
+    """
+
+    data: Any
+    kind: str
+    dims: tuple[str, ...]
+    shape: tuple[int, ...]
+
+    def build(self, outputs: Mapping[str, np.ndarray],
+              extra_dims: Mapping[str, tuple[str, Sequence[Any], str]],
+              attrs: Mapping[str, Mapping[str, Any]] | None = None) -> Any:
+        """Per-point outputs in the container type of the targets.
+
+        Args:
+            outputs: ``name → [N]`` arrays, or ``[K, N]`` for names in ``extra_dims``.
+            extra_dims: ``name → (dim, labels, stem)`` of the leading axis of ``[K, N]``
+                outputs: the xarray dimension, its labels and the stem of the DataFrame
+                columns ``<stem><label>`` (e.g. ``"quantiles" → ("quantile", (0.05, 0.95),
+                "q")`` gives columns ``q0.05`` and ``q0.95``).
+            attrs: Attributes of xarray output variables by name.
+
+        Returns:
+            A DataFrame (the targets with added columns ``name`` or ``name_label``), an
+            ``xarray.Dataset`` (the targets' coordinates, variables over their dims), or a
+            dict of arrays.
+        """
+        attrs = attrs or {}
+        if self.kind == "pandas":
+            frame = self.data.copy()
+            new = {}
+            for name, array in outputs.items():
+                if name in extra_dims:
+                    _, labels, stem = extra_dims[name]
+                    for label, row in zip(labels, array):
+                        new[f"{stem}{label}"] = row
+                else:
+                    new[name] = array
+            clash = sorted(set(new) & set(frame.columns))
+            if clash:
+                raise ValueError(f"targets already have column(s) {clash}; rename them")
+            pd = require("pandas", "DataFrame output")
+            return pd.concat([frame, pd.DataFrame(new, index=frame.index)], axis=1)
+        if self.kind == "xarray":
+            xr = require("xarray", "xarray output")
+            variables = {}
+            for name, array in outputs.items():
+                if name in extra_dims:
+                    dim, labels, _ = extra_dims[name]
+                    variables[name] = xr.Variable((dim, *self.dims),
+                                                  array.reshape(len(array), *self.shape),
+                                                  attrs=dict(attrs.get(name, {})))
+                else:
+                    variables[name] = xr.Variable(self.dims, array.reshape(self.shape),
+                                                  attrs=dict(attrs.get(name, {})))
+            coords = {dim: list(labels) for dim, labels, _ in extra_dims.values()}
+            data = self.data
+            out = xr.Dataset(variables, coords=data.coords)
+            return out.assign_coords(coords) if coords else out
+        return {name: np.asarray(array) for name, array in outputs.items()}
+
+
+def is_xarray(data: Any) -> bool:
+    """Whether ``data`` is an xarray Dataset or DataArray (without importing xarray)."""
+    return type(data).__module__.split(".")[0] == "xarray"
+
+
+def is_pandas(data: Any) -> bool:
+    """Whether ``data`` is a pandas DataFrame (without importing pandas)."""
+    return type(data).__module__.split(".")[0] == "pandas" and hasattr(data, "columns")
+
+
+def read_points(data: Any, schema: Schema, what: str, with_values: bool,
+                crs: str | None = None) -> tuple[Points, Template]:
+    """Read the schema's columns of ``data``.
+
+    Args:
+        data: A pandas DataFrame, an xarray Dataset or DataArray (names are variables or
+            coordinates; dimensions broadcast in any order) or a mapping of 1D arrays.
+        schema: The roles; covariates and the time are read when the schema names them.
+        what: ``"observations"`` or ``"targets"`` (for messages).
+        with_values: Whether to read (and clean) the value columns.
+        crs: CRS of ``data``'s space columns if it differs from ``schema.crs``; they are
+            converted (pyproj). An xarray object's ``crs`` attribute is read when not given.
+
+    Returns:
+        The points and the template of the container.
+
+    Raises:
+        ValueError: On a missing column, empty data, NaN/inf coordinates or covariates at
+            targets, latitudes out of range, or unknown class labels.
+    """
+    names = list(schema.space) + ([schema.time] if schema.time else []) + list(schema.covariates)
+    if with_values:
+        names += list(schema.values)
+    columns, template, label = _columns(data, names, what)
+    n = len(next(iter(columns.values()))) if columns else 0
+    if n == 0:
+        raise ValueError(f"{what} are empty: no rows (points) to read")
+    if crs is None and template.kind == "xarray":
+        crs = data.attrs.get("crs")
+    space = None
+    if schema.space:
+        space = np.stack([_numeric(columns[name], name, what) for name in schema.space], -1)
+        _check_finite_coords(space, schema.space, label, what)
+        if crs is not None and not same_crs(crs, schema.crs):
+            if schema.crs is None:
+                raise ValueError(f"{what} are in CRS {crs!r} but the model's data had plain "
+                                 "coordinates (no crs); give both or neither")
+            space = transform(space, crs, schema.crs)
+        if schema.geographic:
+            check_lonlat(space, schema.space, label)
+    time = None
+    if schema.time:
+        time = _times(columns[schema.time], schema, what)
+        _check_finite_coords(time[:, None], (schema.time,), label, what)
+    covariates = None
+    if schema.covariates:
+        covariates = np.stack([_numeric(columns[name], name, what)
+                               for name in schema.covariates], -1)
+    values = None
+    if with_values:
+        values = (_class_indices(columns[schema.values[0]], schema, what) if schema.classes
+                  else np.stack([_numeric(columns[name], name, what)
+                                 for name in schema.values], -1))
+    points = Points(label, space, time, covariates, values)
+    if with_values:
+        points = _drop_missing(points, schema, what)
+    elif covariates is not None:
+        bad = ~np.isfinite(covariates)
+        if bad.any():
+            row, col = np.argwhere(bad)[0]
+            raise ValueError(f"{what}: covariate {schema.covariates[col]!r} is "
+                             f"{covariates[row, col]} at {label(int(row))}; targets need "
+                             "every covariate")
+    return points, template
+
+
+def _columns(data: Any, names: list[str], what: str
+             ) -> tuple[dict[str, np.ndarray], Template, Callable[[int], str]]:
+    """Flat columns ``[N]`` by name, the template, and a row-label function."""
+    if is_pandas(data):
+        missing = [name for name in names if name not in data.columns]
+        if missing:
+            raise ValueError(f"{what}: no column(s) {missing}; the columns are "
+                             f"{[str(c) for c in data.columns]}")
+        index = data.index
+        return ({name: data[name].to_numpy() for name in names},
+                Template(data, "pandas", (), (len(data),)),
+                lambda i: f"row {index[i]!r}")
+    if is_xarray(data):
+        xr = require("xarray", "reading xarray data")
+        available = _xarray_names(data)
+        missing = [name for name in names if name not in available]
+        if missing:
+            raise ValueError(f"{what}: no variable or coordinate(s) {missing}; found "
+                             f"{sorted(available)}")
+        arrays = [_xarray_get(data, name) for name in names]
+        if not arrays:
+            raise ValueError(f"{what}: the schema names no column to read")
+        arrays = list(xr.broadcast(*arrays))
+        dims, shape = arrays[0].dims, arrays[0].shape
+        arrays = [a.transpose(*dims) for a in arrays]
+        coords = {dim: data[dim].values if dim in data.coords else None for dim in dims}
+
+        def label(i: int) -> str:
+            position = np.unravel_index(i, shape)
+            return "point " + ", ".join(
+                f"{dim}={coords[dim][p] if coords[dim] is not None else p}"
+                for dim, p in zip(dims, position))
+
+        return ({name: a.values.reshape(-1) for name, a in zip(names, arrays)},
+                Template(data, "xarray", tuple(dims), tuple(shape)), label)
+    if isinstance(data, Mapping):
+        missing = [name for name in names if name not in data]
+        if missing:
+            raise ValueError(f"{what}: no array(s) {missing}; found {sorted(map(str, data))}")
+        columns = {name: np.asarray(data[name]).reshape(-1) for name in names}
+        lengths = {name: len(c) for name, c in columns.items()}
+        if len(set(lengths.values())) > 1:
+            raise ValueError(f"{what}: arrays have different lengths {lengths}")
+        n = next(iter(lengths.values()), 0)
+        return columns, Template(data, "mapping", (), (n,)), lambda i: f"row {i}"
+    raise ValueError(f"{what} must be a pandas DataFrame, an xarray Dataset/DataArray or a "
+                     f"mapping of arrays, got {type(data).__name__}")
+
+
+def _xarray_names(data: Any) -> set[str]:
+    names = {str(name) for name in data.coords}
+    if hasattr(data, "data_vars"):
+        names |= {str(name) for name in data.data_vars}
+    elif data.name is not None:
+        names.add(str(data.name))
+    return names
+
+
+def _xarray_get(data: Any, name: str) -> Any:
+    if not hasattr(data, "data_vars") and data.name == name:
+        return data
+    return data[name]
+
+
+def _numeric(column: np.ndarray, name: str, what: str) -> np.ndarray:
+    try:
+        return np.asarray(column, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what}: column {name!r} must be numeric, got values such as "
+                         f"{column[:3].tolist()!r}") from None
+
+
+def _times(column: np.ndarray, schema: Schema, what: str) -> np.ndarray:
+    """Times as float64: seconds since 1970 for datetimes (NaT → NaN), numbers as given."""
+    kind = column.dtype.kind
+    if kind in "iuf":
+        if schema.time_kind == "datetime":
+            raise ValueError(f"{what}: time column {schema.time!r} holds numbers but the model "
+                             "was fitted on datetimes")
+        return column.astype(np.float64)
+    if kind == "M" or kind in "OU":
+        if schema.time_kind == "number" and kind != "M":
+            raise ValueError(f"{what}: time column {schema.time!r} must be numeric or "
+                             f"datetime64, got {column.dtype}")
+        if schema.time_kind == "number":
+            raise ValueError(f"{what}: time column {schema.time!r} holds datetimes but the "
+                             "model was fitted on numbers")
+        try:
+            stamps = _as_datetime64(column)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{what}: time column {schema.time!r}: {err}") from None
+        seconds = stamps.astype("datetime64[ns]").astype(np.int64) / 1e9
+        return np.where(np.isnat(stamps), np.nan, seconds)
+    raise ValueError(f"{what}: time column {schema.time!r} must be numeric or datetime64, "
+                     f"got {column.dtype}")
+
+
+def _as_datetime64(column: np.ndarray) -> np.ndarray:
+    """``datetime64[ns]`` (UTC) from datetime64, timezone-aware pandas values or strings."""
+    if column.dtype.kind == "M":
+        return column.astype("datetime64[ns]")
+    first = next((v for v in column if v is not None), None)
+    if getattr(first, "tzinfo", None) is not None:
+        pd = require("pandas", "timezone-aware times")
+        return pd.to_datetime(column, utc=True).tz_localize(None).to_numpy("datetime64[ns]")
+    return np.asarray(column, dtype="datetime64[ns]")
+
+
+def time_kind_of(data: Any, schema: Schema) -> str:
+    """``"datetime"`` or ``"number"``: the kind of the data's time column."""
+    columns, _, _ = _columns(data, [schema.time], "observations")
+    column = columns[schema.time]
+    if column.dtype.kind in "iuf":
+        return "number"
+    try:
+        _as_datetime64(column[:10])
+    except (TypeError, ValueError):
+        raise ValueError(f"time column {schema.time!r} must be numeric or datetime64, got "
+                         f"{column.dtype}") from None
+    return "datetime"
+
+
+def class_labels(data: Any, schema: Schema) -> tuple[str, ...]:
+    """Sorted distinct labels of the (single) value column, as strings; missing ones skipped."""
+    columns, _, _ = _columns(data, [schema.values[0]], "observations")
+    column = columns[schema.values[0]]
+    present = [v for v in column if v is not None and not (isinstance(v, float) and np.isnan(v))]
+    return tuple(sorted({str(v) for v in present}))
+
+
+def _class_indices(column: np.ndarray, schema: Schema, what: str) -> np.ndarray:
+    """Class indices ``[N, 1]`` (float, NaN for a missing label) from labels."""
+    lookup = {label: i for i, label in enumerate(schema.classes)}
+    out = np.full((len(column), 1), np.nan)
+    for i, value in enumerate(column):
+        if value is None or (isinstance(value, float) and np.isnan(value)):
+            continue
+        key = str(value)
+        if key not in lookup:
+            raise ValueError(f"{what}: class {key!r} in column {schema.values[0]!r} is not one "
+                             f"of the model's classes {schema.classes}")
+        out[i, 0] = lookup[key]
+    return out
+
+
+def _check_finite_coords(coords: np.ndarray, names: Sequence[str], label: Callable[[int], str],
+                         what: str) -> None:
+    bad = ~np.isfinite(coords)
+    if bad.any():
+        row, col = np.argwhere(bad)[0]
+        raise ValueError(f"{what}: coordinate column {names[col]!r} is {coords[row, col]} at "
+                         f"{label(int(row))}; every point needs a finite location and time")
+
+
+def _drop_missing(points: Points, schema: Schema, what: str) -> Points:
+    """Drop points whose value or covariate is NaN, with a warning that counts them."""
+    values = points.values
+    if np.isinf(values).any():
+        row, col = np.argwhere(np.isinf(values))[0]
+        raise ValueError(f"{what}: value column {schema.values[col]!r} is "
+                         f"{values[row, col]} at {points.label(int(row))}")
+    missing_value = np.isnan(values).any(-1)
+    missing_covariate = (np.zeros_like(missing_value) if points.covariates is None
+                         else ~np.isfinite(points.covariates).all(-1))
+    drop = missing_value | missing_covariate
+    if drop.all():
+        raise ValueError(f"{what}: all {len(drop)} points have a missing value or covariate; "
+                         "nothing to condition on")
+    if drop.any():
+        warnings.warn(
+            f"{what}: dropped {int(drop.sum())} of {len(drop)} points with a missing value "
+            f"({int(missing_value.sum())}) or covariate ({int(missing_covariate.sum())})",
+            stacklevel=3,
+        )
+        return points.take(~drop)
+    return points
+
+
+def grid(**axes: tuple[float, float, int] | Sequence[Any] | np.ndarray) -> Any:
+    """An xarray Dataset of target coordinates (no variables): the outer product of axes.
+
+    Args:
+        **axes: ``name=(start, stop, n)`` for ``n`` evenly spaced values including both
+            ends, or explicit values (numbers or datetimes), e.g.
+            ``grid(lon=(115.9, 117.1, 241), lat=(39.6, 40.5, 181))``.
+
+    Raises:
+        ValueError: On an empty axis or a malformed ``(start, stop, n)``.
+    """
+    xr = require("xarray", "grids")
+    coords = {}
+    for name, spec in axes.items():
+        if (isinstance(spec, tuple) and len(spec) == 3 and isinstance(spec[2], int)
+                and not isinstance(spec[2], bool)):
+            start, stop, n = spec
+            if n < 1:
+                raise ValueError(f"grid axis {name!r}: need at least one point, got n={n}")
+            values = np.linspace(float(start), float(stop), n)
+        else:
+            values = np.asarray(spec)
+            if values.ndim != 1 or values.size == 0:
+                raise ValueError(f"grid axis {name!r}: give (start, stop, n) or a 1D sequence")
+        coords[name] = values
+    return xr.Dataset(coords=coords)

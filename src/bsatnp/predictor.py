@@ -1,0 +1,484 @@
+"""Predict from your own data: a model with its schema and normaliser, in original units.
+
+>>> from bsatnp import Predictor
+>>> predictor = Predictor.from_pretrained("gp2d")
+>>> grid = predictor.predict(stations, bsatnp.grid(lon=(115.9, 117.1, 241), lat=(39.6, 40.5, 181)),
+...                          values="pm25", space=("lon", "lat"), crs="lonlat", interval=0.9)
+
+A :class:`Predictor` holds a :class:`~bsatnp.models.base.NeuralProcess`, the
+:class:`~bsatnp.data.Schema` naming the roles of the user's columns and, once fitted, the
+:class:`~bsatnp.data.Normalizer`; all three live in one checkpoint. :meth:`Predictor.condition`
+reads the observations (pandas, xarray or a mapping of arrays) and encodes them once;
+:meth:`Conditioned.predict` streams any number of targets through the model in chunks and
+returns the container type of the targets with their coordinates copied: mean, std,
+quantiles, an interval and marginal samples in the units of the data (class probabilities
+and the most likely class for a categorical model).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from bsatnp.batch import Batch
+from bsatnp.data.normalizer import Normalizer
+from bsatnp.data.schema import Schema
+from bsatnp.data.tables import Points, class_labels, read_points, time_kind_of
+from bsatnp.io.checkpoint import load_checkpoint, save_checkpoint
+from bsatnp.models.base import ConditionedModel, NeuralProcess, model_device
+
+DEFAULT_CHUNK = 16384
+"""Targets per chunk when neither ``chunk_size`` nor ``max_memory`` is given."""
+ENVELOPE_DEFAULTS = {"space_half_width": 2.0}
+"""Training envelope assumed for a model without a card (the 2D GP's box [−2, 2]²)."""
+
+
+class Predictor:
+    """A neural process with the schema and normaliser of the data it serves.
+
+    Args:
+        model: Any :class:`~bsatnp.models.base.NeuralProcess`.
+        schema: Roles of the user's columns (``None``: given at :meth:`condition`).
+        normalizer: Fitted maps to model units (``None``: fitted on each conditioning set).
+        card: Facts about the model (task, budget, metrics, training envelope).
+    """
+
+    def __init__(self, model: NeuralProcess, schema: Schema | None = None,
+                 normalizer: Normalizer | None = None, card: dict[str, Any] | None = None
+                 ) -> None:
+        if not isinstance(model, NeuralProcess):
+            raise ValueError(f"model must be a bsatnp NeuralProcess, got {type(model).__name__}")
+        self.model = model.eval()
+        self.schema = schema
+        self.normalizer = normalizer
+        self.card = dict(card or {})
+
+    # ---------------------------------------------------------------- storage
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], device: str | torch.device = "cpu") -> Predictor:
+        """A predictor from a checkpoint (a training run's, a fine-tuned or a saved one).
+
+        Raises:
+            FileNotFoundError: If ``path`` does not exist.
+            ValueError: If it is not a valid bsatnp checkpoint or its schema is damaged.
+        """
+        ckpt = load_checkpoint(path)
+        model = ckpt.build_model().to(device)
+        stored = (ckpt.extra or {}).get("predictor") or {}
+        try:
+            schema = None if stored.get("schema") is None else Schema.from_dict(stored["schema"])
+            normalizer = (None if stored.get("normalizer") is None
+                          else Normalizer.from_dict(stored["normalizer"]))
+        except (ValueError, AttributeError, TypeError) as err:
+            raise ValueError(f"{path}: the stored schema or normaliser is invalid: {err}") from err
+        card = stored.get("card") or {}
+        if not isinstance(card, dict):
+            raise ValueError(f"{path}: the stored model card is not a mapping")
+        return cls(model, schema, normalizer, card)
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write weights, model config, schema, normaliser and card to one file (atomic)."""
+        return save_checkpoint(path, self.model, extra={"predictor": self.state()})
+
+    def state(self) -> dict[str, Any]:
+        """Schema, normaliser and card as plain data (stored in checkpoints)."""
+        return {"schema": None if self.schema is None else self.schema.to_dict(),
+                "normalizer": None if self.normalizer is None else self.normalizer.to_dict(),
+                "card": self.card}
+
+    @classmethod
+    def from_pretrained(cls, name: str, device: str | torch.device = "cpu") -> Predictor:
+        """A model shipped with the package (``bsatnp models`` lists them), offline.
+
+        Raises:
+            ValueError: If no model of that name ships with this version.
+        """
+        from bsatnp.pretrained import pretrained_path
+
+        return cls.load(pretrained_path(name), device)
+
+    # ------------------------------------------------------------------ facts
+    @property
+    def great_circle(self) -> bool:
+        """Whether the model measures space by great-circle distance on lon/lat degrees."""
+        config = self.model.config
+        spec = getattr(config, "bias_s", None)
+        use = getattr(config, "use_s", "embed")
+        return spec is not None and use in ("bias", "both") and spec.distance.startswith(
+            "great_circle")
+
+    @property
+    def envelope(self) -> dict[str, Any]:
+        """What the model was trained on (from its card; defaults for a bare model)."""
+        return {**ENVELOPE_DEFAULTS, **self.card.get("envelope", {})}
+
+    def describe(self) -> str:
+        """Model family and size, card, schema and normaliser as text."""
+        n_params = sum(p.numel() for p in self.model.parameters())
+        lines = [f"model: {type(self.model).__name__}, {n_params:,} parameters, roles "
+                 f"{', '.join(self.model.roles) or '-'}, {self.model.likelihood} likelihood"]
+        for key, value in self.card.items():
+            lines.append(f"{key}: {value}")
+        lines.append(f"schema: {self.schema.describe() if self.schema else 'none (given at use)'}")
+        if self.normalizer is not None:
+            lines.append("normaliser:\n  " + self.normalizer.describe().replace("\n", "\n  "))
+        else:
+            lines.append("normaliser: none (fitted on each set of observations)")
+        return "\n".join(lines)
+
+    # -------------------------------------------------------------- schema
+    def resolve_schema(self, data: Any, **roles: Any) -> Schema:
+        """The schema for ``data``: the stored one, or one built from ``roles``.
+
+        ``roles`` are :class:`~bsatnp.data.Schema` fields (``values``, ``space``, ``crs``,
+        ``time``, ``covariates``, ``units``; a single name may be a string). Given with a
+        stored schema they must agree with it.
+
+        Raises:
+            ValueError: If the roles disagree with the stored schema or do not fit the model.
+        """
+        given = {key: _as_names(value) if key in ("values", "space", "covariates", "units")
+                 else value for key, value in roles.items() if value is not None}
+        if self.schema is not None:
+            stored = self.schema.to_dict()
+            clash = {key: (value, stored[key]) for key, value in given.items()
+                     if stored.get(key) != (list(value) if isinstance(value, tuple) else value)
+                     and _plain(stored.get(key)) != _plain(value)}
+            if clash:
+                details = "; ".join(f"{k}: given {v[0]!r}, model has {v[1]!r}"
+                                    for k, v in clash.items())
+                raise ValueError(f"the data's schema does not match the model's ({details}); "
+                                 "rename the columns or omit these arguments")
+            return self.schema
+        if "values" not in given:
+            raise ValueError("name the value column(s): values='pm25' (the model has no "
+                             "stored schema)")
+        schema = Schema(**given)
+        if schema.time:
+            schema = replace(schema, time_kind=time_kind_of(data, schema))
+        if self.model.likelihood == "categorical":
+            schema = replace(schema, classes=class_labels(data, schema))
+        self.check_schema(schema)
+        return schema
+
+    def check_schema(self, schema: Schema) -> None:
+        """Raise ``ValueError`` if ``schema`` does not give the model the roles it reads."""
+        config = self.model.config
+        needs = {"s": len(schema.space), "t": 1 if schema.time else 0,
+                 "x": len(schema.covariates)}
+        for role, what in (("s", "space"), ("t", "time"), ("x", "covariates")):
+            want = getattr(config, f"dim_{role}", 0)
+            if needs[role] != want:
+                raise ValueError(f"the model reads {want} {what} column(s) (dim_{role}={want}) "
+                                 f"but the schema names {needs[role]}")
+        if self.model.likelihood == "categorical":
+            if len(schema.values) != 1 or len(schema.classes) != config.dim_f:
+                raise ValueError(f"the model predicts {config.dim_f} classes from one label "
+                                 f"column; the data have {len(schema.values)} value column(s) "
+                                 f"with classes {schema.classes}")
+        elif len(schema.values) != config.dim_f:
+            raise ValueError(f"the model predicts {config.dim_f} value(s) but the schema names "
+                             f"{len(schema.values)}: {schema.values}")
+        if self.great_circle and schema.crs is None:
+            raise ValueError("this model reads lon/lat degrees (great-circle distances): "
+                             "declare the coordinates' crs, e.g. crs='lonlat'")
+
+    # -------------------------------------------------------------- predict
+    def fit_normalizer(self, data: Any, *, space_scale: float | str = "auto",
+                       time_scale: float | str = "auto", method: str = "standard",
+                       value_transform: str = "none", **roles: Any) -> Normalizer:
+        """Fit (and keep) the normaliser on ``data``; later calls reuse it.
+
+        Args:
+            data: Observations in the user's units.
+            space_scale: See :meth:`Normalizer.fit`.
+            time_scale: See :meth:`Normalizer.fit`.
+            method: See :meth:`Normalizer.fit`.
+            value_transform: See :meth:`Normalizer.fit`.
+            **roles: Schema fields if the predictor has no schema yet.
+        """
+        self.schema = self.resolve_schema(data, **roles)
+        points, _ = read_points(data, self.schema, "observations", with_values=True)
+        self.normalizer = self._fit(points, self.schema, space_scale, time_scale, method,
+                                    value_transform)
+        return self.normalizer
+
+    def _fit(self, points: Points, schema: Schema, space_scale: float | str,
+             time_scale: float | str, method: str, value_transform: str) -> Normalizer:
+        return Normalizer.fit(points, schema, great_circle=self.great_circle,
+                              space_scale=space_scale, time_scale=time_scale, method=method,
+                              value_transform=value_transform,
+                              space_half_width=float(self.envelope["space_half_width"]))
+
+    def condition(self, observations: Any, *, space_scale: float | str = "auto",
+                  time_scale: float | str = "auto", method: str = "standard",
+                  value_transform: str = "none", crs: str | None = None,
+                  **roles: Any) -> Conditioned:
+        """Read ``observations`` and encode them once for any number of targets.
+
+        Args:
+            observations: DataFrame, xarray Dataset/DataArray or mapping of arrays, in the
+                data's units. Points with a missing value or covariate are dropped (with a
+                warning that counts them).
+            space_scale: Used when the predictor has no normaliser (see
+                :meth:`Normalizer.fit`).
+            time_scale: Likewise.
+            method: Likewise.
+            value_transform: Likewise.
+            crs: CRS of the observations if not the schema's (converted with pyproj).
+            **roles: Schema fields (``values``, ``space``, ``crs``, ``time``,
+                ``covariates``, ``units``) when the predictor has no schema.
+
+        Raises:
+            ValueError: On bad data (module :mod:`bsatnp.data.tables`), a schema that does
+                not match the model, or no valid observation.
+        """
+        schema = self.resolve_schema(observations, crs=crs if self.schema is None else None,
+                                     **roles)
+        points, _ = read_points(observations, schema, "observations", with_values=True,
+                                crs=None if self.schema is None else crs)
+        normalizer = self.normalizer or self._fit(points, schema, space_scale, time_scale,
+                                                  method, value_transform)
+        return Conditioned(self, schema, normalizer, points)
+
+    def predict(self, observations: Any, targets: Any, **kwargs: Any) -> Any:
+        """``condition(observations, ...)`` then ``predict(targets, ...)`` (keywords split).
+
+        Keywords of :meth:`Conditioned.predict` go there (``target_crs`` is its ``crs``),
+        the rest to :meth:`condition`.
+        """
+        predict_keys = {"quantiles", "interval", "n_samples", "seed", "chunk_size",
+                        "max_memory", "progress"}
+        options = {key: kwargs.pop(key) for key in list(kwargs) if key in predict_keys}
+        if "target_crs" in kwargs:
+            options["crs"] = kwargs.pop("target_crs")
+        return self.condition(observations, **kwargs).predict(targets, **options)
+
+    def finetune(self, data: Any, **kwargs: Any) -> Predictor:
+        """Train (or fine-tune) the model on ``data`` (:func:`bsatnp.finetune.finetune`)."""
+        from bsatnp.finetune import finetune
+
+        return finetune(self, data, **kwargs)
+
+
+class Conditioned:
+    """A predictor conditioned on a set of observations (encoded once).
+
+    Args:
+        predictor: The predictor.
+        schema: The schema of the observations.
+        normalizer: The maps to model units.
+        points: The observations (NaN rows dropped), in the data's units.
+    """
+
+    def __init__(self, predictor: Predictor, schema: Schema, normalizer: Normalizer,
+                 points: Points) -> None:
+        self.predictor, self.schema, self.normalizer = predictor, schema, normalizer
+        self.n_context = points.n
+        model = predictor.model
+        device = model_device(model)
+        arrays = normalizer.inputs(points, schema)
+        tensors = {role: _tensor(value, device) for role, value in arrays.items()}
+        _check_model_range(tensors, "observations")
+        context = {f"{role}_ctx": tensors[role] for role in (*model.roles, "f")}
+        probe = {f"{role}_test": tensors[role][:, :1] for role in model.roles}
+        self.model: ConditionedModel = model.condition(Batch(**context, **probe))
+        self.device = device
+
+    def predict(self, targets: Any, *, crs: str | None = None,
+                quantiles: Sequence[float] = (), interval: float | None = None,
+                n_samples: int = 0, seed: int | None = None, chunk_size: int | None = None,
+                max_memory: int | str | None = None, progress: bool = False) -> Any:
+        """Predictions at ``targets`` in the container type of the targets.
+
+        Args:
+            targets: DataFrame (rows), xarray Dataset/DataArray (its coordinates broadcast
+                to a grid; covariates as variables) or mapping of 1D arrays.
+            crs: CRS of the targets if not the schema's (converted; xarray objects may
+                carry it in a ``crs`` attribute).
+            quantiles: Probability levels, e.g. ``(0.05, 0.5, 0.95)``.
+            interval: Central interval mass, e.g. ``0.9`` adds ``lower`` and ``upper``.
+            n_samples: Marginal samples per target (independent across targets).
+            seed: Seed of the samples.
+            chunk_size: Targets per forward pass (default from ``max_memory``, else 16,384).
+            max_memory: Bound on the working memory of a chunk, bytes or ``"2GB"``.
+            progress: Show a progress bar over chunks.
+
+        Returns:
+            DataFrame: the targets with columns ``mean``, ``std``, ``q<level>``,
+            ``lower``, ``upper``, ``sample_<i>`` (prefixed ``<value>_`` for several
+            values); categorical: ``probability_<class>`` and ``predicted_class``.
+            xarray: a Dataset with the targets' coordinates and variables ``mean``,
+            ``std``, ``quantiles (quantile, ...)``, ``lower``, ``upper``,
+            ``samples (sample, ...)`` over the targets' dimensions; categorical:
+            ``probability (class, ...)`` and ``predicted_class``. Mapping: a dict of arrays.
+
+        Raises:
+            ValueError: On bad targets or options; nothing is computed then.
+        """
+        levels = _levels(quantiles, interval)
+        points, template = read_points(targets, self.schema, "targets", with_values=False,
+                                       crs=crs)
+        inputs = self.normalizer.inputs(points, self.schema)
+        chunk = _chunk_size(chunk_size, max_memory, self.predictor.model)
+        categorical = self.predictor.model.likelihood == "categorical"
+        n, dim_f = points.n, self.predictor.model.config.dim_f
+        first = np.empty((n, dim_f), np.float32)
+        second = None if categorical else np.empty((n, dim_f), np.float32)
+        starts = range(0, n, chunk)
+        if progress:
+            from tqdm.auto import tqdm
+
+            starts = tqdm(starts, desc="predicting", unit="chunk")
+        for start in starts:
+            stop = min(start + chunk, n)
+            test = {f"{role}_test": _tensor(inputs[role][start:stop], self.device)
+                    for role in self.predictor.model.roles}
+            _check_model_range({k[0]: v for k, v in test.items()}, "targets")
+            dist = self.model.predictive(test)
+            if categorical:
+                first[start:stop] = dist.probs[0].cpu().numpy()
+            else:
+                first[start:stop] = dist.mean[0].cpu().numpy()
+                second[start:stop] = dist.stddev[0].cpu().numpy()
+        if categorical:
+            return self._categorical(template, first)
+        return self._gaussian(template, first, second, levels, interval, n_samples, seed)
+
+    def _gaussian(self, template: Any, mean: np.ndarray, std: np.ndarray,
+                  levels: list[float], interval: float | None, n_samples: int,
+                  seed: int | None) -> Any:
+        norm = self.normalizer
+        loc, scale = norm.gaussian(mean.astype(np.float64), std.astype(np.float64))
+        user_mean, user_std = norm.moments(loc, scale)
+        outputs: dict[str, np.ndarray] = {}
+        extra: dict[str, tuple[str, Sequence[Any], str]] = {}
+        attrs: dict[str, dict[str, Any]] = {}
+        rng = np.random.default_rng(seed)
+        for j, value in enumerate(self.schema.values):
+            prefix = f"{value}_" if len(self.schema.values) > 1 else ""
+            units = ({"units": self.schema.units[j]} if j < len(self.schema.units) else {})
+            named = {"mean": user_mean[:, j], "std": user_std[:, j]}
+            if quantiles := [q for q in levels if q not in _interval_levels(interval)]:
+                named["quantiles"] = np.stack([norm.quantile(loc[:, j], scale[:, j], q)
+                                               for q in quantiles])
+                extra[prefix + "quantiles"] = ("quantile", quantiles, prefix + "q")
+            if interval is not None:
+                low, high = _interval_levels(interval)
+                named["lower"] = norm.quantile(loc[:, j], scale[:, j], low)
+                named["upper"] = norm.quantile(loc[:, j], scale[:, j], high)
+            if n_samples:
+                draws = loc[:, j] + scale[:, j] * rng.standard_normal((n_samples, len(loc)))
+                named["samples"] = norm.inverse(draws)
+                extra[prefix + "samples"] = ("sample", list(range(n_samples)), prefix + "sample_")
+            for name, array in named.items():
+                outputs[prefix + name] = array.astype(np.float32)
+                attrs[prefix + name] = {**units, "long_name": f"{value} {name}"}
+        for name in outputs:
+            if name.endswith("samples"):
+                attrs[name]["samples_are"] = "marginal (independent across targets)"
+        return template.build(outputs, extra, attrs)
+
+    def _categorical(self, template: Any, probs: np.ndarray) -> Any:
+        classes = self.schema.classes
+        predicted = np.asarray(classes, dtype=object)[probs.argmax(-1)]
+        outputs = {"probability": probs.T, "predicted_class": predicted}
+        return template.build(outputs,
+                              {"probability": ("class", list(classes), "probability_")})
+
+
+def _as_names(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return (value,)
+    return tuple(str(v) for v in value)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return [str(v) for v in value]
+    return value
+
+
+def _tensor(array: np.ndarray, device: torch.device) -> Tensor:
+    """``[N, D]`` float64 → ``[1, N, D]`` float32 on ``device``."""
+    return torch.as_tensor(np.ascontiguousarray(array, dtype=np.float32), device=device)[None]
+
+
+def _check_model_range(tensors: dict[str, Tensor], what: str) -> None:
+    """Refuse inputs that overflow float32 or sit far outside any trained range."""
+    for role, tensor in tensors.items():
+        if not bool(torch.isfinite(tensor).all()):
+            raise ValueError(f"{what}: role {role!r} overflows float32 after normalisation; "
+                             "check the units of that column")
+
+
+def _levels(quantiles: Sequence[float], interval: float | None) -> list[float]:
+    levels = [float(q) for q in quantiles]
+    for q in levels:
+        if not 0.0 < q < 1.0:
+            raise ValueError(f"quantiles must lie in (0, 1), got {q}")
+    if interval is not None and not 0.0 < interval < 1.0:
+        raise ValueError(f"interval must lie in (0, 1), e.g. 0.9, got {interval}")
+    return levels + list(_interval_levels(interval))
+
+
+def _interval_levels(interval: float | None) -> tuple[float, ...]:
+    if interval is None:
+        return ()
+    return ((1.0 - interval) / 2, (1.0 + interval) / 2)
+
+
+def _chunk_size(chunk_size: int | None, max_memory: int | str | None,
+                model: NeuralProcess) -> int:
+    """Targets per forward pass from an explicit size or a memory bound."""
+    if chunk_size is not None:
+        if not isinstance(chunk_size, int) or chunk_size < 1:
+            raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+        return chunk_size
+    if max_memory is None:
+        return DEFAULT_CHUNK
+    budget = parse_bytes(max_memory)
+    per_target = bytes_per_target(model)
+    if budget < 64 * per_target:
+        raise ValueError(f"max_memory={max_memory!r} is too small: a chunk of 64 targets "
+                         f"needs about {64 * per_target / 2**20:.1f} MiB")
+    return int(budget // per_target)
+
+
+def bytes_per_target(model: NeuralProcess) -> int:
+    """Working memory of one target in a chunk (activations alive at once, float32, ×4)."""
+    config = model.config
+    widths = [getattr(config, name, 0) for name in ("dim", "qkv_dim", "ffn_dim")]
+    widths += list(getattr(config, "embed_hidden", ())) + list(getattr(config, "head_hidden", ()))
+    return 4 * 4 * max(1024, 3 * sum(widths))
+
+
+def parse_bytes(value: int | str) -> int:
+    """``2_000_000``, ``"512MB"``, ``"2GB"``, ``"1.5GiB"`` → bytes.
+
+    Raises:
+        ValueError: On an unreadable or non-positive size.
+    """
+    if isinstance(value, int) and value > 0:
+        return value
+    units = {"": 1, "B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9, "KIB": 2**10, "MIB": 2**20,
+             "GIB": 2**30}
+    text = str(value).strip().upper()
+    number = text.rstrip("KMGIB ")
+    unit = text[len(number):].strip()
+    try:
+        size = float(number) * units[unit]
+    except (ValueError, KeyError):
+        raise ValueError(f"max_memory must be bytes or a size like '2GB', got {value!r}") from None
+    if not (math.isfinite(size) and size > 0):
+        raise ValueError(f"max_memory must be positive, got {value!r}")
+    return int(size)
+
