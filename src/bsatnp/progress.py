@@ -15,6 +15,6 @@ def tqdm_class() -> Any:
         from tqdm.auto import tqdm
     except ImportError as err:
         raise ImportError(
-            "progress bars need the 'tqdm' package: pip install 'bsatnp[train]'"
+            "progress bars need the 'tqdm' package (a dependency of bsatnp): pip install tqdm"
         ) from err
     return tqdm

@@ -241,7 +241,8 @@ def _safetensors() -> ModuleType:
         import safetensors.torch
     except ImportError as err:
         raise ImportError(
-            "checkpoints need the 'safetensors' package: pip install 'bsatnp[train]'"
+            "checkpoints need the 'safetensors' package (a dependency of bsatnp): "
+            "pip install safetensors"
         ) from err
     return safetensors
 

@@ -1,0 +1,138 @@
+"""Training tasks drawn from one table of the user's data (for fine-tuning).
+
+Rows are already in model units (:meth:`bsatnp.data.Normalizer.inputs`). Each task of a
+batch splits a subset of rows into context and test points in one of three ways, built on
+the samplers every task uses (:mod:`bsatnp.tasks.samplers`):
+
+* ``random``: random rows, a random number of them valid context, the rest test points;
+* ``block``: the test points are the rows nearest (in the max-norm of ``s``) to a random
+  row, a compact spatial block; the context is drawn from the other rows;
+* ``time``: windows of consecutive rows in time order; the context is the earlier part
+  and the test points the later part (a forecast).
+
+The rows are divided once into ``train`` and ``valid`` (a random fraction, or the latest
+rows for ``time``); ``test`` draws from ``valid``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from bsatnp.batch import ROLES, Batch
+from bsatnp.tasks.base import Task
+from bsatnp.tasks.samplers import row_windows, valid_prefix_mask
+
+SPLIT_KINDS = ("random", "block", "time")
+
+
+@dataclass(frozen=True, eq=False)
+class TableTask(Task):
+    """Context/test splits of the rows of one table (module doc).
+
+    Attributes:
+        columns: Model-unit arrays by role (``x``, ``s``, ``t``, ``f``), each ``[N, D]``.
+        rows: Row indices of each split (``train``, ``valid``), time-sorted for ``time``.
+        n_ctx: Context slots per task (fewer when a split has fewer rows).
+        n_test: Test points per task (likewise).
+        kind: ``random``, ``block`` or ``time``.
+        batch_size: Tasks per batch.
+        likelihood: ``gaussian`` or ``categorical``.
+    """
+
+    name: ClassVar[str] = "table"
+    columns: dict[str, Tensor]
+    rows: dict[str, Tensor]
+    n_ctx: int = 256
+    n_test: int = 256
+    kind: str = "random"
+    batch_size: int = 8
+    likelihood: str = "gaussian"  # type: ignore[misc]  (per instance, not per class)
+
+    def __post_init__(self) -> None:
+        if self.kind not in SPLIT_KINDS:
+            raise ValueError(f"split must be one of {SPLIT_KINDS}, got {self.kind!r}")
+        if self.kind == "block" and "s" not in self.columns:
+            raise ValueError("split='block' needs space columns")
+        if self.kind == "time" and "t" not in self.columns:
+            raise ValueError("split='time' needs a time column")
+        for split, rows in self.rows.items():
+            if len(rows) < 2:
+                raise ValueError(f"the {split} split has {len(rows)} row(s); a task needs at "
+                                 "least 2 (one context point and one test point)")
+
+    @classmethod
+    def from_columns(cls, columns: dict[str, Tensor], kind: str, valid_fraction: float,
+                     generator: torch.Generator, **fields: Any) -> TableTask:
+        """Divide the rows into ``train`` and ``valid`` and build the task.
+
+        Args:
+            columns: Model-unit arrays by role, ``[N, D]`` each.
+            kind: ``random``, ``block`` or ``time``.
+            valid_fraction: Share of rows held out for validation (the latest for ``time``).
+            generator: Randomness of the division.
+            **fields: Other fields (``n_ctx``, ``n_test``, ``batch_size``, ``likelihood``).
+        """
+        n = len(columns["f"])
+        if not 0.0 < valid_fraction < 1.0:
+            raise ValueError(f"valid_fraction must be in (0, 1), got {valid_fraction}")
+        n_valid = max(2, round(n * valid_fraction))
+        if n - n_valid < 2:
+            raise ValueError(f"{n} rows are too few to train on: need at least 4")
+        if kind == "time":
+            order = torch.argsort(columns["t"][:, 0], stable=True)
+        else:
+            order = torch.randperm(n, generator=generator)
+        rows = {"train": order[:n - n_valid], "valid": order[n - n_valid:]}
+        if kind != "time":
+            rows = {split: r.sort().values for split, r in rows.items()}
+        return cls(columns=columns, rows=rows, kind=kind, **fields)
+
+    def model_defaults(self) -> dict[str, Any]:
+        """Widths of the roles present, and the likelihood."""
+        dims = {f"dim_{r}": int(self.columns[r].shape[1]) if r in self.columns else 0
+                for r in ROLES}
+        return {**dims, "dim_f": int(self.columns["f"].shape[1]), "likelihood": self.likelihood}
+
+    def sample(self, generator: torch.Generator | None = None, split: str = "train") -> Batch:
+        """One batch of ``batch_size`` tasks from the rows of ``split`` (``test``: valid)."""
+        rows = self.rows["valid" if split == "test" else split]
+        n_ctx, n_test = _sizes(len(rows), self.n_ctx, self.n_test)
+        B = self.batch_size
+        if self.kind == "time":
+            window = row_windows(len(rows), n_ctx + n_test, B, generator,
+                                 distinct=len(rows) - n_ctx - n_test + 1 >= B)
+            order = rows[window]
+        elif self.kind == "block":
+            s = self.columns["s"][rows]
+            centre = torch.randint(len(rows), (B,), generator=generator)
+            reach = (s[None, :, :] - s[centre][:, None, :]).abs().amax(-1)  # [B, N]
+            nearest = torch.argsort(reach, dim=1)
+            rest = nearest[:, n_test:]
+            shuffled = torch.argsort(torch.rand(rest.shape, generator=generator), dim=1)
+            rest = torch.gather(rest, 1, shuffled)
+            order = rows[torch.cat([rest[:, :n_ctx], nearest[:, :n_test]], 1)]
+        else:
+            perm = torch.argsort(torch.rand(B, len(rows), generator=generator), dim=1)
+            order = rows[perm[:, :n_ctx + n_test]]
+        ctx, test = order[:, :n_ctx], order[:, n_ctx:]
+        mask = valid_prefix_mask(B, n_ctx, max(1, n_ctx // 4), n_ctx, generator)
+        if self.kind == "time":
+            mask = torch.ones_like(mask)
+        fields: dict[str, Tensor] = {"mask_ctx": mask}
+        for role, values in self.columns.items():
+            fields[f"{role}_ctx"] = values[ctx]
+            fields[f"{role}_test"] = values[test]
+        return Batch(**fields)
+
+
+def _sizes(n_rows: int, n_ctx: int, n_test: int) -> tuple[int, int]:
+    """Context and test sizes that fit in ``n_rows`` (scaled down in proportion)."""
+    if n_ctx + n_test <= n_rows:
+        return n_ctx, n_test
+    share = n_ctx / (n_ctx + n_test)
+    ctx = min(n_rows - 1, max(1, round(n_rows * share)))
+    return ctx, n_rows - ctx
