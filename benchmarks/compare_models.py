@@ -352,6 +352,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true",
                         help="small models, small tasks, a few steps: a CI-sized check")
     parser.add_argument("--steps", type=int, default=5000, help="training steps per model")
+    parser.add_argument("--batch-size", type=int,
+                        help="training batch size (default: the task config's train.batch_size)")
     parser.add_argument("--eval-batches", type=int, default=500,
                         help="test batches of every domain but scaled")
     parser.add_argument("--scaled-batches", type=int, default=50,
@@ -390,6 +392,9 @@ def main() -> None:
         if unknown:
             sys.exit(f"unknown models {unknown}; known: {[*configs, *TRAINING_FREE]}")
         configs = {name: c for name, c in configs.items() if name in wanted}
+    if args.batch_size is not None:
+        experiment = replace(experiment, train=replace(experiment.train,
+                                                       batch_size=args.batch_size))
     train_config = replace(experiment.train, steps=args.steps, val_every=args.steps,
                            save_every=min(args.steps, 100), val_batches=2 if args.quick else 16)
     models: dict[str, nn.Module] = {}

@@ -1,4 +1,4 @@
-"""Command-line interface: ``bsatnp {demo,train,evaluate,predict,plot,tasks}``.
+"""Command-line interface: ``bsatnp {demo,train,evaluate,predict,finetune,info,models,plot,tasks}``.
 
 Bad configs, checkpoints and input files end the program with a one-line message on
 stderr and exit code 2 (no traceback).
@@ -40,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         args.command(args)
-    except (ValueError, OSError) as err:
+    except (ValueError, OSError, ImportError) as err:
         print(f"bsatnp {args.name}: error: {err}", file=sys.stderr)
         return 2
     return 0
@@ -123,8 +123,121 @@ def _batch_counts(text: str) -> int | dict[str, int]:
 
 
 def _predict(args: argparse.Namespace) -> None:
-    path = predict_file(load_model(args.checkpoint, _device(args)), args.input, args.output)
-    print(f"Wrote predictions to {path}")
+    if args.input is not None:  # one split CSV/NPZ in model units (the original form)
+        if args.checkpoint is None:
+            raise ValueError("--input needs --checkpoint")
+        path = predict_file(load_model(args.checkpoint, _device(args)), args.input, args.output)
+        print(f"Wrote predictions to {path}")
+        return
+    if args.observations is None or (args.targets is None) == (args.grid is None):
+        raise ValueError("give --observations and one of --targets or --grid "
+                         "(or --input for a split file in model units)")
+    from bsatnp.data.files import read_table, write_table
+    from bsatnp.data.tables import grid
+
+    predictor = _predictor(args)
+    roles = _roles(args)
+    time = roles.get("time") or (predictor.schema.time if predictor.schema else None)
+    observations = read_table(args.observations, time=time)
+    targets = (read_table(args.targets, time=time) if args.targets is not None
+               else grid(**_grid_axes(args.grid)))
+    conditioned = predictor.condition(observations, space_scale=_scale(args.space_scale),
+                                      value_transform=args.transform, **roles)
+    out = conditioned.predict(targets, crs=args.target_crs, quantiles=args.quantiles or (),
+                              interval=args.interval, n_samples=args.samples,
+                              seed=args.seed, chunk_size=args.chunk_size,
+                              max_memory=args.max_memory, progress=not args.quiet)
+    path = write_table(out, args.output)
+    print(f"Wrote predictions at {_count(out)} targets from {conditioned.n_context} "
+          f"observations to {path}")
+
+
+def _finetune(args: argparse.Namespace) -> None:
+    from bsatnp.data.files import read_table
+
+    predictor = _predictor(args)
+    roles = _roles(args)
+    time = roles.get("time") or (predictor.schema.time if predictor.schema else None)
+    data = read_table(args.data, time=time)
+    tuned = predictor.finetune(data, steps=args.steps, split=args.split, lr=args.lr,
+                               batch_size=args.batch_size, out_dir=args.out,
+                               progress=not args.quiet, space_scale=_scale(args.space_scale),
+                               value_transform=args.transform, **roles)
+    print(tuned.describe())
+    _print_paths({"best": Path(args.out) / "best.safetensors",
+                  "last": Path(args.out) / "last.safetensors",
+                  "log": Path(args.out) / "log.jsonl"})
+
+
+def _info(args: argparse.Namespace) -> None:
+    from bsatnp.predictor import Predictor
+
+    ckpt = load_checkpoint(args.checkpoint)
+    print(f"{args.checkpoint}: bsatnp {ckpt.version} checkpoint, step {ckpt.step}"
+          + ("" if ckpt.best_metric is None else f", best validation NLL {ckpt.best_metric:.4f}"))
+    print(Predictor.load(args.checkpoint).describe())
+    stored = (ckpt.extra or {}).get("experiment")
+    if isinstance(stored, dict) and isinstance(stored.get("task"), dict):
+        print(f"task: {stored['task']}")
+
+
+def _models(args: argparse.Namespace) -> None:
+    from bsatnp.pretrained import model_card, pretrained_names
+
+    names = pretrained_names()
+    if not names:
+        print("no pretrained models ship with this version")
+    for name in names:
+        card = model_card(name)
+        print(f"{name:<12} {card.get('summary', '')}")
+
+
+def _predictor(args: argparse.Namespace) -> Any:
+    from bsatnp.predictor import Predictor
+
+    if (args.checkpoint is None) == (args.model is None):
+        raise ValueError("give exactly one of --checkpoint FILE or --model NAME "
+                         "(see `bsatnp models`)")
+    if args.model is not None:
+        return Predictor.from_pretrained(args.model, device=_device(args))
+    return Predictor.load(args.checkpoint, device=_device(args))
+
+
+def _roles(args: argparse.Namespace) -> dict[str, Any]:
+    roles = {"values": args.values, "space": args.space, "crs": args.crs, "time": args.time,
+             "covariates": args.covariates, "units": args.units}
+    return {key: value for key, value in roles.items() if value is not None}
+
+
+def _scale(text: str) -> float | str:
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def _grid_axes(text: str) -> dict[str, tuple[float, float, int]]:
+    """``"lon=115.9:117.1:241,lat=39.6:40.5:181"`` → ``{"lon": (115.9, 117.1, 241), ...}``."""
+    axes = {}
+    for item in text.split(","):
+        try:
+            name, spec = item.split("=")
+            start, stop, n = spec.split(":")
+            axes[name.strip()] = (float(start), float(stop), int(n))
+        except ValueError:
+            raise ValueError(f"--grid: expected NAME=START:STOP:N items separated by commas, "
+                             f"got {item!r}") from None
+    return axes
+
+
+def _count(data: Any) -> int:
+    sizes = getattr(data, "sizes", None)
+    if sizes is not None:
+        from math import prod
+
+        return prod(size for dim, size in sizes.items()
+                    if dim not in ("quantile", "sample", "class"))
+    return len(data)
 
 
 def _plot(args: argparse.Namespace) -> None:
@@ -237,14 +350,70 @@ def _parser() -> argparse.ArgumentParser:
                           "rerunning the same evaluation skips the batches already there")
     cmd.set_defaults(command=_evaluate)
 
-    cmd = sub.add_parser("predict", parents=[common], help="predict at new points",
-                         description="Predictive mean and std of a trained model at test "
-                         "points given context points.\n\n" + FORMAT_HELP,
-                         formatter_class=argparse.RawDescriptionHelpFormatter)
-    cmd.add_argument("--checkpoint", required=True)
-    cmd.add_argument("--input", required=True, help=".csv or .npz (format above)")
-    cmd.add_argument("--output", required=True, help=".csv or .npz")
+    schema = argparse.ArgumentParser(add_help=False)
+    group = schema.add_argument_group(
+        "data roles (needed when the model has no stored schema; must match it otherwise)")
+    group.add_argument("--values", nargs="+", metavar="COLUMN", help="value column(s)")
+    group.add_argument("--space", nargs="+", metavar="COLUMN",
+                       help="location columns: lon lat (with --crs lonlat) or x y")
+    group.add_argument("--crs", help="'lonlat' for degrees, a projected CRS such as "
+                       "EPSG:32650, or omit for plain units")
+    group.add_argument("--time", metavar="COLUMN", help="time column (datetimes or numbers)")
+    group.add_argument("--covariates", nargs="+", metavar="COLUMN", help="covariate columns")
+    group.add_argument("--units", nargs="+", help="units of the value column(s), e.g. degC")
+    group.add_argument("--space-scale", default="auto",
+                       help="length units per model unit, 'auto' or 'per_axis' (%(default)s)")
+    group.add_argument("--transform", default="none", choices=("none", "log", "log1p"),
+                       help="value transform before normalising (%(default)s)")
+    source = argparse.ArgumentParser(add_help=False)
+    source.add_argument("--checkpoint", help="a checkpoint file")
+    source.add_argument("--model", help="a shipped pretrained model (see `bsatnp models`)")
+
+    cmd = sub.add_parser(
+        "predict", parents=[common, source, schema], help="predict at new points",
+        description="Predict from observations in their own units at targets or on a grid:\n"
+        "  bsatnp predict --model gp2d --observations stations.csv --values pm25 \\\n"
+        "      --space lon lat --crs lonlat --grid lon=115.9:117.1:241,lat=39.6:40.5:181 \\\n"
+        "      --interval 0.9 --output grid.nc\n"
+        "Inputs: .csv, .csv.gz, .parquet or .nc; output .csv, .parquet or .nc with mean, std "
+        "and the requested quantiles/interval/samples in the units of the values (class "
+        "probabilities for a categorical model).\n\nThe original form reads one split file "
+        "in model units (--input):\n" + FORMAT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    cmd.add_argument("--observations", help="observed points with values")
+    cmd.add_argument("--targets", help="points to predict at (rows or a netCDF grid)")
+    cmd.add_argument("--grid", help="a grid NAME=START:STOP:N,... instead of --targets")
+    cmd.add_argument("--target-crs", help="CRS of the targets if not that of the observations")
+    cmd.add_argument("--quantiles", nargs="+", type=float, help="e.g. 0.05 0.5 0.95")
+    cmd.add_argument("--interval", type=float, help="central interval mass, e.g. 0.9")
+    cmd.add_argument("--samples", type=int, default=0, help="marginal samples per target")
+    cmd.add_argument("--seed", type=int, help="seed of the samples")
+    cmd.add_argument("--chunk-size", type=int, help="targets per forward pass")
+    cmd.add_argument("--max-memory", help="memory bound of a chunk, e.g. 2GB")
+    cmd.add_argument("--input", help="one split .csv or .npz in model units (format above)")
+    cmd.add_argument("--output", required=True, help=".csv, .parquet or .nc (.npz: --input)")
     cmd.set_defaults(command=_predict)
+
+    cmd = sub.add_parser(
+        "finetune", parents=[common, source, schema],
+        help="train a checkpoint or pretrained model further on your own table",
+        description="Fine-tune on a table of observations in their own units; the run keeps "
+        "its best validation state, with the schema and normaliser, in OUT/best.safetensors.")
+    cmd.add_argument("--data", required=True, help=".csv, .parquet or .nc observations")
+    cmd.add_argument("--out", default="runs/finetune", help="run directory (%(default)s)")
+    cmd.add_argument("--steps", type=int, default=1000, help="optimiser steps (%(default)s)")
+    cmd.add_argument("--split", default="random", choices=("random", "block", "time"),
+                     help="how training tasks split rows into context and test (%(default)s)")
+    cmd.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (%(default)s)")
+    cmd.add_argument("--batch-size", type=int, default=8, help="tasks per step (%(default)s)")
+    cmd.set_defaults(command=_finetune)
+
+    cmd = sub.add_parser("info", help="describe a checkpoint: model, card, schema, normaliser")
+    cmd.add_argument("checkpoint")
+    cmd.set_defaults(command=_info)
+
+    cmd = sub.add_parser("models", help="list the pretrained models shipped in the package")
+    cmd.set_defaults(command=_models)
 
     cmd = sub.add_parser("plot", parents=[common],
                          help="plot a predicted field (--checkpoint) or a learning curve (--log)")

@@ -1,0 +1,90 @@
+"""Files of the user's data: CSV and Parquet (pandas), netCDF (xarray), by extension."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from bsatnp.data.geo import require
+from bsatnp.data.tables import is_pandas, is_xarray
+from bsatnp.io.files import write_atomic
+
+READABLE = (".csv", ".csv.gz", ".parquet", ".nc")
+
+
+def read_table(path: str | os.PathLike[str], time: str | None = None) -> Any:
+    """A DataFrame (``.csv``, ``.csv.gz``, ``.parquet``) or Dataset (``.nc``) from ``path``.
+
+    Args:
+        path: The file.
+        time: A time column of a CSV to parse as datetimes when it is not numeric.
+
+    Raises:
+        FileNotFoundError: If ``path`` does not exist.
+        ValueError: On an unknown extension or an unreadable file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist")
+    name = path.name.lower()
+    try:
+        if name.endswith((".csv", ".csv.gz")):
+            pd = require("pandas", "reading CSV files")
+            frame = pd.read_csv(path, encoding="utf-8-sig")
+            if time is not None and time in frame and frame[time].dtype == object:
+                frame[time] = pd.to_datetime(frame[time])
+            return frame
+        if name.endswith(".parquet"):
+            pd = require("pandas", "reading Parquet files")
+            return pd.read_parquet(path)
+        if name.endswith(".nc"):
+            xr = require("xarray", "reading netCDF files")
+            with xr.open_dataset(path) as dataset:
+                return dataset.load()
+    except (OSError, ValueError, TypeError) as err:
+        if isinstance(err, ImportError):
+            raise
+        raise ValueError(f"{path}: cannot read it: {err}") from err
+    raise ValueError(f"{path}: unsupported file type; use one of {', '.join(READABLE)}")
+
+
+def write_table(data: Any, path: str | os.PathLike[str]) -> Path:
+    """Write a DataFrame or Dataset to ``.csv``, ``.parquet`` or ``.nc`` (atomically).
+
+    A Dataset written as CSV/Parquet becomes one row per grid point; a DataFrame written as
+    netCDF keeps its index as the dimension.
+
+    Raises:
+        ValueError: On an unknown extension.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".csv", ".parquet", ".nc"):
+        raise ValueError(f"{path}: unsupported output type; use .csv, .parquet or .nc")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if suffix == ".nc":
+        xr = require("xarray", "writing netCDF files")
+        dataset = xr.Dataset.from_dataframe(data) if is_pandas(data) else data
+        payload = dataset.to_netcdf(engine=_netcdf_engine())
+    else:
+        frame = data.to_dataframe().reset_index() if is_xarray(data) else data
+        if suffix == ".csv":
+            payload = frame.to_csv(index=is_pandas(data) and frame.index.name is not None)
+            payload = payload.encode("utf-8")
+        else:
+            require("pyarrow", "writing Parquet files")
+            payload = frame.to_parquet()
+    write_atomic(path, bytes(payload))
+    return path
+
+
+def _netcdf_engine() -> str:
+    """``h5netcdf`` when it and h5py are installed (netCDF4 files), else ``scipy`` (netCDF3)."""
+    try:
+        import h5netcdf  # noqa: F401
+        import h5py  # noqa: F401
+    except ImportError:
+        require("scipy", "writing netCDF files")
+        return "scipy"
+    return "h5netcdf"
