@@ -188,8 +188,8 @@ class Normalizer(Config):
 
     def describe(self) -> str:
         """Multi-line summary of the maps."""
-        lines = [f"values: ({self.value_transform} − {_fmt(self.value_shift)}) / "
-                 f"{_fmt(self.value_scale)}"]
+        value = {"none": "f", "log": "log(f)", "log1p": "log1p(f)"}[self.value_transform]
+        lines = [f"values: ({value} − {_fmt(self.value_shift)}) / {_fmt(self.value_scale)}"]
         if self.space_scale:
             projection = f" after projecting to {self.projection}" if self.projection else ""
             lines.append(f"space: (s − {_fmt(self.space_shift)}) / {_fmt(self.space_scale)}"

@@ -1,0 +1,105 @@
+"""CLI on the user's own data: predict to a grid or targets, finetune, info, models."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+pd = pytest.importorskip("pandas")
+xr = pytest.importorskip("xarray")
+
+from bsatnp import cli  # noqa: E402
+from bsatnp.models import BSATNP  # noqa: E402
+from bsatnp.predictor import Predictor  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli_data")
+    rng = np.random.default_rng(0)
+    n = 150
+    obs = pd.DataFrame({"lon": rng.uniform(116, 117, n), "lat": rng.uniform(39.5, 40.5, n),
+                        "time": pd.date_range("2024-01-01", periods=n, freq="h")})
+    obs["pm25"] = 60 + 20 * np.sin(3 * obs["lon"]) + rng.normal(0, 2, n)
+    obs.to_csv(root / "obs.csv", index=False)
+    obs.iloc[:10][["lon", "lat"]].to_csv(root / "targets.csv", index=False)
+    torch.manual_seed(0)
+    Predictor(BSATNP(num_blocks=1, dim=16, qkv_dim=16, ffn_dim=32, embed_hidden=(32,),
+                     head_hidden=(32,))).save(root / "bare.safetensors")
+    return root
+
+
+ROLES = ["--values", "pm25", "--space", "lon", "lat", "--crs", "lonlat", "--units", "ug/m3"]
+
+
+def test_predict_grid_to_netcdf_in_the_units_of_the_values(files, capsys):
+    out = files / "grid.nc"
+    code = cli.main(["predict", "--checkpoint", str(files / "bare.safetensors"),
+                     "--observations", str(files / "obs.csv"), *ROLES,
+                     "--grid", "lon=116:117:11,lat=39.5:40.5:9", "--interval", "0.9",
+                     "--output", str(out), "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    with xr.open_dataset(out) as ds:
+        assert ds["mean"].dims == ("lon", "lat") and ds["mean"].shape == (11, 9)
+        assert ds["mean"].attrs["units"] == "ug/m3"
+        np.testing.assert_allclose(ds["lon"].values, np.linspace(116, 117, 11))
+        assert bool((ds["lower"] < ds["mean"]).all()) and bool((ds["mean"] < ds["upper"]).all())
+        assert 20 < float(ds["mean"].mean()) < 100  # µg/m³, not model units
+    assert "Wrote predictions at 99 targets from 150 observations" in capsys.readouterr().out
+
+
+def test_predict_targets_csv_and_parquet(files):
+    for suffix in (".csv", ".parquet"):
+        out = files / f"pred{suffix}"
+        assert cli.main(["predict", "--checkpoint", str(files / "bare.safetensors"),
+                         "--observations", str(files / "obs.csv"), *ROLES, "--targets",
+                         str(files / "targets.csv"), "--quantiles", "0.1", "0.9",
+                         "--output", str(out), "--quiet"]) == 0
+        frame = pd.read_csv(out) if suffix == ".csv" else pd.read_parquet(out)
+        targets = pd.read_csv(files / "targets.csv")
+        np.testing.assert_array_equal(frame[["lon", "lat"]].to_numpy(), targets.to_numpy())
+        assert {"mean", "std", "q0.1", "q0.9"} <= set(frame.columns)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--values", "pm10"], "no column(s) ['pm10']"),
+    (["--grid", "lon=1:2"], "--grid: expected NAME=START:STOP:N"),
+    (["--model", "nope"], "exactly one of --checkpoint FILE or --model NAME"),
+])
+def test_predict_user_errors_are_one_line_exit_2(files, capsys, args, message):
+    base = ["predict", "--checkpoint", str(files / "bare.safetensors"), "--observations",
+            str(files / "obs.csv"), "--space", "lon", "lat", "--crs", "lonlat",
+            "--output", str(files / "x.nc"), "--quiet"]
+    if "--values" not in args:
+        base += ["--values", "pm25"]
+    if "--grid" not in args:
+        base += ["--grid", "lon=116:117:3,lat=39.5:40.5:3"]
+    assert cli.main(base + args) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and err.count("\n") == 1
+
+
+def test_finetune_then_info_then_predict_without_roles(files, capsys):
+    out = files / "tuned"
+    assert cli.main(["finetune", "--checkpoint", str(files / "bare.safetensors"), "--data",
+                     str(files / "obs.csv"), *ROLES, "--time", "time", "--steps", "4",
+                     "--out", str(out), "--quiet"]) == 2  # the model reads no time
+    assert "reads 0 time column(s)" in capsys.readouterr().err
+    assert cli.main(["finetune", "--checkpoint", str(files / "bare.safetensors"), "--data",
+                     str(files / "obs.csv"), *ROLES, "--steps", "4", "--out", str(out),
+                     "--quiet"]) == 0
+    capsys.readouterr()
+    assert cli.main(["info", str(out / "best.safetensors")]) == 0
+    text = capsys.readouterr().out
+    assert "pm25 ~ s(lon, lat; lonlat)" in text and "values: (f − (" in text
+    pred = files / "tuned.csv"
+    assert cli.main(["predict", "--checkpoint", str(out / "best.safetensors"),
+                     "--observations", str(files / "obs.csv"), "--targets",
+                     str(files / "targets.csv"), "--output", str(pred), "--quiet"]) == 0
+    assert len(pd.read_csv(pred)) == 10
+
+
+def test_models_lists_the_shipped_models(capsys):
+    assert cli.main(["models"]) == 0
+    assert capsys.readouterr().out.strip()
