@@ -6,7 +6,8 @@ import pytest
 import torch
 from conftest import assert_same, dropped, random_batch, shifted, with_nan_padding
 
-from bsatnp.baselines import IDW, TNPD, KNearestMean, TNPDConfig
+from bsatnp.baselines import IDW, TNPD, KNearestMean, Persistence, TNPDConfig
+from bsatnp.batch import Batch
 from bsatnp.metrics import coverage
 from bsatnp.tasks import eval_batches
 from bsatnp.tasks.gp2d import in_domain
@@ -86,7 +87,7 @@ def test_tnpd_is_not_translation_invariant():
 
 
 # ------------------------------------------------------------------ IDW and kNN means
-BASELINES = [IDW(), IDW(power=3.0), KNearestMean(), KNearestMean(k=1)]
+BASELINES = [IDW(), IDW(power=3.0), KNearestMean(), KNearestMean(k=1), Persistence()]
 
 
 @pytest.mark.parametrize("model", BASELINES, ids=repr)
@@ -152,3 +153,17 @@ def test_local_average_bad_input_raises_value_error():
                 lambda: IDW(chunk_size=0)):
         with pytest.raises(ValueError):
             bad()
+
+
+def test_persistence_takes_the_latest_value_at_the_nearest_location():
+    # Two stations observed at three hours; test points at both stations and in between.
+    s = torch.tensor([[0.0, 0.0], [5.0, 0.0]]).repeat(3, 1)  # station 0, 1, 0, 1, 0, 1
+    t = torch.tensor([0.0, 0.0, 1.0, 1.0, 2.0, 2.0])[:, None]
+    f = torch.tensor([10.0, 20.0, 11.0, 21.0, 12.0, 22.0])[:, None]
+    order = torch.tensor([4, 1, 0, 5, 2, 3])  # any order of the context
+    batch = Batch(s_ctx=s[order][None], t_ctx=t[order][None], f_ctx=f[order][None],
+                  s_test=torch.tensor([[[0.0, 0.0], [5.0, 0.0], [4.0, 0.0]]]),
+                  t_test=torch.full((1, 3, 1), 3.0))
+    dist = Persistence(min_std=0.5)(batch)
+    assert dist.mean[0, :, 0].tolist() == [12.0, 22.0, 22.0]
+    assert torch.allclose(dist.stddev, torch.tensor(0.5))

@@ -1,6 +1,12 @@
 """Baselines and references: exact GP oracle, TNP-D, TE-TNP, ConvCNP, local averages."""
 
-from bsatnp.baselines.idw import IDW, KNearestMean, LocalAverage, calibrated_local_averages
+from bsatnp.baselines.idw import (
+    IDW,
+    KNearestMean,
+    LocalAverage,
+    Persistence,
+    calibrated_local_averages,
+)
 from bsatnp.models.convcnp import ConvCNP, ConvCNPConfig
 from bsatnp.models.tetnp import TETNP, TETNPConfig
 from bsatnp.models.tnpd import TNPD, TNPDConfig
@@ -8,5 +14,5 @@ from bsatnp.tasks.oracle import gp_posterior
 
 __all__ = [
     "IDW", "TETNP", "TNPD", "ConvCNP", "ConvCNPConfig", "KNearestMean", "LocalAverage",
-    "TETNPConfig", "TNPDConfig", "calibrated_local_averages", "gp_posterior",
+    "Persistence", "TETNPConfig", "TNPDConfig", "calibrated_local_averages", "gp_posterior",
 ]

@@ -1,8 +1,8 @@
-"""Training-free local-average baselines: inverse-distance weighting and k-nearest neighbours.
+"""Training-free local averages: inverse distance, k nearest neighbours, persistence.
 
-Both predict, at each test point, a weighted average of the valid context values,
-``μ = Σ_i w_i f_i`` with weights ``w`` that sum to one, and a standard deviation from the
-spread of those values::
+Persistence is the latest value at the nearest observed location. Each predicts, at each
+test point, a weighted average of the valid context values, ``μ = Σ_i w_i f_i`` with
+weights ``w`` that sum to one, and a standard deviation from the spread of those values::
 
     σ = std_scale · sqrt(Σ_i w_i (f_i − μ)² + min_std²)
 
@@ -42,12 +42,13 @@ class LocalAverage(nn.Module):
         self.chunk_size = chunk_size
         self.register_buffer("std_scale", torch.tensor(1.0))
 
-    def weights(self, d2: Tensor, valid: Tensor) -> Tensor:
+    def weights(self, d2: Tensor, valid: Tensor, t_ctx: Tensor | None) -> Tensor:
         """Normalised weights ``[B, Q, Lc]`` (zero on padding).
 
         Args:
             d2: Squared distances test → context ``[B, Q, Lc]``.
             valid: Valid context slots ``[B, 1, Lc]`` (bool; at least one per task).
+            t_ctx: Context times ``[B, 1, Lc]`` when the batch has a time role, else ``None``.
         """
         raise NotImplementedError
 
@@ -62,10 +63,11 @@ class LocalAverage(nn.Module):
         batch = batch.sanitized()
         s_ctx, f_ctx = batch.s_ctx, batch.f_ctx  # [B, Lc, Ds], [B, Lc, Df]
         valid = batch.context_mask()[:, None, :]  # [B, 1, Lc]
+        t_ctx = None if batch.t_ctx is None else batch.t_ctx[:, None, :, 0]  # [B, 1, Lc]
         means, stds = [], []
         for s_test in batch.s_test.split(self.chunk_size, dim=1):  # [B, Q, Ds]
             d2 = (s_test[:, :, None, :] - s_ctx[:, None, :, :]).square().sum(-1)  # [B, Q, Lc]
-            w = self.weights(d2, valid)
+            w = self.weights(d2, valid, t_ctx)
             mean = w @ f_ctx  # [B, Q, Df]
             spread = (f_ctx[:, None, :, :] - mean[:, :, None, :]).square()  # [B, Q, Lc, Df]
             var = (w[..., None] * spread).sum(dim=2)
@@ -129,7 +131,7 @@ class IDW(LocalAverage):
             raise ValueError(f"power must be > 0, got {power}")
         self.power = power
 
-    def weights(self, d2: Tensor, valid: Tensor) -> Tensor:
+    def weights(self, d2: Tensor, valid: Tensor, t_ctx: Tensor | None) -> Tensor:
         """Softmax of ``−(p/2)·log d²`` (no overflow), restricted to exact hits if any."""
         hit = (d2 == 0) & valid
         logits = torch.where(hit.any(dim=-1, keepdim=True),
@@ -153,7 +155,7 @@ class KNearestMean(LocalAverage):
             raise ValueError(f"k must be >= 1, got {k}")
         self.k = k
 
-    def weights(self, d2: Tensor, valid: Tensor) -> Tensor:
+    def weights(self, d2: Tensor, valid: Tensor, t_ctx: Tensor | None) -> Tensor:
         """``1/k'`` on the ``k' = min(k, #valid)`` nearest valid points, 0 elsewhere."""
         d2 = torch.where(valid, d2, torch.inf)
         nearest = d2.topk(min(self.k, d2.shape[-1]), dim=-1, largest=False)
@@ -162,14 +164,39 @@ class KNearestMean(LocalAverage):
         return chosen / chosen.sum(dim=-1, keepdim=True)
 
 
-LOCAL_AVERAGES = {"idw": IDW, "knn": KNearestMean}
+class Persistence(LocalAverage):
+    """The latest context value at the nearest observed location ("tomorrow = today").
+
+    All weight goes to one context point: the nearest valid one, and among equally near
+    ones (e.g. earlier readings of the same station) the latest. The std is
+    ``std_scale·min_std``, a constant fitted by :meth:`LocalAverage.calibrate`.
+
+    Args:
+        min_std: Standard deviation before calibration.
+        chunk_size: Test points per chunk.
+    """
+
+    def __init__(self, min_std: float = 0.1, chunk_size: int = 256) -> None:
+        super().__init__(min_std, chunk_size)
+
+    def weights(self, d2: Tensor, valid: Tensor, t_ctx: Tensor | None) -> Tensor:
+        """One-hot on the latest of the nearest valid context points."""
+        d2 = torch.where(valid, d2, torch.inf)
+        nearest = d2 <= d2.amin(dim=-1, keepdim=True) * (1 + 1e-6) + 1e-12
+        latest = (torch.zeros_like(d2) if t_ctx is None else t_ctx).expand_as(d2)
+        score = torch.where(nearest, latest, -torch.inf)
+        choice = score.argmax(dim=-1, keepdim=True)
+        return torch.zeros_like(d2).scatter_(-1, choice, 1.0)
+
+
+LOCAL_AVERAGES = {"idw": IDW, "knn": KNearestMean, "persistence": Persistence}
 """Training-free baselines by name (default settings)."""
 
 
 def calibrated_local_averages(
     names: Iterable[str], batches: Iterable[Batch]
 ) -> dict[str, LocalAverage]:
-    """The named baselines (``idw``, ``knn``) with ``std_scale`` fitted on ``batches``.
+    """The named baselines (``idw``, ``knn``, ``persistence``), ``std_scale`` fitted on ``batches``.
 
     Raises:
         ValueError: On an unknown name, or batches without valid test targets.
