@@ -150,6 +150,8 @@ class Batch:
         """
         _check_tensor("f_ctx", self.f_ctx, 3)
         B, Lc = self.f_ctx.shape[:2]
+        if B == 0:
+            raise ValueError("f_ctx has batch size 0: a batch needs at least one task")
         mask_ctx = self.context_mask()
         _check_mask("mask_ctx", mask_ctx, (B, Lc))
         if not bool(mask_ctx.any(dim=1).all()):
@@ -188,7 +190,9 @@ class Batch:
             if t is not None:
                 _check_tensor(f"{role}_test", t, 3)
                 _check_leading(f"{role}_test", t, (B, Lt))
-                _check_finite(f"{role}_test", t, mask_test if role == "f" else None)
+                _check_finite(f"{role}_test", t, mask_test if role == "f" else None,
+                              where="in a valid slot" if role == "f" else
+                              "(test inputs must be finite, masked test points too)")
             if c is not None and t is not None and c.shape[-1] != t.shape[-1]:
                 raise ValueError(
                     f"{role}_ctx has {c.shape[-1]} features but {role}_test has {t.shape[-1]}"
@@ -225,10 +229,11 @@ def _check_mask(name: str, mask: Tensor, shape: tuple[int, int]) -> None:
         raise ValueError(f"{name} has shape {tuple(mask.shape)}, expected {shape}")
 
 
-def _check_finite(name: str, value: Tensor, mask: Tensor | None) -> None:
+def _check_finite(name: str, value: Tensor, mask: Tensor | None,
+                  where: str = "in a valid slot") -> None:
     bad = ~torch.isfinite(value).all(dim=-1)
     if mask is not None:
         bad = bad & mask
     if bool(bad.any()):
-        where = bad.nonzero()[0].tolist()
-        raise ValueError(f"{name} contains NaN or inf in a valid slot (first at [b, i] = {where})")
+        index = bad.nonzero()[0].tolist()
+        raise ValueError(f"{name} contains NaN or inf {where} (first at [b, i] = {index})")

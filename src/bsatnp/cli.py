@@ -36,12 +36,19 @@ DEMO_RUN_FILES = ("log.jsonl", "last.safetensors", "best.safetensors")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; returns the exit code (0 success, 2 bad input)."""
+    """Run the CLI; returns the exit code (0 success, 2 bad input).
+
+    A user error (bad arguments, files, configs, checkpoints or data; a missing extra) is
+    one line on stderr naming the file, line or argument; ``--debug`` shows the traceback.
+    """
     args = _parser().parse_args(argv)
     try:
         args.command(args)
     except (ValueError, OSError, ImportError) as err:
-        print(f"bsatnp {args.name}: error: {err}", file=sys.stderr)
+        if getattr(args, "debug", False):
+            raise
+        message = " ".join(str(err).split())  # one line
+        print(f"bsatnp {args.name}: error: {message}", file=sys.stderr)
         return 2
     return 0
 
@@ -113,9 +120,13 @@ def _batch_counts(text: str) -> int | dict[str, int]:
     """``"500"`` → 500; ``"in_domain=500,scaled=20"`` → ``{"in_domain": 500, "scaled": 20}``."""
     try:
         if "=" not in text:
-            return int(text)
-        pairs = (item.split("=") for item in text.split(","))
-        return {domain.strip(): int(count) for domain, count in pairs}
+            counts: int | dict[str, int] = int(text)
+        else:
+            pairs = (item.split("=") for item in text.split(","))
+            counts = {domain.strip(): int(count) for domain, count in pairs}
+        if min(counts.values() if isinstance(counts, dict) else [counts]) < 1:
+            raise argparse.ArgumentTypeError(f"batch counts must be >= 1, got {text!r}")
+        return counts
     except ValueError as err:
         raise argparse.ArgumentTypeError(
             f"expected a count or DOMAIN=COUNT pairs separated by commas, got {text!r}"
@@ -286,16 +297,43 @@ def _device(args: argparse.Namespace) -> torch.device:
     if args.device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(args.device)
+        device = torch.device(args.device)
     except RuntimeError as err:
         raise ValueError(f"--device {args.device!r}: {err}") from err
+    available = {"cpu": True, "cuda": torch.cuda.is_available(),
+                 "mps": torch.backends.mps.is_available()}
+    if not available.get(device.type, False):
+        raise ValueError(f"--device {args.device!r}: not available on this machine or build "
+                         f"(available: {', '.join(k for k, v in available.items() if v)})")
+    return device
+
+
+def _positive(kind: type) -> Any:
+    """An argparse type: a number of ``kind`` that must be > 0."""
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+    return parse
+
+
+class _Parser(argparse.ArgumentParser):
+    """Argument errors as one line (exit 2), like every other user error."""
+
+    def error(self, message: str) -> Any:  # noqa: D102 (argparse's hook)
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--quiet", action="store_true", help="no progress bars")
     common.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
-    parser = argparse.ArgumentParser(
+    common.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    parser = _Parser(
         prog="bsatnp", description="BSA-TNP neural processes: train, evaluate, predict, plot. "
         f"Registered tasks: {', '.join(task_names())}."
     )
@@ -310,7 +348,7 @@ def _parser() -> argparse.ArgumentParser:
         "cores for the default). Overwrites a previous demo in the same directory.",
     )
     cmd.add_argument("--out", default="outputs/demo", help="output directory (%(default)s)")
-    cmd.add_argument("--minutes", type=float, default=DEMO_MINUTES,
+    cmd.add_argument("--minutes", type=_positive(float), default=DEMO_MINUTES,
                      help="training budget in minutes (%(default)s)")
     cmd.add_argument("--config", default=DEMO_CONFIG,
                      help="experiment to demo: a YAML file or bundled config (%(default)s; "
@@ -324,9 +362,9 @@ def _parser() -> argparse.ArgumentParser:
                      help=f"YAML file, or a bundled config: {', '.join(bundled_configs())}")
     cmd.add_argument("--out", help="output directory (default: train.out_dir of the config, "
                      "or the resumed run's directory)")
-    cmd.add_argument("--steps", type=int,
+    cmd.add_argument("--steps", type=_positive(int),
                      help="stop at this total step count (the LR schedule keeps train.steps)")
-    cmd.add_argument("--minutes", type=float, help="stop after this wall-clock budget")
+    cmd.add_argument("--minutes", type=_positive(float), help="stop after this wall-clock budget")
     cmd.add_argument("--resume", help="checkpoint of a previous run to continue exactly")
     cmd.set_defaults(command=_train)
 
@@ -386,9 +424,10 @@ def _parser() -> argparse.ArgumentParser:
     cmd.add_argument("--target-crs", help="CRS of the targets if not that of the observations")
     cmd.add_argument("--quantiles", nargs="+", type=float, help="e.g. 0.05 0.5 0.95")
     cmd.add_argument("--interval", type=float, help="central interval mass, e.g. 0.9")
-    cmd.add_argument("--samples", type=int, default=0, help="marginal samples per target")
+    cmd.add_argument("--samples", type=int, default=0, choices=range(0, 10001),
+                     metavar="N", help="marginal samples per target (0-10000)")
     cmd.add_argument("--seed", type=int, help="seed of the samples")
-    cmd.add_argument("--chunk-size", type=int, help="targets per forward pass")
+    cmd.add_argument("--chunk-size", type=_positive(int), help="targets per forward pass")
     cmd.add_argument("--max-memory", help="memory bound of a chunk, e.g. 2GB")
     cmd.add_argument("--input", help="one split .csv or .npz in model units (format above)")
     cmd.add_argument("--output", required=True, help=".csv, .parquet or .nc (.npz: --input)")
@@ -401,11 +440,13 @@ def _parser() -> argparse.ArgumentParser:
         "its best validation state, with the schema and normaliser, in OUT/best.safetensors.")
     cmd.add_argument("--data", required=True, help=".csv, .parquet or .nc observations")
     cmd.add_argument("--out", default="runs/finetune", help="run directory (%(default)s)")
-    cmd.add_argument("--steps", type=int, default=1000, help="optimiser steps (%(default)s)")
+    cmd.add_argument("--steps", type=_positive(int), default=1000,
+                     help="optimiser steps (%(default)s)")
     cmd.add_argument("--split", default="random", choices=("random", "block", "time"),
                      help="how training tasks split rows into context and test (%(default)s)")
     cmd.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (%(default)s)")
-    cmd.add_argument("--batch-size", type=int, default=8, help="tasks per step (%(default)s)")
+    cmd.add_argument("--batch-size", type=_positive(int), default=8,
+                     help="tasks per step (%(default)s)")
     cmd.set_defaults(command=_finetune)
 
     cmd = sub.add_parser("info", help="describe a checkpoint: model, card, schema, normaliser")
@@ -424,7 +465,8 @@ def _parser() -> argparse.ArgumentParser:
     cmd.add_argument("--out", help="PNG file (default: beside the input)")
     cmd.add_argument("--seed", type=int, default=0, help="seed of the plotted task")
     cmd.add_argument("--domain", default="in_domain", help="a domain of the run's task")
-    cmd.add_argument("--n-ctx", type=int, default=200, help="context points (%(default)s)")
+    cmd.add_argument("--n-ctx", type=_positive(int), default=200,
+                     help="context points (%(default)s)")
     cmd.set_defaults(command=_plot)
 
     cmd = sub.add_parser("tasks", help="list the registered tasks and their evaluation domains")

@@ -6,6 +6,7 @@ import csv
 import os
 import zipfile
 from collections.abc import Mapping
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +42,7 @@ def read_points(path: str | os.PathLike[str], model: NeuralProcess) -> Batch:
         model: The model that will predict (gives the roles and their widths).
 
     Returns:
-        A batch with ``B = 1`` (no ``f_test``).
+        A float64 batch with ``B = 1`` (no ``f_test``), values as read.
 
     Raises:
         FileNotFoundError: If ``path`` does not exist.
@@ -54,8 +55,30 @@ def read_points(path: str | os.PathLike[str], model: NeuralProcess) -> Batch:
     if path.suffix not in readers:
         raise ValueError(f"{path}: unsupported input format {path.suffix!r}; use .csv or .npz")
     arrays = readers[path.suffix](path, model)
-    return Batch(**{name: torch.as_tensor(value, dtype=torch.float32)[None]
+    for name, value in arrays.items():
+        big = np.abs(value) > np.finfo(np.float32).max
+        if big.any():
+            row = int(np.argwhere(big)[0][0])
+            raise ValueError(f"{path}: {name} row {row} holds {value[big].flat[0]:g}, which "
+                             "overflows float32; rescale that column")
+    return Batch(**{name: torch.as_tensor(value, dtype=torch.float64)[None]
                     for name, value in arrays.items()})
+
+
+def centred(arrays: dict[str, np.ndarray], roles: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Subtract the context mean of each translation-invariant role, in float64.
+
+    The model's predictions do not change (it reads only differences of these roles), but
+    the float32 cast that follows keeps their precision: UTM metres or epoch seconds would
+    otherwise lose several digits.
+    """
+    out = dict(arrays)
+    for role in roles:
+        if f"{role}_ctx" in out:
+            origin = np.asarray(out[f"{role}_ctx"], dtype=np.float64).mean(0)
+            for part in ("ctx", "test"):
+                out[f"{role}_{part}"] = np.asarray(out[f"{role}_{part}"], np.float64) - origin
+    return out
 
 
 def write_predictions(path: str | os.PathLike[str], batch: Batch,
@@ -102,8 +125,13 @@ def predict_file(model: NeuralProcess, input_path: str | os.PathLike[str],
     Raises:
         ValueError: If the input does not fit the model.
     """
+    if Path(input_path).resolve() == Path(output_path).resolve():
+        raise ValueError(f"--output {output_path} is the input file; choose another name")
     batch = read_points(input_path, model)
-    on_device = batch.to(model_device(model))
+    arrays = centred({f.name: getattr(batch, f.name)[0].numpy() for f in fields(batch)
+                      if getattr(batch, f.name) is not None}, model.translation_invariant_roles)
+    on_device = Batch(**{name: torch.as_tensor(value)[None] for name, value in arrays.items()}
+                      ).to(model_device(model), dtype=torch.float32)
     model.eval()
     if model.likelihood == "categorical":
         with torch.no_grad():
@@ -112,7 +140,7 @@ def predict_file(model: NeuralProcess, input_path: str | os.PathLike[str],
     else:
         mean, std = model.predict(on_device)
         outputs = {"mean": mean, "std": std}
-    return write_predictions(output_path, batch, outputs)
+    return write_predictions(output_path, batch, outputs)  # the test points as read
 
 
 def _columns(role: str, dim: int) -> list[str]:
@@ -126,7 +154,7 @@ def _roles(model: NeuralProcess) -> list[tuple[str, int]]:
 
 
 def _read_csv(path: Path, model: NeuralProcess) -> dict[str, np.ndarray]:
-    with open(path, newline="", encoding="utf-8") as file:
+    with open(path, newline="", encoding="utf-8-sig") as file:  # a BOM is not a column
         reader = csv.DictReader(file)
         rows = list(reader)
         header = reader.fieldnames or []
@@ -171,8 +199,11 @@ def _read_npz(path: Path, model: NeuralProcess) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as data:
             stored = {name: data[name] for name in data.files}
-    except (OSError, ValueError, zipfile.BadZipFile) as err:
-        raise ValueError(f"{path}: not a readable .npz file: {err}") from err
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
+        reason = ("it holds Python objects, which are never loaded"
+                  if zipfile.is_zipfile(path) and "pickle" in str(err)
+                  else "not a zip of .npy arrays")
+        raise ValueError(f"{path}: not a readable .npz file ({reason})") from None
     names = [f"{role}_{part}" for role, _ in _roles(model) for part in ("ctx", "test")]
     names.append("f_ctx")
     missing = [name for name in names if name not in stored]
@@ -183,8 +214,11 @@ def _read_npz(path: Path, model: NeuralProcess) -> dict[str, np.ndarray]:
         array = stored[name]
         if name == "f_ctx" and array.ndim == 1:
             array = array[:, None]
-        if array.ndim != 2 or not np.issubdtype(array.dtype, np.number):
-            raise ValueError(f"{path}: array {name} must be numeric [L, D], got "
+        if (array.ndim != 2 or not np.issubdtype(array.dtype, np.number)
+                or np.iscomplexobj(array)):
+            raise ValueError(f"{path}: array {name} must be real numbers [L, D], got "
                              f"{array.dtype} {array.shape}")
+        if len(array) == 0:
+            raise ValueError(f"{path}: array {name} has no points")
         out[name] = array
     return out

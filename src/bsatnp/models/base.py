@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import Distribution
+from torch.distributions import Categorical, Distribution
 
 from bsatnp.batch import ROLES, Batch
 from bsatnp.config import Config
@@ -60,6 +60,14 @@ class NeuralProcess(nn.Module):
         """``"gaussian"`` or ``"categorical"``: the distribution :meth:`forward` returns."""
         return str(getattr(self.config, "likelihood", "gaussian"))
 
+    @property
+    def translation_invariant_roles(self) -> tuple[str, ...]:
+        """Roles whose common translation cannot change predictions (read as differences).
+
+        Callers centre these in float64 before the float32 cast to keep their precision.
+        """
+        return ()
+
     def check_batch(self, batch: Batch) -> None:
         """Raise ``ValueError`` if ``batch`` does not fit this model (shapes, roles, values)."""
         if not isinstance(batch, Batch):
@@ -76,6 +84,9 @@ class NeuralProcess(nn.Module):
     def forward(self, batch: Batch) -> Distribution:
         """Predictive distribution at the test points.
 
+        Floating inputs of another dtype (numpy's float64, float16, bfloat16) are cast to
+        the dtype of the model's parameters first.
+
         Args:
             batch: Context ``(roles, f, mask_ctx)`` and test ``(roles)`` inputs.
 
@@ -84,7 +95,7 @@ class NeuralProcess(nn.Module):
             ``[B, Lt, C]``.
         """
         self.check_batch(batch)
-        return self.predictive(batch.sanitized())
+        return self.predictive(batch.to(dtype=model_dtype(self)).sanitized())
 
     @abstractmethod
     def predictive(self, batch: Batch) -> Distribution:
@@ -92,8 +103,14 @@ class NeuralProcess(nn.Module):
 
     @torch.no_grad()
     def predict(self, batch: Batch) -> tuple[Tensor, Tensor]:
-        """Predictive mean and standard deviation ``[B, Lt, Df]`` without gradients."""
+        """Predictive mean and standard deviation ``[B, Lt, Df]`` without gradients.
+
+        Raises:
+            ValueError: If the inputs do not fit the model, or the predictions are not
+                finite (inputs far outside any training range overflow float32).
+        """
         dist = self(batch)
+        check_finite_prediction(dist, batch)
         return dist.mean, dist.stddev
 
     def encode(self, batch: Batch) -> Any:
@@ -120,7 +137,7 @@ class NeuralProcess(nn.Module):
             round-off, whatever the chunking.
         """
         self.check_batch(batch)
-        context = batch.sanitized()
+        context = batch.to(dtype=model_dtype(self)).sanitized()
         return ConditionedModel(self, context, self.encode(context))
 
 
@@ -149,7 +166,30 @@ class ConditionedModel:
         batch = self.context.map(**{f"{r}_test": test.get(f"{r}_test") for r in ROLES},
                                  f_test=None, mask_test=None)
         batch.validate(required_roles=self.model.roles)
-        return self.model.decode(self.encoded, batch)
+        dist = self.model.decode(self.encoded, batch)
+        check_finite_prediction(dist, batch)
+        return dist
+
+
+def check_finite_prediction(dist: Distribution, batch: Batch) -> None:
+    """Raise ``ValueError`` naming the likely cause if ``dist`` has non-finite parameters."""
+    params = [dist.probs] if isinstance(dist, Categorical) else [dist.mean, dist.stddev]
+    if all(bool(torch.isfinite(p).all()) for p in params):
+        return
+    largest = {role: float(batch.ctx(role).abs().max()) for role in (*ROLES, "f")
+               if batch.ctx(role) is not None}
+    role, value = max(largest.items(), key=lambda item: item[1])
+    raise ValueError(f"the model's predictions are not finite: the inputs are far outside "
+                     f"any training range (largest |{role}_ctx| = {value:.3g}); normalise the "
+                     "data first (bsatnp.Predictor does this in the data's units)")
+
+
+def model_dtype(model: nn.Module) -> torch.dtype:
+    """Floating dtype of the model's first floating parameter (float32 if none)."""
+    for tensor in model.parameters():
+        if tensor.is_floating_point():
+            return tensor.dtype
+    return torch.float32
 
 
 def model_device(model: nn.Module) -> torch.device:

@@ -53,6 +53,14 @@ class BSATNP(NeuralProcess):
                                     config.dim_f, config.min_std)
         reference_init_(self)
 
+    @property
+    def translation_invariant_roles(self) -> tuple[str, ...]:
+        """Roles used only as biases of Euclidean or |Δt| distances."""
+        config = self.config
+        return tuple(spec.role for spec in config.bias_specs
+                     if getattr(config, f"use_{spec.role}") == "bias"
+                     and spec.distance in ("euclidean", "abs"))
+
     def predictive(self, batch: Batch) -> Distribution:
         """``Normal`` ``[B, Lt, Df]`` or ``Categorical`` ``[B, Lt, C]`` at the test points."""
         return self.decode(self.encode(batch), batch)

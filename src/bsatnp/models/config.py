@@ -82,6 +82,25 @@ class BSATNPConfig(Config):
                 raise ValueError(f"dim_{role} must be >= 0")
         if self.dim_f < 1:
             raise ValueError(f"dim_f must be >= 1, got {self.dim_f}")
+        for name in ("dim", "num_blocks", "num_heads", "qkv_dim", "ffn_dim", "obs_dim"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.qkv_dim % self.num_heads:
+            raise ValueError(f"qkv_dim={self.qkv_dim} is not divisible by "
+                             f"num_heads={self.num_heads}")
+        for name in ("embed_hidden", "head_hidden"):
+            if any(width < 1 for width in getattr(self, name)):
+                raise ValueError(f"{name} widths must be >= 1, got {getattr(self, name)}")
+        for name in ("tile_q", "tile_k"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1 or None, got {getattr(self, name)}")
+        if not self.min_std >= 0.0:
+            raise ValueError(f"min_std must be >= 0, got {self.min_std}")
+        for spec in self.bias_specs:
+            width = getattr(self, f"dim_{spec.role}")
+            if spec.distance.startswith("great_circle") and width != 2:
+                raise ValueError(f"bias_{spec.role} uses {spec.distance} on (lon, lat), which "
+                                 f"needs dim_{spec.role}=2, got {width}")
         check_likelihood(self.likelihood)
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
