@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import warnings
 
 import numpy as np
 import pytest
@@ -160,3 +161,22 @@ def test_empty_batch_and_nan_test_inputs_have_clear_messages():
     mask[0, 1] = False
     with pytest.raises(ValueError, match="masked test points too"):
         BSATNP(num_blocks=1)(batch.map(s_test=s_test, mask_test=mask))
+
+
+def test_roles_the_model_does_not_read_are_named_once():
+    model = BSATNP(num_blocks=1)
+    batch = random_batch(seed=4, dim_x=2)
+    with pytest.warns(UserWarning, match=r"reads no x role \(dim_x=0\)"):
+        model(batch)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model(batch)  # once per model
+
+
+def test_great_circle_models_refuse_latitudes_beyond_90():
+    model = BSATNP(bias_s={"role": "s", "distance": "great_circle_degrees"}, num_blocks=1)
+    batch = random_batch(seed=5)
+    s_ctx = batch.s_ctx.clone()
+    s_ctx[0, 0, 1] = 250.0
+    with pytest.raises(ValueError, match=r"latitude 250° at \[b, i\] = \[0, 0\]"):
+        model(batch.map(s_ctx=s_ctx))

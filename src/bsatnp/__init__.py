@@ -2,13 +2,27 @@
 
 For your own data: :class:`Predictor` (load, condition, predict in original units,
 fine-tune), :func:`grid` (target grids) and :class:`bsatnp.data.Schema`; for models and
-tasks: :class:`Batch`, :mod:`bsatnp.models`, :mod:`bsatnp.tasks`.
+tasks: :class:`Batch`, :mod:`bsatnp.models`, :mod:`bsatnp.tasks`. ``Predictor``,
+``Conditioned`` and ``grid`` are imported on first use, so ``import bsatnp.tasks`` stays
+free of the model zoo.
 """
 
+from typing import Any
+
 from bsatnp.batch import Batch
-from bsatnp.data.tables import grid
-from bsatnp.predictor import Conditioned, Predictor
 
 __version__ = "0.1.0"
 
 __all__ = ["Batch", "Conditioned", "Predictor", "__version__", "grid"]
+
+_LAZY = {"Predictor": "bsatnp.predictor", "Conditioned": "bsatnp.predictor",
+         "grid": "bsatnp.data.tables"}
+
+
+def __getattr__(name: str) -> Any:
+    """Import the high-level API on first access (PEP 562)."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'bsatnp' has no attribute {name!r}")

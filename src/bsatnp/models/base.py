@@ -11,6 +11,7 @@ only) and :meth:`~NeuralProcess.decode` (test points) so the context is computed
 
 from __future__ import annotations
 
+import warnings
 from abc import abstractmethod
 from collections.abc import Mapping
 from typing import Any, ClassVar
@@ -73,6 +74,12 @@ class NeuralProcess(nn.Module):
         if not isinstance(batch, Batch):
             raise ValueError(f"batch must be a bsatnp.Batch, got {type(batch).__name__}")
         batch.validate(required_roles=self.roles)
+        unused = [r for r in ROLES if r not in self.roles and batch.ctx(r) is not None]
+        if unused and not getattr(self, "_warned_unused", False):
+            self._warned_unused = True
+            warnings.warn(f"{type(self).__name__} reads no {'/'.join(unused)} role "
+                          f"(dim_{unused[0]}=0): the batch's {unused} inputs are ignored",
+                          stacklevel=3)
         for role in (*self.roles, "f"):
             want = getattr(self.config, f"dim_{role}")
             got = batch.ctx(role).shape[-1]

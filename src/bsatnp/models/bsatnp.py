@@ -61,6 +61,23 @@ class BSATNP(NeuralProcess):
                      if getattr(config, f"use_{spec.role}") == "bias"
                      and spec.distance in ("euclidean", "abs"))
 
+    def check_batch(self, batch: Batch) -> None:
+        """The base checks, and latitudes within ±90° for great-circle biases."""
+        super().check_batch(batch)
+        for spec in self.config.bias_specs:
+            if not spec.distance.startswith("great_circle"):
+                continue
+            for part, mask in (("ctx", batch.context_mask()), ("test", None)):
+                lat = getattr(batch, f"{spec.role}_{part}")[..., 1]
+                bad = lat.abs() > 90
+                if mask is not None:
+                    bad = bad & mask
+                if bool(bad.any()):
+                    index = bad.nonzero()[0].tolist()
+                    raise ValueError(f"{spec.role}_{part}: latitude {float(lat[tuple(index)]):g}° "
+                                     f"at [b, i] = {index} is outside [-90, 90]; "
+                                     f"{spec.role} must be (lon, lat) in degrees")
+
     def predictive(self, batch: Batch) -> Distribution:
         """``Normal`` ``[B, Lt, Df]`` or ``Categorical`` ``[B, Lt, C]`` at the test points."""
         return self.decode(self.encode(batch), batch)
