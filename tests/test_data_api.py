@@ -341,3 +341,27 @@ def test_normalizer_round_trips_and_validates():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         Normalizer.fit(points, Schema(values=("v",), space=("a", "b")), method="minmax")
+
+
+def test_loading_and_predicting_need_no_extra(tmp_path):
+    """Core only: a checkpoint loads and predicts from arrays without pandas, xarray, yaml."""
+    import subprocess
+
+    predictor = lonlat_predictor()
+    predictor.fit_normalizer(stations(), **ROLES)
+    path = predictor.save(tmp_path / "p.safetensors")
+    obs = stations()
+    np.savez(tmp_path / "obs.npz", **{k: obs[k].to_numpy() for k in obs})
+    code = (
+        "import sys\n"
+        "for name in ('pandas', 'xarray', 'yaml', 'matplotlib', 'scipy', 'sklearn'):\n"
+        "    sys.modules[name] = None\n"
+        "import numpy as np\n"
+        "from bsatnp import Predictor\n"
+        f"data = dict(np.load({str(tmp_path / 'obs.npz')!r}))\n"
+        f"predictor = Predictor.load({str(path)!r})\n"
+        "out = predictor.predict(data, {'lon': data['lon'][:3], 'lat': data['lat'][:3]})\n"
+        "print(sorted(out), out['mean'].shape)\n")  # lon/lat → km still uses the geo extra
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "['mean', 'std'] (3,)"
