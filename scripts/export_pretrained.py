@@ -1,0 +1,66 @@
+"""Ship a trained model in the package: weights + model card, scored against the oracle.
+
+    python scripts/export_pretrained.py runs/gp2d_recipe/last.safetensors gp2d \
+        --batches in_domain=500,shifted=500,scaled=20 --summary "..."
+
+Writes ``src/bsatnp/pretrained/<name>.safetensors`` (weights and model config, no optimiser
+state) whose card holds the task and its envelope (box, context sizes, priors), the training
+budget and recipe, and the metrics of the evaluation with standard errors (in the card and
+printed). ``bsatnp models`` lists it; ``Predictor.from_pretrained(name)`` loads it offline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from bsatnp.evaluate import evaluate, markdown_table
+from bsatnp.experiment import experiment_from_checkpoint
+from bsatnp.io.checkpoint import load_checkpoint
+from bsatnp.predictor import Predictor
+
+PACKAGE = Path(__file__).resolve().parents[1] / "src" / "bsatnp" / "pretrained"
+
+
+def main() -> None:
+    """Evaluate the checkpoint, write the model with its card into the package."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("checkpoint")
+    parser.add_argument("name")
+    parser.add_argument("--batches", default="in_domain=500",
+                        help="test batches per domain, DOMAIN=N,... (seed: the run's)")
+    parser.add_argument("--summary", default="", help="one line for `bsatnp models`")
+    args = parser.parse_args()
+    ckpt = load_checkpoint(args.checkpoint)
+    experiment = experiment_from_checkpoint(ckpt)
+    task = experiment.task
+    model = ckpt.build_model().eval()
+    counts = {d: int(n) for d, n in (item.split("=") for item in args.batches.split(","))}
+    results = evaluate(model, tuple(counts), counts, experiment.eval.seed, task=task,
+                       progress=False)
+    print(markdown_table(results))
+    metrics = {
+        domain: {key: value for key, value in entry.items()
+                 if key in ("model", "oracle", "gap", "n_batches")}
+        for domain, entry in results["domains"].items()}
+    described = task.describe()
+    card = {
+        "summary": args.summary,
+        "task": task.name,
+        "training": {"steps": ckpt.step, **(ckpt.train_config or {})},
+        "metrics": metrics,
+        "evaluation": {"seed": experiment.eval.seed, "batches": counts,
+                       "batch_size": described.get("batch_size")},
+        "envelope": {"space_half_width": abs(float(task.box[1])) if hasattr(task, "box")
+                     else 2.0, "task": experiment.to_dict()["task"]},
+    }
+    card["training"].pop("out_dir", None)
+    PACKAGE.mkdir(exist_ok=True)
+    path = Predictor(model, card=json.loads(json.dumps(card, default=str))).save(
+        PACKAGE / f"{args.name}.safetensors")
+    print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
+
+
+if __name__ == "__main__":
+    main()
