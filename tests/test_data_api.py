@@ -365,3 +365,14 @@ def test_loading_and_predicting_need_no_extra(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "['mean', 'std'] (3,)"
+
+
+def test_observations_far_outside_the_cards_envelope_warn():
+    card = {"envelope": {"space_half_width": 2.0, "task": {"min_ctx": 128, "max_ctx": 511}}}
+    predictor = Predictor(small_model(), card=card)
+    with pytest.warns(UserWarning, match="10 observations; this model was trained on 128-511"):
+        conditioned = predictor.condition(stations(10), **ROLES)
+    assert conditioned.warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert not predictor.condition(stations(200), **ROLES).warnings

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -119,6 +120,23 @@ class Predictor:
     def envelope(self) -> dict[str, Any]:
         """What the model was trained on (from its card; defaults for a bare model)."""
         return {**ENVELOPE_DEFAULTS, **self.card.get("envelope", {})}
+
+    def envelope_warnings(self, n_context: int) -> list[str]:
+        """Ways a conditioning set of ``n_context`` points lies outside the training envelope.
+
+        The card's envelope holds the task the model was trained on; its context sizes
+        ``min_ctx``-``max_ctx`` are the range the model has seen (a model copes with a few
+        times more, as the scaled domains show, but not with orders of magnitude).
+        """
+        task = self.envelope.get("task") or {}
+        low, high = task.get("min_ctx"), task.get("max_ctx")
+        if not (isinstance(low, int) and isinstance(high, int)):
+            return []
+        if n_context < max(1, low // 4) or n_context > 16 * high:
+            return [f"{n_context:,} observations; this model was trained on {low}-{high} "
+                    "context points per task: expect degraded accuracy, or fine-tune it "
+                    "(Predictor.finetune)"]
+        return []
 
     def describe(self) -> str:
         """Model family and size, card, schema and normaliser as text."""
@@ -283,6 +301,9 @@ class Conditioned:
                  points: Points) -> None:
         self.predictor, self.schema, self.normalizer = predictor, schema, normalizer
         self.n_context = points.n
+        self.warnings = predictor.envelope_warnings(points.n)
+        for message in self.warnings:
+            warnings.warn(message, stacklevel=3)
         model = predictor.model
         device = model_device(model)
         arrays = normalizer.inputs(points, schema)
