@@ -220,6 +220,7 @@ def train(name: str, experiment: ExperimentConfig, out_dir: Path,
     """
     last = out_dir / "last.safetensors"
     trainer = build_trainer(experiment, resume=last if last.exists() else None, out_dir=out_dir,
+                            overwrite=not last.exists(),  # a run killed before its first save
                             device=device)
     steps = experiment.train.steps
     if trainer.config.steps != steps:

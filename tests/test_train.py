@@ -80,7 +80,8 @@ def test_cosine_schedule_drives_optimizer_lr():
     assert lrs[0] == pytest.approx(1e-4)
     assert lrs[5] == pytest.approx(1e-4 * 0.5 * (1 + 2e-5))
     assert lrs[10] == pytest.approx(1e-4 * 2e-5)
-    assert scheduler.state_dict()["lr_lambdas"] == [{"total_steps": 10, "final_factor": 2e-5}]
+    assert scheduler.state_dict()["lr_lambdas"] == [{"total_steps": 10, "final_factor": 2e-5,
+                                                     "warmup_steps": 0}]
 
 
 @pytest.mark.parametrize("args", [(0, 0.1), (10, -0.1), (10, 1.5)])

@@ -59,7 +59,7 @@ def _demo(args: argparse.Namespace) -> None:
     for name in DEMO_RUN_FILES:  # a previous demo here: start afresh
         (run_dir / name).unlink(missing_ok=True)
     config = load_experiment(args.config)
-    trainer = build_trainer(config, out_dir=run_dir, device=_device(args))
+    trainer = build_trainer(config, out_dir=run_dir, device=_device(args), overwrite=True)
     n_params = sum(p.numel() for p in trainer.model.parameters())
     print(f"Training a {type(trainer.model).__name__} ({n_params:,} parameters) on the "
           f"{config.task.name} task ({args.config} config) for {args.minutes:g} min on "
@@ -86,7 +86,8 @@ def _demo(args: argparse.Namespace) -> None:
 
 def _train(args: argparse.Namespace) -> None:
     config = load_experiment(args.config)
-    trainer = build_trainer(config, resume=args.resume, out_dir=args.out, device=_device(args))
+    trainer = build_trainer(config, resume=args.resume, out_dir=args.out, device=_device(args),
+                            overwrite=args.overwrite)
     steps = None if args.steps is None else max(0, args.steps - trainer.step)
     max_seconds = None if args.minutes is None else 60 * args.minutes
     trainer.fit(steps=steps, progress=not args.quiet, max_seconds=max_seconds)
@@ -172,6 +173,7 @@ def _finetune(args: argparse.Namespace) -> None:
     data = read_table(args.data, time=time)
     tuned = predictor.finetune(data, steps=args.steps, split=args.split, lr=args.lr,
                                batch_size=args.batch_size, out_dir=args.out,
+                               overwrite=args.overwrite,
                                progress=not args.quiet, space_scale=_scale(args.space_scale),
                                value_transform=args.transform, **roles)
     print(tuned.describe())
@@ -308,15 +310,15 @@ def _device(args: argparse.Namespace) -> torch.device:
     return device
 
 
-def _positive(kind: type) -> Any:
-    """An argparse type: a number of ``kind`` that must be > 0."""
+def _positive(kind: type, zero: bool = False) -> Any:
+    """An argparse type: a number of ``kind`` that must be > 0 (>= 0 with ``zero``)."""
     def parse(text: str) -> Any:
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        if not (value >= 0 if zero else value > 0):
+            raise argparse.ArgumentTypeError(f"must be {'>=' if zero else '>'} 0, got {text}")
         return value
     return parse
 
@@ -348,7 +350,7 @@ def _parser() -> argparse.ArgumentParser:
         "cores for the default). Overwrites a previous demo in the same directory.",
     )
     cmd.add_argument("--out", default="outputs/demo", help="output directory (%(default)s)")
-    cmd.add_argument("--minutes", type=_positive(float), default=DEMO_MINUTES,
+    cmd.add_argument("--minutes", type=_positive(float, zero=True), default=DEMO_MINUTES,
                      help="training budget in minutes (%(default)s)")
     cmd.add_argument("--config", default=DEMO_CONFIG,
                      help="experiment to demo: a YAML file or bundled config (%(default)s; "
@@ -366,6 +368,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="stop at this total step count (the LR schedule keeps train.steps)")
     cmd.add_argument("--minutes", type=_positive(float), help="stop after this wall-clock budget")
     cmd.add_argument("--resume", help="checkpoint of a previous run to continue exactly")
+    cmd.add_argument("--overwrite", action="store_true",
+                     help="start afresh in an --out directory that already holds a run")
     cmd.set_defaults(command=_train)
 
     cmd = sub.add_parser("evaluate", parents=[common],
@@ -447,6 +451,8 @@ def _parser() -> argparse.ArgumentParser:
     cmd.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (%(default)s)")
     cmd.add_argument("--batch-size", type=_positive(int), default=8,
                      help="tasks per step (%(default)s)")
+    cmd.add_argument("--overwrite", action="store_true",
+                     help="replace a run already in --out")
     cmd.set_defaults(command=_finetune)
 
     cmd = sub.add_parser("info", help="describe a checkpoint: model, card, schema, normaliser")

@@ -270,23 +270,44 @@ class _ScoreCache:
     def load(self) -> dict[int, dict[str, dict[str, float]]]:
         """Scores by batch index; a partly written last line (an interrupted run) is dropped.
 
+        Every other line must be a complete row: ``{"index": i, "scores": {name: metrics}}``
+        with one metrics mapping (metric name → number) per scored name of the header (the
+        models, and ``oracle`` with the oracle), each with the same metric names on every
+        row. A damaged row is an error naming the file and line, not a row to rescore: only
+        the torn last line is something this class itself can leave behind, so anything
+        else means the file was edited or corrupted and its other rows are suspect too.
+
         Raises:
-            ValueError: If the file belongs to another evaluation or is not a score file.
+            ValueError: If the file belongs to another evaluation, is not a score file, or
+                has a damaged row (the message names the file and the line).
         """
         lines = complete_lines(self.path).splitlines()
         if not lines:
             return {}
         try:
-            header = json.loads(lines[0]) if lines else None
-            rows = [json.loads(line) for line in lines[1:]]
-            scores = {int(row["index"]): row["scores"] for row in rows}
-        except (ValueError, KeyError, TypeError) as err:
-            raise ValueError(f"{self.path} is not a bsatnp score cache: {err}") from err
-        if header is not None and header != {"header": self.header}:
+            header = json.loads(lines[0])
+        except ValueError as err:
+            raise ValueError(f"{self.path} is not a bsatnp score cache: line 1: {err}") from err
+        if header != {"header": self.header}:
+            if not isinstance(header, dict) or set(header) != {"header"}:
+                raise ValueError(f"{self.path} is not a bsatnp score cache: line 1 is not its "
+                                 "header")
             raise ValueError(
                 f"{self.path} holds scores of another evaluation (models, task, seed or "
                 "oracle setting differ); delete it or choose another cache directory"
             )
+        names = [*self.header["models"], *(["oracle"] if self.header["with_oracle"] else [])]
+        metrics: dict[str, set[str]] = {}
+        scores = {}
+        for number, line in enumerate(lines[1:], start=2):
+            try:
+                index, row = _parse_row(line, names, metrics)
+            except ValueError as err:
+                raise ValueError(
+                    f"{self.path}, line {number}: damaged score cache row ({err}); delete "
+                    "that line (its batch is scored again) or the whole file"
+                ) from err
+            scores[index] = row
         return scores
 
     def append(self, index: int, scores: Mapping[str, Mapping[str, float]]) -> None:
@@ -298,6 +319,40 @@ class _ScoreCache:
                 handle.write(json.dumps({"header": self.header}) + "\n")
             handle.write(json.dumps({"index": index, "scores": scores}) + "\n")
             handle.flush()
+
+
+def _parse_row(line: str, names: Sequence[str], metrics: dict[str, set[str]]
+               ) -> tuple[int, dict[str, dict[str, float]]]:
+    """``(index, scores)`` of one cache row (see :meth:`_ScoreCache.load`).
+
+    ``metrics`` maps each name to the metric names of the rows read so far (filled here).
+
+    Raises:
+        ValueError: Saying what is wrong with the row.
+    """
+    try:
+        row = json.loads(line)
+    except ValueError as err:
+        raise ValueError(f"not JSON: {err}") from err
+    if not isinstance(row, dict) or set(row) != {"index", "scores"}:
+        keys = sorted(row) if isinstance(row, dict) else type(row).__name__
+        raise ValueError(f"expected the keys ['index', 'scores'], got {keys}")
+    index, scores = row["index"], row["scores"]
+    if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+        raise ValueError(f"'index' must be a non-negative integer, got {index!r}")
+    if not isinstance(scores, dict) or sorted(scores) != sorted(names):
+        got = sorted(scores) if isinstance(scores, dict) else type(scores).__name__
+        raise ValueError(f"'scores' must hold {sorted(names)}, got {got}")
+    for name, values in scores.items():
+        if not isinstance(values, dict) or not values or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in values.values()):
+            raise ValueError(f"scores of {name!r} must map metric names to numbers, got "
+                             f"{values!r}")
+        expected = metrics.setdefault(name, set(values))
+        if set(values) != expected:
+            raise ValueError(f"scores of {name!r} have the metrics {sorted(values)}, earlier "
+                             f"rows {sorted(expected)}")
+    return index, scores
 
 
 def _count(n_batches: int | Mapping[str, int], domain: str) -> int:

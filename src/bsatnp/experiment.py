@@ -277,10 +277,18 @@ def validator(task: Task, n_batches: int, seed: int) -> Validate:
     return validate
 
 
+RUN_FILES = ("log.jsonl", "last.safetensors", "best.safetensors")
+"""Files of a training run; :func:`build_trainer` will not start a fresh run over them."""
+
+
 def build_trainer(config: ExperimentConfig, resume: str | os.PathLike[str] | None = None,
                   out_dir: str | os.PathLike[str] | None = None,
-                  device: str | torch.device = "cpu") -> Trainer:
+                  device: str | torch.device = "cpu", overwrite: bool = False) -> Trainer:
     """A :class:`Trainer` for ``config``, fresh or resumed from a checkpoint.
+
+    A fresh run would truncate the log and replace the checkpoints of a run already in its
+    output directory, so it refuses a directory holding any of :data:`RUN_FILES` unless
+    ``overwrite``; so does a resume that would write into another run's directory.
 
     Args:
         config: The experiment (its task and validation settings are used on resume too).
@@ -288,20 +296,26 @@ def build_trainer(config: ExperimentConfig, resume: str | os.PathLike[str] | Non
         out_dir: Where checkpoints and the log go (default: ``config.train.out_dir``, or
             on resume the directory the run used before).
         device: Where the model trains (batches are drawn on the CPU and moved there).
+        overwrite: Allow writing over the run files already in the output directory.
 
     Raises:
         FileNotFoundError: If ``resume`` does not exist.
         ValueError: If ``resume`` is not a Trainer checkpoint or its model differs from
-            ``config.model``.
+            ``config.model``, or if the output directory holds another run (without
+            ``overwrite``).
     """
     if out_dir is not None:
         config = config.with_out_dir(out_dir)
+    if resume is None and not overwrite:
+        _refuse_existing_run(Path(config.train.out_dir), None)
     sample = training_sampler(config)
     validate = validator(config.task, config.train.val_batches, config.eval.val_seed)
     stored = config.to_dict()  # model and train configs are checkpoint fields of their own
     extra = {"experiment": {key: stored[key] for key in ("task", "eval")}}
     if resume is None:
         return Trainer(config.build_model().to(device), sample, config.train, validate, extra)
+    if out_dir is not None and not overwrite:
+        _refuse_existing_run(Path(out_dir), Path(resume))
     trainer = Trainer.from_checkpoint(resume, sample, validate, map_location=device)
     if trainer.model.config != config.model:
         raise ValueError(
@@ -312,6 +326,32 @@ def build_trainer(config: ExperimentConfig, resume: str | os.PathLike[str] | Non
         trainer.config = replace(trainer.config, out_dir=str(out_dir))
         trainer.out_dir = Path(out_dir)
     return trainer
+
+
+def refuse_existing_run(out_dir: Path, overwrite: bool) -> None:
+    """Raise ``ValueError`` if a fresh run would replace the run in ``out_dir``."""
+    if not overwrite:
+        _refuse_existing_run(out_dir, None)
+
+
+def _refuse_existing_run(out_dir: Path, resume: Path | None) -> None:
+    """Raise if ``out_dir`` holds run files that a run not resumed from there would replace.
+
+    Resuming a checkpoint that lives in ``out_dir`` continues that run: allowed (and a
+    missing checkpoint is left for :meth:`Trainer.from_checkpoint` to report).
+    """
+    if resume is not None and (not resume.is_file() or (
+            out_dir.exists() and resume.resolve().parent == out_dir.resolve())):
+        return
+    found = [name for name in RUN_FILES if (out_dir / name).exists()]
+    if not found:
+        return
+    what = "a fresh run" if resume is None else f"resuming {resume} there"
+    raise ValueError(
+        f"{out_dir} already holds a training run ({', '.join(found)}), which {what} would "
+        f"overwrite; to continue it pass --resume {out_dir / 'last.safetensors'}, or choose "
+        "another --out directory (--overwrite, or overwrite=True in Python, writes over it)"
+    )
 
 
 def _mapping(section: Any, name: str) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,7 +19,7 @@ import torch
 from bsatnp.data.normalizer import Normalizer
 from bsatnp.data.table_task import TableTask
 from bsatnp.data.tables import read_points
-from bsatnp.experiment import validator
+from bsatnp.experiment import refuse_existing_run, validator
 from bsatnp.predictor import Predictor
 from bsatnp.train.config import TrainConfig
 from bsatnp.train.trainer import Trainer
@@ -31,7 +32,7 @@ def finetune(predictor: Predictor, data: Any, *, steps: int = 1000, split: str =
              out_dir: str | os.PathLike[str] = "runs/finetune", seed: int = 0,
              progress: bool = True, space_scale: float | str = "auto",
              time_scale: float | str = "auto", method: str = "standard",
-             value_transform: str = "none", crs: str | None = None,
+             value_transform: str = "none", crs: str | None = None, overwrite: bool = False,
              **roles: Any) -> Predictor:
     """Train ``predictor``'s model further on ``data`` and return the best state found.
 
@@ -63,11 +64,14 @@ def finetune(predictor: Predictor, data: Any, *, steps: int = 1000, split: str =
         method: Likewise.
         value_transform: Likewise.
         crs: CRS of the data's space columns.
+        overwrite: Replace a run already in ``out_dir`` (refused otherwise).
         **roles: Schema fields when the predictor has none (``values``, ``space``, ...).
 
     Raises:
-        ValueError: On bad data, a schema that does not fit the model, or too few rows.
+        ValueError: On bad data, a schema that does not fit the model, too few rows, or an
+            ``out_dir`` that already holds a run (without ``overwrite``).
     """
+    refuse_existing_run(Path(out_dir), overwrite)
     schema = predictor.resolve_schema(data, crs=crs if predictor.schema is None else None,
                                       **roles)
     points, _ = read_points(data, schema, "observations", with_values=True,

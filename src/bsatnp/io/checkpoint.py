@@ -7,11 +7,18 @@ Layout of the file:
   ``rng/<name>`` and tensors of the extra dict under ``extra/...``;
 * string metadata: ``format`` (``"bsatnp-checkpoint"``), ``format_version``,
   ``bsatnp_version`` and JSON for ``model_config``, ``step``, ``best_metric``,
-  ``optimizer``, ``scheduler``, ``train_config`` and ``extra``.
+  ``optimizer``, ``scheduler``, ``train_config`` and ``extra``, and optionally
+  ``trainer_state`` (the :class:`~bsatnp.train.trainer.Trainer`'s own counters; files
+  without it load with ``None``).
 
 Nested Python structures are stored as JSON in which tensors are references to stored
 tensors, tuples and dicts with non-string keys are tagged, so ``load(save(x)) == x``
-exactly. Loading only parses JSON and raw tensor bytes: it never executes code.
+exactly. Loading only parses JSON and raw tensor bytes: it never executes code, and it
+checks what it reads (a non-negative integer step, ``uint8`` RNG states, JSON nested at
+most as deep as the interpreter allows) so that a damaged or hostile file fails with one
+``ValueError`` naming the file and the field. :meth:`Checkpoint.build_model` builds the
+saved config on the ``meta`` device first and compares every tensor's shape with the file
+before allocating anything.
 
 Each configuration is stored once: the model's in ``model_config``, the training run's in
 ``train_config``; the experiment layer keeps only the rest (task, evaluation) in ``extra``
@@ -22,6 +29,7 @@ load: the dedicated fields win.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +51,8 @@ FORMAT_VERSION = 2
 _TENSOR, _TUPLE, _ITEMS = "__tensor__", "__tuple__", "__items__"
 _MARKERS = (_TENSOR, _TUPLE, _ITEMS)
 _JSON_SCALARS = (bool, int, float, str, type(None))
+_PARAM_SHAPED_OPTIMIZER_STATE = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer")
+"""Optimizer state entries (Adam/AdamW/SGD) that have the shape of their parameter."""
 
 
 @dataclass
@@ -61,7 +71,10 @@ class Checkpoint:
         train_config: :meth:`TrainConfig.to_dict` of the run, or ``None``.
         extra: Free-form dict given at save time (task config, normaliser, ...), or ``None``.
         version: ``bsatnp.__version__`` of the library that saved it.
-        best_metric: Best validation NLL so far, or ``None``.
+        best_metric: Best validation NLL so far, or ``None`` (also when the stored value is
+            not finite: a NaN best is no best).
+        trainer_state: The :class:`~bsatnp.train.trainer.Trainer`'s own counters, or
+            ``None`` (older files, or files not written by a Trainer).
     """
 
     path: Path
@@ -75,19 +88,52 @@ class Checkpoint:
     extra: dict[str, Any] | None
     version: str
     best_metric: float | None
+    trainer_state: dict[str, Any] | None = None
 
     def build_model(self) -> nn.Module:
         """A new model of the saved family and config with the saved weights (train mode).
 
+        The model is first built on the ``meta`` device (no memory) and its tensor names and
+        shapes are compared with the stored ones; only a config that makes exactly the
+        stored tensors is built for real, so a damaged config (say ``dim: 100000`` beside
+        small weights) fails at once instead of allocating a huge model.
+
         Raises:
-            ValueError: If the config or the weights do not make a valid model.
+            ValueError: If the config or the weights do not make a valid model; a mismatch
+                names the first tensor that differs.
         """
+        invalid = f"{self.path}: the saved model config is invalid"
         try:
-            model = build_model(config_from_dict(self.model_config))
+            config = config_from_dict(self.model_config)
+            with torch.device("meta"):
+                skeleton = build_model(config)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{invalid}: {err}") from err
+        except (RuntimeError, NotImplementedError):
+            skeleton = None  # cannot be built on meta: the real build below says why, if ever
+        if skeleton is not None:
+            self._check_model_shapes(skeleton.state_dict())
+        try:
+            model = build_model(config)
         except (TypeError, ValueError, RuntimeError) as err:
-            raise ValueError(f"{self.path}: the saved model config is invalid: {err}") from err
+            raise ValueError(f"{invalid}: {err}") from err
         self.restore(model, "model")
         return model
+
+    def _check_model_shapes(self, expected: dict[str, Tensor]) -> None:
+        """Raise if the stored model tensors are not exactly ``expected``'s names and shapes."""
+        where = f"{self.path}: the saved model state does not fit the saved model config"
+        for name, tensor in expected.items():
+            if name not in self.model_state:
+                raise ValueError(f"{where}: tensor {name!r} is missing from the file")
+            stored = tuple(self.model_state[name].shape)
+            if stored != tuple(tensor.shape):
+                raise ValueError(f"{where}: tensor {name!r} has shape {stored} in the file, "
+                                 f"but the config makes {tuple(tensor.shape)}")
+        unexpected = [name for name in self.model_state if name not in expected]
+        if unexpected:
+            raise ValueError(f"{where}: the file holds tensor(s) the config does not make: "
+                             f"{unexpected[:5]}")
 
     def restore(
         self,
@@ -106,10 +152,43 @@ class Checkpoint:
         }[part]
         if state is None:
             raise ValueError(f"{self.path}: the checkpoint holds no {part} state")
+        if part == "optimizer" and isinstance(target, Optimizer):
+            self._check_optimizer_shapes(target, state)
         try:
             target.load_state_dict(state)
         except (RuntimeError, ValueError, KeyError, TypeError) as err:
             raise ValueError(f"{self.path}: the saved {part} state does not fit: {err}") from err
+
+    def _check_optimizer_shapes(self, optimizer: Optimizer, state: Any) -> None:
+        """Raise unless every parameter-shaped entry of ``state`` has its parameter's shape.
+
+        ``load_state_dict`` checks only the number of parameters per group, so moments of
+        the wrong shape would load and fail at the first optimiser step, far from the cause.
+        Saved parameters are matched to ``optimizer``'s in order, as ``load_state_dict`` does.
+        """
+        where = f"{self.path}: the saved optimizer state does not fit"
+        try:
+            ids = [index for group in state["param_groups"] for index in group["params"]]
+            entries = dict(state["state"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"{where}: it is malformed ({err!r})") from err
+        params = [param for group in optimizer.param_groups for param in group["params"]]
+        if len(ids) != len(params):
+            raise ValueError(f"{where}: it holds {len(ids)} parameters, the optimizer "
+                             f"{len(params)}")
+        by_id = dict(zip(ids, params, strict=True))
+        for index, entry in entries.items():
+            if index not in by_id or not isinstance(entry, dict):
+                raise ValueError(f"{where}: it holds a state for an unknown parameter {index!r}")
+            expected = tuple(by_id[index].shape)
+            for key in _PARAM_SHAPED_OPTIMIZER_STATE:
+                value = entry.get(key)
+                if value is None:
+                    continue
+                shape = tuple(value.shape) if isinstance(value, Tensor) else None
+                if shape != expected:
+                    raise ValueError(f"{where}: {key!r} of parameter {index} has shape {shape}, "
+                                     f"the parameter {expected}")
 
 
 def save_checkpoint(
@@ -123,6 +202,7 @@ def save_checkpoint(
     train_config: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
     best_metric: float | None = None,
+    trainer_state: dict[str, Any] | None = None,
 ) -> Path:
     """Write one checkpoint file atomically (temp file in the same dir, fsync, rename).
 
@@ -139,6 +219,7 @@ def save_checkpoint(
         train_config: JSON-like training configuration.
         extra: Free-form dict of JSON values, tuples and tensors.
         best_metric: Best validation NLL so far.
+        trainer_state: JSON-like counters of the Trainer (stored only when given).
 
     Returns:
         The path written.
@@ -162,6 +243,8 @@ def save_checkpoint(
         "train_config": train_config,
         "extra": extra,
     }
+    if trainer_state is not None:
+        fields["trainer_state"] = trainer_state
     prefixes = {"optimizer": "optim", "scheduler": "sched"}
     metadata = {
         "format": FORMAT,
@@ -180,7 +263,9 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     Raises:
         FileNotFoundError: If ``path`` does not exist.
         ValueError: If the file is truncated or corrupt, not a safetensors file, not a
-            bsatnp checkpoint, or from a newer checkpoint format.
+            bsatnp checkpoint, from a newer checkpoint format, or if a field is damaged
+            (a step that is not a non-negative integer, a best metric that is not a
+            number, an RNG state that is not a 1-D ``uint8`` tensor, nested JSON too deep).
     """
     st = _safetensors()
     path = Path(path)
@@ -210,18 +295,39 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         for key in ("model_config", "step", "best_metric", "optimizer", "scheduler",
                     "train_config", "extra")
     }
+    trainer_state = (_decoded_field(path, metadata, "trainer_state", tensors)
+                     if "trainer_state" in metadata else None)
+    step, best = fields["step"], fields["best_metric"]
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise ValueError(f"{path}: checkpoint field 'step' must be a non-negative integer, "
+                         f"got {step!r}")
+    if best is not None and (isinstance(best, bool) or not isinstance(best, (int, float))):
+        raise ValueError(f"{path}: checkpoint field 'best_metric' must be a number or null, "
+                         f"got {best!r}")
+    if not isinstance(fields["model_config"], dict):
+        raise ValueError(f"{path}: checkpoint field 'model_config' must be a mapping, got "
+                         f"{type(fields['model_config']).__name__}")
+    if trainer_state is not None and not isinstance(trainer_state, dict):
+        raise ValueError(f"{path}: checkpoint field 'trainer_state' must be a mapping")
+    rng = {k[len("rng/"):]: v for k, v in tensors.items() if k.startswith("rng/")}
+    for name, state in rng.items():
+        if state.dtype != torch.uint8 or state.dim() != 1:
+            raise ValueError(f"{path}: checkpoint field rng[{name!r}] is not an RNG state "
+                             f"(a 1-D uint8 tensor), got {state.dtype} of shape "
+                             f"{tuple(state.shape)}")
     return Checkpoint(
         path=path,
         model_config=fields["model_config"],
         model_state={k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")},
         optimizer_state=fields["optimizer"],
         scheduler_state=fields["scheduler"],
-        step=fields["step"],
-        rng={k[len("rng/"):]: v for k, v in tensors.items() if k.startswith("rng/")},
+        step=step,
+        rng=rng,
         train_config=fields["train_config"],
         extra=fields["extra"],
         version=metadata.get("bsatnp_version", "unknown"),
-        best_metric=fields["best_metric"],
+        best_metric=None if best is None or not math.isfinite(best) else float(best),
+        trainer_state=trainer_state,
     )
 
 
@@ -293,5 +399,8 @@ def _decoded_field(path: Path, metadata: dict[str, str], key: str,
         raise ValueError(f"{path}: checkpoint metadata lacks the {key!r} field")
     try:
         return _decode(json.loads(metadata[key]), tensors)
+    except RecursionError as err:  # json and _decode recurse once per nesting level
+        raise ValueError(f"{path}: checkpoint field {key!r} is damaged: its JSON is nested "
+                         "too deeply") from err
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
         raise ValueError(f"{path}: checkpoint field {key!r} is damaged: {err!r}") from err

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 from pathlib import Path
+
+_TEMP_SUFFIX = ".tmp"
+_TEMP_RANDOM = "[a-z0-9_]{8}"  # the random part of a ``tempfile.mkstemp`` name
 
 
 def complete_lines(path: Path) -> str:
@@ -27,12 +31,16 @@ def complete_lines(path: Path) -> str:
 def write_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` to a temp file beside ``path``, fsync it, then rename over ``path``.
 
-    A crash at any point leaves either the previous file or the new one, never a mix.
+    A crash at any point leaves either the previous file or the new one, never a mix; a
+    kill can also leave the hidden temp file (``.<name>.<8 random chars>.tmp``) behind.
+    Each successful write removes such orphans of the same target that are older than its
+    own temp file (:func:`_remove_orphans`).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=_TEMP_SUFFIX)
     try:
         with os.fdopen(fd, "wb") as file:
+            started_ns = os.fstat(file.fileno()).st_mtime_ns
             file.write(data)
             file.flush()
             os.fsync(file.fileno())
@@ -43,6 +51,29 @@ def write_atomic(path: Path, data: bytes) -> None:
             os.unlink(tmp)
         raise
     _fsync_dir(path.parent)
+    _remove_orphans(path, started_ns)
+
+
+def _remove_orphans(path: Path, before_ns: int) -> None:
+    """Delete the temp files that killed writes of ``path`` left behind.
+
+    Only names of exactly :func:`write_atomic`'s pattern for this target qualify, and only
+    files last modified before ``before_ns`` (the creation of the current write's temp file):
+    temp files of other targets, and any created or written to since the current write
+    began, are left alone.
+    """
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.{_TEMP_RANDOM}{re.escape(_TEMP_SUFFIX)}")
+    try:
+        names = os.listdir(path.parent)
+    except OSError:
+        return
+    for name in names:
+        if not pattern.fullmatch(name):
+            continue
+        orphan = path.parent / name
+        with contextlib.suppress(OSError):  # gone meanwhile, or not ours to delete
+            if orphan.is_file() and orphan.stat().st_mtime_ns < before_ns:
+                orphan.unlink()
 
 
 def _fsync_dir(directory: Path) -> None:

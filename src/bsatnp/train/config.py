@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 from bsatnp.config import Config
 
-_POSITIVE_INTS = ("steps", "batch_size", "val_every", "val_batches", "save_every", "log_every")
+_POSITIVE_INTS = ("steps", "batch_size", "val_every", "val_batches", "save_every", "log_every",
+                  "max_bad_steps")
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,8 @@ class TrainConfig(Config):
         seed: Seed of the generator that draws training batches.
         log_every: Write a training record to ``log.jsonl`` every this many steps.
         out_dir: Directory for checkpoints and the log.
+        max_bad_steps: Stop training with an error after this many consecutive steps whose
+            loss or gradient norm is NaN or infinite (each such step is skipped: no update).
     """
 
     steps: int = 100_000
@@ -44,6 +47,7 @@ class TrainConfig(Config):
     seed: int = 0
     log_every: int = 10
     out_dir: str = "runs/exp"
+    max_bad_steps: int = 10
 
     def __post_init__(self) -> None:
         for name in _POSITIVE_INTS:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
@@ -22,6 +25,14 @@ from bsatnp.train.schedule import cosine_schedule
 
 SampleBatch = Callable[[torch.Generator], Batch]
 Validate = Callable[[nn.Module], dict[str, float]]
+_SCHEDULER_FIRST_WARNING = "Detected call of `lr_scheduler.step()` before `optimizer.step()`"
+
+
+class TrainingDivergedError(ValueError):
+    """Training produced too many consecutive steps with a non-finite loss or gradient norm.
+
+    A ``ValueError`` so that the command line reports it as one line, like bad input.
+    """
 
 
 class Trainer:
@@ -36,6 +47,22 @@ class Trainer:
     ``best.safetensors`` (lowest validation NLL so far). The log describes the run whose
     state the trainer holds: :meth:`fit` first drops records past the current step, which a
     run killed between two checkpoints left behind and which are about to be retrained.
+
+    Non-finite steps: a step whose loss or pre-clip gradient norm is NaN or infinite is
+    skipped: the parameters and the optimizer state are left untouched. It still counts as a
+    step: its batch is consumed and the step counter and the learning-rate schedule advance
+    (``scheduler.last_epoch == step`` always holds, the step number keeps meaning "batches
+    drawn" and the schedule stays a function of the step alone), so a checkpoint's step,
+    scheduler and RNG states stay consistent and a resume is as exact as before. The log
+    record counts the skipped steps since the previous record (``"skipped"``) and averages
+    ``loss`` and ``grad_norm`` over the other steps only (NaN if all were skipped). After
+    ``config.max_bad_steps`` consecutive skipped steps :meth:`fit` writes its log record and
+    raises :class:`TrainingDivergedError` without saving; the current streak is stored in
+    every checkpoint, so a resumed run stops at the same step as an uninterrupted one.
+    Checking finiteness costs one host-device synchronisation per step.
+
+    Non-finite weights are never saved (:meth:`save` refuses them) and a non-finite
+    validation NLL never becomes the best: it ranks below every finite one.
 
     Args:
         model: The model to train (on any device; batches are moved to it).
@@ -69,6 +96,8 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(config.seed)
         self.step = 0
         self.best_metric: float | None = None
+        self.bad_steps: list[tuple[int, str]] = []
+        """The current run of consecutive skipped steps: ``(step, "loss" or "grad_norm")``."""
         self.out_dir = Path(config.out_dir)
 
     @classmethod
@@ -85,21 +114,37 @@ class Trainer:
 
         Raises:
             FileNotFoundError: If ``path`` does not exist.
-            ValueError: If ``path`` is not a checkpoint written by a :class:`Trainer`.
+            ValueError: If ``path`` is not a checkpoint written by a :class:`Trainer`, or one
+                of its parts is damaged (the message names it: ``rng``, the optimizer state,
+                the scheduler, ...); everything is checked before training can start.
         """
         ckpt = load_checkpoint(path)
         if ckpt.train_config is None or not {"torch", "data"} <= set(ckpt.rng):
             raise ValueError(f"{path} was not written by a Trainer (no train config or RNG state)")
+        for name in ("torch", "data"):
+            try:
+                torch.Generator().set_state(ckpt.rng[name])
+            except (RuntimeError, TypeError, ValueError) as err:
+                raise ValueError(f"{path}: rng[{name!r}] is not a valid torch generator state "
+                                 f"({ckpt.rng[name].numel()} bytes): {err}") from err
         try:
             config = TrainConfig.from_dict(ckpt.train_config)
         except (TypeError, ValueError) as err:
             raise ValueError(f"{path}: the saved train config is invalid: {err}") from err
+        sched = ckpt.scheduler_state
+        sched_step = sched.get("last_epoch") if isinstance(sched, dict) else None
+        if sched_step is not None and sched_step != ckpt.step:  # they advance together
+            raise ValueError(f"{path}: the saved scheduler is at step {sched_step!r} but the "
+                             f"checkpoint at step {ckpt.step}")
+        bad_steps = _bad_steps(path, ckpt.trainer_state)
         trainer = cls(ckpt.build_model().to(map_location), sample_batch, config, validate,
                       ckpt.extra)
         ckpt.restore(trainer.optimizer, "optimizer")
         ckpt.restore(trainer.scheduler, "scheduler")
         trainer.step = ckpt.step
-        trainer.best_metric = ckpt.best_metric
+        best = ckpt.best_metric
+        trainer.best_metric = best if best is not None and math.isfinite(best) else None
+        trainer.bad_steps = bad_steps
         trainer.generator.set_state(ckpt.rng["data"])
         torch.set_rng_state(ckpt.rng["torch"])
         return trainer
@@ -114,6 +159,11 @@ class Trainer:
             progress: Show a tqdm bar with the loss and steps/s.
             max_seconds: Wall-clock budget: stop after the first step that ends past it
                 (logging and saving ``last.safetensors`` as at the target step).
+
+        Raises:
+            TrainingDivergedError: After ``config.max_bad_steps`` consecutive steps with a
+                non-finite loss or gradient norm (see the class docstring).
+            ValueError: If a checkpoint would hold non-finite weights.
         """
         tqdm = tqdm_class()
         target = self.config.steps if steps is None else self.step + steps
@@ -122,6 +172,7 @@ class Trainer:
         self._drop_log_records_after(self.step)
         losses: list[Tensor] = []
         norms: list[Tensor] = []
+        skipped = 0
         self.model.train()
         with (
             open(self.out_dir / "log.jsonl", "a", encoding="utf-8") as log,
@@ -129,33 +180,58 @@ class Trainer:
         ):
             while self.step < target:
                 lr = self.optimizer.param_groups[0]["lr"]
-                loss, grad_norm = self._train_step()
-                losses.append(loss)
-                norms.append(grad_norm)
+                loss, grad_norm, bad = self._train_step()
+                if bad is None:
+                    losses.append(loss)
+                    norms.append(grad_norm)
+                    self.bad_steps = []
+                else:
+                    skipped += 1
+                    self.bad_steps.append((self.step, bad))
+                diverged = len(self.bad_steps) >= self.config.max_bad_steps
                 bar.update(1)
                 metrics = self._validate() if self._due(self.config.val_every) else None
-                last = self.step == target or (
+                last = diverged or self.step == target or (
                     deadline is not None and time.monotonic() >= deadline
                 )
                 if metrics is not None or self._due(self.config.log_every) or last:
-                    record = self._record(log, losses, norms, lr, metrics)
+                    record = self._record(log, losses, norms, lr, metrics, skipped)
                     bar.set_postfix(loss=f"{record['loss']:.4f}")
-                    losses, norms = [], []
+                    losses, norms, skipped = [], [], 0
+                if diverged:
+                    raise TrainingDivergedError(self._divergence_message())
                 if self._due(self.config.save_every) or last:
                     self.save(self.out_dir / "last.safetensors")
                 if last:
                     break
 
     def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write a checkpoint of the full training state to ``path`` (atomically)."""
+        """Write a checkpoint of the full training state to ``path`` (atomically).
+
+        Raises:
+            ValueError: If a weight of the model is NaN or infinite (nothing is written, the
+                previous file at ``path`` is kept).
+        """
+        for name, tensor in self.model.state_dict().items():
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                raise ValueError(
+                    f"refusing to save {path}: the model's {name!r} holds NaN or infinite "
+                    f"values at step {self.step} (training diverged; lower the learning rate "
+                    "or check the data); the previous checkpoint is kept"
+                )
         return save_checkpoint(
             path, self.model, self.optimizer, self.scheduler, step=self.step,
             rng={"torch": torch.get_rng_state(), "data": self.generator.get_state()},
             train_config=self.config.to_dict(), extra=self.extra, best_metric=self.best_metric,
+            trainer_state={"bad_steps": [list(bad) for bad in self.bad_steps]},
         )
 
-    def _train_step(self) -> tuple[Tensor, Tensor]:
-        """One optimiser step on a fresh batch; returns the loss and the pre-clip grad norm."""
+    def _train_step(self) -> tuple[Tensor, Tensor, str | None]:
+        """One step on a fresh batch: the loss, the pre-clip grad norm and what was bad.
+
+        The third value is ``None`` after an optimiser step, or ``"loss"``/``"grad_norm"``
+        when that was not finite and the update was skipped (the scheduler still advances).
+        """
         device = next(self.model.parameters()).device
         batch = self.sample_batch(self.generator).to(device)
         if batch.f_test is None:
@@ -164,10 +240,33 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_norm)
-        self.optimizer.step()
-        self.scheduler.step()
+        finite = torch.stack([torch.isfinite(loss.detach()), torch.isfinite(grad_norm)])
+        loss_ok, norm_ok = finite.tolist()  # the one host sync of a step
+        bad = None if loss_ok and norm_ok else "loss" if not loss_ok else "grad_norm"
+        if bad is None:
+            self.optimizer.step()
+            self.scheduler.step()
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
+            with warnings.catch_warnings():  # skipping the first step, torch would warn
+                warnings.filterwarnings("ignore", re.escape(_SCHEDULER_FIRST_WARNING))
+                self.scheduler.step()
         self.step += 1
-        return loss.detach(), grad_norm.detach()
+        return loss.detach(), grad_norm.detach(), bad
+
+    def _divergence_message(self) -> str:
+        steps = [step for step, _ in self.bad_steps]
+        kinds = sorted({kind.replace("_", " ") for _, kind in self.bad_steps})
+        shown = ", ".join(map(str, steps)) if len(steps) <= 6 else (
+            f"{', '.join(map(str, steps[:3]))}, ..., {', '.join(map(str, steps[-2:]))}")
+        last = self.out_dir / "last.safetensors"
+        kept = f"; {last} holds the last finite weights" if last.is_file() else ""
+        return (
+            f"training diverged: non-finite {' and '.join(kinds)} at steps {shown} "
+            f"({len(steps)} in a row, TrainConfig.max_bad_steps={self.config.max_bad_steps}); "
+            f"lower the learning rate (lr={self.config.lr:g}), tighten clip_norm "
+            f"({self.config.clip_norm:g}) or check the training data for NaN/inf{kept}"
+        )
 
     def _due(self, every: int) -> bool:
         return self.step % every == 0
@@ -184,8 +283,9 @@ class Trainer:
             self.model.train()
         if "nll" not in metrics:
             raise ValueError(f"validate must return an 'nll' metric, got {sorted(metrics)}")
-        if self.best_metric is None or metrics["nll"] < self.best_metric:
-            self.best_metric = metrics["nll"]
+        nll = metrics["nll"]  # a non-finite NLL is worse than any finite one: never the best
+        if math.isfinite(nll) and (self.best_metric is None or nll < self.best_metric):
+            self.best_metric = nll
             self.save(self.out_dir / "best.safetensors")
         return metrics
 
@@ -201,16 +301,33 @@ class Trainer:
             write_atomic(path, "".join(kept).encode("utf-8"))
 
     def _record(self, log: TextIO, losses: list[Tensor], norms: list[Tensor], lr: float,
-                metrics: dict[str, float] | None) -> dict[str, Any]:
-        """Append one JSON line: means over the steps since the last record, and metrics."""
+                metrics: dict[str, float] | None, skipped: int = 0) -> dict[str, Any]:
+        """Append one JSON line: means over the steps since the last record, and metrics.
+
+        The means are over the steps that updated the model (NaN if none did); ``skipped``
+        counts the others.
+        """
         record: dict[str, Any] = {
             "step": self.step,
-            "loss": torch.stack(losses).mean().item(),
+            "loss": torch.stack(losses).mean().item() if losses else math.nan,
             "lr": lr,
-            "grad_norm": torch.stack(norms).mean().item(),
+            "grad_norm": torch.stack(norms).mean().item() if norms else math.nan,
+            "skipped": skipped,
             "time": time.time(),
         }
         record.update({f"val_{k}": v for k, v in (metrics or {}).items()})
         log.write(json.dumps(record) + "\n")
         log.flush()
         return record
+
+
+def _bad_steps(path: str | os.PathLike[str], state: dict[str, Any] | None) -> list[tuple[int, str]]:
+    """The stored streak of skipped steps (``[]`` for files without a trainer state)."""
+    raw = (state or {}).get("bad_steps", [])
+    try:
+        steps = [(step, kind) for step, kind in raw]
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{path}: the saved trainer state is damaged: {err}") from err
+    if not all(isinstance(step, int) and kind in ("loss", "grad_norm") for step, kind in steps):
+        raise ValueError(f"{path}: the saved trainer state is damaged: bad_steps={raw!r}")
+    return steps
