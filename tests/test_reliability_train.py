@@ -433,3 +433,49 @@ def test_cli_train_refuses_an_existing_run_unless_resumed_or_overwritten(tmp_pat
     assert "already holds a training run" in capsys.readouterr().err
     assert (tmp_path / "run" / "log.jsonl").read_text() == before  # nothing lost
     assert cli.main([*args, "--overwrite"]) == 0
+
+
+def test_sigkill_inside_a_save_then_resume_is_exact_and_leaves_no_orphan(tmp_path):
+    """Fault injection: a real SIGKILL between writing a checkpoint's temp file and the rename."""
+    import os
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    (tmp_path / "tiny.yaml").write_text(
+        "model: {dim: 8, num_blocks: 1, num_heads: 2, qkv_dim: 8, ffn_dim: 8, "
+        "embed_hidden: [8], head_hidden: [8]}\n"
+        "task: {batch_size: 2, n_ctx: 8, n_test: 8, min_ctx: 2, max_ctx: 7}\n"
+        "train: {steps: 6, batch_size: 2, val_every: 3, val_batches: 1, save_every: 1}\n"
+        "eval: {n_batches: 1}\n")
+    train = ["train", "--config", str(tmp_path / "tiny.yaml"), "--quiet"]
+    child = (
+        "import os, signal, sys\n"
+        "real, calls = os.replace, [0]\n"
+        "def replace(src, dst):\n"
+        "    calls[0] += 1\n"
+        "    if str(dst).endswith('last.safetensors') and calls[0] >= int(sys.argv[1]):\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)  # temp file written, rename pending\n"
+        "    return real(src, dst)\n"
+        "os.replace = replace\n"
+        "from bsatnp import cli\n"
+        "sys.exit(cli.main(sys.argv[2:]))\n")
+    killed = subprocess.run([sys.executable, "-c", child, "5", *train, "--out",
+                             str(tmp_path / "killed")], capture_output=True, text=True)
+    assert killed.returncode == -9, killed.stderr
+    run = tmp_path / "killed"
+    orphans = [n for n in os.listdir(run) if n.endswith(".tmp")]
+    assert orphans  # the kill left the temp file of the interrupted save
+    step_before = load_checkpoint(run / "last.safetensors").step  # previous file intact
+    assert 0 < step_before < 6
+    from bsatnp import cli
+
+    assert cli.main([*train, "--resume", str(run / "last.safetensors")]) == 0
+    assert not [n for n in os.listdir(run) if n.endswith(".tmp")]  # removed by the next save
+    assert cli.main([*train, "--out", str(tmp_path / "straight")]) == 0
+    resumed = load_file(run / "last.safetensors")
+    straight = load_file(tmp_path / "straight" / "last.safetensors")
+    for key in straight:
+        if key.startswith("model/"):
+            assert torch.equal(resumed[key], straight[key]), key
