@@ -83,6 +83,8 @@ def test_utm_sized_coordinates_keep_their_precision_in_the_cli(checkpoint, tmp_p
     ("random npz", r"not a readable .npz file \(not a zip of .npy arrays\)"),
     ("pickled npz", r"Python objects, which are never loaded"),
     ("device", r"--device 'cuda': not available"),
+    ("latin-1", r"in.csv: not UTF-8 text \(byte \d+\)"),
+    ("nul byte", r"in.csv, line 2: column 'f' must be a number"),
 ])
 def test_cli_input_errors_are_one_line(checkpoint, tmp_path, capsys, case, message):
     rng = np.random.default_rng(1)
@@ -104,6 +106,11 @@ def test_cli_input_errors_are_one_line(checkpoint, tmp_path, capsys, case, messa
             np.savez(path, s_ctx=np.array([{"a": 1}], dtype=object), f_ctx=f_ctx, s_test=s_test)
         else:
             path.write_bytes(rng.bytes(300))
+    elif case == "latin-1":
+        path.write_bytes("split,s0,s1,f\ncontext,0.5,0.5,1\ntest,0.1,0.2,\n# caf\u00e9\n"
+                         .encode("latin-1"))
+    elif case == "nul byte":
+        path.write_bytes(b"split,s0,s1,f\ncontext,0.5,0.5,\x00\"1\ntest,0.1,0.2,\n")
     elif case == "device":
         write_csv(path, s_ctx, f_ctx, s_test)
         extra = ["--device", "cuda"]
@@ -180,3 +187,58 @@ def test_great_circle_models_refuse_latitudes_beyond_90():
     s_ctx[0, 0, 1] = 250.0
     with pytest.raises(ValueError, match=r"latitude 250° at \[b, i\] = \[0, 0\]"):
         model(batch.map(s_ctx=s_ctx))
+
+
+class _Payload:
+    """Unpickling this would create a marker file (it must never happen)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_malicious_payloads_in_checkpoints_npz_and_yaml_never_execute(tmp_path):
+    import pickle
+
+    from bsatnp.experiment import load_experiment
+    from bsatnp.io.checkpoint import load_checkpoint
+    from bsatnp.predict import read_points
+
+    marker = tmp_path / "pwned"
+    payload = pickle.dumps(_Payload(marker))
+    (tmp_path / "evil.safetensors").write_bytes(payload)
+    with pytest.raises(ValueError):
+        load_checkpoint(tmp_path / "evil.safetensors")
+    np.save(tmp_path / "s_ctx.npy", np.array([_Payload(marker)], dtype=object),
+            allow_pickle=True)
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "evil.npz", "w") as archive:
+        archive.write(tmp_path / "s_ctx.npy", "s_ctx.npy")
+    with pytest.raises(ValueError, match="never loaded"):
+        read_points(tmp_path / "evil.npz", BSATNP(num_blocks=1))
+    (tmp_path / "evil.yaml").write_text(
+        f"model: !!python/object/apply:builtins.open ['{marker}', 'w']\n")
+    with pytest.raises(ValueError):
+        load_experiment(tmp_path / "evil.yaml")
+    assert not marker.exists()
+
+
+def test_a_stored_bias_spec_that_is_not_a_mapping_is_one_line(checkpoint, tmp_path, capsys):
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(checkpoint), framework="pt") as file:
+        metadata = file.metadata()
+        tensors = {key: file.get_tensor(key) for key in file.keys()}
+    config = json.loads(metadata["model_config"])
+    config["bias_s"] = "rbf"
+    metadata["model_config"] = json.dumps(config)
+    save_file(tensors, str(tmp_path / "bad.safetensors"), metadata=metadata)
+    code = cli.main(["info", str(tmp_path / "bad.safetensors")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "bias_s" in err, err

@@ -154,10 +154,16 @@ def _roles(model: NeuralProcess) -> list[tuple[str, int]]:
 
 
 def _read_csv(path: Path, model: NeuralProcess) -> dict[str, np.ndarray]:
-    with open(path, newline="", encoding="utf-8-sig") as file:  # a BOM is not a column
-        reader = csv.DictReader(file)
-        rows = list(reader)
-        header = reader.fieldnames or []
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as file:  # a BOM is not a column
+            reader = csv.DictReader(file)
+            rows = list(reader)
+            header = reader.fieldnames or []
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text (byte {err.start}); save the CSV as "
+                         "UTF-8") from None
+    except csv.Error as err:
+        raise ValueError(f"{path}, line {reader.line_num}: not a readable CSV: {err}") from None
     needed = ["split"] + [c for role, dim in _roles(model) for c in _columns(role, dim)]
     needed += _columns("f", model.config.dim_f)
     missing = [c for c in needed if c not in header]
