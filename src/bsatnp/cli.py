@@ -85,13 +85,20 @@ def _demo(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
+    from bsatnp.train.distributed import local_device, replicas_from_environment
+
     config = load_experiment(args.config)
-    trainer = build_trainer(config, resume=args.resume, out_dir=args.out, device=_device(args),
-                            overwrite=args.overwrite)
+    device = local_device(_device(args))
+    replicas = replicas_from_environment(device)  # under torchrun: data parallel
+    trainer = build_trainer(config, resume=args.resume, out_dir=args.out, device=device,
+                            overwrite=args.overwrite, replicas=replicas)
     steps = None if args.steps is None else max(0, args.steps - trainer.step)
     max_seconds = None if args.minutes is None else 60 * args.minutes
     trainer.fit(steps=steps, progress=not args.quiet, max_seconds=max_seconds)
-    print(f"Trained to step {trainer.step} of {trainer.config.steps}.")
+    if replicas is not None and not replicas.is_main:
+        return
+    where = "" if replicas is None else f" on {replicas.world_size} data-parallel processes"
+    print(f"Trained to step {trainer.step} of {trainer.config.steps}{where}.")
     _print_paths({name: trainer.out_dir / f"{name}.safetensors" for name in ("last", "best")}
                  | {"log": trainer.out_dir / "log.jsonl"})
 

@@ -50,6 +50,7 @@ from bsatnp.tasks.gp2d import GP2DTask
 from bsatnp.tasks.priors import Prior, prior_from_config, prior_to_config
 from bsatnp.tasks.registry import split_name
 from bsatnp.train.config import TrainConfig
+from bsatnp.train.distributed import Replicas
 from bsatnp.train.trainer import SampleBatch, Trainer, Validate
 
 SECTIONS = ("model", "task", "train", "eval")
@@ -283,7 +284,8 @@ RUN_FILES = ("log.jsonl", "last.safetensors", "best.safetensors")
 
 def build_trainer(config: ExperimentConfig, resume: str | os.PathLike[str] | None = None,
                   out_dir: str | os.PathLike[str] | None = None,
-                  device: str | torch.device = "cpu", overwrite: bool = False) -> Trainer:
+                  device: str | torch.device = "cpu", overwrite: bool = False,
+                  replicas: Replicas | None = None) -> Trainer:
     """A :class:`Trainer` for ``config``, fresh or resumed from a checkpoint.
 
     A fresh run would truncate the log and replace the checkpoints of a run already in its
@@ -297,6 +299,7 @@ def build_trainer(config: ExperimentConfig, resume: str | os.PathLike[str] | Non
             on resume the directory the run used before).
         device: Where the model trains (batches are drawn on the CPU and moved there).
         overwrite: Allow writing over the run files already in the output directory.
+        replicas: Data-parallel rank and world size under torchrun (``None``: one process).
 
     Raises:
         FileNotFoundError: If ``resume`` does not exist.
@@ -313,10 +316,12 @@ def build_trainer(config: ExperimentConfig, resume: str | os.PathLike[str] | Non
     stored = config.to_dict()  # model and train configs are checkpoint fields of their own
     extra = {"experiment": {key: stored[key] for key in ("task", "eval")}}
     if resume is None:
-        return Trainer(config.build_model().to(device), sample, config.train, validate, extra)
+        return Trainer(config.build_model().to(device), sample, config.train, validate, extra,
+                       replicas)
     if out_dir is not None and not overwrite:
         _refuse_existing_run(Path(out_dir), Path(resume))
-    trainer = Trainer.from_checkpoint(resume, sample, validate, map_location=device)
+    trainer = Trainer.from_checkpoint(resume, sample, validate, map_location=device,
+                                      replicas=replicas)
     if trainer.model.config != config.model:
         raise ValueError(
             f"{resume}: the checkpoint's model differs from the model in {config.source}"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
 import os
@@ -21,6 +23,7 @@ from bsatnp.io.files import complete_lines, write_atomic
 from bsatnp.loss import masked_nll
 from bsatnp.progress import tqdm_class
 from bsatnp.train.config import TrainConfig
+from bsatnp.train.distributed import Replicas
 from bsatnp.train.schedule import cosine_schedule
 
 SampleBatch = Callable[[torch.Generator], Batch]
@@ -72,6 +75,9 @@ class Trainer:
             ``val_every`` steps in eval mode without gradients. To keep resumes exact it
             should draw its data from its own generator, not the global RNG.
         extra: Free-form dict stored in every checkpoint (task config, normaliser, ...).
+        replicas: This process's rank among data-parallel processes (``torchrun``; see
+            :mod:`bsatnp.train.distributed`), or ``None`` for one process. Each rank trains
+            on its slice of the global batch and only rank 0 writes files.
     """
 
     def __init__(
@@ -81,8 +87,11 @@ class Trainer:
         config: TrainConfig,
         validate: Validate | None = None,
         extra: dict[str, Any] | None = None,
+        replicas: Replicas | None = None,
     ) -> None:
         self.model = model
+        self.replicas = replicas
+        self.step_model = model if replicas is None else nn.parallel.DistributedDataParallel(model)
         self.sample_batch = sample_batch
         self.config = config
         self.validate = validate
@@ -107,6 +116,7 @@ class Trainer:
         sample_batch: SampleBatch,
         validate: Validate | None = None,
         map_location: str | torch.device = "cpu",
+        replicas: Replicas | None = None,
     ) -> Trainer:
         """Rebuild model, optimizer, scheduler, step, best NLL and RNG states from ``path``.
 
@@ -138,7 +148,7 @@ class Trainer:
                              f"checkpoint at step {ckpt.step}")
         bad_steps = _bad_steps(path, ckpt.trainer_state)
         trainer = cls(ckpt.build_model().to(map_location), sample_batch, config, validate,
-                      ckpt.extra)
+                      ckpt.extra, replicas)
         ckpt.restore(trainer.optimizer, "optimizer")
         ckpt.restore(trainer.scheduler, "scheduler")
         trainer.step = ckpt.step
@@ -168,15 +178,19 @@ class Trainer:
         tqdm = tqdm_class()
         target = self.config.steps if steps is None else self.step + steps
         deadline = None if max_seconds is None else time.monotonic() + max_seconds
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        self._drop_log_records_after(self.step)
+        main = self.replicas is None or self.replicas.is_main
+        if main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            self._drop_log_records_after(self.step)
         losses: list[Tensor] = []
         norms: list[Tensor] = []
         skipped = 0
         self.model.train()
         with (
-            open(self.out_dir / "log.jsonl", "a", encoding="utf-8") as log,
-            tqdm(total=target, initial=self.step, unit="step", disable=not progress) as bar,
+            (open(self.out_dir / "log.jsonl", "a", encoding="utf-8") if main  # noqa: SIM115
+             else contextlib.nullcontext(io.StringIO())) as log,
+            tqdm(total=target, initial=self.step, unit="step",
+                 disable=not (progress and main)) as bar,
         ):
             while self.step < target:
                 lr = self.optimizer.param_groups[0]["lr"]
@@ -204,6 +218,8 @@ class Trainer:
                     self.save(self.out_dir / "last.safetensors")
                 if last:
                     break
+        if self.replicas is not None:  # the files are complete before any rank returns
+            torch.distributed.barrier()
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write a checkpoint of the full training state to ``path`` (atomically).
@@ -219,6 +235,8 @@ class Trainer:
                     f"values at step {self.step} (training diverged; lower the learning rate "
                     "or check the data); the previous checkpoint is kept"
                 )
+        if self.replicas is not None and not self.replicas.is_main:
+            return Path(path)  # rank 0 writes; every rank holds the same state
         return save_checkpoint(
             path, self.model, self.optimizer, self.scheduler, step=self.step,
             rng={"torch": torch.get_rng_state(), "data": self.generator.get_state()},
@@ -233,13 +251,23 @@ class Trainer:
         when that was not finite and the update was skipped (the scheduler still advances).
         """
         device = next(self.model.parameters()).device
-        batch = self.sample_batch(self.generator).to(device)
+        batch = self.sample_batch(self.generator)
         if batch.f_test is None:
             raise ValueError("sample_batch must return batches with f_test (training targets)")
-        loss = masked_nll(self.model(batch), batch.f_test, batch.test_mask())
+        replicas = self.replicas
+        if replicas is not None:
+            batch = replicas.shard(batch)
+        batch = batch.to(device)
+        mask = batch.test_mask()
+        loss = masked_nll(self.step_model(batch), batch.f_test, mask)
+        if replicas is not None:  # each slice's share of the NLL over the global batch
+            count = mask.sum().to(loss.dtype)
+            loss = loss * count * replicas.world_size / replicas.total(count)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_norm)
+        if replicas is not None:  # the global NLL, and skip only if every rank can step
+            loss = replicas.total(loss.detach()) / replicas.world_size
         finite = torch.stack([torch.isfinite(loss.detach()), torch.isfinite(grad_norm)])
         loss_ok, norm_ok = finite.tolist()  # the one host sync of a step
         bad = None if loss_ok and norm_ok else "loss" if not loss_ok else "grad_norm"
@@ -284,6 +312,7 @@ class Trainer:
         if "nll" not in metrics:
             raise ValueError(f"validate must return an 'nll' metric, got {sorted(metrics)}")
         nll = metrics["nll"]  # a non-finite NLL is worse than any finite one: never the best
+        # (every rank validates the same weights on the same batches, so all agree on it)
         if math.isfinite(nll) and (self.best_metric is None or nll < self.best_metric):
             self.best_metric = nll
             self.save(self.out_dir / "best.safetensors")
