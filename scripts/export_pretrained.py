@@ -48,7 +48,7 @@ def main() -> None:
     card = {
         "summary": args.summary,
         "task": task.name,
-        "training": {"steps": ckpt.step, **(ckpt.train_config or {})},
+        "training": {**(ckpt.train_config or {}), "steps_run": ckpt.step},
         "metrics": metrics,
         "evaluation": {"seed": experiment.eval.seed, "batches": counts,
                        "batch_size": described.get("batch_size")},

@@ -209,7 +209,15 @@ def _models(args: argparse.Namespace) -> None:
         print("no pretrained models ship with this version")
     for name in names:
         card = model_card(name)
-        print(f"{name:<12} {card.get('summary', '')}")
+        facts = [f"task {card['task']}"] if "task" in card else []
+        steps = (card.get("training") or {}).get("steps_run")
+        if steps is not None:
+            facts.append(f"{steps:,} steps")
+        gap = (((card.get("metrics") or {}).get("in_domain") or {}).get("gap") or {}).get("nll")
+        if isinstance(gap, dict) and "mean" in gap:
+            facts.append(f"in-domain NLL gap to the oracle {gap['mean']:.3f} ± {gap['se']:.3f}")
+        print(f"{name:<12} {'; '.join(facts)}" + (f" — {card['summary']}" if card.get("summary")
+                                                  else ""))
 
 
 def _predictor(args: argparse.Namespace) -> Any:
