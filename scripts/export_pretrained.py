@@ -56,6 +56,10 @@ def main() -> None:
                      else 2.0, "task": experiment.to_dict()["task"]},
     }
     card["training"].pop("out_dir", None)
+    check = evaluate(model, ("in_domain",), 3, experiment.eval.seed, task=task, progress=False,
+                     with_oracle=False)
+    card["check"] = {"in_domain_batches": 3,
+                     "nll": check["domains"]["in_domain"]["model"]["nll"]["mean"]}
     PACKAGE.mkdir(exist_ok=True)
     path = Predictor(model, card=json.loads(json.dumps(card, default=str))).save(
         PACKAGE / f"{args.name}.safetensors")

@@ -1,0 +1,31 @@
+"""Every shipped model loads offline and matches its card on a few of the card's batches."""
+
+from __future__ import annotations
+
+import pytest
+
+from bsatnp import Predictor
+from bsatnp.evaluate import evaluate
+from bsatnp.experiment import ExperimentConfig
+from bsatnp.pretrained import model_card, pretrained_names
+
+
+def test_at_least_the_2d_gp_model_ships():
+    assert "gp2d" in pretrained_names()
+
+
+@pytest.mark.parametrize("name", pretrained_names())
+def test_shipped_model_matches_its_card(name):
+    card = model_card(name)
+    predictor = Predictor.from_pretrained(name)
+    assert predictor.card == card and {"task", "training", "metrics", "envelope"} <= set(card)
+    task = ExperimentConfig.from_dict({"task": card["envelope"]["task"]}).task
+    n = card["check"]["in_domain_batches"]
+    results = evaluate(predictor.model, ("in_domain",), n, card["evaluation"]["seed"],
+                       task=task, progress=False, with_oracle=False)
+    few = results["domains"]["in_domain"]["model"]["nll"]
+    # The shipped weights are the ones scored: the first batches give the card's number ...
+    assert few["mean"] == pytest.approx(card["check"]["nll"], abs=1e-4)
+    # ... and lie within the card's spread over all its batches.
+    stated = card["metrics"]["in_domain"]["model"]["nll"]
+    assert abs(few["mean"] - stated["mean"]) < 4 * few["se"] + 4 * stated["se"], (few, stated)
