@@ -79,3 +79,28 @@ def assert_same(d1, d2, atol: float = 1e-5) -> None:
     """Two predictive distributions agree in mean and stddev to ``atol``."""
     assert (d1.mean - d2.mean).abs().max() <= atol
     assert (d1.stddev - d2.stddev).abs().max() <= atol
+
+
+class edited_checkpoint:  # noqa: N801 (a context manager used like a function)
+    """Edit a checkpoint's metadata and tensors in place (written back on a clean exit).
+
+    >>> with edited_checkpoint(path) as (metadata, tensors):
+    ...     metadata["step"] = "3.7"
+    """
+
+    def __init__(self, path):
+        self.path = path
+
+    def __enter__(self):
+        from safetensors import safe_open
+
+        with safe_open(str(self.path), framework="pt") as file:
+            self.metadata = dict(file.metadata())
+            self.tensors = {key: file.get_tensor(key) for key in file.keys()}
+        return self.metadata, self.tensors
+
+    def __exit__(self, *exc):
+        from safetensors.torch import save_file
+
+        if exc[0] is None:
+            save_file(self.tensors, str(self.path), metadata=self.metadata)

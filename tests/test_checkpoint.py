@@ -8,6 +8,7 @@ import pickle
 
 import pytest
 import torch
+from conftest import edited_checkpoint
 from safetensors.torch import save_file
 
 import bsatnp
@@ -255,28 +256,10 @@ def test_each_config_is_stored_once_and_format_1_files_still_load(tmp_path):
 def test_a_stored_config_is_checked_as_strictly_as_yaml(tmp_path):
     model = tiny_model()
     path = save_checkpoint(tmp_path / "c.safetensors", model)
-    with safe_open_metadata(path) as (metadata, tensors):
+    with edited_checkpoint(path) as (metadata, tensors):
         config = json.loads(metadata["model_config"])
         config["num_heads"] = "4"  # a string where an int belongs
         metadata["model_config"] = json.dumps(config)
     with pytest.raises(ValueError, match="num_heads: expected int"):
         load_model(path)
 
-
-class safe_open_metadata:  # noqa: N801 (a context manager used like a function)
-    """Read a checkpoint's metadata and tensors; write them back on exit."""
-
-    def __init__(self, path):
-        self.path = path
-
-    def __enter__(self):
-        from safetensors import safe_open
-
-        with safe_open(str(self.path), framework="pt") as file:
-            self.metadata = dict(file.metadata())
-            self.tensors = {key: file.get_tensor(key) for key in file.keys()}
-        return self.metadata, self.tensors
-
-    def __exit__(self, *exc):
-        if exc[0] is None:
-            save_file(self.tensors, str(self.path), metadata=self.metadata)

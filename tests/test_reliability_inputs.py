@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from conftest import random_batch
+from conftest import edited_checkpoint, random_batch
 
 from bsatnp import Batch, cli
 from bsatnp.models import BSATNP, BSATNPConfig
@@ -228,17 +228,13 @@ def test_malicious_payloads_in_checkpoints_npz_and_yaml_never_execute(tmp_path):
 
 def test_a_stored_bias_spec_that_is_not_a_mapping_is_one_line(checkpoint, tmp_path, capsys):
     import json
+    import shutil
 
-    from safetensors import safe_open
-    from safetensors.torch import save_file
-
-    with safe_open(str(checkpoint), framework="pt") as file:
-        metadata = file.metadata()
-        tensors = {key: file.get_tensor(key) for key in file.keys()}
-    config = json.loads(metadata["model_config"])
-    config["bias_s"] = "rbf"
-    metadata["model_config"] = json.dumps(config)
-    save_file(tensors, str(tmp_path / "bad.safetensors"), metadata=metadata)
+    shutil.copy(checkpoint, tmp_path / "bad.safetensors")
+    with edited_checkpoint(tmp_path / "bad.safetensors") as (metadata, _):
+        config = json.loads(metadata["model_config"])
+        config["bias_s"] = "rbf"
+        metadata["model_config"] = json.dumps(config)
     code = cli.main(["info", str(tmp_path / "bad.safetensors")])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "bias_s" in err, err

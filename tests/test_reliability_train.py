@@ -20,8 +20,7 @@ import time
 
 import pytest
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
+from conftest import edited_checkpoint
 
 import bsatnp.train.trainer as trainer_module
 from bsatnp import Batch
@@ -76,22 +75,6 @@ def nan_loss_from(monkeypatch):
 
     return install
 
-
-class metadata_of:  # noqa: N801 (a context manager used like a function)
-    """Edit a checkpoint's metadata and tensors in place (written back on exit)."""
-
-    def __init__(self, path):
-        self.path = path
-
-    def __enter__(self):
-        with safe_open(str(self.path), framework="pt") as file:
-            self.metadata = dict(file.metadata())
-            self.tensors = {key: file.get_tensor(key) for key in file.keys()}
-        return self.metadata, self.tensors
-
-    def __exit__(self, *exc):
-        if exc[0] is None:
-            save_file(self.tensors, str(self.path), metadata=self.metadata)
 
 
 # ------------------------------------------------------------ 1. training guards itself
@@ -275,7 +258,7 @@ def address_space_limit(extra_bytes: int):
 
 def test_a_huge_stored_config_with_small_tensors_fails_fast_without_allocating(tmp_path):
     path = save_checkpoint(tmp_path / "c.safetensors", tiny_model())
-    with metadata_of(path) as (metadata, _):
+    with edited_checkpoint(path) as (metadata, _):
         model_config = json.loads(metadata["model_config"])
         model_config.update(dim=100_000, ffn_dim=100_000)  # 40 GB per feed-forward layer
         metadata["model_config"] = json.dumps(model_config)
@@ -302,7 +285,7 @@ def test_every_family_builds_on_the_meta_device_with_the_real_shapes():
 
 def test_stored_tensors_the_config_does_not_make_are_named(tmp_path):
     path = save_checkpoint(tmp_path / "c.safetensors", tiny_model())
-    with metadata_of(path) as (_, tensors):
+    with edited_checkpoint(path) as (_, tensors):
         tensors["model/extra.weight"] = torch.zeros(3)
     with pytest.raises(ValueError, match="does not make: \\['extra.weight'\\]"):
         load_model(path)
@@ -351,7 +334,7 @@ def _scheduler_step(metadata, tensors):
 ])
 def test_a_damaged_checkpoint_field_is_one_clear_value_error(tmp_path, damage, message):
     path = trainer_checkpoint(tmp_path)
-    with metadata_of(path) as (metadata, tensors):
+    with edited_checkpoint(path) as (metadata, tensors):
         damage(metadata, tensors)
     with pytest.raises(ValueError, match=f"last.safetensors: .*{message}"):
         Trainer.from_checkpoint(path, sample_batch)
@@ -359,7 +342,7 @@ def test_a_damaged_checkpoint_field_is_one_clear_value_error(tmp_path, damage, m
 
 def test_a_non_uint8_rng_state_is_refused_at_load(tmp_path):
     path = trainer_checkpoint(tmp_path)
-    with metadata_of(path) as (_, tensors):
+    with edited_checkpoint(path) as (_, tensors):
         tensors["rng/torch"] = tensors["rng/torch"].float()
     with pytest.raises(ValueError, match=r"rng\['torch'\] is not an RNG state"):
         load_checkpoint(path)
