@@ -376,3 +376,27 @@ def test_observations_far_outside_the_cards_envelope_warn():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert not predictor.condition(stations(200), **ROLES).warnings
+
+
+def test_lonlat_for_a_euclidean_model_is_projected_to_km_and_for_a_great_circle_model_kept():
+    pytest.importorskip("pyproj")
+    obs = stations(50)
+    euclidean = lonlat_predictor().condition(obs, **ROLES)
+    norm = euclidean.normalizer
+    assert "+proj=aeqd" in norm.projection and "+units=km" in norm.projection
+    s = norm.space(obs[["lon", "lat"]].to_numpy(), "lonlat") * np.asarray(norm.space_scale)
+    # Model-unit distances × the scale are kilometres: compare with the haversine distance.
+    lon, lat = np.radians(obs["lon"].to_numpy()), np.radians(obs["lat"].to_numpy())
+    h = np.sin((lat[1] - lat[0]) / 2) ** 2 + np.cos(lat[0]) * np.cos(lat[1]) * np.sin(
+        (lon[1] - lon[0]) / 2) ** 2
+    km = 2 * 6371.0 * np.arcsin(np.sqrt(h))
+    assert np.linalg.norm(s[1] - s[0]) == pytest.approx(km, rel=2e-3)
+    # The data's half-extent maps onto the model's box half-width (2): |s| <= ~2.
+    assert np.abs(norm.space(obs[["lon", "lat"]].to_numpy(), "lonlat")).max() <= 2.0 + 1e-9
+    geodesic = Predictor(small_model(bias_s={"role": "s", "distance": "great_circle_degrees"}))
+    kept = geodesic.condition(obs, **ROLES).normalizer
+    assert kept.projection is None and kept.space_scale == (1.0, 1.0)
+    np.testing.assert_array_equal(kept.space(obs[["lon", "lat"]].to_numpy(), "lonlat"),
+                                  obs[["lon", "lat"]].to_numpy())
+    with pytest.raises(ValueError, match="declare the coordinates' crs"):
+        geodesic.condition(obs, values="temp", space=("lon", "lat"))
