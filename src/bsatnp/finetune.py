@@ -16,9 +16,7 @@ from typing import Any
 
 import torch
 
-from bsatnp.data.normalizer import Normalizer
 from bsatnp.data.table_task import TableTask
-from bsatnp.data.tables import read_points
 from bsatnp.experiment import refuse_existing_run, validator
 from bsatnp.predictor import Predictor
 from bsatnp.train.config import TrainConfig
@@ -72,14 +70,9 @@ def finetune(predictor: Predictor, data: Any, *, steps: int = 1000, split: str =
             ``out_dir`` that already holds a run (without ``overwrite``).
     """
     refuse_existing_run(Path(out_dir), overwrite)
-    schema = predictor.resolve_schema(data, crs=crs if predictor.schema is None else None,
-                                      **roles)
-    points, _ = read_points(data, schema, "observations", with_values=True,
-                            crs=None if predictor.schema is None else crs)
-    normalizer = predictor.normalizer or Normalizer.fit(
-        points, schema, great_circle=predictor.great_circle, space_scale=space_scale,
-        time_scale=time_scale, method=method, value_transform=value_transform,
-        space_half_width=float(predictor.envelope["space_half_width"]))
+    schema, points, normalizer = predictor.observations(
+        data, space_scale=space_scale, time_scale=time_scale, method=method,
+        value_transform=value_transform, crs=crs, **roles)
     columns = {role: torch.as_tensor(array, dtype=torch.float32)
                for role, array in normalizer.inputs(points, schema).items()}
     generator = torch.Generator().manual_seed(seed)

@@ -35,6 +35,7 @@ from bsatnp.data.schema import Schema
 from bsatnp.data.tables import Points, class_labels, read_points, time_kind_of
 from bsatnp.io.checkpoint import load_checkpoint, save_checkpoint
 from bsatnp.models.base import ConditionedModel, NeuralProcess, model_device
+from bsatnp.progress import tqdm_class
 
 DEFAULT_CHUNK = 16384
 """Targets per chunk when neither ``chunk_size`` nor ``max_memory`` is given."""
@@ -168,8 +169,7 @@ class Predictor:
         if self.schema is not None:
             stored = self.schema.to_dict()
             clash = {key: (value, stored[key]) for key, value in given.items()
-                     if stored.get(key) != (list(value) if isinstance(value, tuple) else value)
-                     and _plain(stored.get(key)) != _plain(value)}
+                     if _plain(stored.get(key)) != _plain(value)}
             if clash:
                 details = "; ".join(f"{k}: given {v[0]!r}, model has {v[1]!r}"
                                     for k, v in clash.items())
@@ -223,18 +223,30 @@ class Predictor:
             value_transform: See :meth:`Normalizer.fit`.
             **roles: Schema fields if the predictor has no schema yet.
         """
-        self.schema = self.resolve_schema(data, **roles)
-        points, _ = read_points(data, self.schema, "observations", with_values=True)
-        self.normalizer = self._fit(points, self.schema, space_scale, time_scale, method,
-                                    value_transform)
+        self.normalizer = None
+        self.schema, _, self.normalizer = self.observations(
+            data, space_scale=space_scale, time_scale=time_scale, method=method,
+            value_transform=value_transform, **roles)
         return self.normalizer
 
-    def _fit(self, points: Points, schema: Schema, space_scale: float | str,
-             time_scale: float | str, method: str, value_transform: str) -> Normalizer:
-        return Normalizer.fit(points, schema, great_circle=self.great_circle,
-                              space_scale=space_scale, time_scale=time_scale, method=method,
-                              value_transform=value_transform,
-                              space_half_width=float(self.envelope["space_half_width"]))
+    def observations(self, data: Any, *, space_scale: float | str = "auto",
+                     time_scale: float | str = "auto", method: str = "standard",
+                     value_transform: str = "none", crs: str | None = None,
+                     **roles: Any) -> tuple[Schema, Points, Normalizer]:
+        """Read observations: their schema, points (NaN rows dropped) and normaliser.
+
+        The normaliser is the predictor's, or one fitted on these points when it has none
+        (the options are those of :meth:`Normalizer.fit`). ``crs`` declares the data's CRS
+        for a predictor without a schema, and converts from it for one with a schema.
+        """
+        schema = self.resolve_schema(data, crs=crs if self.schema is None else None, **roles)
+        points, _ = read_points(data, schema, "observations", with_values=True,
+                                crs=None if self.schema is None else crs)
+        normalizer = self.normalizer or Normalizer.fit(
+            points, schema, great_circle=self.great_circle, space_scale=space_scale,
+            time_scale=time_scale, method=method, value_transform=value_transform,
+            space_half_width=float(self.envelope["space_half_width"]))
+        return schema, points, normalizer
 
     def condition(self, observations: Any, *, space_scale: float | str = "auto",
                   time_scale: float | str = "auto", method: str = "standard",
@@ -259,12 +271,9 @@ class Predictor:
             ValueError: On bad data (module :mod:`bsatnp.data.tables`), a schema that does
                 not match the model, or no valid observation.
         """
-        schema = self.resolve_schema(observations, crs=crs if self.schema is None else None,
-                                     **roles)
-        points, _ = read_points(observations, schema, "observations", with_values=True,
-                                crs=None if self.schema is None else crs)
-        normalizer = self.normalizer or self._fit(points, schema, space_scale, time_scale,
-                                                  method, value_transform)
+        schema, points, normalizer = self.observations(
+            observations, space_scale=space_scale, time_scale=time_scale, method=method,
+            value_transform=value_transform, crs=crs, **roles)
         return Conditioned(self, schema, normalizer, points)
 
     def predict(self, observations: Any, targets: Any, **kwargs: Any) -> Any:
@@ -356,9 +365,7 @@ class Conditioned:
         second = None if categorical else np.empty((n, dim_f), np.float32)
         starts = range(0, n, chunk)
         if progress:
-            from tqdm.auto import tqdm
-
-            starts = tqdm(starts, desc="predicting", unit="chunk")
+            starts = tqdm_class()(starts, desc="predicting", unit="chunk")
         for start in starts:
             stop = min(start + chunk, n)
             test = {f"{role}_test": _tensor(inputs[role][start:stop], self.device)
@@ -434,7 +441,7 @@ def _tensor(array: np.ndarray, device: torch.device) -> Tensor:
 
 
 def _check_model_range(tensors: dict[str, Tensor], what: str) -> None:
-    """Refuse inputs that overflow float32 or sit far outside any trained range."""
+    """Refuse inputs that overflow float32 after normalisation (naming the role)."""
     for role, tensor in tensors.items():
         if not bool(torch.isfinite(tensor).all()):
             raise ValueError(f"{what}: role {role!r} overflows float32 after normalisation; "
