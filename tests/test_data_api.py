@@ -400,3 +400,10 @@ def test_lonlat_for_a_euclidean_model_is_projected_to_km_and_for_a_great_circle_
                                   obs[["lon", "lat"]].to_numpy())
     with pytest.raises(ValueError, match="declare the coordinates' crs"):
         geodesic.condition(obs, values="temp", space=("lon", "lat"))
+
+
+def test_quantiles_at_the_interval_ends_are_kept():
+    conditioned = lonlat_predictor().condition(stations(), **ROLES)
+    out = conditioned.predict(stations(4, seed=8)[["lon", "lat"]], quantiles=(0.05,),
+                              interval=0.9)
+    np.testing.assert_allclose(out["q0.05"], out["lower"], rtol=1e-6)

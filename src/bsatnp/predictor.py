@@ -354,7 +354,7 @@ class Conditioned:
         Raises:
             ValueError: On bad targets or options; nothing is computed then.
         """
-        levels = _levels(quantiles, interval)
+        levels = _levels(quantiles, interval)  # checked before any work
         points, template = read_points(targets, self.schema, "targets", with_values=False,
                                        crs=crs)
         inputs = self.normalizer.inputs(points, self.schema)
@@ -395,7 +395,7 @@ class Conditioned:
             prefix = f"{value}_" if len(self.schema.values) > 1 else ""
             units = ({"units": self.schema.units[j]} if j < len(self.schema.units) else {})
             named = {"mean": user_mean[:, j], "std": user_std[:, j]}
-            if quantiles := [q for q in levels if q not in _interval_levels(interval)]:
+            if quantiles := levels:
                 named["quantiles"] = np.stack([norm.quantile(loc[:, j], scale[:, j], q)
                                                for q in quantiles])
                 extra[prefix + "quantiles"] = ("quantile", quantiles, prefix + "q")
@@ -449,13 +449,14 @@ def _check_model_range(tensors: dict[str, Tensor], what: str) -> None:
 
 
 def _levels(quantiles: Sequence[float], interval: float | None) -> list[float]:
+    """Quantile levels as floats; ``ValueError`` on a level or interval outside (0, 1)."""
     levels = [float(q) for q in quantiles]
     for q in levels:
         if not 0.0 < q < 1.0:
             raise ValueError(f"quantiles must lie in (0, 1), got {q}")
     if interval is not None and not 0.0 < interval < 1.0:
         raise ValueError(f"interval must lie in (0, 1), e.g. 0.9, got {interval}")
-    return levels + list(_interval_levels(interval))
+    return levels
 
 
 def _interval_levels(interval: float | None) -> tuple[float, ...]:
