@@ -121,8 +121,7 @@ class Template:
                     variables[name] = xr.Variable(self.dims, array.reshape(self.shape),
                                                   attrs=dict(attrs.get(name, {})))
             coords = {dim: list(labels) for dim, labels, _ in extra_dims.values()}
-            data = self.data
-            out = xr.Dataset(variables, coords=data.coords)
+            out = xr.Dataset(variables, coords=self.data.coords)
             return out.assign_coords(coords) if coords else out
         return {name: np.asarray(array) for name, array in outputs.items()}
 
@@ -283,13 +282,10 @@ def _times(column: np.ndarray, schema: Schema, what: str) -> np.ndarray:
             raise ValueError(f"{what}: time column {schema.time!r} holds numbers but the model "
                              "was fitted on datetimes")
         return column.astype(np.float64)
-    if kind == "M" or kind in "OU":
-        if schema.time_kind == "number" and kind != "M":
-            raise ValueError(f"{what}: time column {schema.time!r} must be numeric or "
-                             f"datetime64, got {column.dtype}")
+    if kind in "MOU":
         if schema.time_kind == "number":
-            raise ValueError(f"{what}: time column {schema.time!r} holds datetimes but the "
-                             "model was fitted on numbers")
+            raise ValueError(f"{what}: time column {schema.time!r} holds {column.dtype} values "
+                             "but the model was fitted on numbers")
         try:
             stamps = _as_datetime64(column)
         except (TypeError, ValueError) as err:
