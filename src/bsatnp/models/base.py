@@ -173,7 +173,7 @@ class ConditionedModel:
         batch = self.context.map(**{f"{r}_test": test.get(f"{r}_test") for r in ROLES},
                                  f_test=None, mask_test=None)
         batch.validate(required_roles=self.model.roles)
-        dist = self.model.decode(self.encoded, batch)
+        dist = self.model.decode(self.encoded, batch.to(dtype=model_dtype(self.model)))
         check_finite_prediction(dist, batch)
         return dist
 
