@@ -24,6 +24,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from bsatnp.attention import compiled
+from bsatnp.attention.compiled import tisa_term
 from bsatnp.attention.distances import DISTANCES, Components, pairwise_components
 from bsatnp.attention.exp_basis import exp_basis
 
@@ -116,20 +118,6 @@ class DistanceBias(nn.Module):
             return d if self._returns_squared else d.square()
         return d.sqrt() if self._returns_squared else d
 
-    def profile(self, dist: Tensor, a: Tensor, b: Tensor | None, c: Tensor | None) -> Tensor:
-        """Bias from distances with the parameters given explicitly: the sum over the basis.
-
-        Shapes only need to broadcast: ``a[..., f]`` (and ``b``, ``c``) against ``dist``.
-        Tiled backends pass ``dist [B, 1, Lq, Lk]`` with ``a [1, H, 1, 1, F]``.
-        """
-        out = None
-        for f in range(a.shape[-1]):
-            term = self.basis_term(dist, a[..., f], None if b is None else b[..., f],
-                                   None if c is None else c[..., f])
-            out = term if out is None else out + term
-        assert out is not None
-        return out
-
     def basis_term(self, dist: Tensor, a: Tensor, b: Tensor | None, c: Tensor | None) -> Tensor:
         """Bias of one basis function; its parameters (no basis axis) broadcast against ``dist``.
 
@@ -141,7 +129,7 @@ class DistanceBias(nn.Module):
         assert b is not None
         if family == "tisa":
             assert c is not None
-            return a * torch.exp(-b * (dist - c).square())
+            return tisa_term(dist, a, b, c)
         return a * torch.exp(-b * dist)  # rbf (dist is d²) and exponential (dist is d)
 
     def params(self) -> tuple[Tensor, Tensor | None, Tensor | None]:
@@ -153,10 +141,11 @@ class DistanceBias(nn.Module):
         dist = self.distance(*pairwise_components(coords_q, coords_k))
         if self.spec.family in ("rbf", "exponential"):
             return exp_basis(dist, self.a, self.b)
-        dist = dist[:, None]
+        if self.spec.family == "scalar":
+            return self.a.view(1, -1, 1, 1) * dist[:, None]
         H = self.num_heads
-        shaped = [None if p is None else p.view(1, H, 1, 1, -1) for p in self.params()]
-        return self.profile(dist, *shaped)
+        a, b, c = (p.view(1, H, 1, 1, -1) for p in self.params())  # type: ignore[union-attr]
+        return compiled.tisa(dist[:, None], a, b, c)
 
     def extra_repr(self) -> str:
         """Role, family, distance and basis count, for ``print(model)``."""
