@@ -2,14 +2,16 @@
 
 One epidemic on a 1024×1024 lattice over [−32, 32]² (200 frames); a frame is drawn, exactly
 ``--n-ctx`` random cells are the context and ``--test-cells`` cells (all of them by default)
-the test set, B = 1. Each round times simulation, batching and the forward pass, as the
-reference does; one warm-up round first. Prints wall time and peak memory (RSS on the CPU,
-allocated memory on CUDA) and writes JSON.
+the test set, B = 1. Each round times simulation, batching and prediction, as the
+reference does; one warm-up round first. The context is encoded once and the test cells are
+decoded in chunks of ``--chunk`` (the model's ``condition``), so memory stays flat as the
+test set grows. Prints wall time (and its encode / decode parts) and peak memory (RSS on
+the CPU, allocated memory on CUDA) and writes JSON.
 
 Usage (one call on a GPU machine; ~minutes):
     python benchmarks/sir_scaling.py --device cuda --checkpoint runs/sir/last.safetensors
-CPU, smaller test sets (memory should stay flat as the test set grows):
-    python benchmarks/sir_scaling.py --test-cells 65536 --rounds 1
+CPU, growing test sets (memory should stay flat), one process each:
+    python benchmarks/sir_scaling.py --test-cells 65536 --rounds 1 --checkpoint ...
 Without ``--checkpoint`` the paper's SIR model is built untrained (the timing does not depend
 on the weights; the accuracy then means nothing and is not printed).
 """
@@ -60,8 +62,10 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=200)
     parser.add_argument("--n-ctx", type=int, default=100_000)
     parser.add_argument("--test-cells", type=int, help="default: every cell")
-    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=10,
+                        help="timed rounds after a warm-up round (0: one cold round, timed)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--chunk", type=int, default=65_536, help="test cells per decode")
     parser.add_argument("--out", default="benchmarks/results/sir_scaling.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -77,23 +81,35 @@ def main() -> None:
         model = load_experiment("sir").build_model().to(device).eval()
     n_test = args.test_cells or args.side**2
     generator = torch.Generator().manual_seed(0)
-    times, scores = [], []
+    times, parts, scores = [], [], []
     for round_ in range(args.rounds + 1):  # round 0 warms up
         start = time.perf_counter()
-        batch = scaling_batch(task, sim, args.n_ctx, n_test, generator)
-        with torch.no_grad():
-            probs = model(batch.to(device)).probs
+        batch = scaling_batch(task, sim, args.n_ctx, n_test, generator).to(device)
+        simulated = time.perf_counter()
+        conditioned = model.condition(batch)
+        encoded = time.perf_counter()
+        probs = torch.cat([
+            conditioned.predictive({"s_test": batch.s_test[:, i : i + args.chunk]}).probs.cpu()
+            for i in range(0, n_test, args.chunk)
+        ], dim=1)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        if round_:
-            times.append(time.perf_counter() - start)
-            scores.append(categorical_metrics(probs.cpu(), batch.f_test, batch.test_mask()))
+        end = time.perf_counter()
+        print(f"round {round_}: {end - start:.1f} s (simulate {simulated - start:.1f}, "
+              f"encode {encoded - simulated:.1f}, decode {end - encoded:.1f})", flush=True)
+        if round_ or args.rounds == 0:
+            times.append(end - start)
+            parts.append({"simulate": simulated - start, "encode": encoded - simulated,
+                          "decode": end - encoded})
+            scores.append(categorical_metrics(probs, batch.f_test.cpu(),
+                                              batch.test_mask().cpu()))
     record = {
         "command": " ".join(["python", *sys.argv]), "torch": torch.__version__,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else
         f"cpu ({platform.machine()}, {args.threads} threads)",
         "side": args.side, "frames": args.frames, "n_ctx": args.n_ctx, "n_test": n_test,
-        "rounds": args.rounds, "seconds_median": statistics.median(times), "seconds": times,
+        "rounds": args.rounds, "chunk": args.chunk,
+        "seconds_median": statistics.median(times), "seconds": times, "parts": parts,
         "peak_memory_gib": peak_memory_gib(device), "trained": bool(args.checkpoint),
     }
     if args.checkpoint:
