@@ -5,7 +5,7 @@ costs about six passes over a ``[B, H, tq, tk]`` tile per basis function, and as
 (plus reductions) for its parameters' gradients. ``torch.compile`` fuses the forward into
 one loop and the backward into one reduction: on one CPU thread a 8×8×1024×512 tile with
 F = 5 takes 0.64 s forward + backward compiled against 7.4–8.6 s eager
-(``benchmarks/forward.py --bias-kernels``).
+(``benchmarks/bias_kernels.py``).
 
 Compiling costs tens of seconds once per process (and per dtype and grad mode), so only
 tiles of at least :data:`MIN_ELEMENTS` scores are compiled. ``BSATNP_COMPILE=0`` never

@@ -1,0 +1,109 @@
+"""Bias profiles on one tile, eager against compiled, side by side in one run.
+
+For each bias family, the bias of one ``[B, H, tq, tk]`` tile and its parameters' gradients
+(forward + backward, as a training step needs them), and the forward alone (inference),
+timed alternately for the eager and the inductor-compiled path (``bsatnp.attention.compiled``;
+``BSATNP_COMPILE`` decides which one the models use). Compile time is reported apart from
+the medians. The RBF family is listed for comparison: it runs through ``exp_basis`` (one
+exponential per distinct rate) and is not compiled.
+
+Usage:
+    python benchmarks/bias_kernels.py                        # 8×8×1024×512 tile, F = 5
+    python benchmarks/bias_kernels.py --tile 1 4 4096 4096 --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from bsatnp.attention import compiled
+from bsatnp.attention.exp_basis import exp_basis
+
+
+def _timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tile", type=int, nargs=4, default=[8, 8, 1024, 512],
+                        metavar=("B", "H", "TQ", "TK"))
+    parser.add_argument("--basis", type=int, default=5, help="basis functions F")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", default="benchmarks/results/bias_kernels.json")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    B, H, tq, tk = args.tile
+    g = torch.Generator().manual_seed(0)
+    dist = 2 * torch.rand(B, 1, tq, tk, generator=g)
+    params = [torch.rand(1, H, 1, 1, args.basis, generator=g).requires_grad_() for _ in "abc"]
+    grad_out = torch.randn(B, H, tq, tk, generator=g)
+    a2, b2 = (p.detach().view(H, -1).clone().requires_grad_() for p in params[:2])
+
+    start = time.perf_counter()
+    tisa_compiled = torch.compile(compiled.tisa_profile, dynamic=True)
+    torch.autograd.grad(tisa_compiled(dist, *params), params, grad_out)
+    with torch.no_grad():
+        tisa_compiled(dist, *params)
+    compile_s = time.perf_counter() - start
+
+    def train(profile: Callable[..., torch.Tensor]) -> Callable[[], object]:
+        return lambda: torch.autograd.grad(profile(dist, *params), params, grad_out)
+
+    def infer(profile: Callable[..., torch.Tensor]) -> Callable[[], object]:
+        def run() -> object:
+            with torch.no_grad():
+                return profile(dist, *params)
+        return run
+
+    rbf_input = dist[:, 0]
+    cases = {
+        ("tisa", "eager", "forward+backward"): train(compiled.tisa_profile),
+        ("tisa", "compiled", "forward+backward"): train(tisa_compiled),
+        ("tisa", "eager", "forward"): infer(compiled.tisa_profile),
+        ("tisa", "compiled", "forward"): infer(tisa_compiled),
+        ("rbf", "exp_basis", "forward+backward"):
+            lambda: torch.autograd.grad(exp_basis(rbf_input, a2, b2), (a2, b2), grad_out),
+    }
+    with torch.no_grad():
+        diff = (tisa_compiled(dist, *params).double()
+                - compiled.tisa_profile(dist.double(), *(p.double() for p in params))).abs()
+    times: dict[tuple[str, str, str], list[float]] = {key: [] for key in cases}
+    for _ in range(args.rounds):  # alternate, so machine noise hits every case alike
+        for key, fn in cases.items():
+            times[key].append(_timed(fn))
+    rows = [{"family": f, "path": p, "pass": w, "seconds": statistics.median(t), "times": t}
+            for (f, p, w), t in times.items()]
+    eager = {r["pass"]: r["seconds"] for r in rows if r["path"] == "eager"}
+    print(f"tile B={B} H={H} tq={tq} tk={tk}, F={args.basis}, {args.threads} thread(s); "
+          f"compiling took {compile_s:.1f} s; compiled − float64 max |Δ| "
+          f"{diff.max().item():.1e}")
+    print("| family | path | pass | median s | eager / this |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        ratio = f"{eager[r['pass']] / r['seconds']:.1f}" if r["family"] == "tisa" else "–"
+        print(f"| {r['family']} | {r['path']} | {r['pass']} | {r['seconds']:.3f} | {ratio} |")
+    record = {"command": " ".join(["python", *sys.argv]), "torch": torch.__version__,
+              "machine": platform.machine(), "threads": args.threads, "tile": args.tile,
+              "basis": args.basis, "compile_seconds": compile_s,
+              "max_abs_error_vs_float64": diff.max().item(), "rows": rows}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
