@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from bsatnp.evaluate import evaluate
 from bsatnp.experiment import ExperimentConfig, build_trainer, load_experiment
-from bsatnp.tasks import batch_generator
+from bsatnp.tasks import batch_generator, gneiting
 from bsatnp.tasks.gneiting import GneitingTask, gneiting_covariance, terrain
 
 HYPER = {"var": torch.tensor(1.2, dtype=torch.float64),
@@ -62,6 +63,36 @@ def test_the_oracle_is_calibrated():
         z.append(((batch.f_test - oracle.mean) / oracle.stddev).flatten())
     z = torch.cat(z)  # 30 × 4 × 256 standardised residuals
     assert abs(z.mean().item()) < 0.1 and z.std().item() == pytest.approx(1.0, abs=0.08)
+
+
+def test_the_oracle_equals_a_hand_computed_posterior(monkeypatch):
+    """Known hyperparameters, a zero-weight mean (6.0 everywhere) and a fixed noise: the
+    oracle's mean and std equal the Gaussian posterior written out in numpy (float64), from
+    the batch's own float32 points and values."""
+    noise = 0.9 * 0.03
+    fixed = torch.tensor(0.03, dtype=torch.float64)
+    monkeypatch.setattr(gneiting, "_log_uniform", lambda lo, hi, g: fixed)
+    monkeypatch.setattr(gneiting, "WEIGHT_RANGES", dict.fromkeys(gneiting.WEIGHT_RANGES, 0.0))
+    monkeypatch.setattr(GneitingTask, "_hyperparameters", lambda self, g: HYPER)
+    task = GneitingTask(batch_size=2, n_locations=12, n_slots=6, min_ctx=2, max_ctx=5)
+    batch, oracle = task.sample_with_oracle(torch.Generator().manual_seed(4))
+
+    def cov(s1, t1, s2, t2):  # C(h, u) of PROTOCOLS §6, term by term
+        g = 1 + 1.5 * np.abs(t1[:, None] - t2[None]) ** (2 * 0.6)
+        h2 = (((s1[:, None] - s2[None]) / np.array([0.1, 0.07])) ** 2).sum(-1)
+        return 1.2 / g**2.0 * np.exp(-((h2 / g**0.5) ** 0.8))
+
+    for b in range(2):
+        valid = batch.mask_ctx[b].numpy()
+        sc, tc, fc = (x[b].double().numpy()[valid] for x in (batch.s_ctx, batch.t_ctx[..., 0],
+                                                              batch.f_ctx[..., 0]))
+        st, tt = batch.s_test[b].double().numpy(), batch.t_test[b, :, 0].double().numpy()
+        k_cc = cov(sc, tc, sc, tc) + (5e-4 + noise**2) * np.eye(len(fc))
+        k_tc = cov(st, tt, sc, tc)
+        mean = 6.0 + k_tc @ np.linalg.solve(k_cc, fc - 6.0)
+        var = 1.2 + 5e-4 + noise**2 - np.einsum("ij,ji->i", k_tc, np.linalg.solve(k_cc, k_tc.T))
+        np.testing.assert_allclose(oracle.mean[b, :, 0].numpy(), mean, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(oracle.stddev[b, :, 0].numpy(), np.sqrt(var), rtol=1e-4)
 
 
 def test_gneiting_trains_and_evaluates_against_its_oracle(tmp_path):
