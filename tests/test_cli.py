@@ -141,6 +141,15 @@ def test_plot_field_and_learning_curve(run, tmp_path):
         assert path.read_bytes()[:8] == PNG_MAGIC
 
 
+def test_learning_curves_of_several_runs_share_one_figure(run, tmp_path, capsys):
+    log = str(run / "log.jsonl")
+    curves = tmp_path / "curves.png"
+    assert cli.main(["plot", "--log", log, log, "--label", "a", "b", "--out", str(curves)]) == 0
+    assert curves.read_bytes()[:8] == PNG_MAGIC
+    assert cli.main(["plot", "--log", log, log, "--label", "a", "--out", str(curves)]) == 2
+    assert "1 labels for 2 logs" in capsys.readouterr().err
+
+
 def test_predict_csv_and_npz(run, tmp_path):
     g = torch.Generator().manual_seed(0)
     s_ctx, s_test = torch.rand(10, 2, generator=g), torch.rand(5, 2, generator=g)

@@ -272,7 +272,8 @@ def _plot(args: argparse.Namespace) -> None:
     from bsatnp.plot import plot_field, plot_learning_curve
 
     if args.log is not None:
-        path = plot_learning_curve(args.log, args.out or Path(args.log).with_suffix(".png"))
+        out = args.out or Path(args.log[0]).with_suffix(".png")
+        path = plot_learning_curve(args.log, out, labels=args.label)
     else:
         model, config = _load(args)
         out = args.out or Path(args.checkpoint).with_name(f"field_{args.domain}.png")
@@ -482,7 +483,9 @@ def _parser() -> argparse.ArgumentParser:
     source = cmd.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint",
                         help="plot one field of its GP task predicted by this model")
-    source.add_argument("--log", help="plot the learning curve of this log.jsonl")
+    source.add_argument("--log", nargs="+",
+                        help="plot the learning curve of this log.jsonl (several: one figure)")
+    cmd.add_argument("--label", nargs="+", help="one name per --log (default: its directory)")
     cmd.add_argument("--out", help="PNG file (default: beside the input)")
     cmd.add_argument("--seed", type=int, default=0, help="seed of the plotted task")
     cmd.add_argument("--domain", default="in_domain", help="a domain of the run's task")

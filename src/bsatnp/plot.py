@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -115,30 +116,49 @@ def plot_field(model: nn.Module, out_png: str | os.PathLike[str], seed: int = 0,
     return _save(fig, out_png)
 
 
-def plot_learning_curve(log_jsonl: str | os.PathLike[str],
-                        out_png: str | os.PathLike[str]) -> Path:
-    """Training loss and validation NLL against the step, from a :class:`Trainer` log.
+def plot_learning_curve(log_jsonl: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+                        out_png: str | os.PathLike[str],
+                        labels: Sequence[str] | None = None) -> Path:
+    """Training loss and validation NLL against the step, from :class:`Trainer` logs.
+
+    Several logs share one figure, one colour per run (e.g. two training recipes).
+
+    Args:
+        log_jsonl: One ``log.jsonl`` or several.
+        out_png: Where to write the figure.
+        labels: One name per log (default: each log's directory name).
 
     Raises:
-        FileNotFoundError: If ``log_jsonl`` does not exist.
-        ValueError: If it holds no training records or a line is not JSON.
+        FileNotFoundError: If a log does not exist.
+        ValueError: If a log holds no training records or a line is not JSON, or the labels
+            do not match the logs.
     """
+    logs = [Path(log_jsonl)] if isinstance(log_jsonl, (str, os.PathLike)) else [
+        Path(p) for p in log_jsonl]
+    names = list(labels) if labels is not None else [p.parent.name or str(p) for p in logs]
+    if len(names) != len(logs):
+        raise ValueError(f"{len(names)} labels for {len(logs)} logs")
     figure_class = _figure_class()
-    records = _read_log(Path(log_jsonl))
-    train = [(r["step"], r["loss"]) for r in records if "loss" in r]
-    val = [(r["step"], r["val_nll"]) for r in records if "val_nll" in r]
-    if not train:
-        raise ValueError(f"{log_jsonl}: no training records (lines with 'step' and 'loss')")
     fig = figure_class(figsize=(7, 4.5), layout="constrained")
     ax = fig.subplots()
-    ax.plot(*zip(*train, strict=True), label="train loss (NLL, mean since last record)")
-    if val:
-        ax.plot(*zip(*val, strict=True), "o-", label="validation NLL")
+    for n, (log, name) in enumerate(zip(logs, names, strict=True)):
+        records = _read_log(log)
+        train = [(r["step"], r["loss"]) for r in records if "loss" in r]
+        val = [(r["step"], r["val_nll"]) for r in records if "val_nll" in r]
+        if not train:
+            raise ValueError(f"{log}: no training records (lines with 'step' and 'loss')")
+        colour = f"C{n}"
+        ax.plot(*zip(*train, strict=True), color=colour, alpha=0.35 if val else 1.0,
+                label="train loss (NLL, mean since last record)" if len(logs) == 1
+                else f"{name}: train loss")
+        if val:
+            ax.plot(*zip(*val, strict=True), "o-", color=colour,
+                    label="validation NLL" if len(logs) == 1 else f"{name}: validation NLL")
     ax.set_xlabel("step")
     ax.set_ylabel("NLL")
-    ax.set_title("learning curve")
+    ax.set_title("learning curve" if len(logs) == 1 else "learning curves")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize="small")
     return _save(fig, out_png)
 
 
