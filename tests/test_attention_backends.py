@@ -141,6 +141,18 @@ def test_compiled_tisa_profile_matches_reference(backend, monkeypatch):
     assert compiled.tisa.compiled is not None and not compiled.tisa.failed
 
 
+def test_compiled_profiles_stay_eager_under_a_dispatch_mode(monkeypatch):
+    """The FLOP counter (a dispatch mode) must not reach the compiled function: dynamo would
+    recompile for the mode and later calls outside it lost the fused kernel."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    monkeypatch.setenv("BSATNP_COMPILE", "1")
+    assert compiled.tisa.wants(1)
+    with FlopCounterMode(display=False):
+        assert not compiled.tisa.wants(1)
+    assert compiled.tisa.wants(1)
+
+
 def test_a_failing_compiler_falls_back_to_eager_with_one_warning(monkeypatch):
     profile = compiled._Compiled(compiled.tisa_profile)
     monkeypatch.setenv("BSATNP_COMPILE", "1")

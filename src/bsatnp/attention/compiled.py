@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor
+from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
 MIN_ELEMENTS = 1 << 16
 """Smallest tile (``B·H·tq·tk`` scores) worth a compiled profile."""
@@ -68,8 +69,15 @@ class _Compiled:
         return value if value in ("0", "1") else "auto"
 
     def wants(self, numel: int) -> bool:
+        """Whether a tile of ``numel`` scores takes the compiled path now.
+
+        Not inside another compilation, and not under a dispatch mode (e.g. the FLOP
+        counter): a compiled function called under one is recompiled for it, and the eager
+        graph it then caches made every later call several times slower.
+        """
         mode = self.mode()
-        if self.failed or mode == "0" or torch.compiler.is_compiling():
+        if (self.failed or mode == "0" or torch.compiler.is_compiling()
+                or is_in_torch_dispatch_mode()):
             return False
         return mode == "1" or numel >= MIN_ELEMENTS
 
