@@ -243,3 +243,24 @@ def test_conditioned_chunks_equal_one_pass(backend):
     torch.testing.assert_close(torch.cat(stds, 1), whole.stddev, rtol=0, atol=1e-6)
     with pytest.raises(ValueError, match="t_test is required"):
         conditioned.predictive({"s_test": batch.s_test, "x_test": batch.x_test})
+
+
+def test_inference_precision_is_scoped_and_checked():
+    """The reduced-precision context restores the matmul setting (even after an error), is
+    float32 on the CPU, and names the valid modes."""
+    from bsatnp.precision import inference_precision
+
+    model = BSATNP(dim=16, num_blocks=1, qkv_dim=16, ffn_dim=32).eval()
+    batch = random_batch(2, 7, 5, seed=3)
+    before = torch.get_float32_matmul_precision()
+    with torch.no_grad():
+        reference = model(batch).mean
+        for mode in ("fp32", "tf32", "bf16"):
+            with inference_precision(mode):
+                assert torch.equal(model(batch).mean, reference)  # CPU: float32 throughout
+            assert torch.get_float32_matmul_precision() == before
+    with pytest.raises(RuntimeError), inference_precision("tf32"):
+        raise RuntimeError("inside")
+    assert torch.get_float32_matmul_precision() == before
+    with pytest.raises(ValueError, match="fp32"), inference_precision("fp16"):
+        pass
