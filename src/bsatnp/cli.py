@@ -213,9 +213,13 @@ def _models(args: argparse.Namespace) -> None:
         steps = (card.get("training") or {}).get("steps_run")
         if steps is not None:
             facts.append(f"{steps:,} steps")
-        gap = (((card.get("metrics") or {}).get("in_domain") or {}).get("gap") or {}).get("nll")
+        in_domain = (card.get("metrics") or {}).get("in_domain") or {}
+        gap = (in_domain.get("gap") or {}).get("nll")
+        nll = (in_domain.get("model") or {}).get("nll")
         if isinstance(gap, dict) and "mean" in gap:
             facts.append(f"in-domain NLL gap to the oracle {gap['mean']:.3f} ± {gap['se']:.3f}")
+        elif isinstance(nll, dict) and "mean" in nll:  # tasks without an exact oracle
+            facts.append(f"in-domain NLL {nll['mean']:.3f} ± {nll['se']:.3f}")
         print(f"{name:<12} {'; '.join(facts)}" + (f" — {card['summary']}" if card.get("summary")
                                                   else ""))
 
