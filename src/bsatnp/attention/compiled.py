@@ -3,9 +3,9 @@
 The ``tisa`` profile ``Σ_f a·exp(−b·(d−c)²)`` is elementwise work: in eager PyTorch it
 costs about six passes over a ``[B, H, tq, tk]`` tile per basis function, and as many again
 (plus reductions) for its parameters' gradients. ``torch.compile`` fuses the forward into
-one loop and the backward into one reduction: on one CPU thread a 8×8×1024×512 tile with
-F = 5 takes 0.64 s forward + backward compiled against 7.4–8.6 s eager
-(``benchmarks/bias_kernels.py``).
+one loop and the backward into one reduction: on one CPU thread an 8×8×1024×512 tile with
+F = 5 takes 1.9 s forward + backward compiled against 19.3 s eager, median of three on a
+shared machine (``python benchmarks/bias_kernels.py``; benchmarks/results/bias_kernels.json).
 
 Compiling costs tens of seconds once per process (and per dtype and grad mode), so only
 tiles of at least :data:`MIN_ELEMENTS` scores are compiled. ``BSATNP_COMPILE=0`` never
