@@ -17,13 +17,13 @@ Usage (after the comparison has trained the models):
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+from common import run_meta, write_json
 
 from bsatnp import Predictor
 from bsatnp.baselines import calibrated_local_averages
@@ -121,12 +121,9 @@ def main() -> None:
         cells = [f"{row[k]['mean']:.1f} ± {row[k]['se']:.1f}"
                  for k in ("rmse_pm25", "rmse_pm10", "mae_pm25", "mae_pm10")]
         print(f"| {name} | {' | '.join(cells)} |")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({
-        "meta": {"command": " ".join(["python", *sys.argv]), "batches": args.batches,
-                 "max_api_vs_direct_ugm3": check, "target_lo": lo.tolist(),
-                 "target_hi": hi.tolist()}, "models": rows}, indent=2) + "\n",
-        encoding="utf-8")
+    write_json(args.out, {
+        "meta": run_meta(batches=args.batches, max_api_vs_direct_ugm3=check,
+                         target_lo=lo.tolist(), target_hi=hi.tolist()), "models": rows})
     print(f"\nwrote {args.out}")
 
 

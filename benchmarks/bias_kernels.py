@@ -15,24 +15,15 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
+from common import run_meta, timed, write_json
 
 from bsatnp.attention import compiled
 from bsatnp.attention.exp_basis import exp_basis
-
-
-def _timed(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -83,7 +74,7 @@ def main() -> None:
     times: dict[tuple[str, str, str], list[float]] = {key: [] for key in cases}
     for _ in range(args.rounds):  # alternate, so machine noise hits every case alike
         for key, fn in cases.items():
-            times[key].append(_timed(fn))
+            times[key].append(timed(fn))
     rows = [{"family": f, "path": p, "pass": w, "seconds": statistics.median(t), "times": t}
             for (f, p, w), t in times.items()]
     eager = {r["pass"]: r["seconds"] for r in rows if r["path"] == "eager"}
@@ -95,13 +86,10 @@ def main() -> None:
     for r in rows:
         ratio = f"{eager[r['pass']] / r['seconds']:.1f}" if r["family"] == "tisa" else "–"
         print(f"| {r['family']} | {r['path']} | {r['pass']} | {r['seconds']:.3f} | {ratio} |")
-    record = {"command": " ".join(["python", *sys.argv]), "torch": torch.__version__,
-              "machine": platform.machine(), "threads": args.threads, "tile": args.tile,
+    record = {**run_meta(args.threads), "tile": args.tile,
               "basis": args.basis, "compile_seconds": compile_s,
               "max_abs_error_vs_float64": diff.max().item(), "rows": rows}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    out = write_json(args.out, record)
     print(f"wrote {out}")
 
 

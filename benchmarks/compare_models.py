@@ -34,9 +34,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import json
 import math
-import platform
 import statistics
 import sys
 import tempfile
@@ -46,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from common import run_meta, write_json
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
@@ -437,13 +436,11 @@ def main() -> None:
                           progress=False,
                           cache_dir=None if args.runs is None else Path(args.runs) / "scores")
     results = {
-        "meta": {"command": " ".join(["python", *sys.argv]), "torch": torch.__version__,
-                 "machine": platform.machine(), "threads": args.threads,
-                 "device": (torch.cuda.get_device_name(args.device)
-                            if torch.device(args.device).type == "cuda" else "cpu"),
-                 "task": args.task, "steps": 0 if args.costs_only else args.steps,
-                 "quick": args.quick,
-                 "reference_gflops": REFERENCE_GFLOPS},
+        "meta": run_meta(args.threads,
+                         device=(torch.cuda.get_device_name(args.device)
+                                 if torch.device(args.device).type == "cuda" else "cpu"),
+                         task=args.task, steps=0 if args.costs_only else args.steps,
+                         quick=args.quick, reference_gflops=REFERENCE_GFLOPS),
         "models": {
             name: {"family": family_name(m.config) if name in models else "training-free",
                    "parameters": sum(p.numel() for p in m.parameters())}
@@ -454,9 +451,8 @@ def main() -> None:
     }
     print(tables(results))
     suffix = "" if args.task == "gp2d" else f"_{args.task}"
-    out = Path(args.out or f"benchmarks/results/compare_models{suffix}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2, default=str) + "\n", encoding="utf-8")
+    out = write_json(args.out or f"benchmarks/results/compare_models{suffix}.json", results,
+                     default=str)
     print(f"wrote {out}")
 
 

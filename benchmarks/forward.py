@@ -27,8 +27,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -37,6 +35,7 @@ import time
 from pathlib import Path
 
 import torch
+from common import peak_rss_mb, run_meta, write_json
 
 import bsatnp.attention.tiled as tiled
 from bsatnp import Batch
@@ -69,11 +68,6 @@ def gp_like_batch(B: int, n_ctx: int, n_test: int, min_valid: int | None, seed: 
         s_test=4 * torch.rand(B, n_test, 2, generator=g) - 2,
         f_test=torch.randn(B, n_test, 1, generator=g),
     )
-
-
-def peak_rss_mb() -> float:
-    """Peak resident set size of this process in MiB."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def case_batch(case: str) -> Batch:
@@ -397,17 +391,16 @@ def main() -> None:
         report = side_by_side(args, cases, args.backends.split(","))
         print()
         print(comparison_table(report["comparison"]))
-        meta = {"torch": torch.__version__, "machine": platform.machine(),
-                "processor": platform.processor(), "threads": args.threads,
-                "rounds": args.rounds, "repeats": args.repeats,
-                "cpus": sorted(os.sched_getaffinity(0))[:args.threads],
-                "thread_limit": "each subprocess confined to the first --threads allowed CPUs "
-                "(sched_setaffinity); ours also torch.set_num_threads, XLA sizes its CPU "
-                "thread pools from the affinity mask",
-                "reference": {"python": args.reference_python, **versions,
-                              "xla_flags": os.environ.get("XLA_FLAGS", "")},
-                "command": " ".join(["python", *sys.argv])}
-        write_json(args.out, {"meta": meta, **report})
+        meta = run_meta(
+            args.threads, rounds=args.rounds, repeats=args.repeats,
+            cpus=sorted(os.sched_getaffinity(0))[:args.threads],
+            thread_limit="each subprocess confined to the first --threads allowed CPUs "
+            "(sched_setaffinity); ours also torch.set_num_threads, XLA sizes its CPU "
+            "thread pools from the affinity mask",
+            reference={"python": args.reference_python, **versions,
+                       "xla_flags": os.environ.get("XLA_FLAGS", "")})
+        out = write_json(args.out, {"meta": meta, **report})
+        print(f"\nwrote {out}")
         return
     results = []
     for case in cases:
@@ -421,16 +414,7 @@ def main() -> None:
             print(table([result]).splitlines()[-1], flush=True)
     print()
     print(table(results))
-    meta = {"torch": torch.__version__, "machine": platform.machine(),
-            "processor": platform.processor(), "threads": args.threads,
-            "command": " ".join(["python", *sys.argv])}
-    write_json(args.out, {"meta": meta, "results": results})
-
-
-def write_json(path: str, content: dict) -> None:
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(content, indent=2))
+    out = write_json(args.out, {"meta": run_meta(args.threads), "results": results})
     print(f"\nwrote {out}")
 
 

@@ -27,10 +27,10 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
+from common import run_meta, write_json
 
 from bsatnp import Batch
 from bsatnp.attention.biases import AttentionBias, BiasSpec
@@ -82,7 +82,7 @@ def attention_case(shape: tuple[int, ...], backend: str, device: str, seed: int)
 
 def model_case(device: str) -> dict:
     """Whole-model errors: auto backend on ``device`` (float32) vs float64 on the CPU."""
-    batch = GP2DTask(batch_size=4).sample(torch.Generator().manual_seed(0))[0]
+    batch = GP2DTask(batch_size=4).sample(torch.Generator().manual_seed(0))
     torch.manual_seed(0)
     ref_model = BSATNP(backend="dense").double()
     model = BSATNP(backend="auto").to(device)
@@ -123,7 +123,7 @@ def train_step_time(backend: str, device: str, repeats: int) -> float:
     """Median training-step seconds at B=8, 512 slots (128–511 valid), 1024 test points."""
     model = BSATNP(backend=backend).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    batch = GP2DTask().sample(torch.Generator().manual_seed(1))[0].to(device)
+    batch = GP2DTask().sample(torch.Generator().manual_seed(1)).to(device)
 
     def step() -> None:
         loss = masked_nll(model(batch), batch.f_test, batch.test_mask())
@@ -170,11 +170,11 @@ def main() -> None:
     dev = args.device
     backends = ["flex", "tiled", "dense"] if dev.startswith("cuda") else ["tiled", "dense"]
     report: dict = {"device": torch.cuda.get_device_name() if dev.startswith("cuda") else dev,
-                    "torch": torch.__version__, "attention": [], "timing": {}}
+                    **run_meta(), "attention": [], "timing": {}}
 
     def log(entry: object) -> None:
         print(json.dumps(entry), flush=True)
-        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")  # partial results too
+        write_json(args.out, report)  # partial results too
 
     for i, shape in enumerate(SHAPES):
         for backend in backends:

@@ -10,11 +10,11 @@ Prints mean ± standard error over batches of every metric and writes them as JS
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import torch
+from common import run_meta, write_json
 
 from bsatnp.experiment import load_experiment
 from bsatnp.metrics import gaussian_metrics, summarize
@@ -48,7 +48,6 @@ def main() -> None:
         print(f"{key:<8} {mean:>9.4f} {stderr:>8.4f}")
     print(f"time {elapsed:.1f} s ({torch.get_num_threads()} threads)")
 
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     record = {
         "domain": args.domain,
         "n_batches": args.n_batches,
@@ -56,10 +55,9 @@ def main() -> None:
         "task": {k: str(v) for k, v in vars(task).items()},
         "metrics": {k: {"mean": m, "stderr": s} for k, (m, s) in summary.items()},
         "seconds": elapsed,
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
+        **run_meta(),
     }
-    args.out.write_text(json.dumps(record, indent=2) + "\n")
+    write_json(args.out, record)
     print(f"wrote {args.out}")
 
 

@@ -17,15 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import resource
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
+from common import peak_rss_mb, run_meta, write_json
 
 
 def one_run(args: argparse.Namespace) -> dict[str, float]:
@@ -45,7 +43,7 @@ def one_run(args: argparse.Namespace) -> dict[str, float]:
                  else Predictor(BSATNP().eval()))
     side = args.side
     targets = grid(lon=(-5.0, 5.0, side), lat=(45.0, 55.0, side))
-    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss0 = peak_rss_mb()
     start = time.perf_counter()
     conditioned = predictor.condition(obs, values="t2m", space=("lon", "lat"), crs="lonlat",
                                       units="degC")
@@ -56,7 +54,7 @@ def one_run(args: argparse.Namespace) -> dict[str, float]:
     return {"observations": n, "targets": side * side, "chunk_size": args.chunk_size,
             "condition_s": encoded - start, "predict_s": done - encoded,
             "wall_s": done - start, "rss_before_mib": rss0,
-            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "peak_rss_mib": peak_rss_mb(),
             "mean_degC": float(out["mean"].mean())}
 
 
@@ -88,11 +86,7 @@ def main() -> None:
         print(f"| {row['observations']:,} | {row['targets']:,} | {row['condition_s']:.1f} | "
               f"{row['predict_s']:.1f} | {row['wall_s']:.1f} | {row['peak_rss_mib']:.0f} |",
               flush=True)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({
-        "meta": {"command": " ".join(["python", *sys.argv]), "torch": torch.__version__,
-                 "machine": platform.machine(), "threads": args.threads},
-        "runs": rows}, indent=2) + "\n", encoding="utf-8")
+    write_json(args.out, {"meta": run_meta(args.threads), "runs": rows})
     print(f"wrote {args.out}")
 
 

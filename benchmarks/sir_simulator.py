@@ -12,13 +12,11 @@ warm-up call, and reports the median of ``--rounds`` timed calls.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
 import time
-from pathlib import Path
 
 import torch
+from common import run_meta, write_json
 
 from bsatnp.tasks.sir import SIRSimulator
 
@@ -52,11 +50,8 @@ def main() -> None:
     for r in rows:
         print(f"| {r['side']}² | {r['frames']} | {r['batch']} | {r['seconds']:.3f} | "
               f"{r['simulations_per_s']:.2f} | {r['cell_steps_per_s']:.3g} |")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"meta": {"torch": torch.__version__, "threads": args.threads,
-                                        "machine": platform.machine(),
-                                        "rounds": args.rounds}, "rows": rows}, indent=2) + "\n")
+    out = write_json(args.out, {"meta": run_meta(args.threads, rounds=args.rounds),
+                                "rows": rows})
     print(f"wrote {out}")
 
 

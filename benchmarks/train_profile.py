@@ -16,15 +16,11 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
-import sys
-import time
 from collections import defaultdict
-from pathlib import Path
 
 import torch
+from common import run_meta, timed, write_json
 from torch.profiler import profile
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -61,14 +57,8 @@ def sgemm_gflops(n: int = 2048, repeats: int = 3) -> float:
     """Measured float32 ``torch.mm`` throughput at n×n×n, GFLOP/s (best of ``repeats``)."""
     a, b = torch.randn(n, n), torch.randn(n, n)
     torch.mm(a, b)
-    best = min(_timed(lambda: torch.mm(a, b)) for _ in range(repeats))
+    best = min(timed(lambda: torch.mm(a, b)) for _ in range(repeats))
     return 2 * n**3 / best / 1e9
-
-
-def _timed(fn: object) -> float:
-    start = time.perf_counter()
-    fn()  # type: ignore[operator]
-    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -97,7 +87,7 @@ def main() -> None:
     with counter:
         step()
     gflop = counter.get_total_flops() / 1e9
-    times = [_timed(step) for _ in range(args.repeats)]
+    times = [timed(step) for _ in range(args.repeats)]
     with profile() as prof:
         step()
     by_group: dict[str, float] = defaultdict(float)
@@ -114,8 +104,7 @@ def main() -> None:
     print("|---|---|---|")
     for group, value in sorted(by_group.items(), key=lambda kv: -kv[1]):
         print(f"| {group} | {value:.3f} | {value / profiled:.0%} |")
-    record = {"command": " ".join(["python", *sys.argv]), "torch": torch.__version__,
-              "machine": platform.machine(), "threads": args.threads, "task": args.task,
+    record = {**run_meta(args.threads), "task": args.task,
               "step_s": seconds, "times": times, "matmul_gflop": gflop,
               "sgemm_gflops": peak, "floor_s": floor, "profiled_s": profiled,
               "groups": dict(by_group),
@@ -123,9 +112,7 @@ def main() -> None:
                            "calls": r.count}
                           for r in sorted(prof.key_averages(),
                                           key=lambda r: -r.self_cpu_time_total)[:15]]}
-    out = Path(args.out or f"benchmarks/results/train_profile_{args.task}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    out = write_json(args.out or f"benchmarks/results/train_profile_{args.task}.json", record)
     print(f"wrote {out}")
 
 

@@ -1,0 +1,60 @@
+"""Helpers shared by the benchmark scripts: timing, run metadata, peak RSS and JSON output.
+
+The scripts run as ``python benchmarks/NAME.py``, so ``benchmarks/`` is on ``sys.path`` and
+they import this module as ``common``. (``reference_runner.py`` runs in a foreign
+environment without torch and keeps its own copies.)
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import resource
+import sys
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def timed(fn: Callable[[], object]) -> float:
+    """Wall-clock seconds of one call of ``fn`` (``time.perf_counter``)."""
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def run_meta(threads: int | None = None, **extra: Any) -> dict[str, Any]:
+    """Metadata of this run: command line, versions, machine, threads, UTC date, ``extra``.
+
+    ``threads`` defaults to ``torch.get_num_threads()``; ``extra`` entries are added last
+    (and may override the standard ones).
+    """
+    return {
+        "command": " ".join(["python", *sys.argv]),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "processor": platform.processor(),
+        "threads": torch.get_num_threads() if threads is None else threads,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **extra,
+    }
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process in MiB (``ru_maxrss`` is KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def write_json(path: str | Path, record: Any,
+               default: Callable[[Any], Any] | None = None) -> Path:
+    """Write ``record`` as indented UTF-8 JSON with a trailing newline, creating parent
+    folders; ``default`` as in ``json.dumps``. Returns the path; prints nothing."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=2, default=default) + "\n", encoding="utf-8")
+    return out
