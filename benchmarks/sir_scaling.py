@@ -10,8 +10,13 @@ the CPU, allocated memory on CUDA) and writes JSON.
 
 Usage (one call on a GPU machine; ~minutes):
     python benchmarks/sir_scaling.py --device cuda --checkpoint runs/sir/last.safetensors
-CPU, growing test sets (memory should stay flat), one process each:
-    python benchmarks/sir_scaling.py --test-cells 65536 --rounds 1 --checkpoint ...
+CPU (hours): one cold round in resumable pieces, with the time and peak RSS after 65,536,
+262,144 and 1,048,576 test cells from the same run (memory should stay flat):
+    python benchmarks/sir_scaling.py --work runs/sir_scaling --checkpoint ...
+With ``--work DIR`` the batch, each decoded chunk's class probabilities and a log of the
+encode and of every chunk (seconds, peak RSS) are kept in DIR; the same command continues an
+interrupted run (the context is encoded again, and that encode is logged too). The test
+cells are a random permutation of the lattice, so each prefix is a random subset.
 Without ``--checkpoint`` the paper's SIR model is built untrained (the timing does not depend
 on the weights; the accuracy then means nothing and is not printed).
 """
@@ -25,13 +30,18 @@ import resource
 import statistics
 import sys
 import time
+from dataclasses import fields
 from pathlib import Path
 
+import numpy as np
 import torch
+from common import run_meta, write_json
+from safetensors.torch import load_file, save_file
 
 from bsatnp.batch import Batch
 from bsatnp.experiment import load_experiment
 from bsatnp.io.checkpoint import load_model
+from bsatnp.io.files import complete_lines
 from bsatnp.metrics import categorical_metrics
 from bsatnp.precision import PRECISIONS, inference_precision
 from bsatnp.tasks.sir import SIRSimulator, SIRTask
@@ -44,7 +54,7 @@ def scaling_batch(task: SIRTask, sim: SIRSimulator, n_ctx: int, n_test: int,
     time_index = int(torch.randint(0, sim.n_frames, (1,), generator=generator))
     s, f = task.cells_and_classes(frames[0, time_index][None])
     order = torch.randperm(s.shape[1], generator=generator)
-    ctx, test = order[:n_ctx], order[:n_test] if n_test < s.shape[1] else torch.arange(s.shape[1])
+    ctx, test = order[:n_ctx], order[:n_test]
     return Batch(s_ctx=s[:, ctx], f_ctx=f[:, ctx], s_test=s[:, test], f_test=f[:, test])
 
 
@@ -90,6 +100,82 @@ def run_rounds(model: torch.nn.Module, task: SIRTask, sim: SIRSimulator,
     return times, parts, scores, probs
 
 
+MILESTONES = (65_536, 262_144, 1_048_576)
+"""Test-set sizes reported from one ``--work`` run."""
+
+
+def run_in_pieces(model: torch.nn.Module, task: SIRTask, sim: SIRSimulator,
+                  args: argparse.Namespace, n_test: int, device: torch.device) -> dict:
+    """One cold round kept in ``args.work``: continues where an earlier process stopped.
+
+    Returns:
+        The record: simulate and encode seconds, per-milestone decode seconds and peak RSS
+        (each a running maximum over the processes that ran so far), and the categorical
+        metrics over all test cells.
+    """
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    batch_file, log_file = work / "batch.safetensors", work / "log.jsonl"
+    identity = {"side": args.side, "frames": args.frames, "n_ctx": args.n_ctx,
+                "n_test": n_test, "chunk": args.chunk, "checkpoint": args.checkpoint}
+    rows = [json.loads(line) for line in complete_lines(log_file).splitlines()]
+    if rows and rows[0] != {"identity": identity}:
+        raise SystemExit(f"{log_file} belongs to another run ({rows[0]}); choose another --work")
+    if not rows:
+        append_row(log_file, {"identity": identity})
+    start = time.perf_counter()
+    if batch_file.exists():
+        batch = Batch(**load_file(str(batch_file)))
+    else:
+        batch = scaling_batch(task, sim, args.n_ctx, n_test, torch.Generator().manual_seed(0))
+        save_file({f.name: getattr(batch, f.name).contiguous() for f in fields(batch)
+                   if getattr(batch, f.name) is not None}, str(batch_file))
+        append_row(log_file, {"simulate_s": time.perf_counter() - start})
+    batch = batch.to(device)
+    start = time.perf_counter()
+    conditioned = model.condition(batch)
+    append_row(log_file, {"encode_s": time.perf_counter() - start,
+                          "peak_rss_gib": peak_memory_gib(device)})
+    done = {row["stop"] for row in rows if "stop" in row}
+    for i in range(0, n_test, args.chunk):
+        stop = min(i + args.chunk, n_test)
+        if stop in done and (work / f"probs_{i}.npy").exists():
+            continue
+        start = time.perf_counter()
+        probs = conditioned.predictive({"s_test": batch.s_test[:, i:stop]}).probs.cpu()
+        seconds = time.perf_counter() - start
+        np.save(work / f"probs_{i}.npy", probs.numpy())
+        append_row(log_file, {"start": i, "stop": stop, "seconds": seconds,
+                              "peak_rss_gib": peak_memory_gib(device)})
+        print(f"cells {stop:,}/{n_test:,}: chunk {seconds:.0f} s", flush=True)
+    rows = [json.loads(line) for line in complete_lines(log_file).splitlines()][1:]
+    chunks = sorted({r["start"]: r for r in rows if "stop" in r}.values(),  # last per chunk
+                    key=lambda r: r["stop"])
+    probs = torch.cat([torch.from_numpy(np.load(work / f"probs_{r['start']}.npy"))
+                       for r in chunks], dim=1)
+    encodes = [r for r in rows if "encode_s" in r]
+    simulate = next((r["simulate_s"] for r in rows if "simulate_s" in r), None)
+    milestones = []
+    for size in sorted({m for m in MILESTONES if m < n_test} | {n_test}):
+        upto = [r for r in chunks if r["stop"] <= size]
+        decode = sum(r["seconds"] for r in upto)
+        milestones.append({
+            "test_cells": size, "decode_s": decode,
+            "wall_s": (simulate or 0.0) + encodes[0]["encode_s"] + decode,
+            "peak_rss_gib": max([encodes[0]["peak_rss_gib"], *(r["peak_rss_gib"] for r in upto)]),
+        })
+    return {"simulate_s": simulate, "encode_s": [r["encode_s"] for r in encodes],
+            "processes": len(encodes), "milestones": milestones,
+            "metrics": categorical_metrics(probs, batch.f_test.cpu(), batch.test_mask().cpu())}
+
+
+def append_row(path: Path, row: dict) -> None:
+    """Append one JSON line and flush it."""
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(row) + "\n")
+        handle.flush()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", help="a trained SIR model (default: untrained)")
@@ -105,6 +191,8 @@ def main() -> None:
     parser.add_argument("--precision", default="fp32",
                         help="comma-separated: fp32, tf32, bf16 (CUDA; the same batches for "
                              "each, errors reported against the first)")
+    parser.add_argument("--work", help="one cold round in resumable pieces kept in this "
+                        "directory (CPU runs of hours; see the module docstring)")
     parser.add_argument("--out", default="benchmarks/results/sir_scaling.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -119,6 +207,14 @@ def main() -> None:
         torch.manual_seed(0)
         model = load_experiment("sir").build_model().to(device).eval()
     n_test = args.test_cells or args.side**2
+    if args.work:
+        record = {**run_meta(args.threads, device=str(device)), "side": args.side,
+                  "frames": args.frames, "n_ctx": args.n_ctx, "n_test": n_test,
+                  "chunk": args.chunk, "trained": bool(args.checkpoint),
+                  **run_in_pieces(model, task, sim, args, n_test, device)}
+        print(json.dumps(record, indent=1))
+        write_json(args.out, record)
+        return
     precisions = args.precision.split(",")
     if unknown := sorted(set(precisions) - set(PRECISIONS)):
         parser.error(f"--precision: unknown {unknown}; choose from {PRECISIONS}")
