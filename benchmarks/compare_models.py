@@ -16,7 +16,9 @@ hits them alike; GFLOPs per training step (forward + backward) are counted by
 A full comparison takes about a CPU-day on 2 cores, so it can be done in pieces: with
 ``--runs DIR`` each variant trains in ``DIR/<name>`` and a rerun resumes it (exactly) from its
 last checkpoint, ``--minutes`` bounds the training time of one invocation, and the test scores
-of every batch are kept in ``DIR/scores`` so that an interrupted evaluation continues too. The
+of every batch are kept in ``DIR/scores`` (``<domain>/<model>.jsonl``, one file per model and
+the oracle) so that an interrupted evaluation continues too, and a rerun with more
+``--models`` scores only the added ones. The
 tables are written once every variant has reached ``--steps``.
 
 Usage:

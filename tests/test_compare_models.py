@@ -58,7 +58,8 @@ def test_compare_models_continues_in_pieces(tmp_path):
     assert "Not yet at 4 steps: bsatnp, tnpd" in proc.stdout and not out.exists()
     assert compare().returncode == 0
     first = json.loads(out.read_text())
-    assert (runs / "scores" / "in_domain.jsonl").exists()
+    assert all((runs / "scores" / "in_domain" / f"{name}.jsonl").exists()
+               for name in ("bsatnp", "tnpd", "idw", "oracle"))
     again = compare()  # every run is finished and every batch scored: both are reused
     assert again.returncode == 0 and "bsatnp: step 4 of 4 (0 steps" in again.stdout
     assert json.loads(out.read_text())["eval"]["domains"] == {

@@ -59,14 +59,71 @@ def test_rerun_scores_only_missing_batches_and_matches_an_uncached_run(tmp_path)
     assert summaries(second) == summaries(fresh)
     fewer = run(model, tmp_path, n=2)
     assert model.calls == 10 and summaries(fewer) == summaries(run(CountingModel(), None, n=2))
-    lines = (tmp_path / "in_domain.jsonl").read_text().splitlines()
-    assert len(lines) == 1 + 5 and "header" in json.loads(lines[0])
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.jsonl")) == [
+        "in_domain/model.jsonl", "in_domain/oracle.jsonl", "scaled/model.jsonl",
+        "scaled/oracle.jsonl"]
+    for name in ("model", "oracle"):
+        lines = (tmp_path / "in_domain" / f"{name}.jsonl").read_text().splitlines()
+        assert len(lines) == 1 + 5 and "header" in json.loads(lines[0])
+        assert all(list(json.loads(line)["scores"]) == [name] for line in lines[1:])
+
+
+def test_a_model_set_reuses_the_scores_of_another_and_of_each_model(tmp_path):
+    a = CountingModel()
+    first = run({"a": a}, tmp_path)
+    assert a.calls == 6
+    a_again, b = CountingModel(), CountingModel(nudge=0.5)
+    both = run({"a": a_again, "b": b}, tmp_path)
+    assert a_again.calls == 0 and b.calls == 6  # a and the oracle from the cache, b once each
+    assert both["domains"]["in_domain"]["cached_batches"] == 0  # b had to be scored
+    assert summaries(both) == summaries(run({"a": CountingModel(), "b": CountingModel(nudge=0.5)},
+                                            None))
+    assert both["domains"]["in_domain"]["a"] == first["domains"]["in_domain"]["a"]
+    only_b = run({"b": b}, tmp_path)  # every score is cached now: nothing is drawn or scored
+    assert b.calls == 6 and only_b["domains"]["scaled"]["cached_batches"] == 3
+    assert summaries(only_b) == summaries(run({"b": CountingModel(nudge=0.5)}, None))
+
+
+def test_the_oracle_is_kept_apart_from_the_models(tmp_path):
+    model = CountingModel()
+    without = run(model, tmp_path, with_oracle=False)
+    assert not any(tmp_path.rglob("oracle.jsonl"))
+    assert summaries(without) == summaries(run(CountingModel(), None, with_oracle=False))
+    with_oracle = run(model, tmp_path)  # the model's scores are reused, the oracle added
+    assert model.calls == 6 and with_oracle["domains"]["in_domain"]["cached_batches"] == 0
+    assert summaries(with_oracle) == summaries(run(CountingModel(), None))
+    again = run(model, tmp_path, with_oracle=False)
+    assert model.calls == 6 and again["domains"]["in_domain"]["cached_batches"] == 3
+    assert summaries(again) == summaries(without)
+
+
+@pytest.mark.parametrize("name", ["a/b", "..", "", " a", "a.", "a\\b", "Oracle", "x:y"])
+def test_a_name_that_is_not_a_safe_file_name_is_refused_before_anything_is_scored(
+        tmp_path, name):
+    model = CountingModel()
+    with pytest.raises(ValueError, match="file names|differ only in case"):
+        run({"ok": CountingModel(), name: model}, tmp_path)
+    assert model.calls == 0 and not any(tmp_path.iterdir())
+
+
+def test_names_differing_only_in_case_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="differ only in case"):
+        run({"a": CountingModel(), "A": CountingModel()}, tmp_path)
+    assert not any(tmp_path.iterdir())
+
+
+def test_names_of_the_comparison_are_usable_file_names(tmp_path):
+    names = ("bsatnp F=3", "bsatnp embed+bias", "sa-tnp", "bsatnp init=spread", "m.v2")
+    results = run({name: CountingModel() for name in names}, tmp_path, n=1,
+                  domains=("in_domain",))
+    assert all(name in results["domains"]["in_domain"] for name in names)
+    assert all((tmp_path / "in_domain" / f"{name}.jsonl").exists() for name in names)
 
 
 def test_a_torn_last_line_is_dropped_and_rescored(tmp_path):
     model = CountingModel()
     run(model, tmp_path, n=3, domains=("in_domain",))
-    path = tmp_path / "in_domain.jsonl"
+    path = tmp_path / "in_domain" / "model.jsonl"
     text = path.read_text()
     path.write_text(text[: text.rfind("\n", 0, len(text) - 1) + 1] + '{"index": 2, "sco')
     again = run(model, tmp_path, n=3, domains=("in_domain",))
@@ -75,11 +132,14 @@ def test_a_torn_last_line_is_dropped_and_rescored(tmp_path):
     assert len(path.read_text().splitlines()) == 1 + 3
 
 
-@pytest.mark.parametrize("change", ["weights", "seed", "oracle", "task"])
+@pytest.mark.parametrize("change", ["weights", "seed", "task", "renamed"])
 def test_cache_of_another_evaluation_is_refused_and_kept(tmp_path, change):
     run(CountingModel(), tmp_path, n=2, domains=("in_domain",))
-    before = (tmp_path / "in_domain.jsonl").read_text()
-    model, kwargs = CountingModel(), {}
+    if change == "renamed":  # another model's file under this name
+        (tmp_path / "in_domain" / "model.jsonl").rename(tmp_path / "in_domain" / "other.jsonl")
+    files = sorted((tmp_path / "in_domain").iterdir())
+    before = [path.read_text() for path in files]
+    model = CountingModel()
     if change == "weights":
         model = CountingModel(nudge=1e-6)
     with pytest.raises(ValueError, match="another evaluation"):
@@ -90,14 +150,18 @@ def test_cache_of_another_evaluation_is_refused_and_kept(tmp_path, change):
             evaluate(model, ("in_domain",), 2, seed=5, progress=False,
                      task=GP2DTask(batch_size=2, n_ctx=16, n_test=20, min_ctx=4, max_ctx=15),
                      cache_dir=tmp_path)
+        elif change == "renamed":
+            run({"other": model}, tmp_path, n=2, domains=("in_domain",))
         else:
-            kwargs = {"with_oracle": False} if change == "oracle" else {}
-            run(model, tmp_path, n=2, domains=("in_domain",), **kwargs)
-    assert (tmp_path / "in_domain.jsonl").read_text() == before
+            run(model, tmp_path, n=2, domains=("in_domain",))
+    assert model.calls == 0
+    assert sorted((tmp_path / "in_domain").iterdir()) == files
+    assert [path.read_text() for path in files] == before
 
 
 def test_a_foreign_file_is_refused(tmp_path):
-    (tmp_path / "in_domain.jsonl").write_text("not json\n")
+    (tmp_path / "in_domain").mkdir()
+    (tmp_path / "in_domain" / "model.jsonl").write_text("not json\n")
     with pytest.raises(ValueError, match="not a bsatnp score cache"):
         run(CountingModel(), tmp_path, n=1, domains=("in_domain",))
 

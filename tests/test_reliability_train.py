@@ -368,7 +368,7 @@ def _drop_scores(row):
 
 
 def _no_model(row):
-    return {**row, "scores": {"oracle": row["scores"]["oracle"]}}
+    return {**row, "scores": {"oracle": row["scores"]["model"]}}
 
 
 def _missing_metric(row):
@@ -381,7 +381,7 @@ def _string_index(row):
 
 @pytest.mark.parametrize(("damage", "message"), [
     (_drop_scores, r"expected the keys \['index', 'scores'\], got \['index'\]"),
-    (_no_model, r"'scores' must hold \['model', 'oracle'\], got \['oracle'\]"),
+    (_no_model, r"'scores' must hold \['model'\], got \['oracle'\]"),
     (_missing_metric, r"scores of 'model' have the metrics \['nll'\], earlier rows"),
     (_string_index, "'index' must be a non-negative integer"),
     (None, "not JSON"),
@@ -389,12 +389,12 @@ def _string_index(row):
 def test_a_damaged_cache_row_names_the_file_and_line(tmp_path, damage, message):
     evaluate(CountingModel(), ("in_domain",), 3, seed=5, progress=False, task=TASK,
              cache_dir=tmp_path)
-    path = tmp_path / "in_domain.jsonl"
+    path = tmp_path / "in_domain" / "model.jsonl"
     lines = path.read_text().splitlines()
     lines[2] = "{oops" if damage is None else json.dumps(damage(json.loads(lines[2])))
     path.write_text("\n".join(lines) + "\n")
-    with pytest.raises(ValueError, match=rf"in_domain.jsonl, line 3: damaged score cache row "
-                                         rf"\({message}"):
+    with pytest.raises(ValueError, match=rf"in_domain[/\\\\]model\.jsonl, line 3: damaged score "
+                                         rf"cache row \({message}"):
         evaluate(CountingModel(), ("in_domain",), 3, seed=5, progress=False, task=TASK,
                  cache_dir=tmp_path)
 

@@ -408,8 +408,9 @@ def _parser() -> argparse.ArgumentParser:
     cmd.add_argument("--no-oracle", action="store_true", help="skip the exact GP oracle")
     cmd.add_argument("--out", help="directory for eval.json/eval.md (default: the checkpoint's)")
     cmd.add_argument("--cache", metavar="DIR",
-                     help="append each batch's scores to DIR/<domain>.jsonl as it finishes; "
-                          "rerunning the same evaluation skips the batches already there")
+                     help="append each batch's scores to DIR/<domain>/<name>.jsonl (one file "
+                          "per model, and oracle.jsonl) as it finishes; a rerun scores only "
+                          "the batches and models missing there")
     cmd.set_defaults(command=_evaluate)
 
     schema = argparse.ArgumentParser(add_help=False)

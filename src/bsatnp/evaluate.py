@@ -13,9 +13,12 @@ batch and then averaged, so its standard error is that of the paired difference.
 domain costs each model, with a paired standard error.
 
 Long evaluations can be interrupted: with ``cache_dir``, each batch's scores are appended
-to ``<cache_dir>/<domain>.jsonl`` as soon as they are computed, and a rerun of the same
-evaluation (same models, task, seed and oracle setting) scores only the batches missing
-from the file.
+as soon as they are computed, one file per domain and scorer: ``<cache_dir>/<domain>/<name>.jsonl``
+for each model and ``<cache_dir>/<domain>/oracle.jsonl`` for the oracle. A file depends only
+on its scorer (the model's class and weights, or the oracle), the task and the seed, so a
+rerun scores only what is missing: the batches an interrupted run did not reach, a model
+added to the set, or the oracle of a run without it. Evaluations of different model sets
+share one cache directory.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -44,6 +48,9 @@ TABLE_METRICS = ("nll", "rmse", "mae", "cov50", "cov90", "cov95", "crps")
 """Columns of the markdown table of Gaussian tasks (the JSON holds every metric)."""
 CATEGORICAL_TABLE_METRICS = ("nll", "acc", "brier", "ece")
 """Columns of the markdown table of categorical tasks."""
+_FILE_NAME = re.compile(r"[A-Za-z0-9_+=-]([A-Za-z0-9 _.+=-]*[A-Za-z0-9_+=-])?")
+"""Model names usable as cache file names: letters, digits, ``_ + = -``, and inner spaces
+and dots (the comparison's names are e.g. ``bsatnp F=3`` and ``bsatnp embed+bias``)."""
 
 
 def model_metrics(model: nn.Module, batch: Batch, likelihood: str = "gaussian"
@@ -88,26 +95,42 @@ def evaluate(
             without an oracle score the models only).
         progress: Show a tqdm bar per domain.
         task: In-domain task (default: the paper's 2D GP).
-        cache_dir: Directory of per-batch scores (``<domain>.jsonl``): batches already
-            there are not scored again, new ones are appended as they finish.
+        cache_dir: Directory of per-batch scores, one file per domain and scorer
+            (``<domain>/<name>.jsonl`` per model, ``<domain>/oracle.jsonl``). A file holds
+            the scores of one model (its class and weights) or of the oracle on the task's
+            batches of ``seed``; a batch is drawn and scored only for the models (and
+            oracle) whose files miss it, and new scores are appended as they finish. So
+            a rerun continues an interrupted one, and evaluations of different model sets
+            reuse each other's scores of the models they share.
 
     Returns:
         ``{"seed": seed, "task": name, "domains": {name: entry}}`` where each entry holds
         ``n_batches``, the task's description of the domain (:meth:`Task.describe`: sizes,
-        box, ...), ``seconds`` (of this call), ``cached_batches`` (read from ``cache_dir``)
-        and one summary
+        box, ...), ``seconds`` (of this call), ``cached_batches`` (batches whose every score was
+        read from ``cache_dir``, nothing computed) and one summary
         ``{metric: {"mean", "se"}}`` per scored method: ``model`` (or each name of the
         mapping), plus ``oracle`` and the paired gaps with the oracle, ``gap`` (or
         ``gap/<name>``).
 
     Raises:
         ValueError: On an unknown domain, a missing count or a count below 1, a model
-            named ``oracle``, or a cache file written by a different evaluation.
+            named ``oracle``, a model name that is not a safe file name (letters, digits,
+            ``_ + = -``, inner spaces and dots; checked with or without ``cache_dir``), two
+            names differing only in case, or a cache file written for another scorer, task
+            or seed (or damaged; the file is left as it is).
     """
     models = dict(model) if isinstance(model, Mapping) else {"model": model}
     if "oracle" in models or any(name.startswith(("gap", "vs_in_domain")) for name in models):
         raise ValueError("model names may not be 'oracle' or start with 'gap' or "
                          f"'vs_in_domain': {list(models)}")
+    unsafe = [name for name in models if not _FILE_NAME.fullmatch(name)]
+    if unsafe:
+        raise ValueError(f"model names must be usable as file names (letters, digits, "
+                         f"'_+=-', and spaces and dots inside): {unsafe}")
+    folded = [name.casefold() for name in [*models, "oracle"]]
+    if len(set(folded)) != len(folded):
+        raise ValueError("model names may not differ only in case (from each other or from "
+                         f"'oracle'): they name files: {list(models)}")
     task = task or GP2DTask()
     with_oracle = with_oracle and task.has_oracle
     domains = task.domains if domains is None else tuple(domains)
@@ -119,12 +142,15 @@ def evaluate(
     try:
         scored, in_rows = {}, None
         for domain in sorted(domains, key=lambda d: d != IN_DOMAIN):  # in-domain first
-            cache = None
+            caches = None
             if cache_dir is not None:
-                cache = _ScoreCache(Path(cache_dir) / f"{domain}.jsonl",
-                                    _cache_header(models, tasks[domain], seed, with_oracle))
+                scorers = [*models, *(["oracle"] if with_oracle else [])]
+                caches = {name: _ScoreCache(
+                    Path(cache_dir) / domain / f"{name}.jsonl",
+                    _cache_header(name, models.get(name), tasks[domain], seed))
+                    for name in scorers}
             scored[domain], rows = _evaluate_domain(models, tasks[domain], counts[domain], seed,
-                                                    with_oracle, progress, domain, cache,
+                                                    with_oracle, progress, domain, caches,
                                                     in_rows)
             if domain == IN_DOMAIN:
                 in_rows = rows
@@ -175,27 +201,39 @@ def write_results(results: Mapping[str, Any], out_dir: str | os.PathLike[str]) -
 
 
 def _evaluate_domain(models: Mapping[str, nn.Module], task: Task, count: int, seed: int,
-                     with_oracle: bool, progress: bool, domain: str, cache: _ScoreCache | None,
+                     with_oracle: bool, progress: bool, domain: str,
+                     caches: Mapping[str, _ScoreCache] | None,
                      in_rows: list[dict[str, dict[str, float]]] | None,
                      ) -> tuple[dict[str, Any], list[dict[str, dict[str, float]]]]:
     """One entry of :func:`evaluate`'s ``domains`` and its per-batch scores.
 
-    With ``in_rows`` (the in-domain scores of the same batch indices) the entry also holds
-    each model's paired difference to in-domain, over the indices both have.
+    ``caches`` holds one file per scorer (each model, and ``oracle`` with the oracle); a
+    batch is drawn and scored only for the scorers whose file misses it. With ``in_rows``
+    (the in-domain scores of the same batch indices) the entry also holds each model's
+    paired difference to in-domain, over the indices both have.
     """
     tqdm = tqdm_class()
     start = time.perf_counter()
-    done = cache.load() if cache is not None else {}
-    cached = sum(index < count for index in done)
+    names = [*models, "oracle"] if with_oracle else list(models)
+    done: dict[str, dict[int, dict[str, float]]] = {name: {} for name in names}
+    if caches is not None:  # every file is checked before anything is scored
+        done = {name: {index: row[name] for index, row in caches[name].load().items()}
+                for name in names}
+    cached = 0
     rows: list[dict[str, dict[str, float]]] = []
     for index in tqdm(range(count), desc=domain, disable=not progress):
-        if index not in done:
-            done[index] = _score_batch(models, task, batch_generator(seed, index), with_oracle)
-            if cache is not None:
-                cache.append(index, done[index])
-        rows.append(done[index])
+        missing = [name for name in names if index not in done[name]]
+        if missing:
+            scores = _score_batch({name: models[name] for name in missing if name != "oracle"},
+                                  task, batch_generator(seed, index), "oracle" in missing)
+            for name in missing:
+                done[name][index] = scores[name]
+                if caches is not None:
+                    caches[name].append(index, {name: scores[name]})
+        else:
+            cached += 1
+        rows.append({name: done[name][index] for name in names})
     gap_name = {name: "gap" if list(models) == ["model"] else f"gap/{name}" for name in models}
-    names = [*models, "oracle"] if with_oracle else list(models)
     parts = {name: [row[name] for row in rows] for name in names}
     if with_oracle:
         parts |= {gap_name[name]: [_difference(row[name], row["oracle"]) for row in rows]
@@ -216,7 +254,11 @@ def _evaluate_domain(models: Mapping[str, nn.Module], task: Task, count: int, se
 
 def _score_batch(models: Mapping[str, nn.Module], task: Task, generator: torch.Generator,
                  with_oracle: bool) -> dict[str, dict[str, float]]:
-    """Metrics of every model (and the oracle) on the batch drawn from ``generator``."""
+    """Metrics of every model (and the oracle) on the batch drawn from ``generator``.
+
+    The batch is drawn with its oracle only when the oracle is scored; both ways draw the
+    same batch (the contract of :meth:`~bsatnp.tasks.Task.sample_with_oracle`).
+    """
     scores = {}
     if with_oracle:
         batch, oracle = task.sample_with_oracle(generator, "test")
@@ -233,11 +275,15 @@ def _difference(a: Mapping[str, float], b: Mapping[str, float]) -> dict[str, flo
     return {key: value - b[key] for key, value in a.items()}
 
 
-def _cache_header(models: Mapping[str, nn.Module], task: Task, seed: int,
-                  with_oracle: bool) -> dict[str, Any]:
-    """What a cached score depends on: the task, the seed, the oracle flag, every model."""
-    return {"task": repr(task), "seed": seed, "with_oracle": with_oracle,
-            "models": {name: _fingerprint(model) for name, model in models.items()}}
+def _cache_header(name: str, model: nn.Module | None, task: Task, seed: int
+                  ) -> dict[str, Any]:
+    """What the cached scores of one scorer depend on: the task, the seed, the scorer.
+
+    A model is identified by its name and fingerprint, the oracle (``model`` ``None``) by
+    its name alone: it is the task's own.
+    """
+    scorer = {"oracle": True} if model is None else {"model": _fingerprint(model)}
+    return {"task": repr(task), "seed": seed, "name": name, **scorer}
 
 
 def _fingerprint(model: nn.Module) -> str:
@@ -252,15 +298,17 @@ def _fingerprint(model: nn.Module) -> str:
 
 
 class _ScoreCache:
-    """Append-only JSON-lines file of per-batch scores behind a header line.
+    """Append-only JSON-lines file of one scorer's per-batch scores behind a header line.
 
     One process per file: :meth:`load` trims a torn last line, which would cut a line that
-    another process is writing. Different domains use different files, so one process per
-    domain may share a cache directory.
+    another process is writing. Each domain and scorer (model or oracle) has its own file,
+    so processes may share a cache directory as long as no two write the same file at once:
+    e.g. one process per domain, or per model with only one of them scoring the oracle.
 
     Args:
         path: The ``.jsonl`` file (created with its directory on the first append).
-        header: Identity of the evaluation; a file with another header is refused.
+        header: Identity of the scorer's evaluation (:func:`_cache_header`, whose ``name``
+            is the one key of every row's ``scores``); a file with another header is refused.
     """
 
     def __init__(self, path: Path, header: dict[str, Any]) -> None:
@@ -271,11 +319,11 @@ class _ScoreCache:
         """Scores by batch index; a partly written last line (an interrupted run) is dropped.
 
         Every other line must be a complete row: ``{"index": i, "scores": {name: metrics}}``
-        with one metrics mapping (metric name → number) per scored name of the header (the
-        models, and ``oracle`` with the oracle), each with the same metric names on every
-        row. A damaged row is an error naming the file and line, not a row to rescore: only
-        the torn last line is something this class itself can leave behind, so anything
-        else means the file was edited or corrupted and its other rows are suspect too.
+        with one metrics mapping (metric name → number) under the header's ``name``, with
+        the same metric names on every row. A damaged row is an error naming the file and
+        line, not a row to rescore: only the torn last line is something this class itself
+        can leave behind, so anything else means the file was edited or corrupted and its
+        other rows are suspect too.
 
         Raises:
             ValueError: If the file belongs to another evaluation, is not a score file, or
@@ -293,10 +341,10 @@ class _ScoreCache:
                 raise ValueError(f"{self.path} is not a bsatnp score cache: line 1 is not its "
                                  "header")
             raise ValueError(
-                f"{self.path} holds scores of another evaluation (models, task, seed or "
-                "oracle setting differ); delete it or choose another cache directory"
+                f"{self.path} holds scores of another evaluation (model, weights, task "
+                "or seed differ); delete it or choose another cache directory"
             )
-        names = [*self.header["models"], *(["oracle"] if self.header["with_oracle"] else [])]
+        names = [self.header["name"]]
         metrics: dict[str, set[str]] = {}
         scores = {}
         for number, line in enumerate(lines[1:], start=2):
