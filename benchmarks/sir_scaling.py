@@ -179,7 +179,8 @@ def run_in_pieces(model: torch.nn.Module, task: SIRTask, sim: SIRSimulator,
             "peak_rss_gib": max([encodes[0]["peak_rss_gib"], *(r["peak_rss_gib"] for r in upto)]),
         })
     return {"simulate_s": simulate, "encode_s": [r["encode_s"] for r in encodes],
-            "processes": sum("encode_s" in r or "encoded_loaded" in r for r in rows), "milestones": milestones,
+            "processes": sum("encode_s" in r or "encoded_loaded" in r for r in rows),
+            "milestones": milestones,
             "metrics": categorical_metrics(probs, batch.f_test.cpu(), batch.test_mask().cpu())}
 
 
