@@ -7,9 +7,17 @@ timed alternately for the eager and the inductor-compiled path (``bsatnp.attenti
 the medians. The RBF family is listed for comparison: it runs through ``exp_basis`` (one
 exponential per distinct rate) and is not compiled.
 
+With ``--checkpoint``, the TISA parameters are those of a trained model's first TISA bias
+and the distances span ``[0, --max-dist]`` (the SIR scaling run's lattice reaches 90): far
+pairs under a sharp profile underflow, and the row "compiled, no underflow guard" (plain
+``a·exp(−b(d−c)²)``, whose subnormal results take x86's slow path) shows what
+``numerics.exp_floored`` saves.
+
 Usage:
     python benchmarks/bias_kernels.py                        # 8×8×1024×512 tile, F = 5
     python benchmarks/bias_kernels.py --tile 1 4 4096 4096 --threads 2
+    python benchmarks/bias_kernels.py --checkpoint runs/sir/bsatnp/last.safetensors \
+        --tile 1 4 1024 4096 --max-dist 90 --out benchmarks/results/bias_kernels_sir.json
 """
 
 from __future__ import annotations
@@ -23,7 +31,24 @@ import torch
 from common import run_meta, timed, write_json
 
 from bsatnp.attention import compiled
+from bsatnp.attention.biases import DistanceBias
 from bsatnp.attention.exp_basis import exp_basis
+from bsatnp.io.checkpoint import load_model
+
+
+def unguarded_profile(dist: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
+                      c: torch.Tensor) -> torch.Tensor:
+    """The TISA profile without the underflow guard (for comparison only)."""
+    return sum(a[..., f] * torch.exp(-b[..., f] * (dist - c[..., f]).square())
+               for f in range(a.shape[-1]))
+
+
+def trained_tisa_params(checkpoint: str) -> list[torch.Tensor]:
+    """``a, b, c`` ``[1, H, 1, 1, F]`` of the first TISA bias of a trained model."""
+    model = load_model(checkpoint, torch.device("cpu"))
+    bias = next(m for m in model.modules()
+                if isinstance(m, DistanceBias) and m.spec.family == "tisa")
+    return [p.detach().view(1, bias.num_heads, 1, 1, -1).clone() for p in bias.params()]
 
 
 def main() -> None:
@@ -31,6 +56,8 @@ def main() -> None:
     parser.add_argument("--tile", type=int, nargs=4, default=[8, 8, 1024, 512],
                         metavar=("B", "H", "TQ", "TK"))
     parser.add_argument("--basis", type=int, default=5, help="basis functions F")
+    parser.add_argument("--checkpoint", help="take the TISA parameters of this trained model")
+    parser.add_argument("--max-dist", type=float, default=2.0, help="distances in [0, this]")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default="benchmarks/results/bias_kernels.json")
@@ -38,8 +65,17 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     B, H, tq, tk = args.tile
     g = torch.Generator().manual_seed(0)
-    dist = 2 * torch.rand(B, 1, tq, tk, generator=g)
-    params = [torch.rand(1, H, 1, 1, args.basis, generator=g).requires_grad_() for _ in "abc"]
+    dist = args.max_dist * torch.rand(B, 1, tq, tk, generator=g)
+    if args.checkpoint:
+        params = [p.requires_grad_() for p in trained_tisa_params(args.checkpoint)]
+        if params[0].shape[1] != H:
+            parser.error(f"--tile: the checkpoint's bias has {params[0].shape[1]} heads")
+        args.basis = params[0].shape[-1]
+    else:
+        params = [torch.rand(1, H, 1, 1, args.basis, generator=g).requires_grad_()
+                  for _ in "abc"]
+    exponent = -params[1].detach() * (dist[..., None] - params[2].detach()).square()
+    subnormal_share = ((exponent > -104) & (exponent < -87)).double().mean().item()
     grad_out = torch.randn(B, H, tq, tk, generator=g)
     a2, b2 = (p.detach().view(H, -1).clone().requires_grad_() for p in params[:2])
 
@@ -49,6 +85,9 @@ def main() -> None:
     with torch.no_grad():
         tisa_compiled(dist, *params)
     compile_s = time.perf_counter() - start
+    unguarded = torch.compile(unguarded_profile, dynamic=True)
+    with torch.no_grad():
+        unguarded(dist, *params)
 
     def train(profile: Callable[..., torch.Tensor]) -> Callable[[], object]:
         return lambda: torch.autograd.grad(profile(dist, *params), params, grad_out)
@@ -65,6 +104,7 @@ def main() -> None:
         ("tisa", "compiled", "forward+backward"): train(tisa_compiled),
         ("tisa", "eager", "forward"): infer(compiled.tisa_profile),
         ("tisa", "compiled", "forward"): infer(tisa_compiled),
+        ("tisa", "compiled, no underflow guard", "forward"): infer(unguarded),
         ("rbf", "exp_basis", "forward+backward"):
             lambda: torch.autograd.grad(exp_basis(rbf_input, a2, b2), (a2, b2), grad_out),
     }
@@ -80,14 +120,15 @@ def main() -> None:
     eager = {r["pass"]: r["seconds"] for r in rows if r["path"] == "eager"}
     print(f"tile B={B} H={H} tq={tq} tk={tk}, F={args.basis}, {args.threads} thread(s); "
           f"compiling took {compile_s:.1f} s; compiled − float64 max |Δ| "
-          f"{diff.max().item():.1e}")
+          f"{diff.max().item():.1e}; exponents in the subnormal band: {subnormal_share:.1%}")
     print("| family | path | pass | median s | eager / this |")
     print("|---|---|---|---|---|")
     for r in rows:
         ratio = f"{eager[r['pass']] / r['seconds']:.1f}" if r["family"] == "tisa" else "–"
         print(f"| {r['family']} | {r['path']} | {r['pass']} | {r['seconds']:.3f} | {ratio} |")
     record = {**run_meta(args.threads), "tile": args.tile,
-              "basis": args.basis, "compile_seconds": compile_s,
+              "basis": args.basis, "checkpoint": args.checkpoint, "max_dist": args.max_dist,
+              "subnormal_exponent_share": subnormal_share, "compile_seconds": compile_s,
               "max_abs_error_vs_float64": diff.max().item(), "rows": rows}
     out = write_json(args.out, record)
     print(f"wrote {out}")
