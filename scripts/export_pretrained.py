@@ -42,7 +42,7 @@ def main() -> None:
     print(markdown_table(results))
     metrics = {
         domain: {key: value for key, value in entry.items()
-                 if key in ("model", "oracle", "gap", "n_batches")}
+                 if key in ("model", "oracle", "gap", "vs_in_domain", "n_batches")}
         for domain, entry in results["domains"].items()}
     described = task.describe()
     card = {
