@@ -96,8 +96,8 @@ def test_evaluate_cache_continues_an_interrupted_evaluation(run, tmp_path, capsy
     assert evaluate_cached(1)["cached_batches"] == 0
     entry = evaluate_cached(2)
     assert entry["cached_batches"] == 1 and entry["n_batches"] == 2
-    assert len((tmp_path / "rows" / "in_domain.jsonl").read_text().splitlines()) == 3
-    (tmp_path / "rows" / "in_domain.jsonl").write_text("garbage\n")
+    assert len((tmp_path / "rows" / "in_domain" / "model.jsonl").read_text().splitlines()) == 3
+    (tmp_path / "rows" / "in_domain" / "model.jsonl").write_text("garbage\n")
     assert cli.main(["evaluate", "--checkpoint", str(run / "last.safetensors"), "--out",
                      str(tmp_path), "--n-batches", "1", "--domains", "in_domain", "--cache",
                      str(tmp_path / "rows"), "--quiet"]) == 2
