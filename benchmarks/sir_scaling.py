@@ -129,8 +129,10 @@ def run_in_pieces(model: torch.nn.Module, task: SIRTask, sim: SIRSimulator,
         batch = Batch(**load_file(str(batch_file)))
     else:
         batch = scaling_batch(task, sim, args.n_ctx, n_test, torch.Generator().manual_seed(0))
+        partial = batch_file.with_suffix(".partial")  # renamed once complete
         save_file({f.name: getattr(batch, f.name).contiguous() for f in fields(batch)
-                   if getattr(batch, f.name) is not None}, str(batch_file))
+                   if getattr(batch, f.name) is not None}, str(partial))
+        partial.replace(batch_file)
         append_row(log_file, {"simulate_s": time.perf_counter() - start})
     batch = batch.to(device)
     encoded_file = work / "encoded.safetensors"
@@ -148,8 +150,10 @@ def run_in_pieces(model: torch.nn.Module, task: SIRTask, sim: SIRSimulator,
         append_row(log_file, {"encode_s": time.perf_counter() - start,
                               "peak_rss_gib": peak_memory_gib(device)})
         if isinstance(conditioned.encoded, list):  # BSA-TNP: context tokens per block
+            partial = encoded_file.with_suffix(".partial")  # renamed once complete
             save_file({f"block_{i}": state.contiguous()
-                       for i, state in enumerate(conditioned.encoded)}, str(encoded_file))
+                       for i, state in enumerate(conditioned.encoded)}, str(partial))
+            partial.replace(encoded_file)
     done = {row["stop"] for row in rows if "stop" in row}
     for i in range(0, n_test, args.chunk):
         stop = min(i + args.chunk, n_test)
