@@ -36,12 +36,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from common import run_meta, write_json
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from bsatnp.batch import Batch
 from bsatnp.experiment import load_experiment
 from bsatnp.io.checkpoint import load_model
-from bsatnp.io.files import complete_lines
+from bsatnp.io.files import complete_lines, write_atomic
 from bsatnp.metrics import categorical_metrics
 from bsatnp.models.base import ConditionedModel, model_dtype
 from bsatnp.precision import PRECISIONS, inference_precision
@@ -129,10 +129,9 @@ def run_in_pieces(model: torch.nn.Module, task: SIRTask, sim: SIRSimulator,
         batch = Batch(**load_file(str(batch_file)))
     else:
         batch = scaling_batch(task, sim, args.n_ctx, n_test, torch.Generator().manual_seed(0))
-        partial = batch_file.with_suffix(".partial")  # renamed once complete
-        save_file({f.name: getattr(batch, f.name).contiguous() for f in fields(batch)
-                   if getattr(batch, f.name) is not None}, str(partial))
-        partial.replace(batch_file)
+        tensors = {f.name: getattr(batch, f.name) for f in fields(batch)}
+        write_atomic(batch_file, save({name: t.contiguous() for name, t in tensors.items()
+                                       if t is not None}))
         append_row(log_file, {"simulate_s": time.perf_counter() - start})
     batch = batch.to(device)
     encoded_file = work / "encoded.safetensors"
@@ -150,10 +149,8 @@ def run_in_pieces(model: torch.nn.Module, task: SIRTask, sim: SIRSimulator,
         append_row(log_file, {"encode_s": time.perf_counter() - start,
                               "peak_rss_gib": peak_memory_gib(device)})
         if isinstance(conditioned.encoded, list):  # BSA-TNP: context tokens per block
-            partial = encoded_file.with_suffix(".partial")  # renamed once complete
-            save_file({f"block_{i}": state.contiguous()
-                       for i, state in enumerate(conditioned.encoded)}, str(partial))
-            partial.replace(encoded_file)
+            write_atomic(encoded_file, save({f"block_{i}": state.contiguous()
+                                             for i, state in enumerate(conditioned.encoded)}))
     done = {row["stop"] for row in rows if "stop" in row}
     for i in range(0, n_test, args.chunk):
         stop = min(i + args.chunk, n_test)
