@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import statistics
 import sys
 import time
@@ -35,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import run_meta, write_json
+from common import peak_rss_mb, run_meta, write_json
 from safetensors.torch import load_file, save
 
 from bsatnp.batch import Batch
@@ -63,7 +62,7 @@ def peak_memory_gib(device: torch.device) -> float:
     """Peak allocated CUDA memory, or the process's peak RSS on the CPU, in GiB."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+    return peak_rss_mb() / 1024
 
 
 def run_rounds(model: torch.nn.Module, task: SIRTask, sim: SIRSimulator,
