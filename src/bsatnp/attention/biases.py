@@ -26,7 +26,12 @@ from torch import Tensor, nn
 
 from bsatnp.attention import compiled
 from bsatnp.attention.compiled import tisa_term
-from bsatnp.attention.distances import DISTANCES, Components, pairwise_components
+from bsatnp.attention.distances import (
+    BOX_DISTANCES,
+    DISTANCES,
+    Components,
+    pairwise_components,
+)
 from bsatnp.attention.exp_basis import exp_basis
 
 BIAS_FAMILIES = ("rbf", "exponential", "tisa", "scalar")
@@ -132,6 +137,31 @@ class DistanceBias(nn.Module):
             return tisa_term(dist, a, b, c)
         return a * torch.exp(-b * dist)  # rbf (dist is d²) and exponential (dist is d)
 
+    def reach(self) -> float | None:
+        """A distance beyond which this bias is exactly 0 for every head, or ``None``.
+
+        Each basis term underflows to exactly 0 far enough out: ``tisa`` through
+        :func:`exp_floored` (exponent below −80), ``rbf`` and ``exponential`` through
+        :func:`exp_` (exponent at most −87). The reach keeps a margin of one unit in the
+        exponent (81 and 88), far above float32 round-off in the distances. Terms with
+        ``a = 0`` never contribute; a term with ``b ≤ 0`` or the ``scalar`` family has no
+        reach (``None``). In the units of ``spec.distance``, unsquared.
+        """
+        a, b, c = (None if p is None else p.detach().double() for p in self.params())
+        active = a != 0
+        if not bool(active.any()):
+            return 0.0
+        if b is None or not bool((b[active] > 0).all()):
+            return None
+        rate = b[active]
+        family = self.spec.family
+        if family == "rbf":  # b·d² ≥ 88
+            return float((88.0 / rate).sqrt().max())
+        if family == "exponential":  # b·d ≥ 88
+            return float((88.0 / rate).max())
+        assert c is not None  # tisa: b·(d − c)² ≥ 81 on the far side of c
+        return max(0.0, float((c[active] + (81.0 / rate).sqrt()).max()))
+
     def params(self) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """``(a, b, c)``, each ``[H, F]`` or ``None`` where the family has no such parameter."""
         return self.a, getattr(self, "b", None), getattr(self, "c", None)
@@ -173,6 +203,20 @@ class AttentionBias(nn.Module):
     def roles(self) -> tuple[str, ...]:
         """Roles whose coordinates this bias reads."""
         return tuple(t.spec.role for t in self.terms)
+
+    def reaches(self) -> dict[str, tuple[str, float]] | None:
+        """``{role: (distance name, reach)}`` beyond which every term is exactly 0.
+
+        ``None`` when some term never vanishes (see :meth:`DistanceBias.reach`) or measures
+        a distance without a box bound (:data:`BOX_DISTANCES`).
+        """
+        out = {}
+        for term in self.terms:
+            reach = term.reach()
+            if reach is None or term.spec.distance not in BOX_DISTANCES:
+                return None
+            out[term.spec.role] = (term.spec.distance, reach)
+        return out
 
     def forward(self, coords_q: Mapping[str, Tensor], coords_k: Mapping[str, Tensor]) -> Tensor:
         """Bias ``[B, H, Lq, Lk]`` from per-role coordinates ``{role: [B, L, D]}``."""

@@ -68,6 +68,25 @@ DISTANCES: dict[str, tuple[DistanceFn, bool]] = {
 """Distance name → (function, whether the function returns the *squared* distance)."""
 
 
+def euclidean_gap(gaps: Tensor) -> Tensor:
+    """Euclidean length of per-axis gaps ``[..., D]`` → ``[...]``."""
+    return gaps.square().sum(-1).sqrt()
+
+
+def abs_gap(gaps: Tensor) -> Tensor:
+    """Sum of per-axis gaps ``[..., D]`` → ``[...]`` (the :func:`abs_diff` distance)."""
+    return gaps.sum(-1)
+
+
+BOX_DISTANCES: dict[str, Callable[[Tensor], Tensor]] = {
+    "euclidean": euclidean_gap,
+    "abs": abs_gap,
+}
+"""Distance name → the (unsquared) distance across per-axis gaps between two boxes: a lower
+bound of the distance between any point of one box and any point of the other. Distances
+without an entry (great circles) have no box bound, and their tiles are never skipped."""
+
+
 def pairwise_components(
     coords_q: Tensor, coords_k: Tensor
 ) -> tuple[list[Tensor], list[Tensor]]:

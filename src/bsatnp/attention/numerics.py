@@ -31,12 +31,16 @@ def exp_(x: Tensor) -> Tensor:
 def exp_floored(x: Tensor) -> Tensor:
     """``exp(x)``, exactly 0 where ``x < EXP_CUTOFF``: no result is subnormal.
 
+    ``exp`` never sees an argument below the cutoff either: x86's vectorised ``exp`` takes a
+    slow path for arguments far below its range even where the result is a plain 0 (4–6 ns
+    against 1.2 ns per element compiled, one thread), so the argument is clamped first.
+
     Out of place and differentiable (one fused loop under ``torch.compile``), for terms that
     are multiplied further: the results are at least ``e^−80 ≈ 1.8e−35``, so products with
     factors above ~1e−3 stay normal too. The dropped values (and their gradients) are below
     1.8e−35.
     """
-    return torch.where(x < EXP_CUTOFF, 0.0, x.exp())
+    return torch.where(x < EXP_CUTOFF, 0.0, x.clamp_min(EXP_CUTOFF).exp())
 
 
 def builds_graph(*tensors: Tensor, bias: nn.Module | None = None) -> bool:

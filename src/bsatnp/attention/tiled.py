@@ -23,6 +23,7 @@ autograd would use at that size (``benchmarks/forward.py``).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -30,6 +31,7 @@ import torch
 from torch import Tensor
 
 from bsatnp.attention.biases import AttentionBias, slice_coords
+from bsatnp.attention.locality import FarTiles, gather_rows, morton_order
 from bsatnp.attention.numerics import builds_graph, exp_
 
 TILE_K_TRAIN = 1024
@@ -38,6 +40,9 @@ TILE_K_INFERENCE = 4096
 """Default keys per tile without gradients (one fused softmax for up to 4096 keys)."""
 TILE_ELEMENTS = 1 << 22
 """Default size of one score tile, ``B·H·tile_q·tile_k`` elements (16 MiB in float32)."""
+FAR_TILE = 512
+"""Default queries and keys per tile when far tiles are skipped: small square tiles cover
+small boxes (``benchmarks/far_tiles.py``)."""
 KEEP_ELEMENTS = 3 << 25
 """Most floats the training forward of one attention call may keep for the backward: the
 probabilities (one per score) plus the bias graph's basis (two per score and distinct rate
@@ -54,6 +59,7 @@ class _Plan(NamedTuple):
     key_tiles: list[tuple[int, Tensor | None]]  # (start, additive mask [B, 1, 1, tk] or None)
     has_key: Tensor | None  # [B] tasks with at least one valid key; None: all have
     keep_tiles: bool  # training forward keeps its tiles for the backward
+    far: FarTiles | None = None  # tiles beyond the bias's reach (points in curve order)
 
     @property
     def single_key_tile(self) -> bool:
@@ -111,7 +117,7 @@ def _tile_scores(
 ) -> tuple[Tensor, Tensor | None]:
     """Scores of query tile ``i`` × key tile ``j`` and the bias tensor (with its graph)."""
     bias_t = None
-    if bias is not None:
+    if bias is not None and not (plan.far is not None and plan.far.far(i, j)):
         bias_t = bias(
             slice_coords(coords_q, i, i + plan.tile_q), slice_coords(coords_k, j, j + plan.tile_k)
         )
@@ -320,10 +326,43 @@ def _attend(
     plan = _plan(q, k.shape[2], key_mask, tile_q, tile_k, training, keep_tiles)
     coords_q = {r: c.detach() for r, c in coords_q.items()}
     coords_k = {r: c.detach() for r, c in coords_k.items()}
+    reaches = _far_reaches(bias, plan)
+    order_q = None
+    if reaches is not None:
+        order_q = morton_order(torch.cat([coords_q[r] for r in reaches], dim=-1))
+        order_k = morton_order(torch.cat([coords_k[r] for r in reaches], dim=-1))
+        q, k, v = gather_rows(q, order_q, 2), gather_rows(k, order_k, 2), gather_rows(v, order_k, 2)
+        coords_q = {r: gather_rows(c, order_q, 1) for r, c in coords_q.items()}
+        coords_k = {r: gather_rows(c, order_k, 1) for r, c in coords_k.items()}
+        if key_mask is not None:
+            key_mask = gather_rows(key_mask, order_k, 1)
+        plan = _plan(q, k.shape[2], key_mask, tile_q or FAR_TILE, tile_k or FAR_TILE,
+                     training, keep_tiles)
+        plan = plan._replace(
+            far=FarTiles(reaches, coords_q, coords_k, plan.tile_q, plan.tile_k)
+        )
     if not training:
         with torch.no_grad():
-            return tiled_forward(q, k, v, bias, coords_q, coords_k, scale, plan)[0]
-    return _TiledBiasedAttention.apply(q, k, v, bias, coords_q, coords_k, scale, plan, *params)
+            out = tiled_forward(q, k, v, bias, coords_q, coords_k, scale, plan)[0]
+    else:
+        out = _TiledBiasedAttention.apply(
+            q, k, v, bias, coords_q, coords_k, scale, plan, *params
+        )
+    return out if order_q is None else gather_rows(out, order_q.argsort(dim=1), 2)
+
+
+def _far_reaches(
+    bias: AttentionBias | None, plan: _Plan
+) -> dict[str, tuple[str, float]] | None:
+    """The bias's reaches when tiles beyond them are worth finding, else ``None``.
+
+    Worth it with several key tiles and a bias that vanishes far out (see
+    :mod:`bsatnp.attention.locality`); ``BSATNP_FAR_TILES=0`` turns it off.
+    """
+    if (bias is None or plan.single_key_tile or plan.keep_tiles
+            or os.environ.get("BSATNP_FAR_TILES", "1") == "0"):
+        return None
+    return bias.reaches()
 
 
 def _per_task(
