@@ -82,18 +82,12 @@ class FarTiles:
             for role, (distance, reach) in reaches.items()
         ]
         self._row: tuple[int, list[bool]] = (-1, [])
-        self.skipped = 0
 
     def far(self, i: int, j: int) -> bool:
-        """Whether the bias is 0 between the query tile and key tile starting at ``i``, ``j``.
-
-        In every task of the batch; counted in :attr:`skipped` when it is.
-        """
+        """Whether the bias is 0 in every task between the tiles starting at ``i``, ``j``."""
         if self._row[0] != i:
             self._row = (i, self._far_row(i // self.tile_q))
-        far = self._row[1][j // self.tile_k]
-        self.skipped += far
-        return far
+        return self._row[1][j // self.tile_k]
 
     def _far_row(self, row: int) -> list[bool]:
         """For query tile ``row``, one flag per key tile."""
