@@ -42,7 +42,8 @@ TILE_ELEMENTS = 1 << 22
 """Default size of one score tile, ``B·H·tile_q·tile_k`` elements (16 MiB in float32)."""
 FAR_TILE = 512
 """Default queries and keys per tile when far tiles are skipped: small square tiles cover
-small boxes (``benchmarks/far_tiles.py``)."""
+small boxes. 512 × 512 was the fastest of the shapes tried once (256–1024 queries × 256–4096
+keys, 20,000 points under the SIR bias, 1 thread; not kept as a benchmark)."""
 KEEP_ELEMENTS = 3 << 25
 """Most floats the training forward of one attention call may keep for the backward: the
 probabilities (one per score) plus the bias graph's basis (two per score and distinct rate
