@@ -329,14 +329,13 @@ def _attend(
     coords_k = {r: c.detach() for r, c in coords_k.items()}
     reaches = _far_reaches(bias, plan)
     order_q = None
-    if reaches is not None:
-        order_q = morton_order(torch.cat([coords_q[r] for r in reaches], dim=-1))
-        order_k = morton_order(torch.cat([coords_k[r] for r in reaches], dim=-1))
+    if reaches is not None:  # queries and keys in Z-order of the biased roles
+        order_q, order_k = (morton_order(torch.cat([c[r] for r in reaches], dim=-1))
+                            for c in (coords_q, coords_k))
         q, k, v = gather_rows(q, order_q, 2), gather_rows(k, order_k, 2), gather_rows(v, order_k, 2)
         coords_q = {r: gather_rows(c, order_q, 1) for r, c in coords_q.items()}
         coords_k = {r: gather_rows(c, order_k, 1) for r, c in coords_k.items()}
-        if key_mask is not None:
-            key_mask = gather_rows(key_mask, order_k, 1)
+        key_mask = None if key_mask is None else gather_rows(key_mask, order_k, 1)
         plan = _plan(q, k.shape[2], key_mask, tile_q or FAR_TILE, tile_k or FAR_TILE,
                      training, keep_tiles)
         plan = plan._replace(
@@ -360,8 +359,7 @@ def _far_reaches(
     Worth it with several key tiles and a bias that vanishes far out (see
     :mod:`bsatnp.attention.locality`); ``BSATNP_FAR_TILES=0`` turns it off.
     """
-    if (bias is None or plan.single_key_tile or plan.keep_tiles
-            or os.environ.get("BSATNP_FAR_TILES", "1") == "0"):
+    if bias is None or plan.single_key_tile or os.environ.get("BSATNP_FAR_TILES") == "0":
         return None
     return bias.reaches()
 
