@@ -13,7 +13,7 @@ from reference import attention_reference, bias_reference, pairwise
 import bsatnp.attention.compiled as compiled
 import bsatnp.attention.tiled as tiled
 from bsatnp.attention import AttentionBias, BiasSpec, biased_attention
-from bsatnp.attention.flex import flex_available
+from bsatnp.attention.flex import flex_attention_biased, flex_available
 from bsatnp.attention.functional import (
     CUDA_DENSE_TRAIN_MAX_ELEMENTS,
     backend_for,
@@ -139,6 +139,19 @@ def test_compiled_tisa_profile_matches_reference(backend, monkeypatch):
     problem = make_problem(2, 4, 23, 17, 8, ("tisa", "abs_time"), seed=13)
     check_backend(backend, problem, tile_q=5, tile_k=6)
     assert compiled.tisa.compiled is not None and not compiled.tisa.failed
+
+
+@pytest.mark.skipif(not flex_available(), reason="this PyTorch build has no flex_attention")
+def test_compiled_flex_inference_on_cpu_matches_reference():
+    """Compiled flex on the CPU (inference only; ``benchmarks/flex_cpu.py`` times it) against
+    float64: two biased roles, random key masks, a task without any valid key."""
+    q, k, v, bias, cq, ck, mask = make_problem(2, 4, 23, 17, 8, ("rbf", "abs_time"), seed=5,
+                                               mask_kind="none_valid_in_first")
+    ref_out, _ = reference(q, k, v, bias, cq, ck, mask)
+    with torch.no_grad():
+        out = flex_attention_biased(q, k, v, bias, cq, ck, mask, 8**-0.5, compile=True)
+    assert out[0].abs().max() == 0 and out[1].abs().max() > 0
+    assert_close_rel(out, ref_out, 1e-5, "compiled CPU flex output")
 
 
 @pytest.mark.parametrize("mode", ["0", "1"])

@@ -6,8 +6,11 @@ is expressed as a block mask, so fully masked key blocks are skipped.
 
 On CPU, eager flex_attention runs forward only (it materialises scores and refuses inputs
 that need gradients) and its compiled backward is unsupported; the tiled backend serves
-CPU training. Learnable bias parameters are captured as separate tensors per use and per
-basis function, which the compiler needs for their gradients.
+CPU training. Compiled CPU inference works (``compile=True``) but ``auto`` does not pick
+it: side by side with the tiled scan it was 1.4–1.8× slower from 2,048 × 4,096 to
+16,384 × 65,536 keys × queries, after 8–26 s of compiling per shape
+(``benchmarks/flex_cpu.py``). Learnable bias parameters are captured as separate tensors
+per use and per basis function, which the compiler needs for their gradients.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ def _compiled_flex() -> Callable[..., Tensor]:
 
 
 def _spread(param: Tensor, coords_q: Tensor) -> Tensor:
-    """A per-head parameter ``[H]`` as ``[B, H, Lq]``: a copy for gradients, else a view.
+    """A per-head parameter ``[H]`` copied to ``[B, H, Lq]`` for its gradient.
 
     ``coords_q`` (``[B, Lq]``) gives the shape.
 
@@ -49,8 +52,7 @@ def _spread(param: Tensor, coords_q: Tensor) -> Tensor:
     them, and autograd sums the copies back into the parameter.
     """
     B, Lq = coords_q.shape
-    spread = param[None, :, None].expand(B, -1, Lq)
-    return spread.contiguous() if param.requires_grad and torch.is_grad_enabled() else spread
+    return param[None, :, None].expand(B, -1, Lq).contiguous()
 
 
 def _score_mod(
@@ -63,16 +65,21 @@ def _score_mod(
         cq = [coords_q[role][..., d].contiguous() for d in range(coords_q[role].shape[-1])]
         ck = [coords_k[role][..., d].contiguous() for d in range(coords_k[role].shape[-1])]
         # One captured tensor per parameter use: flex's compiler cannot differentiate
-        # several indexing operations on the same tensor.
-        params = [None if p is None else [_spread(p_f, cq[0]) for p_f in p.unbind(-1)]
+        # several indexing operations on the same tensor. Without gradients, one contiguous
+        # [H] tensor per basis function (the CPU compiler cannot lower expanded views).
+        spread = torch.is_grad_enabled() and any(p.requires_grad for p in term.parameters())
+        params = [None if p is None else
+                  [_spread(p_f, cq[0]) if spread else p_f.detach().contiguous()
+                   for p_f in p.unbind(-1)]
                   for p in term.params()]
-        captured.append((term, cq, ck, params))
+        captured.append((term, cq, ck, params, spread))
 
     def score_mod(score: Tensor, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
-        for term, cq, ck, params in captured:
+        for term, cq, ck, params, spread in captured:
             dist = term.distance([c[b, q_idx] for c in cq], [c[b, kv_idx] for c in ck])
             for f in range(len(params[0])):  # term by term: stacking the basis fails to lower
-                at_f = [None if p is None else p[f][b, h, q_idx] for p in params]
+                at_f = [None if p is None else p[f][b, h, q_idx] if spread else p[f][h]
+                        for p in params]
                 score = score + term.basis_term(dist, *at_f)
         return score
 
@@ -95,7 +102,8 @@ def flex_attention_biased(
     Shapes and semantics as :func:`bsatnp.attention.dense.dense_attention`.
 
     Args (beyond those of ``dense_attention``):
-        compile: Use the compiled kernel (default: on CUDA only).
+        compile: Use the compiled kernel (default: on CUDA only; on CPU for inference
+            only, one compile per shape).
 
     Returns:
         ``[B, H, Lq, Dv]``; rows without any valid key are zero.
@@ -105,8 +113,10 @@ def flex_attention_biased(
     compile = q.is_cuda if compile is None else compile
     score_mod = None if bias is None else _score_mod(bias, coords_q, coords_k)
     block_mask = None
-    if key_mask is not None:
-        mask = key_mask.contiguous()
+    if key_mask is not None or (compile and not q.is_cuda):
+        # Compiled CPU flex without a block mask allocates a Lq × Lk buffer per thread.
+        mask = key_mask.contiguous() if key_mask is not None else torch.ones(
+            q.shape[0], k.shape[2], dtype=torch.bool, device=q.device)
 
         def mask_mod(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
             return mask[b, kv_idx]
