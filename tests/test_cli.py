@@ -11,8 +11,8 @@ import torch
 
 from bsatnp import cli
 from bsatnp.evaluate import TABLE_METRICS, evaluate
-from bsatnp.experiment import ExperimentConfig, load_experiment
-from bsatnp.io.checkpoint import load_model
+from bsatnp.experiment import ExperimentConfig, build_trainer, load_experiment
+from bsatnp.io.checkpoint import load_checkpoint, load_model
 from bsatnp.models import BSATNPConfig
 from bsatnp.tasks.gp2d import GP2DTask, in_domain, scaled, shifted
 from bsatnp.train.config import TrainConfig
@@ -195,6 +195,31 @@ def test_train_resume_continues_to_the_requested_step(run, tmp_path):
     full = load_model(run / "last.safetensors")
     for a, b in zip(resumed.state_dict().values(), full.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)  # exact resume: same as one run
+
+
+def test_train_init_starts_a_fresh_run_from_trained_weights(run, tmp_path, capsys):
+    config = load_experiment(run.parent / "tiny.yaml")
+    trainer = build_trainer(config, out_dir=tmp_path / "warm", init=run / "last.safetensors")
+    trained = load_model(run / "last.safetensors")
+    assert trainer.step == 0  # a new optimiser and schedule ...
+    for a, b in zip(trainer.model.state_dict().values(), trained.state_dict().values(),
+                    strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)  # ... from the trained weights
+    assert cli.main(["train", "--config", str(run.parent / "tiny.yaml"), "--out",
+                     str(tmp_path / "cli"), "--init", str(run / "last.safetensors"),
+                     "--steps", "2", "--quiet"]) == 0
+    warm = load_checkpoint(tmp_path / "cli" / "last.safetensors")
+    assert warm.step == 2 and warm.extra["init"] == str(run / "last.safetensors")
+    assert cli.main(["train", "--config", str(run.parent / "tiny.yaml"), "--resume",
+                     str(tmp_path / "cli" / "last.safetensors"), "--steps", "3", "--quiet"]) == 0
+    assert load_checkpoint(tmp_path / "cli" / "last.safetensors").extra["init"] == warm.extra[
+        "init"]  # provenance survives a resume
+    other = write_yaml(tmp_path, TINY_YAML.replace("dim: 16,", "dim: 8,"))
+    assert cli.main(["train", "--config", str(other), "--out", str(tmp_path / "bad"),
+                     "--init", str(run / "last.safetensors"), "--quiet"]) == 2
+    assert "init needs the same architecture" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="not both"):
+        build_trainer(config, resume=run / "last.safetensors", init=run / "last.safetensors")
 
 
 def test_demo_runs_end_to_end_on_a_tiny_config(run, tmp_path, monkeypatch, capsys):

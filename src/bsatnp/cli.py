@@ -85,13 +85,17 @@ def _demo(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
+    from bsatnp.pretrained import pretrained_names, pretrained_path
     from bsatnp.train.distributed import local_device, replicas_from_environment
 
     config = load_experiment(args.config)
     device = local_device(_device(args))
     replicas = replicas_from_environment(device)  # under torchrun: data parallel
+    init = args.init
+    if init is not None and not Path(init).exists() and init in pretrained_names():
+        init = pretrained_path(init)
     trainer = build_trainer(config, resume=args.resume, out_dir=args.out, device=device,
-                            overwrite=args.overwrite, replicas=replicas)
+                            overwrite=args.overwrite, replicas=replicas, init=init)
     steps = None if args.steps is None else max(0, args.steps - trainer.step)
     max_seconds = None if args.minutes is None else 60 * args.minutes
     trainer.fit(steps=steps, progress=not args.quiet, max_seconds=max_seconds)
@@ -387,7 +391,12 @@ def _parser() -> argparse.ArgumentParser:
     cmd.add_argument("--steps", type=_positive(int),
                      help="stop at this total step count (the LR schedule keeps train.steps)")
     cmd.add_argument("--minutes", type=_positive(float), help="stop after this wall-clock budget")
-    cmd.add_argument("--resume", help="checkpoint of a previous run to continue exactly")
+    start = cmd.add_mutually_exclusive_group()
+    start.add_argument("--resume", help="checkpoint of a previous run to continue exactly")
+    start.add_argument("--init", metavar="CHECKPOINT | MODEL",
+                       help="start a fresh run (new optimiser and schedule) from the weights of "
+                            "a checkpoint or a shipped model (bsatnp models), e.g. to fine-tune "
+                            "it or to restart it with a longer schedule")
     cmd.add_argument("--overwrite", action="store_true",
                      help="start afresh in an --out directory that already holds a run")
     cmd.set_defaults(command=_train)

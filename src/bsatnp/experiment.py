@@ -35,7 +35,7 @@ from torch import nn
 
 from bsatnp.config import Config, build_dataclass
 from bsatnp.evaluate import model_metrics
-from bsatnp.io.checkpoint import Checkpoint
+from bsatnp.io.checkpoint import Checkpoint, load_checkpoint
 from bsatnp.metrics import summarize
 from bsatnp.models import BSATNPConfig
 from bsatnp.models.registry import (
@@ -285,7 +285,8 @@ RUN_FILES = ("log.jsonl", "last.safetensors", "best.safetensors")
 def build_trainer(config: ExperimentConfig, resume: str | os.PathLike[str] | None = None,
                   out_dir: str | os.PathLike[str] | None = None,
                   device: str | torch.device = "cpu", overwrite: bool = False,
-                  replicas: Replicas | None = None) -> Trainer:
+                  replicas: Replicas | None = None,
+                  init: str | os.PathLike[str] | None = None) -> Trainer:
     """A :class:`Trainer` for ``config``, fresh or resumed from a checkpoint.
 
     A fresh run would truncate the log and replace the checkpoints of a run already in its
@@ -300,13 +301,19 @@ def build_trainer(config: ExperimentConfig, resume: str | os.PathLike[str] | Non
         device: Where the model trains (batches are drawn on the CPU and moved there).
         overwrite: Allow writing over the run files already in the output directory.
         replicas: Data-parallel rank and world size under torchrun (``None``: one process).
+        init: A fresh run (new optimiser, learning-rate schedule from step 0) starting from
+            the weights of this checkpoint or shipped model file instead of a random
+            initialisation: fine-tuning, or a warm restart with a longer schedule.
 
     Raises:
-        FileNotFoundError: If ``resume`` does not exist.
-        ValueError: If ``resume`` is not a Trainer checkpoint or its model differs from
-            ``config.model``, or if the output directory holds another run (without
-            ``overwrite``).
+        FileNotFoundError: If ``resume`` or ``init`` does not exist.
+        ValueError: If ``resume`` is not a Trainer checkpoint or its model (or that of
+            ``init``) differs from ``config.model``; if both ``resume`` and ``init`` are
+            given; or if the output directory holds another run (without ``overwrite``).
     """
+    if resume is not None and init is not None:
+        raise ValueError("give either resume (continue a run) or init (start one from "
+                         "trained weights), not both")
     if out_dir is not None:
         config = config.with_out_dir(out_dir)
     if resume is None and not overwrite:
@@ -316,8 +323,11 @@ def build_trainer(config: ExperimentConfig, resume: str | os.PathLike[str] | Non
     stored = config.to_dict()  # model and train configs are checkpoint fields of their own
     extra = {"experiment": {key: stored[key] for key in ("task", "eval")}}
     if resume is None:
-        return Trainer(config.build_model().to(device), sample, config.train, validate, extra,
-                       replicas)
+        model = config.build_model()
+        if init is not None:
+            model = _initial_weights(model, config, init)
+            extra["init"] = str(init)  # provenance, kept in every checkpoint of the run
+        return Trainer(model.to(device), sample, config.train, validate, extra, replicas)
     if out_dir is not None and not overwrite:
         _refuse_existing_run(Path(out_dir), Path(resume))
     trainer = Trainer.from_checkpoint(resume, sample, validate, map_location=device,
@@ -326,11 +336,24 @@ def build_trainer(config: ExperimentConfig, resume: str | os.PathLike[str] | Non
         raise ValueError(
             f"{resume}: the checkpoint's model differs from the model in {config.source}"
         )
+    if trainer.extra and "init" in trainer.extra:
+        extra["init"] = trainer.extra["init"]
     trainer.extra = extra  # written in format 2 from now on
     if out_dir is not None:
         trainer.config = replace(trainer.config, out_dir=str(out_dir))
         trainer.out_dir = Path(out_dir)
     return trainer
+
+
+def _initial_weights(model: nn.Module, config: ExperimentConfig,
+                     init: str | os.PathLike[str]) -> nn.Module:
+    """``model`` with the weights of the checkpoint ``init`` (same architecture required)."""
+    trained = load_checkpoint(init).build_model()
+    if trained.config != config.model:
+        raise ValueError(f"{init}: its model differs from the model in {config.source}; "
+                         "init needs the same architecture")
+    model.load_state_dict(trained.state_dict())
+    return model
 
 
 def refuse_existing_run(out_dir: Path, overwrite: bool) -> None:
