@@ -4,8 +4,10 @@ For each bias family, the bias of one ``[B, H, tq, tk]`` tile and its parameters
 (forward + backward, as a training step needs them), and the forward alone (inference),
 timed alternately for the eager and the inductor-compiled path (``bsatnp.attention.compiled``;
 ``BSATNP_COMPILE`` decides which one the models use). Compile time is reported apart from
-the medians. The RBF family is listed for comparison: it runs through ``exp_basis`` (one
-exponential per distinct rate) and is not compiled.
+the medians. The RBF family runs through ``exp_basis`` (one exponential per distinct rate)
+in training and, in inference, through the compiled ``exp_family_profile`` where each head
+has its own rates (as in the shipped ``gp2d`` model, whose rates these rows use, with that
+model's heads in place of ``H``).
 
 With ``--checkpoint``, the TISA parameters are those of a trained model's first TISA bias
 and the distances span ``[0, --max-dist]`` (the SIR scaling run's lattice reaches 90): far
@@ -32,8 +34,9 @@ from common import run_meta, timed, write_json
 
 from bsatnp.attention import compiled
 from bsatnp.attention.biases import DistanceBias
-from bsatnp.attention.exp_basis import exp_basis
+from bsatnp.attention.exp_basis import exp_basis, head_rates
 from bsatnp.io.checkpoint import load_model
+from bsatnp.pretrained import pretrained_path
 
 
 def unguarded_profile(dist: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
@@ -49,6 +52,14 @@ def trained_tisa_params(checkpoint: str) -> list[torch.Tensor]:
     bias = next(m for m in model.modules()
                 if isinstance(m, DistanceBias) and m.spec.family == "tisa")
     return [p.detach().view(1, bias.num_heads, 1, 1, -1).clone() for p in bias.params()]
+
+
+def trained_rbf_params() -> tuple[torch.Tensor, torch.Tensor]:
+    """``a, b`` ``[H, F]`` of the shipped ``gp2d`` model's RBF bias."""
+    model = load_model(pretrained_path("gp2d"), torch.device("cpu"))
+    bias = next(m for m in model.modules()
+                if isinstance(m, DistanceBias) and m.spec.family == "rbf")
+    return bias.a.detach().clone(), bias.b.detach().clone()
 
 
 def main() -> None:
@@ -99,6 +110,16 @@ def main() -> None:
         return run
 
     rbf_input = dist[:, 0]
+    rbf_a, rbf_b = trained_rbf_params()
+    grouped = head_rates(rbf_a, rbf_b)
+    assert grouped is not None, "the shipped gp2d model has one rate per head"
+    rate, amp = (p.view(1, rbf_a.shape[0], 1, 1, -1) for p in grouped)
+    rbf_r = dist.square()  # d², [B, 1, tq, tk]
+    rbf_compiled = torch.compile(compiled.exp_family_profile, dynamic=True)
+    with torch.no_grad():
+        rbf_compiled(rbf_r, amp, rate)
+        rbf_diff = (rbf_compiled(rbf_r, amp, rate).double()
+                    - exp_basis(rbf_r[:, 0].double(), rbf_a.double(), rbf_b.double())).abs()
     cases = {
         ("tisa", "eager", "forward+backward"): train(compiled.tisa_profile),
         ("tisa", "compiled", "forward+backward"): train(tisa_compiled),
@@ -107,6 +128,8 @@ def main() -> None:
         ("tisa", "compiled, no underflow guard", "forward"): infer(unguarded),
         ("rbf", "exp_basis", "forward+backward"):
             lambda: torch.autograd.grad(exp_basis(rbf_input, a2, b2), (a2, b2), grad_out),
+        ("rbf", "exp_basis", "forward"): infer(lambda *_: exp_basis(rbf_r[:, 0], rbf_a, rbf_b)),
+        ("rbf", "compiled", "forward"): infer(lambda *_: rbf_compiled(rbf_r, amp, rate)),
     }
     with torch.no_grad():
         diff = (tisa_compiled(dist, *params).double()
@@ -117,19 +140,24 @@ def main() -> None:
             times[key].append(timed(fn))
     rows = [{"family": f, "path": p, "pass": w, "seconds": statistics.median(t), "times": t}
             for (f, p, w), t in times.items()]
-    eager = {r["pass"]: r["seconds"] for r in rows if r["path"] == "eager"}
+    eager = {(r["family"], r["pass"]): r["seconds"] for r in rows
+             if r["path"] in ("eager", "exp_basis")}
     print(f"tile B={B} H={H} tq={tq} tk={tk}, F={args.basis}, {args.threads} thread(s); "
           f"compiling took {compile_s:.1f} s; compiled − float64 max |Δ| "
-          f"{diff.max().item():.1e}; exponents in the subnormal band: {subnormal_share:.1%}")
+          f"{diff.max().item():.1e}; exponents in the subnormal band: {subnormal_share:.1%}; "
+          f"rbf (gp2d rates, {rbf_a.shape[0]} heads) compiled − float64 max |Δ| "
+          f"{rbf_diff.max().item():.1e}")
     print("| family | path | pass | median s | eager / this |")
     print("|---|---|---|---|---|")
     for r in rows:
-        ratio = f"{eager[r['pass']] / r['seconds']:.1f}" if r["family"] == "tisa" else "–"
+        base = eager.get((r["family"], r["pass"]))
+        ratio = f"{base / r['seconds']:.1f}" if base else "–"
         print(f"| {r['family']} | {r['path']} | {r['pass']} | {r['seconds']:.3f} | {ratio} |")
     record = {**run_meta(args.threads), "tile": args.tile,
               "basis": args.basis, "checkpoint": args.checkpoint, "max_dist": args.max_dist,
               "subnormal_exponent_share": subnormal_share, "compile_seconds": compile_s,
-              "max_abs_error_vs_float64": diff.max().item(), "rows": rows}
+              "max_abs_error_vs_float64": diff.max().item(),
+              "rbf_max_abs_error_vs_float64": rbf_diff.max().item(), "rows": rows}
     out = write_json(args.out, record)
     print(f"wrote {out}")
 

@@ -1,4 +1,4 @@
-"""Where a training step's time goes, and how far it is from the arithmetic floor.
+"""Where a training step's (or a forward's) time goes, and how far it is from the floor.
 
 One training step of the paper's 2D-GP BSA-TNP (B=8, 512 context slots with 128–511 valid,
 1,024 test points; forward + backward + AdamW) under ``torch.profiler``: self CPU time by
@@ -8,9 +8,13 @@ softmax, other elementwise work and the rest. The floor is the step's matrix-pro
 (a 2048³ ``torch.mm``, same thread count): no implementation can do the step's matrix
 products faster, whatever it fuses.
 
+With ``--forward CTXxTEST`` the same breakdown for one inference forward (B = 1) of the
+paper's 2D-GP model on the batch ``benchmarks/forward.py`` times at that size.
+
 Usage:
     python benchmarks/train_profile.py                 # 2 threads
     python benchmarks/train_profile.py --threads 1 --task sir
+    python benchmarks/train_profile.py --forward 2048x4096
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from collections import defaultdict
 
 import torch
 from common import run_meta, timed, write_json
+from forward import case_batch
 from torch.profiler import profile
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -66,21 +71,31 @@ def main() -> None:
     parser.add_argument("--task", default="gp2d", help="a bundled config (its model and task)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3, help="timed steps (median)")
+    parser.add_argument("--forward", metavar="CTXxTEST",
+                        help="profile a B = 1 inference forward of the 2D-GP model instead")
     parser.add_argument("--out", help="JSON (default: benchmarks/results/train_profile_<task>"
-                                      ".json)")
+                                      ".json, or forward_profile_<CTXxTEST>.json)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     experiment = load_experiment(args.task)
     model = experiment.build_model()
-    batch = experiment.task.with_batch_size(8).sample(torch.Generator().manual_seed(123))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    if args.forward:
+        model.eval()
+        batch = case_batch(args.forward)
 
-    def step() -> None:
-        loss = masked_nll(model(batch), batch.f_test, batch.test_mask())
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+        def step() -> None:
+            with torch.no_grad():
+                model(batch)
+    else:
+        batch = experiment.task.with_batch_size(8).sample(torch.Generator().manual_seed(123))
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+        def step() -> None:
+            loss = masked_nll(model(batch), batch.f_test, batch.test_mask())
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
 
     step()  # warm-up (compiles, caches)
     counter = FlopCounterMode(display=False)
@@ -97,14 +112,15 @@ def main() -> None:
     peak = sgemm_gflops()
     seconds = statistics.median(times)
     floor = gflop / peak
-    print(f"{args.task}: step {seconds:.3f} s (median of {args.repeats}, {args.threads} "
+    what = f"forward {args.forward}" if args.forward else args.task
+    print(f"{what}: step {seconds:.3f} s (median of {args.repeats}, {args.threads} "
           f"thread(s)); {gflop:.1f} GFLOP of matrix products; sgemm {peak:.1f} GFLOP/s → "
           f"floor {floor:.3f} s; step / floor {seconds / floor:.1f}×")
     print("| group | profiled s | share |")
     print("|---|---|---|")
     for group, value in sorted(by_group.items(), key=lambda kv: -kv[1]):
         print(f"| {group} | {value:.3f} | {value / profiled:.0%} |")
-    record = {**run_meta(args.threads), "task": args.task,
+    record = {**run_meta(args.threads), "task": args.task, "forward": args.forward,
               "step_s": seconds, "times": times, "matmul_gflop": gflop,
               "sgemm_gflops": peak, "floor_s": floor, "profiled_s": profiled,
               "groups": dict(by_group),
@@ -112,7 +128,9 @@ def main() -> None:
                            "calls": r.count}
                           for r in sorted(prof.key_averages(),
                                           key=lambda r: -r.self_cpu_time_total)[:15]]}
-    out = write_json(args.out or f"benchmarks/results/train_profile_{args.task}.json", record)
+    default = (f"forward_profile_{args.forward}" if args.forward
+               else f"train_profile_{args.task}")
+    out = write_json(args.out or f"benchmarks/results/{default}.json", record)
     print(f"wrote {out}")
 
 

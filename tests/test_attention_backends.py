@@ -13,6 +13,7 @@ from reference import attention_reference, bias_reference, pairwise
 import bsatnp.attention.compiled as compiled
 import bsatnp.attention.tiled as tiled
 from bsatnp.attention import AttentionBias, BiasSpec, biased_attention
+from bsatnp.attention.exp_basis import head_rates
 from bsatnp.attention.flex import flex_attention_biased, flex_available
 from bsatnp.attention.functional import (
     CUDA_DENSE_TRAIN_MAX_ELEMENTS,
@@ -152,6 +153,47 @@ def test_compiled_flex_inference_on_cpu_matches_reference():
         out = flex_attention_biased(q, k, v, bias, cq, ck, mask, 8**-0.5, compile=True)
     assert out[0].abs().max() == 0 and out[1].abs().max() > 0
     assert_close_rel(out, ref_out, 1e-5, "compiled CPU flex output")
+
+
+@pytest.mark.parametrize("backend", GRAD_BACKENDS)
+@pytest.mark.parametrize("family", ["rbf", "exponential"])
+@pytest.mark.parametrize("rates", ["all distinct", "one per head"])
+def test_compiled_exp_family_inference_matches_reference(backend, family, rates, monkeypatch):
+    """The compiled ``rbf``/``exponential`` profile (inference; forced for every tile size)
+    through each backend against float64, with every rate distinct and with one rate per
+    head (a model trained from the constant init)."""
+    monkeypatch.setenv("BSATNP_COMPILE", "1")
+    q, k, v, bias, cq, ck, mask = make_problem(2, 3, 23, 17, 8, (family,), seed=17)
+    term = bias.terms[0]
+    if rates == "one per head":
+        with torch.no_grad():
+            term.b.copy_(term.b[:, :1].expand_as(term.b))
+    grouped = head_rates(term.a.detach(), term.b.detach())
+    assert grouped is not None
+    assert grouped[0].shape[1] == (1 if rates == "one per head" else term.b.shape[1])
+    ref_out, _ = reference(q, k, v, bias, cq, ck, mask)
+    with torch.no_grad():
+        out = biased_attention(q, k, v, bias, cq, ck, mask, backend=backend, tile_q=5, tile_k=6)
+    assert compiled.exp_family.compiled is not None and not compiled.exp_family.failed
+    assert_close_rel(out, ref_out, 1e-5, f"{backend} compiled {family} output")
+
+
+def test_head_rates_group_each_heads_rates_exactly():
+    a = torch.tensor([[0.5, -1.0, 2.0], [1.5, 0.25, -0.75]], dtype=torch.float64)
+    b = torch.tensor([[1.0, 2.0, 1.0], [0.5, 3.0, 0.5]], dtype=torch.float64)
+    grouped = head_rates(a, b)
+    assert grouped is not None
+    rate, amp = grouped
+    assert rate.shape == amp.shape == (2, 2)
+    r = torch.linspace(0, 5, 11, dtype=torch.float64)
+    torch.testing.assert_close(
+        (amp[:, :, None] * torch.exp(-rate[:, :, None] * r)).sum(1),
+        (a[:, :, None] * torch.exp(-b[:, :, None] * r)).sum(1), rtol=1e-15, atol=0,
+    )
+    # Rates shared between heads (here all equal, a fresh model), or heads with unequal
+    # numbers of rates: grouping across heads takes fewer exponentials.
+    assert head_rates(a, torch.ones_like(b)) is None
+    assert head_rates(a, torch.tensor([[1.0, 1.0, 1.0], [0.5, 3.0, 0.5]])) is None
 
 
 @pytest.mark.parametrize("mode", ["0", "1"])

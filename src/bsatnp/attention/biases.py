@@ -32,7 +32,8 @@ from bsatnp.attention.distances import (
     Components,
     pairwise_components,
 )
-from bsatnp.attention.exp_basis import exp_basis
+from bsatnp.attention.exp_basis import exp_basis, head_rates
+from bsatnp.attention.numerics import builds_graph
 
 BIAS_FAMILIES = ("rbf", "exponential", "tisa", "scalar")
 INITS = ("constant", "spread")
@@ -170,7 +171,15 @@ class DistanceBias(nn.Module):
         """Bias ``[B, H, Lq, Lk]`` between ``coords_q [B, Lq, D]`` and ``coords_k [B, Lk, D]``."""
         dist = self.distance(*pairwise_components(coords_q, coords_k))
         if self.spec.family in ("rbf", "exponential"):
-            return exp_basis(dist, self.a, self.b)
+            B, Lq, Lk = dist.shape
+            grouped = None
+            if not builds_graph(bias=self) and compiled.exp_family.wants(
+                    B * self.num_heads * Lq * Lk):
+                grouped = head_rates(self.a.detach(), self.b.detach())
+            if grouped is None:
+                return exp_basis(dist, self.a, self.b)
+            rate, amp = (p.view(1, self.num_heads, 1, 1, -1) for p in grouped)
+            return compiled.exp_family(dist[:, None], amp, rate)
         if self.spec.family == "scalar":
             return self.a.view(1, -1, 1, 1) * dist[:, None]
         H = self.num_heads

@@ -1,5 +1,7 @@
 """Compiled (inductor) bias profiles, used where they win, with a clean eager fallback.
 
+The ``rbf`` and ``exponential`` profiles are compiled for inference (one fused loop instead
+of the five to six passes over a tile of the eager path); see :func:`exp_family_profile`.
 The ``tisa`` profile ``Σ_f a·exp(−b·(d−c)²)`` is elementwise work: in eager PyTorch it
 costs about six passes over a ``[B, H, tq, tk]`` tile per basis function, and as many again
 (plus reductions) for its parameters' gradients. ``torch.compile`` fuses the forward into
@@ -61,11 +63,35 @@ def tisa_profile(dist: Tensor, a: Tensor, b: Tensor, c: Tensor) -> Tensor:
     return out
 
 
-class _Compiled:
-    """One profile function, compiled on first use of a large tile; eager when that fails."""
+def exp_family_profile(r: Tensor, amp: Tensor, rate: Tensor) -> Tensor:
+    """``Σ_u amp[..., u] · exp(−rate[..., u] · r)``: the ``rbf`` and ``exponential`` biases.
 
-    def __init__(self, fn: Profile) -> None:
+    Compiled for inference only (see :func:`bsatnp.attention.exp_basis.head_rates` for the
+    grouping by distinct rate, which keeps one exponential per pair and head under the
+    constant init); in training :func:`~bsatnp.attention.exp_basis.exp_basis` and its
+    reducing backward serve. Underflowing terms are exactly 0 (:func:`exp_floored`).
+
+    Args:
+        r: ``d²`` (rbf) or ``d`` (exponential) ``[B, 1, tq, tk]``.
+        amp: Summed amplitudes per distinct rate ``[1, H, 1, 1, U]`` (0 for padding).
+        rate: Distinct rates ``[1, H, 1, 1, U]``.
+
+    Returns:
+        Bias ``[B, H, tq, tk]``.
+    """
+    return (amp * exp_floored(-rate * r[..., None])).sum(-1)
+
+
+class _Compiled:
+    """One profile function, compiled on first use of a large tile; eager when that fails.
+
+    ``inference_only`` profiles are checked by a forward without gradients when compiled;
+    the others by a forward and a backward.
+    """
+
+    def __init__(self, fn: Profile, inference_only: bool = False) -> None:
         self.fn = fn
+        self.inference_only = inference_only
         self.compiled: Profile | None = None
         self.failed = False
 
@@ -94,9 +120,13 @@ class _Compiled:
         """
         try:
             compiled = torch.compile(self.fn, dynamic=True)
+            like = {"dtype": args[0].dtype, "device": args[0].device}
+            dist = torch.rand(args[0].shape[0], 1, 3, 5, **like)
+            if self.inference_only:
+                with torch.no_grad():
+                    compiled(dist, *(torch.rand(p.shape, **like) for p in args[1:]))
+                return compiled
             with torch.inference_mode(False), torch.enable_grad():
-                like = {"dtype": args[0].dtype, "device": args[0].device}
-                dist = torch.rand(args[0].shape[0], 1, 3, 5, **like)
                 params = [torch.rand(p.shape, **like, requires_grad=True) for p in args[1:]]
                 torch.autograd.grad(compiled(dist, *params).sum(), params)
             return compiled
@@ -119,3 +149,5 @@ class _Compiled:
 
 tisa = _Compiled(tisa_profile)
 """The ``tisa`` profile: compiled for large tiles, eager otherwise."""
+exp_family = _Compiled(exp_family_profile, inference_only=True)
+"""The ``rbf``/``exponential`` profile without gradients: compiled for large tiles."""
