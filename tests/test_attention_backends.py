@@ -178,6 +178,20 @@ def test_compiled_exp_family_inference_matches_reference(backend, family, rates,
     assert_close_rel(out, ref_out, 1e-5, f"{backend} compiled {family} output")
 
 
+def test_compiled_profile_warms_up_eagerly_then_compiles(monkeypatch):
+    """Automatic mode: small tiles never compile; large ones stay eager until the warm-up
+    has seen its count of scores; ``BSATNP_COMPILE`` 0/1 override."""
+    monkeypatch.setenv("BSATNP_COMPILE", "auto")
+    profile = compiled._Compiled(compiled.exp_family_profile, warmup=3 * compiled.MIN_ELEMENTS)
+    assert not profile.wants(compiled.MIN_ELEMENTS - 1)
+    assert [profile.wants(compiled.MIN_ELEMENTS) for _ in range(4)] == [False] * 3 + [True]
+    assert compiled.exp_family.warmup == compiled.EXP_FAMILY_WARMUP > 0
+    monkeypatch.setenv("BSATNP_COMPILE", "0")
+    assert not profile.wants(compiled.MIN_ELEMENTS)
+    monkeypatch.setenv("BSATNP_COMPILE", "1")
+    assert compiled._Compiled(compiled.exp_family_profile, warmup=10**12).wants(1)
+
+
 def test_head_rates_group_each_heads_rates_exactly():
     a = torch.tensor([[0.5, -1.0, 2.0], [1.5, 0.25, -0.75]], dtype=torch.float64)
     b = torch.tensor([[1.0, 2.0, 1.0], [0.5, 3.0, 0.5]], dtype=torch.float64)
