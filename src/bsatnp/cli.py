@@ -395,8 +395,9 @@ def _parser() -> argparse.ArgumentParser:
     start.add_argument("--resume", help="checkpoint of a previous run to continue exactly")
     start.add_argument("--init", metavar="CHECKPOINT | MODEL",
                        help="start a fresh run (new optimiser and schedule) from the weights of "
-                            "a checkpoint or a shipped model (bsatnp models), e.g. to fine-tune "
-                            "it or to restart it with a longer schedule")
+                            "a checkpoint or a shipped model (bsatnp models): a warm restart "
+                            "with a longer schedule, or another task config of the same model "
+                            "(on your own data: bsatnp finetune)")
     cmd.add_argument("--overwrite", action="store_true",
                      help="start afresh in an --out directory that already holds a run")
     cmd.set_defaults(command=_train)
