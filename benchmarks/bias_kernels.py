@@ -30,12 +30,10 @@ import time
 from collections.abc import Callable
 
 import torch
-from common import run_meta, timed, write_json
+from common import run_meta, timed, trained_bias, write_json
 
 from bsatnp.attention import compiled
-from bsatnp.attention.biases import DistanceBias
 from bsatnp.attention.exp_basis import exp_basis, head_rates
-from bsatnp.io.checkpoint import load_model
 from bsatnp.pretrained import pretrained_path
 
 
@@ -46,20 +44,11 @@ def unguarded_profile(dist: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
                for f in range(a.shape[-1]))
 
 
-def trained_tisa_params(checkpoint: str) -> list[torch.Tensor]:
-    """``a, b, c`` ``[1, H, 1, 1, F]`` of the first TISA bias of a trained model."""
-    model = load_model(checkpoint, torch.device("cpu"))
-    bias = next(m for m in model.modules()
-                if isinstance(m, DistanceBias) and m.spec.family == "tisa")
-    return [p.detach().view(1, bias.num_heads, 1, 1, -1).clone() for p in bias.params()]
-
-
-def trained_rbf_params() -> tuple[torch.Tensor, torch.Tensor]:
-    """``a, b`` ``[H, F]`` of the shipped ``gp2d`` model's RBF bias."""
-    model = load_model(pretrained_path("gp2d"), torch.device("cpu"))
-    bias = next(m for m in model.modules()
-                if isinstance(m, DistanceBias) and m.spec.family == "rbf")
-    return bias.a.detach().clone(), bias.b.detach().clone()
+def trained_params(checkpoint: str, family: str) -> list[torch.Tensor]:
+    """The parameters ``[H, F]`` (``a, b`` and for TISA ``c``) of a trained model's first
+    bias of ``family``."""
+    term = trained_bias(checkpoint, family).terms[0]
+    return [p.detach().clone() for p in term.params() if p is not None]
 
 
 def main() -> None:
@@ -78,7 +67,8 @@ def main() -> None:
     g = torch.Generator().manual_seed(0)
     dist = args.max_dist * torch.rand(B, 1, tq, tk, generator=g)
     if args.checkpoint:
-        params = [p.requires_grad_() for p in trained_tisa_params(args.checkpoint)]
+        params = [p.view(1, p.shape[0], 1, 1, -1).requires_grad_()
+                  for p in trained_params(args.checkpoint, "tisa")]
         if params[0].shape[1] != H:
             parser.error(f"--tile: the checkpoint's bias has {params[0].shape[1]} heads")
         args.basis = params[0].shape[-1]
@@ -110,7 +100,7 @@ def main() -> None:
         return run
 
     rbf_input = dist[:, 0]
-    rbf_a, rbf_b = trained_rbf_params()
+    rbf_a, rbf_b = trained_params(str(pretrained_path("gp2d")), "rbf")
     grouped = head_rates(rbf_a, rbf_b)
     assert grouped is not None, "the shipped gp2d model has one rate per head"
     rate, amp = (p.view(1, rbf_a.shape[0], 1, 1, -1) for p in grouped)

@@ -1,4 +1,5 @@
-"""Helpers shared by the benchmark scripts: timing, run metadata, peak RSS and JSON output.
+"""Helpers shared by the benchmark scripts: timing, run metadata, peak RSS, JSON output and
+the bias of a trained model.
 
 The scripts run as ``python benchmarks/NAME.py``, so ``benchmarks/`` is on ``sys.path`` and
 they import this module as ``common``. (``reference_runner.py`` runs in a foreign
@@ -18,6 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from bsatnp.attention.biases import AttentionBias, DistanceBias
+from bsatnp.io.checkpoint import load_model
 
 
 def timed(fn: Callable[[], object]) -> float:
@@ -58,3 +62,14 @@ def write_json(path: str | Path, record: Any,
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=2, default=default) + "\n", encoding="utf-8")
     return out
+
+
+def trained_bias(checkpoint: str | Path, family: str | None = None) -> AttentionBias:
+    """A one-term :class:`AttentionBias` holding a trained model's first distance bias (of
+    ``family`` if given), without gradients."""
+    model = load_model(checkpoint, torch.device("cpu"))
+    term = next(m for m in model.modules()
+                if isinstance(m, DistanceBias) and family in (None, m.spec.family))
+    bias = AttentionBias((term.spec,), term.num_heads)
+    bias.terms[0].load_state_dict(term.state_dict())
+    return bias.requires_grad_(False)

@@ -20,26 +20,20 @@ import os
 import statistics
 
 import torch
-from common import peak_rss_mb, run_meta, timed, write_json
+from common import peak_rss_mb, run_meta, timed, trained_bias, write_json
 
 from bsatnp.attention import locality
-from bsatnp.attention.biases import AttentionBias, BiasSpec, DistanceBias
+from bsatnp.attention.biases import AttentionBias, BiasSpec
 from bsatnp.attention.tiled import FAR_TILE, tiled_attention
-from bsatnp.io.checkpoint import load_model
 
 
 def make_bias(checkpoint: str | None, rate: float, heads: int) -> AttentionBias:
     """A one-term TISA bias: a trained model's first, or constant init with rate ``rate``."""
+    if checkpoint is not None:
+        return trained_bias(checkpoint, "tisa")
     bias = AttentionBias((BiasSpec(role="s", family="tisa"),), heads)
     with torch.no_grad():
-        if checkpoint is None:
-            bias.terms[0].b.fill_(rate)
-            return bias
-        model = load_model(checkpoint, torch.device("cpu"))
-        trained = next(m for m in model.modules()
-                       if isinstance(m, DistanceBias) and m.spec.family == "tisa")
-        bias = AttentionBias((trained.spec,), trained.num_heads)
-        bias.terms[0].load_state_dict(trained.state_dict())
+        bias.terms[0].b.fill_(rate)
     return bias
 
 

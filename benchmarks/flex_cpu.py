@@ -19,22 +19,12 @@ import os
 import statistics
 
 import torch
-from common import peak_rss_mb, run_meta, timed, write_json
+from common import peak_rss_mb, run_meta, timed, trained_bias, write_json
 
-from bsatnp.attention.biases import AttentionBias, DistanceBias
+from bsatnp.attention.biases import AttentionBias
 from bsatnp.attention.flex import flex_attention_biased
 from bsatnp.attention.tiled import tiled_attention
-from bsatnp.io.checkpoint import load_model
 from bsatnp.pretrained import pretrained_path
-
-
-def trained_bias(checkpoint: str) -> AttentionBias:
-    """The first distance bias of a trained model, as a one-term :class:`AttentionBias`."""
-    model = load_model(checkpoint, torch.device("cpu"))
-    term = next(m for m in model.modules() if isinstance(m, DistanceBias))
-    bias = AttentionBias((term.spec,), term.num_heads)
-    bias.terms[0].load_state_dict(term.state_dict())
-    return bias.requires_grad_(False)
 
 
 def run_case(bias: AttentionBias, Lk: int, Lq: int, side: float, rounds: int,
