@@ -73,7 +73,7 @@ def exp_family_profile(r: Tensor, amp: Tensor, rate: Tensor) -> Tensor:
 
     Args:
         r: ``d²`` (rbf) or ``d`` (exponential) ``[B, 1, tq, tk]``.
-        amp: Summed amplitudes per distinct rate ``[1, H, 1, 1, U]`` (0 for padding).
+        amp: Summed amplitudes per distinct rate ``[1, H, 1, 1, U]``.
         rate: Distinct rates ``[1, H, 1, 1, U]``.
 
     Returns:
