@@ -299,8 +299,14 @@ def test_tiled_single_key_tile_kept_or_recomputed(keep, spec_names, monkeypatch)
     check_backend("tiled", problem, tile_q=5, tile_k=16)
 
 
-def test_tiled_kept_tiles_survive_a_second_backward():
-    q, k, v, bias, cq, ck, mask = make_problem(2, 2, 9, 7, 4, ("rbf",), seed=8)
+@pytest.mark.parametrize(("spec_names", "compile_mode"),
+                         [(("rbf",), "0"), (("tisa",), "0"), (("tisa",), "1")])
+def test_tiled_kept_tiles_survive_a_second_backward(spec_names, compile_mode, monkeypatch):
+    """Kept bias graphs are retained for a second backward, compiled profiles included (a
+    compiled backward with donated buffers refuses ``retain_graph``: the SIR training step
+    failed on it)."""
+    monkeypatch.setenv("BSATNP_COMPILE", compile_mode)
+    q, k, v, bias, cq, ck, mask = make_problem(2, 2, 9, 7, 4, spec_names, seed=8)
     out, inputs = run_backend("tiled", q, k, v, bias, cq, ck, mask, tile_q=4, tile_k=8)
     first = torch.autograd.grad(out.square().sum(), inputs, retain_graph=True)
     second = torch.autograd.grad(out.square().sum(), inputs)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 
 import torch
 from torch import Tensor
@@ -89,6 +90,18 @@ tile) in the ~10 s one compile takes, so short jobs (one small prediction) never
 compile they cannot earn back, and long ones compile early on."""
 
 
+def no_donated_buffers() -> AbstractContextManager[None]:
+    """Compile, and run a retained backward, without AOTAutograd's donated buffers.
+
+    A compiled backward that donates (reuses) its saved buffers refuses ``retain_graph``,
+    which the tiled backend's kept bias graphs need (their backward may be run again, as
+    eager graphs can be; the SIR training step failed on it). Profiles are compiled inside
+    this context, and a retained backward through them runs inside it too: torch checks the
+    setting again when the backward runs.
+    """
+    return torch._functorch.config.patch(donated_buffer=False)
+
+
 class _Compiled:
     """One profile function, compiled on first use of a large tile; eager when that fails.
 
@@ -138,7 +151,12 @@ class _Compiled:
         Compiler errors surface here rather than in a later ``loss.backward()``.
         """
         try:
-            compiled = torch.compile(self.fn, dynamic=True)
+            inductor = torch.compile(self.fn, dynamic=True)
+
+            def compiled(*tensors: Tensor) -> Tensor:
+                with no_donated_buffers():  # at every call: a new shape compiles again
+                    return inductor(*tensors)
+
             like = {"dtype": args[0].dtype, "device": args[0].device}
             dist = torch.rand(args[0].shape[0], 1, 3, 5, **like)
             if self.inference_only:

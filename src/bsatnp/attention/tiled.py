@@ -25,12 +25,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
 from bsatnp.attention.biases import AttentionBias, slice_coords
+from bsatnp.attention.compiled import no_donated_buffers
 from bsatnp.attention.locality import FarTiles, gather_rows, morton_order
 from bsatnp.attention.numerics import builds_graph, exp_
 
@@ -263,7 +265,9 @@ class _TiledBiasedAttention(torch.autograd.Function):
                 dk[:, :, cols] += torch.matmul(ds.transpose(-1, -2), q_t)
                 if bias_t is not None and wanted:
                     # Kept graphs are retained: a second backward (retain_graph) reuses them.
-                    grads = torch.autograd.grad(bias_t, wanted, ds, retain_graph=kept is not None)
+                    with no_donated_buffers() if kept is not None else nullcontext():
+                        grads = torch.autograd.grad(bias_t, wanted, ds,
+                                                    retain_graph=kept is not None)
                     for acc, g in zip(grad_wanted, grads):
                         acc += g
         dq.mul_(ctx.scale)
