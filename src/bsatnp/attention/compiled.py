@@ -86,8 +86,9 @@ def exp_family_profile(r: Tensor, amp: Tensor, rate: Tensor) -> Tensor:
 EXP_FAMILY_WARMUP = 10**10
 """Scores the ``rbf``/``exponential`` profile computes eagerly in a process before it is
 compiled: about what the compiled loop saves (~1 ns per score, 7 → 3 ms on a 4.2M-score
-tile) in the ~10 s one compile takes, so short jobs (one small prediction) never pay a
-compile they cannot earn back, and long ones compile early on."""
+tile, ``benchmarks/bias_kernels.py``) in the ~5–10 s one compile takes, so short jobs (one
+small prediction) never pay a compile they cannot earn back, and long ones compile early
+on."""
 
 
 def no_donated_buffers() -> AbstractContextManager[None]:
