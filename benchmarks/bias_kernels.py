@@ -4,10 +4,13 @@ For each bias family, the bias of one ``[B, H, tq, tk]`` tile and its parameters
 (forward + backward, as a training step needs them), and the forward alone (inference),
 timed alternately for the eager and the inductor-compiled path (``bsatnp.attention.compiled``;
 ``BSATNP_COMPILE`` decides which one the models use). Compile time is reported apart from
-the medians. The RBF family runs through ``exp_basis`` (one exponential per distinct rate)
-in training and, in inference, through the compiled ``exp_family_profile`` where each head
-has its own rates (as in the shipped ``gp2d`` model, whose rates these rows use, with that
-model's heads in place of ``H``).
+the medians. The compiled TISA rows are the library's path (a compiled forward, and a
+compiled backward that recomputes the terms) and, for comparison, autograd through the
+compiled forward ("autograd saves the terms": the partitioner saves each term for the
+backward, which made the forward several times slower). The RBF family runs through
+``exp_basis`` (one exponential per distinct rate) in training and, in inference, through the
+compiled ``exp_family_profile`` where each head has its own rates (as in the shipped ``gp2d``
+model, whose rates these rows use, with that model's heads in place of ``H``).
 
 With ``--checkpoint``, the TISA parameters are those of a trained model's first TISA bias
 and the distances span ``[0, --max-dist]`` (the SIR scaling run's lattice reaches 90): far
@@ -81,11 +84,15 @@ def main() -> None:
     a2, b2 = (p.detach().view(H, -1).clone().requires_grad_() for p in params[:2])
 
     start = time.perf_counter()
-    tisa_compiled = torch.compile(compiled.tisa_profile, dynamic=True)
+    tisa_compiled = compiled._Compiled(compiled.tisa_profile, compiled.tisa_profile_grads)
     torch.autograd.grad(tisa_compiled(dist, *params), params, grad_out)
     with torch.no_grad():
         tisa_compiled(dist, *params)
     compile_s = time.perf_counter() - start
+    if tisa_compiled.compiled is None:
+        parser.error("the TISA profile was not compiled (BSATNP_COMPILE=0, or compiling failed)")
+    tisa_autograd = torch.compile(compiled.tisa_profile, dynamic=True)
+    torch.autograd.grad(tisa_autograd(dist, *params), params, grad_out)
     unguarded = torch.compile(unguarded_profile, dynamic=True)
     with torch.no_grad():
         unguarded(dist, *params)
@@ -113,6 +120,7 @@ def main() -> None:
     cases = {
         ("tisa", "eager", "forward+backward"): train(compiled.tisa_profile),
         ("tisa", "compiled", "forward+backward"): train(tisa_compiled),
+        ("tisa", "compiled, autograd saves the terms", "forward+backward"): train(tisa_autograd),
         ("tisa", "eager", "forward"): infer(compiled.tisa_profile),
         ("tisa", "compiled", "forward"): infer(tisa_compiled),
         ("tisa", "compiled, no underflow guard", "forward"): infer(unguarded),

@@ -21,10 +21,11 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Callable
-from contextlib import AbstractContextManager
+from typing import Any
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
 from bsatnp.attention.numerics import exp_floored
@@ -32,7 +33,10 @@ from bsatnp.attention.numerics import exp_floored
 MIN_ELEMENTS = 1 << 16
 """Smallest tile (``B·H·tq·tk`` scores) worth a compiled profile."""
 
-Profile = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
+Profile = Callable[..., Tensor]
+"""``profile(dist, *params) -> bias``."""
+Grads = Callable[..., tuple[Tensor, ...]]
+"""``grads(grad_bias, dist, *params) -> one gradient per parameter``."""
 
 
 def tisa_term(dist: Tensor, a: Tensor, b: Tensor, c: Tensor) -> Tensor:
@@ -64,6 +68,37 @@ def tisa_profile(dist: Tensor, a: Tensor, b: Tensor, c: Tensor) -> Tensor:
     return out
 
 
+def tisa_profile_grads(grad: Tensor, dist: Tensor, a: Tensor, b: Tensor,
+                       c: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Gradients of :func:`tisa_profile` for ``a``, ``b``, ``c``, recomputing its terms.
+
+    With ``e = exp_floored(−b·u²)``, ``u = dist − c``: ``∂/∂a = e``, ``∂/∂b = −a·e·u²``,
+    ``∂/∂c = 2·a·b·e·u`` (all 0 where the term underflowed), each multiplied by ``grad`` and
+    summed over the pairs the parameter broadcasts to.
+
+    Args:
+        grad: Gradient of the bias ``[B, H, tq, tk]``.
+        dist: Distances ``[B, 1, tq, tk]``.
+        a: Amplitudes ``[1, H, 1, 1, F]``.
+        b: Rates ``[1, H, 1, 1, F]``.
+        c: Centres ``[1, H, 1, 1, F]``.
+
+    Returns:
+        Gradients shaped like ``a``, ``b``, ``c``.
+    """
+    grads: tuple[list[Tensor], list[Tensor], list[Tensor]] = ([], [], [])
+    for f in range(a.shape[-1]):
+        a_f, b_f, c_f = a[..., f], b[..., f], c[..., f]
+        u = dist - c_f
+        u2 = u.square()
+        ge = grad * exp_floored(-b_f * u2)
+        age = a_f * ge
+        grads[0].append(ge.sum_to_size(a_f.shape))
+        grads[1].append((-age * u2).sum_to_size(b_f.shape))
+        grads[2].append((2 * b_f * age * u).sum_to_size(c_f.shape))
+    return tuple(torch.stack(g, -1) for g in grads)  # type: ignore[return-value]
+
+
 def exp_family_profile(r: Tensor, amp: Tensor, rate: Tensor) -> Tensor:
     """``Σ_u amp[..., u] · exp(−rate[..., u] · r)``: the ``rbf`` and ``exponential`` biases.
 
@@ -91,32 +126,45 @@ small prediction) never pay a compile they cannot earn back, and long ones compi
 on."""
 
 
-def no_donated_buffers() -> AbstractContextManager[None]:
-    """Compile, and run a retained backward, without AOTAutograd's donated buffers.
+class _RecomputedBackward(torch.autograd.Function):
+    """A profile whose backward recomputes its terms: nothing per score is saved.
 
-    A compiled backward that donates (reuses) its saved buffers refuses ``retain_graph``,
-    which the tiled backend's kept bias graphs need (their backward may be run again, as
-    eager graphs can be; the SIR training step failed on it). Profiles are compiled inside
-    this context, and a retained backward through them runs inside it too: torch checks the
-    setting again when the backward runs.
+    Left to autograd (compiled or not), the ``tisa`` profile saved its terms' masks and
+    exponentials for the backward, several floats per score, and its compiled forward ran
+    8× slower for writing them (``exp_floored``'s ``where`` made the partitioner save them).
+    No gradient flows to the distances (as in :func:`~bsatnp.attention.exp_basis.exp_basis`).
     """
-    return torch._functorch.config.patch(donated_buffer=False)
+
+    @staticmethod
+    def forward(ctx: Any, fn: Profile, grads: Grads, dist: Tensor,  # type: ignore[override]
+                *params: Tensor) -> Tensor:
+        ctx.grads = grads
+        ctx.save_for_backward(dist, *params)
+        return fn(dist, *params)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        dist, *params = ctx.saved_tensors
+        return None, None, None, *ctx.grads(grad, dist, *params)
 
 
 class _Compiled:
     """One profile function, compiled on first use of a large tile; eager when that fails.
 
-    ``inference_only`` profiles are checked by a forward without gradients when compiled;
-    the others by a forward and a backward. ``warmup``: large-tile scores to compute eagerly
-    in this process before compiling (counted by :meth:`wants`).
+    Compiled functions only ever run without autograd: a profile with ``grads`` (its
+    parameters' gradients, recomputing the terms) is differentiated through
+    :class:`_RecomputedBackward`, compiled or eager alike; one without ``grads`` is compiled
+    for inference and runs eagerly where a gradient is needed. ``warmup``: large-tile scores
+    to compute eagerly in this process before compiling (counted by :meth:`wants`).
     """
 
-    def __init__(self, fn: Profile, inference_only: bool = False, warmup: int = 0) -> None:
+    def __init__(self, fn: Profile, grads: Grads | None = None, warmup: int = 0) -> None:
         self.fn = fn
-        self.inference_only = inference_only
+        self.grads = grads
         self.warmup = warmup
         self.declined = 0  # large-tile scores left eager during the warm-up
-        self.compiled: Profile | None = None
+        self.compiled: tuple[Profile, Grads | None] | None = None
         self.failed = False
 
     def mode(self) -> str:
@@ -146,28 +194,22 @@ class _Compiled:
             return False
         return True
 
-    def _compile(self, *args: Tensor) -> Profile | None:
-        """Compile ``fn`` and run a small forward and backward on inputs like ``args``.
+    def _compile(self, *args: Tensor) -> tuple[Profile, Grads | None] | None:
+        """Compile ``fn`` (and ``grads``) and run them on small inputs like ``args``.
 
         Compiler errors surface here rather than in a later ``loss.backward()``.
         """
         try:
-            inductor = torch.compile(self.fn, dynamic=True)
-
-            def compiled(*tensors: Tensor) -> Tensor:
-                with no_donated_buffers():  # at every call: a new shape compiles again
-                    return inductor(*tensors)
-
+            fn = torch.compile(self.fn, dynamic=True)
+            grads = None if self.grads is None else torch.compile(self.grads, dynamic=True)
             like = {"dtype": args[0].dtype, "device": args[0].device}
             dist = torch.rand(args[0].shape[0], 1, 3, 5, **like)
-            if self.inference_only:
-                with torch.no_grad():
-                    compiled(dist, *(torch.rand(p.shape, **like) for p in args[1:]))
-                return compiled
-            with torch.inference_mode(False), torch.enable_grad():
-                params = [torch.rand(p.shape, **like, requires_grad=True) for p in args[1:]]
-                torch.autograd.grad(compiled(dist, *params).sum(), params)
-            return compiled
+            params = [torch.rand(p.shape, **like) for p in args[1:]]
+            with torch.no_grad():
+                out = fn(dist, *params)
+                if grads is not None:
+                    grads(torch.rand_like(out), dist, *params)
+            return fn, grads
         except Exception as err:  # noqa: BLE001 - any compiler failure means: run eagerly
             self.failed = True
             warnings.warn(f"bsatnp: compiling {self.fn.__name__} failed, running it eagerly "
@@ -176,16 +218,24 @@ class _Compiled:
             return None
 
     def __call__(self, dist: Tensor, *params: Tensor) -> Tensor:
+        """The profile of ``dist`` under ``params``, compiled or eager."""
+        fn, grads = self.fn, self.grads
+        differentiate = torch.is_grad_enabled() and any(p.requires_grad for p in params)
         numel = dist.shape[0] * params[0].shape[1] * dist.shape[-2] * dist.shape[-1]
-        if self.wants(numel):
+        if (grads is not None or not differentiate) and self.wants(numel):
             if self.compiled is None:
                 self.compiled = self._compile(dist, *params)
             if self.compiled is not None:
-                return self.compiled(dist, *params)
-        return self.fn(dist, *params)
+                fn, grads = self.compiled
+        if differentiate and grads is not None:
+            return _RecomputedBackward.apply(fn, grads, dist.detach(), *params)
+        if fn is self.fn:
+            return fn(dist, *params)
+        with torch.no_grad():
+            return fn(dist, *params)
 
 
-tisa = _Compiled(tisa_profile)
+tisa = _Compiled(tisa_profile, tisa_profile_grads)
 """The ``tisa`` profile: compiled for large tiles, eager otherwise."""
-exp_family = _Compiled(exp_family_profile, inference_only=True, warmup=EXP_FAMILY_WARMUP)
+exp_family = _Compiled(exp_family_profile, warmup=EXP_FAMILY_WARMUP)
 """The ``rbf``/``exponential`` profile without gradients: compiled for large tiles."""

@@ -25,14 +25,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from contextlib import nullcontext
 from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
 from bsatnp.attention.biases import AttentionBias, slice_coords
-from bsatnp.attention.compiled import no_donated_buffers
 from bsatnp.attention.locality import FarTiles, gather_rows, morton_order
 from bsatnp.attention.numerics import builds_graph, exp_
 
@@ -265,9 +263,8 @@ class _TiledBiasedAttention(torch.autograd.Function):
                 dk[:, :, cols] += torch.matmul(ds.transpose(-1, -2), q_t)
                 if bias_t is not None and wanted:
                     # Kept graphs are retained: a second backward (retain_graph) reuses them.
-                    with no_donated_buffers() if kept is not None else nullcontext():
-                        grads = torch.autograd.grad(bias_t, wanted, ds,
-                                                    retain_graph=kept is not None)
+                    grads = torch.autograd.grad(bias_t, wanted, ds,
+                                                retain_graph=kept is not None)
                     for acc, g in zip(grad_wanted, grads):
                         acc += g
         dq.mul_(ctx.scale)
@@ -311,9 +308,14 @@ def tiled_attention(
 
 
 def _kept_per_score(bias: AttentionBias | None) -> int:
-    """Floats a kept forward holds per score: 1 + 2 per distinct rate of a head and term."""
+    """Floats a kept forward holds per score: 1, plus 2 per distinct rate of a head for an
+    ``rbf`` or ``exponential`` term (:func:`~bsatnp.attention.exp_basis.exp_basis` keeps its basis) and 1 for any other
+    (its distances: the ``tisa`` backward recomputes its terms)."""
     kept = 1
     for term in bias.terms if bias is not None else ():
+        if term.spec.family not in ("rbf", "exponential"):
+            kept += 1
+            continue
         b = term.params()[1]
         rates = 1 if b is None else max(int(torch.unique(row).numel()) for row in b.detach())
         kept += 2 * rates
