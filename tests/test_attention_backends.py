@@ -329,8 +329,8 @@ def test_tiled_single_key_tile_kept_or_recomputed(keep, spec_names, monkeypatch)
                          [(("rbf",), "0"), (("tisa",), "0"), (("tisa",), "1")])
 def test_tiled_kept_tiles_survive_a_second_backward(spec_names, compile_mode, monkeypatch):
     """Kept bias graphs are retained for a second backward, compiled profiles included (a
-    compiled backward with donated buffers refuses ``retain_graph``: the SIR training step
-    failed on it)."""
+    compiled AOTAutograd backward with donated buffers refused ``retain_graph``: the SIR
+    training step once failed on it)."""
     monkeypatch.setenv("BSATNP_COMPILE", compile_mode)
     q, k, v, bias, cq, ck, mask = make_problem(2, 2, 9, 7, 4, spec_names, seed=8)
     out, inputs = run_backend("tiled", q, k, v, bias, cq, ck, mask, tile_q=4, tile_k=8)

@@ -5,11 +5,12 @@ of the five to six passes over a tile of the eager path); see :func:`exp_family_
 The ``tisa`` profile ``Σ_f a·exp(−b·(d−c)²)`` is elementwise work: in eager PyTorch it
 costs about six passes over a ``[B, H, tq, tk]`` tile per basis function, and as many again
 (plus reductions) for its parameters' gradients. ``torch.compile`` fuses the forward into
-one loop and the backward into one reduction: on one CPU thread an 8×8×1024×512 tile with
-F = 5 takes 1.9 s forward + backward compiled against 19.3 s eager, median of three on a
-shared machine (``python benchmarks/bias_kernels.py``; benchmarks/results/bias_kernels.json).
+one loop and the gradients, which recompute the terms (:class:`_RecomputedBackward`), into
+one reduction: on two CPU threads an 8×8×1024×512 tile with F = 5 takes 0.61 s forward +
+backward compiled against 7.5 s eager (``python benchmarks/bias_kernels.py --threads 2
+--rounds 3``; benchmarks/results/bias_kernels.json).
 
-Compiling costs tens of seconds once per process (and per dtype and grad mode), so only
+Compiling costs tens of seconds once per process (and per dtype), so only
 tiles of at least :data:`MIN_ELEMENTS` scores are compiled. ``BSATNP_COMPILE=0`` never
 compiles, ``BSATNP_COMPILE=1`` compiles tiles of any size (tests). When compiling fails
 (no C++ compiler, an unsupported platform) one warning is given and the eager profile is

@@ -308,9 +308,12 @@ def tiled_attention(
 
 
 def _kept_per_score(bias: AttentionBias | None) -> int:
-    """Floats a kept forward holds per score: 1, plus 2 per distinct rate of a head for an
-    ``rbf`` or ``exponential`` term (:func:`~bsatnp.attention.exp_basis.exp_basis` keeps its basis) and 1 for any other
-    (its distances: the ``tisa`` backward recomputes its terms)."""
+    """Floats a kept forward holds per score.
+
+    1 (the probabilities), plus 2 per distinct rate of a head for an ``rbf`` or
+    ``exponential`` term (:func:`~bsatnp.attention.exp_basis.exp_basis` keeps its basis) and
+    1 for any other term (its distances: the ``tisa`` backward recomputes its terms).
+    """
     kept = 1
     for term in bias.terms if bias is not None else ():
         if term.spec.family not in ("rbf", "exponential"):
