@@ -41,7 +41,7 @@ def main() -> None:
     print("| case | eager s | compiled s | eager / compiled |")
     print("|---|---|---|---|")
     for size in args.sizes.split(","):
-        batch = case_batch(size)
+        batch = case_batch(size, dim_f=model.config.dim_f)
 
         def run(mode: str, batch: Batch = batch) -> None:
             os.environ["BSATNP_COMPILE"] = MODES[mode]

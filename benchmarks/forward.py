@@ -54,8 +54,10 @@ RECOMPUTE = "tiled-recompute"
 DENSE_MAX_BYTES = 8e9  # dense materialises B·H·Lq·Lk scores several times: skip beyond this
 
 
-def gp_like_batch(B: int, n_ctx: int, n_test: int, min_valid: int | None, seed: int = 0) -> Batch:
-    """Random 2D-GP-shaped batch on [−2, 2]²; ``min_valid`` draws per-task valid counts."""
+def gp_like_batch(B: int, n_ctx: int, n_test: int, min_valid: int | None, seed: int = 0,
+                  dim_f: int = 1) -> Batch:
+    """Random 2D-GP-shaped batch on [−2, 2]²; ``min_valid`` draws per-task valid counts;
+    ``dim_f`` value features (1 for the GP; e.g. 3 for the SIR model's one-hot states)."""
     g = torch.Generator().manual_seed(seed)
     mask = None
     if min_valid is not None:
@@ -63,19 +65,19 @@ def gp_like_batch(B: int, n_ctx: int, n_test: int, min_valid: int | None, seed: 
         mask = torch.arange(n_ctx)[None] < valid
     return Batch(
         s_ctx=4 * torch.rand(B, n_ctx, 2, generator=g) - 2,
-        f_ctx=torch.randn(B, n_ctx, 1, generator=g),
+        f_ctx=torch.randn(B, n_ctx, dim_f, generator=g),
         mask_ctx=mask,
         s_test=4 * torch.rand(B, n_test, 2, generator=g) - 2,
-        f_test=torch.randn(B, n_test, 1, generator=g),
+        f_test=torch.randn(B, n_test, dim_f, generator=g),
     )
 
 
-def case_batch(case: str) -> Batch:
+def case_batch(case: str, dim_f: int = 1) -> Batch:
     """The batch a case runs on (the same for ours and the reference)."""
     if case == "train":
-        return gp_like_batch(8, 512, 1024, 128)
+        return gp_like_batch(8, 512, 1024, 128, dim_f=dim_f)
     n_ctx, n_test = map(int, case.split("x"))
-    return gp_like_batch(1, n_ctx, n_test, None)
+    return gp_like_batch(1, n_ctx, n_test, None, dim_f=dim_f)
 
 
 def limit_cpus(threads: int) -> list[int]:

@@ -186,10 +186,24 @@ def test_compiled_profile_warms_up_eagerly_then_compiles(monkeypatch):
     assert not profile.wants(compiled.MIN_ELEMENTS - 1)
     assert [profile.wants(compiled.MIN_ELEMENTS) for _ in range(4)] == [False] * 3 + [True]
     assert compiled.exp_family.warmup == compiled.EXP_FAMILY_WARMUP > 0
+    assert compiled.tisa.warmup == compiled.TISA_WARMUP > 0
     monkeypatch.setenv("BSATNP_COMPILE", "0")
     assert not profile.wants(compiled.MIN_ELEMENTS)
     monkeypatch.setenv("BSATNP_COMPILE", "1")
     assert compiled._Compiled(compiled.exp_family_profile, warmup=10**12).wants(1)
+
+
+def test_inference_compiles_the_profile_but_not_its_gradients(monkeypatch):
+    """A prediction pays one compile; the gradients compile when first wanted."""
+    monkeypatch.setenv("BSATNP_COMPILE", "1")
+    profile = compiled._Compiled(compiled.tisa_profile, compiled.tisa_profile_grads)
+    dist = torch.rand(2, 1, 4, 6)
+    params = [torch.rand(1, 3, 1, 1, 2, requires_grad=True) for _ in "abc"]
+    with torch.no_grad():
+        profile(dist, *params)
+    assert profile.compiled is not None and profile.compiled_grads is None
+    torch.autograd.grad(profile(dist, *params).sum(), params)
+    assert profile.compiled_grads is not None and not profile.failed
 
 
 def test_head_rates_group_each_heads_rates_exactly():

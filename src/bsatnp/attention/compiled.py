@@ -127,6 +127,15 @@ small prediction) never pay a compile they cannot earn back, and long ones compi
 on."""
 
 
+TISA_WARMUP = 2 * 10**8
+"""Scores the ``tisa`` profile computes eagerly in a process before it is compiled: about
+what the ~6 s of a compile (with inductor's disk cache warm; 15–35 s cold) earns back. The
+shipped SIR model's forward at 512 context / 1,024 test (1.9·10⁷ scores) takes 0.66 s eager
+and 0.17 s compiled, ~26 ns saved per score (``python benchmarks/compiled_forward.py --model
+sir``), so about ten such predictions run eagerly first; training compiles within its first
+two steps."""
+
+
 class _RecomputedBackward(torch.autograd.Function):
     """A profile whose backward recomputes its terms: nothing per score is saved.
 
@@ -156,8 +165,10 @@ class _Compiled:
     Compiled functions only ever run without autograd: a profile with ``grads`` (its
     parameters' gradients, recomputing the terms) is differentiated through
     :class:`_RecomputedBackward`, compiled or eager alike; one without ``grads`` is compiled
-    for inference and runs eagerly where a gradient is needed. ``warmup``: large-tile scores
-    to compute eagerly in this process before compiling (counted by :meth:`wants`).
+    for inference and runs eagerly where a gradient is needed. The gradients are compiled
+    only once a gradient is first wanted, so inference pays one compile. ``warmup``:
+    large-tile scores to compute eagerly in this process before compiling (counted by
+    :meth:`wants`).
     """
 
     def __init__(self, fn: Profile, grads: Grads | None = None, warmup: int = 0) -> None:
@@ -165,7 +176,8 @@ class _Compiled:
         self.grads = grads
         self.warmup = warmup
         self.declined = 0  # large-tile scores left eager during the warm-up
-        self.compiled: tuple[Profile, Grads | None] | None = None
+        self.compiled: Profile | None = None
+        self.compiled_grads: Grads | None = None
         self.failed = False
 
     def mode(self) -> str:
@@ -195,28 +207,39 @@ class _Compiled:
             return False
         return True
 
-    def _compile(self, *args: Tensor) -> tuple[Profile, Grads | None] | None:
-        """Compile ``fn`` (and ``grads``) and run them on small inputs like ``args``.
+    def _compile(self, target: Callable[..., Any],
+                 check: Callable[[Callable[..., Any]], object]) -> Any:
+        """``target`` compiled and run once by ``check`` on small inputs, or ``None``.
 
-        Compiler errors surface here rather than in a later ``loss.backward()``.
+        Compiler errors surface here rather than in a later ``loss.backward()``; after one,
+        this profile stays eager.
         """
         try:
-            fn = torch.compile(self.fn, dynamic=True)
-            grads = None if self.grads is None else torch.compile(self.grads, dynamic=True)
-            like = {"dtype": args[0].dtype, "device": args[0].device}
-            dist = torch.rand(args[0].shape[0], 1, 3, 5, **like)
-            params = [torch.rand(p.shape, **like) for p in args[1:]]
+            compiled = torch.compile(target, dynamic=True)
             with torch.no_grad():
-                out = fn(dist, *params)
-                if grads is not None:
-                    grads(torch.rand_like(out), dist, *params)
-            return fn, grads
+                check(compiled)
+            return compiled
         except Exception as err:  # noqa: BLE001 - any compiler failure means: run eagerly
             self.failed = True
-            warnings.warn(f"bsatnp: compiling {self.fn.__name__} failed, running it eagerly "
+            warnings.warn(f"bsatnp: compiling {target.__name__} failed, running it eagerly "
                           f"(same results, slower): {type(err).__name__}: {err}",
-                          RuntimeWarning, stacklevel=3)
+                          RuntimeWarning, stacklevel=5)
             return None
+
+    def _compile_for(self, dist: Tensor, params: tuple[Tensor, ...], grads: bool) -> None:
+        """Compile the profile, and its gradients if ``grads``.
+
+        Each is checked on small inputs of the dtype and device of ``dist``.
+        """
+        like = {"dtype": dist.dtype, "device": dist.device}
+        small = torch.rand(dist.shape[0], 1, 3, 5, **like)
+        small_params = [torch.rand(p.shape, **like) for p in params]
+        if self.compiled is None:
+            self.compiled = self._compile(self.fn, lambda f: f(small, *small_params))
+        if grads and self.grads is not None and self.compiled_grads is None and not self.failed:
+            bias_grad = torch.rand(dist.shape[0], params[0].shape[1], 3, 5, **like)
+            self.compiled_grads = self._compile(
+                self.grads, lambda g: g(bias_grad, small, *small_params))
 
     def __call__(self, dist: Tensor, *params: Tensor) -> Tensor:
         """The profile of ``dist`` under ``params``, compiled or eager."""
@@ -224,10 +247,10 @@ class _Compiled:
         differentiate = torch.is_grad_enabled() and any(p.requires_grad for p in params)
         numel = dist.shape[0] * params[0].shape[1] * dist.shape[-2] * dist.shape[-1]
         if (grads is not None or not differentiate) and self.wants(numel):
-            if self.compiled is None:
-                self.compiled = self._compile(dist, *params)
-            if self.compiled is not None:
-                fn, grads = self.compiled
+            if self.compiled is None or (differentiate and self.compiled_grads is None):
+                self._compile_for(dist, params, differentiate)
+            fn = self.compiled or fn
+            grads = self.compiled_grads or grads
         if differentiate and grads is not None:
             return _RecomputedBackward.apply(fn, grads, dist.detach(), *params)
         if fn is self.fn:
@@ -236,7 +259,7 @@ class _Compiled:
             return fn(dist, *params)
 
 
-tisa = _Compiled(tisa_profile, tisa_profile_grads)
-"""The ``tisa`` profile: compiled for large tiles, eager otherwise."""
+tisa = _Compiled(tisa_profile, tisa_profile_grads, warmup=TISA_WARMUP)
+"""The ``tisa`` profile and its gradients: compiled for large tiles, eager otherwise."""
 exp_family = _Compiled(exp_family_profile, warmup=EXP_FAMILY_WARMUP)
 """The ``rbf``/``exponential`` profile without gradients: compiled for large tiles."""
