@@ -2,10 +2,11 @@
 
 Made for a short device session (the whole run is sized to finish in a few minutes):
 
-1. **Correctness.** For several shapes with ragged key masks, the ``flex``, ``tiled`` and
-   ``dense`` backends on the device (float32) are compared with the ``dense`` backend in
-   float64 on the CPU (itself tested against an independent reference in the test suite):
-   outputs and gradients w.r.t. q, k, v and every bias parameter. Then the whole BSA-TNP:
+1. **Correctness.** For several shapes with ragged key masks and the RBF and TISA biases
+   (TISA through its compiled profile), the ``flex``, ``tiled`` and ``dense`` backends on
+   the device (float32) are compared with the ``dense`` backend in float64 on the CPU
+   (itself tested against an independent reference in the test suite): outputs and
+   gradients w.r.t. q, k, v and every bias parameter. Then the whole BSA-TNP:
    μ, σ, loss and the gradient of every parameter with ``backend="auto"`` on the device vs
    float64 on the CPU.
 2. **Timing** (after warm-up, CUDA-synchronised medians): a training step at B=8, 512
@@ -21,6 +22,7 @@ Usage (on the device machine; writes ``$OUT/gpu_check.json`` or ``--out``):
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -42,7 +44,7 @@ from bsatnp.tasks.gp2d import GP2DTask
 SHAPES = [(1, 4, 64, 48, 32), (3, 4, 200, 130, 32), (2, 2, 1024, 515, 16)]  # B, H, Lq, Lk, D
 OUT_TOL, GRAD_TOL = 1e-5, 1e-4
 """The test suite's tolerances (issue 2): outputs and gradients vs float64, relative."""
-GRADIENTS = ("dq", "dk", "dv", "da", "db")
+GRADIENTS = ("dq", "dk", "dv", "da", "db", "dc")
 
 
 def _rel(x: torch.Tensor, ref: torch.Tensor) -> float:
@@ -50,22 +52,28 @@ def _rel(x: torch.Tensor, ref: torch.Tensor) -> float:
     return float(((x.double().cpu() - ref) / ref.abs().clamp_min(1.0)).abs().max())
 
 
-def attention_case(shape: tuple[int, ...], backend: str, device: str, seed: int) -> dict:
-    """Errors of one backend on one random problem vs float64 dense on the CPU."""
+def attention_case(shape: tuple[int, ...], backend: str, device: str, seed: int,
+                   family: str = "rbf") -> dict:
+    """Errors of one backend on one random problem vs float64 dense on the CPU.
+
+    ``family`` ``"tisa"`` runs the compiled TISA profile (forced for every tile size) and its
+    recomputing backward on the device.
+    """
     B, H, Lq, Lk, D = shape
+    spec = BiasSpec(family=family, init="spread")
     g = torch.Generator().manual_seed(seed)
     q, k, v = (torch.randn(B, H, n, D, generator=g, dtype=torch.float64) for n in (Lq, Lk, Lk))
     cq, ck = 4 * torch.rand(B, Lq, 2, generator=g) - 2, 4 * torch.rand(B, Lk, 2, generator=g) - 2
     valid = torch.randint(1, Lk + 1, (B, 1), generator=g)
     mask = torch.arange(Lk)[None] < valid
-    bias = AttentionBias((BiasSpec(init="spread"),), H)
+    bias = AttentionBias((spec,), H)
     with torch.no_grad():
         for p in bias.parameters():
             p.mul_(0.5 + torch.rand(p.shape, generator=g))
     grad_out = torch.randn(B, H, Lq, D, generator=g, dtype=torch.float64)
 
     def run(dtype: torch.dtype, dev: str, name: str) -> list[torch.Tensor]:
-        b = AttentionBias((BiasSpec(init="spread"),), H).to(dev, dtype)
+        b = AttentionBias((spec,), H).to(dev, dtype)
         b.load_state_dict(bias.state_dict())
         inputs = [t.to(dev, dtype).clone().requires_grad_() for t in (q, k, v)]
         out = biased_attention(*inputs, b, {"s": cq.to(dev, dtype)}, {"s": ck.to(dev, dtype)},
@@ -74,9 +82,14 @@ def attention_case(shape: tuple[int, ...], backend: str, device: str, seed: int)
         return [out.detach(), *(t.grad for t in inputs), *(p.grad for p in b.parameters())]
 
     ref = run(torch.float64, "cpu", "dense")
-    got = run(torch.float32, device, backend)
-    names = ["out", "dq", "dk", "dv", "da", "db"]
-    return {"shape": shape, "backend": backend,
+    previous = os.environ.get("BSATNP_COMPILE")
+    os.environ["BSATNP_COMPILE"] = "1" if family == "tisa" else previous or "auto"
+    try:
+        got = run(torch.float32, device, backend)
+    finally:
+        os.environ["BSATNP_COMPILE"] = previous or "auto"
+    names = ["out", "dq", "dk", "dv", *(f"d{p}" for p in "abc")]
+    return {"shape": shape, "backend": backend, "family": family,
             **{n: _rel(x, r) for n, x, r in zip(names, got, ref)}}
 
 
@@ -177,10 +190,10 @@ def main() -> None:
         write_json(args.out, report)  # partial results too
 
     for i, shape in enumerate(SHAPES):
-        for backend in backends:
-            entry = guarded(attention_case, shape, backend, dev, seed=i)
+        for backend, family in itertools.product(backends, ("rbf", "tisa")):
+            entry = guarded(attention_case, shape, backend, dev, seed=i, family=family)
             if "error" in entry:
-                entry = {"shape": shape, "backend": backend, **entry}
+                entry = {"shape": shape, "backend": backend, "family": family, **entry}
             report["attention"].append(entry)
             log(entry)
     report["model"] = guarded(model_case, dev)
