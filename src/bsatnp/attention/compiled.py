@@ -29,7 +29,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
-from bsatnp.attention.numerics import exp_floored
+from bsatnp.attention.numerics import builds_graph, exp_floored
 
 MIN_ELEMENTS = 1 << 16
 """Smallest tile (``B·H·tq·tk`` scores) worth a compiled profile."""
@@ -244,7 +244,7 @@ class _Compiled:
     def __call__(self, dist: Tensor, *params: Tensor) -> Tensor:
         """The profile of ``dist`` under ``params``, compiled or eager."""
         fn, grads = self.fn, self.grads
-        differentiate = torch.is_grad_enabled() and any(p.requires_grad for p in params)
+        differentiate = builds_graph(*params)
         numel = dist.shape[0] * params[0].shape[1] * dist.shape[-2] * dist.shape[-1]
         if (grads is not None or not differentiate) and self.wants(numel):
             if self.compiled is None or (differentiate and self.compiled_grads is None):
