@@ -77,7 +77,7 @@ def test_utm_sized_coordinates_keep_their_precision_in_the_cli(checkpoint, tmp_p
 @pytest.mark.parametrize("case, message", [
     ("overflow", r"f_ctx row 3 holds 1e\+39, which overflows float32"),
     ("huge", r"not finite.*largest \|f_ctx\|"),
-    ("same file", r"--output .* is the input file"),
+    ("same file", r"--output .* is the --input file"),
     ("complex npz", r"array s_ctx must be real numbers"),
     ("empty npz", r"array s_test has no points"),
     ("random npz", r"not a readable .npz file \(not a zip of .npy arrays\)"),

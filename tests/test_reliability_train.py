@@ -20,7 +20,7 @@ import time
 
 import pytest
 import torch
-from conftest import edited_checkpoint
+from conftest import dead_pid, edited_checkpoint
 
 import bsatnp.train.trainer as trainer_module
 from bsatnp import Batch
@@ -219,11 +219,13 @@ def test_a_fresh_run_refuses_a_directory_that_holds_a_run(tmp_path):
 # ------------------------------------------------------------- 3. stale temp files
 def test_a_killed_save_leaves_a_temp_file_that_the_next_save_removes(tmp_path):
     model = tiny_model()
-    orphan = tmp_path / ".last.safetensors.ab_cd123.tmp"  # write_atomic's pattern
+    gone, live = dead_pid(), os.getppid()  # a killed writer; a running one (our parent)
+    orphan = tmp_path / f".last.safetensors.{gone}.ab_cd123.tmp"  # write_atomic's pattern
     orphan.write_bytes(b"half a checkpoint")
-    keep = [tmp_path / ".best.safetensors.ab_cd123.tmp",  # another target's
+    keep = [tmp_path / f".best.safetensors.{gone}.ab_cd123.tmp",  # another target's
+            tmp_path / f".last.safetensors.{live}.ab_cd123.tmp",  # a live writer's
             tmp_path / ".last.safetensors.tmp",  # not the pattern
-            tmp_path / "last.safetensors.ab_cd123.tmp"]
+            tmp_path / f"last.safetensors.{gone}.ab_cd123.tmp"]
     for path in keep:
         path.write_bytes(b"x")
     past = time.time() - 60

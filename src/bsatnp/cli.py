@@ -26,6 +26,7 @@ from bsatnp.experiment import (
     load_experiment,
 )
 from bsatnp.io.checkpoint import load_checkpoint, load_model
+from bsatnp.io.files import refuse_overwriting_inputs
 from bsatnp.predict import FORMAT_HELP, predict_file
 from bsatnp.tasks import eval_batches, task_class, task_names
 
@@ -158,6 +159,8 @@ def _predict(args: argparse.Namespace) -> None:
     from bsatnp.data.files import read_table, write_table
     from bsatnp.data.tables import grid
 
+    refuse_overwriting_inputs(args.output, {"--observations": args.observations,
+                                            "--targets": args.targets})
     predictor = _predictor(args)
     roles = _roles(args)
     time = roles.get("time") or (predictor.schema.time if predictor.schema else None)
@@ -184,7 +187,7 @@ def _finetune(args: argparse.Namespace) -> None:
     data = read_table(args.data, time=time)
     tuned = predictor.finetune(data, steps=args.steps, split=args.split, lr=args.lr,
                                batch_size=args.batch_size, out_dir=args.out,
-                               overwrite=args.overwrite,
+                               overwrite=args.overwrite, resume=args.resume,
                                progress=not args.quiet, space_scale=_scale(args.space_scale),
                                value_transform=args.transform, **roles)
     print(tuned.describe())
@@ -482,8 +485,12 @@ def _parser() -> argparse.ArgumentParser:
     cmd.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (%(default)s)")
     cmd.add_argument("--batch-size", type=_positive(int), default=8,
                      help="tasks per step (%(default)s)")
-    cmd.add_argument("--overwrite", action="store_true",
-                     help="replace a run already in --out")
+    start = cmd.add_mutually_exclusive_group()
+    start.add_argument("--overwrite", action="store_true",
+                       help="replace a run already in --out")
+    start.add_argument("--resume", action="store_true",
+                       help="continue the run in --out (same data and options) exactly "
+                            "where it stopped")
     cmd.set_defaults(command=_finetune)
 
     cmd = sub.add_parser("info", help="describe a checkpoint: model, card, schema, normaliser")

@@ -49,6 +49,7 @@ from bsatnp.tasks import Task, eval_batches
 from bsatnp.tasks.gp2d import GP2DTask
 from bsatnp.tasks.priors import Prior, prior_from_config, prior_to_config
 from bsatnp.tasks.registry import split_name
+from bsatnp.train import run_dir
 from bsatnp.train.config import TrainConfig
 from bsatnp.train.distributed import Replicas
 from bsatnp.train.trainer import SampleBatch, Trainer, Validate
@@ -278,8 +279,7 @@ def validator(task: Task, n_batches: int, seed: int) -> Validate:
     return validate
 
 
-RUN_FILES = ("log.jsonl", "last.safetensors", "best.safetensors")
-"""Files of a training run; :func:`build_trainer` will not start a fresh run over them."""
+_RESUME_HINT = "--resume {last}"
 
 
 def build_trainer(config: ExperimentConfig, resume: str | os.PathLike[str] | None = None,
@@ -290,8 +290,10 @@ def build_trainer(config: ExperimentConfig, resume: str | os.PathLike[str] | Non
     """A :class:`Trainer` for ``config``, fresh or resumed from a checkpoint.
 
     A fresh run would truncate the log and replace the checkpoints of a run already in its
-    output directory, so it refuses a directory holding any of :data:`RUN_FILES` unless
-    ``overwrite``; so does a resume that would write into another run's directory.
+    output directory, so it refuses a directory holding any of
+    :data:`~bsatnp.train.run_dir.RUN_FILES` unless ``overwrite``; so does a resume that
+    would write into another run's directory. The output directory is claimed for this
+    process (:func:`bsatnp.train.run_dir.claim`) until :meth:`Trainer.fit` ends.
 
     Args:
         config: The experiment (its task and validation settings are used on resume too).
@@ -309,15 +311,36 @@ def build_trainer(config: ExperimentConfig, resume: str | os.PathLike[str] | Non
         FileNotFoundError: If ``resume`` or ``init`` does not exist.
         ValueError: If ``resume`` is not a Trainer checkpoint or its model (or that of
             ``init``) differs from ``config.model``; if both ``resume`` and ``init`` are
-            given; or if the output directory holds another run (without ``overwrite``).
+            given; if the output directory holds another run (without ``overwrite``); or
+            if another process is using it.
     """
     if resume is not None and init is not None:
         raise ValueError("give either resume (continue a run) or init (start one from "
                          "trained weights), not both")
     if out_dir is not None:
         config = config.with_out_dir(out_dir)
+    main = replicas is None or replicas.is_main  # only rank 0 writes, so only it claims
+    claimed = Path(config.train.out_dir) if resume is None or out_dir is not None else None
+    if main and claimed is not None:
+        run_dir.claim(claimed)  # before the check: no other run can slip in after it
+    try:
+        trainer = _trainer(config, resume, out_dir, device, overwrite, replicas, init)
+    except BaseException:
+        if main and claimed is not None:
+            run_dir.release(claimed)
+        raise
+    if main and claimed is None:
+        run_dir.claim(trainer.out_dir)
+    return trainer
+
+
+def _trainer(config: ExperimentConfig, resume: str | os.PathLike[str] | None,
+             out_dir: str | os.PathLike[str] | None, device: str | torch.device,
+             overwrite: bool, replicas: Replicas | None,
+             init: str | os.PathLike[str] | None) -> Trainer:
+    """:func:`build_trainer` once its output directory is claimed."""
     if resume is None and not overwrite:
-        _refuse_existing_run(Path(config.train.out_dir), None)
+        run_dir.refuse_existing_run(Path(config.train.out_dir), None, _RESUME_HINT)
     sample = training_sampler(config)
     validate = validator(config.task, config.train.val_batches, config.eval.val_seed)
     stored = config.to_dict()  # model and train configs are checkpoint fields of their own
@@ -329,7 +352,7 @@ def build_trainer(config: ExperimentConfig, resume: str | os.PathLike[str] | Non
             extra["init"] = str(init)  # provenance, kept in every checkpoint of the run
         return Trainer(model.to(device), sample, config.train, validate, extra, replicas)
     if out_dir is not None and not overwrite:
-        _refuse_existing_run(Path(out_dir), Path(resume))
+        run_dir.refuse_existing_run(Path(out_dir), Path(resume), _RESUME_HINT)
     trainer = Trainer.from_checkpoint(resume, sample, validate, map_location=device,
                                       replicas=replicas)
     if trainer.model.config != config.model:
@@ -354,32 +377,6 @@ def _initial_weights(model: nn.Module, config: ExperimentConfig,
                          "init needs the same architecture")
     model.load_state_dict(trained.state_dict())
     return model
-
-
-def refuse_existing_run(out_dir: Path, overwrite: bool) -> None:
-    """Raise ``ValueError`` if a fresh run would replace the run in ``out_dir``."""
-    if not overwrite:
-        _refuse_existing_run(out_dir, None)
-
-
-def _refuse_existing_run(out_dir: Path, resume: Path | None) -> None:
-    """Raise if ``out_dir`` holds run files that a run not resumed from there would replace.
-
-    Resuming a checkpoint that lives in ``out_dir`` continues that run: allowed (and a
-    missing checkpoint is left for :meth:`Trainer.from_checkpoint` to report).
-    """
-    if resume is not None and (not resume.is_file() or (
-            out_dir.exists() and resume.resolve().parent == out_dir.resolve())):
-        return
-    found = [name for name in RUN_FILES if (out_dir / name).exists()]
-    if not found:
-        return
-    what = "a fresh run" if resume is None else f"resuming {resume} there"
-    raise ValueError(
-        f"{out_dir} already holds a training run ({', '.join(found)}), which {what} would "
-        f"overwrite; to continue it pass --resume {out_dir / 'last.safetensors'}, or choose "
-        "another --out directory (--overwrite, or overwrite=True in Python, writes over it)"
-    )
 
 
 def _mapping(section: Any, name: str) -> dict[str, Any]:

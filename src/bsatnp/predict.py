@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import os
 import zipfile
 from collections.abc import Mapping
@@ -13,6 +14,7 @@ import numpy as np
 import torch
 
 from bsatnp.batch import ROLES, Batch
+from bsatnp.io.files import refuse_overwriting_inputs, write_atomic
 from bsatnp.models.base import NeuralProcess, model_device
 
 FORMAT_HELP = """\
@@ -98,20 +100,21 @@ def write_predictions(path: str | os.PathLike[str], batch: Batch,
              if batch.test(role) is not None}
     pred = {name: value[0].cpu().numpy() for name, value in outputs.items()}
     if path.suffix == ".npz":
-        path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(path, **tests, **pred)
+        buffer = io.BytesIO()
+        np.savez(buffer, **tests, **pred)
+        write_atomic(path, buffer.getvalue())
         return path
     if path.suffix != ".csv":
         raise ValueError(f"{path}: unsupported output format {path.suffix!r}; use .csv or .npz")
     arrays = {**tests, **pred}
     header = [column for name, array in arrays.items()
               for column in _columns(name.removesuffix("_test"), array.shape[1])]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="", encoding="utf-8") as file:
-        writer = csv.writer(file)
-        writer.writerow(header)
-        columns = [array.tolist() for array in arrays.values()]  # ints stay ints (class)
-        writer.writerows([value for part in row for value in part] for row in zip(*columns))
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(header)
+    columns = [array.tolist() for array in arrays.values()]  # ints stay ints (class)
+    writer.writerows([value for part in row for value in part] for row in zip(*columns))
+    write_atomic(path, text.getvalue().encode("utf-8"))
     return path
 
 
@@ -125,8 +128,7 @@ def predict_file(model: NeuralProcess, input_path: str | os.PathLike[str],
     Raises:
         ValueError: If the input does not fit the model.
     """
-    if Path(input_path).resolve() == Path(output_path).resolve():
-        raise ValueError(f"--output {output_path} is the input file; choose another name")
+    refuse_overwriting_inputs(output_path, {"--input": input_path})
     batch = read_points(input_path, model)
     arrays = centred({f.name: getattr(batch, f.name)[0].numpy() for f in fields(batch)
                       if getattr(batch, f.name) is not None}, model.translation_invariant_roles)

@@ -251,7 +251,7 @@ class Predictor:
     def condition(self, observations: Any, *, space_scale: float | str = "auto",
                   time_scale: float | str = "auto", method: str = "standard",
                   value_transform: str = "none", crs: str | None = None,
-                  **roles: Any) -> Conditioned:
+                  neighbours: int | str | None = "auto", **roles: Any) -> Conditioned:
         """Read ``observations`` and encode them once for any number of targets.
 
         Args:
@@ -264,17 +264,46 @@ class Predictor:
             method: Likewise.
             value_transform: Likewise.
             crs: CRS of the observations if not the schema's (converted with pyproj).
+            neighbours: Local conditioning (:mod:`bsatnp.data.neighbours`): each tile of
+                targets is predicted from at most this many observations around it.
+                ``"auto"`` (the default): the context size of the model's training tasks
+                when there are more observations than that, else all of them; ``None``:
+                always all of them. With ``neighbours >= len(observations)`` the result
+                is that of conditioning on all of them.
             **roles: Schema fields (``values``, ``space``, ``crs``, ``time``,
                 ``covariates``, ``units``) when the predictor has no schema.
 
         Raises:
             ValueError: On bad data (module :mod:`bsatnp.data.tables`), a schema that does
-                not match the model, or no valid observation.
+                not match the model, no valid observation, or ``neighbours`` < 1.
         """
         schema, points, normalizer = self.observations(
             observations, space_scale=space_scale, time_scale=time_scale, method=method,
             value_transform=value_transform, crs=crs, **roles)
-        return Conditioned(self, schema, normalizer, points)
+        k = self.neighbours_for(points.n, neighbours)
+        rescale = self.normalizer is None and space_scale == "auto"
+        if k is None:
+            return Conditioned(self, schema, normalizer, points)
+        return LocallyConditioned(self, schema, normalizer, points, k, rescale=rescale)
+
+    def neighbours_for(self, n_observations: int, neighbours: int | str | None) -> int | None:
+        """The neighbourhood size for ``n_observations`` (``None``: condition on all).
+
+        Raises:
+            ValueError: If ``neighbours`` is not ``"auto"``, ``None`` or an integer >= 1.
+        """
+        if neighbours is None:
+            return None
+        if neighbours == "auto":
+            n_ctx = (self.envelope.get("task") or {}).get("n_ctx")
+            if isinstance(n_ctx, int) and n_observations > n_ctx and "s" in self.model.roles:
+                return n_ctx
+            return None
+        if isinstance(neighbours, bool) or not isinstance(neighbours, (int, np.integer)) \
+                or neighbours < 1:
+            raise ValueError(f"neighbours must be 'auto', None or an integer >= 1, got "
+                             f"{neighbours!r}")
+        return int(neighbours)
 
     def predict(self, observations: Any, targets: Any, **kwargs: Any) -> Any:
         """``condition(observations, ...)`` then ``predict(targets, ...)`` (keywords split).
@@ -363,6 +392,14 @@ class Conditioned:
         n, dim_f = points.n, self.predictor.model.config.dim_f
         first = np.empty((n, dim_f), np.float32)
         second = None if categorical else np.empty((n, dim_f), np.float32)
+        self._predict_into(inputs, n, chunk, first, second, progress)
+        if categorical:
+            return self._categorical(template, first)
+        return self._gaussian(template, first, second, levels, interval, n_samples, seed)
+
+    def _predict_into(self, inputs: dict[str, np.ndarray], n: int, chunk: int,
+                      first: np.ndarray, second: np.ndarray | None, progress: bool) -> None:
+        """Fill ``first``/``second`` (mean/std, or probabilities) at the ``n`` targets."""
         starts = range(0, n, chunk)
         if progress:
             starts = tqdm_class()(starts, desc="predicting", unit="chunk")
@@ -371,15 +408,7 @@ class Conditioned:
             test = {f"{role}_test": _tensor(inputs[role][start:stop], self.device)
                     for role in self.predictor.model.roles}
             _check_model_range({k[0]: v for k, v in test.items()}, "targets")
-            dist = self.model.predictive(test)
-            if categorical:
-                first[start:stop] = dist.probs[0].cpu().numpy()
-            else:
-                first[start:stop] = dist.mean[0].cpu().numpy()
-                second[start:stop] = dist.stddev[0].cpu().numpy()
-        if categorical:
-            return self._categorical(template, first)
-        return self._gaussian(template, first, second, levels, interval, n_samples, seed)
+            _store(self.model.predictive(test), slice(start, stop), first, second)
 
     def _gaussian(self, template: Any, mean: np.ndarray, std: np.ndarray,
                   levels: list[float], interval: float | None, n_samples: int,
@@ -421,6 +450,110 @@ class Conditioned:
         outputs = {"probability": probs.T, "predicted_class": predicted}
         return template.build(outputs,
                               {"probability": ("class", list(classes), "probability_")})
+
+
+class LocallyConditioned(Conditioned):
+    """A predictor conditioned tile by tile on local neighbourhoods of the observations.
+
+    Each tile of targets (:class:`~bsatnp.data.neighbours.NeighbourSearch`) is predicted
+    from its ``neighbours`` nearest observations. With ``rescale`` (the normaliser was
+    fitted on these observations with ``space_scale="auto"``) each neighbourhood is mapped
+    the way the whole data set would be for a model trained on tasks of that size: its
+    values to mean 0 and standard deviation 1, its extent onto the training box; the
+    predictions are mapped back. Without it (a stored normaliser or an explicit
+    ``space_scale``) the model units of the normaliser are kept.
+
+    Args:
+        predictor: The predictor.
+        schema: The schema of the observations.
+        normalizer: The maps to model units.
+        points: The observations (NaN rows dropped), in the data's units.
+        neighbours: Observations per neighbourhood at most.
+        rescale: Map each neighbourhood as described above.
+    """
+
+    def __init__(self, predictor: Predictor, schema: Schema, normalizer: Normalizer,
+                 points: Points, neighbours: int, *, rescale: bool = True) -> None:
+        from bsatnp.data.neighbours import NeighbourSearch
+
+        self.predictor, self.schema, self.normalizer = predictor, schema, normalizer
+        self.n_context = points.n
+        self.warnings: list[str] = []
+        self.device = model_device(predictor.model)
+        self.rescale = rescale and not predictor.great_circle
+        self.context = normalizer.inputs(points, schema)
+        _check_model_range({role: _tensor(value, self.device)
+                            for role, value in self.context.items()}, "observations")
+        self.search = NeighbourSearch(self._coordinates(self.context), neighbours)
+        self.neighbours = self.search.k
+
+    def _coordinates(self, arrays: dict[str, np.ndarray]) -> np.ndarray:
+        """Where points are for the neighbour search (model units; 3D for great circles)."""
+        from bsatnp.data.neighbours import unit_vectors
+
+        space = arrays["s"]
+        if self.predictor.great_circle:
+            space = unit_vectors(space)
+        parts = [space] + ([arrays["t"]] if "t" in arrays and "t" in self.predictor.model.roles
+                           else [])
+        return np.concatenate(parts, axis=1)
+
+    def _predict_into(self, inputs: dict[str, np.ndarray], n: int, chunk: int,
+                      first: np.ndarray, second: np.ndarray | None, progress: bool) -> None:
+        model = self.predictor.model
+        half_width = float(self.predictor.envelope["space_half_width"])
+        tiles = self.search.tiles(self._coordinates(inputs), max_targets=chunk)
+        if progress:
+            tiles = tqdm_class()(tiles, desc="predicting", unit="tile")
+        for tile in tiles:
+            context = {role: self.context[role][tile.context] for role in (*model.roles, "f")}
+            test = {role: inputs[role][tile.targets] for role in model.roles}
+            shift, scale = np.zeros(context["f"].shape[1]), np.ones(context["f"].shape[1])
+            if self.rescale:
+                centre, factor = _space_map(context["s"], half_width)
+                context["s"] = (context["s"] - centre) * factor
+                test["s"] = (test["s"] - centre) * factor
+                if second is not None:
+                    shift, scale = _affine_of(context["f"])
+                    context["f"] = (context["f"] - shift) / scale
+            batch = Batch(**{f"{role}_ctx": _tensor(value, self.device)
+                             for role, value in context.items()},
+                          **{f"{role}_test": _tensor(value, self.device)
+                             for role, value in test.items()})
+            _check_model_range({role: batch.test(role) for role in model.roles}, "targets")
+            dist = model.condition(batch).predictive(
+                {f"{role}_test": batch.test(role) for role in model.roles})
+            _store(dist, tile.targets, first, second)
+            if second is not None:
+                first[tile.targets] = first[tile.targets] * scale + shift
+                second[tile.targets] = second[tile.targets] * scale
+
+
+def _space_map(space: np.ndarray, half_width: float) -> tuple[np.ndarray, float]:
+    """Centre and factor mapping ``space``'s bounding box onto ``[-half_width, half_width]``.
+
+    The rule of ``Normalizer.fit(space_scale="auto")``: one factor for every axis, from
+    the longest half-extent (points all in one place: factor 1).
+    """
+    lo, hi = space.min(0), space.max(0)
+    extent = float((hi - lo).max()) / 2
+    return (lo + hi) / 2, (half_width / extent if extent > 0 else 1.0)
+
+
+def _affine_of(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard deviation per column (a constant column gets 1)."""
+    shift, scale = values.mean(0), values.std(0)
+    return shift, np.where(np.isfinite(scale) & (scale > 0), scale, 1.0)
+
+
+def _store(dist: Any, where: slice | np.ndarray, first: np.ndarray,
+           second: np.ndarray | None) -> None:
+    """Write a predictive of one chunk: probabilities, or mean and std."""
+    if second is None:
+        first[where] = dist.probs[0].cpu().numpy()
+    else:
+        first[where] = dist.mean[0].cpu().numpy()
+        second[where] = dist.stddev[0].cpu().numpy()
 
 
 def _as_names(value: Any) -> tuple[str, ...]:

@@ -22,6 +22,7 @@ from bsatnp.io.checkpoint import load_checkpoint, save_checkpoint
 from bsatnp.io.files import complete_lines, write_atomic
 from bsatnp.loss import masked_nll
 from bsatnp.progress import tqdm_class
+from bsatnp.train import run_dir
 from bsatnp.train.config import TrainConfig
 from bsatnp.train.distributed import Replicas
 from bsatnp.train.schedule import cosine_schedule
@@ -173,15 +174,25 @@ class Trainer:
         Raises:
             TrainingDivergedError: After ``config.max_bad_steps`` consecutive steps with a
                 non-finite loss or gradient norm (see the class docstring).
-            ValueError: If a checkpoint would hold non-finite weights.
+            ValueError: If a checkpoint would hold non-finite weights, or another process
+                holds the run directory (:func:`bsatnp.train.run_dir.claim`).
         """
-        tqdm = tqdm_class()
         target = self.config.steps if steps is None else self.step + steps
         deadline = None if max_seconds is None else time.monotonic() + max_seconds
         main = self.replicas is None or self.replicas.is_main
-        if main:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
+        if not main:
+            self._fit(target, deadline, progress, main)
+            return
+        run_dir.claim(self.out_dir)  # one process per run directory
+        try:
             self._drop_log_records_after(self.step)
+            self._fit(target, deadline, progress, main)
+        finally:
+            run_dir.release(self.out_dir, every_claim=True)
+
+    def _fit(self, target: int, deadline: float | None, progress: bool, main: bool) -> None:
+        """The loop of :meth:`fit` (the run directory claimed when ``main``)."""
+        tqdm = tqdm_class()
         losses: list[Tensor] = []
         norms: list[Tensor] = []
         skipped = 0

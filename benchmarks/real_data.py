@@ -1,0 +1,219 @@
+"""Real-data league table: bsatnp against the methods users run today, side by side.
+
+    python benchmarks/real_data.py --dataset heaton
+    python benchmarks/real_data.py --dataset heaton --methods bsatnp_local,idw --limit 5000
+
+Datasets (read in place from ``../shared/data``, never copied):
+
+- ``heaton``: the simulated dataset of the Heaton et al. (2019) competition; training cells
+  are those with ``MaskTemp`` (105,569), test cells those without (44,431, in cloud-shaped
+  gaps), truth ``TrueTemp``. The competition's published test RMSEs are printed beside.
+
+Methods, all given the same coordinates (km on an equirectangular map of the region) and
+the same training rows:
+
+- ``bsatnp_local``: a shipped model (``--model``) with local conditioning (``--neighbours``);
+- ``bsatnp_global``: the same model conditioned on ``--global-context`` random rows (the
+  README path of the last release);
+- ``kriging``: ordinary kriging with a moving neighbourhood (PyKrige, ``n_closest_points``)
+  and a variogram fitted by PyKrige on a random subsample;
+- ``gp``: an exact GP (scikit-learn, Matérn ν = 3/2 + constant + white noise) with
+  hyperparameters fitted by maximum likelihood on a random subsample, predicting each tile
+  from its local neighbourhood;
+- ``idw``, ``knn``: inverse-distance weighting (power 2) and the mean of the k nearest
+  (scikit-learn ``KNeighborsRegressor``), std from the leave-one-out residuals.
+
+Metrics: RMSE, MAE, CRPS (Gaussian), 95% coverage and mean interval width, wall time and
+peak RSS (each method runs in its own forked process). Writes
+``benchmarks/results/real_data_<dataset>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import multiprocessing
+import resource
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from common import run_meta, write_json
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+PUBLISHED = {"heaton": {"SPDE (INLA)": 0.86, "LatticeKrig": 0.87, "Periodic embedding": 0.91,
+                        "Gapfill": 1.00, "laGP": 1.11}}
+METHODS = ("bsatnp_local", "bsatnp_global", "kriging", "gp", "idw", "knn")
+
+
+def heaton() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Training coordinates/values and test coordinates/truth (km)."""
+    import pandas as pd
+
+    frame = pd.read_csv(SHARED / "heaton_simulated" / "all_simulated_temps.csv.gz")
+    lat0 = math.radians(float(frame["Lat"].mean()))
+    xy = np.stack([frame["Lon"].to_numpy() * 111.32 * math.cos(lat0),
+                   frame["Lat"].to_numpy() * 110.57], 1)
+    train = frame["MaskTemp"].notna().to_numpy()
+    return (xy[train], frame["MaskTemp"].to_numpy()[train], xy[~train],
+            frame["TrueTemp"].to_numpy()[~train])
+
+
+DATASETS = {"heaton": heaton}
+
+
+# ------------------------------------------------------------------------- methods
+def bsatnp_predict(args: argparse.Namespace, xy, f, xy_test, neighbours) -> tuple:
+    import pandas as pd
+    import torch
+
+    from bsatnp import Predictor
+
+    torch.set_num_threads(args.threads)
+    predictor = Predictor.from_pretrained(args.model)
+    obs = pd.DataFrame({"x": xy[:, 0], "y": xy[:, 1], "v": f})
+    if neighbours is None:
+        rows = np.random.default_rng(args.seed).choice(len(obs), args.global_context,
+                                                       replace=False)
+        obs = obs.iloc[rows]
+    out = predictor.predict(obs, pd.DataFrame({"x": xy_test[:, 0], "y": xy_test[:, 1]}),
+                            values="v", space=("x", "y"), neighbours=neighbours,
+                            progress=False)
+    return out["mean"].to_numpy(np.float64), out["std"].to_numpy(np.float64)
+
+
+def kriging(args: argparse.Namespace, xy, f, xy_test) -> tuple:
+    from pykrige.ok import OrdinaryKriging
+
+    rows = np.random.default_rng(args.seed).choice(len(f), min(len(f), args.fit_points),
+                                                   replace=False)
+    fitted = OrdinaryKriging(xy[rows, 0], xy[rows, 1], f[rows], variogram_model="matern"
+                             if args.variogram == "matern" else args.variogram, nlags=30)
+    model = OrdinaryKriging(xy[:, 0], xy[:, 1], f, variogram_model=fitted.variogram_model,
+                            variogram_parameters=list(fitted.variogram_model_parameters))
+    mean, var = model.execute("points", xy_test[:, 0], xy_test[:, 1], backend="C",
+                              n_closest_points=args.kriging_points)
+    return np.asarray(mean, np.float64), np.sqrt(np.maximum(np.asarray(var), 0))
+
+
+def gp(args: argparse.Namespace, xy, f, xy_test) -> tuple:
+    from sklearn.gaussian_process import GaussianProcessRegressor
+    from sklearn.gaussian_process.kernels import ConstantKernel, Matern, WhiteKernel
+
+    from bsatnp.data.neighbours import NeighbourSearch
+
+    rows = np.random.default_rng(args.seed).choice(len(f), min(len(f), args.fit_points),
+                                                   replace=False)
+    shift, scale = f.mean(), f.std()
+    kernel = ConstantKernel(1.0) * Matern(length_scale=10.0, nu=1.5) + WhiteKernel(0.01)
+    fitted = GaussianProcessRegressor(kernel, normalize_y=False, n_restarts_optimizer=2,
+                                      random_state=args.seed)
+    fitted.fit(xy[rows], (f[rows] - shift) / scale)
+    mean, std = np.empty(len(xy_test)), np.empty(len(xy_test))
+    search = NeighbourSearch(xy, args.neighbours)
+    for tile in search.tiles(xy_test):
+        local = GaussianProcessRegressor(fitted.kernel_, optimizer=None)
+        local.fit(xy[tile.context], (f[tile.context] - shift) / scale)
+        m, s = local.predict(xy_test[tile.targets], return_std=True)
+        mean[tile.targets], std[tile.targets] = m * scale + shift, s * scale
+    print(f"  gp: fitted kernel {fitted.kernel_}", flush=True)
+    return mean, std
+
+
+def neighbours_average(args: argparse.Namespace, xy, f, xy_test, weights: str) -> tuple:
+    from sklearn.neighbors import KNeighborsRegressor
+
+    k = 10
+    knn = KNeighborsRegressor(n_neighbors=k, weights=weights).fit(xy, f)
+    loo = KNeighborsRegressor(n_neighbors=k + 1, weights=weights).fit(xy, f)
+    rows = np.random.default_rng(args.seed).choice(len(f), min(len(f), 5000), replace=False)
+    dist, index = loo.kneighbors(xy[rows])  # leave-one-out: drop each point itself
+    w = 1 / np.maximum(dist[:, 1:], 1e-12) ** 2 if weights == "distance" else np.ones((len(rows), k))
+    residual = f[rows] - (w * f[index[:, 1:]]).sum(1) / w.sum(1)
+    std = float(np.sqrt(np.mean(residual ** 2)))
+    return knn.predict(xy_test), np.full(len(xy_test), std)
+
+
+def run_method(name: str, args: argparse.Namespace, data: tuple) -> tuple:
+    xy, f, xy_test, _ = data
+    if name == "bsatnp_local":
+        return bsatnp_predict(args, xy, f, xy_test, args.neighbours)
+    if name == "bsatnp_global":
+        return bsatnp_predict(args, xy, f, xy_test, None)
+    if name == "kriging":
+        return kriging(args, xy, f, xy_test)
+    if name == "gp":
+        return gp(args, xy, f, xy_test)
+    return neighbours_average(args, xy, f, xy_test, "distance" if name == "idw" else "uniform")
+
+
+# ------------------------------------------------------------------------- scoring
+def scores(mean: np.ndarray, std: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    from scipy.stats import norm
+
+    std = np.maximum(std, 1e-9)
+    z = (truth - mean) / std
+    crps = std * (z * (2 * norm.cdf(z) - 1) + 2 * norm.pdf(z) - 1 / math.sqrt(math.pi))
+    half = norm.ppf(0.975) * std
+    return {"rmse": float(np.sqrt(np.mean((mean - truth) ** 2))),
+            "mae": float(np.mean(np.abs(mean - truth))), "crps": float(np.mean(crps)),
+            "coverage95": float(np.mean(np.abs(truth - mean) <= half)),
+            "width95": float(np.mean(2 * half))}
+
+
+def _child(name: str, args: argparse.Namespace, data: tuple, queue: Any) -> None:
+    start = time.perf_counter()
+    mean, std = run_method(name, args, data)
+    seconds = time.perf_counter() - start
+    queue.put((mean, std, seconds, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", choices=sorted(DATASETS), default="heaton")
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--model", default="gp2d", help="shipped bsatnp model")
+    parser.add_argument("--neighbours", type=int, default=512)
+    parser.add_argument("--global-context", type=int, default=4000)
+    parser.add_argument("--kriging-points", type=int, default=64)
+    parser.add_argument("--variogram", default="exponential")
+    parser.add_argument("--fit-points", type=int, default=2000,
+                        help="random training rows the variogram / GP hyperparameters are fitted on")
+    parser.add_argument("--limit", type=int, help="score only this many random test rows")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", help="JSON path (default benchmarks/results/real_data_<dataset>.json)")
+    args = parser.parse_args()
+    xy, f, xy_test, truth = DATASETS[args.dataset]()
+    if args.limit:
+        rows = np.sort(np.random.default_rng(args.seed + 1).choice(len(truth), args.limit,
+                                                                   replace=False))
+        xy_test, truth = xy_test[rows], truth[rows]
+    print(f"{args.dataset}: {len(f):,} training rows, {len(truth):,} test rows", flush=True)
+    data = (xy, f, xy_test, truth)
+    context = multiprocessing.get_context("fork")
+    results = {}
+    for name in args.methods.split(","):
+        queue = context.Queue()
+        child = context.Process(target=_child, args=(name, args, data, queue))
+        child.start()
+        mean, std, seconds, rss = queue.get()
+        child.join()
+        results[name] = {**scores(mean, std, truth), "seconds": seconds, "peak_rss_mb": rss}
+        row = results[name]
+        print(f"{name:<14} RMSE {row['rmse']:.3f}  MAE {row['mae']:.3f}  CRPS {row['crps']:.3f}"
+              f"  cov95 {row['coverage95']:.3f}  width {row['width95']:.2f}  "
+              f"{seconds:7.1f} s  {rss:6.0f} MiB", flush=True)
+    for method, rmse in PUBLISHED.get(args.dataset, {}).items():
+        print(f"published  {method:<20} RMSE {rmse:.2f}")
+    out = args.out or Path(__file__).parent / "results" / f"real_data_{args.dataset}.json"
+    write_json(out, {"meta": run_meta(threads=args.threads, **{
+        k: v for k, v in vars(args).items() if k not in ("out", "threads")}), "n_train": len(f),
+        "n_test": len(truth), "results": results,
+        "published_rmse": PUBLISHED.get(args.dataset, {})})
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

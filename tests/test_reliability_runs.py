@@ -1,0 +1,271 @@
+"""Data loss on the own-data surface: outputs never replace inputs, every output is atomic,
+fine-tuning resumes exactly, and one process at a time writes a run directory."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from conftest import dead_pid
+
+pd = pytest.importorskip("pandas")
+
+from bsatnp import cli  # noqa: E402
+from bsatnp.io import files as io_files  # noqa: E402
+from bsatnp.models import BSATNP  # noqa: E402
+from bsatnp.predictor import Predictor  # noqa: E402
+from bsatnp.train import run_dir  # noqa: E402
+
+ROLES = ["--values", "v", "--space", "x", "y"]
+TINY = ("model: {dim: 8, num_blocks: 1, num_heads: 2, qkv_dim: 8, ffn_dim: 8, "
+        "embed_hidden: [8], head_hidden: [8]}\n"
+        "task: {batch_size: 2, n_ctx: 8, n_test: 8, min_ctx: 2, max_ctx: 7}\n"
+        "train: {steps: %d, batch_size: 2, val_every: 2, val_batches: 1, save_every: 1}\n"
+        "eval: {n_batches: 1}\n")
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    rng = np.random.default_rng(0)
+    n = 120
+    data = pd.DataFrame({"x": rng.uniform(0, 3, n), "y": rng.uniform(0, 3, n)})
+    data["v"] = np.sin(2 * data["x"]) + rng.normal(0, 0.1, n)
+    data.to_csv(root / "obs.csv", index=False)
+    data.iloc[:7][["x", "y"]].to_csv(root / "targets.csv", index=False)
+    torch.manual_seed(0)
+    Predictor(BSATNP(num_blocks=1, dim=8, num_heads=2, qkv_dim=8, ffn_dim=8, embed_hidden=(8,),
+                     head_hidden=(8,))).save(root / "bare.safetensors")
+    return root
+
+
+def predict_args(files, output, **given):
+    args = ["predict", "--checkpoint", str(files / "bare.safetensors"), "--observations",
+            str(given.get("observations", files / "obs.csv")), *ROLES, "--targets",
+            str(given.get("targets", files / "targets.csv")), "--output", str(output),
+            "--quiet"]
+    return args
+
+
+def one_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+# ------------------------------------------------------- 1. outputs never replace inputs
+@pytest.mark.parametrize("case", ["observations", "targets", "link to observations",
+                                  "other spelling", "directory"])
+def test_predict_output_never_replaces_an_input(files, tmp_path, capsys, case):
+    """Before: ``--output`` equal to ``--observations``/``--targets`` overwrote it, exit 0."""
+    obs, targets = tmp_path / "obs.csv", tmp_path / "targets.csv"
+    obs.write_bytes((files / "obs.csv").read_bytes())
+    targets.write_bytes((files / "targets.csv").read_bytes())
+    before = {obs: obs.read_bytes(), targets: targets.read_bytes()}
+    output = {"observations": obs, "targets": targets, "other spelling":
+              tmp_path / "sub" / ".." / "obs.csv", "directory": tmp_path,
+              "link to observations": tmp_path / "link.csv"}[case]
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "link.csv").symlink_to(obs)
+    code = cli.main(predict_args(files, output, observations=obs, targets=targets))
+    err = one_line(capsys)
+    assert code == 2
+    assert ("is a directory" if case == "directory" else "destroy your input") in err
+    assert all(path.read_bytes() == data for path, data in before.items())
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".nc", ".parquet"])
+def test_a_full_disk_keeps_the_previous_output(files, tmp_path, capsys, monkeypatch, suffix):
+    """Injected ``OSError(ENOSPC)`` while writing: the old output stays, no temp file."""
+    pytest.importorskip("xarray")
+    output = tmp_path / f"pred{suffix}"
+    assert cli.main(predict_args(files, output)) == 0
+    capsys.readouterr()
+    before = output.read_bytes()
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(io_files.os, "fsync", full)
+    assert cli.main(predict_args(files, output) + ["--interval", "0.5"]) == 2
+    err = one_line(capsys)
+    assert f"cannot write {output}" in err and "No space left" in err
+    assert "previous file is kept" in err
+    assert output.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [output.name]
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".npz"])
+def test_split_file_outputs_are_atomic(files, tmp_path, capsys, monkeypatch, suffix):
+    """Before: ``--input`` outputs were written in place; a full disk left a torn file."""
+    rng = np.random.default_rng(3)
+    rows = ["split,s0,s1,f"] + [f"context,{a},{b},{c}" for a, b, c in rng.normal(size=(9, 3))]
+    rows += [f"test,{a},{b}," for a, b in rng.normal(size=(4, 2))]
+    source = tmp_path / "in.csv"
+    source.write_text("\n".join(rows) + "\n")
+    output = tmp_path / f"out{suffix}"
+    args = ["predict", "--checkpoint", str(files / "bare.safetensors"), "--input",
+            str(source), "--output", str(output)]
+    assert cli.main(args) == 0
+    before = output.read_bytes()
+    capsys.readouterr()
+    monkeypatch.setattr(io_files.os, "fsync",
+                        lambda fd: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space")))
+    assert cli.main(args) == 2
+    assert "cannot write" in one_line(capsys)
+    assert output.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([source.name, output.name])
+
+
+# ------------------------------------------------------------ 2. fine-tuning resumes
+FINETUNE = ["finetune", *ROLES, "--steps", "6", "--batch-size", "2", "--quiet"]
+
+
+def finetune_args(files, out):
+    return [*FINETUNE, "--checkpoint", str(files / "bare.safetensors"), "--data",
+            str(files / "obs.csv"), "--out", str(out)]
+
+
+KILLER = (
+    "import os, signal, sys\n"
+    "from bsatnp.train import trainer\n"
+    "real, calls = trainer.Trainer.save, [0]\n"
+    "def save(self, path):\n"
+    "    out = real(self, path)\n"
+    "    if self.step >= int(sys.argv[1]):\n"
+    "        os.kill(os.getpid(), signal.SIGKILL)\n"
+    "    return out\n"
+    "trainer.Trainer.save = save\n"
+    "from bsatnp import cli\n"
+    "sys.exit(cli.main(sys.argv[2:]))\n")
+
+
+def test_sigkill_during_finetune_then_resume_equals_a_straight_run(files, tmp_path, capsys):
+    """Before: a rerun after a kill was refused with "pass --resume", a flag finetune lacked."""
+    from safetensors.torch import load_file
+
+    killed = tmp_path / "killed"
+    child = subprocess.run([sys.executable, "-c", KILLER, "3", *finetune_args(files, killed)],
+                           capture_output=True, text=True)
+    assert child.returncode == -9, child.stderr
+    assert cli.main(finetune_args(files, killed)) == 2  # a fresh run would replace it
+    assert "--resume" in one_line(capsys)
+    assert cli.main([*finetune_args(files, killed), "--resume"]) == 0
+    straight = tmp_path / "straight"
+    assert cli.main(finetune_args(files, straight)) == 0
+    for name in ("last.safetensors", "best.safetensors"):
+        resumed, whole = load_file(killed / name), load_file(straight / name)
+        assert resumed.keys() == whole.keys()
+        for key in whole:  # weights, optimiser, schedule, data RNG: all of it
+            if key != "rng/torch":  # the process's global RNG, which nothing here draws
+                assert torch.equal(resumed[key], whole[key]), (name, key)
+    steps = [json.loads(line)["step"] for line in (killed / "log.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps))  # the retrained steps were not logged twice
+
+
+def test_resume_refuses_other_options_or_data(files, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli.main(finetune_args(files, out)) == 0
+    capsys.readouterr()
+    assert cli.main([*finetune_args(files, out), "--resume", "--lr", "0.01"]) == 2
+    assert "other options: lr" in one_line(capsys)
+    other = tmp_path / "other.csv"
+    pd.read_csv(files / "obs.csv").assign(v=lambda f: f["v"] * 3).to_csv(other, index=False)
+    args = [*finetune_args(files, out), "--resume"]
+    args[args.index("--data") + 1] = str(other)
+    assert cli.main(args) == 2
+    assert "other data" in one_line(capsys)
+    assert cli.main([*finetune_args(files, tmp_path / "empty"), "--resume"]) == 2
+    assert "no run to resume" in one_line(capsys)
+
+
+def test_a_short_finetune_validates_briefly(files, tmp_path):
+    """Before: a 10-step run validated every step on 16 batches (minutes of validation)."""
+    from bsatnp.io.checkpoint import load_checkpoint
+
+    predictor = Predictor.load(files / "bare.safetensors")
+    data = pd.read_csv(files / "obs.csv")
+    predictor.finetune(data, values="v", space=("x", "y"), steps=10, batch_size=2,
+                       out_dir=tmp_path / "ten", progress=False)
+    config = load_checkpoint(tmp_path / "ten" / "last.safetensors").train_config
+    assert config["val_every"] == 10 and config["val_batches"] == 2
+    predictor.finetune(data, values="v", space=("x", "y"), steps=40, batch_size=2,
+                       out_dir=tmp_path / "forty", progress=False)
+    config = load_checkpoint(tmp_path / "forty" / "last.safetensors").train_config
+    assert config["val_every"] == 10 and config["val_batches"] == 8
+
+
+# ----------------------------------------------------- 3. one process per run directory
+def wait_for_lock(directory, process):
+    lock = directory / run_dir.LOCK_NAME
+    for _ in range(600):
+        if lock.exists() or process.poll() is not None:
+            break
+        time.sleep(0.1)
+    assert lock.exists(), process.communicate()
+    return json.loads(lock.read_text())
+
+
+SLOW = (  # a run whose steps take a while, so that a second process meets it running
+    "import sys, time\n"
+    "from bsatnp.train import trainer\n"
+    "real = trainer.Trainer._train_step\n"
+    "def step(self):\n"
+    "    time.sleep(0.3)\n"
+    "    return real(self)\n"
+    "trainer.Trainer._train_step = step\n"
+    "from bsatnp import cli\n"
+    "sys.exit(cli.main(sys.argv[1:]))\n")
+
+
+@pytest.mark.parametrize("command", ["train", "finetune"])
+def test_two_runs_into_one_directory_exactly_one_runs(files, tmp_path, capsys, command):
+    """Before: both ran; logs interleaved, a temp file was deleted under the other run."""
+    out = tmp_path / "run"
+    if command == "train":
+        (tmp_path / "tiny.yaml").write_text(TINY % 12)
+        args = ["train", "--config", str(tmp_path / "tiny.yaml"), "--out", str(out), "--quiet"]
+    else:
+        args = finetune_args(files, out)
+        args[args.index("--steps") + 1] = "12"
+    first = subprocess.Popen([sys.executable, "-c", SLOW, *args], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    holder = wait_for_lock(out, first)
+    assert holder["pid"] == first.pid
+    assert cli.main(args) == 2
+    err = one_line(capsys)
+    assert f"in use by another run (process {first.pid}" in err
+    assert cli.main([*args, "--overwrite"]) == 2  # not even with --overwrite
+    one_line(capsys)
+    _, stderr = first.communicate(timeout=300)
+    assert first.returncode == 0, stderr
+    steps = [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()]
+    assert steps[-1] == 12 and steps == sorted(set(steps))  # nothing lost or interleaved
+    assert not (out / run_dir.LOCK_NAME).exists()  # released at the end
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_stale_lock_is_reported_and_taken_over(tmp_path):
+    import socket
+
+    lock = tmp_path / run_dir.LOCK_NAME
+    lock.write_text(json.dumps({"pid": dead_pid(), "host": socket.gethostname(),
+                                "since": "2026-01-01 00:00:00"}))
+    with pytest.warns(UserWarning, match="stale lock of process"):
+        run_dir.claim(tmp_path)
+    assert json.loads(lock.read_text())["pid"] == os.getpid()
+    run_dir.claim(tmp_path)  # claims of one process nest
+    run_dir.release(tmp_path)
+    assert lock.exists()
+    run_dir.release(tmp_path)
+    assert not lock.exists()
+    lock.write_text(json.dumps({"pid": 1, "host": "elsewhere", "since": "x"}))
+    with pytest.raises(ValueError, match="on host elsewhere.*delete"):
+        run_dir.claim(tmp_path)
