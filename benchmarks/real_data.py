@@ -13,10 +13,14 @@ Methods, all given the same coordinates (km on an equirectangular map of the reg
 the same training rows:
 
 - ``bsatnp_local``: a shipped model (``--model``) with local conditioning (``--neighbours``);
+- ``bsatnp_tuned``: that model fine-tuned on the training rows with ``gap`` tasks
+  (``--tune-steps``; the run in ``--runs``/<dataset>_gap resumes if it is there), then
+  predicting with local conditioning;
 - ``bsatnp_global``: the same model conditioned on ``--global-context`` random rows (the
   README path of the last release);
-- ``kriging``: ordinary kriging with a moving neighbourhood (PyKrige, ``n_closest_points``)
-  and a variogram fitted by PyKrige on a random subsample;
+- ``kriging``: ordinary kriging (PyKrige) of each tile of test points from its local
+  neighbourhood (``--kriging-points`` nearest rows), with a variogram fitted by PyKrige
+  on a random subsample (``--fit-points``);
 - ``gp``: an exact GP (scikit-learn, Matérn ν = 3/2 + constant + white noise) with
   hyperparameters fitted by maximum likelihood on a random subsample, predicting each tile
   from its local neighbourhood;
@@ -36,6 +40,7 @@ import multiprocessing
 import resource
 import time
 from pathlib import Path
+from queue import Empty
 from typing import Any
 
 import numpy as np
@@ -44,7 +49,7 @@ from common import run_meta, write_json
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 PUBLISHED = {"heaton": {"SPDE (INLA)": 0.86, "LatticeKrig": 0.87, "Periodic embedding": 0.91,
                         "Gapfill": 1.00, "laGP": 1.11}}
-METHODS = ("bsatnp_local", "bsatnp_global", "kriging", "gp", "idw", "knn")
+METHODS = ("bsatnp_tuned", "bsatnp_local", "bsatnp_global", "kriging", "gp", "idw", "knn")
 
 
 def heaton() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -83,18 +88,53 @@ def bsatnp_predict(args: argparse.Namespace, xy, f, xy_test, neighbours) -> tupl
     return out["mean"].to_numpy(np.float64), out["std"].to_numpy(np.float64)
 
 
+def tuned(args: argparse.Namespace, xy, f) -> Any:
+    """The shipped model fine-tuned on the training rows with ``gap`` tasks (resumable)."""
+    import pandas as pd
+    import torch
+
+    from bsatnp import Predictor
+
+    torch.set_num_threads(args.threads)
+    out = Path(args.runs) / f"{args.dataset}_gap"
+    resume = (out / "last.safetensors").is_file()
+    frame = pd.DataFrame({"x": xy[:, 0], "y": xy[:, 1], "v": f})
+    return Predictor.from_pretrained(args.model).finetune(
+        frame, values="v", space=("x", "y"), split="gap", n_ctx=args.neighbours, n_test=256,
+        steps=args.tune_steps, lr=args.tune_lr, warmup_steps=args.tune_steps // 20,
+        out_dir=out, resume=resume, progress=not args.quiet, seed=args.seed)
+
+
+def bsatnp_tuned(args: argparse.Namespace, xy, f, xy_test) -> tuple:
+    import pandas as pd
+
+    predictor = tuned(args, xy, f)
+    out = predictor.predict(pd.DataFrame({"x": xy[:, 0], "y": xy[:, 1], "v": f}),
+                            pd.DataFrame({"x": xy_test[:, 0], "y": xy_test[:, 1]}),
+                            progress=False)
+    return out["mean"].to_numpy(np.float64), out["std"].to_numpy(np.float64)
+
+
 def kriging(args: argparse.Namespace, xy, f, xy_test) -> tuple:
     from pykrige.ok import OrdinaryKriging
 
+    from bsatnp.data.neighbours import NeighbourSearch
+
     rows = np.random.default_rng(args.seed).choice(len(f), min(len(f), args.fit_points),
                                                    replace=False)
-    fitted = OrdinaryKriging(xy[rows, 0], xy[rows, 1], f[rows], variogram_model="matern"
-                             if args.variogram == "matern" else args.variogram, nlags=30)
-    model = OrdinaryKriging(xy[:, 0], xy[:, 1], f, variogram_model=fitted.variogram_model,
-                            variogram_parameters=list(fitted.variogram_model_parameters))
-    mean, var = model.execute("points", xy_test[:, 0], xy_test[:, 1], backend="C",
-                              n_closest_points=args.kriging_points)
-    return np.asarray(mean, np.float64), np.sqrt(np.maximum(np.asarray(var), 0))
+    fitted = OrdinaryKriging(xy[rows, 0], xy[rows, 1], f[rows],
+                             variogram_model=args.variogram, nlags=30)
+    parameters = list(fitted.variogram_model_parameters)
+    print(f"  kriging: {args.variogram} variogram {parameters}", flush=True)
+    mean, std = np.empty(len(xy_test)), np.empty(len(xy_test))
+    for tile in NeighbourSearch(xy, args.kriging_points).tiles(xy_test):
+        c = tile.context
+        local = OrdinaryKriging(xy[c, 0], xy[c, 1], f[c], variogram_model=args.variogram,
+                                variogram_parameters=parameters)
+        m, v = local.execute("points", xy_test[tile.targets, 0], xy_test[tile.targets, 1])
+        mean[tile.targets] = m
+        std[tile.targets] = np.sqrt(np.maximum(np.asarray(v), 0))
+    return mean, std
 
 
 def gp(args: argparse.Namespace, xy, f, xy_test) -> tuple:
@@ -129,7 +169,8 @@ def neighbours_average(args: argparse.Namespace, xy, f, xy_test, weights: str) -
     loo = KNeighborsRegressor(n_neighbors=k + 1, weights=weights).fit(xy, f)
     rows = np.random.default_rng(args.seed).choice(len(f), min(len(f), 5000), replace=False)
     dist, index = loo.kneighbors(xy[rows])  # leave-one-out: drop each point itself
-    w = 1 / np.maximum(dist[:, 1:], 1e-12) ** 2 if weights == "distance" else np.ones((len(rows), k))
+    w = (1 / np.maximum(dist[:, 1:], 1e-12) ** 2 if weights == "distance"
+         else np.ones((len(rows), k)))
     residual = f[rows] - (w * f[index[:, 1:]]).sum(1) / w.sum(1)
     std = float(np.sqrt(np.mean(residual ** 2)))
     return knn.predict(xy_test), np.full(len(xy_test), std)
@@ -139,6 +180,8 @@ def run_method(name: str, args: argparse.Namespace, data: tuple) -> tuple:
     xy, f, xy_test, _ = data
     if name == "bsatnp_local":
         return bsatnp_predict(args, xy, f, xy_test, args.neighbours)
+    if name == "bsatnp_tuned":
+        return bsatnp_tuned(args, xy, f, xy_test)
     if name == "bsatnp_global":
         return bsatnp_predict(args, xy, f, xy_test, None)
     if name == "kriging":
@@ -176,16 +219,27 @@ def main() -> None:
     parser.add_argument("--model", default="gp2d", help="shipped bsatnp model")
     parser.add_argument("--neighbours", type=int, default=512)
     parser.add_argument("--global-context", type=int, default=4000)
-    parser.add_argument("--kriging-points", type=int, default=64)
+    parser.add_argument("--kriging-points", type=int, default=128)
     parser.add_argument("--variogram", default="exponential")
     parser.add_argument("--fit-points", type=int, default=2000,
-                        help="random training rows the variogram / GP hyperparameters are fitted on")
+                        help="random training rows the variogram / GP hyperparameters are "
+                             "fitted on")
+    parser.add_argument("--tune-steps", type=int, default=2000)
+    parser.add_argument("--tune-lr", type=float, default=3e-4)
+    parser.add_argument("--runs", default="runs/real_data", help="fine-tuning runs")
+    parser.add_argument("--tune-only", action="store_true",
+                        help="only fine-tune (or resume fine-tuning), then stop")
+    parser.add_argument("--quiet", action="store_true")
     parser.add_argument("--limit", type=int, help="score only this many random test rows")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", help="JSON path (default benchmarks/results/real_data_<dataset>.json)")
+    parser.add_argument("--out", help="JSON path (default: "
+                        "benchmarks/results/real_data_<dataset>.json)")
     args = parser.parse_args()
     xy, f, xy_test, truth = DATASETS[args.dataset]()
+    if args.tune_only:
+        tuned(args, xy, f)
+        return
     if args.limit:
         rows = np.sort(np.random.default_rng(args.seed + 1).choice(len(truth), args.limit,
                                                                    replace=False))
@@ -198,7 +252,13 @@ def main() -> None:
         queue = context.Queue()
         child = context.Process(target=_child, args=(name, args, data, queue))
         child.start()
-        mean, std, seconds, rss = queue.get()
+        while True:  # a child killed (out of memory, say) never answers
+            try:
+                mean, std, seconds, rss = queue.get(timeout=5)
+                break
+            except Empty:
+                if not child.is_alive():
+                    raise SystemExit(f"{name} died (exit code {child.exitcode})") from None
         child.join()
         results[name] = {**scores(mean, std, truth), "seconds": seconds, "peak_rss_mb": rss}
         row = results[name]

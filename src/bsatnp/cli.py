@@ -17,6 +17,7 @@ from torch import nn
 
 from bsatnp.baselines import calibrated_local_averages
 from bsatnp.baselines.idw import LOCAL_AVERAGES
+from bsatnp.data.table_task import SPLIT_KINDS
 from bsatnp.evaluate import evaluate, markdown_table, write_results
 from bsatnp.experiment import (
     ExperimentConfig,
@@ -168,7 +169,8 @@ def _predict(args: argparse.Namespace) -> None:
     targets = (read_table(args.targets, time=time) if args.targets is not None
                else grid(**_grid_axes(args.grid)))
     conditioned = predictor.condition(observations, space_scale=_scale(args.space_scale),
-                                      value_transform=args.transform, **roles)
+                                      value_transform=args.transform,
+                                      neighbours=args.neighbours, **roles)
     out = conditioned.predict(targets, crs=args.target_crs, quantiles=args.quantiles or (),
                               interval=args.interval, n_samples=args.samples,
                               seed=args.seed, chunk_size=args.chunk_size,
@@ -186,7 +188,7 @@ def _finetune(args: argparse.Namespace) -> None:
     time = roles.get("time") or (predictor.schema.time if predictor.schema else None)
     data = read_table(args.data, time=time)
     tuned = predictor.finetune(data, steps=args.steps, split=args.split, lr=args.lr,
-                               batch_size=args.batch_size, out_dir=args.out,
+                               batch_size=args.batch_size, out_dir=args.out, n_ctx=args.n_ctx,
                                overwrite=args.overwrite, resume=args.resume,
                                progress=not args.quiet, space_scale=_scale(args.space_scale),
                                value_transform=args.transform, **roles)
@@ -253,6 +255,13 @@ def _scale(text: str) -> float | str:
         return float(text)
     except ValueError:
         return text
+
+
+def _neighbours(text: str) -> int | str | None:
+    """``--neighbours``: ``auto``, ``all`` (``None``) or a count >= 1."""
+    if text in ("auto", "all"):
+        return None if text == "all" else text
+    return _positive(int)(text)
 
 
 def _grid_axes(text: str) -> dict[str, tuple[float, float, int]]:
@@ -466,6 +475,10 @@ def _parser() -> argparse.ArgumentParser:
                      metavar="N", help="marginal samples per target (0-10000)")
     cmd.add_argument("--seed", type=int, help="seed of the samples")
     cmd.add_argument("--chunk-size", type=_positive(int), help="targets per forward pass")
+    cmd.add_argument("--neighbours", type=_neighbours, default="auto", metavar="K | auto | all",
+                     help="predict each tile of targets from its K nearest observations "
+                          "(auto: the model's training context size when there are more "
+                          "observations; all: condition on every observation)")
     cmd.add_argument("--max-memory", help="memory bound of a chunk, e.g. 2GB")
     cmd.add_argument("--input", help="one split .csv or .npz in model units (format above)")
     cmd.add_argument("--output", required=True, help=".csv, .parquet or .nc (.npz: --input)")
@@ -480,8 +493,12 @@ def _parser() -> argparse.ArgumentParser:
     cmd.add_argument("--out", default="runs/finetune", help="run directory (%(default)s)")
     cmd.add_argument("--steps", type=_positive(int), default=1000,
                      help="optimiser steps (%(default)s)")
-    cmd.add_argument("--split", default="random", choices=("random", "block", "time"),
-                     help="how training tasks split rows into context and test (%(default)s)")
+    cmd.add_argument("--split", default="random", choices=SPLIT_KINDS,
+                     help="how training tasks split rows into context and test (%(default)s; "
+                          "gap: holes predicted from the rows around them, as local "
+                          "conditioning predicts)")
+    cmd.add_argument("--n-ctx", type=_positive(int), default=256,
+                     help="context points per training task (%(default)s)")
     cmd.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (%(default)s)")
     cmd.add_argument("--batch-size", type=_positive(int), default=8,
                      help="tasks per step (%(default)s)")

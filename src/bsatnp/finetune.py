@@ -50,7 +50,10 @@ def finetune(predictor: Predictor, data: Any, *, steps: int = 1000, split: str =
         data: Observations in the data's units (DataFrame, xarray or mapping).
         steps: Optimiser steps.
         split: How tasks split rows: ``random``, ``block`` (spatial blocks as test
-            sets) or ``time`` (forecast the later rows of time windows).
+            sets), ``time`` (forecast the later rows of time windows) or ``gap`` (holes
+            cut into the data, each predicted from the ``n_ctx`` rows around it, framed as
+            local conditioning frames a neighbourhood: the tuned model predicts with
+            ``neighbours=n_ctx`` by default).
         n_ctx: Context slots per task (a random number of them valid).
         n_test: Test points per task.
         batch_size: Tasks per step.
@@ -113,14 +116,16 @@ def _finetune(predictor: Predictor, data: Any, *, steps: int, split: str, n_ctx:
     generator = torch.Generator().manual_seed(seed)
     task = TableTask.from_columns(columns, split, valid_fraction, generator, n_ctx=n_ctx,
                                   n_test=n_test, batch_size=batch_size,
-                                  likelihood=predictor.model.likelihood)
+                                  likelihood=predictor.model.likelihood,
+                                  half_width=float(predictor.envelope["space_half_width"]))
     val_batches = val_batches or min(16, max(2, steps // 5))
     config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps,
                          final_lr_factor=final_lr_factor,
                          val_every=val_every or max(steps // MAX_VALIDATIONS, min(steps, 10)),
                          val_batches=val_batches, save_every=max(1, min(steps // 10, 50)),
                          seed=seed, out_dir=str(out_dir))
-    card = {**predictor.card, "finetuned": {"rows": points.n, "split": split, "steps": steps}}
+    card = {**predictor.card, "finetuned": {"rows": points.n, "split": split, "steps": steps,
+                                            "n_ctx": n_ctx}}
     state = Predictor(predictor.model, schema, normalizer, card).state()
     sample = lambda g: task.sample(g, "train")  # noqa: E731
     validate = validator(task, val_batches, seed + 1)

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from bsatnp.batch import Batch
+from bsatnp.data.neighbours import LocalFrame, NeighbourSearch, unit_vectors
 from bsatnp.data.normalizer import Normalizer
 from bsatnp.data.schema import Schema
 from bsatnp.data.tables import Points, class_labels, read_points, time_kind_of
@@ -281,10 +282,17 @@ class Predictor:
             observations, space_scale=space_scale, time_scale=time_scale, method=method,
             value_transform=value_transform, crs=crs, **roles)
         k = self.neighbours_for(points.n, neighbours)
-        rescale = self.normalizer is None and space_scale == "auto"
+        if self.local_frames:  # trained on framed neighbourhoods: always framed
+            return LocallyConditioned(self, schema, normalizer, points, k or points.n)
         if k is None:
             return Conditioned(self, schema, normalizer, points)
+        rescale = self.normalizer is None and space_scale == "auto"
         return LocallyConditioned(self, schema, normalizer, points, k, rescale=rescale)
+
+    @property
+    def local_frames(self) -> bool:
+        """Whether the model was fine-tuned on framed neighbourhoods (``split="gap"``)."""
+        return (self.card.get("finetuned") or {}).get("split") == "gap"
 
     def neighbours_for(self, n_observations: int, neighbours: int | str | None) -> int | None:
         """The neighbourhood size for ``n_observations`` (``None``: condition on all).
@@ -295,7 +303,8 @@ class Predictor:
         if neighbours is None:
             return None
         if neighbours == "auto":
-            n_ctx = (self.envelope.get("task") or {}).get("n_ctx")
+            n_ctx = ((self.card.get("finetuned") or {}).get("n_ctx") if self.local_frames
+                     else (self.envelope.get("task") or {}).get("n_ctx"))
             if isinstance(n_ctx, int) and n_observations > n_ctx and "s" in self.model.roles:
                 return n_ctx
             return None
@@ -474,8 +483,6 @@ class LocallyConditioned(Conditioned):
 
     def __init__(self, predictor: Predictor, schema: Schema, normalizer: Normalizer,
                  points: Points, neighbours: int, *, rescale: bool = True) -> None:
-        from bsatnp.data.neighbours import NeighbourSearch
-
         self.predictor, self.schema, self.normalizer = predictor, schema, normalizer
         self.n_context = points.n
         self.warnings: list[str] = []
@@ -489,8 +496,6 @@ class LocallyConditioned(Conditioned):
 
     def _coordinates(self, arrays: dict[str, np.ndarray]) -> np.ndarray:
         """Where points are for the neighbour search (model units; 3D for great circles)."""
-        from bsatnp.data.neighbours import unit_vectors
-
         space = arrays["s"]
         if self.predictor.great_circle:
             space = unit_vectors(space)
@@ -508,14 +513,12 @@ class LocallyConditioned(Conditioned):
         for tile in tiles:
             context = {role: self.context[role][tile.context] for role in (*model.roles, "f")}
             test = {role: inputs[role][tile.targets] for role in model.roles}
-            shift, scale = np.zeros(context["f"].shape[1]), np.ones(context["f"].shape[1])
+            frame = None
             if self.rescale:
-                centre, factor = _space_map(context["s"], half_width)
-                context["s"] = (context["s"] - centre) * factor
-                test["s"] = (test["s"] - centre) * factor
-                if second is not None:
-                    shift, scale = _affine_of(context["f"])
-                    context["f"] = (context["f"] - shift) / scale
+                frame = LocalFrame.fit(context["s"], None if second is None else context["f"],
+                                       half_width)
+                context["s"], test["s"] = frame.space(context["s"]), frame.space(test["s"])
+                context["f"] = context["f"] if second is None else frame.values(context["f"])
             batch = Batch(**{f"{role}_ctx": _tensor(value, self.device)
                              for role, value in context.items()},
                           **{f"{role}_test": _tensor(value, self.device)
@@ -524,26 +527,9 @@ class LocallyConditioned(Conditioned):
             dist = model.condition(batch).predictive(
                 {f"{role}_test": batch.test(role) for role in model.roles})
             _store(dist, tile.targets, first, second)
-            if second is not None:
-                first[tile.targets] = first[tile.targets] * scale + shift
-                second[tile.targets] = second[tile.targets] * scale
-
-
-def _space_map(space: np.ndarray, half_width: float) -> tuple[np.ndarray, float]:
-    """Centre and factor mapping ``space``'s bounding box onto ``[-half_width, half_width]``.
-
-    The rule of ``Normalizer.fit(space_scale="auto")``: one factor for every axis, from
-    the longest half-extent (points all in one place: factor 1).
-    """
-    lo, hi = space.min(0), space.max(0)
-    extent = float((hi - lo).max()) / 2
-    return (lo + hi) / 2, (half_width / extent if extent > 0 else 1.0)
-
-
-def _affine_of(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and standard deviation per column (a constant column gets 1)."""
-    shift, scale = values.mean(0), values.std(0)
-    return shift, np.where(np.isfinite(scale) & (scale > 0), scale, 1.0)
+            if second is not None and frame is not None:
+                first[tile.targets] = first[tile.targets] * frame.scale + frame.shift
+                second[tile.targets] = second[tile.targets] * frame.scale
 
 
 def _store(dist: Any, where: slice | np.ndarray, first: np.ndarray,

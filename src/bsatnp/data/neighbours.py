@@ -30,6 +30,52 @@ PER_TARGET = 8
 
 
 @dataclass(frozen=True)
+class LocalFrame:
+    """The map of one neighbourhood onto what a model was trained on.
+
+    ``s_local = (s − centre) · factor`` puts the context's bounding box on
+    ``[−half_width, half_width]`` (one factor for every axis, from the longest half-extent:
+    the rule of ``Normalizer.fit(space_scale="auto")``); ``f_local = (f − shift) / scale``
+    gives the context's values mean 0 and standard deviation 1. A neighbourhood in one
+    place (or of one value) keeps factor (scale) 1.
+
+    Attributes:
+        centre: ``[Ds]``.
+        factor: Model units per input unit of space.
+        shift: ``[Df]`` (zeros when the values are not framed).
+        scale: ``[Df]`` (ones likewise).
+    """
+
+    centre: np.ndarray
+    factor: float
+    shift: np.ndarray
+    scale: np.ndarray
+
+    @classmethod
+    def fit(cls, space: np.ndarray, values: np.ndarray | None, half_width: float) -> LocalFrame:
+        """The frame of a context with locations ``space`` ``[N, Ds]`` and ``values``.
+
+        ``values=None`` (class labels, say) leaves the values as they are.
+        """
+        lo, hi = space.min(0), space.max(0)
+        extent = float((hi - lo).max()) / 2
+        factor = half_width / extent if extent > 0 and math.isfinite(extent) else 1.0
+        if values is None:
+            return cls((lo + hi) / 2, factor, np.zeros(1), np.ones(1))
+        scale = values.std(0)
+        scale = np.where(np.isfinite(scale) & (scale > 0), scale, 1.0)
+        return cls((lo + hi) / 2, factor, values.mean(0), scale)
+
+    def space(self, space: np.ndarray) -> np.ndarray:
+        """Framed locations."""
+        return (space - self.centre) * self.factor
+
+    def values(self, values: np.ndarray) -> np.ndarray:
+        """Framed values."""
+        return (values - self.shift) / self.scale
+
+
+@dataclass(frozen=True)
 class Neighbourhood:
     """One tile: the targets it predicts and the observations that condition them.
 

@@ -8,7 +8,12 @@ the samplers every task uses (:mod:`bsatnp.tasks.samplers`):
 * ``block``: the test points are the rows nearest (in the max-norm of ``s``) to a random
   row, a compact spatial block; the context is drawn from the other rows;
 * ``time``: windows of consecutive rows in time order; the context is the earlier part
-  and the test points the later part (a forecast).
+  and the test points the later part (a forecast);
+* ``gap``: the geometry of local conditioning (:mod:`bsatnp.data.neighbours`): a hole is
+  cut around a random row (its ``h`` nearest rows, ``h`` log-uniform between a quarter of
+  ``n_test`` and 32 times it), the test points are drawn from the hole and the context
+  is the ``n_ctx`` rows nearest to the hole's centre outside it; each task is then mapped
+  by its :class:`~bsatnp.data.neighbours.LocalFrame` as a neighbourhood is at prediction.
 
 The rows are divided once into ``train`` and ``valid`` (a random fraction, or the latest
 rows for ``time``); ``test`` draws from ``valid``.
@@ -16,6 +21,7 @@ rows for ``time``); ``test`` draws from ``valid``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -23,10 +29,13 @@ import torch
 from torch import Tensor
 
 from bsatnp.batch import ROLES, Batch
+from bsatnp.data.neighbours import LocalFrame
 from bsatnp.tasks.base import Task
 from bsatnp.tasks.samplers import row_windows, valid_prefix_mask
 
-SPLIT_KINDS = ("random", "block", "time")
+SPLIT_KINDS = ("random", "block", "time", "gap")
+HOLE_RANGE = (0.25, 32.0)
+"""Rows in a ``gap`` task's hole, as multiples of ``n_test`` (log-uniform between)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -38,9 +47,10 @@ class TableTask(Task):
         rows: Row indices of each split (``train``, ``valid``), time-sorted for ``time``.
         n_ctx: Context slots per task (fewer when a split has fewer rows).
         n_test: Test points per task (likewise).
-        kind: ``random``, ``block`` or ``time``.
+        kind: ``random``, ``block``, ``time`` or ``gap``.
         batch_size: Tasks per batch.
         likelihood: ``gaussian`` or ``categorical``.
+        half_width: Half-width of the box a ``gap`` task's context is framed onto.
     """
 
     name: ClassVar[str] = "table"
@@ -51,12 +61,13 @@ class TableTask(Task):
     kind: str = "random"
     batch_size: int = 8
     likelihood: str = "gaussian"  # type: ignore[misc]  (per instance, not per class)
+    half_width: float = 2.0
 
     def __post_init__(self) -> None:
         if self.kind not in SPLIT_KINDS:
             raise ValueError(f"split must be one of {SPLIT_KINDS}, got {self.kind!r}")
-        if self.kind == "block" and "s" not in self.columns:
-            raise ValueError("split='block' needs space columns")
+        if self.kind in ("block", "gap") and "s" not in self.columns:
+            raise ValueError(f"split={self.kind!r} needs space columns")
         if self.kind == "time" and "t" not in self.columns:
             raise ValueError("split='time' needs a time column")
         for split, rows in self.rows.items():
@@ -71,7 +82,7 @@ class TableTask(Task):
 
         Args:
             columns: Model-unit arrays by role, ``[N, D]`` each.
-            kind: ``random``, ``block`` or ``time``.
+            kind: ``random``, ``block``, ``time`` or ``gap``.
             valid_fraction: Share of rows held out for validation (the latest for ``time``).
             generator: Randomness of the division.
             **fields: Other fields (``n_ctx``, ``n_test``, ``batch_size``, ``likelihood``).
@@ -102,6 +113,8 @@ class TableTask(Task):
         rows = self.rows["valid" if split == "test" else split]
         n_ctx, n_test = _sizes(len(rows), self.n_ctx, self.n_test)
         B = self.batch_size
+        if self.kind == "gap":
+            return self._gaps(rows, n_ctx, n_test, generator)
         if self.kind == "time":
             window = row_windows(len(rows), n_ctx + n_test, B, generator,
                                  distinct=len(rows) - n_ctx - n_test + 1 >= B)
@@ -127,6 +140,53 @@ class TableTask(Task):
             fields[f"{role}_ctx"] = values[ctx]
             fields[f"{role}_test"] = values[test]
         return Batch(**fields)
+
+
+    def _gaps(self, rows: Tensor, n_ctx: int, n_test: int,
+              generator: torch.Generator | None) -> Batch:
+        """A batch of ``gap`` tasks (module doc), each in its local frame."""
+        fields: dict[str, list[Tensor]] = {}
+        for _ in range(self.batch_size):
+            _, context, test = self.gap(rows, n_ctx, n_test, generator)
+            framed = self._framed(context, test, n_test)
+            for name, value in framed.items():
+                fields.setdefault(name, []).append(value)
+        return Batch(**{name: torch.stack(values) for name, values in fields.items()})
+
+    def gap(self, rows: Tensor, n_ctx: int, n_test: int, generator: torch.Generator | None
+            ) -> tuple[Tensor, Tensor, Tensor]:
+        """One hole among ``rows``: its rows, the context rows and the test rows.
+
+        The hole is the ``h`` rows nearest to a random row (a disc); the context the
+        ``n_ctx`` rows next nearest (the neighbourhood of the hole's centre outside it); the
+        test rows a random subset of the hole of at most ``n_test``.
+        """
+        s = self.columns["s"][rows]
+        low, high = (math.log(max(1.0, n_test * f)) for f in HOLE_RANGE)
+        centre = int(torch.randint(len(rows), (1,), generator=generator))
+        order = torch.argsort(((s - s[centre]) ** 2).sum(-1), stable=True)
+        hole = round(math.exp(low + (high - low) * float(torch.rand(1, generator=generator))))
+        hole = max(1, min(hole, len(rows) - n_ctx))
+        inside = order[:hole][torch.randperm(hole, generator=generator)[:n_test]]
+        return rows[order[:hole]], rows[order[hole:hole + n_ctx]], rows[inside]
+
+    def _framed(self, context: Tensor, test: Tensor, n_test: int) -> dict[str, Tensor]:
+        """One task's fields in its :class:`LocalFrame`, the test points padded to ``n_test``."""
+        ctx = {role: values[context].double().numpy() for role, values in self.columns.items()}
+        tst = {role: values[test].double().numpy() for role, values in self.columns.items()}
+        frame = LocalFrame.fit(ctx["s"], None if self.likelihood == "categorical" else ctx["f"],
+                               self.half_width)
+        ctx["s"], tst["s"] = frame.space(ctx["s"]), frame.space(tst["s"])
+        if self.likelihood != "categorical":
+            ctx["f"], tst["f"] = frame.values(ctx["f"]), frame.values(tst["f"])
+        fields = {f"{role}_ctx": torch.as_tensor(value, dtype=torch.float32)
+                  for role, value in ctx.items()}
+        pad = n_test - len(test)
+        for role, value in tst.items():
+            value = torch.as_tensor(value, dtype=torch.float32)
+            fields[f"{role}_test"] = torch.cat([value, value[:1].expand(pad, -1)])
+        fields["mask_test"] = torch.arange(n_test) < len(test)
+        return fields
 
 
 def _sizes(n_rows: int, n_ctx: int, n_test: int) -> tuple[int, int]:

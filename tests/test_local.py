@@ -1,0 +1,176 @@
+"""Local conditioning: neighbourhoods, tiles, frames, and gap-shaped fine-tuning tasks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+pd = pytest.importorskip("pandas")
+pytest.importorskip("scipy")
+
+from bsatnp.data.neighbours import LocalFrame, NeighbourSearch, unit_vectors  # noqa: E402
+from bsatnp.data.table_task import TableTask  # noqa: E402
+from bsatnp.models import BSATNP  # noqa: E402
+from bsatnp.predictor import LocallyConditioned, Predictor  # noqa: E402
+
+
+def brute_nearest(points: np.ndarray, query: np.ndarray, k: int) -> np.ndarray:
+    return np.argsort(((points - query) ** 2).sum(-1), kind="stable")[:k]
+
+
+@pytest.mark.parametrize("k, per_target", [(40, 8), (5, 5), (3, 8)])
+def test_neighbourhoods_equal_a_brute_force_search(k, per_target):
+    rng = np.random.default_rng(0)
+    obs = np.concatenate([rng.uniform(0, 10, (300, 2)), rng.normal(5, 0.2, (100, 2))])
+    targets = rng.uniform(-1, 11, (500, 2))
+    search = NeighbourSearch(obs, k, per_target=per_target)
+    seen = []
+    for tile in search.tiles(targets, max_targets=37):
+        assert 1 <= len(tile.targets) <= 37
+        seen.append(tile.targets)
+        context = set(tile.context.tolist())
+        assert len(context) == len(tile.context) <= k  # no duplicate, capped
+        required = set()
+        for target in targets[tile.targets]:
+            required |= set(brute_nearest(obs, target, min(per_target, k)).tolist())
+        centre = targets[tile.targets].mean(0)
+        if len(required) >= k:  # the closest to the centre among the targets' own nearest
+            distance = np.linalg.norm(obs[list(required)] - centre, axis=1)
+            assert context == {sorted(required)[i] for i in np.argsort(distance)[:k]} or \
+                len(context) == k and context <= required
+        else:  # every target's nearest, filled up with the nearest to the centre
+            assert required <= context and len(context) == k
+            fill = [i for i in brute_nearest(obs, centre, len(obs)) if i not in required]
+            assert context - required == set(fill[: k - len(required)])
+    every = np.concatenate(seen)
+    assert np.array_equal(np.sort(every), np.arange(len(targets)))  # each target once
+
+
+def test_neighbourhoods_of_a_great_circle_model_cross_the_dateline():
+    lonlat = np.array([[179.9, 0.0], [-179.9, 0.0], [0.0, 0.0], [90.0, 0.0]])
+    search = NeighbourSearch(unit_vectors(lonlat), 2, per_target=2)
+    (tile,) = search.tiles(unit_vectors(np.array([[180.0, 0.0]])))
+    assert set(tile.context.tolist()) == {0, 1}
+
+
+@pytest.mark.parametrize("bad, message", [(0, "positive integer"), (-3, "positive integer"),
+                                          (2.5, "positive integer"), (True, "positive integer")])
+def test_bad_neighbour_counts_are_refused(bad, message):
+    with pytest.raises(ValueError, match=message):
+        NeighbourSearch(np.zeros((3, 2)), bad)
+
+
+def test_local_frame_maps_the_context_onto_the_box_and_back():
+    rng = np.random.default_rng(1)
+    s, f = rng.uniform([100, 50], [104, 51], (60, 2)), rng.normal(20, 3, (60, 1))
+    frame = LocalFrame.fit(s, f, 2.0)
+    framed = frame.space(s)
+    assert np.isclose(np.abs(framed).max(), 2.0) and np.isclose(framed[:, 0].min(), -2.0)
+    assert np.allclose(frame.values(f).mean(0), 0) and np.allclose(frame.values(f).std(0), 1)
+    same = LocalFrame.fit(np.ones((5, 2)), np.full((5, 1), 7.0), 2.0)  # one place, one value
+    assert same.factor == 1.0 and same.scale[0] == 1.0
+
+
+@pytest.fixture(scope="module")
+def predictor():
+    torch.manual_seed(0)
+    return Predictor(BSATNP(num_blocks=1, dim=16, qkv_dim=16, ffn_dim=32, embed_hidden=(32,),
+                            head_hidden=(32,)))
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(2)
+    obs = pd.DataFrame({"x": rng.uniform(0, 30, 400), "y": rng.uniform(0, 10, 400)})
+    obs["v"] = 50 + 5 * np.sin(obs["x"] / 3) + rng.normal(0, 0.3, 400)
+    targets = pd.DataFrame({"x": rng.uniform(0, 30, 700), "y": rng.uniform(0, 10, 700)},
+                           index=pd.RangeIndex(1000, 1700, name="id"))
+    return obs, targets
+
+
+def test_local_equals_global_when_k_covers_every_observation(predictor, data):
+    obs, targets = data
+    kw = {"values": "v", "space": ("x", "y"), "interval": 0.9}
+    whole = predictor.predict(obs, targets, neighbours=None, **kw)
+    for k in (400, 10_000):
+        local = predictor.predict(obs, targets, neighbours=k, chunk_size=97, **kw)
+        for column in ("mean", "std", "lower", "upper"):
+            np.testing.assert_allclose(local[column], whole[column], rtol=1e-5, atol=1e-5)
+        assert local.index.equals(targets.index)
+
+
+def test_local_predictions_come_back_in_the_targets_order(predictor, data):
+    obs, targets = data
+    kw = {"values": "v", "space": ("x", "y"), "neighbours": 32}
+    out = predictor.predict(obs, targets, **kw)
+    reversed_out = predictor.predict(obs, targets.iloc[::-1], **kw)
+    assert out.index.equals(targets.index)
+    np.testing.assert_array_equal(out[["x", "y"]].to_numpy(), targets.to_numpy())
+    # a target's tile changes with the order of the others only through its cell: same cells
+    np.testing.assert_allclose(reversed_out["mean"].to_numpy()[::-1], out["mean"].to_numpy(),
+                               rtol=1e-5, atol=1e-5)
+    assert np.isfinite(out["std"]).all()
+
+
+def test_local_conditioning_is_the_default_past_the_envelope(data):
+    obs, targets = data
+    torch.manual_seed(0)
+    card = {"envelope": {"task": {"n_ctx": 100}}}
+    model = BSATNP(num_blocks=1, dim=16, qkv_dim=16, ffn_dim=32, embed_hidden=(32,),
+                   head_hidden=(32,))
+    conditioned = Predictor(model, card=card).condition(obs, values="v", space=("x", "y"))
+    assert isinstance(conditioned, LocallyConditioned) and conditioned.neighbours == 100
+    conditioned = Predictor(model, card=card).condition(obs.iloc[:90], values="v",
+                                                        space=("x", "y"))
+    assert not isinstance(conditioned, LocallyConditioned)
+    with pytest.raises(ValueError, match="neighbours must be"):
+        Predictor(model).condition(obs, values="v", space=("x", "y"), neighbours=0)
+
+
+def test_duplicate_or_coincident_observations_give_finite_predictions(predictor):
+    obs = pd.DataFrame({"x": [1.0] * 50, "y": [2.0] * 50, "v": np.linspace(0, 1, 50)})
+    out = predictor.predict(obs, pd.DataFrame({"x": [1.0, 5.0], "y": [2.0, 2.0]}),
+                            values="v", space=("x", "y"), neighbours=8)
+    assert np.isfinite(out[["mean", "std"]].to_numpy()).all()
+
+
+def gap_task(n=2000, **fields):
+    generator = torch.Generator().manual_seed(0)
+    s = torch.rand(n, 2, generator=generator) * 10
+    columns = {"s": s, "f": torch.sin(s[:, :1]) * 3 + 5}
+    return TableTask.from_columns(columns, "gap", 0.1, generator, **fields)
+
+
+def test_gap_tasks_are_framed_holes():
+    task = gap_task(n_ctx=64, n_test=16, batch_size=6)
+    batch = task.sample(torch.Generator().manual_seed(1))
+    assert batch.s_ctx.shape == (6, 64, 2) and batch.s_test.shape == (6, 16, 2)
+    for b in range(6):  # the context spans the box; its values have mean 0 and std 1
+        assert torch.isclose(batch.s_ctx[b].abs().max(), torch.tensor(2.0))
+        assert abs(float(batch.f_ctx[b].mean())) < 1e-4
+        assert abs(float(batch.f_ctx[b].std(unbiased=False)) - 1) < 1e-3
+        assert 1 <= int(batch.mask_test[b].sum()) <= 16
+    generator = torch.Generator().manual_seed(2)
+    masks = torch.cat([task.sample(generator).mask_test for _ in range(8)])
+    assert not bool(masks.all())  # holes smaller than n_test occur too
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_gap_holes_are_contiguous_and_ringed_by_their_context(seed):
+    task = gap_task(n_ctx=64, n_test=16)
+    rows = task.rows["train"]
+    hole, context, test = task.gap(rows, 64, 16, torch.Generator().manual_seed(seed))
+    s = task.columns["s"]
+    assert set(test.tolist()) <= set(hole.tolist()) and len(test) == min(16, len(hole))
+    assert not set(context.tolist()) & set(hole.tolist()) and len(context) == 64
+    # one centre row from which every hole row is nearer than every context row, and the
+    # context rows nearer than every other row: a disc, ringed by the next-nearest rows
+    for centre in hole.tolist():
+        distance = ((s - s[centre]) ** 2).sum(-1)
+        rest = sorted(set(rows.tolist()) - set(hole.tolist()) - set(context.tolist()))
+        if (distance[hole].max() <= distance[context].min()
+                and distance[context].max() <= distance[rest].min()):
+            break
+    else:
+        raise AssertionError("no row of the hole is its centre")
