@@ -1,8 +1,9 @@
 """Tasks: the contract (:class:`Task`), the registry, and the paper's benchmarks.
 
 Importing this package registers the bundled tasks: the synthetic ``gp2d``, ``multiscale``,
-``geodesic``, ``fixed_effects``, ``sir`` and ``gneiting``, and the real-data ``beijing`` and
-``era5`` (their data are read on the first batch, see :mod:`bsatnp.tasks.real_data`).
+``geodesic``, ``fixed_effects``, ``sir``, ``gneiting`` and the broad-prior ``spatial``, and
+the real-data ``beijing`` and ``era5`` (their data are read on the first batch, see
+:mod:`bsatnp.tasks.real_data`).
 """
 
 from bsatnp.tasks import (  # noqa: F401 (importing registers them)
@@ -14,6 +15,7 @@ from bsatnp.tasks import (  # noqa: F401 (importing registers them)
     gp2d,
     multiscale,
     sir,
+    spatial,
 )
 from bsatnp.tasks.base import IN_DOMAIN, Task, batch_generator, eval_batches
 from bsatnp.tasks.registry import register_task, task_class, task_names
