@@ -269,3 +269,79 @@ def test_a_stale_lock_is_reported_and_taken_over(tmp_path):
     lock.write_text(json.dumps({"pid": 1, "host": "elsewhere", "since": "x"}))
     with pytest.raises(ValueError, match="on host elsewhere.*delete"):
         run_dir.claim(tmp_path)
+
+
+# ------------------------------------------------- 4. one-line errors, no input ignored
+@pytest.mark.parametrize("case, extra, message", [
+    ("samples -1", ["--samples", "-1"], "--samples: must be between 0 and 10000, got -1"),
+    ("seed -1", ["--samples", "2", "--seed", "-1"], "--seed: must be >= 0"),
+    ("grid twice", ["--grid", "x=0:1:3,x=0:1:4,y=0:1:3"], "axis 'x' is given twice"),
+    ("bad target crs", ["--target-crs", "EPSG:nope"], "--target-crs 'EPSG:nope' is not a "),
+    ("bad crs", ["--crs", "nonsense"], "--crs 'nonsense' is not a coordinate reference"),
+    ("duplicate column", [], "column(s) ['v'] appear more than once"),
+    ("observations beside input", [], "--observations, --targets would be ignored"),
+])
+def test_cli_refuses_what_it_would_ignore_or_misread(files, tmp_path, capsys, case, extra,
+                                                     message):
+    """Before: exit 0 with the input ignored (duplicate, grid, --observations, --crs), a
+    10,001-value choice list, or a pyproj traceback (exit 1)."""
+    args = predict_args(files, tmp_path / "o.csv")
+    if case == "grid twice":
+        args[args.index("--targets"):args.index("--targets") + 2] = []
+    if case == "duplicate column":
+        text = (files / "obs.csv").read_text().splitlines()
+        (tmp_path / "dup.csv").write_text("\n".join(
+            [text[0] + ",v"] + [line + "," + line.split(",")[-1] for line in text[1:]]))
+        args[args.index("--observations") + 1] = str(tmp_path / "dup.csv")
+    if case == "observations beside input":
+        args = [*args, "--input", str(files / "targets.csv")]
+    try:
+        code = cli.main([*args, *extra])
+    except SystemExit as exit_:  # argument errors leave through argparse
+        code = exit_.code
+    assert code == 2
+    assert message in one_line(capsys)
+
+
+def test_info_and_predict_take_a_shipped_model_name(files, tmp_path, capsys):
+    """Before: ``bsatnp info gp2d`` said the checkpoint does not exist."""
+    assert cli.main(["info", "gp2d"]) == 0
+    assert "475,770 parameters" in capsys.readouterr().out
+    args = predict_args(files, tmp_path / "o.csv")
+    args[args.index("--checkpoint") + 1] = "gp2d"
+    assert cli.main(args) == 0
+
+
+def test_info_escapes_control_characters_and_cuts_long_strings(files, tmp_path, capsys):
+    """Before: a card's ANSI sequences reached the terminal raw, and 50 MB strings whole."""
+    predictor = Predictor.load(files / "bare.safetensors")
+    predictor.card = {"summary": "\x1b[2J\x1b[31mred\x07", "notes": "x" * 100_000}
+    predictor.save(tmp_path / "card.safetensors")
+    assert cli.main(["info", str(tmp_path / "card.safetensors")]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out and "\\x1b[2J" in out
+    assert max(len(line) for line in out.splitlines()) < 500
+    assert "more characters" in out
+
+
+def test_finetune_time_split_without_time_is_one_line(files, tmp_path, capsys):
+    """Before: ``KeyError: 't'`` traceback."""
+    args = finetune_args(files, tmp_path / "run")
+    args[args.index("--steps") + 1] = "2"
+    assert cli.main([*args, "--split", "time"]) == 2
+    assert "split='time' needs a time column" in one_line(capsys)
+
+
+def test_sample_y_refuses_zero_samples():
+    """Before: ``sample_y(0)`` ended in a numpy traceback."""
+    from bsatnp.estimator import NeuralProcessRegressor
+
+    rng = np.random.default_rng(0)
+    X, y = rng.uniform(0, 1, (30, 2)), rng.normal(size=30)
+    torch.manual_seed(0)
+    model = BSATNP(num_blocks=1, dim=8, num_heads=2, qkv_dim=8, ffn_dim=8, embed_hidden=(8,),
+                   head_hidden=(8,))
+    regressor = NeuralProcessRegressor(model).fit(X, y)
+    with pytest.raises(ValueError, match="n_samples must be a positive integer"):
+        regressor.sample_y(X, 0)
+    assert regressor.sample_y(X[:3], 2).shape == (3, 2)

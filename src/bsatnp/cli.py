@@ -29,12 +29,16 @@ from bsatnp.experiment import (
 from bsatnp.io.checkpoint import load_checkpoint, load_model
 from bsatnp.io.files import refuse_overwriting_inputs
 from bsatnp.predict import FORMAT_HELP, predict_file
+from bsatnp.pretrained import checkpoint_path
 from bsatnp.tasks import eval_batches, task_class, task_names
+from bsatnp.text import terminal_safe
 
 DEMO_CONFIG = "gp2d_quick"
 DEMO_MINUTES = 5.0
 """Training budget of the demo: with ~2 min of evaluation the demo takes < 10 min on 2 cores."""
 DEMO_RUN_FILES = ("log.jsonl", "last.safetensors", "best.safetensors")
+MAX_SAMPLES = 10_000
+"""Most marginal samples per target ``bsatnp predict --samples`` draws."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -87,15 +91,12 @@ def _demo(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
-    from bsatnp.pretrained import pretrained_names, pretrained_path
     from bsatnp.train.distributed import local_device, replicas_from_environment
 
     config = load_experiment(args.config)
     device = local_device(_device(args))
     replicas = replicas_from_environment(device)  # under torchrun: data parallel
-    init = args.init
-    if init is not None and not Path(init).exists() and init in pretrained_names():
-        init = pretrained_path(init)
+    init = None if args.init is None else checkpoint_path(args.init)
     trainer = build_trainer(config, resume=args.resume, out_dir=args.out, device=device,
                             overwrite=args.overwrite, replicas=replicas, init=init)
     steps = None if args.steps is None else max(0, args.steps - trainer.step)
@@ -151,15 +152,25 @@ def _predict(args: argparse.Namespace) -> None:
     if args.input is not None:  # one split CSV/NPZ in model units (the original form)
         if args.checkpoint is None:
             raise ValueError("--input needs --checkpoint")
-        path = predict_file(load_model(args.checkpoint, _device(args)), args.input, args.output)
+        ignored = [option for option, value in (("--observations", args.observations),
+                                                ("--targets", args.targets),
+                                                ("--grid", args.grid)) if value is not None]
+        if ignored:
+            raise ValueError(f"--input holds the observations and targets; {', '.join(ignored)} "
+                             "would be ignored: give one form or the other")
+        path = predict_file(load_model(checkpoint_path(args.checkpoint), _device(args)),
+                            args.input, args.output)
         print(f"Wrote predictions to {path}")
         return
     if args.observations is None or (args.targets is None) == (args.grid is None):
         raise ValueError("give --observations and one of --targets or --grid "
                          "(or --input for a split file in model units)")
     from bsatnp.data.files import read_table, write_table
+    from bsatnp.data.geo import check_crs
     from bsatnp.data.tables import grid
 
+    check_crs(args.crs, "--crs")
+    check_crs(args.target_crs, "--target-crs")
     refuse_overwriting_inputs(args.output, {"--observations": args.observations,
                                             "--targets": args.targets})
     predictor = _predictor(args)
@@ -201,13 +212,14 @@ def _finetune(args: argparse.Namespace) -> None:
 def _info(args: argparse.Namespace) -> None:
     from bsatnp.predictor import Predictor
 
-    ckpt = load_checkpoint(args.checkpoint)
-    print(f"{args.checkpoint}: bsatnp {ckpt.version} checkpoint, step {ckpt.step}"
-          + ("" if ckpt.best_metric is None else f", best validation NLL {ckpt.best_metric:.4f}"))
-    print(Predictor.load(args.checkpoint).describe())
+    path = checkpoint_path(args.checkpoint)
+    ckpt = load_checkpoint(path)
+    print(terminal_safe(f"{args.checkpoint}: bsatnp {ckpt.version} checkpoint, step {ckpt.step}"
+          + ("" if ckpt.best_metric is None else f", best validation NLL {ckpt.best_metric:.4f}")))
+    print(terminal_safe(Predictor.load(path).describe()))
     stored = (ckpt.extra or {}).get("experiment")
     if isinstance(stored, dict) and isinstance(stored.get("task"), dict):
-        print(f"task: {stored['task']}")
+        print(terminal_safe(f"task: {stored['task']}"))
 
 
 def _models(args: argparse.Namespace) -> None:
@@ -241,7 +253,7 @@ def _predictor(args: argparse.Namespace) -> Any:
                          "(see `bsatnp models`)")
     if args.model is not None:
         return Predictor.from_pretrained(args.model, device=_device(args))
-    return Predictor.load(args.checkpoint, device=_device(args))
+    return Predictor.load(checkpoint_path(args.checkpoint), device=_device(args))
 
 
 def _roles(args: argparse.Namespace) -> dict[str, Any]:
@@ -271,10 +283,13 @@ def _grid_axes(text: str) -> dict[str, tuple[float, float, int]]:
         try:
             name, spec = item.split("=")
             start, stop, n = spec.split(":")
-            axes[name.strip()] = (float(start), float(stop), int(n))
+            axis = (float(start), float(stop), int(n))
         except ValueError:
             raise ValueError(f"--grid: expected NAME=START:STOP:N items separated by commas, "
                              f"got {item!r}") from None
+        if name.strip() in axes:
+            raise ValueError(f"--grid: axis {name.strip()!r} is given twice")
+        axes[name.strip()] = axis
     return axes
 
 
@@ -312,7 +327,7 @@ def _tasks(args: argparse.Namespace) -> None:
 
 def _load(args: argparse.Namespace) -> tuple[nn.Module, ExperimentConfig]:
     """Model (eval mode, on the requested device) and experiment stored in a checkpoint."""
-    ckpt = load_checkpoint(args.checkpoint)
+    ckpt = load_checkpoint(checkpoint_path(args.checkpoint))
     model = ckpt.build_model().to(_device(args)).eval()
     return model, experiment_from_checkpoint(ckpt)
 
@@ -355,6 +370,19 @@ def _positive(kind: type, zero: bool = False) -> Any:
             raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
         if not (value >= 0 if zero else value > 0):
             raise argparse.ArgumentTypeError(f"must be {'>=' if zero else '>'} 0, got {text}")
+        return value
+    return parse
+
+
+def _bounded(low: int, high: int) -> Any:
+    """An argparse type: an integer in ``[low, high]``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be between {low} and {high}, got {value}")
         return value
     return parse
 
@@ -471,9 +499,9 @@ def _parser() -> argparse.ArgumentParser:
     cmd.add_argument("--target-crs", help="CRS of the targets if not that of the observations")
     cmd.add_argument("--quantiles", nargs="+", type=float, help="e.g. 0.05 0.5 0.95")
     cmd.add_argument("--interval", type=float, help="central interval mass, e.g. 0.9")
-    cmd.add_argument("--samples", type=int, default=0, choices=range(0, 10001),
-                     metavar="N", help="marginal samples per target (0-10000)")
-    cmd.add_argument("--seed", type=int, help="seed of the samples")
+    cmd.add_argument("--samples", type=_bounded(0, MAX_SAMPLES), default=0, metavar="N",
+                     help=f"marginal samples per target (0-{MAX_SAMPLES})")
+    cmd.add_argument("--seed", type=_positive(int, zero=True), help="seed of the samples (>= 0)")
     cmd.add_argument("--chunk-size", type=_positive(int), help="targets per forward pass")
     cmd.add_argument("--neighbours", type=_neighbours, default="auto", metavar="K | auto | all",
                      help="predict each tile of targets from its K nearest observations "

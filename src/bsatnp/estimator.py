@@ -105,7 +105,14 @@ class NeuralProcessRegressor:
 
     def sample_y(self, X: Any, n_samples: int = 1,  # noqa: N803
                  random_state: int | None = 0) -> np.ndarray:
-        """Marginal samples ``[N, n_samples]`` (independent across the rows of ``X``)."""
+        """Marginal samples ``[N, n_samples]`` (independent across the rows of ``X``).
+
+        Raises:
+            ValueError: If ``n_samples`` is not a positive integer.
+        """
+        if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) \
+                or n_samples < 1:
+            raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
         out = self._predict(X, n_samples=n_samples, seed=random_state)
         samples = self._stack(out, "samples")  # [S, N] or [S, N, Dv]
         return np.moveaxis(samples, 0, -1)

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from bsatnp.batch import Batch
+from bsatnp.data.geo import check_crs
 from bsatnp.data.neighbours import LocalFrame, NeighbourSearch, unit_vectors
 from bsatnp.data.normalizer import Normalizer
 from bsatnp.data.schema import Schema
@@ -181,6 +182,7 @@ class Predictor:
             raise ValueError("name the value column(s): values='pm25' (the model has no "
                              "stored schema)")
         schema = Schema(**given)
+        check_crs(schema.crs, "crs")
         if schema.time:
             schema = replace(schema, time_kind=time_kind_of(data, schema))
         if self.model.likelihood == "categorical":
@@ -393,6 +395,10 @@ class Conditioned:
             ValueError: On bad targets or options; nothing is computed then.
         """
         levels = _levels(quantiles, interval)  # checked before any work
+        check_crs(crs, "crs")
+        if self.predictor.model.likelihood == "categorical" and (levels or interval or n_samples):
+            raise ValueError("quantiles, interval and n_samples describe a numeric value; "
+                             "this model predicts class probabilities (omit them)")
         points, template = read_points(targets, self.schema, "targets", with_values=False,
                                        crs=crs)
         inputs = self.normalizer.inputs(points, self.schema)

@@ -31,6 +31,12 @@ def read_table(path: str | os.PathLike[str], time: str | None = None) -> Any:
     try:
         if name.endswith((".csv", ".csv.gz")):
             pd = require("pandas", "reading CSV files")
+            header = pd.read_csv(path, encoding="utf-8-sig", header=None, nrows=1)
+            names = [str(name) for name in header.iloc[0]] if len(header) else []
+            repeated = sorted({name for name in names if names.count(name) > 1})
+            if repeated:
+                raise ValueError(f"column(s) {repeated} appear more than once in the header; "
+                                 "rename them so that each column is read")
             frame = pd.read_csv(path, encoding="utf-8-sig")
             if time is not None and time in frame and frame[time].dtype == object:
                 frame[time] = pd.to_datetime(frame[time])

@@ -35,6 +35,27 @@ def crs_name(crs: str) -> str:
     return "EPSG:4326" if crs.strip().lower() == LONLAT else crs
 
 
+def check_crs(crs: str | None, option: str) -> None:
+    """Raise ``ValueError`` naming ``option`` if pyproj does not know ``crs``.
+
+    ``None`` (plain units) and ``"lonlat"`` always pass; without pyproj nothing is checked
+    (the conversion that needs it then names the extra).
+    """
+    if crs is None or crs.strip().lower() == LONLAT:
+        return
+    try:
+        pyproj = importlib.import_module("pyproj")
+    except ImportError:
+        return
+    try:
+        pyproj.CRS.from_user_input(crs_name(crs))
+    except pyproj.exceptions.CRSError as err:
+        reason = " ".join(str(err).split())[:200]
+        raise ValueError(f"{option} {crs!r} is not a coordinate reference system pyproj "
+                         f"knows ({reason}); give e.g. 'lonlat' or 'EPSG:32650', or omit it "
+                         "for plain units") from None
+
+
 def same_crs(a: str | None, b: str | None) -> bool:
     """Whether two CRS names denote the same system (pyproj decides if both are set)."""
     if a is None or b is None:

@@ -88,6 +88,10 @@ class TableTask(Task):
             **fields: Other fields (``n_ctx``, ``n_test``, ``batch_size``, ``likelihood``).
         """
         n = len(columns["f"])
+        if kind not in SPLIT_KINDS:
+            raise ValueError(f"split must be one of {SPLIT_KINDS}, got {kind!r}")
+        if kind == "time" and "t" not in columns:
+            raise ValueError("split='time' needs a time column (give time=...)")
         if not 0.0 < valid_fraction < 1.0:
             raise ValueError(f"valid_fraction must be in (0, 1), got {valid_fraction}")
         n_valid = max(2, round(n * valid_fraction))

@@ -40,3 +40,15 @@ def model_card(name: str) -> dict[str, Any]:
     extra = load_checkpoint(pretrained_path(name)).extra or {}
     card = (extra.get("predictor") or {}).get("card") or {}
     return dict(card)
+
+
+def checkpoint_path(given: str | Path) -> Path:
+    """A checkpoint file, or the file of the shipped model of that name.
+
+    An existing file wins; otherwise a shipped model's name (``gp2d``) gives its file; any
+    other value comes back as a path (whose loader then reports that it does not exist).
+    """
+    path = Path(given)
+    if not path.exists() and str(given) in pretrained_names():
+        return pretrained_path(str(given))
+    return path
