@@ -349,7 +349,7 @@ class Conditioned:
     def __init__(self, predictor: Predictor, schema: Schema, normalizer: Normalizer,
                  points: Points) -> None:
         self.predictor, self.schema, self.normalizer = predictor, schema, normalizer
-        self.n_context = points.n
+        self.n_context, self.time_zone = points.n, points.time_zone
         self.warnings = predictor.envelope_warnings(points.n)
         for message in self.warnings:
             warnings.warn(message, stacklevel=3)
@@ -401,6 +401,12 @@ class Conditioned:
                              "this model predicts class probabilities (omit them)")
         points, template = read_points(targets, self.schema, "targets", with_values=False,
                                        crs=crs)
+        if self.schema.time and points.time_zone != self.time_zone:
+            aware, naive = (("observations", "targets") if self.time_zone
+                            else ("targets", "observations"))
+            raise ValueError(f"the {aware}' times carry a timezone but the {naive}' do not: "
+                             "localise the naive ones (pandas tz_localize) or drop the zone "
+                             "from both, so that both mean the same instants")
         inputs = self.normalizer.inputs(points, self.schema)
         chunk = _chunk_size(chunk_size, max_memory, self.predictor.model)
         categorical = self.predictor.model.likelihood == "categorical"
@@ -454,7 +460,8 @@ class Conditioned:
             for name, array in named.items():
                 outputs[prefix + name] = array.astype(np.float32)
                 attrs[prefix + name] = {**units, "long_name": f"{value} {name}"}
-        for name in outputs:
+        for name, array in outputs.items():
+            _check_finite_output(name, array, norm.value_transform)
             if name.endswith("samples"):
                 attrs[name]["samples_are"] = "marginal (independent across targets)"
         return template.build(outputs, extra, attrs)
@@ -490,7 +497,7 @@ class LocallyConditioned(Conditioned):
     def __init__(self, predictor: Predictor, schema: Schema, normalizer: Normalizer,
                  points: Points, neighbours: int, *, rescale: bool = True) -> None:
         self.predictor, self.schema, self.normalizer = predictor, schema, normalizer
-        self.n_context = points.n
+        self.n_context, self.time_zone = points.n, points.time_zone
         self.warnings: list[str] = []
         self.device = model_device(predictor.model)
         self.rescale = rescale and not predictor.great_circle
@@ -546,6 +553,19 @@ def _store(dist: Any, where: slice | np.ndarray, first: np.ndarray,
     else:
         first[where] = dist.mean[0].cpu().numpy()
         second[where] = dist.stddev[0].cpu().numpy()
+
+
+def _check_finite_output(name: str, array: np.ndarray, transform: str) -> None:
+    """Refuse an output that is not finite (in float32), naming the cause."""
+    bad = ~np.isfinite(array)
+    if not bad.any():
+        return
+    count = int(bad.sum())
+    cause = (f"the inverse {transform!r} transform overflows float32 there: the values span "
+             "too many orders of magnitude for it (fit on a narrower range, or use "
+             "value_transform='none')" if transform != "none"
+             else "the values overflow float32 there: rescale them (e.g. other units)")
+    raise ValueError(f"prediction {name!r} is not finite at {count:,} target(s): {cause}")
 
 
 def _as_names(value: Any) -> tuple[str, ...]:

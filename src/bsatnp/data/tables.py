@@ -34,6 +34,7 @@ class Points:
         covariates: Covariates ``[N, Dx]``, or ``None``.
         values: Values ``[N, Dv]`` (Gaussian) or class indices ``[N, 1]`` (categorical),
             or ``None`` for targets.
+        time_zone: Whether the times were timezone-aware (converted to UTC).
     """
 
     label: Callable[[int], str]
@@ -41,6 +42,7 @@ class Points:
     time: np.ndarray | None
     covariates: np.ndarray | None
     values: np.ndarray | None
+    time_zone: bool = False
 
     @property
     def n(self) -> int:
@@ -121,7 +123,11 @@ class Template:
                     variables[name] = xr.Variable(self.dims, array.reshape(self.shape),
                                                   attrs=dict(attrs.get(name, {})))
             coords = {dim: list(labels) for dim, labels, _ in extra_dims.values()}
-            out = xr.Dataset(variables, coords=self.data.coords)
+            kept = dict(getattr(self.data, "data_vars", {}))  # the targets' own variables
+            clash = sorted(set(map(str, kept)) & set(variables))
+            if clash:
+                raise ValueError(f"targets already have variable(s) {clash}; rename them")
+            out = xr.Dataset({**kept, **variables}, coords=self.data.coords)
             return out.assign_coords(coords) if coords else out
         return {name: np.asarray(array) for name, array in outputs.items()}
 
@@ -176,9 +182,10 @@ def read_points(data: Any, schema: Schema, what: str, with_values: bool,
             space = transform(space, crs, schema.crs)
         if schema.geographic:
             check_lonlat(space, schema.space, label)
-    time = None
+    time, time_zone = None, False
     if schema.time:
         time = _times(columns[schema.time], schema, what)
+        time_zone = _time_zone_aware(columns[schema.time])
         _check_finite_coords(time[:, None], (schema.time,), label, what)
     covariates = None
     if schema.covariates:
@@ -189,7 +196,7 @@ def read_points(data: Any, schema: Schema, what: str, with_values: bool,
         values = (_class_indices(columns[schema.values[0]], schema, what) if schema.classes
                   else np.stack([_numeric(columns[name], name, what)
                                  for name in schema.values], -1))
-    points = Points(label, space, time, covariates, values)
+    points = Points(label, space, time, covariates, values, time_zone)
     if with_values:
         points = _drop_missing(points, schema, what)
     elif covariates is not None:
@@ -225,8 +232,9 @@ def _columns(data: Any, names: list[str], what: str
         if not arrays:
             raise ValueError(f"{what}: the schema names no column to read")
         arrays = list(xr.broadcast(*arrays))
-        dims, shape = arrays[0].dims, arrays[0].shape
+        dims = _dims_in_order(data, arrays[0].dims)
         arrays = [a.transpose(*dims) for a in arrays]
+        shape = arrays[0].shape
         coords = {dim: data[dim].values if dim in data.coords else None for dim in dims}
 
         def label(i: int) -> str:
@@ -249,6 +257,13 @@ def _columns(data: Any, names: list[str], what: str
         return columns, Template(data, "mapping", (), (n,)), lambda i: f"row {i}"
     raise ValueError(f"{what} must be a pandas DataFrame, an xarray Dataset/DataArray or a "
                      f"mapping of arrays, got {type(data).__name__}")
+
+
+def _dims_in_order(data: Any, dims: Sequence[str]) -> tuple[str, ...]:
+    """``dims`` in the order the data give them (their first variable's, else their own)."""
+    variables = list(getattr(data, "data_vars", {}).values())
+    given = list(variables[0].dims) if variables else list(data.dims)
+    return tuple([d for d in given if d in dims] + [d for d in dims if d not in given])
 
 
 def _xarray_names(data: Any) -> set[str]:
@@ -290,21 +305,32 @@ def _times(column: np.ndarray, schema: Schema, what: str) -> np.ndarray:
             stamps = _as_datetime64(column)
         except (TypeError, ValueError) as err:
             raise ValueError(f"{what}: time column {schema.time!r}: {err}") from None
-        seconds = stamps.astype("datetime64[ns]").astype(np.int64) / 1e9
+        seconds = stamps.astype(np.int64) / 1e6
         return np.where(np.isnat(stamps), np.nan, seconds)
     raise ValueError(f"{what}: time column {schema.time!r} must be numeric or datetime64, "
                      f"got {column.dtype}")
 
 
 def _as_datetime64(column: np.ndarray) -> np.ndarray:
-    """``datetime64[ns]`` (UTC) from datetime64, timezone-aware pandas values or strings."""
+    """``datetime64[us]`` (UTC) from datetime64, timezone-aware pandas values or strings.
+
+    Microseconds span ±290,000 years, so no date wraps (nanoseconds end in 1677 and 2262).
+    """
     if column.dtype.kind == "M":
-        return column.astype("datetime64[ns]")
-    first = next((v for v in column if v is not None), None)
-    if getattr(first, "tzinfo", None) is not None:
+        return column.astype("datetime64[us]")
+    if _time_zone_aware(column):
         pd = require("pandas", "timezone-aware times")
-        return pd.to_datetime(column, utc=True).tz_localize(None).to_numpy("datetime64[ns]")
-    return np.asarray(column, dtype="datetime64[ns]")
+        stamps = pd.to_datetime(column, utc=True).tz_localize(None)
+        return np.asarray(stamps.to_numpy("datetime64[ns]"), dtype="datetime64[us]")
+    return np.asarray(column, dtype="datetime64[us]")
+
+
+def _time_zone_aware(column: np.ndarray) -> bool:
+    """Whether the (object) time column holds timezone-aware values."""
+    if column.dtype.kind != "O":
+        return False
+    first = next((v for v in column if v is not None), None)
+    return getattr(first, "tzinfo", None) is not None
 
 
 def time_kind_of(data: Any, schema: Schema) -> str:

@@ -1,0 +1,92 @@
+"""Own data in, own data out: no silent wrap, shift or drop (issue 28, item 5-6)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+pd = pytest.importorskip("pandas")
+xr = pytest.importorskip("xarray")
+
+from bsatnp.models import BSATNP  # noqa: E402
+from bsatnp.predictor import Predictor  # noqa: E402
+
+
+def tiny(**dims) -> Predictor:
+    torch.manual_seed(0)
+    return Predictor(BSATNP(num_blocks=1, dim=8, num_heads=2, qkv_dim=8, ffn_dim=8,
+                            embed_hidden=(8,), head_hidden=(8,), **dims))
+
+
+@pytest.fixture(scope="module")
+def spacetime():
+    return tiny(dim_t=1)
+
+
+def frames(start: str, freq: str = "D", n: int = 40):
+    rng = np.random.default_rng(0)
+    times = np.arange(np.datetime64(start, "D"), np.datetime64(start, "D") + n)
+    obs = pd.DataFrame({"x": rng.uniform(0, 1, n), "y": rng.uniform(0, 1, n), "when": times,
+                        "v": rng.normal(size=n)})
+    return obs, obs.iloc[:5][["x", "y", "when"]]
+
+
+@pytest.mark.parametrize("year", ["1500", "2500", "9000"])
+def test_dates_outside_the_nanosecond_range_do_not_wrap(spacetime, year):
+    """Before: a date after 2262 or before 1677 moved by 584 years (nanosecond overflow)."""
+    obs, targets = frames(f"{year}-03-01")
+    near, _ = frames("2000-03-01")
+    kw = {"values": "v", "space": ("x", "y"), "time": "when"}
+    far = spacetime.condition(obs, **kw)
+    same = spacetime.condition(near, **kw)
+    seconds_far = far.normalizer.time_shift
+    expected = (np.datetime64(f"{year}-03-01", "s") - np.datetime64("1970-01-01", "s")
+                ).astype(np.int64)
+    assert abs(seconds_far - (expected + 19.5 * 86400)) < 1.0  # the mean of 40 days
+    # translation in time changes nothing: the same field 2000 vs year
+    a = far.predict(targets)["mean"].to_numpy()
+    b = same.predict(near.iloc[:5][["x", "y", "when"]])["mean"].to_numpy()
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_timezone_aware_observations_with_naive_targets_are_refused(spacetime):
+    """Before: silently 1-2 h off (aware converted to UTC, naive taken as UTC)."""
+    obs, targets = frames("2024-01-01")
+    obs = obs.assign(when=obs["when"].dt.tz_localize("Europe/Berlin"))
+    conditioned = spacetime.condition(obs, values="v", space=("x", "y"), time="when")
+    with pytest.raises(ValueError, match="observations' times carry a timezone but the "
+                                         "targets' do not"):
+        conditioned.predict(targets)
+    aware = targets.assign(when=targets["when"].dt.tz_localize("Europe/Berlin"))
+    assert np.isfinite(conditioned.predict(aware)["mean"]).all()
+
+
+def test_non_finite_output_after_the_inverse_transform_is_refused():
+    """Before: ``inf`` written with exit 0 (values spanning 1e-10..1e10 under log)."""
+    predictor = tiny()
+    rng = np.random.default_rng(1)
+    obs = pd.DataFrame({"x": rng.uniform(0, 1, 60), "y": rng.uniform(0, 1, 60),
+                        "v": 10.0 ** rng.uniform(-37, 37, 60)})
+    targets = pd.DataFrame({"x": [0.5, 3.0], "y": [0.5, 3.0]})
+    with pytest.raises(ValueError, match="inverse 'log' transform overflows float32"):
+        predictor.predict(obs, targets, values="v", space=("x", "y"),
+                          value_transform="log", interval=0.99)
+
+
+def test_xarray_output_keeps_the_targets_dims_order_and_variables():
+    """Before: dims transposed to the schema's order; the targets' variables dropped."""
+    predictor = tiny(dim_x=1)
+    rng = np.random.default_rng(2)
+    obs = pd.DataFrame({"lon": rng.uniform(0, 1, 50), "lat": rng.uniform(0, 1, 50),
+                        "elev": rng.normal(size=50), "v": rng.normal(size=50)})
+    lat, lon = np.linspace(0, 1, 4), np.linspace(0, 1, 6)
+    targets = xr.Dataset({"elev": (("lat", "lon"), rng.normal(size=(4, 6)))},
+                         coords={"lon": lon, "lat": lat})
+    out = predictor.predict(obs, targets, values="v", space=("lon", "lat"),
+                            covariates="elev", interval=0.9)
+    assert out["mean"].dims == ("lat", "lon") and out["lower"].shape == (4, 6)
+    np.testing.assert_array_equal(out["elev"].values, targets["elev"].values)
+    clash = targets.assign(mean=targets["elev"] * 0)
+    with pytest.raises(ValueError, match=r"targets already have variable\(s\) \['mean'\]"):
+        predictor.predict(obs, clash, values="v", space=("lon", "lat"), covariates="elev")
