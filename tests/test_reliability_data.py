@@ -90,3 +90,48 @@ def test_xarray_output_keeps_the_targets_dims_order_and_variables():
     clash = targets.assign(mean=targets["elev"] * 0)
     with pytest.raises(ValueError, match=r"targets already have variable\(s\) \['mean'\]"):
         predictor.predict(obs, clash, values="v", space=("lon", "lat"), covariates="elev")
+
+
+def test_a_damaged_model_is_blamed_not_the_data():
+    """Before: NaN weights or a diverged model were reported as "normalise the data first"."""
+    predictor = tiny()
+    rng = np.random.default_rng(3)
+    obs = pd.DataFrame({"x": rng.uniform(0, 1, 30), "y": rng.uniform(0, 1, 30),
+                        "v": rng.normal(size=30)})
+    targets = pd.DataFrame({"x": [0.2], "y": [0.3]})
+    kw = {"values": "v", "space": ("x", "y")}
+    with torch.no_grad():
+        next(predictor.model.parameters()).fill_(float("nan"))
+    with pytest.raises(ValueError, match="the model is damaged: .* weight tensor"):
+        predictor.predict(obs, targets, **kw)
+    diverged = tiny()
+    with torch.no_grad():
+        for p in diverged.model.parameters():
+            p.mul_(1e30)  # finite but huge: predictions overflow from moderate inputs
+    with pytest.raises(ValueError, match="although its inputs are moderate"):
+        diverged.predict(obs, targets, **kw)
+
+
+def test_one_far_context_point_does_not_move_the_others_in_a_split_file(tmp_path):
+    """Before: one coordinate at 1e12 moved every prediction by up to 0.115 (mean centring)."""
+    from bsatnp import cli
+    from bsatnp.io.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    model = BSATNP(num_blocks=1, dim=8, num_heads=2, qkv_dim=8, ffn_dim=8, embed_hidden=(8,),
+                   head_hidden=(8,), bias_s={"family": "exponential"})
+    save_checkpoint(tmp_path / "m.safetensors", model)
+    rng = np.random.default_rng(4)
+    ctx, test = rng.uniform(0, 1, (30, 2)), rng.uniform(0, 1, (5, 2))
+    f = rng.normal(size=30)
+    outputs = []
+    for far in (False, True):
+        rows = ["split,s0,s1,f"] + [f"context,{a},{b},{c}" for (a, b), c in zip(ctx, f)]
+        if far:  # a point so far away that the bias gives it no weight
+            rows.append("context,1000000000000.0,0.0,0.0")
+        rows += [f"test,{a},{b}," for a, b in test]
+        (tmp_path / "in.csv").write_text("\n".join(rows) + "\n")
+        assert cli.main(["predict", "--checkpoint", str(tmp_path / "m.safetensors"), "--input",
+                         str(tmp_path / "in.csv"), "--output", str(tmp_path / f"{far}.csv")]) == 0
+        outputs.append(pd.read_csv(tmp_path / f"{far}.csv")["mean"].to_numpy())
+    np.testing.assert_allclose(outputs[1], outputs[0], atol=2e-3)

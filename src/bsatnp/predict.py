@@ -68,16 +68,17 @@ def read_points(path: str | os.PathLike[str], model: NeuralProcess) -> Batch:
 
 
 def centred(arrays: dict[str, np.ndarray], roles: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """Subtract the context mean of each translation-invariant role, in float64.
+    """Subtract the context median of each translation-invariant role, in float64.
 
     The model's predictions do not change (it reads only differences of these roles), but
     the float32 cast that follows keeps their precision: UTM metres or epoch seconds would
-    otherwise lose several digits.
+    otherwise lose several digits. The median, not the mean: one far outlier cannot move
+    the origin away from the other points (and cost them their precision).
     """
     out = dict(arrays)
     for role in roles:
         if f"{role}_ctx" in out:
-            origin = np.asarray(out[f"{role}_ctx"], dtype=np.float64).mean(0)
+            origin = np.median(np.asarray(out[f"{role}_ctx"], dtype=np.float64), axis=0)
             for part in ("ctx", "test"):
                 out[f"{role}_{part}"] = np.asarray(out[f"{role}_{part}"], np.float64) - origin
     return out

@@ -117,7 +117,7 @@ class NeuralProcess(nn.Module):
                 finite (inputs far outside any training range overflow float32).
         """
         dist = self(batch)
-        check_finite_prediction(dist, batch)
+        check_finite_prediction(dist, batch, self)
         return dist.mean, dist.stddev
 
     def encode(self, batch: Batch) -> Any:
@@ -174,18 +174,39 @@ class ConditionedModel:
                                  f_test=None, mask_test=None)
         batch.validate(required_roles=self.model.roles)
         dist = self.model.decode(self.encoded, batch.to(dtype=model_dtype(self.model)))
-        check_finite_prediction(dist, batch)
+        check_finite_prediction(dist, batch, self.model)
         return dist
 
 
-def check_finite_prediction(dist: Distribution, batch: Batch) -> None:
-    """Raise ``ValueError`` naming the likely cause if ``dist`` has non-finite parameters."""
+MODERATE_INPUT = 1e3
+"""Inputs of at most this size cannot overflow a healthy model (blame the model then)."""
+
+
+def check_finite_prediction(dist: Distribution, batch: Batch,
+                            model: nn.Module | None = None) -> None:
+    """Raise ``ValueError`` naming the likely cause if ``dist`` has non-finite parameters.
+
+    The cause named: the ``model``'s weights if any is NaN/inf; the model if every input is
+    moderate (at most :data:`MODERATE_INPUT` in size); else the inputs.
+    """
     params = [dist.probs] if isinstance(dist, Categorical) else [dist.mean, dist.stddev]
     if all(bool(torch.isfinite(p).all()) for p in params):
         return
+    if model is not None:
+        damaged = [name for name, p in model.state_dict().items()
+                   if p.is_floating_point() and not bool(torch.isfinite(p).all())]
+        if damaged:
+            raise ValueError(f"the model's predictions are not finite because the model is "
+                             f"damaged: {len(damaged)} weight tensor(s) hold NaN or inf (e.g. "
+                             f"{damaged[0]!r}); it diverged in training or its file is "
+                             "corrupt: use an earlier checkpoint")
     largest = {role: float(batch.ctx(role).abs().max()) for role in (*ROLES, "f")
                if batch.ctx(role) is not None}
     role, value = max(largest.items(), key=lambda item: item[1])
+    if value < MODERATE_INPUT:
+        raise ValueError(f"the model's predictions are not finite although its inputs are "
+                         f"moderate (largest |{role}_ctx| = {value:.3g}): the model itself is "
+                         "broken (diverged weights, or a normaliser that does not fit it)")
     raise ValueError(f"the model's predictions are not finite: the inputs are far outside "
                      f"any training range (largest |{role}_ctx| = {value:.3g}); normalise the "
                      "data first (bsatnp.Predictor does this in the data's units)")
