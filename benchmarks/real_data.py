@@ -8,9 +8,12 @@ Datasets (read in place from ``../shared/data``, never copied):
 - ``heaton``: the simulated dataset of the Heaton et al. (2019) competition; training cells
   are those with ``MaskTemp`` (105,569), test cells those without (44,431, in cloud-shaped
   gaps), truth ``TrueTemp``. The competition's published test RMSEs are printed beside.
+- ``era5_half``, ``era5_block``: ERA5 2 m temperature over the UK (33 × 49 cells of 0.25°),
+  ``--frames`` 6-hourly frames from day 26 on, each its own field: a random half of the
+  cells hidden, or a contiguous 12 × 16-cell block hidden.
 
 Methods, all given the same coordinates (km on an equirectangular map of the region) and
-the same training rows:
+the same observed rows, field by field (variograms and GP hyperparameters fitted per field):
 
 - ``bsatnp_local``: a shipped model (``--model``) with local conditioning (``--neighbours``);
 - ``bsatnp_tuned``: that model fine-tuned on the training rows with ``gap`` tasks
@@ -52,20 +55,57 @@ PUBLISHED = {"heaton": {"SPDE (INLA)": 0.86, "LatticeKrig": 0.87, "Periodic embe
 METHODS = ("bsatnp_tuned", "bsatnp_local", "bsatnp_global", "kriging", "gp", "idw", "knn")
 
 
-def heaton() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Training coordinates/values and test coordinates/truth (km)."""
+Field = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+"""Observed coordinates (km) and values, test coordinates and truth of one field."""
+
+
+def _km(lon: np.ndarray, lat: np.ndarray, lat0: float) -> np.ndarray:
+    """Equirectangular km around latitude ``lat0`` (degrees)."""
+    return np.stack([lon * 111.32 * math.cos(math.radians(lat0)), lat * 110.57], -1)
+
+
+def heaton(args: argparse.Namespace) -> list[Field]:
+    """The competition's split: one field, test cells in the cloud-shaped gaps."""
     import pandas as pd
 
     frame = pd.read_csv(SHARED / "heaton_simulated" / "all_simulated_temps.csv.gz")
-    lat0 = math.radians(float(frame["Lat"].mean()))
-    xy = np.stack([frame["Lon"].to_numpy() * 111.32 * math.cos(lat0),
-                   frame["Lat"].to_numpy() * 110.57], 1)
+    xy = _km(frame["Lon"].to_numpy(), frame["Lat"].to_numpy(), float(frame["Lat"].mean()))
     train = frame["MaskTemp"].notna().to_numpy()
-    return (xy[train], frame["MaskTemp"].to_numpy()[train], xy[~train],
-            frame["TrueTemp"].to_numpy()[~train])
+    return [(xy[train], frame["MaskTemp"].to_numpy()[train], xy[~train],
+             frame["TrueTemp"].to_numpy()[~train])]
 
 
-DATASETS = {"heaton": heaton}
+def era5(args: argparse.Namespace, block: bool) -> list[Field]:
+    """6-hourly frames of days 26-31 of the ERA5 UK month (K): a random half of the cells
+    hidden (``block=False``), or a contiguous 12 × 16-cell block (``block=True``)."""
+    import gzip
+
+    from scipy.io import netcdf_file
+
+    path = SHARED / "era5" / "era5_t2m_uk_2019-03_hourly.nc.gz"
+    with gzip.open(path) as raw, netcdf_file(raw, mmap=False) as nc:
+        t2m = np.array(nc.variables["t2m"][:], dtype=np.float64)
+        lat = np.array(nc.variables["latitude"][:], dtype=np.float64)
+        lon = np.array(nc.variables["longitude"][:], dtype=np.float64)
+    glon, glat = np.meshgrid(lon, lat)
+    xy = _km(glon.ravel(), glat.ravel(), float(lat.mean()))
+    rng = np.random.default_rng(args.seed)
+    fields = []
+    for step in range(25 * 24, len(t2m), 6)[: args.frames]:
+        values = t2m[step].ravel()
+        if block:
+            i0, j0 = rng.integers(0, len(lat) - 12), rng.integers(0, len(lon) - 16)
+            hidden = np.zeros(glat.shape, dtype=bool)
+            hidden[i0:i0 + 12, j0:j0 + 16] = True
+            hidden = hidden.ravel()
+        else:
+            hidden = rng.permutation(len(values)) < len(values) // 2
+        fields.append((xy[~hidden], values[~hidden], xy[hidden], values[hidden]))
+    return fields
+
+
+DATASETS = {"heaton": heaton, "era5_half": lambda a: era5(a, block=False),
+            "era5_block": lambda a: era5(a, block=True)}
 
 
 # ------------------------------------------------------------------------- methods
@@ -176,8 +216,8 @@ def neighbours_average(args: argparse.Namespace, xy, f, xy_test, weights: str) -
     return knn.predict(xy_test), np.full(len(xy_test), std)
 
 
-def run_method(name: str, args: argparse.Namespace, data: tuple) -> tuple:
-    xy, f, xy_test, _ = data
+def run_method(name: str, args: argparse.Namespace, field: Field) -> tuple:
+    xy, f, xy_test, _ = field
     if name == "bsatnp_local":
         return bsatnp_predict(args, xy, f, xy_test, args.neighbours)
     if name == "bsatnp_tuned":
@@ -205,9 +245,11 @@ def scores(mean: np.ndarray, std: np.ndarray, truth: np.ndarray) -> dict[str, fl
             "width95": float(np.mean(2 * half))}
 
 
-def _child(name: str, args: argparse.Namespace, data: tuple, queue: Any) -> None:
+def _child(name: str, args: argparse.Namespace, fields: list[Field], queue: Any) -> None:
     start = time.perf_counter()
-    mean, std = run_method(name, args, data)
+    predictions = [run_method(name, args, field) for field in fields]
+    mean = np.concatenate([m for m, _ in predictions])
+    std = np.concatenate([s for _, s in predictions])
     seconds = time.perf_counter() - start
     queue.put((mean, std, seconds, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
 
@@ -230,27 +272,36 @@ def main() -> None:
     parser.add_argument("--tune-only", action="store_true",
                         help="only fine-tune (or resume fine-tuning), then stop")
     parser.add_argument("--quiet", action="store_true")
-    parser.add_argument("--limit", type=int, help="score only this many random test rows")
+    parser.add_argument("--limit", type=int,
+                        help="score only this many random test rows (of the first field)")
+    parser.add_argument("--frames", type=int, default=24, help="ERA5 frames (fields)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="JSON path (default: "
                         "benchmarks/results/real_data_<dataset>.json)")
     args = parser.parse_args()
-    xy, f, xy_test, truth = DATASETS[args.dataset]()
+    fields = DATASETS[args.dataset](args)
+    methods = args.methods.split(",")
+    if (args.tune_only or "bsatnp_tuned" in methods) and len(fields) > 1:
+        raise SystemExit("bsatnp_tuned fine-tunes on one field's observed rows; "
+                         f"{args.dataset} has {len(fields)} fields")
     if args.tune_only:
-        tuned(args, xy, f)
+        tuned(args, *fields[0][:2])
         return
     if args.limit:
+        xy, f, xy_test, truth = fields[0]
         rows = np.sort(np.random.default_rng(args.seed + 1).choice(len(truth), args.limit,
                                                                    replace=False))
-        xy_test, truth = xy_test[rows], truth[rows]
-    print(f"{args.dataset}: {len(f):,} training rows, {len(truth):,} test rows", flush=True)
-    data = (xy, f, xy_test, truth)
+        fields = [(xy, f, xy_test[rows], truth[rows])] + fields[1:]
+    truth = np.concatenate([field[3] for field in fields])
+    n_obs = sum(len(field[1]) for field in fields)
+    print(f"{args.dataset}: {len(fields)} field(s), {n_obs:,} observed rows, "
+          f"{len(truth):,} test rows", flush=True)
     context = multiprocessing.get_context("fork")
     results = {}
-    for name in args.methods.split(","):
+    for name in methods:
         queue = context.Queue()
-        child = context.Process(target=_child, args=(name, args, data, queue))
+        child = context.Process(target=_child, args=(name, args, fields, queue))
         child.start()
         while True:  # a child killed (out of memory, say) never answers
             try:
@@ -269,8 +320,8 @@ def main() -> None:
         print(f"published  {method:<20} RMSE {rmse:.2f}")
     out = args.out or Path(__file__).parent / "results" / f"real_data_{args.dataset}.json"
     write_json(out, {"meta": run_meta(threads=args.threads, **{
-        k: v for k, v in vars(args).items() if k not in ("out", "threads")}), "n_train": len(f),
-        "n_test": len(truth), "results": results,
+        k: v for k, v in vars(args).items() if k not in ("out", "threads")}),
+        "n_fields": len(fields), "n_observed": n_obs, "n_test": len(truth), "results": results,
         "published_rmse": PUBLISHED.get(args.dataset, {})})
     print(f"wrote {out}")
 

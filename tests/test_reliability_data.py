@@ -135,3 +135,41 @@ def test_one_far_context_point_does_not_move_the_others_in_a_split_file(tmp_path
                          str(tmp_path / "in.csv"), "--output", str(tmp_path / f"{far}.csv")]) == 0
         outputs.append(pd.read_csv(tmp_path / f"{far}.csv")["mean"].to_numpy())
     np.testing.assert_allclose(outputs[1], outputs[0], atol=2e-3)
+
+
+def test_targets_that_cannot_fit_in_memory_are_refused_before_any_work():
+    """Before: a 1e10-point grid or 10,000 samples at 1e5 targets ended in MemoryError."""
+    from bsatnp.data.tables import grid
+
+    predictor = tiny()
+    rng = np.random.default_rng(5)
+    obs = pd.DataFrame({"x": rng.uniform(0, 1, 30), "y": rng.uniform(0, 1, 30),
+                        "v": rng.normal(size=30)})
+    conditioned = predictor.condition(obs, values="v", space=("x", "y"))
+    huge = grid(x=(0, 1, 100_000), y=(0, 1, 100_000))  # 1e10 points, coordinates only
+    with pytest.raises(ValueError, match=r"10,000,000,000 targets .* need about .* GiB"):
+        conditioned.predict(huge)
+    many = pd.DataFrame({"x": np.zeros(100_000), "y": np.zeros(100_000)})
+    with pytest.raises(ValueError, match="fewer samples"):
+        conditioned.predict(many, n_samples=1_000_000)
+    with pytest.raises(ValueError, match="n_samples must be an integer >= 0"):
+        conditioned.predict(many, n_samples=-1)
+
+
+def test_a_netcdf_declaring_more_than_memory_is_refused_unread(tmp_path):
+    """Before: an 8 KB netCDF declaring an 8 GB variable ended in a MemoryError."""
+    from bsatnp.data.files import read_table
+    from bsatnp.data.tables import available_memory
+
+    pytest.importorskip("h5netcdf")
+    available = available_memory()
+    if available is None:
+        pytest.skip("no memory figure on this platform")
+    side = int(np.sqrt(available / 8 * 2)) + 1  # twice the memory available, float64
+    import h5py
+
+    with h5py.File(tmp_path / "big.nc", "w") as file:  # a chunked, unwritten (sparse) array
+        file.create_dataset("v", shape=(side, side), dtype="f8", chunks=(64, 64))
+    assert (tmp_path / "big.nc").stat().st_size < 100_000
+    with pytest.raises(ValueError, match="declare .* GiB but .* GiB of memory are available"):
+        read_table(tmp_path / "big.nc")

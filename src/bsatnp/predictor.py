@@ -34,7 +34,14 @@ from bsatnp.data.geo import check_crs
 from bsatnp.data.neighbours import LocalFrame, NeighbourSearch, unit_vectors
 from bsatnp.data.normalizer import Normalizer
 from bsatnp.data.schema import Schema
-from bsatnp.data.tables import Points, class_labels, read_points, time_kind_of
+from bsatnp.data.tables import (
+    Points,
+    available_memory,
+    class_labels,
+    count_targets,
+    read_points,
+    time_kind_of,
+)
 from bsatnp.io.checkpoint import load_checkpoint, save_checkpoint
 from bsatnp.models.base import ConditionedModel, NeuralProcess, model_device
 from bsatnp.progress import tqdm_class
@@ -396,6 +403,13 @@ class Conditioned:
         """
         levels = _levels(quantiles, interval)  # checked before any work
         check_crs(crs, "crs")
+        if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) \
+                or n_samples < 0:
+            raise ValueError(f"n_samples must be an integer >= 0, got {n_samples!r}")
+        per_target = 8 * (2 * len(self.predictor.model.roles) + 4) + 12 * (
+            2 + len(levels) + (2 if interval is not None else 0) + n_samples) * max(
+            1, len(self.schema.values))
+        _check_fits_in_memory(count_targets(targets, self.schema), per_target)
         if self.predictor.model.likelihood == "categorical" and (levels or interval or n_samples):
             raise ValueError("quantiles, interval and n_samples describe a numeric value; "
                              "this model predicts class probabilities (omit them)")
@@ -553,6 +567,17 @@ def _store(dist: Any, where: slice | np.ndarray, first: np.ndarray,
     else:
         first[where] = dist.mean[0].cpu().numpy()
         second[where] = dist.stddev[0].cpu().numpy()
+
+
+def _check_fits_in_memory(n_targets: int, per_target: int) -> None:
+    """Refuse targets whose inputs and outputs would not fit in the memory available."""
+    available = available_memory()
+    needed = n_targets * per_target
+    if available is not None and needed > available:
+        raise ValueError(f"{n_targets:,} targets with these outputs need about "
+                         f"{needed / 2**30:.1f} GiB in memory ({per_target} bytes each) but "
+                         f"{available / 2**30:.1f} GiB are available: predict fewer targets "
+                         "at a time (a coarser grid, or pieces), or fewer samples")
 
 
 def _check_finite_output(name: str, array: np.ndarray, transform: str) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from bsatnp.data.geo import require
-from bsatnp.data.tables import is_pandas, is_xarray
+from bsatnp.data.tables import available_memory, is_pandas, is_xarray
 from bsatnp.io.files import write_atomic
 
 READABLE = (".csv", ".csv.gz", ".parquet", ".nc")
@@ -47,12 +47,23 @@ def read_table(path: str | os.PathLike[str], time: str | None = None) -> Any:
         if name.endswith(".nc"):
             xr = require("xarray", "reading netCDF files")
             with xr.open_dataset(path) as dataset:
+                _check_declared_size(path, dataset)
                 return dataset.load()
     except (OSError, ValueError, TypeError) as err:
         if isinstance(err, ImportError):
             raise
         raise ValueError(f"{path}: cannot read it: {err}") from err
     raise ValueError(f"{path}: unsupported file type; use one of {', '.join(READABLE)}")
+
+
+def _check_declared_size(path: Path, dataset: Any) -> None:
+    """Refuse a netCDF file whose variables would not fit in the memory available."""
+    declared = sum(int(variable.nbytes) for variable in dataset.variables.values())
+    available = available_memory()
+    if available is not None and declared > available:
+        raise ValueError(f"its variables declare {declared / 2**30:.1f} GiB but "
+                         f"{available / 2**30:.1f} GiB of memory are available; select the "
+                         "variables or region you need first (xarray) and save that")
 
 
 def write_table(data: Any, path: str | os.PathLike[str]) -> Path:

@@ -23,7 +23,7 @@ import numpy as np
 
 from bsatnp.data.geo import require
 
-TILE_FRACTION = 0.125
+TILE_FRACTION = 0.25
 """Observations in a tile's cell, as a fraction of ``k``, on average."""
 PER_TARGET = 8
 """Nearest observations of each target that its neighbourhood always contains."""

@@ -12,6 +12,7 @@ whose value or covariate is NaN are dropped with one warning that counts them.
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -257,6 +258,32 @@ def _columns(data: Any, names: list[str], what: str
         return columns, Template(data, "mapping", (), (n,)), lambda i: f"row {i}"
     raise ValueError(f"{what} must be a pandas DataFrame, an xarray Dataset/DataArray or a "
                      f"mapping of arrays, got {type(data).__name__}")
+
+
+def available_memory() -> int | None:
+    """Bytes of physical memory available now (Linux; ``None`` where unknown)."""
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def count_targets(data: Any, schema: Schema) -> int:
+    """How many points ``data`` holds for ``schema``, without reading them.
+
+    An xarray grid counts the product of the sizes of the dimensions its named coordinates
+    span; anything else its length (0 when it has none).
+    """
+    names = list(schema.space) + ([schema.time] if schema.time else []) + list(schema.covariates)
+    if is_xarray(data):
+        dims = {dim for name in names if name in _xarray_names(data)
+                for dim in _xarray_get(data, name).dims}
+        return int(np.prod([data.sizes[dim] for dim in dims])) if dims else 0
+    try:
+        return len(data) if not isinstance(data, Mapping) else len(
+            np.asarray(next(iter(data.values()))).reshape(-1))
+    except (TypeError, StopIteration):
+        return 0
 
 
 def _dims_in_order(data: Any, dims: Sequence[str]) -> tuple[str, ...]:
