@@ -173,3 +173,26 @@ def test_a_netcdf_declaring_more_than_memory_is_refused_unread(tmp_path):
     assert (tmp_path / "big.nc").stat().st_size < 100_000
     with pytest.raises(ValueError, match="declare .* GiB but .* GiB of memory are available"):
         read_table(tmp_path / "big.nc")
+
+
+def test_integer_column_labels_are_read():
+    """Before: ``values=2, space=(0, 1)`` on a DataFrame with integer labels: a TypeError."""
+    predictor = tiny()
+    rng = np.random.default_rng(6)
+    data = pd.DataFrame(rng.uniform(0, 1, (40, 3)))
+    out = predictor.predict(data, data[[0, 1]], values=2, space=(0, 1))
+    named = predictor.predict(data.rename(columns=str), data[[0, 1]].rename(columns=str),
+                              values="2", space=("0", "1"))
+    np.testing.assert_allclose(out["mean"].to_numpy(), named["mean"].to_numpy())
+
+
+def test_a_regressor_over_a_classifier_says_so():
+    """Before: the message listed every distinct y value as a 'class'."""
+    from bsatnp.estimator import NeuralProcessRegressor
+
+    torch.manual_seed(0)
+    model = BSATNP(num_blocks=1, dim=8, num_heads=2, qkv_dim=8, ffn_dim=8, embed_hidden=(8,),
+                   head_hidden=(8,), dim_f=3, likelihood="categorical")
+    rng = np.random.default_rng(7)
+    with pytest.raises(ValueError, match="predicts categorical classes; NeuralProcessRegressor"):
+        NeuralProcessRegressor(model).fit(rng.uniform(0, 1, (20, 2)), rng.normal(size=20))

@@ -77,6 +77,10 @@ class NeuralProcessRegressor:
             ValueError: On shapes that do not fit the model, or no valid observation.
         """
         predictor = self._predictor()
+        if predictor.model.likelihood != "gaussian":
+            raise ValueError(f"{self.model!r} predicts {predictor.model.likelihood} classes; "
+                             "NeuralProcessRegressor serves models of numeric values (e.g. "
+                             "'gp2d'): use Predictor for class probabilities")
         X, y = self._features(X, predictor), np.asarray(y, dtype=np.float64)
         if y.ndim == 1:
             y = y[:, None]

@@ -209,9 +209,11 @@ class Predictor:
                                  f"but the schema names {needs[role]}")
         if self.model.likelihood == "categorical":
             if len(schema.values) != 1 or len(schema.classes) != config.dim_f:
+                shown = ", ".join(schema.classes[:8]) + (
+                    f", ... ({len(schema.classes)} in all)" if len(schema.classes) > 8 else "")
                 raise ValueError(f"the model predicts {config.dim_f} classes from one label "
                                  f"column; the data have {len(schema.values)} value column(s) "
-                                 f"with classes {schema.classes}")
+                                 f"with classes {shown}")
         elif len(schema.values) != config.dim_f:
             raise ValueError(f"the model predicts {config.dim_f} value(s) but the schema names "
                              f"{len(schema.values)}: {schema.values}")
@@ -594,8 +596,9 @@ def _check_finite_output(name: str, array: np.ndarray, transform: str) -> None:
 
 
 def _as_names(value: Any) -> tuple[str, ...]:
-    if isinstance(value, str):
-        return (value,)
+    """Column names as strings: one name (any label, e.g. the integer ``0``) or several."""
+    if isinstance(value, (str, int, np.integer)):
+        return (str(value),)
     return tuple(str(v) for v in value)
 
 

@@ -214,12 +214,13 @@ def _columns(data: Any, names: list[str], what: str
              ) -> tuple[dict[str, np.ndarray], Template, Callable[[int], str]]:
     """Flat columns ``[N]`` by name, the template, and a row-label function."""
     if is_pandas(data):
-        missing = [name for name in names if name not in data.columns]
+        labels = {str(column): column for column in data.columns}  # names are strings
+        missing = [name for name in names if name not in labels]
         if missing:
             raise ValueError(f"{what}: no column(s) {missing}; the columns are "
-                             f"{[str(c) for c in data.columns]}")
+                             f"{list(labels)}")
         index = data.index
-        return ({name: data[name].to_numpy() for name in names},
+        return ({name: data[labels[name]].to_numpy() for name in names},
                 Template(data, "pandas", (), (len(data),)),
                 lambda i: f"row {index[i]!r}")
     if is_xarray(data):
