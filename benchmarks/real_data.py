@@ -17,7 +17,7 @@ the same observed rows, field by field (variograms and GP hyperparameters fitted
 
 - ``bsatnp_local``: a shipped model (``--model``) with local conditioning (``--neighbours``);
 - ``bsatnp_tuned``: that model fine-tuned on the training rows with ``gap`` tasks
-  (``--tune-steps``; the run in ``--runs``/<dataset>_gap resumes if it is there), then
+  (``--tune-steps``; the run in ``--runs``/<dataset>_gap<steps> resumes if it is there), then
   predicting with local conditioning;
 - ``bsatnp_global``: the same model conditioned on ``--global-context`` random rows (the
   README path of the last release);
@@ -136,7 +136,7 @@ def tuned(args: argparse.Namespace, xy, f) -> Any:
     from bsatnp import Predictor
 
     torch.set_num_threads(args.threads)
-    out = Path(args.runs) / f"{args.dataset}_gap"
+    out = Path(args.runs) / f"{args.dataset}_gap{args.tune_steps}"
     resume = (out / "last.safetensors").is_file()
     frame = pd.DataFrame({"x": xy[:, 0], "y": xy[:, 1], "v": f})
     return Predictor.from_pretrained(args.model).finetune(
@@ -266,7 +266,7 @@ def main() -> None:
     parser.add_argument("--fit-points", type=int, default=2000,
                         help="random training rows the variogram / GP hyperparameters are "
                              "fitted on")
-    parser.add_argument("--tune-steps", type=int, default=2000)
+    parser.add_argument("--tune-steps", type=int, default=4000)
     parser.add_argument("--tune-lr", type=float, default=3e-4)
     parser.add_argument("--runs", default="runs/real_data", help="fine-tuning runs")
     parser.add_argument("--tune-only", action="store_true",
