@@ -119,8 +119,8 @@ def bsatnp_predict(args: argparse.Namespace, xy, f, xy_test, neighbours) -> tupl
     predictor = Predictor.from_pretrained(args.model)
     obs = pd.DataFrame({"x": xy[:, 0], "y": xy[:, 1], "v": f})
     if neighbours is None:
-        rows = np.random.default_rng(args.seed).choice(len(obs), args.global_context,
-                                                       replace=False)
+        rows = np.random.default_rng(args.seed).choice(
+            len(obs), min(len(obs), args.global_context), replace=False)
         obs = obs.iloc[rows]
     out = predictor.predict(obs, pd.DataFrame({"x": xy_test[:, 0], "y": xy_test[:, 1]}),
                             values="v", space=("x", "y"), neighbours=neighbours,

@@ -377,6 +377,11 @@ def _missing_metric(row):
     return {**row, "scores": {**row["scores"], "model": {"nll": 1.0}}}
 
 
+def _no_nll(row):
+    return {**row, "scores": {"model": {k: v for k, v in row["scores"]["model"].items()
+                                        if k != "nll"}}}
+
+
 def _string_index(row):
     return {**row, "index": "1"}
 
@@ -387,13 +392,16 @@ def _string_index(row):
     (_missing_metric, r"scores of 'model' have the metrics \['nll'\], earlier rows"),
     (_string_index, "'index' must be a non-negative integer"),
     (None, "not JSON"),
+    (_no_nll, r"scores of 'model' have no 'nll'"),  # before: a KeyError later
+    ("[" * 100_000 + "]" * 100_000, "nested too deeply"),  # before: a RecursionError
 ])
 def test_a_damaged_cache_row_names_the_file_and_line(tmp_path, damage, message):
     evaluate(CountingModel(), ("in_domain",), 3, seed=5, progress=False, task=TASK,
              cache_dir=tmp_path)
     path = tmp_path / "in_domain" / "model.jsonl"
     lines = path.read_text().splitlines()
-    lines[2] = "{oops" if damage is None else json.dumps(damage(json.loads(lines[2])))
+    lines[2] = ("{oops" if damage is None else damage if isinstance(damage, str)
+                else json.dumps(damage(json.loads(lines[2]))))
     path.write_text("\n".join(lines) + "\n")
     with pytest.raises(ValueError, match=rf"in_domain[/\\\\]model\.jsonl, line 3: damaged score "
                                          rf"cache row \({message}"):

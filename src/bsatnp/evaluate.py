@@ -382,6 +382,8 @@ def _parse_row(line: str, names: Sequence[str], metrics: dict[str, set[str]]
         row = json.loads(line)
     except ValueError as err:
         raise ValueError(f"not JSON: {err}") from err
+    except RecursionError:
+        raise ValueError("nested too deeply to be a score row") from None
     if not isinstance(row, dict) or set(row) != {"index", "scores"}:
         keys = sorted(row) if isinstance(row, dict) else type(row).__name__
         raise ValueError(f"expected the keys ['index', 'scores'], got {keys}")
@@ -396,6 +398,8 @@ def _parse_row(line: str, names: Sequence[str], metrics: dict[str, set[str]]
                 isinstance(v, (int, float)) and not isinstance(v, bool) for v in values.values()):
             raise ValueError(f"scores of {name!r} must map metric names to numbers, got "
                              f"{values!r}")
+        if "nll" not in values:
+            raise ValueError(f"scores of {name!r} have no 'nll' (metrics {sorted(values)})")
         expected = metrics.setdefault(name, set(values))
         if set(values) != expected:
             raise ValueError(f"scores of {name!r} have the metrics {sorted(values)}, earlier "
