@@ -174,3 +174,48 @@ def test_gap_holes_are_contiguous_and_ringed_by_their_context(seed):
             break
     else:
         raise AssertionError("no row of the hole is its centre")
+
+
+@pytest.mark.parametrize("kind", ["random", "block", "gap"])
+def test_grouped_tasks_never_mix_fields(kind, monkeypatch):
+    generator = torch.Generator().manual_seed(4)
+    n = 600
+    groups = torch.arange(n) % 3  # three fields, interleaved rows
+    s = torch.rand(n, 2, generator=generator) + 100.0 * groups[:, None]  # far apart
+    columns = {"s": s, "f": groups[:, None].float() * 10 + torch.rand(n, 1)}
+    task = TableTask.from_columns(columns, kind, 0.2, generator, n_ctx=32, n_test=16,
+                                  batch_size=6, groups=groups)
+    drawn = []  # gap tasks are framed (positions lost): record the rows they draw
+    real_gap = TableTask.gap
+    monkeypatch.setattr(TableTask, "gap", lambda self, *a: drawn.append(real_gap(self, *a))
+                        or drawn[-1])
+    batch = task.sample(torch.Generator().manual_seed(5))
+    if kind == "gap":
+        assert len(drawn) == 6
+        for hole, context, test in drawn:
+            assert len(groups[torch.cat([hole, context, test])].unique()) == 1
+        return
+    for b in range(6):
+        field_of = (torch.cat([batch.s_ctx[b][batch.mask_ctx[b]], batch.s_test[b]])
+                    [:, 0] // 100).unique()
+        assert len(field_of) == 1, field_of
+
+
+def test_finetune_with_group_draws_each_task_from_one_field(tmp_path):
+    rng = np.random.default_rng(8)
+    frames = []
+    for day in range(3):
+        frames.append(pd.DataFrame({"x": rng.uniform(0, 1, 80), "y": rng.uniform(0, 1, 80),
+                                    "day": f"2024-01-0{day + 1}",
+                                    "v": rng.normal(10 * day, 1, 80)}))
+    data = pd.concat(frames, ignore_index=True)
+    torch.manual_seed(0)
+    model = BSATNP(num_blocks=1, dim=8, num_heads=2, qkv_dim=8, ffn_dim=8, embed_hidden=(8,),
+                   head_hidden=(8,))
+    tuned = Predictor(model).finetune(data, values="v", space=("x", "y"), group="day", steps=2,
+                                      n_ctx=16, n_test=8, batch_size=2, out_dir=tmp_path / "r",
+                                      progress=False)
+    assert tuned.card["finetuned"]["group"] == "day"
+    with pytest.raises(ValueError, match=r"no column\(s\) \['when'\]"):
+        Predictor(model).finetune(data, values="v", space=("x", "y"), group="when", steps=2,
+                                  out_dir=tmp_path / "r2", progress=False)

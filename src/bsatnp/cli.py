@@ -200,6 +200,7 @@ def _finetune(args: argparse.Namespace) -> None:
     data = read_table(args.data, time=time)
     tuned = predictor.finetune(data, steps=args.steps, split=args.split, lr=args.lr,
                                batch_size=args.batch_size, out_dir=args.out, n_ctx=args.n_ctx,
+                               group=args.group,
                                overwrite=args.overwrite, resume=args.resume,
                                progress=not args.quiet, space_scale=_scale(args.space_scale),
                                value_transform=args.transform, **roles)
@@ -527,6 +528,9 @@ def _parser() -> argparse.ArgumentParser:
                           "conditioning predicts)")
     cmd.add_argument("--n-ctx", type=_positive(int), default=256,
                      help="context points per training task (%(default)s)")
+    cmd.add_argument("--group", metavar="COLUMN",
+                     help="a column naming each row's field (e.g. a date): every training "
+                          "task is drawn from one field")
     cmd.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (%(default)s)")
     cmd.add_argument("--batch-size", type=_positive(int), default=8,
                      help="tasks per step (%(default)s)")

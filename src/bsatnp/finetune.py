@@ -37,7 +37,7 @@ def finetune(predictor: Predictor, data: Any, *, steps: int = 1000, split: str =
              progress: bool = True, space_scale: float | str = "auto",
              time_scale: float | str = "auto", method: str = "standard",
              value_transform: str = "none", crs: str | None = None, overwrite: bool = False,
-             resume: bool = False, **roles: Any) -> Predictor:
+             resume: bool = False, group: str | None = None, **roles: Any) -> Predictor:
     """Train ``predictor``'s model further on ``data`` and return the best state found.
 
     The predictor's normaliser is kept if it has one, else fitted on ``data``; the
@@ -74,6 +74,8 @@ def finetune(predictor: Predictor, data: Any, *, steps: int = 1000, split: str =
         value_transform: Likewise.
         crs: CRS of the data's space columns.
         overwrite: Replace a run already in ``out_dir`` (refused otherwise).
+        group: A column naming the field of each row (a date, a sensor run): every
+            training task is then drawn from one field, never mixing fields.
         resume: Continue the run in ``out_dir`` from its ``last.safetensors`` (after a
             kill or a ``steps`` budget): called with the same data and options, the result
             is bit for bit that of a run never stopped.
@@ -97,7 +99,8 @@ def finetune(predictor: Predictor, data: Any, *, steps: int = 1000, split: str =
                          val_every=val_every, val_batches=val_batches, out_dir=out_dir,
                          seed=seed, progress=progress, space_scale=space_scale,
                          time_scale=time_scale, method=method,
-                         value_transform=value_transform, crs=crs, resume=resume, **roles)
+                         value_transform=value_transform, crs=crs, resume=resume,
+                         group=group, **roles)
 
 
 def _finetune(predictor: Predictor, data: Any, *, steps: int, split: str, n_ctx: int,
@@ -105,19 +108,21 @@ def _finetune(predictor: Predictor, data: Any, *, steps: int, split: str, n_ctx:
               final_lr_factor: float, valid_fraction: float, val_every: int | None,
               val_batches: int | None, out_dir: str | os.PathLike[str], seed: int,
               progress: bool, space_scale: float | str, time_scale: float | str, method: str,
-              value_transform: str, crs: str | None, resume: bool,
+              value_transform: str, crs: str | None, resume: bool, group: str | None,
               **roles: Any) -> Predictor:
     """:func:`finetune` once ``out_dir`` is claimed."""
     schema, points, normalizer = predictor.observations(
         data, space_scale=space_scale, time_scale=time_scale, method=method,
-        value_transform=value_transform, crs=crs, **roles)
+        value_transform=value_transform, crs=crs, group=group, **roles)
     columns = {role: torch.as_tensor(array, dtype=torch.float32)
                for role, array in normalizer.inputs(points, schema).items()}
     generator = torch.Generator().manual_seed(seed)
     task = TableTask.from_columns(columns, split, valid_fraction, generator, n_ctx=n_ctx,
                                   n_test=n_test, batch_size=batch_size,
                                   likelihood=predictor.model.likelihood,
-                                  half_width=float(predictor.envelope["space_half_width"]))
+                                  half_width=float(predictor.envelope["space_half_width"]),
+                                  groups=None if points.groups is None
+                                  else torch.as_tensor(points.groups))
     val_batches = val_batches or min(16, max(2, steps // 5))
     config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps,
                          final_lr_factor=final_lr_factor,
@@ -125,7 +130,7 @@ def _finetune(predictor: Predictor, data: Any, *, steps: int, split: str, n_ctx:
                          val_batches=val_batches, save_every=max(1, min(steps // 10, 50)),
                          seed=seed, out_dir=str(out_dir))
     card = {**predictor.card, "finetuned": {"rows": points.n, "split": split, "steps": steps,
-                                            "n_ctx": n_ctx}}
+                                            "n_ctx": n_ctx, "group": group}}
     state = Predictor(predictor.model, schema, normalizer, card).state()
     sample = lambda g: task.sample(g, "train")  # noqa: E731
     validate = validator(task, val_batches, seed + 1)

@@ -244,16 +244,18 @@ class Predictor:
     def observations(self, data: Any, *, space_scale: float | str = "auto",
                      time_scale: float | str = "auto", method: str = "standard",
                      value_transform: str = "none", crs: str | None = None,
+                     group: str | None = None,
                      **roles: Any) -> tuple[Schema, Points, Normalizer]:
         """Read observations: their schema, points (NaN rows dropped) and normaliser.
 
         The normaliser is the predictor's, or one fitted on these points when it has none
         (the options are those of :meth:`Normalizer.fit`). ``crs`` declares the data's CRS
-        for a predictor without a schema, and converts from it for one with a schema.
+        for a predictor without a schema, and converts from it for one with a schema;
+        ``group`` names a column of field labels read into ``points.groups``.
         """
         schema = self.resolve_schema(data, crs=crs if self.schema is None else None, **roles)
         points, _ = read_points(data, schema, "observations", with_values=True,
-                                crs=None if self.schema is None else crs)
+                                crs=None if self.schema is None else crs, group=group)
         normalizer = self.normalizer or Normalizer.fit(
             points, schema, great_circle=self.great_circle, space_scale=space_scale,
             time_scale=time_scale, method=method, value_transform=value_transform,

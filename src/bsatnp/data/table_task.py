@@ -16,7 +16,8 @@ the samplers every task uses (:mod:`bsatnp.tasks.samplers`):
   by its :class:`~bsatnp.data.neighbours.LocalFrame` as a neighbourhood is at prediction.
 
 The rows are divided once into ``train`` and ``valid`` (a random fraction, or the latest
-rows for ``time``); ``test`` draws from ``valid``.
+rows for ``time``); ``test`` draws from ``valid``. With ``groups`` (the field of each row,
+a date say) every task is drawn from the rows of one random field, so no task mixes fields.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ class TableTask(Task):
         batch_size: Tasks per batch.
         likelihood: ``gaussian`` or ``categorical``.
         half_width: Half-width of the box a ``gap`` task's context is framed onto.
+        groups: The field of each row ``[N]`` (integer codes), or ``None``: one field.
     """
 
     name: ClassVar[str] = "table"
@@ -62,6 +64,7 @@ class TableTask(Task):
     batch_size: int = 8
     likelihood: str = "gaussian"  # type: ignore[misc]  (per instance, not per class)
     half_width: float = 2.0
+    groups: Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in SPLIT_KINDS:
@@ -115,10 +118,28 @@ class TableTask(Task):
     def sample(self, generator: torch.Generator | None = None, split: str = "train") -> Batch:
         """One batch of ``batch_size`` tasks from the rows of ``split`` (``test``: valid)."""
         rows = self.rows["valid" if split == "test" else split]
-        n_ctx, n_test = _sizes(len(rows), self.n_ctx, self.n_test)
-        B = self.batch_size
+        if self.groups is not None:
+            return self._by_field(rows, generator)
+        return self._sample(rows, self.batch_size, generator)
+
+    def _by_field(self, rows: Tensor, generator: torch.Generator | None) -> Batch:
+        """Each task from the rows of one random field (among those large enough)."""
+        codes = self.groups[rows]
+        fields = [rows[codes == code] for code in torch.unique(codes)]
+        need = min(self.n_ctx + self.n_test, max(len(f) for f in fields))
+        fields = [f for f in fields if len(f) >= need]
+        picks = torch.randint(len(fields), (self.batch_size,), generator=generator)
+        batches = [self._sample(fields[int(i)], 1, generator, sizes=_sizes(
+            need, self.n_ctx, self.n_test)) for i in picks]
+        return Batch(**{name: torch.cat([getattr(b, name) for b in batches])
+                        for name in _FIELDS if getattr(batches[0], name) is not None})
+
+    def _sample(self, rows: Tensor, B: int, generator: torch.Generator | None,
+                sizes: tuple[int, int] | None = None) -> Batch:
+        """``B`` tasks from ``rows`` (module doc)."""
+        n_ctx, n_test = sizes or _sizes(len(rows), self.n_ctx, self.n_test)
         if self.kind == "gap":
-            return self._gaps(rows, n_ctx, n_test, generator)
+            return self._gaps(rows, n_ctx, n_test, generator, B)
         if self.kind == "time":
             window = row_windows(len(rows), n_ctx + n_test, B, generator,
                                  distinct=len(rows) - n_ctx - n_test + 1 >= B)
@@ -145,12 +166,11 @@ class TableTask(Task):
             fields[f"{role}_test"] = values[test]
         return Batch(**fields)
 
-
     def _gaps(self, rows: Tensor, n_ctx: int, n_test: int,
-              generator: torch.Generator | None) -> Batch:
-        """A batch of ``gap`` tasks (module doc), each in its local frame."""
+              generator: torch.Generator | None, B: int) -> Batch:
+        """``B`` ``gap`` tasks (module doc), each in its local frame."""
         fields: dict[str, list[Tensor]] = {}
-        for _ in range(self.batch_size):
+        for _ in range(B):
             _, context, test = self.gap(rows, n_ctx, n_test, generator)
             framed = self._framed(context, test, n_test)
             for name, value in framed.items():
@@ -191,6 +211,10 @@ class TableTask(Task):
             fields[f"{role}_test"] = torch.cat([value, value[:1].expand(pad, -1)])
         fields["mask_test"] = torch.arange(n_test) < len(test)
         return fields
+
+
+_FIELDS = ("x_ctx", "s_ctx", "t_ctx", "f_ctx", "mask_ctx", "x_test", "s_test", "t_test",
+           "f_test", "mask_test")
 
 
 def _sizes(n_rows: int, n_ctx: int, n_test: int) -> tuple[int, int]:

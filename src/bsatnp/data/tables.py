@@ -36,6 +36,8 @@ class Points:
         values: Values ``[N, Dv]`` (Gaussian) or class indices ``[N, 1]`` (categorical),
             or ``None`` for targets.
         time_zone: Whether the times were timezone-aware (converted to UTC).
+        groups: The field each point belongs to, as codes ``[N]`` (``read_points(group=)``),
+            or ``None``.
     """
 
     label: Callable[[int], str]
@@ -44,6 +46,7 @@ class Points:
     covariates: np.ndarray | None
     values: np.ndarray | None
     time_zone: bool = False
+    groups: np.ndarray | None = None
 
     @property
     def n(self) -> int:
@@ -57,7 +60,7 @@ class Points:
         """The points at ``rows`` (indices or a boolean mask)."""
         index = np.arange(self.n)[rows]
         pick = {name: None if getattr(self, name) is None else getattr(self, name)[rows]
-                for name in ("space", "time", "covariates", "values")}
+                for name in ("space", "time", "covariates", "values", "groups")}
         return replace(self, label=lambda i: self.label(int(index[i])), **pick)
 
 
@@ -144,7 +147,7 @@ def is_pandas(data: Any) -> bool:
 
 
 def read_points(data: Any, schema: Schema, what: str, with_values: bool,
-                crs: str | None = None) -> tuple[Points, Template]:
+                crs: str | None = None, group: str | None = None) -> tuple[Points, Template]:
     """Read the schema's columns of ``data``.
 
     Args:
@@ -155,6 +158,8 @@ def read_points(data: Any, schema: Schema, what: str, with_values: bool,
         with_values: Whether to read (and clean) the value columns.
         crs: CRS of ``data``'s space columns if it differs from ``schema.crs``; they are
             converted (pyproj). An xarray object's ``crs`` attribute is read when not given.
+        group: A column naming the field each point belongs to (a date, say): read into
+            ``Points.groups`` as codes.
 
     Returns:
         The points and the template of the container.
@@ -166,6 +171,8 @@ def read_points(data: Any, schema: Schema, what: str, with_values: bool,
     names = list(schema.space) + ([schema.time] if schema.time else []) + list(schema.covariates)
     if with_values:
         names += list(schema.values)
+    if group is not None:
+        names.append(group)
     columns, template, label = _columns(data, names, what)
     n = len(next(iter(columns.values()))) if columns else 0
     if n == 0:
@@ -197,7 +204,12 @@ def read_points(data: Any, schema: Schema, what: str, with_values: bool,
         values = (_class_indices(columns[schema.values[0]], schema, what) if schema.classes
                   else np.stack([_numeric(columns[name], name, what)
                                  for name in schema.values], -1))
-    points = Points(label, space, time, covariates, values, time_zone)
+    groups = None
+    if group is not None:
+        labels = columns[group]
+        groups = np.unique(labels.astype(str) if labels.dtype.kind == "O" else labels,
+                           return_inverse=True)[1].reshape(-1)
+    points = Points(label, space, time, covariates, values, time_zone, groups)
     if with_values:
         points = _drop_missing(points, schema, what)
     elif covariates is not None:
