@@ -129,8 +129,9 @@ def _finetune(predictor: Predictor, data: Any, *, steps: int, split: str, n_ctx:
                          val_every=val_every or max(steps // MAX_VALIDATIONS, min(steps, 10)),
                          val_batches=val_batches, save_every=max(1, min(steps // 10, 50)),
                          seed=seed, out_dir=str(out_dir))
-    card = {**predictor.card, "finetuned": {"rows": points.n, "split": split, "steps": steps,
-                                            "n_ctx": n_ctx, "group": group}}
+    finetuned = {"rows": points.n, "split": split, "steps": steps, "n_ctx": n_ctx}
+    card = {**predictor.card,
+            "finetuned": finetuned if group is None else {**finetuned, "group": group}}
     state = Predictor(predictor.model, schema, normalizer, card).state()
     sample = lambda g: task.sample(g, "train")  # noqa: E731
     validate = validator(task, val_batches, seed + 1)
