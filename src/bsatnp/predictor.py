@@ -209,8 +209,8 @@ class Predictor:
                                  f"but the schema names {needs[role]}")
         if self.model.likelihood == "categorical":
             if len(schema.values) != 1 or len(schema.classes) != config.dim_f:
-                shown = ", ".join(schema.classes[:8]) + (
-                    f", ... ({len(schema.classes)} in all)" if len(schema.classes) > 8 else "")
+                shown = repr(tuple(schema.classes[:8])) + (
+                    f" and {len(schema.classes) - 8} more" if len(schema.classes) > 8 else "")
                 raise ValueError(f"the model predicts {config.dim_f} classes from one label "
                                  f"column; the data have {len(schema.values)} value column(s) "
                                  f"with classes {shown}")
