@@ -9,6 +9,7 @@ environment without torch and keeps its own copies.)
 from __future__ import annotations
 
 import json
+import multiprocessing
 import platform
 import resource
 import sys
@@ -16,6 +17,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
+from queue import Empty
 from typing import Any
 
 import torch
@@ -52,6 +54,32 @@ def run_meta(threads: int | None = None, **extra: Any) -> dict[str, Any]:
 def peak_rss_mb() -> float:
     """Peak resident set size of this process in MiB (``ru_maxrss`` is KiB on Linux)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_forked(name: str, fn: Callable[..., Any], *args: Any) -> tuple[Any, float]:
+    """``fn(*args)`` in a forked process: its result and that process's peak RSS in MiB.
+
+    Each call's peak RSS is its own (a fork starts from this process's memory, so the
+    parent should hold little). A child that dies (killed for memory, say) ends the
+    program with a line naming ``name`` and its exit code instead of waiting for ever.
+    """
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+
+    def child() -> None:
+        queue.put((fn(*args), peak_rss_mb()))
+
+    process = context.Process(target=child)
+    process.start()
+    while True:
+        try:
+            result = queue.get(timeout=5)
+            break
+        except Empty:
+            if not process.is_alive():
+                raise SystemExit(f"{name} died (exit code {process.exitcode})") from None
+    process.join()
+    return result
 
 
 def write_json(path: str | Path, record: Any,

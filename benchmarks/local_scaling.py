@@ -12,21 +12,18 @@ from __future__ import annotations
 
 import argparse
 import math
-import multiprocessing
-import resource
 import time
 from pathlib import Path
-from queue import Empty
 
 import numpy as np
-from common import run_meta, write_json
+from common import run_forked, run_meta, write_json
 
 
 def field(xy: np.ndarray) -> np.ndarray:
     return np.sin(xy[:, 0] / 7) + np.cos(xy[:, 1] / 11) + 0.5 * np.sin((xy[:, 0] + xy[:, 1]) / 3)
 
 
-def run(n_obs: int, n_targets: int, neighbours: int, threads: int, queue) -> None:
+def run(n_obs: int, n_targets: int, neighbours: int, threads: int) -> dict:
     import pandas as pd
     import torch
 
@@ -48,9 +45,7 @@ def run(n_obs: int, n_targets: int, neighbours: int, threads: int, queue) -> Non
     seconds = time.perf_counter() - start
     truth = field(targets.to_numpy())
     rmse = float(np.sqrt(np.mean((out["mean"].to_numpy() - truth) ** 2)))
-    queue.put({"n_obs": n_obs, "n_targets": len(targets), "seconds": seconds,
-               "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-               "rmse": rmse})
+    return {"n_obs": n_obs, "n_targets": len(targets), "seconds": seconds, "rmse": rmse}
 
 
 def main() -> None:
@@ -61,22 +56,11 @@ def main() -> None:
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"
                                              / "local_scaling.json"))
     args = parser.parse_args()
-    context = multiprocessing.get_context("fork")
     rows = []
     for size in args.sizes.split(","):
         n_obs, n_targets = (int(v) for v in size.split("x"))
-        queue = context.Queue()
-        child = context.Process(target=run, args=(n_obs, n_targets, args.neighbours,
-                                                  args.threads, queue))
-        child.start()
-        while True:
-            try:
-                row = queue.get(timeout=5)
-                break
-            except Empty:
-                if not child.is_alive():
-                    raise SystemExit(f"{size} died (exit code {child.exitcode})") from None
-        child.join()
+        row, rss = run_forked(size, run, n_obs, n_targets, args.neighbours, args.threads)
+        row["peak_rss_mb"] = rss
         rows.append(row)
         print(f"{row['n_obs']:>9,} obs  {row['n_targets']:>9,} targets  {row['seconds']:8.1f} s"
               f"  {row['peak_rss_mb']:7.0f} MiB  RMSE {row['rmse']:.3f}", flush=True)

@@ -39,15 +39,12 @@ from __future__ import annotations
 
 import argparse
 import math
-import multiprocessing
-import resource
 import time
 from pathlib import Path
-from queue import Empty
 from typing import Any
 
 import numpy as np
-from common import run_meta, write_json
+from common import run_forked, run_meta, write_json
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 PUBLISHED = {"heaton": {"SPDE (INLA)": 0.86, "LatticeKrig": 0.87, "Periodic embedding": 0.91,
@@ -245,13 +242,13 @@ def scores(mean: np.ndarray, std: np.ndarray, truth: np.ndarray) -> dict[str, fl
             "width95": float(np.mean(2 * half))}
 
 
-def _child(name: str, args: argparse.Namespace, fields: list[Field], queue: Any) -> None:
+def _predict_fields(name: str, args: argparse.Namespace, fields: list[Field]) -> tuple:
+    """Means, stds and wall seconds of one method over every field."""
     start = time.perf_counter()
     predictions = [run_method(name, args, field) for field in fields]
     mean = np.concatenate([m for m, _ in predictions])
     std = np.concatenate([s for _, s in predictions])
-    seconds = time.perf_counter() - start
-    queue.put((mean, std, seconds, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+    return mean, std, time.perf_counter() - start
 
 
 def main() -> None:
@@ -297,20 +294,9 @@ def main() -> None:
     n_obs = sum(len(field[1]) for field in fields)
     print(f"{args.dataset}: {len(fields)} field(s), {n_obs:,} observed rows, "
           f"{len(truth):,} test rows", flush=True)
-    context = multiprocessing.get_context("fork")
     results = {}
     for name in methods:
-        queue = context.Queue()
-        child = context.Process(target=_child, args=(name, args, fields, queue))
-        child.start()
-        while True:  # a child killed (out of memory, say) never answers
-            try:
-                mean, std, seconds, rss = queue.get(timeout=5)
-                break
-            except Empty:
-                if not child.is_alive():
-                    raise SystemExit(f"{name} died (exit code {child.exitcode})") from None
-        child.join()
+        (mean, std, seconds), rss = run_forked(name, _predict_fields, name, args, fields)
         results[name] = {**scores(mean, std, truth), "seconds": seconds, "peak_rss_mb": rss}
         row = results[name]
         print(f"{name:<14} RMSE {row['rmse']:.3f}  MAE {row['mae']:.3f}  CRPS {row['crps']:.3f}"
