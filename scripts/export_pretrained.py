@@ -4,9 +4,15 @@
         --batches in_domain=500,shifted=500,scaled=20 --summary "..."
 
 Writes ``src/bsatnp/pretrained/<name>.safetensors`` (weights and model config, no optimiser
-state) whose card holds the task and its envelope (box, context sizes, priors), the training
-budget and recipe, and the metrics of the evaluation with standard errors (in the card and
-printed). ``bsatnp models`` lists it; ``Predictor.from_pretrained(name)`` loads it offline.
+state) whose card holds the task and its envelope (box, context sizes, priors, the values and
+spacing of a training context), the training budget and recipe, and the metrics of the
+evaluation with standard errors (in the card and printed). ``bsatnp models`` lists it;
+``Predictor.from_pretrained(name)`` loads it offline.
+
+    python scripts/export_pretrained.py gp2d gp2d --envelope-only
+
+recomputes the envelope of a shipped model from its card's task and rewrites its card only
+(the weights are copied unchanged).
 """
 
 from __future__ import annotations
@@ -16,9 +22,12 @@ import json
 from pathlib import Path
 
 from bsatnp.evaluate import evaluate, markdown_table
-from bsatnp.experiment import experiment_from_checkpoint
+from bsatnp.experiment import ExperimentConfig, experiment_from_checkpoint
 from bsatnp.io.checkpoint import load_checkpoint
 from bsatnp.predictor import Predictor
+from bsatnp.pretrained import checkpoint_path
+from bsatnp.tasks import Task
+from bsatnp.tasks.base import context_envelope
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "bsatnp" / "pretrained"
 
@@ -31,7 +40,12 @@ def main() -> None:
     parser.add_argument("--batches", default="in_domain=500",
                         help="test batches per domain, DOMAIN=N,... (seed: the run's)")
     parser.add_argument("--summary", default="", help="one line for `bsatnp models`")
+    parser.add_argument("--envelope-only", action="store_true",
+                        help="recompute the card's envelope of a shipped model, nothing else")
     args = parser.parse_args()
+    if args.envelope_only:
+        refresh_envelope(args.checkpoint, args.name)
+        return
     ckpt = load_checkpoint(args.checkpoint)
     experiment = experiment_from_checkpoint(ckpt)
     task = experiment.task
@@ -52,8 +66,7 @@ def main() -> None:
         "metrics": metrics,
         "evaluation": {"seed": experiment.eval.seed, "batches": counts,
                        "batch_size": described.get("batch_size")},
-        "envelope": {"space_half_width": abs(float(task.box[1])) if hasattr(task, "box")
-                     else 2.0, "task": experiment.to_dict()["task"]},
+        "envelope": envelope(task, experiment.to_dict()["task"]),
     }
     card["training"].pop("out_dir", None)
     check = evaluate(model, ("in_domain",), 3, experiment.eval.seed, task=task, progress=False,
@@ -64,6 +77,25 @@ def main() -> None:
     path = Predictor(model, card=json.loads(json.dumps(card, default=str))).save(
         PACKAGE / f"{args.name}.safetensors")
     print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
+
+
+def envelope(task: Task, stored_task: dict) -> dict:
+    """The card's envelope: the box, the task's settings, a training context's look."""
+    found = context_envelope(task)
+    if task.likelihood == "categorical":
+        found.pop("values")
+    return {"space_half_width": abs(float(task.box[1])) if hasattr(task, "box") else 2.0,
+            "task": stored_task, **found}
+
+
+def refresh_envelope(shipped: str, name: str) -> None:
+    """Rewrite the card of shipped model ``shipped`` with a recomputed envelope."""
+    predictor = Predictor.load(checkpoint_path(shipped))
+    stored_task = predictor.card["envelope"]["task"]
+    task = ExperimentConfig.from_dict({"task": stored_task}).task
+    predictor.card["envelope"] = {**predictor.card["envelope"], **envelope(task, stored_task)}
+    path = predictor.save(PACKAGE / f"{name}.safetensors")
+    print(f"wrote {path}: envelope {json.dumps(predictor.card['envelope'])[:400]}")
 
 
 if __name__ == "__main__":

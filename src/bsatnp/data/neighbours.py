@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bsatnp.data.geo import require
+from bsatnp.data.normalizer import ValueMoments
 
 TILE_FRACTION = 0.25
 """Observations in a tile's cell, as a fraction of ``k``, on average."""
@@ -36,8 +37,9 @@ class LocalFrame:
     ``s_local = (s − centre) · factor`` puts the context's bounding box on
     ``[−half_width, half_width]`` (one factor for every axis, from the longest half-extent:
     the rule of ``Normalizer.fit(space_scale="auto")``); ``f_local = (f − shift) / scale``
-    gives the context's values mean 0 and standard deviation 1. A neighbourhood in one
-    place (or of one value) keeps factor (scale) 1.
+    gives the context's values mean 0 and standard deviation 1 (or the ``moments`` the
+    model was trained on). A neighbourhood in one place (or of one value) keeps factor
+    (scale) 1.
 
     Attributes:
         centre: ``[Ds]``.
@@ -52,7 +54,8 @@ class LocalFrame:
     scale: np.ndarray
 
     @classmethod
-    def fit(cls, space: np.ndarray, values: np.ndarray | None, half_width: float) -> LocalFrame:
+    def fit(cls, space: np.ndarray, values: np.ndarray | None, half_width: float,
+            moments: ValueMoments | None = None) -> LocalFrame:
         """The frame of a context with locations ``space`` ``[N, Ds]`` and ``values``.
 
         ``values=None`` (class labels, say) leaves the values as they are.
@@ -64,7 +67,10 @@ class LocalFrame:
             return cls((lo + hi) / 2, factor, np.zeros(1), np.ones(1))
         scale = values.std(0)
         scale = np.where(np.isfinite(scale) & (scale > 0), scale, 1.0)
-        return cls((lo + hi) / 2, factor, values.mean(0), scale)
+        shift = values.mean(0)
+        if moments is not None:
+            shift, scale = moments.onto(shift, scale)
+        return cls((lo + hi) / 2, factor, shift, scale)
 
     def space(self, space: np.ndarray) -> np.ndarray:
         """Framed locations."""

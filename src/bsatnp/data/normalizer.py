@@ -9,6 +9,10 @@ translation-invariant models stay exactly invariant)::
     x_model = (x − covariate_shift) / covariate_scale
     f_model = (T(f) − value_shift) / value_scale     T: none, log or log1p
 
+The value map gives the fitted data the moments of one training task's context
+(:class:`ValueMoments`, from the model card: mean 0 and std 1 unless the card says
+otherwise, e.g. mean 6 for the Gneiting model).
+
 On the way out a Gaussian ``N(μ, σ)`` in model units becomes ``N(μ·scale + shift,
 σ·scale)`` in ``T``-space (the std is scaled, never shifted); quantiles and samples pass
 through ``T⁻¹`` exactly; under ``log`` the mean and std are those of the log-normal.
@@ -31,6 +35,36 @@ from bsatnp.data.tables import Points
 TRANSFORMS = ("none", "log", "log1p")
 METHODS = ("standard", "minmax")
 _SECONDS = {"s": 1.0, "min": 60.0, "h": 3600.0, "D": 86400.0, "W": 604800.0}
+
+
+@dataclass(frozen=True)
+class ValueMoments(Config):
+    """How the values of a model's training contexts are distributed (card ``envelope``).
+
+    Attributes:
+        mean: Average per-task context mean, one per value column (or one for all).
+        std: Root of the average per-task context variance, likewise.
+    """
+
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+
+    def __post_init__(self) -> None:
+        if len(self.mean) != len(self.std) or not self.mean:
+            raise ValueError(f"mean and std need the same length >= 1, got "
+                             f"{self.mean} and {self.std}")
+        if not all(math.isfinite(v) for v in self.mean) or not all(
+                math.isfinite(v) and v > 0 for v in self.std):
+            raise ValueError(f"mean must be finite and std finite and > 0, got "
+                             f"{self.mean} and {self.std}")
+
+    def onto(self, shift: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The shift and scale that map data standardised by ``(shift, scale)`` onto these.
+
+        ``(f − shift') / scale' = (f − shift) / scale · std + mean``.
+        """
+        scale = np.asarray(scale, dtype=np.float64) / np.asarray(self.std)
+        return np.asarray(shift, dtype=np.float64) - np.asarray(self.mean) * scale, scale
 
 
 @dataclass(frozen=True)
@@ -79,7 +113,8 @@ class Normalizer(Config):
     def fit(cls, points: Points, schema: Schema, *, great_circle: bool = False,
             space_scale: float | str = "auto", time_scale: float | str = "auto",
             method: str = "standard", value_transform: str = "none",
-            space_half_width: float = 2.0) -> Normalizer:
+            space_half_width: float = 2.0, value_moments: ValueMoments | None = None
+            ) -> Normalizer:
         """Fit the maps on ``points`` (the data a model is trained or conditioned on).
 
         Args:
@@ -97,6 +132,8 @@ class Normalizer(Config):
                 covariates and ``per_axis``/``auto`` time.
             value_transform: ``none``, ``log`` or ``log1p`` before the value shift.
             space_half_width: Half-width of the box the model was trained on.
+            value_moments: What the model's training contexts' values look like (the
+                fitted values are mapped onto them; ``None``: mean 0, std 1).
 
         Raises:
             ValueError: On an unknown option, or values outside ``T``'s domain.
@@ -106,7 +143,11 @@ class Normalizer(Config):
         fields: dict[str, object] = {"value_transform": value_transform}
         if points.values is not None and not schema.classes:
             transformed = _forward(points.values, value_transform, schema.values)
-            fields["value_shift"], fields["value_scale"] = _affine(transformed, method)
+            shift, scale = _affine(transformed, method)
+            if value_moments is not None:
+                shift, scale = (tuple(float(v) for v in array) for array in value_moments.onto(
+                    np.asarray(shift), np.asarray(scale)))
+            fields["value_shift"], fields["value_scale"] = shift, scale
         elif schema.classes:
             fields["value_shift"], fields["value_scale"] = (0.0,), (1.0,)
         if points.space is not None:

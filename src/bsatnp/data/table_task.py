@@ -31,6 +31,7 @@ from torch import Tensor
 
 from bsatnp.batch import ROLES, Batch
 from bsatnp.data.neighbours import LocalFrame
+from bsatnp.data.normalizer import ValueMoments
 from bsatnp.tasks.base import Task
 from bsatnp.tasks.samplers import row_windows, valid_prefix_mask
 
@@ -53,6 +54,8 @@ class TableTask(Task):
         likelihood: ``gaussian`` or ``categorical``.
         half_width: Half-width of the box a ``gap`` task's context is framed onto.
         groups: The field of each row ``[N]`` (integer codes), or ``None``: one field.
+        value_moments: The values a ``gap`` task's context is framed onto (``None``: mean
+            0, std 1).
     """
 
     name: ClassVar[str] = "table"
@@ -65,6 +68,7 @@ class TableTask(Task):
     likelihood: str = "gaussian"  # type: ignore[misc]  (per instance, not per class)
     half_width: float = 2.0
     groups: Tensor | None = None
+    value_moments: ValueMoments | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in SPLIT_KINDS:
@@ -199,7 +203,7 @@ class TableTask(Task):
         ctx = {role: values[context].double().numpy() for role, values in self.columns.items()}
         tst = {role: values[test].double().numpy() for role, values in self.columns.items()}
         frame = LocalFrame.fit(ctx["s"], None if self.likelihood == "categorical" else ctx["f"],
-                               self.half_width)
+                               self.half_width, self.value_moments)
         ctx["s"], tst["s"] = frame.space(ctx["s"]), frame.space(tst["s"])
         if self.likelihood != "categorical":
             ctx["f"], tst["f"] = frame.values(ctx["f"]), frame.values(tst["f"])

@@ -18,6 +18,7 @@ before it.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import replace
@@ -118,6 +119,32 @@ def eval_batches(task: Task, n_batches: int, seed: int, split: str = "test") -> 
     """
     for index in range(n_batches):
         yield task.sample(batch_generator(seed, index), split)
+
+
+def context_envelope(task: Task, n_batches: int = 64, seed: int = 0) -> dict[str, Any]:
+    """What one task's context looks like, averaged over tasks (a model card's envelope).
+
+    A user's conditioning set plays the part of one task's context, so the normaliser maps
+    the user's values onto ``values``: ``mean`` is the average of the per-task context
+    means, ``std`` the root of the average per-task context variance (valid points only),
+    one entry per value column. ``spacing`` is the median over tasks of the median distance
+    from a context location to its nearest other location (``None`` without ``s``).
+    """
+    means, variances, spacings = [], [], []
+    for batch in eval_batches(task, n_batches, seed, "train"):
+        valid = batch.context_mask()
+        mask = valid.to(batch.f_ctx.dtype)[..., None]  # [B, Lc, 1]
+        count = mask.sum(1)  # [B, 1]
+        mean = (batch.f_ctx * mask).sum(1) / count  # [B, Df]
+        means.append(mean.double())
+        variances.append((((batch.f_ctx - mean[:, None]) ** 2 * mask).sum(1) / count).double())
+        for index in range(batch.batch_size if batch.s_ctx is not None else 0):
+            where = torch.unique(batch.s_ctx[index][valid[index]].double(), dim=0)
+            distance = torch.cdist(where, where).fill_diagonal_(math.inf)
+            spacings.append(float(distance.min(1).values.median()))
+    return {"values": {"mean": [float(v) for v in torch.cat(means).mean(0)],
+                       "std": [float(v) for v in torch.cat(variances).mean(0).sqrt()]},
+            "spacing": float(np.median(spacings)) if spacings else None}
 
 
 def _plain(value: Any) -> Any:
