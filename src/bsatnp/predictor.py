@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from torch import Tensor
 
 from bsatnp.batch import Batch
 from bsatnp.data.geo import check_crs, require
+from bsatnp.data.lazy import is_dask_backed, predict_lazily
 from bsatnp.data.neighbours import LocalFrame, NeighbourSearch, unit_vectors
 from bsatnp.data.normalizer import Normalizer, ValueMoments
 from bsatnp.data.schema import Schema
@@ -39,6 +40,8 @@ from bsatnp.data.tables import (
     available_memory,
     class_labels,
     count_targets,
+    grid_dims,
+    is_xarray,
     read_points,
     time_kind_of,
 )
@@ -438,7 +441,8 @@ class Conditioned:
     def predict(self, targets: Any, *, crs: str | None = None,
                 quantiles: Sequence[float] = (), interval: float | None = None,
                 n_samples: int = 0, seed: int | None = None, chunk_size: int | None = None,
-                max_memory: int | str | None = None, progress: bool = False) -> Any:
+                max_memory: int | str | None = None, progress: bool = False,
+                chunks: Mapping[str, int] | None = None) -> Any:
         """Predictions at ``targets`` in the container type of the targets.
 
         Args:
@@ -453,6 +457,10 @@ class Conditioned:
             chunk_size: Targets per forward pass (default from ``max_memory``, else 16,384).
             max_memory: Bound on the working memory of a chunk, bytes or ``"2GB"``.
             progress: Show a progress bar over chunks.
+            chunks: xarray targets only: block sizes by grid dimension (e.g.
+                ``{"lat": 256}``); the result is then a lazy dask-backed Dataset computed
+                block by block (:mod:`bsatnp.data.lazy`), as it is for dask-backed targets.
+                Marginal samples are not drawn lazily.
 
         Returns:
             DataFrame: the targets with columns ``mean``, ``std``, ``q<level>``,
@@ -471,6 +479,18 @@ class Conditioned:
         if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) \
                 or n_samples < 0:
             raise ValueError(f"n_samples must be an integer >= 0, got {n_samples!r}")
+        if chunks is not None or (is_xarray(targets) and is_dask_backed(targets)):
+            if not is_xarray(targets):
+                raise ValueError("chunks= needs xarray targets (a grid); predict a table in "
+                                 "pieces with chunk_size= instead")
+            if n_samples:
+                raise ValueError("n_samples with a lazy (dask-backed or chunked) grid: "
+                                 "samples are not drawn block by block; compute the grid "
+                                 "first or leave n_samples at 0")
+            options = {"crs": crs, "quantiles": quantiles, "interval": interval,
+                       "chunk_size": chunk_size, "max_memory": max_memory}
+            return predict_lazily(lambda block: self.predict(block, **options), targets,
+                                  grid_dims(targets, self.schema), chunks)
         per_target = 8 * (2 * len(self.predictor.model.roles) + 4) + 12 * (
             2 + len(levels) + (2 if interval is not None else 0) + n_samples) * max(
             1, len(self.schema.values))

@@ -11,7 +11,7 @@ import numpy as np
 from bsatnp.data.schema import LONLAT
 
 EXTRAS = {"pandas": "data", "xarray": "data", "pyproj": "geo", "pyarrow": "data",
-          "h5netcdf": "data"}
+          "h5netcdf": "data", "dask": "dask", "dask.array": "dask"}
 """Optional dependency → the ``bsatnp[...]`` extra that installs it."""
 
 

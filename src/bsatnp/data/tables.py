@@ -287,16 +287,22 @@ def count_targets(data: Any, schema: Schema) -> int:
     An xarray grid counts the product of the sizes of the dimensions its named coordinates
     span; anything else its length (0 when it has none).
     """
-    names = list(schema.space) + ([schema.time] if schema.time else []) + list(schema.covariates)
     if is_xarray(data):
-        dims = {dim for name in names if name in _xarray_names(data)
-                for dim in _xarray_get(data, name).dims}
+        dims = grid_dims(data, schema)
         return int(np.prod([data.sizes[dim] for dim in dims])) if dims else 0
     try:
         return len(data) if not isinstance(data, Mapping) else len(
             np.asarray(next(iter(data.values()))).reshape(-1))
     except (TypeError, StopIteration):
         return 0
+
+
+def grid_dims(data: Any, schema: Schema) -> tuple[str, ...]:
+    """The dimensions an xarray grid's target coordinates span, in the data's order."""
+    names = list(schema.space) + ([schema.time] if schema.time else []) + list(schema.covariates)
+    available = _xarray_names(data)
+    dims = {dim for name in names if name in available for dim in _xarray_get(data, name).dims}
+    return _dims_in_order(data, tuple(sorted(dims)))
 
 
 def _dims_in_order(data: Any, dims: Sequence[str]) -> tuple[str, ...]:
