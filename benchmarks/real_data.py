@@ -11,14 +11,19 @@ Datasets (read in place from ``../shared/data``, never copied):
 - ``era5_half``, ``era5_block``: ERA5 2 m temperature over the UK (33 × 49 cells of 0.25°),
   ``--frames`` 6-hourly frames from day 26 on, each its own field: a random half of the
   cells hidden, or a contiguous 12 × 16-cell block hidden.
+- ``beijing_spatial``: PM2.5 (µg/m³) at the 12 Beijing stations, ``--frames`` hours spread
+  over the protocol's test period (the last 10 % of the record) with all 12 reported; each
+  hour gives 12 fields, one station predicted from the other 11.
 
 Methods, all given the same coordinates (km on an equirectangular map of the region) and
 the same observed rows, field by field (variograms and GP hyperparameters fitted per field):
 
 - ``bsatnp_local``: a shipped model (``--model``) with local conditioning (``--neighbours``);
 - ``bsatnp_tuned``: that model fine-tuned on the training rows with ``gap`` tasks
-  (``--tune-steps``; the run in ``--runs``/<dataset>_gap<steps> resumes if it is there), then
-  predicting with local conditioning;
+  (``--tune-steps``; the run in ``--runs``/<dataset>_gap<steps> resumes if it is there, or
+  its best state is used once finished), then predicting with local conditioning; for
+  ERA5 the training rows are the 6-hourly frames of days 1-25 (``group="frame"``: each
+  task from one frame; run ``era5_gap<steps>``, shared by both ERA5 datasets);
 - ``bsatnp_global``: the same model conditioned on ``--global-context`` random rows (the
   README path of the last release);
 - ``kriging``: ordinary kriging (PyKrige) of each tile of test points from its local
@@ -38,6 +43,7 @@ peak RSS (each method runs in its own forked process). Writes
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import time
 from pathlib import Path
@@ -101,8 +107,31 @@ def era5(args: argparse.Namespace, block: bool) -> list[Field]:
     return fields
 
 
+def beijing_spatial(args: argparse.Namespace) -> list[Field]:
+    """Each of ``--frames`` hours spread over the last 10 % of the record (the protocol's
+    test period) with PM2.5 at all 12 stations gives 12 fields: one station predicted from
+    the other 11."""
+    import pandas as pd
+
+    folder = SHARED / "beijing_air_quality"
+    table = pd.concat([pd.read_csv(p) for p in sorted(folder.glob("PRSA_Data_*.csv*"))])
+    table["time"] = pd.to_datetime(table[["year", "month", "day", "hour"]])
+    wide = table.pivot(index="time", columns="station", values="PM2.5").dropna()
+    wide = wide[wide.index >= wide.index[0] + 0.9 * (wide.index[-1] - wide.index[0])]
+    hours = wide.iloc[np.linspace(0, len(wide) - 1, args.frames).astype(int)]
+    stations = pd.read_csv(folder / "stations.csv").set_index("station").loc[wide.columns]
+    xy = _km(stations["lon"].to_numpy(), stations["lat"].to_numpy(),
+             float(stations["lat"].mean()))
+    fields = []
+    for values in hours.to_numpy(np.float64):
+        for out in range(len(xy)):
+            keep = np.arange(len(xy)) != out
+            fields.append((xy[keep], values[keep], xy[~keep], values[~keep]))
+    return fields
+
+
 DATASETS = {"heaton": heaton, "era5_half": lambda a: era5(a, block=False),
-            "era5_block": lambda a: era5(a, block=True)}
+            "era5_block": lambda a: era5(a, block=True), "beijing_spatial": beijing_spatial}
 
 
 # ------------------------------------------------------------------------- methods
@@ -110,10 +139,8 @@ def bsatnp_predict(args: argparse.Namespace, xy, f, xy_test, neighbours) -> tupl
     import pandas as pd
     import torch
 
-    from bsatnp import Predictor
-
     torch.set_num_threads(args.threads)
-    predictor = Predictor.from_pretrained(args.model)
+    predictor = _shipped(args.model)
     obs = pd.DataFrame({"x": xy[:, 0], "y": xy[:, 1], "v": f})
     if neighbours is None:
         rows = np.random.default_rng(args.seed).choice(
@@ -125,21 +152,61 @@ def bsatnp_predict(args: argparse.Namespace, xy, f, xy_test, neighbours) -> tupl
     return out["mean"].to_numpy(np.float64), out["std"].to_numpy(np.float64)
 
 
+@functools.lru_cache(maxsize=1)
+def _shipped(name: str) -> Any:
+    from bsatnp import Predictor
+
+    return Predictor.from_pretrained(name)
+
+
+def era5_training(args: argparse.Namespace) -> Any:
+    """ERA5 frames before the test days (6-hourly, days 1-25), one field per ``frame``."""
+    import gzip
+
+    import pandas as pd
+    from scipy.io import netcdf_file
+
+    path = SHARED / "era5" / "era5_t2m_uk_2019-03_hourly.nc.gz"
+    with gzip.open(path) as raw, netcdf_file(raw, mmap=False) as nc:
+        t2m = np.array(nc.variables["t2m"][: 25 * 24 : 6], dtype=np.float64)
+        lat = np.array(nc.variables["latitude"][:], dtype=np.float64)
+        lon = np.array(nc.variables["longitude"][:], dtype=np.float64)
+    glon, glat = np.meshgrid(lon, lat)
+    xy = _km(glon.ravel(), glat.ravel(), float(lat.mean()))
+    return pd.DataFrame({"x": np.tile(xy[:, 0], len(t2m)), "y": np.tile(xy[:, 1], len(t2m)),
+                         "v": t2m.reshape(-1), "frame": np.repeat(np.arange(len(t2m)), len(xy))})
+
+
+_TUNED: dict[Path, Any] = {}
+"""Fine-tuned predictors by run directory (ERA5 predicts 12 fields with one)."""
+
+
 def tuned(args: argparse.Namespace, xy, f) -> Any:
-    """The shipped model fine-tuned on the training rows with ``gap`` tasks (resumable)."""
+    """The shipped model fine-tuned with ``gap`` tasks (resumable) on the training rows:
+    Heaton's observed cells; for ERA5 the frames of days 1-25, each task from one frame."""
     import pandas as pd
     import torch
 
     from bsatnp import Predictor
+    from bsatnp.io.checkpoint import load_checkpoint
 
     torch.set_num_threads(args.threads)
-    out = Path(args.runs) / f"{args.dataset}_gap{args.tune_steps}"
+    fields = args.dataset.startswith("era5")  # both ERA5 datasets share the training frames
+    out = Path(args.runs) / f"{'era5' if fields else args.dataset}_gap{args.tune_steps}"
     resume = (out / "last.safetensors").is_file()
-    frame = pd.DataFrame({"x": xy[:, 0], "y": xy[:, 1], "v": f})
-    return Predictor.from_pretrained(args.model).finetune(
-        frame, values="v", space=("x", "y"), split="gap", n_ctx=args.neighbours, n_test=256,
+    if out not in _TUNED and resume and (out / "best.safetensors").is_file() and \
+            load_checkpoint(out / "last.safetensors").step >= args.tune_steps:
+        _TUNED[out] = Predictor.load(out / "best.safetensors")  # finished: its best state
+    if out in _TUNED:
+        return _TUNED[out]
+    table = era5_training(args) if fields else pd.DataFrame({"x": xy[:, 0], "y": xy[:, 1],
+                                                              "v": f})
+    _TUNED[out] = Predictor.from_pretrained(args.model).finetune(
+        table, values="v", space=("x", "y"), split="gap", n_ctx=args.neighbours, n_test=256,
         steps=args.tune_steps, lr=args.tune_lr, warmup_steps=args.tune_steps // 20,
-        out_dir=out, resume=resume, progress=not args.quiet, seed=args.seed)
+        out_dir=out, resume=resume, progress=not args.quiet, seed=args.seed,
+        group="frame" if fields else None)
+    return _TUNED[out]
 
 
 def bsatnp_tuned(args: argparse.Namespace, xy, f, xy_test) -> tuple:
@@ -157,7 +224,8 @@ VARIOGRAMS = ("exponential", "spherical", "gaussian", "matern")
 
 def fit_variogram(xy, f, model: str, n_points: int, seed: int) -> Any:
     """A GSTools variogram model (with nugget) fitted to the empirical variogram of
-    ``n_points`` random rows, lags up to a quarter of their bounding box's diagonal.
+    ``n_points`` random rows, lags up to a quarter of their bounding box's diagonal (half,
+    in fewer bins, for fewer than 100 rows).
 
     (PyKrige's own fit uses every lag up to the largest distance and missed the range by
     a factor of 3 on a third of the small known fields of the tests.)
@@ -166,11 +234,20 @@ def fit_variogram(xy, f, model: str, n_points: int, seed: int) -> Any:
 
     rows = np.random.default_rng(seed).choice(len(f), min(len(f), n_points), replace=False)
     diagonal = float(np.hypot(*(xy[rows].max(0) - xy[rows].min(0))))
-    centres, gamma = gs.vario_estimate(xy[rows].T, f[rows], np.linspace(0, diagonal / 4, 31))
+    few = len(rows) < 100  # a handful of stations: longer lags, fewer bins
+    bins = max(4, len(rows) // 3) if few else 30
+    edges = np.linspace(0, diagonal / (2 if few else 4), bins + 1)
+    centres, gamma = gs.vario_estimate(xy[rows].T, f[rows], edges)
     fitted = {"exponential": gs.Exponential, "spherical": gs.Spherical,
               "gaussian": gs.Gaussian, "matern": gs.Matern}[model](dim=2)
-    fitted.fit_variogram(centres, gamma, nugget=True)
-    return fitted
+    for nugget in (True, False):  # a handful of points may defeat the nugget fit
+        try:
+            fitted.fit_variogram(centres, gamma, nugget=nugget)
+            return fitted
+        except RuntimeError:
+            continue
+    fitted.var, fitted.len_scale = max(float(np.var(f[rows])), 1e-12), diagonal / 4
+    return fitted  # no fit converged: the sample variance and a quarter of the extent
 
 
 def kriging(args: argparse.Namespace, xy, f, xy_test) -> tuple:
@@ -295,7 +372,8 @@ def main() -> None:
     parser.add_argument("--quiet", action="store_true")
     parser.add_argument("--limit", type=int,
                         help="score only this many random test rows (of the first field)")
-    parser.add_argument("--frames", type=int, default=24, help="ERA5 frames (fields)")
+    parser.add_argument("--frames", type=int, default=24,
+                        help="ERA5 frames, or Beijing hours (each 12 fields)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="JSON path (default: "
@@ -303,7 +381,8 @@ def main() -> None:
     args = parser.parse_args()
     fields = DATASETS[args.dataset](args)
     methods = args.methods.split(",")
-    if (args.tune_only or "bsatnp_tuned" in methods) and len(fields) > 1:
+    if (args.tune_only or "bsatnp_tuned" in methods) and len(fields) > 1 and \
+            not args.dataset.startswith("era5"):
         raise SystemExit("bsatnp_tuned fine-tunes on one field's observed rows; "
                          f"{args.dataset} has {len(fields)} fields")
     if args.tune_only:

@@ -17,6 +17,10 @@ With ``--work DIR`` the batch, the encoded context, each decoded chunk's class p
 and a log of the encode and of every chunk (seconds, peak RSS) are kept in DIR; the same
 command continues an interrupted run from the saved encoding. The test
 cells are a random permutation of the lattice, so each prefix is a random subset.
+With ``--neighbours K`` each tile of test cells is predicted from its K nearest context cells
+(local conditioning) instead of all 100,000:
+    python benchmarks/sir_scaling.py --checkpoint sir --neighbours 512 --rounds 5 \
+        --out benchmarks/results/sir_scaling_local.json
 Without ``--checkpoint`` the paper's SIR model is built untrained (the timing does not depend
 on the weights; the accuracy then means nothing and is not printed).
 """
@@ -38,12 +42,14 @@ from common import peak_rss_mb, run_meta, write_json
 from safetensors.torch import load_file, save
 
 from bsatnp.batch import Batch
+from bsatnp.data.neighbours import NeighbourSearch
 from bsatnp.experiment import load_experiment
 from bsatnp.io.checkpoint import load_model
 from bsatnp.io.files import complete_lines, write_atomic
 from bsatnp.metrics import categorical_metrics
 from bsatnp.models.base import ConditionedModel, model_dtype
 from bsatnp.precision import PRECISIONS, inference_precision
+from bsatnp.pretrained import checkpoint_path
 from bsatnp.tasks.sir import SIRSimulator, SIRTask
 
 
@@ -80,12 +86,18 @@ def run_rounds(model: torch.nn.Module, task: SIRTask, sim: SIRSimulator,
         start = time.perf_counter()
         batch = scaling_batch(task, sim, args.n_ctx, n_test, generator).to(device)
         simulated = time.perf_counter()
-        conditioned = model.condition(batch)
-        encoded = time.perf_counter()
-        probs = torch.cat([
-            conditioned.predictive({"s_test": batch.s_test[:, i : i + args.chunk]}).probs.cpu()
-            for i in range(0, n_test, args.chunk)
-        ], dim=1)
+        if args.neighbours:
+            search = NeighbourSearch(batch.s_ctx[0].double().cpu().numpy(), args.neighbours)
+            encoded = time.perf_counter()
+            probs = local_probs(model, batch, search, args.chunk)
+        else:
+            conditioned = model.condition(batch)
+            encoded = time.perf_counter()
+            probs = torch.cat([
+                conditioned.predictive({"s_test": batch.s_test[:, i : i + args.chunk]}
+                                       ).probs.cpu()
+                for i in range(0, n_test, args.chunk)
+            ], dim=1)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         end = time.perf_counter()
@@ -98,6 +110,22 @@ def run_rounds(model: torch.nn.Module, task: SIRTask, sim: SIRSimulator,
             scores.append(categorical_metrics(probs, batch.f_test.cpu(),
                                               batch.test_mask().cpu()))
     return times, parts, scores, probs
+
+
+def local_probs(model: torch.nn.Module, batch: Batch, search: NeighbourSearch,
+                chunk: int) -> torch.Tensor:
+    """Class probabilities ``[1, n_test, C]`` with each tile of test cells conditioned on
+    its neighbourhood only (local conditioning; the model's bias on distances makes the
+    absolute position irrelevant, so no frame is needed)."""
+    probs = torch.empty(1, batch.s_test.shape[1], model.config.dim_f)
+    for tile in search.tiles(batch.s_test[0].double().cpu().numpy(), max_targets=chunk):
+        context = torch.as_tensor(tile.context, device=batch.s_ctx.device)
+        targets = torch.as_tensor(tile.targets, device=batch.s_ctx.device)
+        local = Batch(s_ctx=batch.s_ctx[:, context], f_ctx=batch.f_ctx[:, context],
+                      s_test=batch.s_test[:, targets])
+        probs[:, tile.targets] = model.condition(local).predictive(
+            {"s_test": local.s_test}).probs.cpu()
+    return probs
 
 
 MILESTONES = (65_536, 262_144, 1_048_576)
@@ -193,7 +221,8 @@ def append_row(path: Path, row: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", help="a trained SIR model (default: untrained)")
+    parser.add_argument("--checkpoint", help="a trained SIR model, or 'sir' for the shipped "
+                        "one (default: untrained)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--side", type=int, default=1024)
     parser.add_argument("--frames", type=int, default=200)
@@ -203,6 +232,9 @@ def main() -> None:
                         help="timed rounds after a warm-up round (0: one cold round, timed)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--chunk", type=int, default=65_536, help="test cells per decode")
+    parser.add_argument("--neighbours", type=int,
+                        help="local conditioning: each tile of test cells from its K nearest "
+                             "context cells (data/neighbours.py); default: the whole context")
     parser.add_argument("--precision", default="fp32",
                         help="comma-separated: fp32, tf32, bf16 (CUDA; the same batches for "
                              "each, errors reported against the first)")
@@ -210,6 +242,8 @@ def main() -> None:
                         "directory (CPU runs of hours; see the module docstring)")
     parser.add_argument("--out", default="benchmarks/results/sir_scaling.json")
     args = parser.parse_args()
+    if args.work and args.neighbours:
+        parser.error("--neighbours runs in rounds (minutes on the CPU); drop --work")
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     half = 32.0 * args.side / 1024
@@ -217,7 +251,7 @@ def main() -> None:
                    min_ctx=args.n_ctx, max_ctx=args.n_ctx, n_test=args.side**2)
     sim = SIRSimulator(height=args.side, width=args.side, n_frames=args.frames)
     if args.checkpoint:
-        model = load_model(args.checkpoint, device)
+        model = load_model(checkpoint_path(args.checkpoint), device)
     else:
         torch.manual_seed(0)
         model = load_experiment("sir").build_model().to(device).eval()
@@ -263,6 +297,7 @@ def main() -> None:
         f"cpu ({platform.machine()}, {args.threads} threads)",
         "side": args.side, "frames": args.frames, "n_ctx": args.n_ctx, "n_test": n_test,
         "rounds": args.rounds, "chunk": args.chunk, "trained": bool(args.checkpoint),
+        "neighbours": args.neighbours,
         **records[precisions[0]], "precisions": records,
     }
     print(json.dumps({k: v for k, v in record.items() if k not in ("seconds", "precisions")},
