@@ -263,3 +263,20 @@ def test_a_stored_config_is_checked_as_strictly_as_yaml(tmp_path):
     with pytest.raises(ValueError, match="num_heads: expected int"):
         load_model(path)
 
+
+
+def test_a_file_written_by_a_function_is_atomic_too(tmp_path):
+    from bsatnp.io.files import write_atomic
+
+    path = tmp_path / "out.nc"
+    write_atomic(path, b"old")
+
+    def half_then_crash(at):
+        at.write_bytes(b"half a netCDF")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="cannot write .*out.nc.*previous file is kept"):
+        write_atomic(path, half_then_crash)
+    assert path.read_bytes() == b"old" and os.listdir(tmp_path) == ["out.nc"]
+    write_atomic(path, lambda at: at.write_bytes(b"new"))
+    assert path.read_bytes() == b"new" and os.listdir(tmp_path) == ["out.nc"]

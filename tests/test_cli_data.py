@@ -103,3 +103,29 @@ def test_finetune_then_info_then_predict_without_roles(files, capsys):
 def test_models_lists_the_shipped_models(capsys):
     assert cli.main(["models"]) == 0
     assert capsys.readouterr().out.strip()
+
+
+def test_a_grid_to_netcdf_is_written_block_by_block_and_equals_the_in_memory_result(
+        files, monkeypatch):
+    from bsatnp.data import lazy
+
+    seen = []
+    original = lazy.predict_lazily
+    monkeypatch.setattr("bsatnp.predictor.predict_lazily",
+                        lambda *a, **k: seen.append(a[3]) or original(*a, **k))
+    out = files / "streamed.nc"
+    assert cli.main(["predict", "--checkpoint", str(files / "bare.safetensors"),
+                     "--observations", str(files / "obs.csv"), *ROLES,
+                     "--grid", "lon=116:117:40,lat=39.5:40.5:30", "--chunk-size", "100",
+                     "--output", str(out), "--quiet"]) == 0
+    assert seen == [{"lon": 3}]  # 100 points a block: 3 rows of 30
+    predictor = Predictor.load(files / "bare.safetensors")
+    eager = predictor.predict(pd.read_csv(files / "obs.csv"),
+                              xr.Dataset(coords={"lon": np.linspace(116, 117, 40),
+                                                 "lat": np.linspace(39.5, 40.5, 30)}),
+                              values="pm25", space=("lon", "lat"), crs="lonlat")
+    with xr.open_dataset(out) as ds:
+        np.testing.assert_allclose(ds["mean"].values, eager["mean"].values, rtol=1e-5,
+                                   atol=1e-4)
+        np.testing.assert_allclose(ds["std"].values, eager["std"].values, rtol=1e-5, atol=1e-4)
+    assert not [p for p in files.iterdir() if p.name.startswith(".streamed.nc")]  # no temp

@@ -85,3 +85,23 @@ def test_a_grid_larger_than_memory_is_lazy_and_any_block_computes(conditioned):
 def test_lazy_requests_that_cannot_be_honoured_are_refused(conditioned, call, message):
     with pytest.raises(ValueError, match=message):
         call(conditioned)
+
+
+@pytest.mark.parametrize("sizes, points, blocks", [
+    ({"lon": 40, "lat": 30}, 100, {"lon": 3}),          # rows of 30: three a block
+    ({"lon": 40, "lat": 30}, 10_000, {"lon": 40}),      # all of it in one block
+    ({"time": 5, "lon": 40, "lat": 30}, 20, {"time": 1, "lon": 1, "lat": 20}),
+    ({"lon": 7}, 3, {"lon": 3}),
+])
+def test_blocks_hold_at_most_the_points_asked_for(sizes, points, blocks):
+    from bsatnp.data.lazy import blocks_of
+
+    assert blocks_of(sizes, points) == blocks
+
+
+def test_auto_chunks_follow_the_chunk_size(conditioned):
+    targets = grid(lon=(0, 10, 40), lat=(0, 5, 30))
+    lazy = conditioned.predict(targets, chunks="auto", chunk_size=100)
+    assert lazy["mean"].data.chunks[0] == (3,) * 13 + (1,)
+    with pytest.raises(ValueError, match="chunks must be a mapping or 'auto'"):
+        conditioned.predict(targets, chunks="everything")

@@ -7,6 +7,7 @@ stderr and exit code 2 (no traceback).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -182,11 +183,21 @@ def _predict(args: argparse.Namespace) -> None:
     conditioned = predictor.condition(observations, space_scale=_scale(args.space_scale),
                                       value_transform=args.transform,
                                       neighbours=args.neighbours, **roles)
+    streamed = args.grid is not None and Path(args.output).suffix.lower() == ".nc" \
+        and not args.samples and importlib.util.find_spec("dask") is not None
+    # a grid into netCDF (with dask): predicted and written block by block
     out = conditioned.predict(targets, crs=args.target_crs, quantiles=args.quantiles or (),
                               interval=args.interval, n_samples=args.samples,
                               seed=args.seed, chunk_size=args.chunk_size,
-                              max_memory=args.max_memory, progress=not args.quiet)
-    path = write_table(out, args.output)
+                              max_memory=args.max_memory, progress=not args.quiet and not streamed,
+                              chunks="auto" if streamed else None)
+    if streamed and not args.quiet:
+        from dask.diagnostics import ProgressBar
+
+        with ProgressBar():
+            path = write_table(out, args.output)
+    else:
+        path = write_table(out, args.output)
     print(f"Wrote predictions at {_count(out)} targets from {conditioned.n_context} "
           f"observations to {path}")
 
@@ -508,7 +519,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="predict each tile of targets from its K nearest observations "
                           "(auto: the model's training context size when there are more "
                           "observations; all: condition on every observation)")
-    cmd.add_argument("--max-memory", help="memory bound of a chunk, e.g. 2GB")
+    cmd.add_argument("--max-memory", help="memory bound of a chunk of targets, e.g. 2GB; a "
+                     "--grid written to .nc is predicted and written block by block of that "
+                     "size (with bsatnp[dask]), so the whole run stays near it")
     cmd.add_argument("--input", help="one split .csv or .npz in model units (format above)")
     cmd.add_argument("--output", required=True, help=".csv, .parquet or .nc (.npz: --input)")
     cmd.set_defaults(command=_predict)

@@ -31,7 +31,7 @@ from torch import Tensor
 
 from bsatnp.batch import Batch
 from bsatnp.data.geo import check_crs, require
-from bsatnp.data.lazy import is_dask_backed, predict_lazily
+from bsatnp.data.lazy import blocks_of, is_dask_backed, predict_lazily
 from bsatnp.data.neighbours import LocalFrame, NeighbourSearch, unit_vectors
 from bsatnp.data.normalizer import Normalizer, ValueMoments
 from bsatnp.data.schema import Schema
@@ -442,7 +442,7 @@ class Conditioned:
                 quantiles: Sequence[float] = (), interval: float | None = None,
                 n_samples: int = 0, seed: int | None = None, chunk_size: int | None = None,
                 max_memory: int | str | None = None, progress: bool = False,
-                chunks: Mapping[str, int] | None = None) -> Any:
+                chunks: Mapping[str, int] | str | None = None) -> Any:
         """Predictions at ``targets`` in the container type of the targets.
 
         Args:
@@ -458,9 +458,10 @@ class Conditioned:
             max_memory: Bound on the working memory of a chunk, bytes or ``"2GB"``.
             progress: Show a progress bar over chunks.
             chunks: xarray targets only: block sizes by grid dimension (e.g.
-                ``{"lat": 256}``); the result is then a lazy dask-backed Dataset computed
-                block by block (:mod:`bsatnp.data.lazy`), as it is for dask-backed targets.
-                Marginal samples are not drawn lazily.
+                ``{"lat": 256}``), or ``"auto"`` (blocks of the chunk size that
+                ``chunk_size``/``max_memory`` give); the result is then a lazy dask-backed
+                Dataset computed block by block (:mod:`bsatnp.data.lazy`), as it is for
+                dask-backed targets. Marginal samples are not drawn lazily.
 
         Returns:
             DataFrame: the targets with columns ``mean``, ``std``, ``q<level>``,
@@ -489,8 +490,14 @@ class Conditioned:
                                  "first or leave n_samples at 0")
             options = {"crs": crs, "quantiles": quantiles, "interval": interval,
                        "chunk_size": chunk_size, "max_memory": max_memory}
+            dims = grid_dims(targets, self.schema)
+            if chunks == "auto":
+                chunks = blocks_of({dim: targets.sizes[dim] for dim in dims}, _chunk_size(
+                    chunk_size, max_memory, self.predictor.model))
+            elif isinstance(chunks, str):
+                raise ValueError(f"chunks must be a mapping or 'auto', got {chunks!r}")
             return predict_lazily(lambda block: self.predict(block, **options), targets,
-                                  grid_dims(targets, self.schema), chunks)
+                                  dims, chunks)
         per_target = 8 * (2 * len(self.predictor.model.roles) + 4) + 12 * (
             2 + len(levels) + (2 if interval is not None else 0) + n_samples) * max(
             1, len(self.schema.values))

@@ -70,7 +70,8 @@ def write_table(data: Any, path: str | os.PathLike[str]) -> Path:
     """Write a DataFrame or Dataset to ``.csv``, ``.parquet`` or ``.nc`` (atomically).
 
     A Dataset written as CSV/Parquet becomes one row per grid point; a DataFrame written as
-    netCDF keeps its index as the dimension.
+    netCDF keeps its index as the dimension. A lazy (dask-backed) Dataset written as netCDF
+    is computed and written block by block.
 
     Raises:
         ValueError: On an unknown extension.
@@ -80,18 +81,19 @@ def write_table(data: Any, path: str | os.PathLike[str]) -> Path:
     if suffix not in (".csv", ".parquet", ".nc"):
         raise ValueError(f"{path}: unsupported output type; use .csv, .parquet or .nc")
     path.parent.mkdir(parents=True, exist_ok=True)
-    if suffix == ".nc":
+    if suffix == ".nc":  # written at the temp path: a lazy Dataset goes block by block
         xr = require("xarray", "writing netCDF files")
         dataset = xr.Dataset.from_dataframe(data) if is_pandas(data) else data
-        payload = dataset.to_netcdf(engine=_netcdf_engine())
+        engine = _netcdf_engine()
+        write_atomic(path, lambda at: dataset.to_netcdf(at, engine=engine))
+        return path
+    frame = data.to_dataframe().reset_index() if is_xarray(data) else data
+    if suffix == ".csv":
+        payload = frame.to_csv(index=is_pandas(data) and frame.index.name is not None)
+        payload = payload.encode("utf-8")
     else:
-        frame = data.to_dataframe().reset_index() if is_xarray(data) else data
-        if suffix == ".csv":
-            payload = frame.to_csv(index=is_pandas(data) and frame.index.name is not None)
-            payload = payload.encode("utf-8")
-        else:
-            require("pyarrow", "writing Parquet files")
-            payload = frame.to_parquet()
+        require("pyarrow", "writing Parquet files")
+        payload = frame.to_parquet()
     write_atomic(path, bytes(payload))
     return path
 

@@ -24,6 +24,25 @@ def is_dask_backed(data: Any) -> bool:
     return any(getattr(array, "chunks", None) is not None for array in arrays)
 
 
+def blocks_of(sizes: Mapping[str, int], points: int) -> dict[str, int]:
+    """Block sizes holding at most ``points`` grid points (the first dimension outermost).
+
+    Dimensions are split from the first on: one index at a time while the later ones alone
+    hold more than ``points``, then as many indices as fit, the later ones whole.
+    """
+    chunks = {}
+    rest = 1
+    for size in sizes.values():
+        rest *= size
+    for dim, size in sizes.items():
+        rest //= size
+        if rest <= points:
+            chunks[dim] = max(1, min(size, points // max(rest, 1)))
+            break
+        chunks[dim] = 1
+    return chunks
+
+
 def predict_lazily(predict: Callable[[Any], Any], targets: Any, dims: Sequence[str],
                    chunks: Mapping[str, int] | None) -> Any:
     """The lazy result of ``predict`` over the blocks of ``targets``.

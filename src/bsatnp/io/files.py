@@ -6,6 +6,7 @@ import contextlib
 import os
 import re
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 _TEMP_SUFFIX = ".tmp"
@@ -28,8 +29,11 @@ def complete_lines(path: Path) -> str:
     return complete
 
 
-def write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes | Callable[[Path], None]) -> None:
     """Write ``data`` to a temp file beside ``path``, fsync it, then rename over ``path``.
+
+    ``data`` is the bytes, or a function that writes the file at the path it is given
+    (e.g. a netCDF written block by block, never held in memory whole).
 
     A crash at any point leaves either the previous file or the new one, never a mix; a
     kill can also leave the hidden temp file (``.<name>.<pid>.<8 random chars>.tmp``)
@@ -40,11 +44,16 @@ def write_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.",
                                suffix=_TEMP_SUFFIX)
+    started_ns = os.fstat(fd).st_mtime_ns
     try:
-        with os.fdopen(fd, "wb") as file:
-            started_ns = os.fstat(file.fileno()).st_mtime_ns
-            file.write(data)
-            file.flush()
+        if callable(data):
+            os.close(fd)
+            data(Path(tmp))
+            fd = os.open(tmp, os.O_RDWR)
+        with os.fdopen(fd, "r+b" if callable(data) else "wb") as file:
+            if not callable(data):
+                file.write(data)
+                file.flush()
             os.fsync(file.fileno())
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; these are ordinary files
         os.replace(tmp, path)
