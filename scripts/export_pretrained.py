@@ -84,8 +84,10 @@ def envelope(task: Task, stored_task: dict) -> dict:
     found = context_envelope(task)
     if task.likelihood == "categorical":
         found.pop("values")
-    return {"space_half_width": abs(float(task.box[1])) if hasattr(task, "box") else 2.0,
-            "task": stored_task, **found}
+    half_width = getattr(task, "half_width", None) or (
+        abs(float(task.box[1])) if hasattr(task, "box") else 2.0)
+    return {"space_half_width": half_width, "task": stored_task, "framed": task.framed,
+            **found}
 
 
 def refresh_envelope(shipped: str, name: str) -> None:

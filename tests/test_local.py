@@ -128,6 +128,18 @@ def test_local_conditioning_is_the_default_past_the_envelope(data):
         Predictor(model).condition(obs, values="v", space=("x", "y"), neighbours=0)
 
 
+def test_a_model_trained_on_framed_tasks_is_always_used_through_frames(data):
+    obs, _ = data
+    torch.manual_seed(0)
+    card = {"envelope": {"task": {"n_ctx": 100}, "framed": True}}
+    model = BSATNP(num_blocks=1, dim=16, qkv_dim=16, ffn_dim=32, embed_hidden=(32,),
+                   head_hidden=(32,))
+    many = Predictor(model, card=card).condition(obs, values="v", space=("x", "y"))
+    assert isinstance(many, LocallyConditioned) and many.neighbours == 100 and many.rescale
+    few = Predictor(model, card=card).condition(obs.iloc[:90], values="v", space=("x", "y"))
+    assert isinstance(few, LocallyConditioned) and few.neighbours == 90 and few.rescale
+
+
 def test_duplicate_or_coincident_observations_give_finite_predictions(predictor):
     obs = pd.DataFrame({"x": [1.0] * 50, "y": [2.0] * 50, "v": np.linspace(0, 1, 50)})
     out = predictor.predict(obs, pd.DataFrame({"x": [1.0, 5.0], "y": [2.0, 2.0]}),

@@ -368,8 +368,13 @@ class Predictor:
 
     @property
     def local_frames(self) -> bool:
-        """Whether the model was fine-tuned on framed neighbourhoods (``split="gap"``)."""
-        return (self.card.get("finetuned") or {}).get("split") == "gap"
+        """Whether the model was trained on framed neighbourhoods.
+
+        Either a framed task (card ``envelope.framed``, e.g. ``spatial``) or fine-tuning
+        with ``split="gap"``.
+        """
+        return bool(self.envelope.get("framed")) or (
+            self.card.get("finetuned") or {}).get("split") == "gap"
 
     def neighbours_for(self, n_observations: int, neighbours: int | str | None) -> int | None:
         """The neighbourhood size for ``n_observations`` (``None``: condition on all).
@@ -380,7 +385,8 @@ class Predictor:
         if neighbours is None:
             return None
         if neighbours == "auto":
-            n_ctx = ((self.card.get("finetuned") or {}).get("n_ctx") if self.local_frames
+            finetuned = self.card.get("finetuned") or {}
+            n_ctx = (finetuned.get("n_ctx") if finetuned.get("split") == "gap"
                      else (self.envelope.get("task") or {}).get("n_ctx"))
             if isinstance(n_ctx, int) and n_observations > n_ctx and "s" in self.model.roles:
                 return n_ctx

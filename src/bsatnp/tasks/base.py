@@ -47,6 +47,9 @@ class Task(ABC):
         has_field: Whether the task draws a map for figures (``field_batch(n_ctx,
             grid_size, generator)`` returns a one-task batch with a 2D test grid).
         class_names: Names of the classes of a categorical task, in value order.
+        framed: Whether every task is put in its local frame (context box on the training
+            box, values standardised) as local conditioning frames a neighbourhood; a
+            model trained so is always used through such frames.
 
     Every subclass has a ``batch_size`` field (tasks per batch ``B``).
     """
@@ -57,6 +60,7 @@ class Task(ABC):
     has_oracle: ClassVar[bool] = False
     has_field: ClassVar[bool] = False
     class_names: ClassVar[tuple[str, ...]] = ()
+    framed: ClassVar[bool] = False
     batch_size: int
 
     @abstractmethod

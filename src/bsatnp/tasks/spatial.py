@@ -121,6 +121,7 @@ class SpatialTask(Task):
     name: ClassVar[str] = "spatial"
     has_oracle: ClassVar[bool] = True
     domains: ClassVar[tuple[str, ...]] = (IN_DOMAIN,)
+    framed: ClassVar[bool] = True
 
     batch_size: int = 8
     n_ctx: int = 512
