@@ -154,9 +154,11 @@ def bsatnp_predict(args: argparse.Namespace, xy, f, xy_test, neighbours) -> tupl
 
 @functools.lru_cache(maxsize=1)
 def _shipped(name: str) -> Any:
+    """A shipped model by name, or a saved predictor's file."""
     from bsatnp import Predictor
+    from bsatnp.pretrained import checkpoint_path
 
-    return Predictor.from_pretrained(name)
+    return Predictor.load(checkpoint_path(name))
 
 
 def era5_training(args: argparse.Namespace) -> Any:
@@ -192,7 +194,8 @@ def tuned(args: argparse.Namespace, xy, f) -> Any:
 
     torch.set_num_threads(args.threads)
     fields = args.dataset.startswith("era5")  # both ERA5 datasets share the training frames
-    out = Path(args.runs) / f"{'era5' if fields else args.dataset}_gap{args.tune_steps}"
+    base = "" if args.model == "gp2d" else f"_{Path(args.model).stem}"  # runs per base model
+    out = Path(args.runs) / f"{'era5' if fields else args.dataset}_gap{args.tune_steps}{base}"
     resume = (out / "last.safetensors").is_file()
     if out not in _TUNED and resume and (out / "best.safetensors").is_file() and \
             load_checkpoint(out / "last.safetensors").step >= args.tune_steps:
@@ -201,7 +204,7 @@ def tuned(args: argparse.Namespace, xy, f) -> Any:
         return _TUNED[out]
     table = era5_training(args) if fields else pd.DataFrame({"x": xy[:, 0], "y": xy[:, 1],
                                                               "v": f})
-    _TUNED[out] = Predictor.from_pretrained(args.model).finetune(
+    _TUNED[out] = _shipped(args.model).finetune(
         table, values="v", space=("x", "y"), split="gap", n_ctx=args.neighbours, n_test=256,
         steps=args.tune_steps, lr=args.tune_lr, warmup_steps=args.tune_steps // 20,
         out_dir=out, resume=resume, progress=not args.quiet, seed=args.seed,
@@ -356,7 +359,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", choices=sorted(DATASETS), default="heaton")
     parser.add_argument("--methods", default=",".join(METHODS))
-    parser.add_argument("--model", default="gp2d", help="shipped bsatnp model")
+    parser.add_argument("--model", default="gp2d",
+                        help="a shipped bsatnp model, or a saved predictor's file")
     parser.add_argument("--neighbours", type=int, default=512)
     parser.add_argument("--global-context", type=int, default=4000)
     parser.add_argument("--kriging-points", type=int, default=128)

@@ -288,6 +288,7 @@ def main() -> None:
         if args.checkpoint:
             entry["nll"] = statistics.mean(s["nll"] for s in scores)
             entry["acc"] = statistics.mean(s["acc"] for s in scores)
+            entry["scores"] = scores  # per round
         records[precision] = entry
         print(precision, json.dumps({k: v for k, v in entry.items() if k != "seconds"}),
               flush=True)
