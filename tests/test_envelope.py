@@ -15,6 +15,7 @@ pd = pytest.importorskip("pandas")
 pytest.importorskip("scipy")
 
 from bsatnp.batch import Batch  # noqa: E402
+from bsatnp.data.envelope import Envelope  # noqa: E402
 from bsatnp.data.neighbours import LocalFrame  # noqa: E402
 from bsatnp.data.normalizer import Normalizer, ValueMoments  # noqa: E402
 from bsatnp.data.schema import Schema  # noqa: E402
@@ -76,16 +77,31 @@ def test_value_moments_map_the_fitted_values_onto_the_card():
 
 
 @pytest.mark.parametrize("stored, message", [
-    ({"mean": [0.0], "std": [0.0]}, "std finite and > 0"),
-    ({"mean": [0.0, 1.0], "std": [1.0]}, "same length"),
-    ({"mean": [float("nan")], "std": [1.0]}, "mean must be finite"),
-    ("six", "envelope.values is invalid"),
+    ({"values": {"mean": [0.0], "std": [0.0]}}, "std finite and > 0"),
+    ({"values": {"mean": [0.0, 1.0], "std": [1.0]}}, "same length"),
+    ({"values": {"mean": [float("nan")], "std": [1.0]}}, "mean must be finite"),
+    ({"values": "six"}, "values"),
+    ({"space_half_width": "wide"}, "space_half_width"),
+    ({"framed": "yes"}, "framed"),
+    ({"spacing": [1.0]}, "spacing"),
 ])
-def test_a_damaged_value_envelope_is_refused_by_name(stored, message):
+def test_a_damaged_envelope_is_refused_by_name(stored, message):
     predictor = Predictor.from_pretrained("gp2d")
-    predictor.card["envelope"] = {**predictor.card["envelope"], "values": stored}
-    with pytest.raises(ValueError, match=message):
-        predictor.value_moments  # noqa: B018
+    predictor.card["envelope"] = {**predictor.card["envelope"], **stored}
+    with pytest.raises(ValueError, match=f"envelope is invalid.*{message}"):
+        predictor.envelope  # noqa: B018
+    with pytest.raises(ValueError, match="envelope is invalid"):
+        predictor.condition(_field(300, 5.0), values="v", space=("lon", "lat"))
+    predictor.card["envelope"] = ["not", "a", "mapping"]
+    with pytest.raises(ValueError, match="envelope is not a mapping"):
+        predictor.envelope  # noqa: B018
+
+
+def test_the_envelope_reads_the_card_typed():
+    envelope = Predictor.from_pretrained("gneiting").envelope
+    assert envelope.values.mean[0] == pytest.approx(6.02, abs=0.05)
+    assert (envelope.min_ctx, envelope.max_ctx, envelope.framed) == (8, 15, False)
+    assert Predictor(Predictor.from_pretrained("gp2d").model).envelope == Envelope()
 
 
 def _gneiting_task_in_fahrenheit(predictor, index):

@@ -119,9 +119,10 @@ def _coerce_union(value: Any, hint: Any, args: tuple[Any, ...], where: str,
         if type(None) in args:
             return None
         raise _type_error(where, hint, value)
-    for alternative in args:
-        if alternative is type(None):
-            continue
+    alternatives = [alternative for alternative in args if alternative is not type(None)]
+    if len(alternatives) == 1:  # ``X | None``: X's own message says what is wrong
+        return _coerce(value, alternatives[0], where, converters)
+    for alternative in alternatives:
         try:
             return _coerce(value, alternative, where, converters)
         except ValueError:

@@ -120,8 +120,8 @@ def _finetune(predictor: Predictor, data: Any, *, steps: int, split: str, n_ctx:
     task = TableTask.from_columns(columns, split, valid_fraction, generator, n_ctx=n_ctx,
                                   n_test=n_test, batch_size=batch_size,
                                   likelihood=predictor.model.likelihood,
-                                  half_width=float(predictor.envelope["space_half_width"]),
-                                  value_moments=predictor.value_moments,
+                                  half_width=predictor.envelope.space_half_width,
+                                  value_moments=predictor.envelope.values,
                                   groups=None if points.groups is None
                                   else torch.as_tensor(points.groups))
     val_batches = val_batches or min(16, max(2, steps // 5))

@@ -30,10 +30,11 @@ import torch
 from torch import Tensor
 
 from bsatnp.batch import Batch
-from bsatnp.data.geo import check_crs, require
+from bsatnp.data.envelope import Envelope
+from bsatnp.data.geo import check_crs
 from bsatnp.data.lazy import blocks_of, is_dask_backed, predict_lazily
 from bsatnp.data.neighbours import LocalFrame, NeighbourSearch, unit_vectors
-from bsatnp.data.normalizer import Normalizer, ValueMoments
+from bsatnp.data.normalizer import Normalizer
 from bsatnp.data.schema import Schema
 from bsatnp.data.tables import (
     Points,
@@ -51,8 +52,6 @@ from bsatnp.progress import tqdm_class
 
 DEFAULT_CHUNK = 16384
 """Targets per chunk when neither ``chunk_size`` nor ``max_memory`` is given."""
-ENVELOPE_DEFAULTS = {"space_half_width": 2.0}
-"""Training envelope assumed for a model without a card (the 2D GP's box [−2, 2]²)."""
 
 
 class Predictor:
@@ -130,86 +129,22 @@ class Predictor:
             "great_circle")
 
     @property
-    def envelope(self) -> dict[str, Any]:
-        """What the model was trained on (from its card; defaults for a bare model)."""
-        return {**ENVELOPE_DEFAULTS, **self.card.get("envelope", {})}
-
-    @property
-    def value_moments(self) -> ValueMoments | None:
-        """The values of the model's training contexts (card), ``None`` if not recorded.
+    def envelope(self) -> Envelope:
+        """What the model was trained on (from its card; defaults for a bare model).
 
         Raises:
-            ValueError: If the card's ``envelope.values`` is damaged.
+            ValueError: If the card's envelope is damaged.
         """
-        stored = self.envelope.get("values")
-        if stored is None:
-            return None
-        try:
-            return ValueMoments.from_dict(stored)
-        except (ValueError, TypeError, AttributeError) as err:
-            raise ValueError(f"the model card's envelope.values is invalid: {err}") from err
+        return Envelope.from_card(self.card)
 
     def envelope_warnings(self, n_context: int, inputs: dict[str, np.ndarray] | None = None
                           ) -> list[str]:
-        """Ways a conditioning set lies outside what the model was trained on.
+        """Ways a conditioning set lies outside the training envelope.
 
-        The card's envelope holds the task the model was trained on; its context sizes
-        ``min_ctx``-``max_ctx`` are the range the model has seen (a model copes with a few
-        times more, as the scaled domains show, but not with orders of magnitude). With the
-        set's model-unit ``inputs`` (:meth:`Normalizer.inputs`) its extent, spacing and
-        values are checked too, against the box, the card's ``spacing`` (median distance
-        to the nearest other location) and its ``values`` (:class:`ValueMoments`).
+        See :meth:`~bsatnp.data.envelope.Envelope.warnings`.
         """
-        found = []
-        task = self.envelope.get("task") or {}
-        low, high = task.get("min_ctx"), task.get("max_ctx")
-        if isinstance(low, int) and isinstance(high, int) and (
-                n_context < max(1, low // 4) or n_context > 16 * high):
-            found.append(f"{n_context:,} observations; this model was trained on {low}-{high} "
-                         "context points per task: expect degraded accuracy, condition "
-                         "locally (neighbours=...) or fine-tune it (Predictor.finetune)")
-        if inputs is None:
-            return found
-        if "s" in inputs and len(inputs["s"]) > 1:
-            found += self._space_warnings(inputs["s"])
-        moments = self.value_moments
-        if moments is not None and "f" in inputs and len(inputs["f"]) > 1 \
-                and self.normalizer is not None:
-            mean, std = inputs["f"].mean(0), inputs["f"].std(0)
-            trained_mean, trained_std = np.asarray(moments.mean), np.asarray(moments.std)
-            if np.any(np.abs(mean - trained_mean) > 3 * trained_std) or np.any(
-                    (std > 3 * trained_std) | (std < trained_std / 3)):
-                found.append(
-                    f"the observations' values are {_fmt_list(mean)} ± {_fmt_list(std)} in "
-                    f"model units, the model was trained on {_fmt_list(trained_mean)} ± "
-                    f"{_fmt_list(trained_std)}: they are in other units or another regime "
-                    "than the data its normaliser was fitted on; fine-tune it on data like "
-                    "these")
-        return found
-
-    def _space_warnings(self, space: np.ndarray) -> list[str]:
-        """Extent and spacing of model-unit locations against the training envelope."""
-        found = []
-        half_width = float(self.envelope["space_half_width"])
-        half_extent = float((space.max(0) - space.min(0)).max()) / 2
-        unit = "°" if self.great_circle else " model units"
-        if half_extent > 2 * half_width:
-            remedy = ("condition on smaller regions (neighbours=...)" if self.great_circle
-                      else "let space_scale='auto' fit the box, or condition locally "
-                      "(neighbours=...)")
-            found.append(f"the observations span ±{half_extent:.3g}{unit}; this model was "
-                         f"trained on fields of ±{half_width:.3g}{unit}: expect degraded "
-                         f"accuracy; {remedy}")
-        trained = self.envelope.get("spacing")
-        if isinstance(trained, (int, float)) and trained > 0:
-            spacing = _median_spacing(space)
-            if spacing > 0 and not 0.25 <= spacing / trained <= 4:
-                advice = ("" if self.great_circle or self.normalizer is not None else
-                          f" (space_scale × {spacing / trained:.3g} would match it)")
-                found.append(f"the observations are {spacing:.3g}{unit} apart (median nearest "
-                             f"neighbour); this model's training contexts were {trained:.3g}"
-                             f"{unit} apart{advice}: expect degraded accuracy")
-        return found
+        return self.envelope.warnings(n_context, inputs, great_circle=self.great_circle,
+                                      fitted=self.normalizer is None)
 
     def describe(self) -> str:
         """Model family and size, card, schema and normaliser as text."""
@@ -322,8 +257,8 @@ class Predictor:
         normalizer = self.normalizer or Normalizer.fit(
             points, schema, great_circle=self.great_circle, space_scale=space_scale,
             time_scale=time_scale, method=method, value_transform=value_transform,
-            space_half_width=float(self.envelope["space_half_width"]),
-            value_moments=self.value_moments)
+            space_half_width=self.envelope.space_half_width,
+            value_moments=self.envelope.values)
         return schema, points, normalizer
 
     def condition(self, observations: Any, *, space_scale: float | str = "auto",
@@ -373,8 +308,7 @@ class Predictor:
         Either a framed task (card ``envelope.framed``, e.g. ``spatial``) or fine-tuning
         with ``split="gap"``.
         """
-        return bool(self.envelope.get("framed")) or (
-            self.card.get("finetuned") or {}).get("split") == "gap"
+        return self.envelope.framed or (self.card.get("finetuned") or {}).get("split") == "gap"
 
     def neighbours_for(self, n_observations: int, neighbours: int | str | None) -> int | None:
         """The neighbourhood size for ``n_observations`` (``None``: condition on all).
@@ -387,7 +321,7 @@ class Predictor:
         if neighbours == "auto":
             finetuned = self.card.get("finetuned") or {}
             n_ctx = (finetuned.get("n_ctx") if finetuned.get("split") == "gap"
-                     else (self.envelope.get("task") or {}).get("n_ctx"))
+                     else self.envelope.n_ctx)
             if isinstance(n_ctx, int) and n_observations > n_ctx and "s" in self.model.roles:
                 return n_ctx
             return None
@@ -631,7 +565,7 @@ class LocallyConditioned(Conditioned):
     def _predict_into(self, inputs: dict[str, np.ndarray], n: int, chunk: int,
                       first: np.ndarray, second: np.ndarray | None, progress: bool) -> None:
         model = self.predictor.model
-        half_width = float(self.predictor.envelope["space_half_width"])
+        envelope = self.predictor.envelope
         tiles = self.search.tiles(self._coordinates(inputs), max_targets=chunk)
         if progress:
             tiles = tqdm_class()(tiles, desc="predicting", unit="tile")
@@ -641,7 +575,7 @@ class LocallyConditioned(Conditioned):
             frame = None
             if self.rescale:
                 frame = LocalFrame.fit(context["s"], None if second is None else context["f"],
-                                       half_width, self.predictor.value_moments)
+                                       envelope.space_half_width, envelope.values)
                 context["s"], test["s"] = frame.space(context["s"]), frame.space(test["s"])
                 context["f"] = context["f"] if second is None else frame.values(context["f"])
             batch = Batch(**{f"{role}_ctx": _tensor(value, self.device)
@@ -655,20 +589,6 @@ class LocallyConditioned(Conditioned):
             if second is not None and frame is not None:
                 first[tile.targets] = first[tile.targets] * frame.scale + frame.shift
                 second[tile.targets] = second[tile.targets] * frame.scale
-
-
-def _median_spacing(space: np.ndarray) -> float:
-    """Median distance from a location to its nearest other (distinct) location."""
-    spatial = require("scipy", "checking the spacing of observations").spatial
-    unique = np.unique(space, axis=0)
-    if len(unique) < 2:
-        return 0.0
-    distance, _ = spatial.cKDTree(unique).query(unique, k=2)
-    return float(np.median(distance[:, 1]))
-
-
-def _fmt_list(values: np.ndarray) -> str:
-    return ", ".join(f"{v:.3g}" for v in np.atleast_1d(values))
 
 
 def _store(dist: Any, where: slice | np.ndarray, first: np.ndarray,
