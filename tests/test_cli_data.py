@@ -66,11 +66,17 @@ def test_predict_targets_csv_and_parquet(files):
     (["--values", "pm10"], "no column(s) ['pm10']"),
     (["--grid", "lon=1:2"], "--grid: expected NAME=START:STOP:N"),
     (["--model", "nope"], "exactly one of --checkpoint FILE or --model NAME"),
+    (["--max-memory", "1MB"], "--max-memory 1MB: this process already holds"),
+    (["--max-memory", "5GB", "--grid", "lon=116:117:5000,lat=39.5:40.5:5000", "--output",
+      "x.csv"], "outputs held whole for .csv (a --grid written to .nc streams)"),
 ])
 def test_predict_user_errors_are_one_line_exit_2(files, capsys, args, message):
     base = ["predict", "--checkpoint", str(files / "bare.safetensors"), "--observations",
-            str(files / "obs.csv"), "--space", "lon", "lat", "--crs", "lonlat",
-            "--output", str(files / "x.nc"), "--quiet"]
+            str(files / "obs.csv"), "--space", "lon", "lat", "--crs", "lonlat", "--quiet"]
+    if "--output" not in args:
+        base += ["--output", str(files / "x.nc")]
+    else:
+        args = [str(files / a) if a == "x.csv" else a for a in args]
     if "--values" not in args:
         base += ["--values", "pm25"]
     if "--grid" not in args:

@@ -281,6 +281,15 @@ def available_memory() -> int | None:
         return None
 
 
+def resident_memory() -> int:
+    """Bytes this process holds in physical memory now (Linux; 0 where unknown)."""
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError, AttributeError):
+        return 0
+
+
 def count_targets(data: Any, schema: Schema) -> int:
     """How many points ``data`` holds for ``schema``, without reading them.
 
