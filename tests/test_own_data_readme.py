@@ -2,8 +2,8 @@
 
 A GP with a known covariance (RBF, 25 km lengthscale, 3 °C standard deviation) is drawn
 jointly at 300 stations in the Alps and on a 20 × 15 lon/lat grid; the stations (with
-0.3 °C noise) go through a CSV, the shipped ``gp2d`` model predicts the grid into a netCDF
-file, exactly as the README shows. Checked: the units, the grid's coordinates (copied
+0.3 °C noise) go through a CSV, the shipped ``spatial`` model (and ``gp2d``) predicts the
+grid into a netCDF file, exactly as the README shows. Checked: the units, the grid's coordinates (copied
 exactly), the accuracy in °C against the truth, and the calibration of the 90% interval.
 """
 
@@ -45,14 +45,15 @@ def alpine_field(seed: int, n_stations: int = 300):
     return obs, (lon, lat), field[n_stations:].reshape(20, 15)
 
 
-def test_readme_path_csv_to_netcdf_in_degrees_and_celsius(tmp_path):
+@pytest.mark.parametrize("name", ["spatial", "gp2d"])  # the README's model, and the 2D GP
+def test_readme_path_csv_to_netcdf_in_degrees_and_celsius(tmp_path, name):
     covered, errors, prior = [], [], []
     for seed in range(3):
         obs, (lon, lat), truth = alpine_field(seed)
         obs.to_csv(tmp_path / "stations.csv", index=False)
         # --- the README's lines ---
         stations = pd.read_csv(tmp_path / "stations.csv")
-        predictor = Predictor.from_pretrained("gp2d")
+        predictor = Predictor.from_pretrained(name)
         out = predictor.predict(stations, grid(lon=(5.2, 8.8, 20), lat=(45.2, 47.8, 15)),
                                 values="t2m", space=("lon", "lat"), crs="lonlat",
                                 units="degC", interval=0.9)
