@@ -3,8 +3,9 @@
 A GP with a known covariance (RBF, 25 km lengthscale, 3 °C standard deviation) is drawn
 jointly at 300 stations in the Alps and on a 20 × 15 lon/lat grid; the stations (with
 0.3 °C noise) go through a CSV, the shipped ``spatial`` model (and ``gp2d``) predicts the
-grid into a netCDF file, exactly as the README shows. Checked: the units, the grid's coordinates (copied
-exactly), the accuracy in °C against the truth, and the calibration of the 90% interval.
+grid into a netCDF file, exactly as the README shows. Checked: the units, the grid's
+coordinates (copied exactly), the accuracy in °C against the truth, and the calibration of
+the 90% interval.
 """
 
 from __future__ import annotations
