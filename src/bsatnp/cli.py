@@ -192,10 +192,14 @@ def _predict(args: argparse.Namespace) -> None:
                               max_memory=_working_memory(args, conditioned, targets, streamed),
                               progress=not args.quiet and not streamed,
                               chunks="auto" if streamed else None)
-    if streamed and not args.quiet:
+    if streamed:  # one block at a time: torch already uses every core within a block
+        import contextlib
+
+        import dask
         from dask.diagnostics import ProgressBar
 
-        with ProgressBar():
+        with dask.config.set(scheduler="synchronous"), (
+                contextlib.nullcontext() if args.quiet else ProgressBar()):
             path = write_table(out, args.output)
     else:
         path = write_table(out, args.output)
@@ -212,9 +216,10 @@ def _working_memory(args: argparse.Namespace, conditioned: Any, targets: Any,
                     streamed: bool) -> int | None:
     """The chunk budget that keeps the whole process within ``--max-memory``.
 
-    What the process already holds (libraries, model, observations) is subtracted; half of
-    the rest goes to a chunk's working memory, the other half to the block being written
-    (``streamed``) or, for outputs held whole, must hold them.
+    What the process already holds (libraries, model, observations) is subtracted; a
+    quarter of the rest goes to a chunk's working memory, the rest to the block being
+    written, its task graph and the netCDF writer (``streamed``: measured, a half left too
+    little) or, for outputs held whole, must hold them within half.
     """
     if args.max_memory is None:
         return None
@@ -234,7 +239,7 @@ def _working_memory(args: argparse.Namespace, conditioned: Any, targets: Any,
                          f"{held / 2**20:,.0f} MiB (libraries, model, observations), which "
                          f"leaves too little for {reason}; give at least "
                          f"{need / 2**20:,.0f}MiB")
-    return left // 2
+    return left // 4
 
 
 def _finetune(args: argparse.Namespace) -> None:
