@@ -432,7 +432,7 @@ class Conditioned:
                        "chunk_size": chunk_size, "max_memory": max_memory}
             dims = grid_dims(targets, self.schema)
             if chunks == "auto":
-                chunks = blocks_of({dim: targets.sizes[dim] for dim in dims}, _chunk_size(
+                chunks = blocks_of({dim: targets.sizes[dim] for dim in dims}, _block_points(
                     chunk_size, max_memory, self.predictor.model))
             elif isinstance(chunks, str):
                 raise ValueError(f"chunks must be a mapping or 'auto', got {chunks!r}")
@@ -683,6 +683,25 @@ def _chunk_size(chunk_size: int | None, max_memory: int | str | None,
         raise ValueError(f"max_memory={max_memory!r} is too small: a chunk of 64 targets "
                          f"needs about {64 * per_target / 2**20:.1f} MiB")
     return int(budget // per_target)
+
+
+BLOCK_BYTES_PER_TARGET = 512
+"""What a target of a lazy block holds while the block is computed (inputs in float64,
+outputs, their xarray copies): far less than a forward pass's working memory."""
+
+
+def _block_points(chunk_size: int | None, max_memory: int | str | None,
+                  model: NeuralProcess) -> int:
+    """Targets of a lazy block (``chunks="auto"``).
+
+    The memory a chunk of forward passes may use, held by finished outputs instead (a block
+    is predicted chunk by chunk), so that a grid of 10⁷ points is a few hundred blocks, not
+    tens of thousands (each a task in dask's graph). An explicit ``chunk_size`` is kept.
+    """
+    chunk = _chunk_size(chunk_size, max_memory, model)
+    if chunk_size is not None:
+        return chunk
+    return max(chunk, chunk * bytes_per_target(model) // BLOCK_BYTES_PER_TARGET)
 
 
 def bytes_per_target(model: NeuralProcess) -> int:
