@@ -69,6 +69,7 @@ def test_predict_targets_csv_and_parquet(files):
     (["--max-memory", "1MB"], "--max-memory 1MB: this process already holds"),
     (["--max-memory", "5GB", "--grid", "lon=116:117:5000,lat=39.5:40.5:5000", "--output",
       "x.csv"], "outputs held whole for .csv (a --grid written to .nc streams)"),
+    (["--time-window", "2h"], "time_window needs a model that reads time"),
 ])
 def test_predict_user_errors_are_one_line_exit_2(files, capsys, args, message):
     base = ["predict", "--checkpoint", str(files / "bare.safetensors"), "--observations",
@@ -135,3 +136,24 @@ def test_a_grid_to_netcdf_is_written_block_by_block_and_equals_the_in_memory_res
                                    atol=1e-4)
         np.testing.assert_allclose(ds["std"].values, eager["std"].values, rtol=1e-5, atol=1e-4)
     assert not [p for p in files.iterdir() if p.name.startswith(".streamed.nc")]  # no temp
+
+
+def test_predict_with_a_time_window_conditions_each_time_on_its_window(files, capsys):
+    torch.manual_seed(0)
+    Predictor(BSATNP(dim_t=1, num_blocks=1, dim=16, qkv_dim=16, ffn_dim=32,
+                     embed_hidden=(32,), head_hidden=(32,))).save(files / "st.safetensors")
+    obs = pd.read_csv(files / "obs.csv", parse_dates=["time"])
+    targets = obs.iloc[[20, 21, 80]][["lon", "lat", "time"]]
+    targets.to_csv(files / "st_targets.csv", index=False)
+    base = ["predict", "--checkpoint", str(files / "st.safetensors"), "--observations",
+            str(files / "obs.csv"), *ROLES, "--time", "time", "--targets",
+            str(files / "st_targets.csv"), "--quiet"]
+    assert cli.main(base + ["--time-window", "3h", "--output", str(files / "st.csv")]) == 0
+    predictor = Predictor.load(files / "st.safetensors")
+    expected = predictor.predict(obs, targets, values="pm25", space=("lon", "lat"),
+                                 crs="lonlat", units="ug/m3", time="time",
+                                 time_window="3h")
+    np.testing.assert_allclose(pd.read_csv(files / "st.csv")["mean"], expected["mean"],
+                               rtol=1e-5)
+    assert cli.main(base + ["--time-window", "-1", "--output", str(files / "st.csv")]) == 2
+    assert "time_window must be >= 0" in capsys.readouterr().err

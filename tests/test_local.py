@@ -9,7 +9,12 @@ import torch
 pd = pytest.importorskip("pandas")
 pytest.importorskip("scipy")
 
-from bsatnp.data.neighbours import LocalFrame, NeighbourSearch, unit_vectors  # noqa: E402
+from bsatnp.data.neighbours import (  # noqa: E402
+    LocalFrame,
+    NeighbourSearch,
+    WindowedSearch,
+    unit_vectors,
+)
 from bsatnp.data.table_task import TableTask  # noqa: E402
 from bsatnp.models import BSATNP  # noqa: E402
 from bsatnp.predictor import LocallyConditioned, Predictor  # noqa: E402
@@ -59,6 +64,33 @@ def test_neighbourhoods_of_a_great_circle_model_cross_the_dateline():
 def test_bad_neighbour_counts_are_refused(bad, message):
     with pytest.raises(ValueError, match=message):
         NeighbourSearch(np.zeros((3, 2)), bad)
+
+
+@pytest.mark.parametrize("window", [0.0, 1.0, 2.5])
+def test_windowed_neighbourhoods_are_the_spatial_ones_among_the_window(window):
+    rng = np.random.default_rng(3)
+    obs, obs_t = rng.uniform(0, 10, (600, 2)), rng.integers(0, 12, 600).astype(float)
+    obs_t[:50] += 0.5  # a few off the hours
+    targets, target_t = rng.uniform(0, 10, (300, 2)), rng.integers(2, 9, 300).astype(float)
+    search = WindowedSearch(obs, obs_t, 20, window, per_target=4)
+    seen = []
+    for tile in search.tiles(targets, target_t, max_targets=25):
+        (time,) = set(target_t[tile.targets].tolist())  # one time per tile
+        inside = np.flatnonzero(np.abs(obs_t - time) <= window)
+        assert set(tile.context.tolist()) <= set(inside.tolist())
+        # the same neighbourhood as a spatial search over the window's observations alone
+        alone = NeighbourSearch(obs[inside], 20, per_target=4)
+        assert np.array_equal(tile.context, inside[alone.context(targets[tile.targets])])
+        seen.append(tile.targets)
+    assert np.array_equal(np.sort(np.concatenate(seen)), np.arange(len(targets)))
+
+
+def test_a_time_window_without_observations_or_below_zero_is_refused():
+    search = WindowedSearch(np.zeros((3, 2)), np.array([0.0, 1.0, 2.0]), 2, 0.5)
+    with pytest.raises(ValueError, match="1 target.* at time 9 have no observation"):
+        list(search.tiles(np.zeros((2, 2)), np.array([0.0, 9.0])))
+    with pytest.raises(ValueError, match="finite and >= 0"):
+        WindowedSearch(np.zeros((3, 2)), np.zeros(3), 2, -1.0)
 
 
 def test_local_frame_maps_the_context_onto_the_box_and_back():
@@ -231,3 +263,56 @@ def test_finetune_with_group_draws_each_task_from_one_field(tmp_path):
     with pytest.raises(ValueError, match=r"no column\(s\) \['when'\]"):
         Predictor(model).finetune(data, values="v", space=("x", "y"), group="when", steps=2,
                                   out_dir=tmp_path / "r2", progress=False)
+
+
+@pytest.fixture(scope="module")
+def space_time():
+    """A space-time model with a covariate, a fitted normaliser, and hourly stations."""
+    rng = np.random.default_rng(5)
+    n = 240
+    obs = pd.DataFrame({"x": rng.uniform(0, 10, n), "y": rng.uniform(0, 10, n),
+                        "when": pd.Timestamp("2024-03-01") + pd.to_timedelta(
+                            rng.integers(0, 8, n), unit="h"),
+                        "elev": rng.uniform(0, 500, n)})
+    obs["v"] = 10 + np.sin(obs["x"]) + obs["elev"] / 100 + rng.normal(0, 0.1, n)
+    targets = pd.DataFrame({"x": rng.uniform(0, 10, 90), "y": rng.uniform(0, 10, 90),
+                            "when": pd.Timestamp("2024-03-01") + pd.to_timedelta(
+                                rng.integers(1, 7, 90), unit="h"),
+                            "elev": rng.uniform(0, 500, 90)})
+    torch.manual_seed(0)
+    predictor = Predictor(BSATNP(dim_t=1, dim_x=1, num_blocks=1, dim=16, qkv_dim=16,
+                                 ffn_dim=32, embed_hidden=(32,), head_hidden=(32,)))
+    roles = {"values": "v", "space": ("x", "y"), "time": "when", "covariates": "elev"}
+    predictor.fit_normalizer(obs, **roles)
+    return predictor, obs, targets
+
+
+def test_a_time_window_equals_conditioning_on_the_observations_within_it(space_time):
+    predictor, obs, targets = space_time
+    local = predictor.predict(obs, targets, neighbours=10_000, time_window="1h",
+                              chunk_size=7, interval=0.9)
+    assert local.index.equals(targets.index)
+    for when, rows in targets.groupby("when"):
+        near = obs[(obs["when"] - when).abs() <= pd.Timedelta("1h")]
+        alone = predictor.predict(near, rows, neighbours=None, interval=0.9)
+        for column in ("mean", "std", "lower", "upper"):  # covariates and times carried along
+            np.testing.assert_allclose(local.loc[rows.index, column], alone[column],
+                                       rtol=1e-5, atol=1e-5)
+    everything = predictor.predict(obs, targets, neighbours=None)  # a window over all
+    wide = predictor.predict(obs, targets, neighbours=10_000, time_window="12h", chunk_size=11)
+    np.testing.assert_allclose(wide["mean"], everything["mean"], rtol=1e-5, atol=1e-5)
+
+
+def test_a_time_window_is_refused_where_it_cannot_hold(space_time, predictor, data):
+    spatial, (obs2d, _) = predictor, data
+    with pytest.raises(ValueError, match="time_window needs a model that reads time"):
+        spatial.condition(obs2d, values="v", space=("x", "y"), time_window=1.0)
+    model, obs, targets = space_time
+    with pytest.raises(ValueError, match="time_window must be >= 0"):
+        model.condition(obs, time_window=-2)
+    with pytest.raises(ValueError, match="time_window 'soon'"):
+        model.condition(obs, time_window="soon")
+    late = targets.assign(when=pd.Timestamp("2024-03-02 12:00"))
+    with pytest.raises(ValueError, match="90 target.* at time 2024-03-02T12:00:00 have no "
+                                         "observation within the time window"):
+        model.predict(obs, late, time_window="2h")

@@ -180,9 +180,11 @@ def _predict(args: argparse.Namespace) -> None:
     observations = read_table(args.observations, time=time)
     targets = (read_table(args.targets, time=time) if args.targets is not None
                else grid(**_grid_axes(args.grid)))
-    conditioned = predictor.condition(observations, space_scale=_scale(args.space_scale),
+    conditioned = predictor.condition(observations,
+                                      space_scale=_number_or_text(args.space_scale),
                                       value_transform=args.transform,
-                                      neighbours=args.neighbours, **roles)
+                                      neighbours=args.neighbours,
+                                      time_window=args.time_window, **roles)
     streamed = args.grid is not None and Path(args.output).suffix.lower() == ".nc" \
         and not args.samples and importlib.util.find_spec("dask") is not None
     # a grid into netCDF (with dask): predicted and written block by block
@@ -253,7 +255,8 @@ def _finetune(args: argparse.Namespace) -> None:
                                batch_size=args.batch_size, out_dir=args.out, n_ctx=args.n_ctx,
                                group=args.group,
                                overwrite=args.overwrite, resume=args.resume,
-                               progress=not args.quiet, space_scale=_scale(args.space_scale),
+                               progress=not args.quiet,
+                               space_scale=_number_or_text(args.space_scale),
                                value_transform=args.transform, **roles)
     print(tuned.describe())
     _print_paths({"best": Path(args.out) / "best.safetensors",
@@ -314,7 +317,8 @@ def _roles(args: argparse.Namespace) -> dict[str, Any]:
     return {key: value for key, value in roles.items() if value is not None}
 
 
-def _scale(text: str) -> float | str:
+def _number_or_text(text: str) -> float | str:
+    """A number if the text reads as one (``"3"``), else the text (``"6h"``)."""
     try:
         return float(text)
     except ValueError:
@@ -559,6 +563,10 @@ def _parser() -> argparse.ArgumentParser:
                      help="predict each tile of targets from its K nearest observations "
                           "(auto: the model's training context size when there are more "
                           "observations; all: condition on every observation)")
+    cmd.add_argument("--time-window", type=_number_or_text, metavar="SPAN",
+                     help="space-time models: neighbours in space among the observations "
+                          "within SPAN of each target's time (a number in the time column's "
+                          "units, or a duration such as 6h for datetimes)")
     cmd.add_argument("--max-memory", help="bound on the whole process, e.g. 2GB: chunks get "
                      "what the libraries, model and observations leave; a --grid written to "
                      ".nc is predicted and written block by block (with bsatnp[dask]), other "

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -33,8 +33,15 @@ from bsatnp.batch import Batch
 from bsatnp.data.envelope import Envelope
 from bsatnp.data.geo import check_crs
 from bsatnp.data.lazy import blocks_of, is_dask_backed, predict_lazily
-from bsatnp.data.neighbours import LocalFrame, NeighbourSearch, unit_vectors
-from bsatnp.data.normalizer import Normalizer
+from bsatnp.data.neighbours import (
+    LocalFrame,
+    Neighbourhood,
+    NeighbourSearch,
+    NoObservationInWindow,
+    WindowedSearch,
+    unit_vectors,
+)
+from bsatnp.data.normalizer import Normalizer, parse_duration
 from bsatnp.data.schema import Schema
 from bsatnp.data.tables import (
     Points,
@@ -264,7 +271,8 @@ class Predictor:
     def condition(self, observations: Any, *, space_scale: float | str = "auto",
                   time_scale: float | str = "auto", method: str = "standard",
                   value_transform: str = "none", crs: str | None = None,
-                  neighbours: int | str | None = "auto", **roles: Any) -> Conditioned:
+                  neighbours: int | str | None = "auto",
+                  time_window: float | str | None = None, **roles: Any) -> Conditioned:
         """Read ``observations`` and encode them once for any number of targets.
 
         Args:
@@ -283,23 +291,37 @@ class Predictor:
                 when there are more observations than that, else all of them; ``None``:
                 always all of them. With ``neighbours >= len(observations)`` the result
                 is that of conditioning on all of them.
+            time_window: Space-time models: each target at time ``τ`` is conditioned on
+                its ``neighbours`` nearest observations *in space* among those with
+                ``|t − τ| <= time_window`` (:class:`~bsatnp.data.neighbours.WindowedSearch`);
+                a number in the time column's units, or for datetimes a duration such as
+                ``"6h"``; ``0`` keeps each target's own instant. ``None`` (the default):
+                neighbours by distance in space and model time together.
             **roles: Schema fields (``values``, ``space``, ``crs``, ``time``,
                 ``covariates``, ``units``) when the predictor has no schema.
 
         Raises:
             ValueError: On bad data (module :mod:`bsatnp.data.tables`), a schema that does
-                not match the model, no valid observation, or ``neighbours`` < 1.
+                not match the model, no valid observation, ``neighbours`` < 1, or a
+                ``time_window`` without a time role or below 0.
         """
+        if time_window is not None and "t" not in self.model.roles:
+            raise ValueError("time_window needs a model that reads time (a t role); this "
+                             "one is spatial: condition on each time's observations instead")
         schema, points, normalizer = self.observations(
             observations, space_scale=space_scale, time_scale=time_scale, method=method,
             value_transform=value_transform, crs=crs, **roles)
+        window = None if time_window is None else parse_duration(
+            time_window, schema.time_kind, "time_window", zero=True) / normalizer.time_scale
         k = self.neighbours_for(points.n, neighbours)
         if self.local_frames:  # trained on framed neighbourhoods: always framed
-            return LocallyConditioned(self, schema, normalizer, points, k or points.n)
-        if k is None:
+            return LocallyConditioned(self, schema, normalizer, points, k or points.n,
+                                      time_window=window)
+        if k is None and window is None:
             return Conditioned(self, schema, normalizer, points)
-        rescale = self.normalizer is None and space_scale == "auto"
-        return LocallyConditioned(self, schema, normalizer, points, k, rescale=rescale)
+        rescale = self.normalizer is None and space_scale == "auto" and k is not None
+        return LocallyConditioned(self, schema, normalizer, points, k or points.n,
+                                  rescale=rescale, time_window=window)
 
     @property
     def local_frames(self) -> bool:
@@ -538,10 +560,13 @@ class LocallyConditioned(Conditioned):
         points: The observations (NaN rows dropped), in the data's units.
         neighbours: Observations per neighbourhood at most.
         rescale: Map each neighbourhood as described above.
+        time_window: Neighbours in space among the observations within this window of
+            each target's time (model units; :class:`WindowedSearch`), or ``None``.
     """
 
     def __init__(self, predictor: Predictor, schema: Schema, normalizer: Normalizer,
-                 points: Points, neighbours: int, *, rescale: bool = True) -> None:
+                 points: Points, neighbours: int, *, rescale: bool = True,
+                 time_window: float | None = None) -> None:
         self.predictor, self.schema, self.normalizer = predictor, schema, normalizer
         self.n_context, self.time_zone = points.n, points.time_zone
         self.warnings: list[str] = []
@@ -550,23 +575,45 @@ class LocallyConditioned(Conditioned):
         self.context = normalizer.inputs(points, schema)
         _check_model_range({role: _tensor(value, self.device)
                             for role, value in self.context.items()}, "observations")
-        self.search = NeighbourSearch(self._coordinates(self.context), neighbours)
+        self.time_window = time_window
+        coordinates = self._coordinates(self.context)
+        self.search: NeighbourSearch | WindowedSearch = (
+            NeighbourSearch(coordinates, neighbours) if time_window is None
+            else WindowedSearch(coordinates, self.context["t"], neighbours, time_window))
         self.neighbours = self.search.k
 
     def _coordinates(self, arrays: dict[str, np.ndarray]) -> np.ndarray:
-        """Where points are for the neighbour search (model units; 3D for great circles)."""
+        """Where points are for the neighbour search (model units; 3D for great circles).
+
+        Space, and model time too unless a time window selects by time.
+        """
         space = arrays["s"]
         if self.predictor.great_circle:
             space = unit_vectors(space)
-        parts = [space] + ([arrays["t"]] if "t" in arrays and "t" in self.predictor.model.roles
-                           else [])
-        return np.concatenate(parts, axis=1)
+        with_time = "t" in arrays and "t" in self.predictor.model.roles \
+            and self.time_window is None
+        return np.concatenate([space] + ([arrays["t"]] if with_time else []), axis=1)
+
+    def _tiles(self, inputs: dict[str, np.ndarray], chunk: int) -> Iterator[Neighbourhood]:
+        coordinates = self._coordinates(inputs)
+        if isinstance(self.search, NeighbourSearch):
+            yield from self.search.tiles(coordinates, max_targets=chunk)
+            return
+        try:
+            yield from self.search.tiles(coordinates, inputs["t"], max_targets=chunk)
+        except NoObservationInWindow as error:
+            when = error.time * self.normalizer.time_scale + self.normalizer.time_shift
+            shown = (str(np.datetime64(round(when), "s")) if self.schema.time_kind == "datetime"
+                     else f"{when:g}")
+            raise ValueError(f"{error.count} target(s) at time {shown} have no observation "
+                             "within the time window: widen time_window or drop those "
+                             "targets") from None
 
     def _predict_into(self, inputs: dict[str, np.ndarray], n: int, chunk: int,
                       first: np.ndarray, second: np.ndarray | None, progress: bool) -> None:
         model = self.predictor.model
         envelope = self.predictor.envelope
-        tiles = self.search.tiles(self._coordinates(inputs), max_targets=chunk)
+        tiles = self._tiles(inputs, chunk)
         if progress:
             tiles = tqdm_class()(tiles, desc="predicting", unit="tile")
         for tile in tiles:

@@ -11,6 +11,10 @@ the observations: a cell holds about ``k * tile_fraction`` observations on avera
 neighbourhood reaches well past its tile. Searches use ``scipy.spatial.cKDTree``;
 coordinates are Euclidean (a great-circle model's lon/lat give 3D unit vectors first,
 whose chord distance orders points as the great-circle distance does).
+
+Space-time data can be searched with a time window instead (:class:`WindowedSearch`): a
+target at time τ is conditioned on its spatial neighbours among the observations with
+``|t − τ| <= window`` only.
 """
 
 from __future__ import annotations
@@ -182,3 +186,81 @@ class NeighbourSearch:
             step = max_targets or len(members)
             for start in range(0, len(members), step):
                 yield members[start:start + step]
+
+
+class WindowedSearch:
+    """Spatial neighbourhoods among the observations within a time window of each target.
+
+    Targets are grouped by their time; the targets at time ``τ`` are tiled as
+    :class:`NeighbourSearch` tiles them, over the observations with ``|t − τ| <= window``
+    only (a spatial index per distinct window of observations, reused while consecutive
+    target times select the same observations).
+
+    Args:
+        observations: ``[N, D]`` spatial coordinates of the observations (Euclidean).
+        times: ``[N]`` times of the observations.
+        k: Observations per neighbourhood at most.
+        window: Half-width of the time window (the times' units), ``>= 0``.
+        per_target: As in :class:`NeighbourSearch`.
+        tile_fraction: As in :class:`NeighbourSearch`.
+
+    Raises:
+        ValueError: As :class:`NeighbourSearch`, or on a negative or non-finite window or
+            a time that is not finite.
+    """
+
+    def __init__(self, observations: np.ndarray, times: np.ndarray, k: int, window: float,
+                 per_target: int = PER_TARGET, tile_fraction: float = TILE_FRACTION) -> None:
+        self.all = NeighbourSearch(observations, k, per_target, tile_fraction)  # checks
+        times = np.asarray(times, dtype=np.float64).reshape(-1)
+        if len(times) != len(self.all.points) or not np.isfinite(times).all():
+            raise ValueError("observation times must be finite, one per observation")
+        if not (math.isfinite(window) and window >= 0):
+            raise ValueError(f"the time window must be finite and >= 0, got {window}")
+        self.order = np.argsort(times, kind="stable")
+        self.times = times[self.order]
+        self.window = float(window)
+        self.k = self.all.k
+        # times compared in float64 after the same affine map: allow its round-off
+        self.slack = 1e-9 * (float(np.abs(self.times).max()) + self.window)
+
+    def observations_near(self, time: float) -> np.ndarray:
+        """Indices of the observations within the window of ``time``, by increasing time."""
+        lo = np.searchsorted(self.times, time - self.window - self.slack, side="left")
+        hi = np.searchsorted(self.times, time + self.window + self.slack, side="right")
+        return self.order[lo:hi]
+
+    def tiles(self, targets: np.ndarray, times: np.ndarray, max_targets: int | None = None
+              ) -> Iterator[Neighbourhood]:
+        """Tiles of ``targets`` (``[M, D]``) at ``times`` (``[M]``), time by time.
+
+        Raises:
+            ValueError: If a target time is not finite or has no observation in its window.
+        """
+        targets = np.asarray(targets, dtype=np.float64)
+        times = np.asarray(times, dtype=np.float64).reshape(-1)
+        if not np.isfinite(times).all():
+            raise ValueError("target times must be finite")
+        by_time = np.argsort(times, kind="stable")
+        bounds = np.flatnonzero(np.diff(times[by_time]) != 0) + 1
+        cached: tuple[tuple[int, int], NeighbourSearch] | None = None
+        for members in np.split(by_time, bounds):
+            members = np.sort(members)
+            candidates = self.observations_near(float(times[members[0]]))
+            if len(candidates) == 0:
+                raise NoObservationInWindow(float(times[members[0]]), len(members))
+            key = (int(candidates[0]), len(candidates))
+            if cached is None or cached[0] != key:
+                cached = (key, NeighbourSearch(self.all.points[candidates], self.k,
+                                               self.all.per_target, self.all.tile_fraction))
+            for tile in cached[1].tiles(targets[members], max_targets):
+                yield Neighbourhood(members[tile.targets], candidates[tile.context])
+
+
+class NoObservationInWindow(ValueError):
+    """Targets at ``time`` have no observation within the time window."""
+
+    def __init__(self, time: float, count: int) -> None:
+        super().__init__(f"{count} target(s) at time {time:g} have no observation within "
+                         "the time window")
+        self.time, self.count = time, count

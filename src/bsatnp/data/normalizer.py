@@ -243,21 +243,30 @@ class Normalizer(Config):
         return "\n".join(lines)
 
 
-def parse_duration(value: float | str, time_kind: str) -> float:
-    """Time units per model unit: a number, or for datetimes a duration such as ``"6h"``.
+def parse_duration(value: float | str, time_kind: str, name: str = "time_scale",
+                   zero: bool = False) -> float:
+    """Time units: a number, or for datetimes a duration such as ``"6h"`` (in seconds).
+
+    Args:
+        value: The number or duration.
+        time_kind: The schema's ``time_kind`` (durations need ``"datetime"``).
+        name: The option, for messages.
+        zero: Accept 0.
 
     Raises:
-        ValueError: On a non-positive number or an unknown unit.
+        ValueError: On a negative (or, without ``zero``, zero) number or an unknown unit.
     """
     if isinstance(value, str):
         match = re.fullmatch(r"\s*([0-9.]+)\s*(s|min|h|D|W)\s*", value)
         if match is None or time_kind != "datetime":
-            raise ValueError(f"time_scale {value!r}: give a number, or for datetime times a "
+            raise ValueError(f"{name} {value!r}: give a number, or for datetime times a "
                              f"duration like '6h' (units: {', '.join(_SECONDS)})")
         value = float(match.group(1)) * _SECONDS[match.group(2)]
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be a number, got {value!r}")
     value = float(value)
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"time_scale must be > 0, got {value}")
+    if not (math.isfinite(value) and (value >= 0 if zero else value > 0)):
+        raise ValueError(f"{name} must be {'>= 0' if zero else '> 0'}, got {value}")
     return value
 
 
