@@ -119,13 +119,7 @@ class NeighbourSearch:
 
     def __init__(self, observations: np.ndarray, k: int, per_target: int = PER_TARGET,
                  tile_fraction: float = TILE_FRACTION) -> None:
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-            raise ValueError(f"neighbours must be a positive integer, got {k!r}")
-        observations = np.asarray(observations, dtype=np.float64)
-        if observations.ndim != 2 or len(observations) == 0:
-            raise ValueError("local conditioning needs at least one observation")
-        if not np.isfinite(observations).all():
-            raise ValueError("observation coordinates must be finite")
+        observations = _checked(observations, k)
         spatial = require("scipy", "local conditioning (neighbours=)").spatial
         self.points = observations
         self.tree = spatial.cKDTree(observations)
@@ -188,6 +182,18 @@ class NeighbourSearch:
                 yield members[start:start + step]
 
 
+def _checked(observations: np.ndarray, k: int) -> np.ndarray:
+    """``observations`` as float64 ``[N, D]``; ``ValueError`` on a bad ``k`` or point."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"neighbours must be a positive integer, got {k!r}")
+    observations = np.asarray(observations, dtype=np.float64)
+    if observations.ndim != 2 or len(observations) == 0:
+        raise ValueError("local conditioning needs at least one observation")
+    if not np.isfinite(observations).all():
+        raise ValueError("observation coordinates must be finite")
+    return observations
+
+
 class WindowedSearch:
     """Spatial neighbourhoods among the observations within a time window of each target.
 
@@ -211,24 +217,25 @@ class WindowedSearch:
 
     def __init__(self, observations: np.ndarray, times: np.ndarray, k: int, window: float,
                  per_target: int = PER_TARGET, tile_fraction: float = TILE_FRACTION) -> None:
-        self.all = NeighbourSearch(observations, k, per_target, tile_fraction)  # checks
+        self.points = _checked(observations, k)
+        self.k = int(min(k, len(self.points)))
+        self.per_target, self.tile_fraction = per_target, tile_fraction
         times = np.asarray(times, dtype=np.float64).reshape(-1)
-        if len(times) != len(self.all.points) or not np.isfinite(times).all():
+        if len(times) != len(self.points) or not np.isfinite(times).all():
             raise ValueError("observation times must be finite, one per observation")
         if not (math.isfinite(window) and window >= 0):
             raise ValueError(f"the time window must be finite and >= 0, got {window}")
         self.order = np.argsort(times, kind="stable")
         self.times = times[self.order]
         self.window = float(window)
-        self.k = self.all.k
         # times compared in float64 after the same affine map: allow its round-off
         self.slack = 1e-9 * (float(np.abs(self.times).max()) + self.window)
 
-    def observations_near(self, time: float) -> np.ndarray:
-        """Indices of the observations within the window of ``time``, by increasing time."""
+    def window_of(self, time: float) -> slice:
+        """The observations within the window of ``time``: a slice of ``order``."""
         lo = np.searchsorted(self.times, time - self.window - self.slack, side="left")
         hi = np.searchsorted(self.times, time + self.window + self.slack, side="right")
-        return self.order[lo:hi]
+        return slice(int(lo), int(hi))
 
     def tiles(self, targets: np.ndarray, times: np.ndarray, max_targets: int | None = None
               ) -> Iterator[Neighbourhood]:
@@ -243,16 +250,16 @@ class WindowedSearch:
             raise ValueError("target times must be finite")
         by_time = np.argsort(times, kind="stable")
         bounds = np.flatnonzero(np.diff(times[by_time]) != 0) + 1
-        cached: tuple[tuple[int, int], NeighbourSearch] | None = None
+        cached: tuple[slice, NeighbourSearch] | None = None
         for members in np.split(by_time, bounds):
             members = np.sort(members)
-            candidates = self.observations_near(float(times[members[0]]))
-            if len(candidates) == 0:
+            window = self.window_of(float(times[members[0]]))
+            if window.start == window.stop:
                 raise NoObservationInWindow(float(times[members[0]]), len(members))
-            key = (int(candidates[0]), len(candidates))
-            if cached is None or cached[0] != key:
-                cached = (key, NeighbourSearch(self.all.points[candidates], self.k,
-                                               self.all.per_target, self.all.tile_fraction))
+            candidates = self.order[window]
+            if cached is None or cached[0] != window:
+                cached = (window, NeighbourSearch(self.points[candidates], self.k,
+                                                  self.per_target, self.tile_fraction))
             for tile in cached[1].tiles(targets[members], max_targets):
                 yield Neighbourhood(members[tile.targets], candidates[tile.context])
 
