@@ -345,3 +345,15 @@ def test_sample_y_refuses_zero_samples():
     with pytest.raises(ValueError, match="n_samples must be a positive integer"):
         regressor.sample_y(X, 0)
     assert regressor.sample_y(X[:3], 2).shape == (3, 2)
+
+
+def test_the_cli_counts_targets_not_cells_of_other_variables(files, tmp_path, capsys):
+    """Before: "480 targets" for an 8 x 10 grid whose file also held a variable over a
+    dimension of 6 (every dimension of the output was multiplied in)."""
+    xr = pytest.importorskip("xarray")
+    grid = xr.Dataset({"bounds": (("nv",), np.zeros(6))},
+                      coords={"x": np.linspace(0, 3, 8), "y": np.linspace(0, 3, 10)})
+    grid.to_netcdf(tmp_path / "grid.nc")
+    args = predict_args(files, tmp_path / "out.nc", targets=tmp_path / "grid.nc")
+    assert cli.main(args) == 0
+    assert "Wrote predictions at 80 targets from 120 observations" in capsys.readouterr().out

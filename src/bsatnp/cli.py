@@ -168,7 +168,7 @@ def _predict(args: argparse.Namespace) -> None:
                          "(or --input for a split file in model units)")
     from bsatnp.data.files import read_table, write_table
     from bsatnp.data.geo import check_crs
-    from bsatnp.data.tables import grid
+    from bsatnp.data.tables import count_targets, grid
 
     check_crs(args.crs, "--crs")
     check_crs(args.target_crs, "--target-crs")
@@ -205,8 +205,8 @@ def _predict(args: argparse.Namespace) -> None:
             path = write_table(out, args.output)
     else:
         path = write_table(out, args.output)
-    print(f"Wrote predictions at {_count(out)} targets from {conditioned.n_context} "
-          f"observations to {path}")
+    print(f"Wrote predictions at {count_targets(targets, conditioned.schema):,} targets from "
+          f"{conditioned.n_context:,} observations to {path}")
 
 
 HELD_BYTES_PER_TARGET = 256
@@ -347,16 +347,6 @@ def _grid_axes(text: str) -> dict[str, tuple[float, float, int]]:
             raise ValueError(f"--grid: axis {name.strip()!r} is given twice")
         axes[name.strip()] = axis
     return axes
-
-
-def _count(data: Any) -> int:
-    sizes = getattr(data, "sizes", None)
-    if sizes is not None:
-        from math import prod
-
-        return prod(size for dim, size in sizes.items()
-                    if dim not in ("quantile", "sample", "class"))
-    return len(data)
 
 
 def _plot(args: argparse.Namespace) -> None:
