@@ -75,7 +75,8 @@ def test_utm_sized_coordinates_keep_their_precision_in_the_cli(checkpoint, tmp_p
 
 
 @pytest.mark.parametrize("case, message", [
-    ("overflow", r"f_ctx row 3 holds 1e\+39, which overflows float32"),
+    ("overflow", r"in.csv, line 5: column 'f' holds 1e\+39, which overflows float32"),
+    ("overflow npz", r"in.npz: f_ctx row 4 \(counting from 1\) holds 1e\+39"),
     ("huge", r"not finite.*largest \|f_ctx\|"),
     ("same file", r"--output .* is the --input file"),
     ("complex npz", r"array s_ctx must be real numbers"),
@@ -102,6 +103,9 @@ def test_cli_input_errors_are_one_line(checkpoint, tmp_path, capsys, case, messa
             np.savez(path, s_ctx=s_ctx + 1j, f_ctx=f_ctx, s_test=s_test)
         elif case == "empty npz":
             np.savez(path, s_ctx=s_ctx, f_ctx=f_ctx, s_test=s_test[:0])
+        elif case == "overflow npz":
+            f_ctx[3] = 1e39
+            np.savez(path, s_ctx=s_ctx, f_ctx=f_ctx, s_test=s_test)
         elif case == "pickled npz":
             np.savez(path, s_ctx=np.array([{"a": 1}], dtype=object), f_ctx=f_ctx, s_test=s_test)
         else:
@@ -238,3 +242,38 @@ def test_a_stored_bias_spec_that_is_not_a_mapping_is_one_line(checkpoint, tmp_pa
     code = cli.main(["info", str(tmp_path / "bad.safetensors")])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "bias_s" in err, err
+
+
+@pytest.mark.parametrize("case, message", [
+    ("text value", r"observations: column 'v' must be numeric, but holds 'abc' at data row 6 "
+                   r"of \S*obs.csv$"),
+    ("inf value", r"observations: value column 'v' is inf at data row 9 of \S*obs.csv$"),
+    ("nan coordinate", r"observations: coordinate column 'x' is nan at data row 10 of "
+                       r"\S*obs.csv;"),
+    ("text target", r"targets: column 'y' must be numeric, but holds 'north' at data row 2 of "
+                    r"\S*targets.csv$"),
+])
+def test_own_data_file_errors_name_the_file_and_its_1_based_row(checkpoint, tmp_path, capsys,
+                                                                case, message):
+    """Before: a non-numeric value was reported without its row, quoting three valid values
+    as examples; rows were 0-based positions ("row 5" for the 6th data row)."""
+    rng = np.random.default_rng(3)
+    obs = [[str(float(a)), str(float(b)), str(float(c))] for a, b, c in rng.uniform(0, 1, (12, 3))]
+    targets = [[str(float(a)), str(float(b))] for a, b in rng.uniform(0, 1, (3, 2))]
+    if case == "text value":
+        obs[5][2] = "abc"
+    elif case == "inf value":
+        obs[8][2] = "inf"
+    elif case == "nan coordinate":
+        obs[9][0] = ""
+    else:
+        targets[1][1] = "north"
+    (tmp_path / "obs.csv").write_text("\n".join(["x,y,v", *map(",".join, obs)]) + "\n")
+    (tmp_path / "targets.csv").write_text("\n".join(["x,y", *map(",".join, targets)]) + "\n")
+    code = cli.main(["predict", "--checkpoint", str(checkpoint), "--observations",
+                     str(tmp_path / "obs.csv"), "--values", "v", "--space", "x", "y",
+                     "--targets", str(tmp_path / "targets.csv"), "--output",
+                     str(tmp_path / "out.csv"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert __import__("re").search(message, err.strip()), err

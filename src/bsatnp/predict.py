@@ -60,9 +60,10 @@ def read_points(path: str | os.PathLike[str], model: NeuralProcess) -> Batch:
     for name, value in arrays.items():
         big = np.abs(value) > np.finfo(np.float32).max
         if big.any():
-            row = int(np.argwhere(big)[0][0])
-            raise ValueError(f"{path}: {name} row {row} holds {value[big].flat[0]:g}, which "
-                             "overflows float32; rescale that column")
+            row = int(np.argwhere(big)[0][0]) + 1  # a CSV names its line in _numbers
+            raise ValueError(f"{path}: {name} row {row} (counting from 1) holds "
+                             f"{value[big].flat[0]:g}, which overflows float32; rescale that "
+                             "column")
     return Batch(**{name: torch.as_tensor(value, dtype=torch.float64)[None]
                     for name, value in arrays.items()})
 
@@ -201,6 +202,9 @@ def _numbers(path: Path, rows: list[tuple[int, dict[str, str]]], columns: list[s
                     f"{path}, line {line}: column {column!r} must be a number, "
                     f"got {row[column]!r}"
                 ) from None
+            if abs(out[i, j]) > np.finfo(np.float32).max:
+                raise ValueError(f"{path}, line {line}: column {column!r} holds "
+                                 f"{out[i, j]:g}, which overflows float32; rescale that column")
     return out
 
 

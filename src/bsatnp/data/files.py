@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from bsatnp.data.geo import require
-from bsatnp.data.tables import available_memory, is_pandas, is_xarray
+from bsatnp.data.tables import SOURCE_ATTR, available_memory, is_pandas, is_xarray
 from bsatnp.io.files import write_atomic
 
 READABLE = (".csv", ".csv.gz", ".parquet", ".nc")
@@ -40,10 +40,13 @@ def read_table(path: str | os.PathLike[str], time: str | None = None) -> Any:
             frame = pd.read_csv(path, encoding="utf-8-sig")
             if time is not None and time in frame and frame[time].dtype == object:
                 frame[time] = pd.to_datetime(frame[time])
+            frame.attrs[SOURCE_ATTR] = str(path)
             return frame
         if name.endswith(".parquet"):
             pd = require("pandas", "reading Parquet files")
-            return pd.read_parquet(path)
+            frame = pd.read_parquet(path)
+            frame.attrs[SOURCE_ATTR] = str(path)
+            return frame
         if name.endswith(".nc"):
             xr = require("xarray", "reading netCDF files")
             with xr.open_dataset(path) as dataset:

@@ -23,6 +23,10 @@ import numpy as np
 from bsatnp.data.geo import check_lonlat, require, same_crs, transform
 from bsatnp.data.schema import Schema
 
+SOURCE_ATTR = "bsatnp_source"
+"""``DataFrame.attrs`` key of the file a table was read from (:func:`~bsatnp.data.files.
+read_table`): messages then name the file and its data rows counted from 1."""
+
 
 @dataclass(frozen=True)
 class Points:
@@ -101,6 +105,7 @@ class Template:
         attrs = attrs or {}
         if self.kind == "pandas":
             frame = self.data.copy()
+            frame.attrs.pop(SOURCE_ATTR, None)  # not written into the output file
             new = {}
             for name, array in outputs.items():
                 if name in extra_dims:
@@ -181,7 +186,8 @@ def read_points(data: Any, schema: Schema, what: str, with_values: bool,
         crs = data.attrs.get("crs")
     space = None
     if schema.space:
-        space = np.stack([_numeric(columns[name], name, what) for name in schema.space], -1)
+        space = np.stack([_numeric(columns[name], name, what, label) for name in schema.space],
+                         -1)
         _check_finite_coords(space, schema.space, label, what)
         if crs is not None and not same_crs(crs, schema.crs):
             if schema.crs is None:
@@ -197,12 +203,12 @@ def read_points(data: Any, schema: Schema, what: str, with_values: bool,
         _check_finite_coords(time[:, None], (schema.time,), label, what)
     covariates = None
     if schema.covariates:
-        covariates = np.stack([_numeric(columns[name], name, what)
+        covariates = np.stack([_numeric(columns[name], name, what, label)
                                for name in schema.covariates], -1)
     values = None
     if with_values:
         values = (_class_indices(columns[schema.values[0]], schema, what) if schema.classes
-                  else np.stack([_numeric(columns[name], name, what)
+                  else np.stack([_numeric(columns[name], name, what, label)
                                  for name in schema.values], -1))
     groups = None
     if group is not None:
@@ -232,9 +238,15 @@ def _columns(data: Any, names: list[str], what: str
             raise ValueError(f"{what}: no column(s) {missing}; the columns are "
                              f"{list(labels)}")
         index = data.index
+        source = data.attrs.get(SOURCE_ATTR)
+        if source is not None and _is_default_index(index):  # read from a file: 1-based
+            def label(i: int) -> str:
+                return f"data row {i + 1} of {source}"
+        else:
+            def label(i: int) -> str:
+                return f"row {index[i]!r}"
         return ({name: data[labels[name]].to_numpy() for name in names},
-                Template(data, "pandas", (), (len(data),)),
-                lambda i: f"row {index[i]!r}")
+                Template(data, "pandas", (), (len(data),)), label)
     if is_xarray(data):
         xr = require("xarray", "reading xarray data")
         available = _xarray_names(data)
@@ -271,6 +283,11 @@ def _columns(data: Any, names: list[str], what: str
         return columns, Template(data, "mapping", (), (n,)), lambda i: f"row {i}"
     raise ValueError(f"{what} must be a pandas DataFrame, an xarray Dataset/DataArray or a "
                      f"mapping of arrays, got {type(data).__name__}")
+
+
+def _is_default_index(index: Any) -> bool:
+    """Whether a pandas index is the positions 0, 1, 2, ... (no labels of the user's)."""
+    return (type(index).__name__ == "RangeIndex" and index.start == 0 and index.step == 1)
 
 
 def available_memory() -> int | None:
@@ -336,12 +353,20 @@ def _xarray_get(data: Any, name: str) -> Any:
     return data[name]
 
 
-def _numeric(column: np.ndarray, name: str, what: str) -> np.ndarray:
+def _numeric(column: np.ndarray, name: str, what: str, label: Callable[[int], str]
+             ) -> np.ndarray:
+    """The column as float64; ``ValueError`` naming the first entry that is not a number."""
     try:
         return np.asarray(column, dtype=np.float64)
     except (TypeError, ValueError):
-        raise ValueError(f"{what}: column {name!r} must be numeric, got values such as "
-                         f"{column[:3].tolist()!r}") from None
+        pass
+    for i, item in enumerate(column):
+        try:
+            float(item)
+        except (TypeError, ValueError):
+            raise ValueError(f"{what}: column {name!r} must be numeric, but holds {item!r} at "
+                             f"{label(i)}") from None
+    raise ValueError(f"{what}: column {name!r} must be numeric, got {column.dtype}")
 
 
 def _times(column: np.ndarray, schema: Schema, what: str) -> np.ndarray:
