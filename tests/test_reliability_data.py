@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -196,3 +198,69 @@ def test_a_regressor_over_a_classifier_says_so():
     rng = np.random.default_rng(7)
     with pytest.raises(ValueError, match="predicts categorical classes; NeuralProcessRegressor"):
         NeuralProcessRegressor(model).fit(rng.uniform(0, 1, (20, 2)), rng.normal(size=20))
+
+
+def _space_time_files(tmp_path, obs_times, target_times):
+    """A space-time checkpoint, and CSV observations and targets with these times as text."""
+    from bsatnp.io.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "st.safetensors", BSATNP(
+        num_blocks=1, dim=8, num_heads=2, qkv_dim=8, ffn_dim=8, embed_hidden=(8,),
+        head_hidden=(8,), dim_t=1))
+    rng = np.random.default_rng(8)
+    n, m = len(obs_times), len(target_times)
+    pd.DataFrame({"x": rng.uniform(0, 1, n), "y": rng.uniform(0, 1, n), "when": obs_times,
+                  "v": rng.normal(size=n)}).to_csv(tmp_path / "obs.csv", index=False)
+    pd.DataFrame({"x": rng.uniform(0, 1, m), "y": rng.uniform(0, 1, m), "when": target_times}
+                 ).to_csv(tmp_path / "targets.csv", index=False)
+    return ["predict", "--checkpoint", str(tmp_path / "st.safetensors"), "--observations",
+            str(tmp_path / "obs.csv"), "--values", "v", "--space", "x", "y", "--time", "when",
+            "--targets", str(tmp_path / "targets.csv"), "--output", str(tmp_path / "out.csv"),
+            "--quiet"]
+
+
+def _hours(start, n, zone=None):
+    stamps = pd.Timestamp(start, tz=zone) + pd.to_timedelta(np.arange(n), "h")
+    return [str(stamp) for stamp in stamps]
+
+
+def test_cli_times_with_a_zone_and_targets_without_one_are_refused(tmp_path, capsys):
+    """Before: a CSV's '+01:00' times were read as UTC and naive targets as UTC too (1-2 h
+    off, exit 0): the text column never became timezone-aware."""
+    from bsatnp import cli
+
+    berlin = _hours("2024-03-30 12:00", 40, "Europe/Berlin")  # +01:00, then +02:00 (DST)
+    args = _space_time_files(tmp_path, berlin, _hours("2024-03-31 00:00", 4))
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "observations' times carry a timezone but the targets' " \
+        "do not" in err, err
+    _space_time_files(tmp_path, berlin, berlin[:4])  # both zoned (two offsets): converted
+    assert cli.main(args) == 0, capsys.readouterr().err
+    mixed = _hours("2024-01-01", 40)
+    mixed[3] = "2024-01-01T03:00:00+01:00"
+    _space_time_files(tmp_path, mixed, _hours("2024-01-01", 4))
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and re.search(
+        r"time column 'when' mixes times with a timezone \('2024-01-01T03:00:00\+01:00' at "
+        r"data row 4 of \S*obs.csv\) and without one \('2024-01-01 00:00:00' at data row 1 ",
+        err), err
+
+
+@pytest.mark.parametrize("where", ["observations", "targets"])
+def test_cli_a_time_that_is_not_a_date_names_its_row(tmp_path, capsys, where):
+    """Before: "time column 'time' must be numeric or datetime64, got object" (no row), or
+    "Error parsing datetime string ... at position 0" (a position in the text)."""
+    from bsatnp import cli
+
+    obs, targets = _hours("2024-01-01", 40), _hours("2024-01-02", 4)
+    (obs if where == "observations" else targets)[2] = "yesterday"
+    args = _space_time_files(tmp_path, obs, targets)
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    name = "obs" if where == "observations" else "targets"
+    assert err.count("\n") == 1 and re.search(
+        rf"{where}: time column 'when' holds 'yesterday' at data row 3 of \S*{name}.csv, "
+        "which is not a date and time", err), err

@@ -18,7 +18,10 @@ def read_table(path: str | os.PathLike[str], time: str | None = None) -> Any:
 
     Args:
         path: The file.
-        time: A time column of a CSV to parse as datetimes when it is not numeric.
+        time: The time column. Kept for compatibility: a CSV's times stay text here and
+            are parsed where the points are read (:func:`bsatnp.data.tables.read_points`),
+            which refuses a mix of zoned and naive times and names the row of an entry that
+            is not a date.
 
     Raises:
         FileNotFoundError: If ``path`` does not exist.
@@ -37,9 +40,7 @@ def read_table(path: str | os.PathLike[str], time: str | None = None) -> Any:
             if repeated:
                 raise ValueError(f"column(s) {repeated} appear more than once in the header; "
                                  "rename them so that each column is read")
-            frame = pd.read_csv(path, encoding="utf-8-sig")
-            if time is not None and time in frame and frame[time].dtype == object:
-                frame[time] = pd.to_datetime(frame[time])
+            frame = pd.read_csv(path, encoding="utf-8-sig")  # times stay text (see time)
             frame.attrs[SOURCE_ATTR] = str(path)
             return frame
         if name.endswith(".parquet"):

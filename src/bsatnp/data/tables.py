@@ -12,7 +12,9 @@ whose value or covariate is NaN are dropped with one warning that counts them.
 
 from __future__ import annotations
 
+import datetime
 import os
+import re
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -198,8 +200,7 @@ def read_points(data: Any, schema: Schema, what: str, with_values: bool,
             check_lonlat(space, schema.space, label)
     time, time_zone = None, False
     if schema.time:
-        time = _times(columns[schema.time], schema, what)
-        time_zone = _time_zone_aware(columns[schema.time])
+        time, time_zone = _times(columns[schema.time], schema, what, label)
         _check_finite_coords(time[:, None], (schema.time,), label, what)
     covariates = None
     if schema.covariates:
@@ -369,61 +370,107 @@ def _numeric(column: np.ndarray, name: str, what: str, label: Callable[[int], st
     raise ValueError(f"{what}: column {name!r} must be numeric, got {column.dtype}")
 
 
-def _times(column: np.ndarray, schema: Schema, what: str) -> np.ndarray:
-    """Times as float64: seconds since 1970 for datetimes (NaT → NaN), numbers as given."""
+def _times(column: np.ndarray, schema: Schema, what: str, label: Callable[[int], str]
+           ) -> tuple[np.ndarray, bool]:
+    """Times as float64 and whether they carried a timezone.
+
+    Datetimes become seconds since 1970 (UTC; NaT → NaN), numbers are kept as given.
+    """
     kind = column.dtype.kind
     if kind in "iuf":
         if schema.time_kind == "datetime":
             raise ValueError(f"{what}: time column {schema.time!r} holds numbers but the model "
                              "was fitted on datetimes")
-        return column.astype(np.float64)
+        return column.astype(np.float64), False
     if kind in "MOU":
         if schema.time_kind == "number":
             raise ValueError(f"{what}: time column {schema.time!r} holds {column.dtype} values "
                              "but the model was fitted on numbers")
-        try:
-            stamps = _as_datetime64(column)
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"{what}: time column {schema.time!r}: {err}") from None
+        stamps, aware = _datetimes(column, schema.time, what, label)
         seconds = stamps.astype(np.int64) / 1e6
-        return np.where(np.isnat(stamps), np.nan, seconds)
+        return np.where(np.isnat(stamps), np.nan, seconds), aware
     raise ValueError(f"{what}: time column {schema.time!r} must be numeric or datetime64, "
                      f"got {column.dtype}")
 
 
-def _as_datetime64(column: np.ndarray) -> np.ndarray:
-    """``datetime64[us]`` (UTC) from datetime64, timezone-aware pandas values or strings.
+_ZONE = re.compile(r"\d:\d{2}(?::\d{2}(?:[.,]\d+)?)?\s*(?:[zZ]|UTC|GMT|[+-]\d{2}(?::?\d{2})?)$")
+"""The end of a time of day with a zone: ``10:00Z``, ``10:00:00+01:00``, ``10:00 UTC``."""
 
-    Microseconds span ±290,000 years, so no date wraps (nanoseconds end in 1677 and 2262).
+
+def _datetimes(column: np.ndarray, name: str, what: str, label: Callable[[int], str]
+               ) -> tuple[np.ndarray, bool]:
+    """``datetime64[us]`` (UTC) and whether the times carried a zone (then converted).
+
+    The column holds datetime64 values, datetimes or text. Microseconds span ±290,000
+    years, so no date wraps (nanoseconds end in 1677 and 2262).
+    Times with a zone and times without one in the same column are refused (they would be
+    hours apart), as is an entry that is not a date and time: both name the row.
     """
     if column.dtype.kind == "M":
-        return column.astype("datetime64[us]")
-    if _time_zone_aware(column):
-        pd = require("pandas", "timezone-aware times")
-        stamps = pd.to_datetime(column, utc=True).tz_localize(None)
-        return np.asarray(stamps.to_numpy("datetime64[ns]"), dtype="datetime64[us]")
-    return np.asarray(column, dtype="datetime64[us]")
-
-
-def _time_zone_aware(column: np.ndarray) -> bool:
-    """Whether the (object) time column holds timezone-aware values."""
-    if column.dtype.kind != "O":
-        return False
-    first = next((v for v in column if v is not None), None)
-    return getattr(first, "tzinfo", None) is not None
+        return column.astype("datetime64[us]"), False
+    values = column.astype(object)
+    present, aware = np.zeros(len(values), bool), np.zeros(len(values), bool)
+    for i, value in enumerate(values):
+        if isinstance(value, str):
+            present[i] = bool(value.strip())
+            aware[i] = present[i] and _ZONE.search(value.strip()) is not None
+        elif isinstance(value, (datetime.date, np.datetime64)):
+            present[i] = not np.isnat(np.datetime64(value, "us")) if isinstance(
+                value, np.datetime64) else value == value  # NaT != NaT
+            aware[i] = present[i] and getattr(value, "tzinfo", None) is not None
+        elif value is None or (isinstance(value, float) and np.isnan(value)):
+            continue
+        else:
+            raise ValueError(f"{what}: time column {name!r} holds {value!r} at {label(i)}, "
+                             "which is not a date and time")
+    naive = present & ~aware
+    if aware.any() and naive.any():
+        first_aware, first_naive = int(np.argmax(aware)), int(np.argmax(naive))
+        raise ValueError(f"{what}: time column {name!r} mixes times with a timezone "
+                         f"({values[first_aware]!r} at {label(first_aware)}) and without one "
+                         f"({values[first_naive]!r} at {label(first_naive)}): give every time "
+                         "its zone, or none")
+    items = [value if ok else None for value, ok in zip(values, present)]
+    if not aware.any():
+        try:  # ISO text and naive datetimes, any year
+            return np.asarray(items, dtype="datetime64[us]"), False
+        except (TypeError, ValueError, OverflowError):
+            pass
+    pd = require("pandas", "reading times with a timezone or in other formats")
+    for form in (None, "mixed"):  # one inferred format, then each entry its own
+        try:
+            stamps = pd.to_datetime(pd.Series(items, dtype=object), utc=bool(aware.any()),
+                                    format=form)
+        except (TypeError, ValueError, OverflowError):
+            continue
+        if aware.any():
+            stamps = stamps.dt.tz_localize(None)
+        return np.asarray(stamps.to_numpy(), dtype="datetime64[us]"), bool(aware.any())
+    for i, value in enumerate(items):  # find the entry that cannot be read
+        if value is None:
+            continue
+        try:
+            pd.Timestamp(value)
+        except (TypeError, ValueError, OverflowError) as err:
+            raise ValueError(f"{what}: time column {name!r} holds {value!r} at {label(i)}, "
+                             f"which is not a date and time ({err})") from None
+    raise ValueError(f"{what}: time column {name!r}: its entries are not one kind of date and "
+                     "time")
 
 
 def time_kind_of(data: Any, schema: Schema) -> str:
-    """``"datetime"`` or ``"number"``: the kind of the data's time column."""
+    """``"datetime"`` or ``"number"``: the kind of the data's time column.
+
+    Anything but numbers is read as datetimes (an entry that is not one is refused by
+    :func:`read_points`, naming its row).
+    """
     columns, _, _ = _columns(data, [schema.time], "observations")
     column = columns[schema.time]
     if column.dtype.kind in "iuf":
         return "number"
-    try:
-        _as_datetime64(column[:10])
-    except (TypeError, ValueError):
+    if column.dtype.kind not in "MOU":
         raise ValueError(f"time column {schema.time!r} must be numeric or datetime64, got "
-                         f"{column.dtype}") from None
+                         f"{column.dtype}")
     return "datetime"
 
 
