@@ -357,3 +357,25 @@ def test_the_cli_counts_targets_not_cells_of_other_variables(files, tmp_path, ca
     args = predict_args(files, tmp_path / "out.nc", targets=tmp_path / "grid.nc")
     assert cli.main(args) == 0
     assert "Wrote predictions at 80 targets from 120 observations" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("option", ["--observations", "--targets", "--input", "--data",
+                                    "info", "--checkpoint"])
+def test_a_directory_given_as_a_file_is_named_as_one(files, tmp_path, capsys, option):
+    """Before: a directory was reported as "does not exist", naming no option."""
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    if option == "--data":
+        args = finetune_args(files, tmp_path / "run")
+    elif option == "info":
+        args = ["info", str(folder)]
+    elif option == "--input":
+        args = ["predict", "--checkpoint", str(files / "bare.safetensors"), "--input",
+                str(folder), "--output", str(tmp_path / "o.csv")]
+    else:
+        args = predict_args(files, tmp_path / "o.csv")
+    if option not in ("info", "--input"):
+        args[args.index(option) + 1] = str(folder)
+    name = "checkpoint" if option in ("info", "--checkpoint") else option
+    assert cli.main(args) == 2
+    assert f"{name} {folder} is a directory, not a file" in one_line(capsys)

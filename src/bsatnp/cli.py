@@ -28,7 +28,7 @@ from bsatnp.experiment import (
     load_experiment,
 )
 from bsatnp.io.checkpoint import load_checkpoint, load_model
-from bsatnp.io.files import refuse_overwriting_inputs
+from bsatnp.io.files import existing_file, refuse_overwriting_inputs
 from bsatnp.predict import FORMAT_HELP, predict_file
 from bsatnp.pretrained import checkpoint_path
 from bsatnp.tasks import eval_batches, task_class, task_names
@@ -159,6 +159,7 @@ def _predict(args: argparse.Namespace) -> None:
         if ignored:
             raise ValueError(f"--input holds the observations and targets; {', '.join(ignored)} "
                              "would be ignored: give one form or the other")
+        existing_file(args.input, "--input")
         path = predict_file(load_model(checkpoint_path(args.checkpoint), _device(args)),
                             args.input, args.output)
         print(f"Wrote predictions to {path}")
@@ -172,6 +173,9 @@ def _predict(args: argparse.Namespace) -> None:
 
     check_crs(args.crs, "--crs")
     check_crs(args.target_crs, "--target-crs")
+    existing_file(args.observations, "--observations")
+    if args.targets is not None:
+        existing_file(args.targets, "--targets")
     refuse_overwriting_inputs(args.output, {"--observations": args.observations,
                                             "--targets": args.targets})
     predictor = _predictor(args)
@@ -247,6 +251,7 @@ def _working_memory(args: argparse.Namespace, conditioned: Any, targets: Any,
 def _finetune(args: argparse.Namespace) -> None:
     from bsatnp.data.files import read_table
 
+    existing_file(args.data, "--data")
     predictor = _predictor(args)
     roles = _roles(args)
     time = roles.get("time") or (predictor.schema.time if predictor.schema else None)

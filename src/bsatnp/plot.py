@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from bsatnp.io.files import existing_file
 from bsatnp.metrics import categorical_metrics, gaussian_metrics
 from bsatnp.models.base import model_device
 from bsatnp.tasks import Task
@@ -163,8 +164,7 @@ def plot_learning_curve(log_jsonl: str | os.PathLike[str] | Sequence[str | os.Pa
 
 
 def _read_log(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        raise FileNotFoundError(f"training log {path} does not exist")
+    existing_file(path, "training log")
     records = []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if line.strip():

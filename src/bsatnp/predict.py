@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from bsatnp.batch import ROLES, Batch
-from bsatnp.io.files import refuse_overwriting_inputs, write_atomic
+from bsatnp.io.files import existing_file, refuse_overwriting_inputs, write_atomic
 from bsatnp.models.base import NeuralProcess, model_device
 
 FORMAT_HELP = """\
@@ -50,9 +50,7 @@ def read_points(path: str | os.PathLike[str], model: NeuralProcess) -> Batch:
         FileNotFoundError: If ``path`` does not exist.
         ValueError: On an unknown extension, missing columns/arrays or non-numeric values.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"input file {path} does not exist")
+    path = existing_file(path, "input file")
     readers = {".csv": _read_csv, ".npz": _read_npz}
     if path.suffix not in readers:
         raise ValueError(f"{path}: unsupported input format {path.suffix!r}; use .csv or .npz")

@@ -8,7 +8,7 @@ from typing import Any
 
 from bsatnp.data.geo import require
 from bsatnp.data.tables import SOURCE_ATTR, available_memory, is_pandas, is_xarray
-from bsatnp.io.files import write_atomic
+from bsatnp.io.files import existing_file, write_atomic
 
 READABLE = (".csv", ".csv.gz", ".parquet", ".nc")
 
@@ -24,12 +24,10 @@ def read_table(path: str | os.PathLike[str], time: str | None = None) -> Any:
             is not a date.
 
     Raises:
-        FileNotFoundError: If ``path`` does not exist.
+        FileNotFoundError: If ``path`` does not exist (``IsADirectoryError``: a directory).
         ValueError: On an unknown extension or an unreadable file.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist")
+    path = existing_file(path)
     name = path.name.lower()
     try:
         if name.endswith((".csv", ".csv.gz")):

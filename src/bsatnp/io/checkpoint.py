@@ -42,7 +42,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
 import bsatnp
-from bsatnp.io.files import write_atomic
+from bsatnp.io.files import existing_file, write_atomic
 from bsatnp.models.registry import build_model, config_from_dict, config_to_dict
 
 FORMAT = "bsatnp-checkpoint"
@@ -268,9 +268,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
             number, an RNG state that is not a 1-D ``uint8`` tensor, nested JSON too deep).
     """
     st = _safetensors()
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist (or is not a file)")
+    path = existing_file(path, "checkpoint")
     try:
         with st.safe_open(str(path), framework="pt", device="cpu") as file:
             metadata = file.metadata() or {}

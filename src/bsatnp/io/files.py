@@ -111,6 +111,27 @@ def process_alive(pid: int) -> bool:
     return True
 
 
+def existing_file(path: str | os.PathLike[str], what: str = "") -> Path:
+    """``path`` as a path, after checking that it is a file to read.
+
+    Args:
+        path: The file.
+        what: What it is, for messages (``"checkpoint"``, ``"--observations"``).
+
+    Raises:
+        IsADirectoryError: If it is a directory (said so, not reported as missing).
+        FileNotFoundError: If nothing is there, or something that is not a regular file.
+    """
+    path = Path(path)
+    name = f"{what} {path}" if what else str(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{name} is a directory, not a file: give a file in it")
+    if not path.is_file():
+        raise FileNotFoundError(f"{name} is not a regular file" if path.exists()
+                                else f"{name} does not exist")
+    return path
+
+
 def refuse_overwriting_inputs(output: str | os.PathLike[str],
                               inputs: dict[str, str | os.PathLike[str] | None]) -> Path:
     """``output`` as a path, after checking that writing it cannot destroy an input.
