@@ -280,6 +280,7 @@ def test_a_stale_lock_is_reported_and_taken_over(tmp_path):
     ("bad crs", ["--crs", "nonsense"], "--crs 'nonsense' is not a coordinate reference"),
     ("duplicate column", [], "column(s) ['v'] appear more than once"),
     ("observations beside input", [], "--observations, --targets would be ignored"),
+    ("interval beside input", [], "--interval, --samples would be ignored"),
 ])
 def test_cli_refuses_what_it_would_ignore_or_misread(files, tmp_path, capsys, case, extra,
                                                      message):
@@ -295,6 +296,10 @@ def test_cli_refuses_what_it_would_ignore_or_misread(files, tmp_path, capsys, ca
         args[args.index("--observations") + 1] = str(tmp_path / "dup.csv")
     if case == "observations beside input":
         args = [*args, "--input", str(files / "targets.csv")]
+    if case == "interval beside input":  # before: exit 0, neither written
+        args = ["predict", "--checkpoint", str(files / "bare.safetensors"), "--input",
+                str(files / "targets.csv"), "--output", str(tmp_path / "o.csv"), "--interval",
+                "0.9", "--samples", "3"]
     try:
         code = cli.main([*args, *extra])
     except SystemExit as exit_:  # argument errors leave through argparse

@@ -153,12 +153,23 @@ def _predict(args: argparse.Namespace) -> None:
     if args.input is not None:  # one split CSV/NPZ in model units (the original form)
         if args.checkpoint is None:
             raise ValueError("--input needs --checkpoint")
-        ignored = [option for option, value in (("--observations", args.observations),
-                                                ("--targets", args.targets),
-                                                ("--grid", args.grid)) if value is not None]
+        ignored = [option for option, value, default in (
+            ("--values", args.values, None), ("--space", args.space, None),
+            ("--crs", args.crs, None),
+            ("--time", args.time, None), ("--covariates", args.covariates, None),
+            ("--units", args.units, None), ("--space-scale", args.space_scale, "auto"),
+            ("--transform", args.transform, "none"), ("--target-crs", args.target_crs, None),
+            ("--quantiles", args.quantiles, None), ("--interval", args.interval, None),
+            ("--samples", args.samples, 0), ("--seed", args.seed, None),
+            ("--chunk-size", args.chunk_size, None), ("--neighbours", args.neighbours, "auto"),
+            ("--time-window", args.time_window, None), ("--max-memory", args.max_memory, None),
+            ("--observations", args.observations, None), ("--targets", args.targets, None),
+            ("--grid", args.grid, None),
+        ) if value != default]
         if ignored:
-            raise ValueError(f"--input holds the observations and targets; {', '.join(ignored)} "
-                             "would be ignored: give one form or the other")
+            raise ValueError(f"--input holds the observations and targets (in model units; it "
+                             f"writes mean and std); {', '.join(ignored)} would be ignored: "
+                             "give one form or the other")
         existing_file(args.input, "--input")
         path = predict_file(load_model(checkpoint_path(args.checkpoint), _device(args)),
                             args.input, args.output)
