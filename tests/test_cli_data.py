@@ -70,6 +70,8 @@ def test_predict_targets_csv_and_parquet(files):
     (["--max-memory", "5GB", "--grid", "lon=116:117:5000,lat=39.5:40.5:5000", "--output",
       "x.csv"], "outputs held whole for .csv (a --grid written to .nc streams)"),
     (["--time-window", "2h"], "time_window needs a model that reads time"),
+    (["--max-memory", "5GB", "--samples", "10000", "--grid", "lon=116:117:80,lat=39.5:40.5:50"],
+     "of outputs held whole for .nc (--samples are drawn whole)"),  # before: not counted
 ])
 def test_predict_user_errors_are_one_line_exit_2(files, capsys, args, message):
     base = ["predict", "--checkpoint", str(files / "bare.safetensors"), "--observations",

@@ -384,3 +384,27 @@ def test_a_directory_given_as_a_file_is_named_as_one(files, tmp_path, capsys, op
     name = "checkpoint" if option in ("info", "--checkpoint") else option
     assert cli.main(args) == 2
     assert f"{name} {folder} is a directory, not a file" in one_line(capsys)
+
+
+def test_a_netcdf_larger_than_the_free_disk_is_refused_before_any_block(files, tmp_path,
+                                                                          capsys, monkeypatch):
+    """Before: a 1e10-point grid to .nc started writing an 80 GB file (the disk filled)."""
+    from collections import namedtuple
+
+    from bsatnp.data import files as data_files
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(data_files.shutil, "disk_usage",
+                        lambda path: usage(2**30, 2**30 - 50_000, 50_000))
+    output = tmp_path / "grid.nc"
+    output.write_bytes(b"previous")
+    args = predict_args(files, output)
+    args[args.index("--targets"):args.index("--targets") + 2] = ["--grid",
+                                                                 "x=0:3:100,y=0:3:100"]
+    assert cli.main(args) == 2
+    err = one_line(capsys)
+    assert f"cannot write {output}: it needs about 0.0 GiB but its disk has 0.0 GiB" in err
+    assert output.read_bytes() == b"previous"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["grid.nc"]
+    monkeypatch.undo()  # the real free space
+    assert cli.main(args) == 0, capsys.readouterr().err

@@ -225,8 +225,9 @@ def _predict(args: argparse.Namespace) -> None:
 
 
 HELD_BYTES_PER_TARGET = 256
-"""Memory of one target's outputs held whole for a CSV/Parquet file: its DataFrame row and
-text (measured: 1,000,000 grid targets to CSV took 205 MB above the process's base)."""
+"""Memory of one target's outputs (mean and std) held whole for a CSV/Parquet file: its
+DataFrame row and text (measured: 1,000,000 grid targets to CSV took 205 MB above the
+process's base). Each quantile, interval bound or sample adds half of it."""
 
 
 def _working_memory(args: argparse.Namespace, conditioned: Any, targets: Any,
@@ -245,13 +246,15 @@ def _working_memory(args: argparse.Namespace, conditioned: Any, targets: Any,
 
     bound, held = parse_bytes(args.max_memory), resident_memory()
     left = bound - held
-    outputs = 0 if streamed else HELD_BYTES_PER_TARGET * count_targets(
-        targets, conditioned.schema)
+    numbers = 2 + len(args.quantiles or ()) + 2 * (args.interval is not None) + args.samples
+    per_target = HELD_BYTES_PER_TARGET // 2 * numbers * max(1, len(conditioned.schema.values))
+    outputs = 0 if streamed else per_target * count_targets(targets, conditioned.schema)
     if left <= 0 or outputs > left // 2:
         need = held + (2 * outputs if outputs else 64 * 2**20)
+        why = ("--samples are drawn whole" if args.samples
+               else "a --grid written to .nc streams")
         reason = (f"the {outputs / 2**20:,.0f} MiB of outputs held whole for "
-                  f"{Path(args.output).suffix} (a --grid written to .nc streams)"
-                  if outputs else "the predictions")
+                  f"{Path(args.output).suffix} ({why})" if outputs else "the predictions")
         raise ValueError(f"--max-memory {args.max_memory}: this process already holds "
                          f"{held / 2**20:,.0f} MiB (libraries, model, observations), which "
                          f"leaves too little for {reason}; give at least "

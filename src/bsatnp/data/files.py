@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +87,7 @@ def write_table(data: Any, path: str | os.PathLike[str]) -> Path:
     if suffix == ".nc":  # written at the temp path: a lazy Dataset goes block by block
         xr = require("xarray", "writing netCDF files")
         dataset = xr.Dataset.from_dataframe(data) if is_pandas(data) else data
+        _check_disk_space(path, int(dataset.nbytes))  # known before a lazy block is computed
         engine = _netcdf_engine()
         write_atomic(path, lambda at: dataset.to_netcdf(at, engine=engine))
         return path
@@ -98,6 +100,18 @@ def write_table(data: Any, path: str | os.PathLike[str]) -> Path:
         payload = frame.to_parquet()
     write_atomic(path, bytes(payload))
     return path
+
+
+def _check_disk_space(path: Path, needed: int) -> None:
+    """Refuse an output whose ``needed`` bytes exceed the free space of its file system."""
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        return
+    if needed > free:
+        raise ValueError(f"cannot write {path}: it needs about {needed / 2**30:,.1f} GiB but "
+                         f"its disk has {free / 2**30:,.1f} GiB free; predict fewer targets "
+                         "(a coarser or smaller grid) or write to another disk")
 
 
 def _netcdf_engine() -> str:
