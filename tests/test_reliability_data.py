@@ -264,3 +264,56 @@ def test_cli_a_time_that_is_not_a_date_names_its_row(tmp_path, capsys, where):
     assert err.count("\n") == 1 and re.search(
         rf"{where}: time column 'when' holds 'yesterday' at data row 3 of \S*{name}.csv, "
         "which is not a date and time", err), err
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("space_scale", (1e-300, 1e-300), r"observations: role 's' overflows float32 in model "
+     r"units, although the data are within float32 \(largest \|s\| = [0-9.]+ in their "
+     r"units\): the stored normaliser \(the checkpoint's\) maps them out of range"),
+    ("value_scale", (1e300,), r"prediction 'mean' is not finite at 4 target\(s\): the stored "
+     r"normaliser \(the checkpoint's\) maps moderate outputs .* value scale 1e\+300"),
+])
+def test_a_broken_normaliser_is_blamed_not_the_data(tmp_path, capsys, field, value, message):
+    """Before: "role 's' overflows float32 after normalisation; check the units of that
+    column" and "the values overflow float32 there: rescale them" for moderate data (and
+    numpy's overflow warnings on stderr besides)."""
+    from dataclasses import replace
+
+    from bsatnp import cli
+
+    predictor = tiny()
+    rng = np.random.default_rng(9)
+    obs = pd.DataFrame({"x": rng.uniform(0, 3, 30), "y": rng.uniform(0, 3, 30),
+                        "v": rng.normal(size=30)})
+    obs.to_csv(tmp_path / "obs.csv", index=False)
+    obs.iloc[:4][["x", "y"]].to_csv(tmp_path / "targets.csv", index=False)
+    predictor.fit_normalizer(obs, values="v", space=("x", "y"))
+    predictor.normalizer = replace(predictor.normalizer, **{field: value})
+    predictor.save(tmp_path / "broken.safetensors")
+    code = cli.main(["predict", "--checkpoint", str(tmp_path / "broken.safetensors"),
+                     "--observations", str(tmp_path / "obs.csv"), "--targets",
+                     str(tmp_path / "targets.csv"), "--output", str(tmp_path / "out.csv"),
+                     "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert re.search(message, err), err
+
+
+def test_the_cli_refuses_an_overflowing_inverse_transform_in_one_line(tmp_path, capsys):
+    """Before: the refusal came after two lines of numpy's 'overflow encountered in cast'."""
+    from bsatnp import cli
+    from bsatnp.io.checkpoint import save_checkpoint
+
+    save_checkpoint(tmp_path / "m.safetensors", tiny().model)
+    rng = np.random.default_rng(1)
+    obs = pd.DataFrame({"x": rng.uniform(0, 1, 60), "y": rng.uniform(0, 1, 60),
+                        "v": 10.0 ** rng.uniform(-37, 37, 60)})
+    obs.to_csv(tmp_path / "obs.csv", index=False)
+    obs.iloc[:3][["x", "y"]].to_csv(tmp_path / "targets.csv", index=False)
+    code = cli.main(["predict", "--checkpoint", str(tmp_path / "m.safetensors"),
+                     "--observations", str(tmp_path / "obs.csv"), "--values", "v", "--space",
+                     "x", "y", "--transform", "log", "--targets", str(tmp_path / "targets.csv"),
+                     "--interval", "0.99", "--output", str(tmp_path / "out.csv"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert "inverse 'log' transform overflows float32" in err

@@ -54,7 +54,7 @@ from bsatnp.data.tables import (
     time_kind_of,
 )
 from bsatnp.io.checkpoint import load_checkpoint, save_checkpoint
-from bsatnp.models.base import ConditionedModel, NeuralProcess, model_device
+from bsatnp.models.base import MODERATE_INPUT, ConditionedModel, NeuralProcess, model_device
 from bsatnp.progress import tqdm_class
 
 DEFAULT_CHUNK = 16384
@@ -387,7 +387,9 @@ class Conditioned:
                  points: Points) -> None:
         self.predictor, self.schema, self.normalizer = predictor, schema, normalizer
         self.n_context, self.time_zone = points.n, points.time_zone
+        self.largest_value = _largest(points.values)
         arrays = normalizer.inputs(points, schema)
+        _check_normalised(arrays, points, stored=predictor.normalizer is not None)
         self.warnings = predictor.envelope_warnings(points.n, arrays)
         for message in self.warnings:
             warnings.warn(message, stacklevel=3)
@@ -502,6 +504,14 @@ class Conditioned:
     def _gaussian(self, template: Any, mean: np.ndarray, std: np.ndarray,
                   levels: list[float], interval: float | None, n_samples: int,
                   seed: int | None) -> Any:
+        with np.errstate(over="ignore", invalid="ignore"):  # refused below, with the cause
+            return self._gaussian_outputs(template, mean, std, levels, interval, n_samples,
+                                          seed)
+
+    def _gaussian_outputs(self, template: Any, mean: np.ndarray, std: np.ndarray,
+                          levels: list[float], interval: float | None, n_samples: int,
+                          seed: int | None) -> Any:
+        """The outputs in the data's units; one that is not finite is refused with its cause."""
         norm = self.normalizer
         loc, scale = norm.gaussian(mean.astype(np.float64), std.astype(np.float64))
         user_mean, user_std = norm.moments(loc, scale)
@@ -529,7 +539,10 @@ class Conditioned:
                 outputs[prefix + name] = array.astype(np.float32)
                 attrs[prefix + name] = {**units, "long_name": f"{value} {name}"}
         for name, array in outputs.items():
-            _check_finite_output(name, array, norm.value_transform)
+            if not np.isfinite(array).all():
+                _check_finite_output(name, array, _output_overflow_cause(
+                    norm, self.predictor.normalizer is not None, self.largest_value, mean,
+                    std))
             if name.endswith("samples"):
                 attrs[name]["samples_are"] = "marginal (independent across targets)"
         return template.build(outputs, extra, attrs)
@@ -569,10 +582,12 @@ class LocallyConditioned(Conditioned):
                  time_window: float | None = None) -> None:
         self.predictor, self.schema, self.normalizer = predictor, schema, normalizer
         self.n_context, self.time_zone = points.n, points.time_zone
+        self.largest_value = _largest(points.values)
         self.warnings: list[str] = []
         self.device = model_device(predictor.model)
         self.rescale = rescale and not predictor.great_circle
         self.context = normalizer.inputs(points, schema)
+        _check_normalised(self.context, points, stored=predictor.normalizer is not None)
         _check_model_range({role: _tensor(value, self.device)
                             for role, value in self.context.items()}, "observations")
         self.time_window = time_window
@@ -659,17 +674,68 @@ def _check_fits_in_memory(n_targets: int, per_target: int) -> None:
                          "at a time (a coarser grid, or pieces), or fewer samples")
 
 
-def _check_finite_output(name: str, array: np.ndarray, transform: str) -> None:
+def _check_finite_output(name: str, array: np.ndarray, cause: str) -> None:
     """Refuse an output that is not finite (in float32), naming the cause."""
     bad = ~np.isfinite(array)
     if not bad.any():
         return
     count = int(bad.sum())
-    cause = (f"the inverse {transform!r} transform overflows float32 there: the values span "
-             "too many orders of magnitude for it (fit on a narrower range, or use "
-             "value_transform='none')" if transform != "none"
-             else "the values overflow float32 there: rescale them (e.g. other units)")
     raise ValueError(f"prediction {name!r} is not finite at {count:,} target(s): {cause}")
+
+
+def _largest(values: np.ndarray | None) -> float:
+    """The largest finite ``|value|`` (0 for none)."""
+    if values is None or not values.size:
+        return 0.0
+    finite = np.abs(values[np.isfinite(values)])
+    return float(finite.max()) if finite.size else 0.0
+
+
+def _output_overflow_cause(norm: Normalizer, stored: bool, largest_value: float,
+                           mean: np.ndarray, std: np.ndarray) -> str:
+    """Why outputs in the data's units overflow float32: transform, data, model or normaliser."""
+    if norm.value_transform != "none":
+        return (f"the inverse {norm.value_transform!r} transform overflows float32 there: the "
+                "values span too many orders of magnitude for it (fit on a narrower range, or "
+                "use value_transform='none')")
+    if largest_value * MODERATE_INPUT > np.finfo(np.float32).max:
+        return "the values overflow float32 there: rescale them (e.g. other units)"
+    model_units = max(_largest(mean), _largest(std))
+    if model_units > MODERATE_INPUT:
+        return (f"the model's outputs are huge in model units (up to {model_units:.3g}) for "
+                f"observed values of at most {largest_value:.3g}: the model itself is broken "
+                "(diverged weights): use an earlier checkpoint")
+    whose = "the stored normaliser (the checkpoint's)" if stored else "the normaliser"
+    return (f"{whose} maps moderate outputs (up to {model_units:.3g} in model units) out of "
+            f"float32 with value scale {', '.join(f'{v:.3g}' for v in norm.value_scale)}, "
+            f"for observed values of at most {largest_value:.3g}: it was fitted on very "
+            "different data, or is damaged; refit it (Predictor.fit_normalizer)")
+
+
+def _check_normalised(arrays: dict[str, np.ndarray], points: Points, stored: bool) -> None:
+    """Refuse observations that overflow float32 in model units, naming the cause.
+
+    A normaliser fitted on the observations maps them to moderate values, so an overflow
+    means values beyond float32 in their own units (blame the data); a stored one (the
+    checkpoint's) that maps data within float32 out of range does not fit them, or is
+    damaged (blame it, not the data).
+    """
+    limit = float(np.finfo(np.float32).max)
+    given = {"s": points.space, "t": points.time, "x": points.covariates, "f": points.values}
+    for role, array in arrays.items():
+        with np.errstate(invalid="ignore"):
+            if bool((np.abs(array) <= limit).all()):
+                continue
+        largest = _largest(given.get(role))
+        if stored and largest <= limit:
+            raise ValueError(f"observations: role {role!r} overflows float32 in model units, "
+                             f"although the data are within float32 (largest |{role}| = "
+                             f"{largest:.3g} in their units): the stored normaliser (the "
+                             "checkpoint's) maps them out of range, so it was fitted on very "
+                             "different data or is damaged; refit it (Predictor.fit_normalizer) "
+                             "or use another checkpoint")
+        raise ValueError(f"observations: role {role!r} overflows float32 after normalisation; "
+                         "check the units of that column")
 
 
 def _as_names(value: Any) -> tuple[str, ...]:
@@ -686,8 +752,13 @@ def _plain(value: Any) -> Any:
 
 
 def _tensor(array: np.ndarray, device: torch.device) -> Tensor:
-    """``[N, D]`` float64 → ``[1, N, D]`` float32 on ``device``."""
-    return torch.as_tensor(np.ascontiguousarray(array, dtype=np.float32), device=device)[None]
+    """``[N, D]`` float64 → ``[1, N, D]`` float32 on ``device`` (an overflow becomes inf).
+
+    :func:`_check_model_range` refuses it, naming the role.
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        cast = np.ascontiguousarray(array, dtype=np.float32)
+    return torch.as_tensor(cast, device=device)[None]
 
 
 def _check_model_range(tensors: dict[str, Tensor], what: str) -> None:
