@@ -408,3 +408,22 @@ def test_a_netcdf_larger_than_the_free_disk_is_refused_before_any_block(files, t
     assert sorted(p.name for p in tmp_path.iterdir()) == ["grid.nc"]
     monkeypatch.undo()  # the real free space
     assert cli.main(args) == 0, capsys.readouterr().err
+
+
+def test_cli_warnings_are_one_line_each(files, tmp_path):
+    """Before: a warning took two lines (its file and line, then the source line
+    ``claim(out_dir)``), so a refusal after it was three."""
+    import socket
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / run_dir.LOCK_NAME).write_text(json.dumps({
+        "pid": dead_pid(), "host": socket.gethostname(), "since": "2026-01-01 00:00:00"}))
+    args = finetune_args(files, out)
+    args[args.index("--steps") + 1] = "2"
+    child = subprocess.run([sys.executable, "-m", "bsatnp", *args], capture_output=True,
+                           text=True)  # warnings reach stderr only outside pytest
+    assert child.returncode == 0, child.stderr
+    lines = child.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        f"bsatnp finetune: warning: {out / run_dir.LOCK_NAME}: a stale lock of process"), lines

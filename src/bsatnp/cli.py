@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     one line on stderr naming the file, line or argument; ``--debug`` shows the traceback.
     """
     args = _parser().parse_args(argv)
+    shown = warnings.formatwarning
+    if not getattr(args, "debug", False):  # a warning is one line too, without source code
+        warnings.formatwarning = lambda message, *_, **__: (
+            f"bsatnp {args.name}: warning: {' '.join(str(message).split())}\n")
     try:
         args.command(args)
     except (ValueError, OSError, ImportError) as err:
@@ -57,6 +62,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = " ".join(str(err).split())  # one line
         print(f"bsatnp {args.name}: error: {message}", file=sys.stderr)
         return 2
+    finally:
+        warnings.formatwarning = shown
     return 0
 
 
