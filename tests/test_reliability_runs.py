@@ -427,3 +427,21 @@ def test_cli_warnings_are_one_line_each(files, tmp_path):
     lines = child.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith(
         f"bsatnp finetune: warning: {out / run_dir.LOCK_NAME}: a stale lock of process"), lines
+
+
+@pytest.mark.parametrize("command, extra, message", [
+    ("finetune", ["--crs", "nonsense"], "--crs 'nonsense' is not a coordinate reference"),
+    ("predict", ["--samples", "2", "--seed", "abc"], "argument --seed: expected an integer, "
+                                                     "got 'abc'"),
+])
+def test_option_errors_name_the_option_in_every_command(files, tmp_path, capsys, command,
+                                                        extra, message):
+    """Before: finetune said "crs 'nonsense' ..." (no option); "expected a int"."""
+    args = (finetune_args(files, tmp_path / "run") if command == "finetune"
+            else predict_args(files, tmp_path / "o.csv"))
+    try:
+        code = cli.main([*args, *extra])
+    except SystemExit as exit_:
+        code = exit_.code
+    assert code == 2
+    assert message in one_line(capsys)

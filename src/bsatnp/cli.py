@@ -271,8 +271,10 @@ def _working_memory(args: argparse.Namespace, conditioned: Any, targets: Any,
 
 def _finetune(args: argparse.Namespace) -> None:
     from bsatnp.data.files import read_table
+    from bsatnp.data.geo import check_crs
 
     existing_file(args.data, "--data")
+    check_crs(args.crs, "--crs")
     predictor = _predictor(args)
     roles = _roles(args)
     time = roles.get("time") or (predictor.schema.time if predictor.schema else None)
@@ -439,7 +441,8 @@ def _positive(kind: type, zero: bool = False) -> Any:
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
+            expected = "an integer" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
         if not (value >= 0 if zero else value > 0):
             raise argparse.ArgumentTypeError(f"must be {'>=' if zero else '>'} 0, got {text}")
         return value
