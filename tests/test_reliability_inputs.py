@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from conftest import edited_checkpoint, random_batch
+from conftest import ROOT, edited_checkpoint, random_batch
 
 from bsatnp import Batch, cli
 from bsatnp.models import BSATNP, BSATNPConfig
@@ -277,3 +277,18 @@ def test_own_data_file_errors_name_the_file_and_its_1_based_row(checkpoint, tmp_
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
     assert __import__("re").search(message, err.strip()), err
+
+
+def test_the_readme_predicts_first_with_the_call_that_raises():
+    """The raw forward ``model(batch)`` returns NaN for |f| >= 1e21 (it is the training path,
+    where a non-finite step is skipped); the README's first example used it alone. Now it
+    shows ``model.predict`` first, which raises naming the cause (issue 28, item 5)."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    first = text[text.index("```python") + 9:]
+    first = first[:first.index("```")]
+    assert "model.predict(batch)" in first
+    assert first.index("model.predict(batch)") < first.index("model(batch)")
+    model = BSATNP(num_blocks=1).eval()
+    batch = random_batch(seed=2)
+    with pytest.raises(ValueError, match=r"not finite.*largest \|f_ctx\| = [0-9.]+e\+21"):
+        model.predict(batch.map(f_ctx=batch.f_ctx * 1e21))
