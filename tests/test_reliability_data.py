@@ -317,3 +317,28 @@ def test_the_cli_refuses_an_overflowing_inverse_transform_in_one_line(tmp_path, 
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1, err
     assert "inverse 'log' transform overflows float32" in err
+
+
+def test_a_classifier_over_numeric_values_says_so_in_the_cli(tmp_path, capsys):
+    """Before: "the model predicts 3 classes ...; the data have 1 value column(s) with
+    classes ('-0.117...', '0.030...', ...) and 72 more": measurements listed as classes."""
+    from bsatnp import cli
+    from bsatnp.io.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "c.safetensors", BSATNP(
+        num_blocks=1, dim=8, num_heads=2, qkv_dim=8, ffn_dim=8, embed_hidden=(8,),
+        head_hidden=(8,), dim_f=3, likelihood="categorical"))
+    rng = np.random.default_rng(10)
+    obs = pd.DataFrame({"x": rng.uniform(0, 1, 30), "y": rng.uniform(0, 1, 30),
+                        "v": rng.normal(size=30)})
+    obs.to_csv(tmp_path / "obs.csv", index=False)
+    obs.iloc[:3][["x", "y"]].to_csv(tmp_path / "targets.csv", index=False)
+    code = cli.main(["predict", "--checkpoint", str(tmp_path / "c.safetensors"),
+                     "--observations", str(tmp_path / "obs.csv"), "--values", "v", "--space",
+                     "x", "y", "--targets", str(tmp_path / "targets.csv"), "--output",
+                     str(tmp_path / "out.csv"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert "this model is a classifier of 3 labels, but the value column 'v' holds numbers " \
+           "(30 distinct)" in err

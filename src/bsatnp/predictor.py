@@ -213,6 +213,13 @@ class Predictor:
                 raise ValueError(f"the model reads {want} {what} column(s) (dim_{role}={want}) "
                                  f"but the schema names {needs[role]}")
         if self.model.likelihood == "categorical":
+            if len(schema.values) == 1 and len(schema.classes) > config.dim_f and all(
+                    _is_number(label) for label in schema.classes) and not all(
+                    float(label).is_integer() for label in schema.classes):  # measurements
+                raise ValueError(f"this model is a classifier of {config.dim_f} labels, but the "
+                                 f"value column {schema.values[0]!r} holds numbers "
+                                 f"({len(schema.classes):,} distinct): give a column of class "
+                                 "labels, or use a model of numeric values (bsatnp models)")
             if len(schema.values) != 1 or len(schema.classes) != config.dim_f:
                 shown = repr(tuple(schema.classes[:8])) + (
                     f" and {len(schema.classes) - 8} more" if len(schema.classes) > 8 else "")
@@ -736,6 +743,14 @@ def _check_normalised(arrays: dict[str, np.ndarray], points: Points, stored: boo
                              "or use another checkpoint")
         raise ValueError(f"observations: role {role!r} overflows float32 after normalisation; "
                          "check the units of that column")
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _as_names(value: Any) -> tuple[str, ...]:
