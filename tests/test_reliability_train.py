@@ -320,6 +320,10 @@ def _nested(metadata, tensors):
     metadata["extra"] = "[" * 10_000 + "]" * 10_000
 
 
+def _extra_list(metadata, tensors):
+    metadata["extra"] = "[1, 2, 3]"  # before: AttributeError in Predictor.load / bsatnp info
+
+
 def _scheduler_step(metadata, tensors):
     scheduler = json.loads(metadata["scheduler"])
     scheduler["last_epoch"] = 7
@@ -332,6 +336,7 @@ def _scheduler_step(metadata, tensors):
     (_rng, r"rng\['data'\] is not a valid torch generator state"),
     (_optimizer_shapes, r"optimizer state does not fit: 'exp_avg' of parameter \d+ has shape"),
     (_nested, "'extra' is damaged: its JSON is nested too deeply"),
+    (_extra_list, "'extra' must be a mapping, got list"),
     (_scheduler_step, "scheduler is at step 7 but the checkpoint at step 2"),
 ])
 def test_a_damaged_checkpoint_field_is_one_clear_value_error(tmp_path, damage, message):

@@ -305,6 +305,10 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     if not isinstance(fields["model_config"], dict):
         raise ValueError(f"{path}: checkpoint field 'model_config' must be a mapping, got "
                          f"{type(fields['model_config']).__name__}")
+    for key in ("extra", "train_config"):  # None when not given at save time
+        if fields[key] is not None and not isinstance(fields[key], dict):
+            raise ValueError(f"{path}: checkpoint field {key!r} must be a mapping, got "
+                             f"{type(fields[key]).__name__}")
     if trainer_state is not None and not isinstance(trainer_state, dict):
         raise ValueError(f"{path}: checkpoint field 'trainer_state' must be a mapping")
     rng = {k[len("rng/"):]: v for k, v in tensors.items() if k.startswith("rng/")}
