@@ -96,7 +96,7 @@ def test_a_full_disk_keeps_the_previous_output(files, tmp_path, capsys, monkeypa
     monkeypatch.setattr(io_files.os, "fsync", full)
     assert cli.main(predict_args(files, output) + ["--interval", "0.5"]) == 2
     err = one_line(capsys)
-    assert f"cannot write {output}" in err and "No space left" in err
+    assert f"error: cannot write {output}" in err and "No space left" in err  # no "[Errno 28]"
     assert "previous file is kept" in err
     assert output.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == [output.name]

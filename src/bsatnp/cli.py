@@ -59,7 +59,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError, ImportError) as err:
         if getattr(args, "debug", False):
             raise
-        message = " ".join(str(err).split())  # one line
+        text = (err.strerror if isinstance(err, OSError) and err.filename is None
+                and err.strerror else str(err))  # not "[Errno 28] cannot write ..."
+        message = " ".join(text.split())  # one line
         print(f"bsatnp {args.name}: error: {message}", file=sys.stderr)
         return 2
     finally:
