@@ -20,10 +20,11 @@ the same observed rows, field by field (variograms and GP hyperparameters fitted
 
 - ``bsatnp_local``: a shipped model (``--model``) with local conditioning (``--neighbours``);
 - ``bsatnp_tuned``: that model fine-tuned on the training rows with ``gap`` tasks
-  (``--tune-steps``; the run in ``--runs``/<dataset>_gap<steps> resumes if it is there, or
+  (``--tune-steps``; the run in ``--runs``/<dataset>_gap<steps>_<model>_<sha256 of its
+  file, 8 digits> resumes if it is there, or
   its best state is used once finished), then predicting with local conditioning; for
   ERA5 the training rows are the 6-hourly frames of days 1-25 (``group="frame"``: each
-  task from one frame; run ``era5_gap<steps>``, shared by both ERA5 datasets);
+  task from one frame; run ``era5_gap<steps>_...``, shared by both ERA5 datasets);
 - ``bsatnp_global``: the same model conditioned on ``--global-context`` random rows (the
   README path of the last release);
 - ``kriging``: ordinary kriging (PyKrige) of each tile of test points from its local
@@ -179,6 +180,16 @@ def era5_training(args: argparse.Namespace) -> Any:
                          "v": t2m.reshape(-1), "frame": np.repeat(np.arange(len(t2m)), len(xy))})
 
 
+def _digest(name: str) -> str:
+    """The first 8 hex digits of the SHA-256 of a model's file: a fine-tuning run resumes
+    only from the weights it started from (a reshipped model starts a new run)."""
+    import hashlib
+
+    from bsatnp.pretrained import checkpoint_path
+
+    return hashlib.sha256(Path(checkpoint_path(name)).read_bytes()).hexdigest()[:8]
+
+
 _TUNED: dict[Path, Any] = {}
 """Fine-tuned predictors by run directory (ERA5 predicts 12 fields with one)."""
 
@@ -194,7 +205,7 @@ def tuned(args: argparse.Namespace, xy, f) -> Any:
 
     torch.set_num_threads(args.threads)
     fields = args.dataset.startswith("era5")  # both ERA5 datasets share the training frames
-    base = "" if args.model == "gp2d" else f"_{Path(args.model).stem}"  # runs per base model
+    base = f"_{Path(args.model).stem}_{_digest(args.model)}"  # a run per base model's weights
     out = Path(args.runs) / f"{'era5' if fields else args.dataset}_gap{args.tune_steps}{base}"
     resume = (out / "last.safetensors").is_file()
     if out not in _TUNED and resume and (out / "best.safetensors").is_file() and \
@@ -359,7 +370,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", choices=sorted(DATASETS), default="heaton")
     parser.add_argument("--methods", default=",".join(METHODS))
-    parser.add_argument("--model", default="gp2d",
+    parser.add_argument("--model", default="spatial",
                         help="a shipped bsatnp model, or a saved predictor's file")
     parser.add_argument("--neighbours", type=int, default=512)
     parser.add_argument("--global-context", type=int, default=4000)
