@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -310,10 +311,13 @@ def test_the_cli_refuses_an_overflowing_inverse_transform_in_one_line(tmp_path, 
                         "v": 10.0 ** rng.uniform(-37, 37, 60)})
     obs.to_csv(tmp_path / "obs.csv", index=False)
     obs.iloc[:3][["x", "y"]].to_csv(tmp_path / "targets.csv", index=False)
-    code = cli.main(["predict", "--checkpoint", str(tmp_path / "m.safetensors"),
-                     "--observations", str(tmp_path / "obs.csv"), "--values", "v", "--space",
-                     "x", "y", "--transform", "log", "--targets", str(tmp_path / "targets.csv"),
-                     "--interval", "0.99", "--output", str(tmp_path / "out.csv"), "--quiet"])
+    with warnings.catch_warnings():  # outside pytest they reach stderr: none may be raised
+        warnings.simplefilter("error", RuntimeWarning)
+        code = cli.main(["predict", "--checkpoint", str(tmp_path / "m.safetensors"),
+                         "--observations", str(tmp_path / "obs.csv"), "--values", "v",
+                         "--space", "x", "y", "--transform", "log", "--targets",
+                         str(tmp_path / "targets.csv"), "--interval", "0.99", "--output",
+                         str(tmp_path / "out.csv"), "--quiet"])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1, err
     assert "inverse 'log' transform overflows float32" in err
