@@ -68,7 +68,6 @@ from bsatnp.tasks.gp import GPTask
 from bsatnp.tasks.gp2d import GP2DTask
 from bsatnp.tasks.sir import SIRTask
 
-REFERENCE_GFLOPS = {"bsatnp": 94.6, "tnpd": 214.5}  # dl4bi, B=8 512/1024 step (issue 4)
 TRAINING_FREE = tuple(LOCAL_AVERAGES)
 COST_ONLY = ("tnpd all-keys dense",)
 """Rows timed but not trained: TNP-D as usually implemented (attention over all tokens, test
@@ -442,7 +441,7 @@ def main() -> None:
                          device=(torch.cuda.get_device_name(args.device)
                                  if torch.device(args.device).type == "cuda" else "cpu"),
                          task=args.task, steps=0 if args.costs_only else args.steps,
-                         quick=args.quick, reference_gflops=REFERENCE_GFLOPS),
+                         quick=args.quick),
         "models": {
             name: {"family": family_name(m.config) if name in models else "training-free",
                    "parameters": sum(p.numel() for p in m.parameters())}
