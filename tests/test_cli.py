@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import csv
 import json
+import typing
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from bsatnp import cli
+from bsatnp.attention.distances import DISTANCES, Distance
 from bsatnp.evaluate import TABLE_METRICS, evaluate
 from bsatnp.experiment import ExperimentConfig, build_trainer, load_experiment
 from bsatnp.io.checkpoint import load_checkpoint, load_model
 from bsatnp.models import BSATNPConfig
 from bsatnp.tasks.gp2d import GP2DTask, in_domain, scaled, shifted
+from bsatnp.tasks.kernels import KERNELS, KernelName
 from bsatnp.train.config import TrainConfig
 
 TINY_YAML = """\
@@ -323,6 +327,49 @@ def test_bundled_configs_are_the_paper_setup():
     assert quick.model == paper.model and quick.task == paper.task
     assert 100 <= quick.train.steps <= 1000
     assert ExperimentConfig.from_dict(quick.to_dict()) == quick  # round trip
+
+
+ROOT = Path(__file__).resolve().parents[1]
+YAML_CONFIGS = sorted([*(ROOT / "src/bsatnp/configs").glob("*.yaml"),
+                       *(ROOT / "configs").glob("*.yaml")])
+
+
+@pytest.mark.parametrize("path", YAML_CONFIGS, ids=[p.relative_to(ROOT).as_posix()
+                                                    for p in YAML_CONFIGS])
+def test_every_yaml_config_parses(path):
+    config = load_experiment(path)
+    assert ExperimentConfig.from_dict(config.to_dict()) == config
+
+
+@pytest.mark.parametrize(("section", "key", "choices"), [
+    ({"model": {"backend": "quantum"}}, "model.backend", "('auto', 'dense', 'tiled', 'flex')"),
+    ({"model": {"use_s": "sideways"}}, "model.use_s", "('embed', 'bias', 'both')"),
+    ({"model": {"likelihood": "poisson"}}, "model.likelihood", "('gaussian', 'categorical')"),
+    ({"model": {"bias_s": {"distance": "manhattan"}}}, "model.bias_s.distance",
+     "('euclidean', 'great_circle', 'great_circle_degrees', 'abs')"),
+    ({"model": {"family": "tnpd", "norm": "middle"}}, "model.norm", "('post', 'pre')"),
+    ({"task": {"targets": "marginal"}}, "task.targets", "('joint', 'conditional')"),
+    ({"task": {"kernel": "nope"}}, "task.kernel", "('rbf', 'matern12', "),
+])
+def test_a_value_outside_a_literal_field_is_refused_naming_the_field_and_choices(
+        section, key, choices):
+    with pytest.raises(ValueError) as caught:
+        ExperimentConfig.from_dict(section, source="cfg.yaml")
+    message = str(caught.value)
+    assert message.startswith(f"cfg.yaml: {key}: expected one of {choices}"), message
+
+
+def test_literal_fields_are_checked_on_direct_construction_too():
+    with pytest.raises(ValueError, match=r"BSATNPConfig.use_s must be one of \('embed', "):
+        BSATNPConfig(use_s="sideways")
+    with pytest.raises(ValueError, match=r"GP2DTask.targets must be one of"):
+        GP2DTask(targets=1)
+    assert BSATNPConfig.from_dict({"use_s": "embed"}).use_s == "embed"
+
+
+def test_literal_names_match_their_registries():
+    assert typing.get_args(Distance) == tuple(DISTANCES)
+    assert typing.get_args(KernelName) == tuple(KERNELS)
 
 
 def test_seeds_must_keep_train_validation_and_test_apart():

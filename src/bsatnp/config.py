@@ -6,19 +6,25 @@ checkpoint; the :class:`Config` mixin gives the model and training configs their
 ``to_dict``/``from_dict`` round trip through it.
 
 :func:`build_dataclass` checks keys and value types against the dataclass annotations
-(``int``, ``float``, ``str``, ``bool``, ``tuple[...]``, ``dict[...]``, unions such as
-``int | None``, nested dataclasses), converts lists to tuples and integers to floats where
-the annotation asks for them, then calls the constructor. Every error is a ``ValueError``
-that names the offending key by its dotted path (``train.lr``), so a user can find it.
+(``int``, ``float``, ``str``, ``bool``, ``Literal[...]``, ``tuple[...]``, ``dict[...]``,
+unions such as ``int | None``, nested dataclasses), converts lists to tuples and integers
+to floats where the annotation asks for them, then calls the constructor. Every error is a
+``ValueError`` that names the offending key by its dotted path (``train.lr``), so a user can
+find it.
+
+A ``Literal[...]`` field is the one way to restrict a field to a few choices: the parser
+refuses any other value naming the field and its choices, and :func:`check_literals`
+(called by the dataclass's ``__post_init__``) does the same for direct construction.
 """
 
 from __future__ import annotations
 
+import functools
 import types
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, fields, is_dataclass
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 T = TypeVar("T")
 C = TypeVar("C", bound="Config")
@@ -97,6 +103,11 @@ def _coerce(value: Any, hint: Any, where: str, converters: Converters) -> Any:
             return value
         return build_dataclass(hint, value, where, converters)
     origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Literal:
+        for choice in args:
+            if _is_choice(value, choice):
+                return choice
+        raise ValueError(f"{where}: expected one of {args}, got {value!r}")
     if origin in _UNIONS:
         return _coerce_union(value, hint, args, where, converters)
     if origin is tuple:
@@ -162,6 +173,36 @@ def _coerce_scalar(value: Any, hint: Any, where: str) -> Any:
     else:
         raise TypeError(f"{where}: unsupported annotation {hint!r}")
     raise _type_error(where, hint, value)
+
+
+def check_literals(instance: Any) -> None:
+    """Refuse a ``Literal[...]`` field of the dataclass ``instance`` holding another value.
+
+    The parser refuses such values when it reads them; this check, called first in a
+    config's ``__post_init__``, covers direct construction (``TNPDConfig(norm="middle")``).
+
+    Raises:
+        ValueError: ``<Class>.<field> must be one of (<choices>), got <value>``.
+    """
+    for name, choices in _literal_fields(type(instance)):
+        value = getattr(instance, name)
+        if not any(_is_choice(value, choice) for choice in choices):
+            raise ValueError(f"{type(instance).__name__}.{name} must be one of {choices}, "
+                             f"got {value!r}")
+
+
+@functools.cache
+def _literal_fields(cls: type) -> tuple[tuple[str, tuple[Any, ...]], ...]:
+    """``(name, choices)`` of the dataclass fields of ``cls`` annotated ``Literal[...]``."""
+    hints = typing.get_type_hints(cls)
+    return tuple((f.name, typing.get_args(hints[f.name])) for f in fields(cls)
+                 if typing.get_origin(hints[f.name]) is Literal)
+
+
+def _is_choice(value: Any, choice: Any) -> bool:
+    """Whether ``value`` is the literal ``choice`` (``True`` is not ``1``)."""
+    return (isinstance(value, type(choice)) and isinstance(value, bool) == isinstance(choice, bool)
+            and value == choice)
 
 
 def _type_error(where: str, hint: Any, value: Any) -> ValueError:

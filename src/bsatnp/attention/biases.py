@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor, nn
@@ -30,13 +31,18 @@ from bsatnp.attention.distances import (
     BOX_DISTANCES,
     DISTANCES,
     Components,
+    Distance,
     pairwise_components,
 )
 from bsatnp.attention.exp_basis import exp_basis, head_rates
 from bsatnp.attention.numerics import builds_graph
+from bsatnp.config import check_literals
 
-BIAS_FAMILIES = ("rbf", "exponential", "tisa", "scalar")
-INITS = ("constant", "spread")
+BiasRole = Literal["s", "t", "x"]
+BiasFamily = Literal["rbf", "exponential", "tisa", "scalar"]
+BiasInit = Literal["constant", "spread"]
+BIAS_FAMILIES: tuple[str, ...] = get_args(BiasFamily)
+INITS: tuple[str, ...] = get_args(BiasInit)
 
 
 @dataclass(frozen=True)
@@ -53,23 +59,14 @@ class BiasSpec:
             (symmetry breaking: b log-spaced over [0.1, 100], c spread over [0, 1]).
     """
 
-    role: str = "s"
-    family: str = "rbf"
-    distance: str = "euclidean"
+    role: BiasRole = "s"
+    family: BiasFamily = "rbf"
+    distance: Distance = "euclidean"
     num_basis: int = 5
-    init: str = "constant"
+    init: BiasInit = "constant"
 
     def __post_init__(self) -> None:
-        if self.role not in ("s", "t", "x"):
-            raise ValueError(f"BiasSpec.role must be 's', 't' or 'x', got {self.role!r}")
-        if self.family not in BIAS_FAMILIES:
-            raise ValueError(f"BiasSpec.family must be one of {BIAS_FAMILIES}, got {self.family!r}")
-        if self.distance not in DISTANCES:
-            raise ValueError(
-                f"BiasSpec.distance must be one of {tuple(DISTANCES)}, got {self.distance!r}"
-            )
-        if self.init not in INITS:
-            raise ValueError(f"BiasSpec.init must be one of {INITS}, got {self.init!r}")
+        check_literals(self)
         if self.num_basis < 1:
             raise ValueError(f"BiasSpec.num_basis must be >= 1, got {self.num_basis}")
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -58,6 +59,9 @@ def great_circle_degrees(q: Components, k: Components) -> Tensor:
 
 
 DistanceFn = Callable[[Components, Components], Tensor]
+
+Distance = Literal["euclidean", "great_circle", "great_circle_degrees", "abs"]
+"""Names of the distances (the keys of :data:`DISTANCES`)."""
 
 DISTANCES: dict[str, tuple[DistanceFn, bool]] = {
     "euclidean": (euclidean_sq, True),

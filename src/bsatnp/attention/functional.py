@@ -8,6 +8,7 @@ zeros. ``auto`` picks a backend by device and size (see :func:`choose_backend`).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor
@@ -18,7 +19,9 @@ from bsatnp.attention.flex import flex_attention_biased, flex_available
 from bsatnp.attention.numerics import builds_graph
 from bsatnp.attention.tiled import tiled_attention
 
-BACKENDS = ("auto", "dense", "tiled", "flex")
+Backend = Literal["auto", "dense", "tiled", "flex"]
+"""Attention backends (``auto``: see :func:`choose_backend`)."""
+BACKENDS: tuple[str, ...] = get_args(Backend)
 
 
 DENSE_MAX_ELEMENTS = 1 << 22

@@ -24,15 +24,17 @@ import math
 import re
 from dataclasses import dataclass
 from statistics import NormalDist
+from typing import Literal, get_args
 
 import numpy as np
 
-from bsatnp.config import Config
+from bsatnp.config import Config, check_literals
 from bsatnp.data.geo import local_projection, transform
 from bsatnp.data.schema import LONLAT, Schema
 from bsatnp.data.tables import Points
 
-TRANSFORMS = ("none", "log", "log1p")
+ValueTransform = Literal["none", "log", "log1p"]
+TRANSFORMS: tuple[str, ...] = get_args(ValueTransform)
 METHODS = ("standard", "minmax")
 _SECONDS = {"s": 1.0, "min": 60.0, "h": 3600.0, "D": 86400.0, "W": 604800.0}
 
@@ -87,7 +89,7 @@ class Normalizer(Config):
 
     value_shift: tuple[float, ...] = (0.0,)
     value_scale: tuple[float, ...] = (1.0,)
-    value_transform: str = "none"
+    value_transform: ValueTransform = "none"
     space_shift: tuple[float, ...] = ()
     space_scale: tuple[float, ...] = ()
     projection: str | None = None
@@ -97,9 +99,7 @@ class Normalizer(Config):
     covariate_scale: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
-        if self.value_transform not in TRANSFORMS:
-            raise ValueError(f"Normalizer.value_transform must be one of {TRANSFORMS}, got "
-                             f"{self.value_transform!r}")
+        check_literals(self)
         for name in ("value_scale", "space_scale", "covariate_scale"):
             if not all(math.isfinite(v) and v > 0 for v in getattr(self, name)):
                 raise ValueError(f"Normalizer.{name} must be finite and > 0, got "

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
-from bsatnp.config import Config
+from bsatnp.config import Config, check_literals
 
 LONLAT = "lonlat"
 """Shorthand for geographic coordinates: longitude and latitude in degrees (WGS 84)."""
 _GEOGRAPHIC = {LONLAT, "epsg:4326", "wgs84", "ogc:crs84", "crs84"}
-TIME_KINDS = ("number", "datetime")
+TimeKind = Literal["number", "datetime"]
+TIME_KINDS: tuple[str, ...] = get_args(TimeKind)
 LIKELIHOODS = ("gaussian", "categorical")
 
 
@@ -36,17 +38,15 @@ class Schema(Config):
     space: tuple[str, ...] = ()
     crs: str | None = None
     time: str | None = None
-    time_kind: str = "number"
+    time_kind: TimeKind = "number"
     covariates: tuple[str, ...] = ()
     classes: tuple[str, ...] = ()
     units: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        check_literals(self)
         if not self.values:
             raise ValueError("Schema.values must name at least one value column")
-        if self.time_kind not in TIME_KINDS:
-            raise ValueError(f"Schema.time_kind must be one of {TIME_KINDS}, got "
-                             f"{self.time_kind!r}")
         if self.geographic and len(self.space) != 2:
             raise ValueError(f"a geographic schema (crs={self.crs!r}) needs two space columns "
                              f"(lon, lat), got {self.space}")

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 from bsatnp.attention.biases import BiasSpec
-from bsatnp.attention.functional import BACKENDS
+from bsatnp.attention.functional import Backend
 from bsatnp.batch import ROLES
-from bsatnp.config import Config
-from bsatnp.models.heads import check_likelihood
+from bsatnp.config import Config, check_literals
+from bsatnp.models.heads import Likelihood
 
-ROLE_USES = ("embed", "bias", "both")
+RoleUse = Literal["embed", "bias", "both"]
+ROLE_USES: tuple[str, ...] = get_args(RoleUse)
 
 
 @dataclass(frozen=True)
@@ -48,9 +50,9 @@ class BSATNPConfig(Config):
     dim_s: int = 2
     dim_t: int = 0
     dim_f: int = 1
-    use_x: str = "embed"
-    use_s: str = "bias"
-    use_t: str = "bias"
+    use_x: RoleUse = "embed"
+    use_s: RoleUse = "bias"
+    use_t: RoleUse = "bias"
     bias_x: BiasSpec = field(default_factory=lambda: BiasSpec(role="x"))
     bias_s: BiasSpec = field(default_factory=lambda: BiasSpec(role="s"))
     bias_t: BiasSpec = field(
@@ -64,18 +66,16 @@ class BSATNPConfig(Config):
     qkv_dim: int = 128
     ffn_dim: int = 256
     head_hidden: tuple[int, ...] = (256, 64)
-    likelihood: str = "gaussian"
+    likelihood: Likelihood = "gaussian"
     min_std: float = 0.0
     ln_eps: float = 1e-6
-    backend: str = "auto"
+    backend: Backend = "auto"
     tile_q: int | None = None
     tile_k: int | None = None
 
     def __post_init__(self) -> None:
+        check_literals(self)
         for role in ROLES:
-            use = getattr(self, f"use_{role}")
-            if use not in ROLE_USES:
-                raise ValueError(f"use_{role} must be one of {ROLE_USES}, got {use!r}")
             if getattr(self, f"bias_{role}").role != role:
                 raise ValueError(f"bias_{role}.role must be {role!r}")
             if getattr(self, f"dim_{role}") < 0:
@@ -101,9 +101,6 @@ class BSATNPConfig(Config):
             if spec.distance.startswith("great_circle") and width != 2:
                 raise ValueError(f"bias_{spec.role} uses {spec.distance} on (lon, lat), which "
                                  f"needs dim_{spec.role}=2, got {width}")
-        check_likelihood(self.likelihood)
-        if self.backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
         if not 0.0 <= self.min_std < 1.0:
             raise ValueError(f"min_std must be in [0, 1), got {self.min_std}")
 

@@ -38,9 +38,9 @@ from torch import Tensor, nn
 from torch.distributions import Distribution
 
 from bsatnp.batch import Batch
-from bsatnp.config import Config
+from bsatnp.config import Config, check_literals
 from bsatnp.models.base import NeuralProcess
-from bsatnp.models.heads import check_likelihood, likelihood_head
+from bsatnp.models.heads import Likelihood, likelihood_head
 from bsatnp.models.layers import reference_init_
 
 _DENSITY_EPS = 1e-8
@@ -77,11 +77,12 @@ class ConvCNPConfig(Config):
     depth: int = 4
     kernel_size: int = 3
     head_hidden: tuple[int, ...] = (64,)
-    likelihood: str = "gaussian"
+    likelihood: Likelihood = "gaussian"
     min_std: float = 0.0
     max_points_per_axis: int = 1024
 
     def __post_init__(self) -> None:
+        check_literals(self)
         if self.dim_s != 2:
             raise ValueError(f"dim_s must be 2 (ConvCNP here is 2D only), got {self.dim_s}")
         if self.dim_f < 1:
@@ -102,7 +103,6 @@ class ConvCNPConfig(Config):
             raise ValueError(f"kernel_size must be odd and >= 1, got {self.kernel_size}")
         if not 0.0 <= self.min_std < 1.0:
             raise ValueError(f"min_std must be in [0, 1), got {self.min_std}")
-        check_likelihood(self.likelihood)
         if self.max_points_per_axis < 2:
             raise ValueError(
                 f"max_points_per_axis must be >= 2, got {self.max_points_per_axis}"

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Categorical, Normal
 
 from bsatnp.models.layers import MLP
 
-LIKELIHOODS = ("gaussian", "categorical")
+Likelihood = Literal["gaussian", "categorical"]
+LIKELIHOODS: tuple[str, ...] = get_args(Likelihood)
 
 
 class GaussianHead(nn.Module):

@@ -37,10 +37,10 @@ from torch import Tensor, nn
 from torch.distributions import Distribution
 
 from bsatnp.batch import Batch
-from bsatnp.config import Config
+from bsatnp.config import Config, check_literals
 from bsatnp.models.base import NeuralProcess
 from bsatnp.models.embedding import TokenEmbedding
-from bsatnp.models.heads import check_likelihood, likelihood_head
+from bsatnp.models.heads import Likelihood, likelihood_head
 from bsatnp.models.layers import MLP, reference_init_
 
 DEFAULT_MAX_PAIR_ELEMENTS = 2**28
@@ -253,12 +253,13 @@ class TETNPConfig(Config):
     num_pseudo: int = 32
     embed_hidden: tuple[int, ...] = (128,)
     head_hidden: tuple[int, ...] = (128,)
-    likelihood: str = "gaussian"
+    likelihood: Likelihood = "gaussian"
     min_std: float = 0.0
     ln_eps: float = 1e-6
     max_pair_elements: int = DEFAULT_MAX_PAIR_ELEMENTS
 
     def __post_init__(self) -> None:
+        check_literals(self)
         for name in ("dim_s", "dim_f", "num_layers", "num_heads", "phi_hidden", "num_pseudo",
                      "max_pair_elements"):
             if getattr(self, name) < 1:
@@ -271,7 +272,6 @@ class TETNPConfig(Config):
             )
         if not 0.0 <= self.min_std < 1.0:
             raise ValueError(f"min_std must be in [0, 1), got {self.min_std}")
-        check_likelihood(self.likelihood)
 
 
 class TETNP(NeuralProcess):

@@ -15,22 +15,22 @@ BSA-TNP with ``use_s="embed"``; it is not this model.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
-from bsatnp.attention.functional import BACKENDS
+from bsatnp.attention.functional import Backend
 from bsatnp.attention.mha import BiasedMultiheadAttention
 from bsatnp.batch import ROLES, Batch
-from bsatnp.config import Config
+from bsatnp.config import Config, check_literals
 from bsatnp.models.base import NeuralProcess
-from bsatnp.models.heads import check_likelihood, likelihood_head
+from bsatnp.models.heads import Likelihood, likelihood_head
 from bsatnp.models.layers import MLP, reference_init_
 
-NORMS = ("post", "pre")
-KEYS = ("context", "all_masked")
+Norm = Literal["post", "pre"]
+Keys = Literal["context", "all_masked"]
 
 
 @dataclass(frozen=True)
@@ -70,25 +70,19 @@ class TNPDConfig(Config):
     ffn_dim: int = 256
     embed_hidden: tuple[int, ...] = (256, 128)
     head_hidden: tuple[int, ...] = (256, 64)
-    norm: str = "post"
-    likelihood: str = "gaussian"
+    norm: Norm = "post"
+    likelihood: Likelihood = "gaussian"
     min_std: float = 0.0
     ln_eps: float = 1e-6
-    backend: str = "auto"
-    keys: str = "context"
+    backend: Backend = "auto"
+    keys: Keys = "context"
 
     def __post_init__(self) -> None:
+        check_literals(self)
         if min(self.dim_x, self.dim_s, self.dim_t) < 0 or self.dim_f < 1:
             raise ValueError("role widths must be >= 0 and dim_f >= 1")
-        if self.norm not in NORMS:
-            raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
-        if self.keys not in KEYS:
-            raise ValueError(f"keys must be one of {KEYS}, got {self.keys!r}")
-        if self.backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
         if not 0.0 <= self.min_std < 1.0:
             raise ValueError(f"min_std must be in [0, 1), got {self.min_std}")
-        check_likelihood(self.likelihood)
 
 
 class EncoderBlock(nn.Module):

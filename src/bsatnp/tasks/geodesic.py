@@ -23,6 +23,7 @@ from torch import Tensor
 
 from bsatnp.tasks.base import IN_DOMAIN, Task
 from bsatnp.tasks.gp import GPTask, check_box, uniform_box
+from bsatnp.tasks.kernels import KernelName
 from bsatnp.tasks.priors import InvGamma, Prior
 from bsatnp.tasks.registry import register_task
 
@@ -71,7 +72,7 @@ class GeodesicTask(GPTask):
     name = "geodesic"
     domains = (IN_DOMAIN, *ROTATIONS)
 
-    kernel: str = "matern12_great_circle"
+    kernel: KernelName = "matern12_great_circle"
     lengthscale_prior: Prior = field(default_factory=lambda: InvGamma(3.0, 30.0))
     box: tuple[float, float] = (-10.0, 10.0)
     rotation: tuple[float, float, float] = (0.0, 0.0, 0.0)

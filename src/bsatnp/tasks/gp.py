@@ -10,21 +10,23 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from dataclasses import dataclass, field, replace
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal, get_args
 
 import torch
 from torch import Tensor
 from torch.distributions import Normal
 
 from bsatnp.batch import Batch
+from bsatnp.config import check_literals
 from bsatnp.tasks.base import Task
-from bsatnp.tasks.kernels import KERNELS, Kernel, get_kernel
+from bsatnp.tasks.kernels import Kernel, KernelName, get_kernel
 from bsatnp.tasks.oracle import GPParams, gp_posterior
 from bsatnp.tasks.priors import Beta, Fixed, Prior
 from bsatnp.tasks.samplers import split_context_test
 
-TARGETS = ("joint", "conditional")
+Targets = Literal["joint", "conditional"]
 """Ways to draw test targets (see :class:`GPTask`)."""
+TARGETS: tuple[str, ...] = get_args(Targets)
 
 
 def sample_gp(
@@ -115,16 +117,17 @@ class GPTask(Task):
     n_test: int = 1024
     min_ctx: int = 128
     max_ctx: int = 511
-    kernel: str = "rbf"
+    kernel: KernelName = "rbf"
     kernel_kwargs: dict[str, float] = field(default_factory=dict)
     var_prior: Prior = field(default_factory=lambda: Fixed(1.0))
     lengthscale_prior: Prior = field(default_factory=lambda: Beta(3.0, 7.0))
     noise_std: float = 0.1
     jitter: float = 1e-5
-    targets: str = "joint"
+    targets: Targets = "joint"
     shared_permutation: bool = False
 
     def __post_init__(self) -> None:
+        check_literals(self)
         if not 1 <= self.min_ctx <= self.max_ctx <= self.n_ctx:
             raise ValueError(
                 "need 1 <= min_ctx <= max_ctx <= n_ctx, got "
@@ -134,12 +137,8 @@ class GPTask(Task):
             raise ValueError(
                 f"batch_size and n_test must be >= 1, got {self.batch_size}, {self.n_test}"
             )
-        if self.kernel not in KERNELS:
-            raise ValueError(f"unknown kernel {self.kernel!r}; choose one of {sorted(KERNELS)}")
         if self.noise_std < 0:
             raise ValueError(f"noise_std must be >= 0, got {self.noise_std}")
-        if self.targets not in TARGETS:
-            raise ValueError(f"targets must be one of {TARGETS}, got {self.targets!r}")
 
     @property
     def n_points(self) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -125,6 +126,10 @@ def matern12_great_circle(x1: Tensor, x2: Tensor, var: Tensor | float,
     d = great_circle_degrees(x1, x2)
     return _per_task(var, x1) * torch.exp(-d / _per_task(lengthscale, x1))
 
+
+KernelName = Literal["rbf", "matern12", "matern32", "matern52", "periodic",
+                     "matern12_great_circle"]
+"""Names of the kernels (the keys of :data:`KERNELS`)."""
 
 KERNELS: dict[str, Kernel] = {
     "rbf": rbf,
