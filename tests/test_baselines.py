@@ -10,7 +10,7 @@ from bsatnp.baselines import IDW, TNPD, KNearestMean, Persistence, TNPDConfig
 from bsatnp.batch import Batch
 from bsatnp.metrics import coverage
 from bsatnp.tasks import eval_batches
-from bsatnp.tasks.gp2d import in_domain
+from bsatnp.tasks.gp2d import GP2DTask
 
 SMALL = {"dim": 32, "num_blocks": 2, "qkv_dim": 32, "ffn_dim": 64,
          "embed_hidden": (64,), "head_hidden": (64,), "backend": "dense"}
@@ -125,7 +125,7 @@ def test_knn_with_k_above_context_size_is_the_context_mean():
 
 @pytest.mark.parametrize("make", [IDW, lambda: KNearestMean(k=1)], ids=["idw", "1nn"])
 def test_calibrate_moves_coverage_towards_nominal(make):
-    task = in_domain(batch_size=2, n_ctx=64, n_test=64, min_ctx=16, max_ctx=63)
+    task = GP2DTask(batch_size=2, n_ctx=64, n_test=64, min_ctx=16, max_ctx=63)
     fit = list(eval_batches(task, 4, seed=0))
     held_out = list(eval_batches(task, 8, seed=1))
     model = make()

@@ -17,7 +17,7 @@ from bsatnp.evaluate import TABLE_METRICS, evaluate
 from bsatnp.experiment import ExperimentConfig, build_trainer, load_experiment
 from bsatnp.io.checkpoint import load_checkpoint, load_model
 from bsatnp.models import BSATNPConfig
-from bsatnp.tasks.gp2d import GP2DTask, in_domain, scaled, shifted
+from bsatnp.tasks.gp2d import GP2DTask
 from bsatnp.tasks.kernels import KERNELS, KernelName
 from bsatnp.train.config import TrainConfig
 
@@ -309,19 +309,23 @@ def test_gap_is_model_minus_oracle():
 
 
 def test_derived_domains_match_the_paper_domains():
-    assert in_domain().domain("in_domain") == in_domain()
-    assert in_domain().domain("shifted") == shifted()
-    assert in_domain().domain("scaled") == scaled(targets="conditional", min_ctx=512)
+    def scaled(**overrides):  # [−4, 4]², 2048 slots (492–2047 valid, PROTOCOLS §1), 4096 test
+        return GP2DTask(**{"box": (-4.0, 4.0), "n_ctx": 2048, "n_test": 4096, "min_ctx": 492,
+                           "max_ctx": 2047, **overrides})
+
+    in_domain = GP2DTask()  # [−2, 2]², 512 context slots (128–511 valid), 1024 test
+    assert in_domain.domain("in_domain") == in_domain
+    assert in_domain.domain("shifted") == GP2DTask(box=(8.0, 12.0))
+    assert in_domain.domain("scaled") == scaled(targets="conditional", min_ctx=512)
     paper = load_experiment("gp2d").task
     assert paper.domain("scaled") == scaled(targets="conditional", scaled_min_ctx=492)
-    assert scaled().min_ctx == 492  # PROTOCOLS §1
     with pytest.raises(ValueError, match="has no domain 'moon'"):
-        in_domain().domain("moon")
+        in_domain.domain("moon")
 
 
 def test_bundled_configs_are_the_paper_setup():
     paper = load_experiment("gp2d")
-    assert paper.model == BSATNPConfig() and paper.task == in_domain(scaled_min_ctx=492)
+    assert paper.model == BSATNPConfig() and paper.task == GP2DTask(scaled_min_ctx=492)
     assert paper.train == TrainConfig(out_dir="runs/gp2d")
     quick = load_experiment("configs/gp2d_quick.yaml")
     assert quick.model == paper.model and quick.task == paper.task

@@ -11,13 +11,13 @@ from conftest import assert_same, dropped, random_batch, shifted, with_nan_paddi
 from bsatnp import Batch
 from bsatnp.models.convcnp import ConvCNP, ConvCNPConfig, set_conv_to_grid, set_conv_to_points
 from bsatnp.tasks import eval_batches
-from bsatnp.tasks.gp2d import in_domain
+from bsatnp.tasks.gp2d import GP2DTask
 
 SMALL = {"points_per_unit": 8.0, "channels": 8, "depth": 2, "head_hidden": (16,)}
 
 
 def gp_batch(seed: int = 0, batch_size: int = 2) -> Batch:
-    task = in_domain(batch_size=batch_size, n_ctx=64, n_test=64, min_ctx=16, max_ctx=63)
+    task = GP2DTask(batch_size=batch_size, n_ctx=64, n_test=64, min_ctx=16, max_ctx=63)
     return next(eval_batches(task, 1, seed=seed))
 
 

@@ -6,7 +6,7 @@ import torch
 
 from bsatnp.batch import Batch
 from bsatnp.metrics import coverage
-from bsatnp.tasks.gp2d import GP2DTask, in_domain
+from bsatnp.tasks.gp2d import GP2DTask
 from bsatnp.tasks.oracle import GPParams, gp_posterior
 
 VAR, LS, NOISE, JITTER = 1.3, 0.7, 0.2, 1e-5
@@ -90,7 +90,7 @@ def test_padded_slots_change_nothing_vs_dropping_them():
 
 
 def test_oracle_is_calibrated_on_the_2d_gp_protocol():
-    batch, params = in_domain().draw(torch.Generator().manual_seed(1))
+    batch, params = GP2DTask().draw(torch.Generator().manual_seed(1))
     pred = gp_posterior(batch, params)
     assert pred.mean.shape == (8, 1024, 1)
     cov95 = coverage(pred.mean, pred.stddev, batch.f_test, batch.test_mask(), 0.95).item()

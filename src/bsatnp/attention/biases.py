@@ -17,7 +17,6 @@ reference implementation.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal, get_args
@@ -239,8 +238,3 @@ class AttentionBias(nn.Module):
 def slice_coords(coords: Mapping[str, Tensor], start: int, stop: int) -> dict[str, Tensor]:
     """Rows ``start:stop`` of every role's coordinates ``{role: [B, L, D]}``."""
     return {role: value[:, start:stop] for role, value in coords.items()}
-
-
-def default_scale(head_dim: int) -> float:
-    """Softmax temperature ``1/√head_dim``."""
-    return 1.0 / math.sqrt(head_dim)

@@ -14,9 +14,10 @@ from bsatnp.models.layers import MLP
 class KRBlock(nn.Module):
     """Pre-norm transformer block in which every token attends to the context only.
 
-    Tokens are ``[context; test]`` along the length axis. With ``n = Lc``::
+    :meth:`attend` updates query tokens ``z`` (context or test) from the context tokens
+    ``z_ctx`` at the block's input::
 
-        z = z + MHA(LN1(z) → LN1(z)[:, :n])      # test → context and context → context
+        z = z + MHA(LN1(z) → LN1(z_ctx))         # test → context and context → context
         z = z + FFN(LN2(z))
 
     One MHA, one LN1, one LN2 and one FFN serve both streams; padded context slots are
@@ -53,24 +54,6 @@ class KRBlock(nn.Module):
         )
         self.norm2 = nn.LayerNorm(dim, eps=ln_eps)
         self.ffn = MLP((dim, ffn_dim, dim))
-
-    def forward(
-        self,
-        z: Tensor,
-        n_ctx: int,
-        coords: Mapping[str, Tensor],
-        mask_ctx: Tensor,
-    ) -> Tensor:
-        """Update tokens ``z [B, Lc + Lt, E]``.
-
-        Args:
-            z: Context tokens followed by test tokens.
-            n_ctx: Number of context slots ``Lc``.
-            coords: Per-role coordinates of all tokens ``{role: [B, Lc + Lt, Dr]}``.
-            mask_ctx: Valid context slots ``[B, Lc]``.
-        """
-        coords_ctx = {role: c[:, :n_ctx] for role, c in coords.items()}
-        return self.attend(z, z[:, :n_ctx], coords, coords_ctx, mask_ctx)
 
     def attend(
         self,

@@ -12,7 +12,6 @@ per-point metrics' expectation at a fraction of the cost.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -72,22 +71,3 @@ class GP2DTask(GPTask):
             )
         return super().domain(name)
 
-
-def in_domain(**overrides: Any) -> GP2DTask:
-    """Training/evaluation domain: ``[−2, 2]²``, 512 context slots (128–511 valid), 1024 test.
-
-    The bundled configs add ``scaled_min_ctx: 492``, the paper's scaled domain.
-    """
-    return GP2DTask(**overrides)
-
-
-def shifted(**overrides: Any) -> GP2DTask:
-    """Shifted domain ``[8, 12]²`` with the in-domain sizes."""
-    return GP2DTask(**{"box": (8.0, 12.0), **overrides})
-
-
-def scaled(**overrides: Any) -> GP2DTask:
-    """Scaled domain ``[−4, 4]²``: 2048 slots (492–2047 valid, PROTOCOLS §1), 4096 test."""
-    defaults: dict[str, Any] = {"box": (-4.0, 4.0), "n_ctx": 2048, "n_test": 4096,
-                                "min_ctx": 492, "max_ctx": 2047}
-    return GP2DTask(**{**defaults, **overrides})
