@@ -156,7 +156,9 @@ def test_sigkill_during_finetune_then_resume_equals_a_straight_run(files, tmp_pa
                            capture_output=True, text=True)
     assert child.returncode == -9, child.stderr
     assert cli.main(finetune_args(files, killed)) == 2  # a fresh run would replace it
-    assert "--resume" in one_line(capsys)
+    stale, refused = capsys.readouterr().err.splitlines()  # the killed run's lock, reported
+    assert "stale lock" in stale and "no longer runs" in stale
+    assert "--resume" in refused and "Traceback" not in refused
     assert cli.main([*finetune_args(files, killed), "--resume"]) == 0
     straight = tmp_path / "straight"
     assert cli.main(finetune_args(files, straight)) == 0

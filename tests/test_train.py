@@ -190,6 +190,24 @@ def test_best_checkpoint_tracks_lowest_validation_nll(tmp_path):
     assert all({"loss", "lr", "grad_norm", "time", "val_rmse"} <= set(r) for r in records)
 
 
+def test_validate_start_keeps_the_starting_weights_when_no_step_beats_them(tmp_path):
+    scripted = iter([1.0, 2.0, 1.5, 3.0])  # step 0 (the start) is the best
+    model = tiny_model()
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    trainer = Trainer(model, sample_batch,
+                      config(tmp_path, steps=6, val_every=2, validate_start=True),
+                      lambda m: {"nll": next(scripted)})
+    trainer.fit(progress=False)
+    best = load_checkpoint(tmp_path / "best.safetensors")
+    assert (best.step, best.best_metric) == (0, 1.0)
+    assert all(torch.equal(best.model_state[k], start[k]) for k in start)
+    assert not all(torch.equal(trainer.model.state_dict()[k], start[k]) for k in start)
+    records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["val_nll"]) for r in records] == [(0, 1.0), (2, 2.0), (4, 1.5),
+                                                            (6, 3.0)]
+    assert math.isnan(records[0]["loss"])
+
+
 def test_log_and_checkpoint_schedule(tmp_path):
     trainer = Trainer(tiny_model(), sample_batch,
                       config(tmp_path, steps=7, log_every=3, save_every=100))

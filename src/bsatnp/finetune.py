@@ -129,7 +129,7 @@ def _finetune(predictor: Predictor, data: Any, *, steps: int, split: str, n_ctx:
                          final_lr_factor=final_lr_factor,
                          val_every=val_every or max(steps // MAX_VALIDATIONS, min(steps, 10)),
                          val_batches=val_batches, save_every=max(1, min(steps // 10, 50)),
-                         seed=seed, out_dir=str(out_dir))
+                         seed=seed, out_dir=str(out_dir), validate_start=True)
     finetuned = {"rows": points.n, "split": split, "steps": steps, "n_ctx": n_ctx}
     card = {**predictor.card,
             "finetuned": finetuned if group is None else {**finetuned, "group": group}}

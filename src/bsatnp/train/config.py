@@ -31,6 +31,8 @@ class TrainConfig(Config):
         out_dir: Directory for checkpoints and the log.
         max_bad_steps: Stop training with an error after this many consecutive steps whose
             loss or gradient norm is NaN or infinite (each such step is skipped: no update).
+        validate_start: Also validate the starting weights (step 0 of a fresh run), so that
+            ``best.safetensors`` keeps them when no step improves on them (fine-tuning).
     """
 
     steps: int = 100_000
@@ -48,6 +50,7 @@ class TrainConfig(Config):
     log_every: int = 10
     out_dir: str = "runs/exp"
     max_bad_steps: int = 10
+    validate_start: bool = False
 
     def __post_init__(self) -> None:
         for name in _POSITIVE_INTS:

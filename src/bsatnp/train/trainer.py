@@ -203,6 +203,10 @@ class Trainer:
             tqdm(total=target, initial=self.step, unit="step",
                  disable=not (progress and main)) as bar,
         ):
+            if self.step == 0 and self.config.validate_start:
+                start = self._validate()
+                if start is not None:
+                    self._record(log, [], [], self.optimizer.param_groups[0]["lr"], start)
             while self.step < target:
                 lr = self.optimizer.param_groups[0]["lr"]
                 loss, grad_norm, bad = self._train_step()
