@@ -5,7 +5,7 @@ import torch
 
 from bsatnp.tasks import batch_generator, eval_batches
 from bsatnp.tasks.gp import sample_gp
-from bsatnp.tasks.gp2d import GP2DTask, in_domain, scaled, shifted
+from bsatnp.tasks.gp2d import GP2DTask
 from bsatnp.tasks.kernels import KERNELS, distance, get_kernel
 from bsatnp.tasks.oracle import gp_posterior
 from bsatnp.tasks.priors import Beta, Fixed, LogUniform, Uniform, prior_from_config
@@ -157,7 +157,7 @@ def test_bad_prior_config_raises(config):
 # ---------------------------------------------------------------------------- 2D GP
 @pytest.fixture(scope="module")
 def sampled():
-    return in_domain().draw(torch.Generator().manual_seed(0))
+    return GP2DTask().draw(torch.Generator().manual_seed(0))
 
 
 def test_gp2d_shapes_masks_and_params(sampled):
@@ -202,7 +202,7 @@ def test_gp2d_noise_only_on_context():
 
 
 def test_shifted_and_scaled_domains():
-    task = shifted()
+    task = GP2DTask().domain("shifted")
     assert (task.box, task.n_ctx, task.n_test, task.min_ctx, task.max_ctx) == (
         (8.0, 12.0),
         512,
@@ -213,7 +213,7 @@ def test_shifted_and_scaled_domains():
     batch = task.sample(torch.Generator().manual_seed(0))
     s_all = torch.cat([batch.s_ctx, batch.s_test], 1)
     assert s_all.min() >= 8 and s_all.max() <= 12 and s_all.shape == (8, 1536, 2)
-    big = scaled()
+    big = GP2DTask(scaled_min_ctx=492).domain("scaled")
     assert (big.box, big.n_ctx, big.n_test, big.min_ctx, big.max_ctx, big.n_points) == (
         (-4.0, 4.0),
         2048,
@@ -223,7 +223,8 @@ def test_shifted_and_scaled_domains():
         6144,
     )
     # Sampling the full scaled domain takes seconds; check the box with fewer points.
-    small = scaled(n_ctx=64, n_test=128, min_ctx=16, max_ctx=63)
+    small = GP2DTask(n_ctx=16, n_test=32, min_ctx=4, max_ctx=15).domain("scaled")
+    assert (small.n_ctx, small.n_test, small.min_ctx, small.max_ctx) == (64, 128, 16, 63)
     batch = small.sample(torch.Generator().manual_seed(0))
     s_all = torch.cat([batch.s_ctx, batch.s_test], 1)
     assert s_all.min() >= -4 and s_all.max() <= 4 and s_all.abs().max() > 2
