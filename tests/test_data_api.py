@@ -298,7 +298,7 @@ def test_finetune_keeps_schema_and_normaliser_and_improves_validation(tmp_path):
 
     log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     val = [r["val_nll"] for r in log if "val_nll" in r]
-    assert len(val) == 3 and min(val[1:]) < val[0]
+    assert len(val) == 4 and min(val[1:]) < val[0]  # steps 0 (the start), 10, 20, 30
     loaded = Predictor.load(tmp_path / "best.safetensors")
     assert loaded.schema == tuned.schema and loaded.normalizer == tuned.normalizer
     out = loaded.predict(data.iloc[:200], data.iloc[200:210][["x", "y"]])
