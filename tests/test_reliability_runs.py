@@ -310,6 +310,34 @@ def test_cli_refuses_what_it_would_ignore_or_misread(files, tmp_path, capsys, ca
     assert message in one_line(capsys)
 
 
+@pytest.mark.parametrize("extra, named", [
+    (["--transform", "log"], "--transform"),
+    (["--units", "degC"], "--units"),
+    (["--seed", "3"], "--seed"),
+    (["--interval", "0.9", "--units", "degC"], "--interval, --units"),
+])
+def test_cli_refuses_numeric_options_with_a_categorical_model(tmp_path, capsys, extra, named):
+    """Before: --transform, --units and --seed were accepted with a classifier and ignored
+    (exit 0): class probabilities have no units, no value transform and no samples."""
+    torch.manual_seed(0)
+    Predictor(BSATNP(num_blocks=1, dim=8, num_heads=2, qkv_dim=8, ffn_dim=8, embed_hidden=(8,),
+                     head_hidden=(8,), dim_f=3, likelihood="categorical")
+              ).save(tmp_path / "classes.safetensors")
+    rng = np.random.default_rng(1)
+    obs = pd.DataFrame({"x": rng.uniform(0, 3, 40), "y": rng.uniform(0, 3, 40),
+                        "state": rng.choice(["S", "I", "R"], 40)})
+    obs.to_csv(tmp_path / "obs.csv", index=False)
+    obs.iloc[:5][["x", "y"]].to_csv(tmp_path / "targets.csv", index=False)
+    args = ["predict", "--checkpoint", str(tmp_path / "classes.safetensors"), "--observations",
+            str(tmp_path / "obs.csv"), "--values", "state", "--space", "x", "y", "--targets",
+            str(tmp_path / "targets.csv"), "--output", str(tmp_path / "out.csv"), "--quiet"]
+    assert cli.main([*args, *extra]) == 2
+    assert f"{named}: only for a model of numeric values; this model predicts class " \
+           "probabilities" in one_line(capsys)
+    assert not (tmp_path / "out.csv").exists()
+    assert cli.main(args) == 0  # without them it predicts
+
+
 def test_info_and_predict_take_a_shipped_model_name(files, tmp_path, capsys):
     """Before: ``bsatnp info gp2d`` said the checkpoint does not exist."""
     assert cli.main(["info", "gp2d"]) == 0

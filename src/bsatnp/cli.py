@@ -190,6 +190,7 @@ def _predict(args: argparse.Namespace) -> None:
     from bsatnp.data.files import read_table, write_table
     from bsatnp.data.geo import check_crs
     from bsatnp.data.tables import count_targets, grid
+    from bsatnp.predictor import refuse_numeric_options
 
     check_crs(args.crs, "--crs")
     check_crs(args.target_crs, "--target-crs")
@@ -199,6 +200,10 @@ def _predict(args: argparse.Namespace) -> None:
     refuse_overwriting_inputs(args.output, {"--observations": args.observations,
                                             "--targets": args.targets})
     predictor = _predictor(args)
+    refuse_numeric_options(predictor.model, {
+        "--quantiles": args.quantiles, "--interval": args.interval is not None,
+        "--samples": args.samples, "--seed": args.seed is not None,
+        "--transform": args.transform != "none", "--units": args.units})
     roles = _roles(args)
     time = roles.get("time") or (predictor.schema.time if predictor.schema else None)
     observations = read_table(args.observations, time=time)

@@ -473,9 +473,9 @@ class Conditioned:
             2 + len(levels) + (2 if interval is not None else 0) + n_samples) * max(
             1, len(self.schema.values))
         _check_fits_in_memory(count_targets(targets, self.schema), per_target)
-        if self.predictor.model.likelihood == "categorical" and (levels or interval or n_samples):
-            raise ValueError("quantiles, interval and n_samples describe a numeric value; "
-                             "this model predicts class probabilities (omit them)")
+        refuse_numeric_options(self.predictor.model, {
+            "quantiles": levels, "interval": interval is not None, "n_samples": n_samples,
+            "seed": seed is not None})
         points, template = read_points(targets, self.schema, "targets", with_values=False,
                                        crs=crs)
         if self.schema.time and points.time_zone != self.time_zone:
@@ -668,6 +668,22 @@ def _store(dist: Any, where: slice | np.ndarray, first: np.ndarray,
     else:
         first[where] = dist.mean[0].cpu().numpy()
         second[where] = dist.stddev[0].cpu().numpy()
+
+
+def refuse_numeric_options(model: NeuralProcess, given: Mapping[str, Any]) -> None:
+    """Refuse options of a numeric value for a model of class probabilities.
+
+    Units, a value transform, quantiles, intervals, samples and their seed mean nothing
+    for class probabilities. ``given`` maps each option's name (the API's or the CLI's) to
+    whether it was given.
+
+    Raises:
+        ValueError: Naming the given ones, if the model is categorical.
+    """
+    named = [name for name, value in given.items() if value]
+    if model.likelihood == "categorical" and named:
+        raise ValueError(f"{', '.join(named)}: only for a model of numeric values; this model "
+                         f"predicts class probabilities (omit {'them' if named[1:] else 'it'})")
 
 
 def _check_fits_in_memory(n_targets: int, per_target: int) -> None:
