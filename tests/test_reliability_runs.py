@@ -394,6 +394,44 @@ def test_the_cli_counts_targets_not_cells_of_other_variables(files, tmp_path, ca
     assert "Wrote predictions at 80 targets from 120 observations" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+@pytest.mark.parametrize("case", ["variable over another dim", "variable over time too",
+                                  "quantiles"])
+def test_a_grid_written_as_a_table_has_one_row_per_target(files, tmp_path, capsys, case,
+                                                          suffix):
+    """Before: 480 rows for the 80 targets of an 8 x 10 grid whose file also held a variable
+    over another dimension of 6 (``to_dataframe`` multiplied every dimension in), and a row
+    per quantile with --quantiles."""
+    if suffix == ".parquet":
+        pytest.importorskip("pyarrow")
+    xr = pytest.importorskip("xarray")
+    x, y = np.linspace(0, 3, 8), np.linspace(0, 3, 10)
+    extra = []
+    if case == "variable over another dim":
+        grid = xr.Dataset({"bounds": (("nv",), np.zeros(6))}, coords={"x": x, "y": y})
+        left_out = r"\['bounds'\] span dimension\(s\) \['nv'\]"
+    elif case == "variable over time too":
+        grid = xr.Dataset({"t2m": (("time", "y", "x"), np.zeros((6, 10, 8)))},
+                          coords={"time": np.arange(6.0), "x": x, "y": y})
+        left_out = r"\['t2m', 'time'\] span dimension\(s\) \['time'\]"
+    else:
+        grid = xr.Dataset(coords={"x": x, "y": y})
+        extra, left_out = ["--quantiles", "0.1", "0.9"], None
+    grid.to_netcdf(tmp_path / "grid.nc")
+    args = predict_args(files, tmp_path / f"out{suffix}", targets=tmp_path / "grid.nc")
+    if left_out is None:
+        assert cli.main([*args, *extra]) == 0
+    else:
+        with pytest.warns(UserWarning, match=left_out + ".*left out of the table"):
+            assert cli.main([*args, *extra]) == 0
+    out = (pd.read_csv if suffix == ".csv" else pd.read_parquet)(tmp_path / f"out{suffix}")
+    assert len(out) == 80 and len(out[["x", "y"]].drop_duplicates()) == 80
+    assert {"x", "y", "mean", "std"} <= set(out.columns)
+    if case == "quantiles":
+        assert {"q0.1", "q0.9"} <= set(out.columns)
+        assert (out["q0.1"] < out["mean"]).all() and (out["mean"] < out["q0.9"]).all()
+
+
 @pytest.mark.parametrize("option", ["--observations", "--targets", "--input", "--data",
                                     "info", "--checkpoint"])
 def test_a_directory_given_as_a_file_is_named_as_one(files, tmp_path, capsys, option):

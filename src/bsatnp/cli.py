@@ -222,7 +222,8 @@ def _predict(args: argparse.Namespace) -> None:
                               seed=args.seed, chunk_size=args.chunk_size,
                               max_memory=_working_memory(args, conditioned, targets, streamed),
                               progress=not args.quiet and not streamed,
-                              chunks="auto" if streamed else None)
+                              chunks="auto" if streamed else None,
+                              as_table=Path(args.output).suffix.lower() != ".nc")
     if streamed:  # one block at a time: torch already uses every core within a block
         import contextlib
 

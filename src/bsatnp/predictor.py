@@ -367,7 +367,7 @@ class Predictor:
         the rest to :meth:`condition`.
         """
         predict_keys = {"quantiles", "interval", "n_samples", "seed", "chunk_size",
-                        "max_memory", "progress"}
+                        "max_memory", "progress", "as_table"}
         options = {key: kwargs.pop(key) for key in list(kwargs) if key in predict_keys}
         if "target_crs" in kwargs:
             options["crs"] = kwargs.pop("target_crs")
@@ -413,7 +413,7 @@ class Conditioned:
                 quantiles: Sequence[float] = (), interval: float | None = None,
                 n_samples: int = 0, seed: int | None = None, chunk_size: int | None = None,
                 max_memory: int | str | None = None, progress: bool = False,
-                chunks: Mapping[str, int] | str | None = None) -> Any:
+                chunks: Mapping[str, int] | str | None = None, as_table: bool = False) -> Any:
         """Predictions at ``targets`` in the container type of the targets.
 
         Args:
@@ -433,6 +433,11 @@ class Conditioned:
                 ``chunk_size``/``max_memory`` give); the result is then a lazy dask-backed
                 Dataset computed block by block (:mod:`bsatnp.data.lazy`), as it is for
                 dask-backed targets. Marginal samples are not drawn lazily.
+            as_table: xarray targets only: a DataFrame with one row per target (as for
+                DataFrame targets) instead of a Dataset: the grid's coordinates and the
+                targets' variables over its dims as columns (those over another dimension
+                are left out with a warning), ``q<level>``, ``sample_<i>`` and
+                ``probability_<class>`` columns. CSV and Parquet outputs are made so.
 
         Returns:
             DataFrame: the targets with columns ``mean``, ``std``, ``q<level>``,
@@ -455,6 +460,9 @@ class Conditioned:
             if not is_xarray(targets):
                 raise ValueError("chunks= needs xarray targets (a grid); predict a table in "
                                  "pieces with chunk_size= instead")
+            if as_table:
+                raise ValueError("as_table with a lazy (dask-backed or chunked) grid: a "
+                                 "table is held whole; compute the grid first or write .nc")
             if n_samples:
                 raise ValueError("n_samples with a lazy (dask-backed or chunked) grid: "
                                  "samples are not drawn block by block; compute the grid "
@@ -478,6 +486,8 @@ class Conditioned:
             "seed": seed is not None})
         points, template = read_points(targets, self.schema, "targets", with_values=False,
                                        crs=crs)
+        if as_table:
+            template = template.table()
         if self.schema.time and points.time_zone != self.time_zone:
             aware, naive = (("observations", "targets") if self.time_zone
                             else ("targets", "observations"))

@@ -72,8 +72,10 @@ def _check_declared_size(path: Path, dataset: Any) -> None:
 def write_table(data: Any, path: str | os.PathLike[str]) -> Path:
     """Write a DataFrame or Dataset to ``.csv``, ``.parquet`` or ``.nc`` (atomically).
 
-    A Dataset written as CSV/Parquet becomes one row per grid point; a DataFrame written as
-    netCDF keeps its index as the dimension. A lazy (dask-backed) Dataset written as netCDF
+    A Dataset written as CSV/Parquet becomes one row per combination of all its dimensions
+    (``to_dataframe``; predictions with one row per target come from
+    ``Conditioned.predict(..., as_table=True)``); a DataFrame written as netCDF keeps its
+    index as the dimension. A lazy (dask-backed) Dataset written as netCDF
     is computed and written block by block.
 
     Raises:

@@ -142,6 +142,30 @@ class Template:
             return out.assign_coords(coords) if coords else out
         return {name: np.asarray(array) for name, array in outputs.items()}
 
+    def table(self) -> Template:
+        """This template with one row per point: xarray targets become a DataFrame.
+
+        Its columns are the grid's coordinates and the targets' variables over the grid's
+        dims (broadcast to every point, in the order the points are read); a variable or
+        coordinate over another dimension has no one value per point and is left out with
+        a warning naming it and the dimension. Other kinds are returned as they are.
+        """
+        if self.kind != "xarray":
+            return self
+        xr = require("xarray", "xarray targets")
+        data = (self.data if hasattr(self.data, "data_vars")
+                else xr.Dataset(coords=self.data.coords))
+        other = [str(dim) for dim in data.dims if dim not in self.dims]
+        if other:
+            names = sorted(str(name) for name, variable in data.variables.items()
+                           if set(map(str, variable.dims)) & set(other))
+            warnings.warn(f"targets: {names} span dimension(s) {other}, not only the targets' "
+                          f"({', '.join(self.dims)}): left out of the table of one row per "
+                          "target; write .nc to keep them", stacklevel=4)
+            data = data.drop_dims(other)
+        frame = data.to_dataframe(dim_order=list(self.dims)).reset_index()
+        return Template(frame, "pandas", (), (len(frame),))
+
 
 def is_xarray(data: Any) -> bool:
     """Whether ``data`` is an xarray Dataset or DataArray (without importing xarray)."""
