@@ -267,6 +267,26 @@ def test_cli_a_time_that_is_not_a_date_names_its_row(tmp_path, capsys, where):
         "which is not a date and time", err), err
 
 
+@pytest.mark.parametrize("kind", ["datetimes", "numbers"])
+@pytest.mark.parametrize("where", ["observations", "targets"])
+def test_cli_an_empty_time_names_the_time_column_and_its_row(tmp_path, capsys, where, kind):
+    """Before: "coordinate column 'when' is nan at data row 3 ...": a blank cell reported as
+    a NaN coordinate."""
+    from bsatnp import cli
+
+    obs, targets = _hours("2024-01-01", 40), _hours("2024-01-02", 4)
+    if kind == "numbers":
+        obs, targets = [str(i) for i in range(40)], [str(i) for i in range(4)]
+    (obs if where == "observations" else targets)[2] = ""
+    args = _space_time_files(tmp_path, obs, targets)
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    name = "obs" if where == "observations" else "targets"
+    assert err.count("\n") == 1 and re.search(
+        rf"{where}: time column 'when' is empty at data row 3 of \S*{name}.csv; every point "
+        "needs a time", err), err
+
+
 @pytest.mark.parametrize("field, value, message", [
     ("space_scale", (1e-300, 1e-300), r"observations: role 's' overflows float32 in model "
      r"units, although the data are within float32 \(largest \|s\| = [0-9.]+ in their "

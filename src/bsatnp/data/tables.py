@@ -225,7 +225,12 @@ def read_points(data: Any, schema: Schema, what: str, with_values: bool,
     time, time_zone = None, False
     if schema.time:
         time, time_zone = _times(columns[schema.time], schema, what, label)
-        _check_finite_coords(time[:, None], (schema.time,), label, what)
+        bad = ~np.isfinite(time)
+        if bad.any():  # a blank cell, NaN or NaT reads as NaN
+            row = int(np.argmax(bad))
+            state = "empty" if np.isnan(time[row]) else time[row]
+            raise ValueError(f"{what}: time column {schema.time!r} is {state} at {label(row)}; "
+                             "every point needs a time")
     covariates = None
     if schema.covariates:
         covariates = np.stack([_numeric(columns[name], name, what, label)
