@@ -227,6 +227,22 @@ def test_bad_observations_raise_one_clear_error(case, message):
         lonlat_predictor().condition(obs, **ROLES)
 
 
+@pytest.mark.parametrize("case, message", [
+    ("nan coordinate", r"observations: coordinate column 'lat' is nan at row 6 \(counting "
+                       r"from 1\);"),
+    ("inf value", r"observations: value column 'temp' is inf at row 5 \(counting from 1\)$"),
+    ("latitude", r"latitude column 'lat' at row 3 \(counting from 1\)"),
+], ids=["nan coordinate", "inf value", "latitude"])
+def test_mapping_inputs_name_their_rows_counting_from_1(case, message):
+    """Before: a mapping of arrays named 0-based positions ("row 5" for the 6th entry)."""
+    obs = {name: np.array(column) for name, column in stations().items()}
+    column, row, value = {"nan coordinate": ("lat", 5, np.nan), "inf value": ("temp", 4, np.inf),
+                          "latitude": ("lat", 2, 250.0)}[case]
+    obs[column][row] = value
+    with pytest.raises(ValueError, match=message):
+        lonlat_predictor().condition(obs, **ROLES)
+
+
 def test_schema_that_does_not_match_the_checkpoint_is_refused(tmp_path):
     predictor = lonlat_predictor()
     predictor.fit_normalizer(stations(), **ROLES)

@@ -267,16 +267,9 @@ def _columns(data: Any, names: list[str], what: str
         if missing:
             raise ValueError(f"{what}: no column(s) {missing}; the columns are "
                              f"{list(labels)}")
-        index = data.index
-        source = data.attrs.get(SOURCE_ATTR)
-        if source is not None and _is_default_index(index):  # read from a file: 1-based
-            def label(i: int) -> str:
-                return f"data row {i + 1} of {source}"
-        else:
-            def label(i: int) -> str:
-                return f"row {index[i]!r}"
         return ({name: data[labels[name]].to_numpy() for name in names},
-                Template(data, "pandas", (), (len(data),)), label)
+                Template(data, "pandas", (), (len(data),)),
+                _row_label(data.index, data.attrs.get(SOURCE_ATTR)))
     if is_xarray(data):
         xr = require("xarray", "reading xarray data")
         available = _xarray_names(data)
@@ -310,9 +303,23 @@ def _columns(data: Any, names: list[str], what: str
         if len(set(lengths.values())) > 1:
             raise ValueError(f"{what}: arrays have different lengths {lengths}")
         n = next(iter(lengths.values()), 0)
-        return columns, Template(data, "mapping", (), (n,)), lambda i: f"row {i}"
+        return columns, Template(data, "mapping", (), (n,)), _row_label(None, None)
     raise ValueError(f"{what} must be a pandas DataFrame, an xarray Dataset/DataArray or a "
                      f"mapping of arrays, got {type(data).__name__}")
+
+
+def _row_label(index: Any, source: str | None) -> Callable[[int], str]:
+    """How messages name row ``i`` of a table (a DataFrame or a mapping of arrays).
+
+    A table read from a file (``source``) without index labels of the user's: ``data row
+    N of FILE``, counted from 1; rows with no index at all (``index=None``, a mapping):
+    ``row N (counting from 1)``; otherwise the row's index label.
+    """
+    if source is not None and (index is None or _is_default_index(index)):
+        return lambda i: f"data row {i + 1} of {source}"
+    if index is None:
+        return lambda i: f"row {i + 1} (counting from 1)"
+    return lambda i: f"row {index[i]!r}"
 
 
 def _is_default_index(index: Any) -> bool:
