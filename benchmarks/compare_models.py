@@ -212,8 +212,8 @@ VARIANTS = {
 
 def train(name: str, experiment: ExperimentConfig, out_dir: Path,
           deadline: float | None, device: str) -> nn.Module | None:
-    """Train one variant on ``device`` to ``experiment.train.steps``, resuming
-    ``out_dir/last.safetensors`` (a checkpoint from any device).
+    """Train one variant on ``device`` to ``experiment.train.steps`` (or its early stop),
+    resuming ``out_dir/last.safetensors`` (a checkpoint from any device).
 
     Returns:
         The trained model, or ``None`` when ``deadline`` (``time.monotonic()``) came first.
@@ -228,11 +228,13 @@ def train(name: str, experiment: ExperimentConfig, out_dir: Path,
                  "use another --runs directory")
     start, first = time.perf_counter(), trainer.step
     budget = None if deadline is None else deadline - time.monotonic()
-    if trainer.step < steps and (budget is None or budget > 0):
+    if trainer.step < steps and trainer.stopped is None and (budget is None or budget > 0):
         trainer.fit(progress=False, max_seconds=budget)
     print(f"  {name}: step {trainer.step} of {steps} ({trainer.step - first} steps in "
           f"{time.perf_counter() - start:.0f} s)", flush=True)
-    return trainer.model if trainer.step >= steps else None
+    if trainer.stopped is not None:
+        print(f"  {name}: {trainer.stopped}", flush=True)
+    return trainer.model if trainer.step >= steps or trainer.stopped is not None else None
 
 
 def _baddbmm_flops(self_shape: Any, batch1_shape: Any, batch2_shape: Any, *args: Any,

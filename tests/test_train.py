@@ -208,6 +208,127 @@ def test_validate_start_keeps_the_starting_weights_when_no_step_beats_them(tmp_p
     assert math.isnan(records[0]["loss"])
 
 
+def test_best_state_is_the_minimum_of_a_scripted_validation_curve(tmp_path):
+    """best.safetensors holds the weights of the validation with the lowest NLL: not the
+    last one, not a later tie, never a NaN."""
+    curve = [2.0, 1.5, math.nan, 0.7, 0.9, 0.7, 1.2, 0.8]  # the minimum at the 4th (step 4)
+    seen: list[dict[str, torch.Tensor]] = []
+
+    def validate(model: BSATNP) -> dict[str, float]:
+        seen.append({k: v.clone() for k, v in model.state_dict().items()})
+        return {"nll": curve[len(seen) - 1]}
+
+    trainer = Trainer(tiny_model(), sample_batch, config(tmp_path, steps=8, val_every=1),
+                      validate)
+    trainer.fit(progress=False)
+    assert len(seen) == len(curve) and trainer.best_metric == 0.7
+    best = load_checkpoint(tmp_path / "best.safetensors")
+    assert (best.step, best.best_metric) == (4, 0.7)
+    assert all(torch.equal(best.model_state[k], seen[3][k]) for k in seen[3])
+    assert not all(torch.equal(best.model_state[k], seen[5][k]) for k in seen[5])
+    assert load_checkpoint(tmp_path / "last.safetensors").step == 8
+
+
+# Validation every 2 steps; the best is at step 8, then three validations without a new best
+# (1.0 ties it, NaN never improves): with patience 3 the run stops at step 14.
+EARLY_STOP_CURVE = {2: 3.0, 4: 2.0, 6: 2.5, 8: 1.0, 10: 1.5, 12: 1.0, 14: math.nan,
+                    16: 0.5, 18: 0.4, 20: 0.3}
+
+
+class ScriptedValidation:
+    """Validation NLL of :data:`EARLY_STOP_CURVE` at the step of ``self.trainer``."""
+
+    def __init__(self) -> None:
+        self.trainer: Trainer | None = None
+        self.steps: list[int] = []  # the steps validated
+
+    def __call__(self, model: BSATNP) -> dict[str, float]:
+        self.steps.append(self.trainer.step)
+        return {"nll": EARLY_STOP_CURVE[self.trainer.step]}
+
+    def attach(self, trainer: Trainer) -> Trainer:
+        self.trainer = trainer
+        return trainer
+
+
+def early_stopping_trainer(out_dir, **overrides) -> tuple[Trainer, ScriptedValidation]:
+    validate = ScriptedValidation()
+    cfg = config(out_dir, **{"steps": 20, "val_every": 2, "save_every": 2,
+                             "early_stop_patience": 3, **overrides})
+    return validate.attach(Trainer(tiny_model(), sample_batch, cfg, validate)), validate
+
+
+def resumed_trainer(path) -> tuple[Trainer, ScriptedValidation]:
+    validate = ScriptedValidation()
+    return validate.attach(Trainer.from_checkpoint(path, sample_batch, validate)), validate
+
+
+def test_early_stopping_stops_where_the_scripted_curve_says(tmp_path):
+    trainer, validate = early_stopping_trainer(tmp_path)
+    trainer.fit(progress=False)
+    assert trainer.step == 14 and validate.steps == [2, 4, 6, 8, 10, 12, 14]
+    assert trainer.stopped is not None and "early_stop_patience=3" in trainer.stopped
+    last = load_checkpoint(tmp_path / "last.safetensors")
+    best = load_checkpoint(tmp_path / "best.safetensors")
+    assert (last.step, best.step, best.best_metric) == (14, 8, 1.0)
+    assert last.trainer_state["stopped"] == trainer.stopped
+    records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert records[-1]["step"] == 14 and records[-1]["stopped"].startswith(
+        "early stop at step 14: 3 validations without a new best (best validation NLL 1;")
+    assert all("stopped" not in r for r in records[:-1])
+
+
+def test_patience_one_more_runs_past_the_stale_stretch(tmp_path):
+    trainer, validate = early_stopping_trainer(tmp_path, early_stop_patience=4)
+    trainer.fit(progress=False)
+    assert trainer.step == 20 and trainer.stopped is None and validate.steps[-1] == 20
+    assert load_checkpoint(tmp_path / "best.safetensors").step == 20
+
+
+def test_a_stopped_run_stays_stopped_on_resume(tmp_path):
+    trainer, _ = early_stopping_trainer(tmp_path)
+    trainer.fit(progress=False)
+    log = (tmp_path / "log.jsonl").read_text()
+    resumed, validate = resumed_trainer(tmp_path / "last.safetensors")
+    assert resumed.stopped == trainer.stopped
+    with pytest.warns(UserWarning, match="not training: the run stopped early at step 14"):
+        resumed.fit(progress=False)
+    with pytest.warns(UserWarning, match="stopped early"):
+        resumed.fit(steps=4, progress=False)
+    assert resumed.step == 14 and validate.steps == []
+    assert (tmp_path / "log.jsonl").read_text() == log
+    assert load_checkpoint(tmp_path / "last.safetensors").step == 14
+
+
+def test_early_stopping_resumes_its_count_exactly(tmp_path):
+    """Killed at step 12 (two stale validations so far), the resumed run stops at step 14
+    too: the count is in the checkpoint."""
+    first, _ = early_stopping_trainer(tmp_path)
+    first.fit(steps=12, progress=False)
+    assert (first.step, first.stale_validations, first.stopped) == (12, 2, None)
+    resumed, validate = resumed_trainer(tmp_path / "last.safetensors")
+    assert (resumed.step, resumed.stale_validations) == (12, 2)
+    resumed.fit(progress=False)
+    assert resumed.step == 14 and resumed.stopped is not None and validate.steps == [14]
+
+
+def test_early_stop_patience_is_read_from_yaml_and_needs_validation(tmp_path):
+    from bsatnp.experiment import load_experiment
+
+    path = tmp_path / "run.yaml"
+    assert load_experiment("gp2d").train.early_stop_patience is None
+    path.write_text("train:\n  early_stop_patience: 3\n")
+    assert load_experiment(path).train.early_stop_patience == 3
+    for bad, message in (("'3'", "train.early_stop_patience: expected int, got '3'"),
+                         ("2.5", "train.early_stop_patience: expected int"),
+                         ("0", "early_stop_patience must be >= 1 or None, got 0")):
+        path.write_text(f"train:\n  early_stop_patience: {bad}\n")
+        with pytest.raises(ValueError, match=message):
+            load_experiment(path)
+    with pytest.raises(ValueError, match="early_stop_patience needs a validate function"):
+        Trainer(tiny_model(), sample_batch, config(tmp_path, early_stop_patience=2))
+
+
 def test_log_and_checkpoint_schedule(tmp_path):
     trainer = Trainer(tiny_model(), sample_batch,
                       config(tmp_path, steps=7, log_every=3, save_every=100))

@@ -33,6 +33,10 @@ class TrainConfig(Config):
             loss or gradient norm is NaN or infinite (each such step is skipped: no update).
         validate_start: Also validate the starting weights (step 0 of a fresh run), so that
             ``best.safetensors`` keeps them when no step improves on them (fine-tuning).
+        early_stop_patience: Stop training after this many validations in a row without a
+            new best validation NLL (``None``: never stop early). The run ends as at its
+            last step (log record, ``last.safetensors``) and stays stopped on resume;
+            ``best.safetensors`` holds the state to use.
     """
 
     steps: int = 100_000
@@ -51,11 +55,15 @@ class TrainConfig(Config):
     out_dir: str = "runs/exp"
     max_bad_steps: int = 10
     validate_start: bool = False
+    early_stop_patience: int | None = None
 
     def __post_init__(self) -> None:
         for name in _POSITIVE_INTS:
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.early_stop_patience is not None and self.early_stop_patience < 1:
+            raise ValueError("TrainConfig.early_stop_patience must be >= 1 or None, got "
+                             f"{self.early_stop_patience}")
         if self.lr <= 0:
             raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr}")
         if not 0.0 <= self.final_lr_factor <= 1.0:

@@ -68,6 +68,13 @@ class Trainer:
     Non-finite weights are never saved (:meth:`save` refuses them) and a non-finite
     validation NLL never becomes the best: it ranks below every finite one.
 
+    Early stopping (``config.early_stop_patience``): a validation that does not set a new
+    best NLL (strictly lower) counts as stale; after that many stale validations in a row
+    :meth:`fit` ends as at its last step: the record of that step says why (``"stopped"``)
+    and ``last.safetensors`` is written. The count and the reason are stored in every
+    checkpoint, so a resumed run stops at the same step as an uninterrupted one, and a
+    stopped run stays stopped: :meth:`fit` then trains no step and warns instead.
+
     Args:
         model: The model to train (on any device; batches are moved to it).
         sample_batch: Draws one training batch from the given generator; must set ``f_test``.
@@ -79,6 +86,9 @@ class Trainer:
         replicas: This process's rank among data-parallel processes (``torchrun``; see
             :mod:`bsatnp.train.distributed`), or ``None`` for one process. Each rank trains
             on its slice of the global batch and only rank 0 writes files.
+
+    Raises:
+        ValueError: If ``config.early_stop_patience`` is set without ``validate``.
     """
 
     def __init__(
@@ -90,6 +100,9 @@ class Trainer:
         extra: dict[str, Any] | None = None,
         replicas: Replicas | None = None,
     ) -> None:
+        if config.early_stop_patience is not None and validate is None:
+            raise ValueError("TrainConfig.early_stop_patience needs a validate function "
+                             "(early stopping watches the validation NLL)")
         self.model = model
         self.replicas = replicas
         self.step_model = model if replicas is None else nn.parallel.DistributedDataParallel(model)
@@ -108,6 +121,10 @@ class Trainer:
         self.best_metric: float | None = None
         self.bad_steps: list[tuple[int, str]] = []
         """The current run of consecutive skipped steps: ``(step, "loss" or "grad_norm")``."""
+        self.stale_validations = 0
+        """Validations in a row since the last new best validation NLL."""
+        self.stopped: str | None = None
+        """Why the run stopped early (``config.early_stop_patience``), or ``None``."""
         self.out_dir = Path(config.out_dir)
 
     @classmethod
@@ -148,6 +165,7 @@ class Trainer:
             raise ValueError(f"{path}: the saved scheduler is at step {sched_step!r} but the "
                              f"checkpoint at step {ckpt.step}")
         bad_steps = _bad_steps(path, ckpt.trainer_state)
+        stale, stopped = _early_stop_state(path, ckpt.trainer_state)
         trainer = cls(ckpt.build_model().to(map_location), sample_batch, config, validate,
                       ckpt.extra, replicas)
         ckpt.restore(trainer.optimizer, "optimizer")
@@ -156,6 +174,7 @@ class Trainer:
         best = ckpt.best_metric
         trainer.best_metric = best if best is not None and math.isfinite(best) else None
         trainer.bad_steps = bad_steps
+        trainer.stale_validations, trainer.stopped = stale, stopped
         trainer.generator.set_state(ckpt.rng["data"])
         torch.set_rng_state(ckpt.rng["torch"])
         return trainer
@@ -164,6 +183,9 @@ class Trainer:
         self, steps: int | None = None, progress: bool = True, max_seconds: float | None = None
     ) -> None:
         """Train until ``config.steps`` steps in total, or for ``steps`` more steps.
+
+        A run that stopped early (:attr:`stopped`; ``config.early_stop_patience``) trains no
+        further: the call warns and returns.
 
         Args:
             steps: Steps to take now (default: the rest of ``config.steps``).
@@ -177,6 +199,10 @@ class Trainer:
             ValueError: If a checkpoint would hold non-finite weights, or another process
                 holds the run directory (:func:`bsatnp.train.run_dir.claim`).
         """
+        if self.stopped is not None:
+            warnings.warn(f"{self.out_dir}: not training: the run stopped early at step "
+                          f"{self.step} ({self.stopped})", stacklevel=2)
+            return
         target = self.config.steps if steps is None else self.step + steps
         deadline = None if max_seconds is None else time.monotonic() + max_seconds
         main = self.replicas is None or self.replicas.is_main
@@ -220,11 +246,14 @@ class Trainer:
                 diverged = len(self.bad_steps) >= self.config.max_bad_steps
                 bar.update(1)
                 metrics = self._validate() if self._due(self.config.val_every) else None
-                last = diverged or self.step == target or (
+                if metrics is not None:
+                    self.stopped = self._early_stop_reason()
+                last = diverged or self.stopped is not None or self.step == target or (
                     deadline is not None and time.monotonic() >= deadline
                 )
                 if metrics is not None or self._due(self.config.log_every) or last:
-                    record = self._record(log, losses, norms, lr, metrics, skipped)
+                    record = self._record(log, losses, norms, lr, metrics, skipped,
+                                          self.stopped)
                     bar.set_postfix(loss=f"{record['loss']:.4f}")
                     losses, norms, skipped = [], [], 0
                 if diverged:
@@ -256,7 +285,9 @@ class Trainer:
             path, self.model, self.optimizer, self.scheduler, step=self.step,
             rng={"torch": torch.get_rng_state(), "data": self.generator.get_state()},
             train_config=self.config.to_dict(), extra=self.extra, best_metric=self.best_metric,
-            trainer_state={"bad_steps": [list(bad) for bad in self.bad_steps]},
+            trainer_state={"bad_steps": [list(bad) for bad in self.bad_steps],
+                           "stale_validations": self.stale_validations,
+                           "stopped": self.stopped},
         )
 
     def _train_step(self) -> tuple[Tensor, Tensor, str | None]:
@@ -314,6 +345,17 @@ class Trainer:
     def _due(self, every: int) -> bool:
         return self.step % every == 0
 
+    def _early_stop_reason(self) -> str | None:
+        """Why to stop now (``config.early_stop_patience`` stale validations), or ``None``."""
+        patience = self.config.early_stop_patience
+        if patience is None or self.stale_validations < patience:
+            return None
+        best = ("no finite validation NLL yet" if self.best_metric is None
+                else f"best validation NLL {self.best_metric:.6g}")
+        return (f"early stop at step {self.step}: {self.stale_validations} validations "
+                f"without a new best ({best}; TrainConfig.early_stop_patience={patience}); "
+                "best.safetensors holds the best state")
+
     def _validate(self) -> dict[str, float] | None:
         """Run ``validate`` (if any) and write ``best.safetensors`` on a new best NLL."""
         if self.validate is None:
@@ -330,7 +372,10 @@ class Trainer:
         # (every rank validates the same weights on the same batches, so all agree on it)
         if math.isfinite(nll) and (self.best_metric is None or nll < self.best_metric):
             self.best_metric = nll
+            self.stale_validations = 0
             self.save(self.out_dir / "best.safetensors")
+        else:
+            self.stale_validations += 1
         return metrics
 
     def _drop_log_records_after(self, step: int) -> None:
@@ -345,11 +390,12 @@ class Trainer:
             write_atomic(path, "".join(kept).encode("utf-8"))
 
     def _record(self, log: TextIO, losses: list[Tensor], norms: list[Tensor], lr: float,
-                metrics: dict[str, float] | None, skipped: int = 0) -> dict[str, Any]:
+                metrics: dict[str, float] | None, skipped: int = 0,
+                stopped: str | None = None) -> dict[str, Any]:
         """Append one JSON line: means over the steps since the last record, and metrics.
 
         The means are over the steps that updated the model (NaN if none did); ``skipped``
-        counts the others.
+        counts the others; ``stopped`` (why training stops here) is added when given.
         """
         record: dict[str, Any] = {
             "step": self.step,
@@ -360,6 +406,8 @@ class Trainer:
             "time": time.time(),
         }
         record.update({f"val_{k}": v for k, v in (metrics or {}).items()})
+        if stopped is not None:
+            record["stopped"] = stopped
         log.write(json.dumps(record) + "\n")
         log.flush()
         return record
@@ -375,3 +423,18 @@ def _bad_steps(path: str | os.PathLike[str], state: dict[str, Any] | None) -> li
     if not all(isinstance(step, int) and kind in ("loss", "grad_norm") for step, kind in steps):
         raise ValueError(f"{path}: the saved trainer state is damaged: bad_steps={raw!r}")
     return steps
+
+
+def _early_stop_state(path: str | os.PathLike[str], state: dict[str, Any] | None
+                      ) -> tuple[int, str | None]:
+    """The stored count of stale validations and why the run stopped early.
+
+    ``(0, None)`` for files written before early stopping existed.
+    """
+    stale = (state or {}).get("stale_validations", 0)
+    stopped = (state or {}).get("stopped")
+    if isinstance(stale, bool) or not isinstance(stale, int) or stale < 0 or not (
+            stopped is None or isinstance(stopped, str)):
+        raise ValueError(f"{path}: the saved trainer state is damaged: "
+                         f"stale_validations={stale!r}, stopped={stopped!r}")
+    return stale, stopped
