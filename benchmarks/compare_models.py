@@ -21,11 +21,22 @@ the oracle) so that an interrupted evaluation continues too, and a rerun with mo
 ``--models`` scores only the added ones. The
 tables are written once every variant has reached ``--steps``.
 
+With ``--seeds 0,1,2`` every trainable model is trained once per seed (the seed of its
+initial weights and of its training batches), each in its own run directory
+(``DIR/seed<k>/<name>``, resumed as above), and all are scored on the same test batches
+(named ``<name> seed=<k>`` in the per-seed tables and ``DIR/scores``). The summary gives,
+per model and domain, the mean ± s.d. over seeds and a paired t-test of the reference model
+(BSA-TNP, the task's first row) against every other row, one pair per test batch (each
+model's per-batch scores averaged over its seeds; :func:`bsatnp.evaluate.seed_summary`);
+the JSON gains it as ``summary`` beside the per-seed ``eval``. Without ``--seeds`` the
+models train once with the task config's seed, in ``DIR/<name>``, as before.
+
 Usage:
     python benchmarks/compare_models.py --quick            # CI-sized, about a minute
     python benchmarks/compare_models.py --steps 5000 --eval-batches 500 --scaled-batches 50
     python benchmarks/compare_models.py --steps 1000 --runs runs/compare --minutes 150  # rerun
     python benchmarks/compare_models.py --models bsatnp,tnpd --steps 200
+    python benchmarks/compare_models.py --seeds 0,1,2 --steps 5000 --runs runs/seeds
     python benchmarks/compare_models.py --costs-only       # parameters, step time, GFLOPs
     python benchmarks/compare_models.py --task geodesic --steps 2000 --runs runs/geodesic
     python benchmarks/compare_models.py --task beijing --quick   # also era5 (real data)
@@ -52,7 +63,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, 
 
 from bsatnp.baselines import calibrated_local_averages
 from bsatnp.baselines.idw import LOCAL_AVERAGES
-from bsatnp.evaluate import evaluate
+from bsatnp.evaluate import evaluate, seed_summary
 from bsatnp.experiment import ExperimentConfig, build_trainer, load_experiment
 from bsatnp.loss import masked_nll
 from bsatnp.models import BSATNPConfig
@@ -226,6 +237,9 @@ def train(name: str, experiment: ExperimentConfig, out_dir: Path,
     if trainer.config.steps != steps:
         sys.exit(f"{last} is a run of {trainer.config.steps} steps, not --steps {steps}; "
                  "use another --runs directory")
+    if trainer.config.seed != experiment.train.seed:
+        sys.exit(f"{last} is a run with seed {trainer.config.seed}, not "
+                 f"{experiment.train.seed}; use another --runs directory")
     start, first = time.perf_counter(), trainer.step
     budget = None if deadline is None else deadline - time.monotonic()
     if trainer.step < steps and trainer.stopped is None and (budget is None or budget > 0):
@@ -323,7 +337,9 @@ def tables(results: dict[str, Any]) -> str:
                      f"| {gflops} |")
     for domain, entry in results.get("eval", {"domains": {}})["domains"].items():
         facts = ", ".join(f"{k} {entry[k]}" for k in ("box", "n_ctx", "n_test") if k in entry)
-        names = [n for n in (*results["models"], "oracle") if n in entry]
+        names = [n for n, v in entry.items()  # the models (per seed) and the oracle
+                 if isinstance(v, dict) and "nll" in v
+                 and not n.startswith(("gap", "vs_in_domain"))]
         metrics = ("nll", "rmse", "mae", "cov95") if "rmse" in entry[names[0]] else (
             "nll", "acc", "brier", "ece")
         lines += ["", f"**{domain}** ({entry['n_batches']} batches × {entry['batch_size']} "
@@ -337,7 +353,30 @@ def tables(results: dict[str, Any]) -> str:
             cells = [_fmt(row[m]) for m in metrics]
             cells += [_fmt(gap) if gap else "–", _fmt(shift) if shift else "–"]
             lines.append(f"| {name} | {' | '.join(cells)} |")
+    if "summary" in results:
+        lines += seed_table(results["summary"], results["meta"]["seeds"])
     return "\n".join(lines) + "\n"
+
+
+def seed_table(summary: dict[str, Any], seeds: list[int]) -> list[str]:
+    """Markdown lines: per domain, mean ± s.d. over seeds and the paired tests."""
+    reference, metrics = summary["reference"], summary["metrics"]
+    lines = []
+    for domain, entry in summary["domains"].items():
+        lines += ["", f"**{domain}, seeds {', '.join(map(str, seeds))}**: mean ± s.d. over "
+                  f"seeds; {reference} − model per test batch (scores averaged over seeds), "
+                  "paired t-test", "",
+                  "| model | seeds | " + " | ".join(m.upper() for m in metrics) + " | "
+                  + " | ".join(f"Δ{m.upper()} (p)" for m in metrics) + " |",
+                  "|---|---|" + "---|" * (2 * len(metrics))]
+        for name, row in entry["models"].items():
+            cells = [str(row["seeds"])]
+            cells += [_fmt({"mean": row[m]["mean"], "se": row[m]["sd"]}) for m in metrics]
+            test = entry["paired"].get(name)
+            cells += [f"{test[m]['mean_diff']:+.3f} (p={test[m]['p']:.2g})" if test else "–"
+                      for m in metrics]
+            lines.append(f"| {name} | {' | '.join(cells)} |")
+    return lines
 
 
 def _fmt(stat: dict[str, float | None]) -> str:
@@ -345,6 +384,18 @@ def _fmt(stat: dict[str, float | None]) -> str:
     if se is None or not math.isfinite(se):  # one batch: no standard error
         return f"{stat['mean']:.3f}"
     return f"{stat['mean']:.3f} ± {se:.3f}"
+
+
+def _seeds(text: str) -> list[int]:
+    """``--seeds 0,1,2``: distinct integers."""
+    try:
+        seeds = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected integers separated by commas, got {text!r}") from None
+    if len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"repeated seed in {text!r}")
+    return seeds
 
 
 def main() -> None:
@@ -362,6 +413,10 @@ def main() -> None:
     parser.add_argument("--scaled-batches", type=int, default=50,
                         help="test batches of the 2D GP's scaled domain (4× the points)")
     parser.add_argument("--models", help="comma-separated subset of the row names")
+    parser.add_argument("--seeds", type=_seeds, metavar="S,S,...",
+                        help="train every model once per seed (DIR/seed<k>/<name>) and report "
+                             "mean ± s.d. over seeds and paired t-tests against BSA-TNP "
+                             "(default: once, with the task config's seed)")
     parser.add_argument("--rounds", type=int, default=5, help="timed steps per model")
     parser.add_argument("--costs-only", action="store_true",
                         help="no training or evaluation: parameters, step time and GFLOPs")
@@ -400,26 +455,43 @@ def main() -> None:
                                                        batch_size=args.batch_size))
     train_config = replace(experiment.train, steps=args.steps, val_every=args.steps,
                            save_every=min(args.steps, 100), val_batches=2 if args.quick else 16)
-    models: dict[str, nn.Module] = {}
+    seeds = args.seeds or [train_config.seed]
+    held_out = {experiment.eval.seed, experiment.eval.val_seed} & set(seeds)
+    if held_out:
+        parser.error(f"--seeds {sorted(held_out)}: the test and validation batches' seeds")
+    models: dict[str, nn.Module] = {}  # the first seed's, for the costs
+    trained: dict[str, nn.Module] = {}  # every seed's, by evaluated name
+
+    def label(name: str, seed: int) -> str:
+        return f"{name} seed={seed}" if args.seeds else name
+
+    groups = {name: [label(name, seed) for seed in seeds]  # the evaluated names of each row
+              for name in configs if name not in COST_ONLY}
     free: dict[str, nn.Module] = {}
-    scored = None
+    scored = summary = None
     deadline = None if args.minutes is None else time.monotonic() + 60 * args.minutes
     unfinished = []
     runs = (contextlib.nullcontext(args.runs) if args.runs is not None
             else tempfile.TemporaryDirectory(prefix="compare_models_"))
     with runs as out_root:
-        for name, config in configs.items():
-            torch.manual_seed(train_config.seed)
-            if args.costs_only or name in COST_ONLY:
-                models[name] = build_model(config).to(args.device)
-                continue
-            variant = replace(experiment, model=config, task=task, train=train_config)
-            out_dir = Path(out_root) / name.replace(" ", "_").replace("=", "").replace("+", "_")
-            model = train(name, variant, out_dir, deadline, args.device)
-            if model is None:
-                unfinished.append(name)
-            else:
-                models[name] = model
+        for seed in seeds[:1] if args.costs_only else seeds:
+            root = Path(out_root) / f"seed{seed}" if args.seeds else Path(out_root)
+            for name, config in configs.items():
+                torch.manual_seed(seed)
+                if args.costs_only or name in COST_ONLY:
+                    if seed == seeds[0]:
+                        models[name] = build_model(config).to(args.device)
+                    continue
+                variant = replace(experiment, model=config, task=task,
+                                  train=replace(train_config, seed=seed))
+                out_dir = root / name.replace(" ", "_").replace("=", "").replace("+", "_")
+                model = train(label(name, seed), variant, out_dir, deadline, args.device)
+                if model is None:
+                    unfinished.append(label(name, seed))
+                else:
+                    trained[label(name, seed)] = model
+                    if seed == seeds[0]:
+                        models[name] = model
     if unfinished:
         print(f"Not yet at {args.steps} steps: {', '.join(unfinished)}. Rerun the same command "
               f"to continue from {args.runs}; the tables need every model trained.")
@@ -434,16 +506,22 @@ def main() -> None:
     if not args.costs_only:
         counts = {d: args.scaled_batches if d == "scaled" else args.eval_batches
                   for d in task.domains}
-        scored = evaluate({n: m for n, m in {**models, **free}.items() if n not in COST_ONLY},
-                          n_batches=counts, seed=experiment.eval.seed, task=task,
-                          progress=False,
+        evaluated = {name: trained[name] for names in groups.values() for name in names}
+        scored = evaluate({**evaluated, **free}, n_batches=counts, seed=experiment.eval.seed,
+                          task=task, progress=False, per_batch=bool(args.seeds),
                           cache_dir=None if args.runs is None else Path(args.runs) / "scores")
+        if args.seeds and groups:
+            summary = seed_summary(scored, {**groups, **{name: [name] for name in free}},
+                                   reference=next(iter(groups)),
+                                   metrics=("nll", "rmse" if task.likelihood == "gaussian"
+                                            else "acc"))
+        scored.pop("batches", None)  # kept in DIR/scores with --runs
     results = {
         "meta": run_meta(args.threads,
                          device=(torch.cuda.get_device_name(args.device)
                                  if torch.device(args.device).type == "cuda" else "cpu"),
                          task=args.task, steps=0 if args.costs_only else args.steps,
-                         quick=args.quick),
+                         quick=args.quick, **({"seeds": seeds} if args.seeds else {})),
         "models": {
             name: {"family": family_name(m.config) if name in models else "training-free",
                    "parameters": sum(p.numel() for p in m.parameters())}
@@ -451,6 +529,7 @@ def main() -> None:
         },
         "costs": costs,
         **({} if scored is None else {"eval": scored}),
+        **({} if summary is None else {"summary": summary}),
     }
     print(tables(results))
     suffix = "" if args.task == "gp2d" else f"_{args.task}"

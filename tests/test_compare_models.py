@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,6 +71,59 @@ def test_compare_models_continues_in_pieces(tmp_path):
             json.loads(out.read_text())["eval"]["domains"].values(), strict=True)
     }
     assert json.loads(out.read_text())["eval"]["domains"]["scaled"]["cached_batches"] == 1
+
+
+def test_compare_models_seeds_report_mean_sd_and_paired_tests(tmp_path):
+    """--seeds: one run directory per seed, every seed scored on the same batches, the
+    summary's mean ± s.d. over seeds and paired tests consistent with the per-seed scores;
+    a rerun resumes every run."""
+    from bsatnp.io.checkpoint import load_checkpoint
+
+    runs, out = tmp_path / "runs", tmp_path / "seeds.json"
+
+    def compare():
+        return subprocess.run(
+            [sys.executable, str(ROOT / "benchmarks" / "compare_models.py"), "--quick",
+             "--models", "bsatnp,tnpd,idw", "--seeds", "3,4", "--threads", "1", "--runs",
+             str(runs), "--out", str(out)],
+            capture_output=True, text=True, timeout=600,
+        )
+
+    proc = compare()
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads(out.read_text())
+    assert results["meta"]["seeds"] == [3, 4] and set(results["models"]) == {
+        "bsatnp", "tnpd", "idw"}
+    for seed in (3, 4):
+        for name in ("bsatnp", "tnpd"):
+            ckpt = load_checkpoint(runs / f"seed{seed}" / name / "last.safetensors")
+            assert (ckpt.step, ckpt.train_config["seed"]) == (4, seed)
+    summary = results["summary"]
+    assert summary["reference"] == "bsatnp" and summary["metrics"] == ["nll", "rmse"]
+    for domain, entry in results["eval"]["domains"].items():
+        nll = {name: entry[name]["nll"]["mean"] for name in
+               ("bsatnp seed=3", "bsatnp seed=4", "tnpd seed=3", "tnpd seed=4", "idw")}
+        assert nll["bsatnp seed=3"] != nll["bsatnp seed=4"]  # the seeds train other models
+        rows = summary["domains"][domain]["models"]
+        assert rows["bsatnp"]["seeds"] == 2 and rows["idw"]["seeds"] == 1
+        assert rows["bsatnp"]["nll"]["mean"] == pytest.approx(
+            (nll["bsatnp seed=3"] + nll["bsatnp seed=4"]) / 2)
+        assert rows["bsatnp"]["nll"]["sd"] == pytest.approx(
+            abs(nll["bsatnp seed=3"] - nll["bsatnp seed=4"]) / math.sqrt(2))
+        paired = summary["domains"][domain]["paired"]
+        assert set(paired) == {"tnpd", "idw"}
+        assert paired["tnpd"]["nll"]["n"] == entry["n_batches"]
+        assert paired["tnpd"]["nll"]["mean_diff"] == pytest.approx(
+            rows["bsatnp"]["nll"]["mean"] - rows["tnpd"]["nll"]["mean"])
+        assert paired["idw"]["nll"]["mean_diff"] == pytest.approx(
+            rows["bsatnp"]["nll"]["mean"] - nll["idw"])
+        if entry["n_batches"] > 1:
+            assert 0.0 < paired["tnpd"]["nll"]["p"] <= 1.0
+    assert "batches" not in results["eval"]
+    assert "| tnpd | 2 |" in proc.stdout and "ΔNLL (p)" in proc.stdout
+    again = compare()
+    assert again.returncode == 0 and "bsatnp seed=4: step 4 of 4 (0 steps" in again.stdout
+    assert json.loads(out.read_text())["summary"] == summary
 
 
 def test_compare_models_costs_only_counts_in_place_matmuls(tmp_path):

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
 
-from bsatnp.evaluate import evaluate
+from bsatnp.evaluate import evaluate, seed_summary
 from bsatnp.experiment import ExperimentConfig
 from bsatnp.tasks.gp2d import GP2DTask
 
@@ -177,3 +178,54 @@ def test_each_domain_reports_its_paired_difference_to_in_domain():
     assert abs(diff["mean"]) < 1e-4  # BSA-TNP is translation invariant: shifted = in-domain
     with pytest.raises(ValueError, match="vs_in_domain"):
         evaluate({"vs_in_domain/x": model}, ("in_domain",), 1, task=TASK)
+
+
+def test_per_batch_scores_are_the_ones_summarised():
+    results = evaluate({"a": CountingModel(), "b": CountingModel(0.5)}, ("in_domain",), 3,
+                       seed=5, progress=False, task=TASK, per_batch=True)
+    batches, entry = results["batches"]["in_domain"], results["domains"]["in_domain"]
+    assert set(batches) == {"a", "b", "oracle"} and len(batches["a"]) == 3
+    for name in ("a", "b", "oracle"):
+        assert entry[name]["nll"]["mean"] == pytest.approx(
+            sum(row["nll"] for row in batches[name]) / 3, abs=1e-12)
+    assert "batches" not in evaluate(CountingModel(), ("in_domain",), 1, seed=5,
+                                     progress=False, task=TASK)
+
+
+def scored(per_batch):
+    """An :func:`evaluate` result of one domain from per-batch NLLs ``{name: [...]}``."""
+    entry = {"n_batches": len(next(iter(per_batch.values())))}
+    for name, values in per_batch.items():
+        entry[name] = {"nll": {"mean": sum(values) / len(values), "se": 0.0}}
+    return {"domains": {"in_domain": entry},
+            "batches": {"in_domain": {name: [{"nll": v} for v in values]
+                                      for name, values in per_batch.items()}}}
+
+
+def test_seed_summary_averages_seeds_per_batch_and_pairs_by_batch():
+    results = scored({"ref s0": [1.0, 2.0, 3.0], "ref s1": [3.0, 4.0, 5.0],
+                      "base s0": [2.0, 3.0, 3.0], "base s1": [2.0, 5.0, 7.0],
+                      "free": [4.0, 3.0, 5.0]})
+    groups = {"ref": ["ref s0", "ref s1"], "base": ["base s0", "base s1"], "free": ["free"]}
+    out = seed_summary(results, groups, "ref")
+    assert out["reference"] == "ref" and out["metrics"] == ["nll"]
+    models = out["domains"]["in_domain"]["models"]
+    # ref: seed means 2 and 4 → mean 3, sd √2; base: 8/3 and 14/3 → mean 11/3, sd √2
+    assert (models["ref"]["seeds"], models["free"]["seeds"]) == (2, 1)
+    assert (models["ref"]["nll"]["mean"], models["ref"]["nll"]["sd"]) == pytest.approx(
+        (3.0, math.sqrt(2)))
+    assert models["base"]["nll"]["mean"] == pytest.approx(11 / 3)
+    assert math.isnan(models["free"]["nll"]["sd"])
+    paired = out["domains"]["in_domain"]["paired"]
+    assert set(paired) == {"base", "free"}
+    # per batch, seeds averaged: ref (2, 3, 4), base (2, 4, 5): ref − base = (0, −1, −1)
+    t = (-2 / 3) / (math.sqrt(1 / 3) / math.sqrt(3))
+    assert paired["base"]["nll"]["mean_diff"] == pytest.approx(-2 / 3)
+    assert paired["base"]["nll"]["t"] == pytest.approx(t)
+    assert paired["base"]["nll"]["p"] == pytest.approx(1 - abs(t) / math.sqrt(2 + t * t))
+    # ref − free = (−2, 0, −1): mean −1, sd 1
+    assert paired["free"]["nll"]["t"] == pytest.approx(-math.sqrt(3))
+    with pytest.raises(ValueError, match="per_batch=True"):
+        seed_summary({"domains": results["domains"]}, groups, "ref")
+    with pytest.raises(ValueError, match="reference"):
+        seed_summary(results, groups, "nope")

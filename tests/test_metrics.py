@@ -9,7 +9,9 @@ from bsatnp.metrics import (
     crps,
     gaussian_metrics,
     mae,
+    mean_sd,
     nll,
+    paired_t_test,
     rmse,
     summarize,
 )
@@ -113,3 +115,47 @@ def test_summarize_mean_and_stderr():
     assert single["nll"][0] == 1.0 and math.isnan(single["nll"][1])
     with pytest.raises(ValueError):
         summarize([])
+
+
+def test_mean_sd_over_seeds():
+    assert mean_sd([1.0, 2.0, 3.0]) == pytest.approx((2.0, 1.0))
+    mean, sd = mean_sd([5.0])
+    assert mean == 5.0 and math.isnan(sd)
+    with pytest.raises(ValueError):
+        mean_sd([])
+
+
+def test_paired_t_test_matches_a_hand_computation():
+    """a − b = (2, 3, 1): mean 2, sd 1, t = 2 / (1/√3) = 2√3 on 2 degrees of freedom, whose
+    two-sided p-value has the closed form 1 − t / √(2 + t²)."""
+    a, b = [3.0, 5.0, 4.0], [1.0, 2.0, 3.0]
+    t = 2 * math.sqrt(3)
+    out = paired_t_test(a, b)
+    assert out["n"] == 3 and out["mean_diff"] == pytest.approx(2.0)
+    assert out["se"] == pytest.approx(1 / math.sqrt(3))
+    assert out["t"] == pytest.approx(t, rel=1e-12)
+    assert out["p"] == pytest.approx(1 - t / math.sqrt(2 + t * t), rel=1e-9)  # 0.0742
+    swapped = paired_t_test(b, a)
+    assert (swapped["mean_diff"], swapped["t"]) == pytest.approx((-2.0, -t))
+    assert swapped["p"] == pytest.approx(out["p"])
+
+
+def test_paired_t_test_depends_on_the_pairing():
+    """The same scores paired otherwise (b shuffled): a − b = (0, 4, 2), mean 2, sd 2, so
+    t = √3 and p = 1 − √3/√5: a test that ignored the pairs would not see the change."""
+    out = paired_t_test([3.0, 5.0, 4.0], [3.0, 1.0, 2.0])
+    assert out["mean_diff"] == pytest.approx(2.0)
+    assert out["t"] == pytest.approx(math.sqrt(3), rel=1e-12)
+    assert out["p"] == pytest.approx(1 - math.sqrt(3) / math.sqrt(5), rel=1e-9)  # 0.2254
+    assert out["p"] > 3 * paired_t_test([3.0, 5.0, 4.0], [1.0, 2.0, 3.0])["p"]
+
+
+def test_paired_t_test_undefined_cases():
+    single = paired_t_test([1.0], [0.5])
+    assert single["mean_diff"] == 0.5 and math.isnan(single["se"]) and math.isnan(single["p"])
+    constant = paired_t_test([1.0, 2.0, 3.0], [0.5, 1.5, 2.5])  # every difference 0.5
+    assert constant["se"] == 0.0 and math.isnan(constant["t"]) and math.isnan(constant["p"])
+    with pytest.raises(ValueError, match="equally long"):
+        paired_t_test([1.0, 2.0], [1.0])
+    with pytest.raises(ValueError, match="finite"):
+        paired_t_test([1.0, math.nan], [1.0, 2.0])

@@ -19,6 +19,9 @@ on its scorer (the model's class and weights, or the oracle), the task and the s
 rerun scores only what is missing: the batches an interrupted run did not reach, a model
 added to the set, or the oracle of a run without it. Evaluations of different model sets
 share one cache directory.
+
+Models trained with several seeds are compared by :func:`seed_summary`: mean ± s.d. over
+seeds, and paired t-tests against a reference model with one pair per test batch.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from torch import nn
 
 from bsatnp.batch import Batch
 from bsatnp.io.files import complete_lines
-from bsatnp.metrics import categorical_metrics, gaussian_metrics, summarize
+from bsatnp.metrics import categorical_metrics, gaussian_metrics, mean_sd, paired_t_test, summarize
 from bsatnp.models.base import model_device
 from bsatnp.progress import tqdm_class
 from bsatnp.tasks import IN_DOMAIN, Task, batch_generator
@@ -80,6 +83,7 @@ def evaluate(
     progress: bool = True,
     task: Task | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
+    per_batch: bool = False,
 ) -> dict[str, Any]:
     """Score a model, or several side by side, (and the oracle) on fixed batches per domain.
 
@@ -102,6 +106,7 @@ def evaluate(
             oracle) whose files miss it, and new scores are appended as they finish. So
             a rerun continues an interrupted one, and evaluations of different model sets
             reuse each other's scores of the models they share.
+        per_batch: Also return every batch's scores (for paired tests: :func:`seed_summary`).
 
     Returns:
         ``{"seed": seed, "task": name, "domains": {name: entry}}`` where each entry holds
@@ -110,7 +115,8 @@ def evaluate(
         read from ``cache_dir``, nothing computed) and one summary
         ``{metric: {"mean", "se"}}`` per scored method: ``model`` (or each name of the
         mapping), plus ``oracle`` and the paired gaps with the oracle, ``gap`` (or
-        ``gap/<name>``).
+        ``gap/<name>``). With ``per_batch``, also ``"batches": {domain: {name: [metrics of
+        batch 0, 1, ...]}}`` for every model and the oracle.
 
     Raises:
         ValueError: On an unknown domain, a missing count or a count below 1, a model
@@ -140,7 +146,7 @@ def evaluate(
     for m in models.values():
         m.eval()
     try:
-        scored, in_rows = {}, None
+        scored, in_rows, batches = {}, None, {}
         for domain in sorted(domains, key=lambda d: d != IN_DOMAIN):  # in-domain first
             caches = None
             if cache_dir is not None:
@@ -154,10 +160,67 @@ def evaluate(
                                                     in_rows)
             if domain == IN_DOMAIN:
                 in_rows = rows
+            batches[domain] = {name: [row[name] for row in rows] for name in rows[0]}
     finally:
         for name, m in models.items():
             m.train(modes[name])
-    return {"seed": seed, "task": task.name, "domains": scored}
+    return {"seed": seed, "task": task.name, "domains": scored,
+            **({"batches": batches} if per_batch else {})}
+
+
+def seed_summary(results: Mapping[str, Any], groups: Mapping[str, Sequence[str]],
+                 reference: str, metrics: Sequence[str] = ("nll",)) -> dict[str, Any]:
+    """Mean ± s.d. over training seeds, and paired t-tests against ``reference``, per domain.
+
+    Every model of one row (e.g. BSA-TNP trained with seeds 0, 1, 2) was scored by the same
+    :func:`evaluate` call, so all saw the same test batches. A row's per-batch score is the
+    mean over its seeds of the scores on that batch; each other row is compared with
+    ``reference`` by :func:`~bsatnp.metrics.paired_t_test` with one pair per test batch.
+
+    Args:
+        results: Output of :func:`evaluate` with ``per_batch=True``.
+        groups: Row name → the names its seeds were evaluated under (one name for a model
+            without seeds, such as a training-free baseline).
+        reference: The row every other row is tested against (BSA-TNP).
+        metrics: The metrics to test.
+
+    Returns:
+        ``{"reference", "metrics", "domains": {domain: {"models": {row: {"seeds": n,
+        metric: {"mean", "sd"}}}, "paired": {row: {metric: {"mean_diff", "se", "t", "p",
+        "n"}}}}}}`` with ``mean_diff`` = reference − row (negative: the reference scores
+        lower) and ``sd`` NaN for one seed; every metric of the evaluation is summarised,
+        ``metrics`` are tested.
+
+    Raises:
+        ValueError: If ``results`` has no per-batch scores, or ``reference`` or a group's
+            name was not evaluated.
+    """
+    if "batches" not in results:
+        raise ValueError("seed_summary needs the per-batch scores: evaluate(..., "
+                         "per_batch=True)")
+    if reference not in groups:
+        raise ValueError(f"reference {reference!r} is not one of the rows {list(groups)}")
+    domains = {}
+    for domain, entry in results["domains"].items():
+        batches = results["batches"][domain]
+        missing = [name for names in groups.values() for name in names if name not in batches]
+        if missing:
+            raise ValueError(f"{domain}: {missing} were not evaluated")
+        models = {}
+        for row, names in groups.items():
+            models[row] = {"seeds": len(names)}
+            for metric in entry[names[0]]:
+                mean, sd = mean_sd(entry[name][metric]["mean"] for name in names)
+                models[row][metric] = {"mean": mean, "sd": sd}
+        per_batch = {row: {metric: [sum(batches[name][i][metric] for name in names) / len(names)
+                                    for i in range(entry["n_batches"])]
+                           for metric in metrics}
+                     for row, names in groups.items()}
+        paired = {row: {metric: paired_t_test(per_batch[reference][metric], scores[metric])
+                        for metric in metrics}
+                  for row, scores in per_batch.items() if row != reference}
+        domains[domain] = {"models": models, "paired": paired}
+    return {"reference": reference, "metrics": list(metrics), "domains": domains}
 
 
 def markdown_table(results: Mapping[str, Any]) -> str:

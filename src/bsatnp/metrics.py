@@ -5,7 +5,9 @@ Every Gaussian metric takes predictive ``mean`` and ``std`` and ``target`` of sh
 over all valid points (and output dimensions) of the whole batch — as SPEC §5 defines the
 NLL. :func:`categorical_metrics` does the same for class probabilities. Masked points may
 hold anything, NaN included. Computed in float64. :func:`summarize` turns per-batch results
-into mean ± standard error.
+into mean ± standard error, :func:`mean_sd` results of several training seeds into mean ±
+standard deviation, and :func:`paired_t_test` compares two models' scores on the same test
+batches (it needs scipy, in the ``data`` and ``test`` extras).
 """
 
 from __future__ import annotations
@@ -163,3 +165,59 @@ def summarize(results: Iterable[Mapping[str, float]]) -> dict[str, tuple[float, 
         stderr = float(values.std() / math.sqrt(n)) if n > 1 else math.nan
         out[key] = (float(values.mean()), stderr)
     return out
+
+
+def mean_sd(values: Iterable[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (``n − 1``) of ``values``, e.g. over training seeds.
+
+    The standard deviation is NaN for a single value.
+
+    Raises:
+        ValueError: If ``values`` is empty.
+    """
+    data = torch.tensor(list(values), dtype=torch.float64)
+    if data.numel() == 0:
+        raise ValueError("mean_sd needs at least one value")
+    return float(data.mean()), float(data.std()) if data.numel() > 1 else math.nan
+
+
+def paired_t_test(a: Sequence[float], b: Sequence[float]) -> dict[str, float]:
+    """Two-sided paired t-test of ``mean(a − b) = 0`` (``scipy.stats.ttest_rel``).
+
+    ``a[i]`` and ``b[i]`` are a pair: two models' scores on the same test batch ``i``, so the
+    test sees the spread of the per-batch differences, not of the scores themselves.
+
+    Args:
+        a: Scores of the first model, one per test batch.
+        b: Scores of the second model on the same batches, in the same order.
+
+    Returns:
+        ``mean_diff`` (mean of ``a − b``), ``se`` (its standard error, sample sd / √n),
+        ``t`` (``mean_diff / se``), ``p`` (two-sided p-value, Student's t with ``n − 1``
+        degrees of freedom) and ``n`` (the number of pairs). ``se``, ``t`` and ``p`` are NaN
+        for a single pair, ``t`` and ``p`` when every difference is the same (``se`` 0).
+
+    Raises:
+        ValueError: If the lengths differ, there is no pair, or a score is not finite.
+        ImportError: If scipy is not installed.
+    """
+    x = torch.tensor(list(a), dtype=torch.float64)
+    y = torch.tensor(list(b), dtype=torch.float64)
+    if x.shape != y.shape or x.numel() == 0:
+        raise ValueError(f"paired_t_test needs two equally long, non-empty sequences of "
+                         f"scores (one pair per test batch), got {x.numel()} and {y.numel()}")
+    if not bool(torch.isfinite(x).all() and torch.isfinite(y).all()):
+        raise ValueError("paired_t_test: every score must be finite")
+    try:
+        from scipy import stats
+    except ImportError as err:
+        raise ImportError("paired_t_test needs scipy: pip install 'bsatnp[data]'") from err
+    diff = x - y
+    n = diff.numel()
+    se = float(diff.std()) / math.sqrt(n) if n > 1 else math.nan
+    if not se > 0.0:  # one pair or no spread: scipy would warn and return NaN
+        t, p = math.nan, math.nan
+    else:
+        result = stats.ttest_rel(x.numpy(), y.numpy())
+        t, p = float(result.statistic), float(result.pvalue)
+    return {"mean_diff": float(diff.mean()), "se": se, "t": t, "p": p, "n": n}
