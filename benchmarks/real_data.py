@@ -25,6 +25,10 @@ the same observed rows, field by field (variograms and GP hyperparameters fitted
   its best state is used once finished), then predicting with local conditioning; for
   ERA5 the training rows are the 6-hourly frames of days 1-25 (``group="frame"``: each
   task from one frame; run ``era5_gap<steps>_...``, shared by both ERA5 datasets);
+- ``bsatnp_chosen``: local conditioning with the neighbourhood size chosen per field from
+  ``--candidates`` on the field's own observed rows (:func:`bsatnp.holdout.choose_neighbours`:
+  10 % of them held out in the shape of the dataset's test rows, ``HOLDOUT``, and predicted
+  from the rest; the lowest CRPS wins); the chosen sizes are in the JSON;
 - ``bsatnp_global``: the same model conditioned on ``--global-context`` random rows (the
   README path of the last release);
 - ``kriging``: ordinary kriging (PyKrige) of each tile of test points from its local
@@ -56,7 +60,8 @@ from common import run_forked, run_meta, write_json
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 PUBLISHED = {"heaton": {"SPDE (INLA)": 0.86, "LatticeKrig": 0.87, "Periodic embedding": 0.91,
                         "Gapfill": 1.00, "laGP": 1.11}}
-METHODS = ("bsatnp_tuned", "bsatnp_local", "bsatnp_global", "kriging", "gp", "idw", "knn")
+METHODS = ("bsatnp_tuned", "bsatnp_chosen", "bsatnp_local", "bsatnp_global", "kriging", "gp",
+           "idw", "knn")
 
 
 Field = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
@@ -328,8 +333,35 @@ def neighbours_average(args: argparse.Namespace, xy, f, xy_test, weights: str) -
     return knn.predict(xy_test), np.full(len(xy_test), std)
 
 
+HOLDOUT = {"heaton": "gap", "era5_half": "random", "era5_block": "gap",
+           "beijing_spatial": "random"}
+"""The shape of each dataset's test rows, which ``bsatnp_chosen`` holds out of the observed
+rows: Heaton's test cells lie in cloud-shaped gaps, ERA5 hides a random half or a block."""
+
+
+def bsatnp_chosen(args: argparse.Namespace, xy, f, xy_test) -> tuple:
+    import pandas as pd
+    import torch
+
+    from bsatnp.holdout import choose_neighbours
+
+    torch.set_num_threads(args.threads)
+    obs = pd.DataFrame({"x": xy[:, 0], "y": xy[:, 1], "v": f})
+    choice = choose_neighbours(_shipped(args.model), obs, geometry=HOLDOUT[args.dataset],
+                               candidates=[int(k) for k in args.candidates.split(",")],
+                               seed=args.seed, values="v", space=("x", "y"))
+    if not args.quiet:
+        print(f"  bsatnp_chosen: K = {choice.neighbours} "
+              f"(CRPS {', '.join(f'{k}: {v:.4f}' for k, v in choice.crps.items())})")
+    mean, std = bsatnp_predict(args, xy, f, xy_test, choice.neighbours)
+    return mean, std, {"neighbours": choice.neighbours, "holdout_crps": choice.crps}
+
+
 def run_method(name: str, args: argparse.Namespace, field: Field) -> tuple:
+    """``(mean, std)`` of one method on one field, or ``(mean, std, notes)``."""
     xy, f, xy_test, _ = field
+    if name == "bsatnp_chosen":
+        return bsatnp_chosen(args, xy, f, xy_test)
     if name == "bsatnp_local":
         return bsatnp_predict(args, xy, f, xy_test, args.neighbours)
     if name == "bsatnp_tuned":
@@ -358,12 +390,13 @@ def scores(mean: np.ndarray, std: np.ndarray, truth: np.ndarray) -> dict[str, fl
 
 
 def _predict_fields(name: str, args: argparse.Namespace, fields: list[Field]) -> tuple:
-    """Means, stds and wall seconds of one method over every field."""
+    """Means, stds, wall seconds and per-field notes (if any) of one method over every field."""
     start = time.perf_counter()
     predictions = [run_method(name, args, field) for field in fields]
-    mean = np.concatenate([m for m, _ in predictions])
-    std = np.concatenate([s for _, s in predictions])
-    return mean, std, time.perf_counter() - start
+    mean = np.concatenate([p[0] for p in predictions])
+    std = np.concatenate([p[1] for p in predictions])
+    notes = [p[2] for p in predictions if len(p) > 2]
+    return mean, std, time.perf_counter() - start, notes
 
 
 def main() -> None:
@@ -373,6 +406,8 @@ def main() -> None:
     parser.add_argument("--model", default="spatial",
                         help="a shipped bsatnp model, or a saved predictor's file")
     parser.add_argument("--neighbours", type=int, default=512)
+    parser.add_argument("--candidates", default="128,256,512,1024",
+                        help="neighbourhood sizes bsatnp_chosen chooses from")
     parser.add_argument("--global-context", type=int, default=4000)
     parser.add_argument("--kriging-points", type=int, default=128)
     parser.add_argument("--variogram", default="exponential", choices=VARIOGRAMS)
@@ -414,8 +449,10 @@ def main() -> None:
           f"{len(truth):,} test rows", flush=True)
     results = {}
     for name in methods:
-        (mean, std, seconds), rss = run_forked(name, _predict_fields, name, args, fields)
-        results[name] = {**scores(mean, std, truth), "seconds": seconds, "peak_rss_mb": rss}
+        (mean, std, seconds, notes), rss = run_forked(name, _predict_fields, name, args,
+                                                      fields)
+        results[name] = {**scores(mean, std, truth), "seconds": seconds, "peak_rss_mb": rss,
+                         **({"fields": notes} if notes else {})}
         row = results[name]
         print(f"{name:<14} RMSE {row['rmse']:.3f}  MAE {row['mae']:.3f}  CRPS {row['crps']:.3f}"
               f"  cov95 {row['coverage95']:.3f}  width {row['width95']:.2f}  "

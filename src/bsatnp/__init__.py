@@ -1,7 +1,8 @@
 """bsatnp: Biased Scan Attention Transformer Neural Processes in PyTorch.
 
 For your own data: :class:`Predictor` (load, condition, predict in original units,
-fine-tune), :func:`grid` (target grids) and :class:`bsatnp.data.Schema`; for models and
+fine-tune), :func:`choose_neighbours` (the neighbourhood size, fitted on held-out rows),
+:func:`grid` (target grids) and :class:`bsatnp.data.Schema`; for models and
 tasks: :class:`Batch`, :mod:`bsatnp.models`, :mod:`bsatnp.tasks`. ``Predictor``,
 ``Conditioned`` and ``grid`` are imported on first use, so ``import bsatnp.tasks`` stays
 free of the model zoo.
@@ -13,10 +14,10 @@ from bsatnp.batch import Batch
 
 __version__ = "0.1.0"
 
-__all__ = ["Batch", "Conditioned", "Predictor", "__version__", "grid"]
+__all__ = ["Batch", "Conditioned", "Predictor", "__version__", "choose_neighbours", "grid"]
 
 _LAZY = {"Predictor": "bsatnp.predictor", "Conditioned": "bsatnp.predictor",
-         "grid": "bsatnp.data.tables"}
+         "grid": "bsatnp.data.tables", "choose_neighbours": "bsatnp.holdout"}
 
 
 def __getattr__(name: str) -> Any:

@@ -1,0 +1,185 @@
+"""Choosing the neighbourhood size on the user's own rows, as kriging fits its variogram.
+
+Local conditioning predicts each tile of targets from its ``K`` nearest observations; which
+``K`` predicts best depends on the data (how smooth the field, how far the targets lie from
+the observations). :func:`choose_neighbours` holds out rows shaped like the targets —
+scattered (``geometry="random"``) or contiguous holes (``"gap"``: each hole the rows nearest
+a random row, as a cloud or a missing block leaves them) — predicts them from the rest with
+every candidate ``K`` and keeps the one with the lowest mean CRPS.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from bsatnp.data.tables import is_pandas, is_xarray, read_points
+
+if TYPE_CHECKING:
+    from bsatnp.predictor import Predictor
+
+Geometry = Literal["random", "gap"]
+
+CANDIDATES = (128, 256, 512, 1024)
+"""Neighbourhood sizes tried by default (the shipped ``spatial`` model was trained on 16 to
+2,048 context points)."""
+
+
+@dataclass(frozen=True)
+class NeighbourChoice:
+    """What :func:`choose_neighbours` found.
+
+    Attributes:
+        neighbours: The candidate with the lowest mean CRPS.
+        crps: Mean CRPS of the held-out rows per candidate, in the values' units.
+        held_out: Rows held out (predicted from the other rows).
+        geometry: ``random`` or ``gap``.
+    """
+
+    neighbours: int
+    crps: dict[int, float]
+    held_out: int
+    geometry: str
+
+
+def holdout_rows(space: np.ndarray, geometry: Geometry, fraction: float, holes: int,
+                 generator: np.random.Generator, lonlat: bool = False) -> np.ndarray:
+    """Sorted indices of the rows to hold out of ``space`` (``[N, D]``).
+
+    ``random``: ``round(fraction · N)`` rows drawn without replacement. ``gap``: ``holes``
+    holes, each the ``round(fraction · N / holes)`` rows nearest a random row (by chord
+    distance on the sphere for ``lonlat`` degrees), so each hole is contiguous; holes may
+    overlap, so slightly fewer rows can come back.
+
+    Raises:
+        ValueError: On a ``fraction`` outside (0, 0.5], ``holes`` < 1 or an unknown geometry.
+    """
+    n = len(space)
+    if not 0 < fraction <= 0.5:
+        raise ValueError(f"fraction must be in (0, 0.5], got {fraction!r}")
+    if holes < 1:
+        raise ValueError(f"holes must be >= 1, got {holes!r}")
+    if geometry == "random":
+        count = max(1, round(fraction * n))
+        return np.sort(generator.choice(n, count, replace=False))
+    if geometry != "gap":
+        raise ValueError(f"geometry must be 'random' or 'gap', got {geometry!r}")
+    from scipy import spatial
+
+    from bsatnp.data.neighbours import unit_vectors
+
+    points = unit_vectors(space) if lonlat else space
+    tree = spatial.cKDTree(points)
+    size = max(1, round(fraction * n / holes))
+    centres = generator.choice(n, min(holes, n), replace=False)
+    _, rows = tree.query(points[centres], k=size)
+    return np.unique(np.asarray(rows).reshape(-1))
+
+
+def choose_neighbours(predictor: Predictor, observations: Any, *,
+                      candidates: Sequence[int] = CANDIDATES, geometry: Geometry = "random",
+                      fraction: float = 0.1, holes: int = 8, seed: int = 0,
+                      **options: Any) -> NeighbourChoice:
+    """The neighbourhood size that predicts held-out rows of ``observations`` best.
+
+    Rows with a missing value or coordinate are left out first (as prediction leaves them
+    out). Candidates at or above the number of rows kept for conditioning all mean
+    conditioning on every row; they are scored once, under the smallest of them.
+
+    Args:
+        predictor: A Gaussian model with a space role.
+        observations: A DataFrame, a mapping of columns or an xarray Dataset (read as its
+            table of rows).
+        candidates: Neighbourhood sizes to try (integers >= 1).
+        geometry: ``random`` (targets scattered among the observations) or ``gap``
+            (targets in contiguous holes); see :func:`holdout_rows`.
+        fraction: Share of the rows held out.
+        holes: Holes of the ``gap`` geometry.
+        seed: Seed of the held-out rows.
+        **options: Passed to :meth:`Predictor.predict` (``values``, ``space``, ``crs``,
+            ``time_window``, ...); ``neighbours`` and ``progress`` are set here.
+
+    Raises:
+        ValueError: On a categorical model, a model without a space role, no candidate,
+            a candidate < 1, too few rows, or the errors of :func:`holdout_rows`.
+    """
+    import pandas as pd
+    import torch
+
+    from bsatnp.metrics import crps
+
+    if predictor.model.likelihood == "categorical":
+        raise ValueError("choose_neighbours scores Gaussian predictions (CRPS); this model "
+                         "predicts class probabilities")
+    if "s" not in predictor.model.roles:
+        raise ValueError("choose_neighbours needs a model with a space role")
+    sizes = sorted({_size(k) for k in candidates})
+    if not sizes:
+        raise ValueError("candidates is empty: give at least one neighbourhood size")
+    if "neighbours" in options or "progress" in options:
+        raise ValueError("neighbours and progress are set by choose_neighbours")
+    table = _rows(observations, pd)
+    roles = {key: options[key] for key in ("values", "space", "crs", "time", "covariates",
+                                           "units") if key in options}
+    schema = predictor.resolve_schema(table, **roles)
+    columns = list(schema.columns)
+    missing = [name for name in columns if name not in table.columns]
+    if missing:
+        raise ValueError(f"observations lack the column(s) {missing}")
+    table = table.loc[table[columns].notna().all(axis=1)].reset_index(drop=True)
+    points, _ = read_points(table, schema, "observations", with_values=True)
+    held = holdout_rows(points.space, geometry, fraction, holes,
+                        np.random.default_rng(seed), lonlat=schema.geographic)
+    kept = np.setdiff1d(np.arange(len(table)), held)
+    if len(kept) < 2:
+        raise ValueError(f"too few rows to hold {len(held)} out: {len(table)} usable")
+    train, test = table.iloc[kept], table.iloc[held]
+    truth = test[list(schema.values)].to_numpy(np.float64)
+    targets = test.drop(columns=list(schema.values))
+    scores: dict[int, float] = {}
+    whole = None  # the score of conditioning on every kept row, computed once
+    for k in sizes:
+        if k >= len(kept) and whole is not None:
+            scores[k] = whole
+            continue
+        out = predictor.predict(train, targets, neighbours=k, progress=False, **options)
+        mean, std = _moments(out, schema.values)
+        task = [torch.from_numpy(np.array(a))[None] for a in (mean, std, truth)]  # [1, N, V]
+        score = float(crps(*task, torch.ones(1, len(truth), dtype=torch.bool)))
+        scores[k] = score
+        if k >= len(kept):
+            whole = score
+    best = min(scores, key=lambda k: (scores[k], k))  # ties: the smaller neighbourhood
+    return NeighbourChoice(best, scores, len(held), geometry)
+
+
+def _size(k: Any) -> int:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"candidates must be integers >= 1, got {k!r}")
+    return int(k)
+
+
+def _rows(observations: Any, pd: Any) -> Any:
+    """The observations as a DataFrame of rows."""
+    if is_pandas(observations):
+        return observations
+    if is_xarray(observations):
+        return observations.to_dataframe().reset_index()
+    if isinstance(observations, Mapping):
+        return pd.DataFrame({key: np.asarray(value).reshape(-1)
+                             for key, value in observations.items()})
+    raise ValueError(f"observations must be a DataFrame, a mapping of columns or an xarray "
+                     f"Dataset, got {type(observations).__name__}")
+
+
+def _moments(out: Any, values: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """``[N, V]`` mean and std of a prediction table (``<value>_mean`` for several)."""
+    prefixes = [""] if len(values) == 1 else [f"{value}_" for value in values]
+    return (out[[p + "mean" for p in prefixes]].to_numpy(np.float64),
+            out[[p + "std" for p in prefixes]].to_numpy(np.float64))
+
+
+__all__ = ["CANDIDATES", "NeighbourChoice", "choose_neighbours", "holdout_rows"]
