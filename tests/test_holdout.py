@@ -34,8 +34,8 @@ def field(n: int = 300, seed: int = 0) -> pd.DataFrame:
 
 def test_random_holdout_is_a_seeded_sample_without_repeats():
     space = np.random.default_rng(0).uniform(size=(1000, 2))
-    a = holdout_rows(space, "random", 0.1, 8, np.random.default_rng(3))
-    b = holdout_rows(space, "random", 0.1, 8, np.random.default_rng(3))
+    a = holdout_rows(space, "random", 0.1, np.random.default_rng(3))
+    b = holdout_rows(space, "random", 0.1, np.random.default_rng(3))
     assert len(a) == 100 and np.array_equal(a, b) and np.array_equal(a, np.unique(a))
 
 
@@ -46,7 +46,7 @@ def brute_force_hole(points: np.ndarray, centre: int, size: int) -> set[int]:
 
 def test_a_gap_is_the_rows_nearest_its_centre():
     space = np.random.default_rng(1).uniform(size=(400, 2))
-    held = holdout_rows(space, "gap", 0.05, 1, np.random.default_rng(0))
+    held = holdout_rows(space, "gap", 0.05, np.random.default_rng(0), hole_size=20)
     assert len(held) == 20
     # one of the held rows is the centre, and the hole is exactly its 20 nearest rows
     assert any(brute_force_hole(space, c, 20) == set(held.tolist()) for c in held)
@@ -58,27 +58,36 @@ def test_a_gap_in_degrees_crosses_the_antimeridian():
     space = np.stack([lon, np.zeros_like(lon)], 1)
 
     def straddles(lonlat: bool) -> int:  # holes holding rows from both sides of ±180
-        holes = [space[holdout_rows(space, "gap", 0.1, 1, np.random.default_rng(seed),
-                                    lonlat=lonlat), 0] for seed in range(40)]
+        holes = [space[holdout_rows(space, "gap", 0.1, np.random.default_rng(seed),
+                                    hole_size=8, lonlat=lonlat), 0] for seed in range(40)]
         return sum(bool((h > 170).any() and (h < -170).any()) for h in holes)
 
     assert straddles(lonlat=True) > 0 and straddles(lonlat=False) == 0
 
 
-@pytest.mark.parametrize("bad", [dict(fraction=0.0), dict(fraction=0.6), dict(holes=0),
-                                 dict(geometry="ring")])
+def test_holes_add_up_to_the_fraction():
+    space = np.random.default_rng(2).uniform(size=(2000, 2))
+    held = holdout_rows(space, "gap", 0.1, np.random.default_rng(0), hole_size=50)
+    assert 150 <= len(held) <= 200  # 4 holes of 50, some overlapping
+    one = holdout_rows(space, "gap", 0.01, np.random.default_rng(0), hole_size=500)
+    assert len(one) == 500  # at least one hole, of the size asked
+
+
+@pytest.mark.parametrize("bad", [dict(fraction=0.0), dict(fraction=0.6), dict(hole_size=0),
+                                 dict(hole_size=26), dict(geometry="ring")])
 def test_holdout_refuses_bad_settings(bad):
-    settings = dict(geometry="gap", fraction=0.1, holes=4) | bad
+    settings = dict(geometry="gap", fraction=0.1, hole_size=4) | bad
     with pytest.raises(ValueError):
         holdout_rows(np.zeros((50, 2)), settings["geometry"], settings["fraction"],
-                     settings["holes"], np.random.default_rng(0))
+                     np.random.default_rng(0), hole_size=settings["hole_size"])
 
 
 def test_each_score_is_the_crps_of_the_held_out_rows_predicted_from_the_rest():
     data, model = field(), predictor()
     choice = choose_neighbours(model, data, candidates=(16, 64, 1000), geometry="gap",
-                               fraction=0.1, holes=3, seed=5, **ROLES)
-    held = holdout_rows(data[["x", "y"]].to_numpy(), "gap", 0.1, 3, np.random.default_rng(5))
+                               fraction=0.1, hole_size=10, seed=5, **ROLES)
+    held = holdout_rows(data[["x", "y"]].to_numpy(), "gap", 0.1, np.random.default_rng(5),
+                        hole_size=10)
     assert choice.held_out == len(held) and choice.geometry == "gap"
     kept = np.setdiff1d(np.arange(len(data)), held)
     for k in (16, 64, 1000):  # by hand: predict, then the closed-form Gaussian CRPS

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 Geometry = Literal["random", "gap"]
 
-CANDIDATES = (128, 256, 512, 1024)
+CANDIDATES = (128, 256, 512, 1024, 2048)
 """Neighbourhood sizes tried by default (the shipped ``spatial`` model was trained on 16 to
 2,048 context points)."""
 
@@ -45,23 +45,27 @@ class NeighbourChoice:
     geometry: str
 
 
-def holdout_rows(space: np.ndarray, geometry: Geometry, fraction: float, holes: int,
-                 generator: np.random.Generator, lonlat: bool = False) -> np.ndarray:
+def holdout_rows(space: np.ndarray, geometry: Geometry, fraction: float,
+                 generator: np.random.Generator, hole_size: int | None = None,
+                 lonlat: bool = False) -> np.ndarray:
     """Sorted indices of the rows to hold out of ``space`` (``[N, D]``).
 
-    ``random``: ``round(fraction · N)`` rows drawn without replacement. ``gap``: ``holes``
-    holes, each the ``round(fraction · N / holes)`` rows nearest a random row (by chord
-    distance on the sphere for ``lonlat`` degrees), so each hole is contiguous; holes may
+    ``random``: ``round(fraction · N)`` rows drawn without replacement. ``gap``: holes of
+    ``hole_size`` rows (default: an eighth of ``fraction · N``), each the rows nearest a
+    random row (by chord distance on the sphere for ``lonlat`` degrees), so each hole is
+    contiguous; as many holes as make up ``fraction · N`` rows (at least one). Holes may
     overlap, so slightly fewer rows can come back.
 
     Raises:
-        ValueError: On a ``fraction`` outside (0, 0.5], ``holes`` < 1 or an unknown geometry.
+        ValueError: On a ``fraction`` outside (0, 0.5], a ``hole_size`` < 1 or above half
+            the rows, or an unknown geometry.
     """
     n = len(space)
     if not 0 < fraction <= 0.5:
         raise ValueError(f"fraction must be in (0, 0.5], got {fraction!r}")
-    if holes < 1:
-        raise ValueError(f"holes must be >= 1, got {holes!r}")
+    if hole_size is not None and not 1 <= hole_size <= n // 2:
+        raise ValueError(f"hole_size must be between 1 and half the rows ({n // 2}), got "
+                         f"{hole_size!r}")
     if geometry == "random":
         count = max(1, round(fraction * n))
         return np.sort(generator.choice(n, count, replace=False))
@@ -73,15 +77,15 @@ def holdout_rows(space: np.ndarray, geometry: Geometry, fraction: float, holes: 
 
     points = unit_vectors(space) if lonlat else space
     tree = spatial.cKDTree(points)
-    size = max(1, round(fraction * n / holes))
-    centres = generator.choice(n, min(holes, n), replace=False)
+    size = hole_size or max(1, round(fraction * n / 8))
+    centres = generator.choice(n, max(1, round(fraction * n / size)), replace=False)
     _, rows = tree.query(points[centres], k=size)
     return np.unique(np.asarray(rows).reshape(-1))
 
 
 def choose_neighbours(predictor: Predictor, observations: Any, *,
                       candidates: Sequence[int] = CANDIDATES, geometry: Geometry = "random",
-                      fraction: float = 0.1, holes: int = 8, seed: int = 0,
+                      fraction: float = 0.1, hole_size: int | None = None, seed: int = 0,
                       **options: Any) -> NeighbourChoice:
     """The neighbourhood size that predicts held-out rows of ``observations`` best.
 
@@ -97,7 +101,8 @@ def choose_neighbours(predictor: Predictor, observations: Any, *,
         geometry: ``random`` (targets scattered among the observations) or ``gap``
             (targets in contiguous holes); see :func:`holdout_rows`.
         fraction: Share of the rows held out.
-        holes: Holes of the ``gap`` geometry.
+        hole_size: Rows per hole of the ``gap`` geometry: about as many as your targets'
+            gaps hold (default: an eighth of the rows held out).
         seed: Seed of the held-out rows.
         **options: Passed to :meth:`Predictor.predict` (``values``, ``space``, ``crs``,
             ``time_window``, ...); ``neighbours`` and ``progress`` are set here.
@@ -131,8 +136,8 @@ def choose_neighbours(predictor: Predictor, observations: Any, *,
         raise ValueError(f"observations lack the column(s) {missing}")
     table = table.loc[table[columns].notna().all(axis=1)].reset_index(drop=True)
     points, _ = read_points(table, schema, "observations", with_values=True)
-    held = holdout_rows(points.space, geometry, fraction, holes,
-                        np.random.default_rng(seed), lonlat=schema.geographic)
+    held = holdout_rows(points.space, geometry, fraction, np.random.default_rng(seed),
+                        hole_size=hole_size, lonlat=schema.geographic)
     kept = np.setdiff1d(np.arange(len(table)), held)
     if len(kept) < 2:
         raise ValueError(f"too few rows to hold {len(held)} out: {len(table)} usable")
