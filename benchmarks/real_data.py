@@ -333,9 +333,10 @@ def neighbours_average(args: argparse.Namespace, xy, f, xy_test, weights: str) -
     return knn.predict(xy_test), np.full(len(xy_test), std)
 
 
-HOLDOUT = {"heaton": ("gap", 5000), "era5_half": ("random", None),
-           "era5_block": ("gap", 192), "beijing_spatial": ("random", None)}
-"""The shape of each dataset's test rows (geometry, rows per hole), which ``bsatnp_chosen``
+HOLDOUT = {"heaton": ("gap", 5000, 1), "era5_half": ("random", None, 5),
+           "era5_block": ("gap", 192, 5), "beijing_spatial": ("random", None, 1)}
+"""The shape of each dataset's test rows (geometry, rows per hole; then folds: 5 where a
+frame's holdout is small), which ``bsatnp_chosen``
 holds out of the observed rows: Heaton's test cells lie in cloud-shaped gaps (706 of them,
 most of a few cells, but a test cell's gap holds 21,040 cells on average), ERA5 hides a
 random half or one 12 × 16 block (192 cells)."""
@@ -349,8 +350,9 @@ def bsatnp_chosen(args: argparse.Namespace, xy, f, xy_test) -> tuple:
 
     torch.set_num_threads(args.threads)
     obs = pd.DataFrame({"x": xy[:, 0], "y": xy[:, 1], "v": f})
-    geometry, hole_size = HOLDOUT[args.dataset]
+    geometry, hole_size, folds = HOLDOUT[args.dataset]
     choice = choose_neighbours(_shipped(args.model), obs, geometry=geometry, hole_size=hole_size,
+                               folds=folds,
                                candidates=[int(k) for k in args.candidates.split(",")],
                                seed=args.seed, values="v", space=("x", "y"))
     if not args.quiet:

@@ -122,8 +122,29 @@ def test_rows_with_missing_values_are_left_out_before_holding_out():
     (dict(candidates=(0, 64)), "integers >= 1"),
     (dict(candidates=(64,), neighbours=8), "set by choose_neighbours"),
     (dict(candidates=(64,), values="nope"), "nope"),
+    (dict(candidates=(64,), folds=0), "folds"),
 ])
 def test_choose_neighbours_refuses_bad_input(bad, message):
     options = ROLES | bad
     with pytest.raises(ValueError, match=message):
         choose_neighbours(predictor(), field(n=50), **options)
+
+
+def test_folds_average_the_crps_of_every_held_out_row():
+    data, model = field(n=200), predictor()
+    one = choose_neighbours(model, data, candidates=(16, 48), fraction=0.1, seed=7, **ROLES)
+    both = choose_neighbours(model, data, candidates=(16, 48), fraction=0.1, folds=2, seed=7,
+                             **ROLES)
+    assert both.held_out == 40 and one.held_out == 20
+    # the first fold is the single holdout of the same seed; the second another draw
+    generator = np.random.default_rng(7)
+    first = holdout_rows(data[["x", "y"]].to_numpy(), "random", 0.1, generator)
+    second = holdout_rows(data[["x", "y"]].to_numpy(), "random", 0.1, generator)
+    assert not np.array_equal(first, second)
+    kept = np.setdiff1d(np.arange(200), second)
+    out = model.predict(data.iloc[kept], data.iloc[second][["x", "y"]], neighbours=16,
+                        progress=False, **ROLES)
+    z = (data["v"].to_numpy()[second] - out["mean"].to_numpy()) / out["std"].to_numpy()
+    crps2 = (out["std"].to_numpy() * (z * (2 * norm.cdf(z) - 1) + 2 * norm.pdf(z)
+                                      - 1 / np.sqrt(np.pi))).mean()
+    assert both.crps[16] == pytest.approx((one.crps[16] + crps2) / 2, rel=1e-6)

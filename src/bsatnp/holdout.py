@@ -35,7 +35,7 @@ class NeighbourChoice:
     Attributes:
         neighbours: The candidate with the lowest mean CRPS.
         crps: Mean CRPS of the held-out rows per candidate, in the values' units.
-        held_out: Rows held out (predicted from the other rows).
+        held_out: Rows held out (predicted from the other rows), summed over the folds.
         geometry: ``random`` or ``gap``.
     """
 
@@ -85,7 +85,8 @@ def holdout_rows(space: np.ndarray, geometry: Geometry, fraction: float,
 
 def choose_neighbours(predictor: Predictor, observations: Any, *,
                       candidates: Sequence[int] = CANDIDATES, geometry: Geometry = "random",
-                      fraction: float = 0.1, hole_size: int | None = None, seed: int = 0,
+                      fraction: float = 0.1, hole_size: int | None = None, folds: int = 1,
+                      seed: int = 0,
                       **options: Any) -> NeighbourChoice:
     """The neighbourhood size that predicts held-out rows of ``observations`` best.
 
@@ -103,6 +104,9 @@ def choose_neighbours(predictor: Predictor, observations: Any, *,
         fraction: Share of the rows held out.
         hole_size: Rows per hole of the ``gap`` geometry: about as many as your targets'
             gaps hold (default: an eighth of the rows held out).
+        folds: Independent holdouts (drawn one after the other from ``seed``); the CRPS is
+            averaged over every held-out row of all of them. More folds, a steadier choice
+            where one holdout is small (a single hole in a frame).
         seed: Seed of the held-out rows.
         **options: Passed to :meth:`Predictor.predict` (``values``, ``space``, ``crs``,
             ``time_window``, ...); ``neighbours`` and ``progress`` are set here.
@@ -112,9 +116,6 @@ def choose_neighbours(predictor: Predictor, observations: Any, *,
             a candidate < 1, too few rows, or the errors of :func:`holdout_rows`.
     """
     import pandas as pd
-    import torch
-
-    from bsatnp.metrics import crps
 
     if predictor.model.likelihood == "categorical":
         raise ValueError("choose_neighbours scores Gaussian predictions (CRPS); this model "
@@ -124,6 +125,8 @@ def choose_neighbours(predictor: Predictor, observations: Any, *,
     sizes = sorted({_size(k) for k in candidates})
     if not sizes:
         raise ValueError("candidates is empty: give at least one neighbourhood size")
+    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 1:
+        raise ValueError(f"folds must be an integer >= 1, got {folds!r}")
     if "neighbours" in options or "progress" in options:
         raise ValueError("neighbours and progress are set by choose_neighbours")
     table = _rows(observations, pd)
@@ -136,29 +139,43 @@ def choose_neighbours(predictor: Predictor, observations: Any, *,
         raise ValueError(f"observations lack the column(s) {missing}")
     table = table.loc[table[columns].notna().all(axis=1)].reset_index(drop=True)
     points, _ = read_points(table, schema, "observations", with_values=True)
-    held = holdout_rows(points.space, geometry, fraction, np.random.default_rng(seed),
-                        hole_size=hole_size, lonlat=schema.geographic)
+    generator = np.random.default_rng(seed)
+    crps_sums = dict.fromkeys(sizes, 0.0)
+    held_out = 0
+    for _ in range(folds):  # independent holdouts; each row's CRPS counts once per fold
+        held = holdout_rows(points.space, geometry, fraction, generator, hole_size=hole_size,
+                            lonlat=schema.geographic)
+        for k, total in _fold_crps(predictor, table, held, schema, sizes, options).items():
+            crps_sums[k] += total
+        held_out += len(held)
+    scores = {k: total / held_out for k, total in crps_sums.items()}
+    best = min(scores, key=lambda k: (scores[k], k))  # ties: the smaller neighbourhood
+    return NeighbourChoice(best, scores, held_out, geometry)
+
+
+def _fold_crps(predictor: Predictor, table: Any, held: np.ndarray, schema: Any,
+               sizes: Sequence[int], options: dict[str, Any]) -> dict[int, float]:
+    """Summed CRPS of the ``held`` rows predicted from the others, per neighbourhood size."""
+    import torch
+
+    from bsatnp.metrics import crps
+
     kept = np.setdiff1d(np.arange(len(table)), held)
     if len(kept) < 2:
         raise ValueError(f"too few rows to hold {len(held)} out: {len(table)} usable")
     train, test = table.iloc[kept], table.iloc[held]
     truth = test[list(schema.values)].to_numpy(np.float64)
     targets = test.drop(columns=list(schema.values))
-    scores: dict[int, float] = {}
-    whole = None  # the score of conditioning on every kept row, computed once
+    sums: dict[int, float] = {}
     for k in sizes:
-        if k >= len(kept) and whole is not None:
-            scores[k] = whole
+        if k >= len(kept) and any(j >= len(kept) for j in sums):
+            sums[k] = next(v for j, v in sums.items() if j >= len(kept))  # all rows again
             continue
         out = predictor.predict(train, targets, neighbours=k, progress=False, **options)
         mean, std = _moments(out, schema.values)
         task = [torch.from_numpy(np.array(a))[None] for a in (mean, std, truth)]  # [1, N, V]
-        score = float(crps(*task, torch.ones(1, len(truth), dtype=torch.bool)))
-        scores[k] = score
-        if k >= len(kept):
-            whole = score
-    best = min(scores, key=lambda k: (scores[k], k))  # ties: the smaller neighbourhood
-    return NeighbourChoice(best, scores, len(held), geometry)
+        sums[k] = len(truth) * float(crps(*task, torch.ones(1, len(truth), dtype=torch.bool)))
+    return sums
 
 
 def _size(k: Any) -> int:
