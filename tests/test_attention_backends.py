@@ -193,6 +193,17 @@ def test_compiled_profile_warms_up_eagerly_then_compiles(monkeypatch):
     assert compiled._Compiled(compiled.exp_family_profile, warmup=10**12).wants(1)
 
 
+def test_nothing_compiles_inside_eager_whatever_the_environment(monkeypatch):
+    monkeypatch.setenv("BSATNP_COMPILE", "1")
+    profile = compiled._Compiled(compiled.exp_family_profile)
+    with compiled.eager():
+        assert not profile.wants(compiled.MIN_ELEMENTS)
+        with compiled.eager():  # nested blocks restore the outer one's setting
+            pass
+        assert not profile.wants(compiled.MIN_ELEMENTS)
+    assert profile.wants(compiled.MIN_ELEMENTS)
+
+
 def test_inference_compiles_the_profile_but_not_its_gradients(monkeypatch):
     """A prediction pays one compile; the gradients compile when first wanted."""
     monkeypatch.setenv("BSATNP_COMPILE", "1")

@@ -423,3 +423,23 @@ def test_quantiles_at_the_interval_ends_are_kept():
     out = conditioned.predict(stations(4, seed=8)[["lon", "lat"]], quantiles=(0.05,),
                               interval=0.9)
     np.testing.assert_allclose(out["q0.05"], out["lower"], rtol=1e-6)
+
+
+@pytest.mark.parametrize("max_memory", [None, "2GB"])
+def test_a_memory_bound_keeps_the_compiler_out(monkeypatch, max_memory):
+    """Compiling mid-run loaded ~100 MB of compiler past --max-memory (10⁷ grid targets
+    peaked at 613 MB under 500MB); under a bound every bias profile runs eagerly."""
+    from bsatnp.attention import compiled
+
+    calls = []
+    monkeypatch.setenv("BSATNP_COMPILE", "1")  # compile at once, not after a warm-up
+    monkeypatch.setattr(torch, "compile", lambda fn, **_: calls.append(fn) or fn)
+    shipped = Predictor.from_pretrained("gp2d")  # its RBF heads take the compiled profile
+    conditioned = shipped.condition(stations(60), **ROLES)
+    for profile in (compiled.exp_family, compiled.tisa):  # as if nothing had compiled yet
+        monkeypatch.setattr(profile, "compiled", None)
+        monkeypatch.setattr(profile, "failed", False)
+    calls.clear()
+    out = conditioned.predict(stations(30, seed=1)[["lon", "lat"]], max_memory=max_memory)
+    assert np.isfinite(out["mean"]).all()
+    assert (len(calls) > 0) == (max_memory is None)

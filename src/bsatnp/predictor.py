@@ -17,6 +17,7 @@ and the most likely class for a categorical model).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import warnings
@@ -29,6 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from bsatnp.attention import compiled
 from bsatnp.batch import Batch
 from bsatnp.data.envelope import Envelope
 from bsatnp.data.geo import check_crs
@@ -426,7 +428,9 @@ class Conditioned:
             n_samples: Marginal samples per target (independent across targets).
             seed: Seed of the samples.
             chunk_size: Targets per forward pass (default from ``max_memory``, else 16,384).
-            max_memory: Bound on the working memory of a chunk, bytes or ``"2GB"``.
+            max_memory: Bound on the working memory of a chunk, bytes or ``"2GB"``; with a
+                bound, bias profiles run eagerly (no compiler loaded mid-run,
+                :func:`bsatnp.attention.compiled.eager`).
             progress: Show a progress bar over chunks.
             chunks: xarray targets only: block sizes by grid dimension (e.g.
                 ``{"lat": 256}``), or ``"auto"`` (blocks of the chunk size that
@@ -500,7 +504,8 @@ class Conditioned:
         n, dim_f = points.n, self.predictor.model.config.dim_f
         first = np.empty((n, dim_f), np.float32)
         second = None if categorical else np.empty((n, dim_f), np.float32)
-        self._predict_into(inputs, n, chunk, first, second, progress)
+        with compiled.eager() if max_memory is not None else contextlib.nullcontext():
+            self._predict_into(inputs, n, chunk, first, second, progress)  # bounded: eager
         if categorical:
             return self._categorical(template, first)
         return self._gaussian(template, first, second, levels, interval, n_samples, seed)

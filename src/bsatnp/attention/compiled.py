@@ -12,16 +12,20 @@ backward compiled against 7.5 s eager (``python benchmarks/bias_kernels.py --thr
 
 Compiling costs tens of seconds once per process (and per dtype), so only
 tiles of at least :data:`MIN_ELEMENTS` scores are compiled. ``BSATNP_COMPILE=0`` never
-compiles, ``BSATNP_COMPILE=1`` compiles tiles of any size (tests). When compiling fails
+compiles, ``BSATNP_COMPILE=1`` compiles tiles of any size (tests); inside :func:`eager`
+nothing compiles either way (a run bounded in memory: the compiler itself takes about
+100 MB). When compiling fails
 (no C++ compiler, an unsupported platform) one warning is given and the eager profile is
 used from then on: the results are the same either way, to float round-off.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -33,6 +37,26 @@ from bsatnp.attention.numerics import builds_graph, exp_floored
 
 MIN_ELEMENTS = 1 << 16
 """Smallest tile (``B·H·tq·tk`` scores) worth a compiled profile."""
+
+_EAGER = contextvars.ContextVar("bsatnp_eager", default=False)
+"""Set inside :func:`eager`."""
+
+
+@contextlib.contextmanager
+def eager() -> Iterator[None]:
+    """Compute every profile eagerly inside the block, whatever ``BSATNP_COMPILE`` says.
+
+    For work under a memory bound: compiling loads inductor and its C++ toolchain into the
+    process (``bsatnp predict --max-memory 500MB`` on 10⁷ grid targets grew from about
+    505 MB to 613 MB when the warm-up ended and a profile compiled), which no chunk budget
+    can account for. Same results to float round-off, somewhat slower on large tiles.
+    """
+    token = _EAGER.set(True)
+    try:
+        yield
+    finally:
+        _EAGER.reset(token)
+
 
 Profile = Callable[..., Tensor]
 """``profile(dist, *params) -> bias``."""
@@ -181,7 +205,12 @@ class _Compiled:
         self.failed = False
 
     def mode(self) -> str:
-        """``"0"`` never compile, ``"1"`` always, ``"auto"`` for tiles of MIN_ELEMENTS."""
+        """``"0"`` never compile, ``"1"`` always, ``"auto"`` for tiles of MIN_ELEMENTS.
+
+        Inside :func:`eager`, ``"0"`` whatever the environment says.
+        """
+        if _EAGER.get():
+            return "0"
         value = os.environ.get("BSATNP_COMPILE", "auto")
         return value if value in ("0", "1") else "auto"
 
