@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import math
 import sys
 import warnings
 from collections.abc import Sequence
@@ -169,7 +170,8 @@ def _predict(args: argparse.Namespace) -> None:
             ("--units", args.units, None), ("--space-scale", args.space_scale, "auto"),
             ("--transform", args.transform, "none"), ("--target-crs", args.target_crs, None),
             ("--quantiles", args.quantiles, None), ("--interval", args.interval, None),
-            ("--samples", args.samples, 0), ("--seed", args.seed, None),
+            ("--exceedance", args.exceedance, None), ("--samples", args.samples, 0),
+            ("--seed", args.seed, None),
             ("--chunk-size", args.chunk_size, None), ("--neighbours", args.neighbours, "auto"),
             ("--time-window", args.time_window, None), ("--max-memory", args.max_memory, None),
             ("--observations", args.observations, None), ("--targets", args.targets, None),
@@ -202,7 +204,8 @@ def _predict(args: argparse.Namespace) -> None:
     predictor = _predictor(args)
     refuse_numeric_options(predictor.model, {
         "--quantiles": args.quantiles, "--interval": args.interval is not None,
-        "--samples": args.samples, "--seed": args.seed is not None,
+        "--exceedance": args.exceedance, "--samples": args.samples,
+        "--seed": args.seed is not None,
         "--transform": args.transform != "none", "--units": args.units})
     roles = _roles(args)
     time = roles.get("time") or (predictor.schema.time if predictor.schema else None)
@@ -218,8 +221,9 @@ def _predict(args: argparse.Namespace) -> None:
         and not args.samples and importlib.util.find_spec("dask") is not None
     # a grid into netCDF (with dask): predicted and written block by block
     out = conditioned.predict(targets, crs=args.target_crs, quantiles=args.quantiles or (),
-                              interval=args.interval, n_samples=args.samples,
-                              seed=args.seed, chunk_size=args.chunk_size,
+                              interval=args.interval, exceedance=args.exceedance or (),
+                              n_samples=args.samples, seed=args.seed,
+                              chunk_size=args.chunk_size,
                               max_memory=_working_memory(args, conditioned, targets, streamed),
                               progress=not args.quiet and not streamed,
                               chunks="auto" if streamed else None,
@@ -242,7 +246,8 @@ def _predict(args: argparse.Namespace) -> None:
 HELD_BYTES_PER_TARGET = 256
 """Memory of one target's outputs (mean and std) held whole for a CSV/Parquet file: its
 DataFrame row and text (measured: 1,000,000 grid targets to CSV took 205 MB above the
-process's base). Each quantile, interval bound or sample adds half of it."""
+process's base). Each quantile, interval bound, exceedance threshold or sample adds half
+of it."""
 
 
 def _working_memory(args: argparse.Namespace, conditioned: Any, targets: Any,
@@ -261,7 +266,8 @@ def _working_memory(args: argparse.Namespace, conditioned: Any, targets: Any,
 
     bound, held = parse_bytes(args.max_memory), resident_memory()
     left = bound - held
-    numbers = 2 + len(args.quantiles or ()) + 2 * (args.interval is not None) + args.samples
+    numbers = (2 + len(args.quantiles or ()) + len(args.exceedance or ())
+               + 2 * (args.interval is not None) + args.samples)
     per_target = HELD_BYTES_PER_TARGET // 2 * numbers * max(1, len(conditioned.schema.values))
     outputs = 0 if streamed else per_target * count_targets(targets, conditioned.schema)
     if left <= 0 or outputs > left // 2:
@@ -457,6 +463,17 @@ def _positive(kind: type, zero: bool = False) -> Any:
     return parse
 
 
+def _finite(text: str) -> float:
+    """An argparse type: a finite number."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
 def _bounded(low: int, high: int) -> Any:
     """An argparse type: an integer in ``[low, high]``."""
     def parse(text: str) -> int:
@@ -572,9 +589,9 @@ def _parser() -> argparse.ArgumentParser:
         "      --space lon lat --crs lonlat --grid lon=115.9:117.1:241,lat=39.6:40.5:181 \\\n"
         "      --interval 0.9 --output grid.nc\n"
         "Inputs: .csv, .csv.gz, .parquet or .nc; output .csv, .parquet or .nc with mean, std "
-        "and the requested quantiles/interval/samples in the units of the values (class "
-        "probabilities for a categorical model).\n\nThe original form reads one split file "
-        "in model units (--input):\n" + FORMAT_HELP,
+        "and the requested quantiles/interval/exceedance probabilities/samples in the units of "
+        "the values (class probabilities for a categorical model).\n\nThe original form "
+        "reads one split file in model units (--input):\n" + FORMAT_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     cmd.add_argument("--observations", help="observed points with values")
     cmd.add_argument("--targets", help="points to predict at (rows or a netCDF grid)")
@@ -582,6 +599,9 @@ def _parser() -> argparse.ArgumentParser:
     cmd.add_argument("--target-crs", help="CRS of the targets if not that of the observations")
     cmd.add_argument("--quantiles", nargs="+", type=float, help="e.g. 0.05 0.5 0.95")
     cmd.add_argument("--interval", type=float, help="central interval mass, e.g. 0.9")
+    cmd.add_argument("--exceedance", nargs="+", type=_finite, metavar="THRESHOLD",
+                     help="probability that the value exceeds each threshold (in the values' "
+                          "units), e.g. 75 100: columns exceedance_75.0, ...")
     cmd.add_argument("--samples", type=_bounded(0, MAX_SAMPLES), default=0, metavar="N",
                      help=f"marginal samples per target (0-{MAX_SAMPLES})")
     cmd.add_argument("--seed", type=_positive(int, zero=True), help="seed of the samples (>= 0)")

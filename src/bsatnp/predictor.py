@@ -11,8 +11,8 @@ A :class:`Predictor` holds a :class:`~bsatnp.models.base.NeuralProcess`, the
 reads the observations (pandas, xarray or a mapping of arrays) and encodes them once;
 :meth:`Conditioned.predict` streams any number of targets through the model in chunks and
 returns the container type of the targets with their coordinates copied: mean, std,
-quantiles, an interval and marginal samples in the units of the data (class probabilities
-and the most likely class for a categorical model).
+quantiles, an interval, exceedance probabilities and marginal samples in the units of the
+data (class probabilities and the most likely class for a categorical model).
 """
 
 from __future__ import annotations
@@ -368,8 +368,8 @@ class Predictor:
         Keywords of :meth:`Conditioned.predict` go there (``target_crs`` is its ``crs``),
         the rest to :meth:`condition`.
         """
-        predict_keys = {"quantiles", "interval", "n_samples", "seed", "chunk_size",
-                        "max_memory", "progress", "as_table"}
+        predict_keys = {"quantiles", "interval", "exceedance", "n_samples", "seed",
+                        "chunk_size", "max_memory", "progress", "as_table"}
         options = {key: kwargs.pop(key) for key in list(kwargs) if key in predict_keys}
         if "target_crs" in kwargs:
             options["crs"] = kwargs.pop("target_crs")
@@ -413,7 +413,8 @@ class Conditioned:
 
     def predict(self, targets: Any, *, crs: str | None = None,
                 quantiles: Sequence[float] = (), interval: float | None = None,
-                n_samples: int = 0, seed: int | None = None, chunk_size: int | None = None,
+                exceedance: Sequence[float] | float = (), n_samples: int = 0,
+                seed: int | None = None, chunk_size: int | None = None,
                 max_memory: int | str | None = None, progress: bool = False,
                 chunks: Mapping[str, int] | str | None = None, as_table: bool = False) -> Any:
         """Predictions at ``targets`` in the container type of the targets.
@@ -425,6 +426,10 @@ class Conditioned:
                 carry it in a ``crs`` attribute).
             quantiles: Probability levels, e.g. ``(0.05, 0.5, 0.95)``.
             interval: Central interval mass, e.g. ``0.9`` adds ``lower`` and ``upper``.
+            exceedance: Thresholds in the values' units, e.g. ``(75.0,)``: the probability
+                ``P(value > threshold)`` at each target, computed in model units through
+                the normaliser and the value transform (a threshold outside the transform's
+                domain, e.g. ``<= 0`` under ``log``, is exceeded with probability 1).
             n_samples: Marginal samples per target (independent across targets).
             seed: Seed of the samples.
             chunk_size: Targets per forward pass (default from ``max_memory``, else 16,384).
@@ -440,22 +445,26 @@ class Conditioned:
             as_table: xarray targets only: a DataFrame with one row per target (as for
                 DataFrame targets) instead of a Dataset: the grid's coordinates and the
                 targets' variables over its dims as columns (those over another dimension
-                are left out with a warning), ``q<level>``, ``sample_<i>`` and
-                ``probability_<class>`` columns. CSV and Parquet outputs are made so.
+                are left out with a warning), ``q<level>``, ``exceedance_<threshold>``,
+                ``sample_<i>`` and ``probability_<class>`` columns. CSV and Parquet outputs
+                are made so.
 
         Returns:
             DataFrame: the targets with columns ``mean``, ``std``, ``q<level>``,
-            ``lower``, ``upper``, ``sample_<i>`` (prefixed ``<value>_`` for several
-            values); categorical: ``probability_<class>`` and ``predicted_class``.
+            ``lower``, ``upper``, ``exceedance_<threshold>``, ``sample_<i>`` (prefixed
+            ``<value>_`` for several values); categorical: ``probability_<class>`` and
+            ``predicted_class``.
             xarray: a Dataset with the targets' coordinates and variables ``mean``,
             ``std``, ``quantiles (quantile, ...)``, ``lower``, ``upper``,
-            ``samples (sample, ...)`` over the targets' dimensions; categorical:
-            ``probability (class, ...)`` and ``predicted_class``. Mapping: a dict of arrays.
+            ``exceedance (threshold, ...)``, ``samples (sample, ...)`` over the targets'
+            dimensions; categorical: ``probability (class, ...)`` and ``predicted_class``.
+            Mapping: a dict of arrays.
 
         Raises:
             ValueError: On bad targets or options; nothing is computed then.
         """
         levels = _levels(quantiles, interval)  # checked before any work
+        thresholds = _thresholds(exceedance)
         check_crs(crs, "crs")
         if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) \
                 or n_samples < 0:
@@ -472,7 +481,8 @@ class Conditioned:
                                  "samples are not drawn block by block; compute the grid "
                                  "first or leave n_samples at 0")
             options = {"crs": crs, "quantiles": quantiles, "interval": interval,
-                       "chunk_size": chunk_size, "max_memory": max_memory}
+                       "exceedance": thresholds, "chunk_size": chunk_size,
+                       "max_memory": max_memory}
             dims = grid_dims(targets, self.schema)
             if chunks == "auto":
                 chunks = blocks_of({dim: targets.sizes[dim] for dim in dims}, _block_points(
@@ -482,12 +492,12 @@ class Conditioned:
             return predict_lazily(lambda block: self.predict(block, **options), targets,
                                   dims, chunks)
         per_target = 8 * (2 * len(self.predictor.model.roles) + 4) + 12 * (
-            2 + len(levels) + (2 if interval is not None else 0) + n_samples) * max(
-            1, len(self.schema.values))
+            2 + len(levels) + len(thresholds) + (2 if interval is not None else 0)
+            + n_samples) * max(1, len(self.schema.values))
         _check_fits_in_memory(count_targets(targets, self.schema), per_target)
         refuse_numeric_options(self.predictor.model, {
-            "quantiles": levels, "interval": interval is not None, "n_samples": n_samples,
-            "seed": seed is not None})
+            "quantiles": levels, "interval": interval is not None, "exceedance": thresholds,
+            "n_samples": n_samples, "seed": seed is not None})
         points, template = read_points(targets, self.schema, "targets", with_values=False,
                                        crs=crs)
         if as_table:
@@ -508,7 +518,8 @@ class Conditioned:
             self._predict_into(inputs, n, chunk, first, second, progress)  # bounded: eager
         if categorical:
             return self._categorical(template, first)
-        return self._gaussian(template, first, second, levels, interval, n_samples, seed)
+        return self._gaussian(template, first, second, levels, interval, thresholds,
+                              n_samples, seed)
 
     def _predict_into(self, inputs: dict[str, np.ndarray], n: int, chunk: int,
                       first: np.ndarray, second: np.ndarray | None, progress: bool) -> None:
@@ -524,15 +535,15 @@ class Conditioned:
             _store(self.model.predictive(test), slice(start, stop), first, second)
 
     def _gaussian(self, template: Any, mean: np.ndarray, std: np.ndarray,
-                  levels: list[float], interval: float | None, n_samples: int,
-                  seed: int | None) -> Any:
+                  levels: list[float], interval: float | None, thresholds: list[float],
+                  n_samples: int, seed: int | None) -> Any:
         with np.errstate(over="ignore", invalid="ignore"):  # refused below, with the cause
-            return self._gaussian_outputs(template, mean, std, levels, interval, n_samples,
-                                          seed)
+            return self._gaussian_outputs(template, mean, std, levels, interval, thresholds,
+                                          n_samples, seed)
 
     def _gaussian_outputs(self, template: Any, mean: np.ndarray, std: np.ndarray,
-                          levels: list[float], interval: float | None, n_samples: int,
-                          seed: int | None) -> Any:
+                          levels: list[float], interval: float | None,
+                          thresholds: list[float], n_samples: int, seed: int | None) -> Any:
         """The outputs in the data's units; one that is not finite is refused with its cause."""
         norm = self.normalizer
         loc, scale = norm.gaussian(mean.astype(np.float64), std.astype(np.float64))
@@ -553,6 +564,10 @@ class Conditioned:
                 low, high = _interval_levels(interval)
                 named["lower"] = norm.quantile(loc[:, j], scale[:, j], low)
                 named["upper"] = norm.quantile(loc[:, j], scale[:, j], high)
+            if thresholds:
+                named["exceedance"] = np.stack([norm.exceedance(loc[:, j], scale[:, j], t)
+                                                for t in thresholds])
+                extra[prefix + "exceedance"] = ("threshold", thresholds, prefix + "exceedance_")
             if n_samples:
                 draws = loc[:, j] + scale[:, j] * rng.standard_normal((n_samples, len(loc)))
                 named["samples"] = norm.inverse(draws)
@@ -560,6 +575,10 @@ class Conditioned:
             for name, array in named.items():
                 outputs[prefix + name] = array.astype(np.float32)
                 attrs[prefix + name] = {**units, "long_name": f"{value} {name}"}
+            if thresholds:  # a probability; the thresholds are in the value's units
+                attrs[prefix + "exceedance"] = {
+                    "units": "1", "long_name": f"P({value} > threshold)",
+                    **({"threshold_units": units["units"]} if units else {})}
         for name, array in outputs.items():
             if not np.isfinite(array).all():
                 _check_finite_output(name, array, _output_overflow_cause(
@@ -688,9 +707,9 @@ def _store(dist: Any, where: slice | np.ndarray, first: np.ndarray,
 def refuse_numeric_options(model: NeuralProcess, given: Mapping[str, Any]) -> None:
     """Refuse options of a numeric value for a model of class probabilities.
 
-    Units, a value transform, quantiles, intervals, samples and their seed mean nothing
-    for class probabilities. ``given`` maps each option's name (the API's or the CLI's) to
-    whether it was given.
+    Units, a value transform, quantiles, intervals, exceedance probabilities, samples and
+    their seed mean nothing for class probabilities. ``given`` maps each option's name (the
+    API's or the CLI's) to whether it was given.
 
     Raises:
         ValueError: Naming the given ones, if the model is categorical.
@@ -824,6 +843,20 @@ def _levels(quantiles: Sequence[float], interval: float | None) -> list[float]:
     if interval is not None and not 0.0 < interval < 1.0:
         raise ValueError(f"interval must lie in (0, 1), e.g. 0.9, got {interval}")
     return levels
+
+
+def _thresholds(exceedance: Sequence[float] | float) -> list[float]:
+    """Exceedance thresholds as floats; ``ValueError`` on one that is not a finite number."""
+    given = ([exceedance] if isinstance(exceedance, (int, float, np.number, str))
+             else exceedance)
+    thresholds = []
+    for t in given:
+        if isinstance(t, (bool, np.bool_)) or not isinstance(t, (int, float, np.number)) \
+                or not math.isfinite(t):
+            raise ValueError(f"exceedance thresholds must be finite numbers in the values' "
+                             f"units, e.g. (75.0,), got {t!r}")
+        thresholds.append(float(t))
+    return thresholds
 
 
 def _interval_levels(interval: float | None) -> tuple[float, ...]:

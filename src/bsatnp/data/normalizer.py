@@ -15,7 +15,8 @@ otherwise, e.g. mean 6 for the Gneiting model).
 
 On the way out a Gaussian ``N(μ, σ)`` in model units becomes ``N(μ·scale + shift,
 σ·scale)`` in ``T``-space (the std is scaled, never shifted); quantiles and samples pass
-through ``T⁻¹`` exactly; under ``log`` the mean and std are those of the log-normal.
+through ``T⁻¹`` exactly, and exceedance probabilities ``P(f > t)`` through ``T`` (``T`` is
+increasing: ``P(T(f) > T(t))``); under ``log`` the mean and std are those of the log-normal.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from statistics import NormalDist
 from typing import Literal, get_args
 
 import numpy as np
+import torch
 
 from bsatnp.config import Config, check_literals
 from bsatnp.data.geo import local_projection, transform
@@ -218,6 +220,24 @@ class Normalizer(Config):
         if not 0.0 < level < 1.0:
             raise ValueError(f"quantile levels must be in (0, 1), got {level}")
         return self.inverse(loc + scale * NormalDist().inv_cdf(level))
+
+    def exceedance(self, loc: np.ndarray, scale: np.ndarray, threshold: float) -> np.ndarray:
+        """``P(f > threshold)``, ``threshold`` in user units (exact through ``T``).
+
+        ``T`` is increasing, so ``P(f > t) = P(T(f) > T(t)) = Φ((loc − T(t)) / scale)`` for
+        the Normal ``N(loc, scale²)`` in ``T``-space (:meth:`gaussian`). A threshold outside
+        ``T``'s domain (``t <= 0`` under ``log``, ``t <= −1`` under ``log1p``) lies below
+        every value the predictive can take: its probability is 1.
+        """
+        threshold = float(threshold)
+        if not math.isfinite(threshold):
+            raise ValueError(f"exceedance thresholds must be finite, got {threshold}")
+        floor = {"log": 0.0, "log1p": -1.0}.get(self.value_transform)
+        if floor is not None and threshold <= floor:
+            return np.ones(np.shape(loc))
+        level = float(_forward(np.float64(threshold), self.value_transform, ("threshold",)))
+        z = torch.as_tensor((np.asarray(loc, np.float64) - level) / scale, dtype=torch.float64)
+        return torch.special.ndtr(z).numpy()
 
     def inverse(self, transformed: np.ndarray) -> np.ndarray:
         """``T⁻¹``: values in ``T``-space (e.g. samples) back to user units."""
