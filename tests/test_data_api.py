@@ -171,6 +171,23 @@ def test_categorical_model_returns_class_probabilities_and_labels():
             obs, values="state", space=("lon", "lat"), crs="lonlat")
 
 
+@pytest.mark.parametrize("given, named", [(dict(value_transform="log"), "value_transform"),
+                                          (dict(units="people"), "units")])
+def test_categorical_conditioning_and_finetuning_refuse_numeric_options(tmp_path, given,
+                                                                        named):
+    """A value transform or units for class labels was taken silently by condition/finetune."""
+    obs = stations()
+    obs["state"] = np.where(obs["temp"] > 15, "warm", "cold")
+    predictor = Predictor(small_model(likelihood="categorical", dim_f=2))
+    roles = dict(values="state", space=("lon", "lat"), crs="lonlat")
+    with pytest.raises(ValueError, match=f"^{named}: only for a model of numeric values"):
+        predictor.condition(obs, **roles, **given)
+    with pytest.raises(ValueError, match=f"^{named}: only for a model of numeric values"):
+        predictor.finetune(obs, **roles, **given, steps=1, out_dir=tmp_path / "run",
+                           progress=False)
+    assert not (tmp_path / "run" / "last.safetensors").exists()
+
+
 def test_time_and_covariates_from_datetimes_and_mapping_input():
     rng = np.random.default_rng(4)
     n = 90

@@ -336,6 +336,13 @@ def test_cli_refuses_numeric_options_with_a_categorical_model(tmp_path, capsys, 
            "probabilities" in one_line(capsys)
     assert not (tmp_path / "out.csv").exists()
     assert cli.main(args) == 0  # without them it predicts
+    if named in ("--transform", "--units"):  # fine-tuning took them silently too
+        tune = ["finetune", "--checkpoint", str(tmp_path / "classes.safetensors"), "--data",
+                str(tmp_path / "obs.csv"), "--values", "state", "--space", "x", "y",
+                "--steps", "1", "--out", str(tmp_path / "run"), "--quiet"]
+        assert cli.main([*tune, *extra]) == 2
+        assert f"{named}: only for a model of numeric values" in one_line(capsys)
+        assert not (tmp_path / "run" / "last.safetensors").exists()
 
 
 def test_info_and_predict_take_a_shipped_model_name(files, tmp_path, capsys):

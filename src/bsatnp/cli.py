@@ -286,10 +286,13 @@ def _working_memory(args: argparse.Namespace, conditioned: Any, targets: Any,
 def _finetune(args: argparse.Namespace) -> None:
     from bsatnp.data.files import read_table
     from bsatnp.data.geo import check_crs
+    from bsatnp.predictor import refuse_numeric_options
 
     existing_file(args.data, "--data")
     check_crs(args.crs, "--crs")
     predictor = _predictor(args)
+    refuse_numeric_options(predictor.model, {"--transform": args.transform != "none",
+                                             "--units": args.units})
     roles = _roles(args)
     time = roles.get("time") or (predictor.schema.time if predictor.schema else None)
     data = read_table(args.data, time=time)

@@ -267,6 +267,8 @@ class Predictor:
         for a predictor without a schema, and converts from it for one with a schema;
         ``group`` names a column of field labels read into ``points.groups``.
         """
+        refuse_numeric_options(self.model, {"value_transform": value_transform != "none",
+                                            "units": bool(roles.get("units"))})
         schema = self.resolve_schema(data, crs=crs if self.schema is None else None, **roles)
         points, _ = read_points(data, schema, "observations", with_values=True,
                                 crs=None if self.schema is None else crs, group=group)
