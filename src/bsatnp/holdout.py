@@ -122,11 +122,10 @@ def choose_neighbours(predictor: Predictor, observations: Any, *,
                          "predicts class probabilities")
     if "s" not in predictor.model.roles:
         raise ValueError("choose_neighbours needs a model with a space role")
-    sizes = sorted({_size(k) for k in candidates})
+    sizes = sorted({_count("candidates", k) for k in candidates})
     if not sizes:
         raise ValueError("candidates is empty: give at least one neighbourhood size")
-    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 1:
-        raise ValueError(f"folds must be an integer >= 1, got {folds!r}")
+    _count("folds", folds)
     if "neighbours" in options or "progress" in options:
         raise ValueError("neighbours and progress are set by choose_neighbours")
     table = _rows(observations, pd)
@@ -166,22 +165,21 @@ def _fold_crps(predictor: Predictor, table: Any, held: np.ndarray, schema: Any,
     train, test = table.iloc[kept], table.iloc[held]
     truth = test[list(schema.values)].to_numpy(np.float64)
     targets = test.drop(columns=list(schema.values))
-    sums: dict[int, float] = {}
-    for k in sizes:
-        if k >= len(kept) and any(j >= len(kept) for j in sums):
-            sums[k] = next(v for j, v in sums.items() if j >= len(kept))  # all rows again
-            continue
-        out = predictor.predict(train, targets, neighbours=k, progress=False, **options)
+    by_size: dict[int, float] = {}  # K at or beyond the kept rows: all of them, scored once
+    for size in sorted({min(k, len(kept)) for k in sizes}):
+        out = predictor.predict(train, targets, neighbours=size, progress=False, **options)
         mean, std = _moments(out, schema.values)
         task = [torch.from_numpy(np.array(a))[None] for a in (mean, std, truth)]  # [1, N, V]
-        sums[k] = len(truth) * float(crps(*task, torch.ones(1, len(truth), dtype=torch.bool)))
-    return sums
+        by_size[size] = len(truth) * float(crps(*task, torch.ones(1, len(truth),
+                                                                   dtype=torch.bool)))
+    return {k: by_size[min(k, len(kept))] for k in sizes}
 
 
-def _size(k: Any) -> int:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise ValueError(f"candidates must be integers >= 1, got {k!r}")
-    return int(k)
+def _count(name: str, value: Any) -> int:
+    """``value`` as an int; ``ValueError`` naming ``name`` unless it is an integer >= 1."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be integers >= 1, got {value!r}")
+    return int(value)
 
 
 def _rows(observations: Any, pd: Any) -> Any:
