@@ -7,7 +7,8 @@
 #       timeout_s=600)
 #
 # Arguments: CONFIG (bundled name or YAML; default gp2d_gpu), MINUTES of training (default 7),
-# BATCHES of the evaluation (default in_domain=100,shifted=100). DEVICE=cpu for a dry run.
+# BATCHES of the evaluation (default in_domain=100,shifted=100; none: no evaluation).
+# DEVICE=cpu for a dry run; INIT=<checkpoint or shipped model> starts a fresh run from it.
 # Brings back under $OUT: last.safetensors, best.safetensors, log.jsonl and eval/eval.{json,md};
 # to continue, copy them into runs/CONFIG/ here and carry that folder in the next call.
 # The machine's own torch is used (nothing can be installed there): the script checks for
@@ -38,10 +39,12 @@ if [ -f "$run/last.safetensors" ]; then
     --minutes "$minutes" --device "$device" --quiet
 else
   python -m bsatnp train --config "$config" --out "$run" --minutes "$minutes" \
-    --device "$device" --quiet
+    --device "$device" --quiet ${INIT:+--init "$INIT"}
 fi
-python -m bsatnp evaluate --checkpoint "$run/last.safetensors" --n-batches "$batches" \
-  --device "$device" --quiet --out "$out/eval"
+if [ "$batches" != none ]; then
+  python -m bsatnp evaluate --checkpoint "$run/last.safetensors" --n-batches "$batches" \
+    --device "$device" --quiet --out "$out/eval"
+fi
 for f in last.safetensors best.safetensors log.jsonl; do
   if [ -f "$run/$f" ]; then cp "$run/$f" "$out/"; fi
 done

@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from bsatnp.batch import Batch
 from bsatnp.config import Config, build_dataclass
 from bsatnp.evaluate import model_metrics
 from bsatnp.io.checkpoint import Checkpoint, load_checkpoint
@@ -52,6 +53,7 @@ from bsatnp.tasks.registry import split_name
 from bsatnp.train import run_dir
 from bsatnp.train.config import TrainConfig
 from bsatnp.train.distributed import Replicas
+from bsatnp.train.prefetch import Prefetcher
 from bsatnp.train.trainer import SampleBatch, Trainer, Validate
 
 SECTIONS = ("model", "task", "train", "eval")
@@ -257,9 +259,25 @@ def experiment_from_checkpoint(ckpt: Checkpoint) -> ExperimentConfig:
 
 
 def training_sampler(config: ExperimentConfig) -> SampleBatch:
-    """Training batches: the in-domain task with ``train.batch_size`` tasks per batch."""
+    """Training batches: the in-domain task with ``train.batch_size`` tasks per batch.
+
+    With ``train.workers`` they are drawn ahead in worker processes, one seed per batch from
+    the trainer's generator (:class:`~bsatnp.train.prefetch.Prefetcher`).
+    """
     task = config.task.with_batch_size(config.train.batch_size)
+    if config.train.workers:
+        return Prefetcher(TaskDraw(task), config.train.workers)
     return lambda generator: task.sample(generator, "train")
+
+
+@dataclass(frozen=True)
+class TaskDraw:
+    """The training batch of ``task`` for one seed (picklable, for prefetch workers)."""
+
+    task: Task
+
+    def __call__(self, seed: int) -> Batch:
+        return self.task.sample(torch.Generator().manual_seed(seed), "train")
 
 
 def validator(task: Task, n_batches: int, seed: int) -> Validate:

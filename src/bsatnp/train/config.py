@@ -37,6 +37,10 @@ class TrainConfig(Config):
             new best validation NLL (``None``: never stop early). The run ends as at its
             last step (log record, ``last.safetensors``) and stays stopped on resume;
             ``best.safetensors`` holds the state to use.
+        workers: Processes that draw training batches ahead of the loop
+            (:class:`~bsatnp.train.prefetch.Prefetcher`; 0: drawn in the loop from the
+            generator itself). Any number above 0 gives the same batches, which differ
+            from those of 0.
     """
 
     steps: int = 100_000
@@ -56,6 +60,7 @@ class TrainConfig(Config):
     max_bad_steps: int = 10
     validate_start: bool = False
     early_stop_patience: int | None = None
+    workers: int = 0
 
     def __post_init__(self) -> None:
         for name in _POSITIVE_INTS:
@@ -64,6 +69,8 @@ class TrainConfig(Config):
         if self.early_stop_patience is not None and self.early_stop_patience < 1:
             raise ValueError("TrainConfig.early_stop_patience must be >= 1 or None, got "
                              f"{self.early_stop_patience}")
+        if self.workers < 0:
+            raise ValueError(f"TrainConfig.workers must be >= 0, got {self.workers}")
         if self.lr <= 0:
             raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr}")
         if not 0.0 <= self.final_lr_factor <= 1.0:
