@@ -116,11 +116,11 @@ def test_models_lists_the_shipped_models(capsys):
 
 def test_a_grid_to_netcdf_is_written_block_by_block_and_equals_the_in_memory_result(
         files, monkeypatch):
-    from bsatnp.data import lazy
+    from bsatnp.data import files as data_files
 
     seen = []
-    original = lazy.predict_lazily
-    monkeypatch.setattr("bsatnp.predictor.predict_lazily",
+    original = data_files.write_grid
+    monkeypatch.setattr("bsatnp.data.files.write_grid",
                         lambda *a, **k: seen.append(a[3]) or original(*a, **k))
     out = files / "streamed.nc"
     assert cli.main(["predict", "--checkpoint", str(files / "bare.safetensors"),

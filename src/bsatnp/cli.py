@@ -207,6 +207,8 @@ def _predict(args: argparse.Namespace) -> None:
         "--exceedance": args.exceedance, "--samples": args.samples,
         "--seed": args.seed is not None,
         "--transform": args.transform != "none", "--units": args.units})
+    if args.seed is not None and not args.samples:
+        raise ValueError("--seed seeds the --samples; without --samples it would be ignored")
     roles = _roles(args)
     time = roles.get("time") or (predictor.schema.time if predictor.schema else None)
     observations = read_table(args.observations, time=time)
@@ -218,26 +220,18 @@ def _predict(args: argparse.Namespace) -> None:
                                       neighbours=args.neighbours,
                                       time_window=args.time_window, **roles)
     streamed = args.grid is not None and Path(args.output).suffix.lower() == ".nc" \
-        and not args.samples and importlib.util.find_spec("dask") is not None
-    # a grid into netCDF (with dask): predicted and written block by block
-    out = conditioned.predict(targets, crs=args.target_crs, quantiles=args.quantiles or (),
-                              interval=args.interval, exceedance=args.exceedance or (),
-                              n_samples=args.samples, seed=args.seed,
-                              chunk_size=args.chunk_size,
-                              max_memory=_working_memory(args, conditioned, targets, streamed),
-                              progress=not args.quiet and not streamed,
-                              chunks="auto" if streamed else None,
-                              as_table=Path(args.output).suffix.lower() != ".nc")
-    if streamed:  # one block at a time: torch already uses every core within a block
-        import contextlib
-
-        import dask
-        from dask.diagnostics import ProgressBar
-
-        with dask.config.set(scheduler="synchronous"), (
-                contextlib.nullcontext() if args.quiet else ProgressBar()):
-            path = write_table(out, args.output)
+        and not args.samples and importlib.util.find_spec("h5netcdf") is not None
+    options = {"crs": args.target_crs, "quantiles": args.quantiles or (),
+               "interval": args.interval, "exceedance": args.exceedance or (),
+               "chunk_size": args.chunk_size,
+               "max_memory": _working_memory(args, conditioned, targets, streamed)}
+    if streamed:  # a grid into netCDF: predicted and written block by block
+        path = conditioned.write_grid(targets, args.output, progress=not args.quiet,
+                                      **options)
     else:
+        out = conditioned.predict(targets, **options, n_samples=args.samples, seed=args.seed,
+                                  progress=not args.quiet,
+                                  as_table=Path(args.output).suffix.lower() != ".nc")
         path = write_table(out, args.output)
     print(f"Wrote predictions at {count_targets(targets, conditioned.schema):,} targets from "
           f"{conditioned.n_context:,} observations to {path}")
@@ -256,8 +250,8 @@ def _working_memory(args: argparse.Namespace, conditioned: Any, targets: Any,
 
     What the process already holds (libraries, model, observations) is subtracted; a
     quarter of the rest goes to a chunk's working memory, the rest to the block being
-    written, its task graph and the netCDF writer (``streamed``: measured, a half left too
-    little) or, for outputs held whole, must hold them within half.
+    written and the netCDF writer (``streamed``: measured, a half left too little) or, for
+    outputs held whole, must hold them within half.
     """
     if args.max_memory is None:
         return None

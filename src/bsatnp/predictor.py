@@ -471,6 +471,8 @@ class Conditioned:
         if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) \
                 or n_samples < 0:
             raise ValueError(f"n_samples must be an integer >= 0, got {n_samples!r}")
+        if seed is not None and not n_samples:
+            raise ValueError("seed seeds the samples; without n_samples it would be ignored")
         if chunks is not None or (is_xarray(targets) and is_dask_backed(targets)):
             if not is_xarray(targets):
                 raise ValueError("chunks= needs xarray targets (a grid); predict a table in "
@@ -522,6 +524,36 @@ class Conditioned:
             return self._categorical(template, first)
         return self._gaussian(template, first, second, levels, interval, thresholds,
                               n_samples, seed)
+
+    def write_grid(self, targets: Any, path: str | os.PathLike[str], *,
+                   crs: str | None = None, quantiles: Sequence[float] = (),
+                   interval: float | None = None, exceedance: Sequence[float] | float = (),
+                   chunk_size: int | None = None, max_memory: int | str | None = None,
+                   progress: bool = False) -> Path:
+        """Predict a grid block by block straight into a netCDF file (atomically).
+
+        The file holds what ``write_table(predict(targets, ...), path)`` would write, but
+        neither the grid's outputs nor a task graph is held: the blocks are those of
+        ``chunks="auto"`` (sized by ``chunk_size``/``max_memory``), each written as soon as
+        it is predicted (:func:`bsatnp.data.files.write_grid`). The options are
+        :meth:`predict`'s; samples are not drawn block by block.
+
+        Raises:
+            ValueError: If ``targets`` is not an xarray grid, ``path`` is not ``.nc``, or
+                an option is bad (nothing is written then).
+        """
+        from bsatnp.data.files import write_grid
+
+        if not is_xarray(targets):
+            raise ValueError("write_grid needs xarray targets (a grid); write a table's "
+                             "predictions with write_table")
+        options = {"crs": crs, "quantiles": quantiles, "interval": interval,
+                   "exceedance": exceedance, "chunk_size": chunk_size, "max_memory": max_memory}
+        dims = grid_dims(targets, self.schema)
+        chunks = blocks_of({dim: targets.sizes[dim] for dim in dims},
+                           _block_points(chunk_size, max_memory, self.predictor.model))
+        return write_grid(lambda block: self.predict(block, **options), targets, dims, chunks,
+                          path, progress)
 
     def _predict_into(self, inputs: dict[str, np.ndarray], n: int, chunk: int,
                       first: np.ndarray, second: np.ndarray | None, progress: bool) -> None:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from bsatnp.data.geo import require
+from bsatnp.data.lazy import write_by_block
 from bsatnp.data.tables import SOURCE_ATTR, available_memory, is_pandas, is_xarray
 from bsatnp.io.files import existing_file, write_atomic
 
@@ -101,6 +104,30 @@ def write_table(data: Any, path: str | os.PathLike[str]) -> Path:
         require("pyarrow", "writing Parquet files")
         payload = frame.to_parquet()
     write_atomic(path, bytes(payload))
+    return path
+
+
+def write_grid(predict: Callable[[Any], Any], targets: Any, dims: Sequence[str],
+               chunks: Mapping[str, int], path: str | os.PathLike[str],
+               progress: bool = False) -> Path:
+    """Predict a grid block by block into a netCDF file (atomically; no dask, no task graph).
+
+    ``predict`` maps a block of ``targets`` to its predictions; each block is written as
+    soon as it is predicted (:func:`bsatnp.data.lazy.write_by_block`), so the memory used
+    is one block's, whatever the grid's size.
+
+    Raises:
+        ValueError: If ``path`` is not ``.nc``, or its disk lacks the space the output needs.
+    """
+    path = Path(path)
+    if path.suffix.lower() != ".nc":
+        raise ValueError(f"{path}: a grid is written block by block to .nc only")
+    xr = require("xarray", "writing a grid block by block")
+    data = targets.to_dataset(name="targets") if isinstance(targets, xr.DataArray) else targets
+    points = math.prod(data.sizes[dim] for dim in dims)
+    probe = predict(targets.isel({dim: slice(0, 1) for dim in dims}))
+    _check_disk_space(path, points * sum(int(v.nbytes) for v in probe.data_vars.values()))
+    write_atomic(path, lambda at: write_by_block(predict, targets, dims, chunks, at, progress))
     return path
 
 

@@ -38,6 +38,7 @@ from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
@@ -105,7 +106,7 @@ class Checkpoint:
         invalid = f"{self.path}: the saved model config is invalid"
         try:
             config = config_from_dict(self.model_config)
-            with torch.device("meta"):
+            with torch.device("meta"), _NoInitialisation():
                 skeleton = build_model(config)
         except (TypeError, ValueError) as err:
             raise ValueError(f"{invalid}: {err}") from err
@@ -406,3 +407,25 @@ def _decoded_field(path: Path, metadata: dict[str, str], key: str,
                          "too deeply") from err
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
         raise ValueError(f"{path}: checkpoint field {key!r} is damaged: {err!r}") from err
+
+
+_RANDOM_FILLS = frozenset({
+    Tensor.normal_, Tensor.uniform_, Tensor.random_, Tensor.exponential_, Tensor.bernoulli_,
+    Tensor.log_normal_, Tensor.cauchy_, Tensor.geometric_})
+
+
+class _NoInitialisation(TorchFunctionMode):
+    """Modules built for their shapes only: initialisers and random fills do nothing.
+
+    A random fill of a ``meta`` tensor runs through torch's Python references, which load
+    its compiler stack (``torch._dynamo`` and sympy, about 70 MiB resident for the rest of
+    the process); a shape check needs no values.
+    """
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (),
+                           kwargs: dict[str, Any] | None = None) -> Any:
+        kwargs = kwargs or {}
+        if func in _RANDOM_FILLS or (getattr(func, "__module__", None) == "torch.nn.init"
+                                     and func.__name__.endswith("_")):
+            return (args or tuple(kwargs.values()))[0]  # the tensor, left as it is
+        return func(*args, **kwargs)
