@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from bsatnp import cli
-from bsatnp.attention.distances import DISTANCES, Distance
 from bsatnp.evaluate import TABLE_METRICS, evaluate
 from bsatnp.experiment import ExperimentConfig, build_trainer, load_experiment
+from bsatnp.geometry import DISTANCES, Distance
 from bsatnp.io.checkpoint import load_checkpoint, load_model
 from bsatnp.models import BSATNPConfig
 from bsatnp.tasks.gp2d import GP2DTask

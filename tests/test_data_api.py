@@ -16,7 +16,8 @@ from bsatnp.data import Normalizer, Schema  # noqa: E402
 from bsatnp.data.table_task import TableTask  # noqa: E402
 from bsatnp.data.tables import grid, read_points  # noqa: E402
 from bsatnp.models import BSATNP  # noqa: E402
-from bsatnp.predictor import Predictor, parse_bytes  # noqa: E402
+from bsatnp.options import parse_bytes  # noqa: E402
+from bsatnp.predictor import Predictor  # noqa: E402
 
 SMALL = dict(num_blocks=2, dim=32, qkv_dim=32, ffn_dim=64, embed_hidden=(64,),
              head_hidden=(64,))

@@ -16,14 +16,14 @@ pytest.importorskip("scipy")
 
 from bsatnp.batch import Batch  # noqa: E402
 from bsatnp.data.envelope import Envelope  # noqa: E402
-from bsatnp.data.neighbours import LocalFrame  # noqa: E402
-from bsatnp.data.normalizer import Normalizer, ValueMoments  # noqa: E402
+from bsatnp.data.normalizer import Normalizer  # noqa: E402
 from bsatnp.data.schema import Schema  # noqa: E402
 from bsatnp.data.tables import read_points  # noqa: E402
 from bsatnp.experiment import ExperimentConfig  # noqa: E402
 from bsatnp.predictor import Predictor  # noqa: E402
 from bsatnp.tasks import Task, batch_generator  # noqa: E402
 from bsatnp.tasks.base import context_envelope  # noqa: E402
+from bsatnp.tasks.frames import LocalFrame, ValueMoments  # noqa: E402
 
 
 @dataclass(frozen=True)

@@ -161,7 +161,7 @@ def test_a_categorical_model_refuses_exceedance():
 
 
 def test_each_threshold_is_counted_in_memory_like_a_quantile(monkeypatch):
-    from bsatnp import predictor as module
+    from bsatnp import options as module
 
     conditioned = Predictor(small_model()).condition(stations(), **ROLES)
     monkeypatch.setattr(module, "available_memory", lambda: 1)

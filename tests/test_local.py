@@ -9,15 +9,12 @@ import torch
 pd = pytest.importorskip("pandas")
 pytest.importorskip("scipy")
 
-from bsatnp.data.neighbours import (  # noqa: E402
-    LocalFrame,
-    NeighbourSearch,
-    WindowedSearch,
-    unit_vectors,
-)
+from bsatnp.conditioned import LocallyConditioned  # noqa: E402
+from bsatnp.data.neighbours import NeighbourSearch, WindowedSearch, unit_vectors  # noqa: E402
 from bsatnp.data.table_task import TableTask  # noqa: E402
 from bsatnp.models import BSATNP  # noqa: E402
-from bsatnp.predictor import LocallyConditioned, Predictor  # noqa: E402
+from bsatnp.predictor import Predictor  # noqa: E402
+from bsatnp.tasks.frames import LocalFrame  # noqa: E402
 
 
 def brute_nearest(points: np.ndarray, query: np.ndarray, k: int) -> np.ndarray:

@@ -12,7 +12,7 @@ from test_attention_backends import check_backend, run_backend
 import bsatnp.attention.locality as locality
 from bsatnp.attention import AttentionBias, BiasSpec
 from bsatnp.attention.biases import DistanceBias
-from bsatnp.attention.distances import BOX_DISTANCES, DISTANCES
+from bsatnp.geometry import BOX_DISTANCES, DISTANCES
 
 
 def spread_problem(B=1, Lq=300, Lk=280, side=60.0, seed=0, family="tisa", mask=False,

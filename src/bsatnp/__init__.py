@@ -16,7 +16,7 @@ __version__ = "0.1.0"
 
 __all__ = ["Batch", "Conditioned", "Predictor", "__version__", "choose_neighbours", "grid"]
 
-_LAZY = {"Predictor": "bsatnp.predictor", "Conditioned": "bsatnp.predictor",
+_LAZY = {"Predictor": "bsatnp.predictor", "Conditioned": "bsatnp.conditioned",
          "grid": "bsatnp.data.tables", "choose_neighbours": "bsatnp.holdout"}
 
 

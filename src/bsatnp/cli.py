@@ -192,7 +192,7 @@ def _predict(args: argparse.Namespace) -> None:
     from bsatnp.data.files import read_table, write_table
     from bsatnp.data.geo import check_crs
     from bsatnp.data.tables import count_targets, grid
-    from bsatnp.predictor import refuse_numeric_options
+    from bsatnp.options import refuse_numeric_options
 
     check_crs(args.crs, "--crs")
     check_crs(args.target_crs, "--target-crs")
@@ -256,7 +256,7 @@ def _working_memory(args: argparse.Namespace, conditioned: Any, targets: Any,
     if args.max_memory is None:
         return None
     from bsatnp.data.tables import count_targets, resident_memory
-    from bsatnp.predictor import parse_bytes
+    from bsatnp.options import parse_bytes
 
     bound, held = parse_bytes(args.max_memory), resident_memory()
     left = bound - held
@@ -280,7 +280,7 @@ def _working_memory(args: argparse.Namespace, conditioned: Any, targets: Any,
 def _finetune(args: argparse.Namespace) -> None:
     from bsatnp.data.files import read_table
     from bsatnp.data.geo import check_crs
-    from bsatnp.predictor import refuse_numeric_options
+    from bsatnp.options import refuse_numeric_options
 
     existing_file(args.data, "--data")
     check_crs(args.crs, "--crs")

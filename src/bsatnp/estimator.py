@@ -16,8 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from bsatnp.conditioned import Conditioned
 from bsatnp.models.base import NeuralProcess
-from bsatnp.predictor import Conditioned, Predictor
+from bsatnp.predictor import Predictor
 
 _PARAMS = ("model", "crs", "space_scale", "value_transform", "chunk_size", "device")
 

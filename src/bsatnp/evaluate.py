@@ -32,7 +32,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,7 @@ from bsatnp.io.files import complete_lines
 from bsatnp.metrics import categorical_metrics, gaussian_metrics, mean_sd, paired_t_test, summarize
 from bsatnp.models.base import model_device
 from bsatnp.progress import tqdm_class
-from bsatnp.tasks import IN_DOMAIN, Task, batch_generator
+from bsatnp.tasks import IN_DOMAIN, Task, batch_generator, eval_batches
 from bsatnp.tasks.gp2d import GP2DTask
 
 TABLE_METRICS = ("nll", "rmse", "mae", "cov50", "cov90", "cov95", "crps")
@@ -72,6 +72,23 @@ def model_metrics(model: nn.Module, batch: Batch, likelihood: str = "gaussian"
         return categorical_metrics(probs.cpu(), batch.f_test, batch.test_mask())
     mean, std = model.predict(batch_on_device)
     return gaussian_metrics(mean.cpu(), std.cpu(), batch.f_test, batch.test_mask())
+
+
+def validator(task: Task, n_batches: int, seed: int) -> Callable[[nn.Module], dict[str, float]]:
+    """Mean metrics (incl. ``"nll"``) on a fixed set of ``n_batches`` batches of ``task``.
+
+    The batches are drawn once, on the first call, from their own generator seeded with
+    ``seed`` (the global RNG is untouched, so training resumes stay exact).
+    """
+    batches: list[Any] = []
+
+    def validate(model: nn.Module) -> dict[str, float]:
+        if not batches:
+            batches.extend(eval_batches(task, n_batches, seed, split="valid"))
+        summary = summarize(model_metrics(model, batch, task.likelihood) for batch in batches)
+        return {key: mean for key, (mean, _) in summary.items()}
+
+    return validate
 
 
 def evaluate(

@@ -35,9 +35,8 @@ from torch import nn
 
 from bsatnp.batch import Batch
 from bsatnp.config import Config, build_dataclass
-from bsatnp.evaluate import model_metrics
+from bsatnp.evaluate import validator
 from bsatnp.io.checkpoint import Checkpoint, load_checkpoint
-from bsatnp.metrics import summarize
 from bsatnp.models import BSATNPConfig
 from bsatnp.models.registry import (
     FAMILIES,
@@ -46,7 +45,7 @@ from bsatnp.models.registry import (
     config_to_dict,
     split_family,
 )
-from bsatnp.tasks import Task, eval_batches
+from bsatnp.tasks import Task
 from bsatnp.tasks.gp2d import GP2DTask
 from bsatnp.tasks.priors import Prior, prior_from_config, prior_to_config
 from bsatnp.tasks.registry import split_name
@@ -54,7 +53,7 @@ from bsatnp.train import run_dir
 from bsatnp.train.config import TrainConfig
 from bsatnp.train.distributed import Replicas
 from bsatnp.train.prefetch import Prefetcher
-from bsatnp.train.trainer import SampleBatch, Trainer, Validate
+from bsatnp.train.trainer import SampleBatch, Trainer
 
 SECTIONS = ("model", "task", "train", "eval")
 _CONVERTERS = {Prior: prior_from_config}
@@ -277,24 +276,8 @@ class TaskDraw:
     task: Task
 
     def __call__(self, seed: int) -> Batch:
+        """The batch of ``seed``."""
         return self.task.sample(torch.Generator().manual_seed(seed), "train")
-
-
-def validator(task: Task, n_batches: int, seed: int) -> Validate:
-    """Mean metrics (incl. ``"nll"``) on a fixed set of ``n_batches`` batches of ``task``.
-
-    The batches are drawn once, on the first call, from their own generator seeded with
-    ``seed`` (the global RNG is untouched, so training resumes stay exact).
-    """
-    batches: list[Any] = []
-
-    def validate(model: nn.Module) -> dict[str, float]:
-        if not batches:
-            batches.extend(eval_batches(task, n_batches, seed, split="valid"))
-        summary = summarize(model_metrics(model, batch, task.likelihood) for batch in batches)
-        return {key: mean for key, (mean, _) in summary.items()}
-
-    return validate
 
 
 _RESUME_HINT = "--resume {last}"

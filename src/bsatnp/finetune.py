@@ -13,17 +13,19 @@ import copy
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from bsatnp.data.table_task import TableTask
-from bsatnp.experiment import validator
+from bsatnp.evaluate import validator
 from bsatnp.models.base import model_device
-from bsatnp.predictor import Predictor
 from bsatnp.train import run_dir
 from bsatnp.train.config import TrainConfig
 from bsatnp.train.trainer import Trainer
+
+if TYPE_CHECKING:
+    from bsatnp.predictor import Predictor
 
 MAX_VALIDATIONS = 10
 """Validations per run at most (a short run validates less often, on fewer batches)."""
@@ -133,7 +135,7 @@ def _finetune(predictor: Predictor, data: Any, *, steps: int, split: str, n_ctx:
     finetuned = {"rows": points.n, "split": split, "steps": steps, "n_ctx": n_ctx}
     card = {**predictor.card,
             "finetuned": finetuned if group is None else {**finetuned, "group": group}}
-    state = Predictor(predictor.model, schema, normalizer, card).state()
+    state = type(predictor)(predictor.model, schema, normalizer, card).state()
     sample = lambda g: task.sample(g, "train")  # noqa: E731
     validate = validator(task, val_batches, seed + 1)
     last = Path(out_dir) / "last.safetensors"
@@ -149,7 +151,7 @@ def _finetune(predictor: Predictor, data: Any, *, steps: int, split: str, n_ctx:
         trainer = Trainer(model, sample, config, validate, extra={"predictor": state})
     trainer.fit(progress=progress)
     best = trainer.out_dir / "best.safetensors"
-    return Predictor.load(best if best.is_file() else last,
+    return type(predictor).load(best if best.is_file() else last,
                           device=model_device(trainer.model))
 
 

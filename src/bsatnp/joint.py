@@ -181,7 +181,7 @@ def joint_samples(predictor: Predictor, observations: Any, targets: Any, n_sampl
     the model's Gaussian predictive given all observations and the values drawn at the
     earlier targets (:func:`autoregressive_samples`), then mapped back through the
     normaliser and any value transform exactly as :meth:`Conditioned.predict
-    <bsatnp.predictor.Conditioned.predict>` maps its marginal samples. With
+    <bsatnp.conditioned.Conditioned.predict>` maps its marginal samples. With
     ``chunk >= len(targets)`` the samples are those marginals (independent across
     targets); smaller chunks give coherent fields at one forward pass per chunk.
 

@@ -26,16 +26,16 @@ from torch import Tensor, nn
 
 from bsatnp.attention import compiled
 from bsatnp.attention.compiled import tisa_term
-from bsatnp.attention.distances import (
+from bsatnp.attention.exp_basis import exp_basis, head_rates
+from bsatnp.attention.numerics import builds_graph
+from bsatnp.config import check_literals
+from bsatnp.geometry import (
     BOX_DISTANCES,
     DISTANCES,
     Components,
     Distance,
     pairwise_components,
 )
-from bsatnp.attention.exp_basis import exp_basis, head_rates
-from bsatnp.attention.numerics import builds_graph
-from bsatnp.config import check_literals
 
 BiasRole = Literal["s", "t", "x"]
 BiasFamily = Literal["rbf", "exponential", "tisa", "scalar"]

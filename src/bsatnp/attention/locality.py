@@ -19,7 +19,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-from bsatnp.attention.distances import BOX_DISTANCES
+from bsatnp.geometry import BOX_DISTANCES
 
 MORTON_BITS = 62
 """Bits of a Morton code, shared by the coordinate axes."""

@@ -17,7 +17,7 @@ import numpy as np
 
 from bsatnp.config import Config
 from bsatnp.data.geo import require
-from bsatnp.data.normalizer import ValueMoments
+from bsatnp.tasks.frames import ValueMoments
 
 
 @dataclass(frozen=True)

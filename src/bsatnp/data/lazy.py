@@ -56,7 +56,7 @@ def predict_lazily(predict: Callable[[Any], Any], targets: Any, dims: Sequence[s
 
     Args:
         predict: The in-memory prediction of one block (an xarray object in, the Dataset
-            of :meth:`~bsatnp.predictor.Conditioned.predict` out).
+            of :meth:`~bsatnp.conditioned.Conditioned.predict` out).
         targets: An xarray Dataset or DataArray: dask-backed, or any grid with ``chunks``.
         dims: The grid's dimensions (those its target coordinates span).
         chunks: Block sizes by dimension (``None``: the targets' own chunks).

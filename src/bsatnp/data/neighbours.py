@@ -26,63 +26,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from bsatnp.data.geo import require
-from bsatnp.data.normalizer import ValueMoments
 
 TILE_FRACTION = 0.25
 """Observations in a tile's cell, as a fraction of ``k``, on average."""
 PER_TARGET = 8
 """Nearest observations of each target that its neighbourhood always contains."""
-
-
-@dataclass(frozen=True)
-class LocalFrame:
-    """The map of one neighbourhood onto what a model was trained on.
-
-    ``s_local = (s − centre) · factor`` puts the context's bounding box on
-    ``[−half_width, half_width]`` (one factor for every axis, from the longest half-extent:
-    the rule of ``Normalizer.fit(space_scale="auto")``); ``f_local = (f − shift) / scale``
-    gives the context's values mean 0 and standard deviation 1 (or the ``moments`` the
-    model was trained on). A neighbourhood in one place (or of one value) keeps factor
-    (scale) 1.
-
-    Attributes:
-        centre: ``[Ds]``.
-        factor: Model units per input unit of space.
-        shift: ``[Df]`` (zeros when the values are not framed).
-        scale: ``[Df]`` (ones likewise).
-    """
-
-    centre: np.ndarray
-    factor: float
-    shift: np.ndarray
-    scale: np.ndarray
-
-    @classmethod
-    def fit(cls, space: np.ndarray, values: np.ndarray | None, half_width: float,
-            moments: ValueMoments | None = None) -> LocalFrame:
-        """The frame of a context with locations ``space`` ``[N, Ds]`` and ``values``.
-
-        ``values=None`` (class labels, say) leaves the values as they are.
-        """
-        lo, hi = space.min(0), space.max(0)
-        extent = float((hi - lo).max()) / 2
-        factor = half_width / extent if extent > 0 and math.isfinite(extent) else 1.0
-        if values is None:
-            return cls((lo + hi) / 2, factor, np.zeros(1), np.ones(1))
-        scale = values.std(0)
-        scale = np.where(np.isfinite(scale) & (scale > 0), scale, 1.0)
-        shift = values.mean(0)
-        if moments is not None:
-            shift, scale = moments.onto(shift, scale)
-        return cls((lo + hi) / 2, factor, shift, scale)
-
-    def space(self, space: np.ndarray) -> np.ndarray:
-        """Framed locations."""
-        return (space - self.centre) * self.factor
-
-    def values(self, values: np.ndarray) -> np.ndarray:
-        """Framed values."""
-        return (values - self.shift) / self.scale
 
 
 @dataclass(frozen=True)

@@ -34,41 +34,12 @@ from bsatnp.config import Config, check_literals
 from bsatnp.data.geo import local_projection, transform
 from bsatnp.data.schema import LONLAT, Schema
 from bsatnp.data.tables import Points
+from bsatnp.tasks.frames import ValueMoments
 
 ValueTransform = Literal["none", "log", "log1p"]
 TRANSFORMS: tuple[str, ...] = get_args(ValueTransform)
 METHODS = ("standard", "minmax")
 _SECONDS = {"s": 1.0, "min": 60.0, "h": 3600.0, "D": 86400.0, "W": 604800.0}
-
-
-@dataclass(frozen=True)
-class ValueMoments(Config):
-    """How the values of a model's training contexts are distributed (card ``envelope``).
-
-    Attributes:
-        mean: Average per-task context mean, one per value column (or one for all).
-        std: Root of the average per-task context variance, likewise.
-    """
-
-    mean: tuple[float, ...] = (0.0,)
-    std: tuple[float, ...] = (1.0,)
-
-    def __post_init__(self) -> None:
-        if len(self.mean) != len(self.std) or not self.mean:
-            raise ValueError(f"mean and std need the same length >= 1, got "
-                             f"{self.mean} and {self.std}")
-        if not all(math.isfinite(v) for v in self.mean) or not all(
-                math.isfinite(v) and v > 0 for v in self.std):
-            raise ValueError(f"mean must be finite and std finite and > 0, got "
-                             f"{self.mean} and {self.std}")
-
-    def onto(self, shift: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The shift and scale that map data standardised by ``(shift, scale)`` onto these.
-
-        ``(f − shift') / scale' = (f − shift) / scale · std + mean``.
-        """
-        scale = np.asarray(scale, dtype=np.float64) / np.asarray(self.std)
-        return np.asarray(shift, dtype=np.float64) - np.asarray(self.mean) * scale, scale
 
 
 @dataclass(frozen=True)

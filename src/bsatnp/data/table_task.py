@@ -30,9 +30,8 @@ import torch
 from torch import Tensor
 
 from bsatnp.batch import ROLES, Batch
-from bsatnp.data.neighbours import LocalFrame
-from bsatnp.data.normalizer import ValueMoments
 from bsatnp.tasks.base import Task
+from bsatnp.tasks.frames import LocalFrame, ValueMoments
 from bsatnp.tasks.samplers import row_windows, valid_prefix_mask
 
 SPLIT_KINDS = ("random", "block", "time", "gap")

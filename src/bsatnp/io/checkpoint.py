@@ -38,9 +38,9 @@ from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
-from torch.overrides import TorchFunctionMode
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
+from torch.overrides import TorchFunctionMode
 
 import bsatnp
 from bsatnp.io.files import existing_file, write_atomic

@@ -16,8 +16,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from bsatnp.attention.distances import great_circle_degrees as _gc_degrees
-from bsatnp.attention.distances import pairwise_components
+from bsatnp.geometry import great_circle_degrees as _gc_degrees
+from bsatnp.geometry import pairwise_components
 
 Kernel = Callable[..., Tensor]
 """``kernel(x1 [B,N,D], x2 [B,M,D], var [B], lengthscale [B], **extra) -> [B,N,M]``."""

@@ -33,8 +33,8 @@ import torch
 from torch.distributions import Normal
 
 from bsatnp.batch import Batch
-from bsatnp.data.neighbours import LocalFrame
 from bsatnp.tasks.base import IN_DOMAIN, Task
+from bsatnp.tasks.frames import LocalFrame
 from bsatnp.tasks.registry import register_task
 
 NUS = (0.5, 1.5, 2.5, math.inf)

@@ -64,6 +64,7 @@ class Prefetcher:
         self._queue: deque[tuple[int, Future[Batch]]] = deque()
 
     def __call__(self, generator: torch.Generator) -> Batch:
+        """The batch of the next seed ``generator`` draws."""
         seed = next_seed(generator)
         if self.workers == 0:
             return self.draw(seed)

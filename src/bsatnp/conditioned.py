@@ -1,0 +1,497 @@
+"""Predictions from observations encoded once, whole or neighbourhood by neighbourhood.
+
+:class:`Conditioned` and :class:`LocallyConditioned` are made by
+:meth:`bsatnp.predictor.Predictor.condition`.
+
+:meth:`Conditioned.predict` streams any number of targets through the model in chunks and
+returns the container type of the targets with their coordinates copied: mean, std,
+quantiles, an interval, exceedance probabilities and marginal samples in the units of the
+data (class probabilities and the most likely class for a categorical model);
+:meth:`Conditioned.write_grid` writes a grid block by block into netCDF.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from bsatnp.attention import compiled
+from bsatnp.batch import Batch
+from bsatnp.data.geo import check_crs
+from bsatnp.data.lazy import blocks_of, is_dask_backed, predict_lazily
+from bsatnp.data.neighbours import (
+    Neighbourhood,
+    NeighbourSearch,
+    NoObservationInWindow,
+    WindowedSearch,
+    unit_vectors,
+)
+from bsatnp.data.normalizer import Normalizer
+from bsatnp.data.schema import Schema
+from bsatnp.data.tables import (
+    Points,
+    count_targets,
+    grid_dims,
+    is_xarray,
+    read_points,
+)
+from bsatnp.models.base import MODERATE_INPUT, ConditionedModel, model_device
+from bsatnp.options import (
+    block_points,
+    check_fits_in_memory,
+    chunk_size_for,
+    interval_levels,
+    output_levels,
+    output_thresholds,
+    refuse_numeric_options,
+)
+from bsatnp.progress import tqdm_class
+from bsatnp.tasks.frames import LocalFrame
+
+if TYPE_CHECKING:
+    from bsatnp.predictor import Predictor
+
+
+
+class Conditioned:
+    """A predictor conditioned on a set of observations (encoded once).
+
+    Args:
+        predictor: The predictor.
+        schema: The schema of the observations.
+        normalizer: The maps to model units.
+        points: The observations (NaN rows dropped), in the data's units.
+    """
+
+    def __init__(self, predictor: Predictor, schema: Schema, normalizer: Normalizer,
+                 points: Points) -> None:
+        self.predictor, self.schema, self.normalizer = predictor, schema, normalizer
+        self.n_context, self.time_zone = points.n, points.time_zone
+        self.largest_value = _largest(points.values)
+        arrays = normalizer.inputs(points, schema)
+        _check_normalised(arrays, points, stored=predictor.normalizer is not None)
+        self.warnings = predictor.envelope_warnings(points.n, arrays)
+        for message in self.warnings:
+            warnings.warn(message, stacklevel=3)
+        model = predictor.model
+        device = model_device(model)
+        tensors = {role: _tensor(value, device) for role, value in arrays.items()}
+        _check_model_range(tensors, "observations")
+        context = {f"{role}_ctx": tensors[role] for role in (*model.roles, "f")}
+        probe = {f"{role}_test": tensors[role][:, :1] for role in model.roles}
+        self.model: ConditionedModel = model.condition(Batch(**context, **probe))
+        self.device = device
+
+    def predict(self, targets: Any, *, crs: str | None = None,
+                quantiles: Sequence[float] = (), interval: float | None = None,
+                exceedance: Sequence[float] | float = (), n_samples: int = 0,
+                seed: int | None = None, chunk_size: int | None = None,
+                max_memory: int | str | None = None, progress: bool = False,
+                chunks: Mapping[str, int] | str | None = None, as_table: bool = False) -> Any:
+        """Predictions at ``targets`` in the container type of the targets.
+
+        Args:
+            targets: DataFrame (rows), xarray Dataset/DataArray (its coordinates broadcast
+                to a grid; covariates as variables) or mapping of 1D arrays.
+            crs: CRS of the targets if not the schema's (converted; xarray objects may
+                carry it in a ``crs`` attribute).
+            quantiles: Probability levels, e.g. ``(0.05, 0.5, 0.95)``.
+            interval: Central interval mass, e.g. ``0.9`` adds ``lower`` and ``upper``.
+            exceedance: Thresholds in the values' units, e.g. ``(75.0,)``: the probability
+                ``P(value > threshold)`` at each target, computed in model units through
+                the normaliser and the value transform (a threshold outside the transform's
+                domain, e.g. ``<= 0`` under ``log``, is exceeded with probability 1).
+            n_samples: Marginal samples per target (independent across targets).
+            seed: Seed of the samples.
+            chunk_size: Targets per forward pass (default from ``max_memory``, else 16,384).
+            max_memory: Bound on the working memory of a chunk, bytes or ``"2GB"``; with a
+                bound, bias profiles run eagerly (no compiler loaded mid-run,
+                :func:`bsatnp.attention.compiled.eager`).
+            progress: Show a progress bar over chunks.
+            chunks: xarray targets only: block sizes by grid dimension (e.g.
+                ``{"lat": 256}``), or ``"auto"`` (blocks of the chunk size that
+                ``chunk_size``/``max_memory`` give); the result is then a lazy dask-backed
+                Dataset computed block by block (:mod:`bsatnp.data.lazy`), as it is for
+                dask-backed targets. Marginal samples are not drawn lazily.
+            as_table: xarray targets only: a DataFrame with one row per target (as for
+                DataFrame targets) instead of a Dataset: the grid's coordinates and the
+                targets' variables over its dims as columns (those over another dimension
+                are left out with a warning), ``q<level>``, ``exceedance_<threshold>``,
+                ``sample_<i>`` and ``probability_<class>`` columns. CSV and Parquet outputs
+                are made so.
+
+        Returns:
+            DataFrame: the targets with columns ``mean``, ``std``, ``q<level>``,
+            ``lower``, ``upper``, ``exceedance_<threshold>``, ``sample_<i>`` (prefixed
+            ``<value>_`` for several values); categorical: ``probability_<class>`` and
+            ``predicted_class``.
+            xarray: a Dataset with the targets' coordinates and variables ``mean``,
+            ``std``, ``quantiles (quantile, ...)``, ``lower``, ``upper``,
+            ``exceedance (threshold, ...)``, ``samples (sample, ...)`` over the targets'
+            dimensions; categorical: ``probability (class, ...)`` and ``predicted_class``.
+            Mapping: a dict of arrays.
+
+        Raises:
+            ValueError: On bad targets or options; nothing is computed then.
+        """
+        levels = output_levels(quantiles, interval)  # checked before any work
+        thresholds = output_thresholds(exceedance)
+        check_crs(crs, "crs")
+        if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) \
+                or n_samples < 0:
+            raise ValueError(f"n_samples must be an integer >= 0, got {n_samples!r}")
+        if seed is not None and not n_samples:
+            raise ValueError("seed seeds the samples; without n_samples it would be ignored")
+        if chunks is not None or (is_xarray(targets) and is_dask_backed(targets)):
+            if not is_xarray(targets):
+                raise ValueError("chunks= needs xarray targets (a grid); predict a table in "
+                                 "pieces with chunk_size= instead")
+            if as_table:
+                raise ValueError("as_table with a lazy (dask-backed or chunked) grid: a "
+                                 "table is held whole; compute the grid first or write .nc")
+            if n_samples:
+                raise ValueError("n_samples with a lazy (dask-backed or chunked) grid: "
+                                 "samples are not drawn block by block; compute the grid "
+                                 "first or leave n_samples at 0")
+            options = {"crs": crs, "quantiles": quantiles, "interval": interval,
+                       "exceedance": thresholds, "chunk_size": chunk_size,
+                       "max_memory": max_memory}
+            dims = grid_dims(targets, self.schema)
+            if chunks == "auto":
+                chunks = blocks_of({dim: targets.sizes[dim] for dim in dims}, block_points(
+                    chunk_size, max_memory, self.predictor.model))
+            elif isinstance(chunks, str):
+                raise ValueError(f"chunks must be a mapping or 'auto', got {chunks!r}")
+            return predict_lazily(lambda block: self.predict(block, **options), targets,
+                                  dims, chunks)
+        per_target = 8 * (2 * len(self.predictor.model.roles) + 4) + 12 * (
+            2 + len(levels) + len(thresholds) + (2 if interval is not None else 0)
+            + n_samples) * max(1, len(self.schema.values))
+        check_fits_in_memory(count_targets(targets, self.schema), per_target)
+        refuse_numeric_options(self.predictor.model, {
+            "quantiles": levels, "interval": interval is not None, "exceedance": thresholds,
+            "n_samples": n_samples, "seed": seed is not None})
+        points, template = read_points(targets, self.schema, "targets", with_values=False,
+                                       crs=crs)
+        if as_table:
+            template = template.table()
+        if self.schema.time and points.time_zone != self.time_zone:
+            aware, naive = (("observations", "targets") if self.time_zone
+                            else ("targets", "observations"))
+            raise ValueError(f"the {aware}' times carry a timezone but the {naive}' do not: "
+                             "localise the naive ones (pandas tz_localize) or drop the zone "
+                             "from both, so that both mean the same instants")
+        inputs = self.normalizer.inputs(points, self.schema)
+        chunk = chunk_size_for(chunk_size, max_memory, self.predictor.model)
+        categorical = self.predictor.model.likelihood == "categorical"
+        n, dim_f = points.n, self.predictor.model.config.dim_f
+        first = np.empty((n, dim_f), np.float32)
+        second = None if categorical else np.empty((n, dim_f), np.float32)
+        with compiled.eager() if max_memory is not None else contextlib.nullcontext():
+            self._predict_into(inputs, n, chunk, first, second, progress)  # bounded: eager
+        if categorical:
+            return self._categorical(template, first)
+        return self._gaussian(template, first, second, levels, interval, thresholds,
+                              n_samples, seed)
+
+    def write_grid(self, targets: Any, path: str | os.PathLike[str], *,
+                   crs: str | None = None, quantiles: Sequence[float] = (),
+                   interval: float | None = None, exceedance: Sequence[float] | float = (),
+                   chunk_size: int | None = None, max_memory: int | str | None = None,
+                   progress: bool = False) -> Path:
+        """Predict a grid block by block straight into a netCDF file (atomically).
+
+        The file holds what ``write_table(predict(targets, ...), path)`` would write, but
+        neither the grid's outputs nor a task graph is held: the blocks are those of
+        ``chunks="auto"`` (sized by ``chunk_size``/``max_memory``), each written as soon as
+        it is predicted (:func:`bsatnp.data.files.write_grid`). The options are
+        :meth:`predict`'s; samples are not drawn block by block.
+
+        Raises:
+            ValueError: If ``targets`` is not an xarray grid, ``path`` is not ``.nc``, or
+                an option is bad (nothing is written then).
+        """
+        from bsatnp.data.files import write_grid
+
+        if not is_xarray(targets):
+            raise ValueError("write_grid needs xarray targets (a grid); write a table's "
+                             "predictions with write_table")
+        options = {"crs": crs, "quantiles": quantiles, "interval": interval,
+                   "exceedance": exceedance, "chunk_size": chunk_size, "max_memory": max_memory}
+        dims = grid_dims(targets, self.schema)
+        chunks = blocks_of({dim: targets.sizes[dim] for dim in dims},
+                           block_points(chunk_size, max_memory, self.predictor.model))
+        return write_grid(lambda block: self.predict(block, **options), targets, dims, chunks,
+                          path, progress)
+
+    def _predict_into(self, inputs: dict[str, np.ndarray], n: int, chunk: int,
+                      first: np.ndarray, second: np.ndarray | None, progress: bool) -> None:
+        """Fill ``first``/``second`` (mean/std, or probabilities) at the ``n`` targets."""
+        starts = range(0, n, chunk)
+        if progress:
+            starts = tqdm_class()(starts, desc="predicting", unit="chunk")
+        for start in starts:
+            stop = min(start + chunk, n)
+            test = {f"{role}_test": _tensor(inputs[role][start:stop], self.device)
+                    for role in self.predictor.model.roles}
+            _check_model_range({k[0]: v for k, v in test.items()}, "targets")
+            _store(self.model.predictive(test), slice(start, stop), first, second)
+
+    def _gaussian(self, template: Any, mean: np.ndarray, std: np.ndarray,
+                  levels: list[float], interval: float | None, thresholds: list[float],
+                  n_samples: int, seed: int | None) -> Any:
+        with np.errstate(over="ignore", invalid="ignore"):  # refused below, with the cause
+            return self._gaussian_outputs(template, mean, std, levels, interval, thresholds,
+                                          n_samples, seed)
+
+    def _gaussian_outputs(self, template: Any, mean: np.ndarray, std: np.ndarray,
+                          levels: list[float], interval: float | None,
+                          thresholds: list[float], n_samples: int, seed: int | None) -> Any:
+        """The outputs in the data's units; one that is not finite is refused with its cause."""
+        norm = self.normalizer
+        loc, scale = norm.gaussian(mean.astype(np.float64), std.astype(np.float64))
+        user_mean, user_std = norm.moments(loc, scale)
+        outputs: dict[str, np.ndarray] = {}
+        extra: dict[str, tuple[str, Sequence[Any], str]] = {}
+        attrs: dict[str, dict[str, Any]] = {}
+        rng = np.random.default_rng(seed)
+        for j, value in enumerate(self.schema.values):
+            prefix = f"{value}_" if len(self.schema.values) > 1 else ""
+            units = ({"units": self.schema.units[j]} if j < len(self.schema.units) else {})
+            named = {"mean": user_mean[:, j], "std": user_std[:, j]}
+            if quantiles := levels:
+                named["quantiles"] = np.stack([norm.quantile(loc[:, j], scale[:, j], q)
+                                               for q in quantiles])
+                extra[prefix + "quantiles"] = ("quantile", quantiles, prefix + "q")
+            if interval is not None:
+                low, high = interval_levels(interval)
+                named["lower"] = norm.quantile(loc[:, j], scale[:, j], low)
+                named["upper"] = norm.quantile(loc[:, j], scale[:, j], high)
+            if thresholds:
+                named["exceedance"] = np.stack([norm.exceedance(loc[:, j], scale[:, j], t)
+                                                for t in thresholds])
+                extra[prefix + "exceedance"] = ("threshold", thresholds, prefix + "exceedance_")
+            if n_samples:
+                draws = loc[:, j] + scale[:, j] * rng.standard_normal((n_samples, len(loc)))
+                named["samples"] = norm.inverse(draws)
+                extra[prefix + "samples"] = ("sample", list(range(n_samples)), prefix + "sample_")
+            for name, array in named.items():
+                outputs[prefix + name] = array.astype(np.float32)
+                attrs[prefix + name] = {**units, "long_name": f"{value} {name}"}
+            if thresholds:  # a probability; the thresholds are in the value's units
+                attrs[prefix + "exceedance"] = {
+                    "units": "1", "long_name": f"P({value} > threshold)",
+                    **({"threshold_units": units["units"]} if units else {})}
+        for name, array in outputs.items():
+            if not np.isfinite(array).all():
+                _check_finite_output(name, array, _output_overflow_cause(
+                    norm, self.predictor.normalizer is not None, self.largest_value, mean,
+                    std))
+            if name.endswith("samples"):
+                attrs[name]["samples_are"] = "marginal (independent across targets)"
+        return template.build(outputs, extra, attrs)
+
+    def _categorical(self, template: Any, probs: np.ndarray) -> Any:
+        classes = self.schema.classes
+        predicted = np.asarray(classes, dtype=object)[probs.argmax(-1)]
+        outputs = {"probability": probs.T, "predicted_class": predicted}
+        return template.build(outputs,
+                              {"probability": ("class", list(classes), "probability_")})
+
+
+class LocallyConditioned(Conditioned):
+    """A predictor conditioned tile by tile on local neighbourhoods of the observations.
+
+    Each tile of targets (:class:`~bsatnp.data.neighbours.NeighbourSearch`) is predicted
+    from its ``neighbours`` nearest observations. With ``rescale`` (the normaliser was
+    fitted on these observations with ``space_scale="auto"``) each neighbourhood is mapped
+    the way the whole data set would be for a model trained on tasks of that size: its
+    values to mean 0 and standard deviation 1, its extent onto the training box; the
+    predictions are mapped back. Without it (a stored normaliser or an explicit
+    ``space_scale``) the model units of the normaliser are kept.
+
+    Args:
+        predictor: The predictor.
+        schema: The schema of the observations.
+        normalizer: The maps to model units.
+        points: The observations (NaN rows dropped), in the data's units.
+        neighbours: Observations per neighbourhood at most.
+        rescale: Map each neighbourhood as described above.
+        time_window: Neighbours in space among the observations within this window of
+            each target's time (model units; :class:`WindowedSearch`), or ``None``.
+    """
+
+    def __init__(self, predictor: Predictor, schema: Schema, normalizer: Normalizer,
+                 points: Points, neighbours: int, *, rescale: bool = True,
+                 time_window: float | None = None) -> None:
+        self.predictor, self.schema, self.normalizer = predictor, schema, normalizer
+        self.n_context, self.time_zone = points.n, points.time_zone
+        self.largest_value = _largest(points.values)
+        self.warnings: list[str] = []
+        self.device = model_device(predictor.model)
+        self.rescale = rescale and not predictor.great_circle
+        self.context = normalizer.inputs(points, schema)
+        _check_normalised(self.context, points, stored=predictor.normalizer is not None)
+        _check_model_range({role: _tensor(value, self.device)
+                            for role, value in self.context.items()}, "observations")
+        self.time_window = time_window
+        coordinates = self._coordinates(self.context)
+        self.search: NeighbourSearch | WindowedSearch = (
+            NeighbourSearch(coordinates, neighbours) if time_window is None
+            else WindowedSearch(coordinates, self.context["t"], neighbours, time_window))
+        self.neighbours = self.search.k
+
+    def _coordinates(self, arrays: dict[str, np.ndarray]) -> np.ndarray:
+        """Where points are for the neighbour search (model units; 3D for great circles).
+
+        Space, and model time too unless a time window selects by time.
+        """
+        space = arrays["s"]
+        if self.predictor.great_circle:
+            space = unit_vectors(space)
+        with_time = "t" in arrays and "t" in self.predictor.model.roles \
+            and self.time_window is None
+        return np.concatenate([space] + ([arrays["t"]] if with_time else []), axis=1)
+
+    def _tiles(self, inputs: dict[str, np.ndarray], chunk: int) -> Iterator[Neighbourhood]:
+        coordinates = self._coordinates(inputs)
+        if isinstance(self.search, NeighbourSearch):
+            yield from self.search.tiles(coordinates, max_targets=chunk)
+            return
+        try:
+            yield from self.search.tiles(coordinates, inputs["t"], max_targets=chunk)
+        except NoObservationInWindow as error:
+            when = error.time * self.normalizer.time_scale + self.normalizer.time_shift
+            shown = (str(np.datetime64(round(when), "s")) if self.schema.time_kind == "datetime"
+                     else f"{when:g}")
+            raise ValueError(f"{error.count} target(s) at time {shown} have no observation "
+                             "within the time window: widen time_window or drop those "
+                             "targets") from None
+
+    def _predict_into(self, inputs: dict[str, np.ndarray], n: int, chunk: int,
+                      first: np.ndarray, second: np.ndarray | None, progress: bool) -> None:
+        model = self.predictor.model
+        envelope = self.predictor.envelope
+        tiles = self._tiles(inputs, chunk)
+        if progress:
+            tiles = tqdm_class()(tiles, desc="predicting", unit="tile")
+        for tile in tiles:
+            context = {role: self.context[role][tile.context] for role in (*model.roles, "f")}
+            test = {role: inputs[role][tile.targets] for role in model.roles}
+            frame = None
+            if self.rescale:
+                frame = LocalFrame.fit(context["s"], None if second is None else context["f"],
+                                       envelope.space_half_width, envelope.values)
+                context["s"], test["s"] = frame.space(context["s"]), frame.space(test["s"])
+                context["f"] = context["f"] if second is None else frame.values(context["f"])
+            batch = Batch(**{f"{role}_ctx": _tensor(value, self.device)
+                             for role, value in context.items()},
+                          **{f"{role}_test": _tensor(value, self.device)
+                             for role, value in test.items()})
+            _check_model_range({role: batch.test(role) for role in model.roles}, "targets")
+            dist = model.condition(batch).predictive(
+                {f"{role}_test": batch.test(role) for role in model.roles})
+            _store(dist, tile.targets, first, second)
+            if second is not None and frame is not None:
+                first[tile.targets] = first[tile.targets] * frame.scale + frame.shift
+                second[tile.targets] = second[tile.targets] * frame.scale
+
+
+def _store(dist: Any, where: slice | np.ndarray, first: np.ndarray,
+           second: np.ndarray | None) -> None:
+    """Write a predictive of one chunk: probabilities, or mean and std."""
+    if second is None:
+        first[where] = dist.probs[0].cpu().numpy()
+    else:
+        first[where] = dist.mean[0].cpu().numpy()
+        second[where] = dist.stddev[0].cpu().numpy()
+
+
+def _check_finite_output(name: str, array: np.ndarray, cause: str) -> None:
+    """Refuse an output that is not finite (in float32), naming the cause."""
+    bad = ~np.isfinite(array)
+    if not bad.any():
+        return
+    count = int(bad.sum())
+    raise ValueError(f"prediction {name!r} is not finite at {count:,} target(s): {cause}")
+
+
+def _largest(values: np.ndarray | None) -> float:
+    """The largest finite ``|value|`` (0 for none)."""
+    if values is None or not values.size:
+        return 0.0
+    finite = np.abs(values[np.isfinite(values)])
+    return float(finite.max()) if finite.size else 0.0
+
+
+def _output_overflow_cause(norm: Normalizer, stored: bool, largest_value: float,
+                           mean: np.ndarray, std: np.ndarray) -> str:
+    """Why outputs in the data's units overflow float32: transform, data, model or normaliser."""
+    if norm.value_transform != "none":
+        return (f"the inverse {norm.value_transform!r} transform overflows float32 there: the "
+                "values span too many orders of magnitude for it (fit on a narrower range, or "
+                "use value_transform='none')")
+    if largest_value * MODERATE_INPUT > np.finfo(np.float32).max:
+        return "the values overflow float32 there: rescale them (e.g. other units)"
+    model_units = max(_largest(mean), _largest(std))
+    if model_units > MODERATE_INPUT:
+        return (f"the model's outputs are huge in model units (up to {model_units:.3g}) for "
+                f"observed values of at most {largest_value:.3g}: the model itself is broken "
+                "(diverged weights): use an earlier checkpoint")
+    whose = "the stored normaliser (the checkpoint's)" if stored else "the normaliser"
+    return (f"{whose} maps moderate outputs (up to {model_units:.3g} in model units) out of "
+            f"float32 with value scale {', '.join(f'{v:.3g}' for v in norm.value_scale)}, "
+            f"for observed values of at most {largest_value:.3g}: it was fitted on very "
+            "different data, or is damaged; refit it (Predictor.fit_normalizer)")
+
+
+def _check_normalised(arrays: dict[str, np.ndarray], points: Points, stored: bool) -> None:
+    """Refuse observations that overflow float32 in model units, naming the cause.
+
+    A normaliser fitted on the observations maps them to moderate values, so an overflow
+    means values beyond float32 in their own units (blame the data); a stored one (the
+    checkpoint's) that maps data within float32 out of range does not fit them, or is
+    damaged (blame it, not the data).
+    """
+    limit = float(np.finfo(np.float32).max)
+    given = {"s": points.space, "t": points.time, "x": points.covariates, "f": points.values}
+    for role, array in arrays.items():
+        with np.errstate(invalid="ignore"):
+            if bool((np.abs(array) <= limit).all()):
+                continue
+        largest = _largest(given.get(role))
+        if stored and largest <= limit:
+            raise ValueError(f"observations: role {role!r} overflows float32 in model units, "
+                             f"although the data are within float32 (largest |{role}| = "
+                             f"{largest:.3g} in their units): the stored normaliser (the "
+                             "checkpoint's) maps them out of range, so it was fitted on very "
+                             "different data or is damaged; refit it (Predictor.fit_normalizer) "
+                             "or use another checkpoint")
+        raise ValueError(f"observations: role {role!r} overflows float32 after normalisation; "
+                         "check the units of that column")
+
+
+def _tensor(array: np.ndarray, device: torch.device) -> Tensor:
+    """``[N, D]`` float64 → ``[1, N, D]`` float32 on ``device`` (an overflow becomes inf).
+
+    :func:`_check_model_range` refuses it, naming the role.
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        cast = np.ascontiguousarray(array, dtype=np.float32)
+    return torch.as_tensor(cast, device=device)[None]
+
+
+def _check_model_range(tensors: dict[str, Tensor], what: str) -> None:
+    """Refuse inputs that overflow float32 after normalisation (naming the role)."""
+    for role, tensor in tensors.items():
+        if not bool(torch.isfinite(tensor).all()):
+            raise ValueError(f"{what}: role {role!r} overflows float32 after normalisation; "
+                             "check the units of that column")
