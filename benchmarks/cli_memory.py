@@ -32,7 +32,7 @@ def main() -> None:
     args = parser.parse_args()
     import pandas as pd
 
-    from bsatnp.predictor import parse_bytes
+    from bsatnp.options import parse_bytes
 
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as folder:
