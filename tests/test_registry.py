@@ -9,6 +9,7 @@ import pytest
 import torch
 from conftest import random_batch
 
+from bsatnp.attention import BiasSpec
 from bsatnp.baselines import IDW
 from bsatnp.evaluate import evaluate, markdown_table
 from bsatnp.experiment import ExperimentConfig, load_experiment
@@ -49,6 +50,27 @@ def test_config_round_trip_with_family_tag(family):
     data = config_to_dict(config)
     assert data["family"] == family == family_name(config)
     assert config_from_dict(data) == config
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_every_family_states_its_facts_through_the_contract(family):
+    """Role widths, roles, likelihood, geometry and memory per target, without probing fields."""
+    model = build_model(SMALL[family])
+    config = SMALL[family]
+    expected = {role: getattr(config, f"dim_{role}", 0) for role in ("x", "s", "t", "f")}
+    assert {role: model.width(role) for role in expected} == expected
+    assert model.roles == tuple(r for r in ("x", "s", "t") if expected[r] > 0)
+    assert model.likelihood == config.likelihood == "gaussian" and not model.great_circle
+    hidden = {"bsatnp": 32 * 5, "tnpd": 32 * 5, "tetnp": 32 * 3 + 128 + 128, "convcnp": 64}
+    assert model.bytes_per_target == 16 * max(1024, 3 * hidden[family])
+    with pytest.raises(ValueError, match="role must be one of"):
+        model.width("q")
+
+
+def test_great_circle_is_a_fact_of_the_bias():
+    on_sphere = BSATNPConfig(bias_s=BiasSpec(role="s", distance="great_circle_degrees"))
+    assert build_model(on_sphere).great_circle
+    assert not build_model(replace(on_sphere, use_s="embed")).great_circle
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))

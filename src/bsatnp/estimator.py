@@ -161,8 +161,7 @@ class NeuralProcessRegressor:
         X = np.asarray(X, dtype=np.float64)
         if X.ndim == 1:
             X = X[:, None]
-        config = predictor.model.config
-        want = sum(getattr(config, f"dim_{r}", 0) for r in ("s", "t", "x"))
+        want = sum(predictor.model.width(r) for r in ("s", "t", "x"))
         if X.ndim != 2 or X.shape[1] != want:
             raise ValueError(f"X must be [N, {want}] (space, then time, then covariates) for "
                              f"this model, got shape {X.shape}")
@@ -174,10 +173,10 @@ class NeuralProcessRegressor:
         if schema is not None:
             return {"space": list(schema.space), "time": [schema.time] if schema.time else [],
                     "covariates": list(schema.covariates)}
-        config = predictor.model.config
-        return {"space": [f"s{i}" for i in range(getattr(config, "dim_s", 0))],
-                "time": ["t"] if getattr(config, "dim_t", 0) else [],
-                "covariates": [f"x{i}" for i in range(getattr(config, "dim_x", 0))]}
+        model = predictor.model
+        return {"space": [f"s{i}" for i in range(model.width("s"))],
+                "time": ["t"] if model.width("t") else [],
+                "covariates": [f"x{i}" for i in range(model.width("x"))]}
 
     def _columns(self, X: np.ndarray, predictor: Predictor) -> dict[str, np.ndarray]:  # noqa: N803
         names = [n for group in self._names(predictor).values() for n in group]

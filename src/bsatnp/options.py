@@ -90,7 +90,7 @@ def chunk_size_for(chunk_size: int | None, max_memory: int | str | None,
     if max_memory is None:
         return DEFAULT_CHUNK
     budget = parse_bytes(max_memory)
-    per_target = bytes_per_target(model)
+    per_target = model.bytes_per_target
     if budget < 64 * per_target:
         raise ValueError(f"max_memory={max_memory!r} is too small: a chunk of 64 targets "
                          f"needs about {64 * per_target / 2**20:.1f} MiB")
@@ -113,15 +113,7 @@ def block_points(chunk_size: int | None, max_memory: int | str | None,
     chunk = chunk_size_for(chunk_size, max_memory, model)
     if chunk_size is not None:
         return chunk
-    return max(chunk, chunk * bytes_per_target(model) // BLOCK_BYTES_PER_TARGET)
-
-
-def bytes_per_target(model: NeuralProcess) -> int:
-    """Working memory of one target in a chunk (activations alive at once, float32, ×4)."""
-    config = model.config
-    widths = [getattr(config, name, 0) for name in ("dim", "qkv_dim", "ffn_dim")]
-    widths += list(getattr(config, "embed_hidden", ())) + list(getattr(config, "head_hidden", ()))
-    return 4 * 4 * max(1024, 3 * sum(widths))
+    return max(chunk, chunk * model.bytes_per_target // BLOCK_BYTES_PER_TARGET)
 
 
 def parse_bytes(value: int | str) -> int:

@@ -152,7 +152,7 @@ def _columns(role: str, dim: int) -> list[str]:
 
 def _roles(model: NeuralProcess) -> list[tuple[str, int]]:
     """The model's input roles and their widths, in ``x, s, t`` order."""
-    return [(role, getattr(model.config, f"dim_{role}")) for role in model.roles]
+    return [(role, model.width(role)) for role in model.roles]
 
 
 def _read_csv(path: Path, model: NeuralProcess) -> dict[str, np.ndarray]:

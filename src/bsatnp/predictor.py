@@ -109,11 +109,7 @@ class Predictor:
     @property
     def great_circle(self) -> bool:
         """Whether the model measures space by great-circle distance on lon/lat degrees."""
-        config = self.model.config
-        spec = getattr(config, "bias_s", None)
-        use = getattr(config, "use_s", "embed")
-        return spec is not None and use in ("bias", "both") and spec.distance.startswith(
-            "great_circle")
+        return self.model.great_circle
 
     @property
     def envelope(self) -> Envelope:
@@ -188,7 +184,7 @@ class Predictor:
         needs = {"s": len(schema.space), "t": 1 if schema.time else 0,
                  "x": len(schema.covariates)}
         for role, what in (("s", "space"), ("t", "time"), ("x", "covariates")):
-            want = getattr(config, f"dim_{role}", 0)
+            want = self.model.width(role)
             if needs[role] != want:
                 raise ValueError(f"the model reads {want} {what} column(s) (dim_{role}={want}) "
                                  f"but the schema names {needs[role]}")

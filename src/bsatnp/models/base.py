@@ -24,6 +24,39 @@ from bsatnp.batch import ROLES, Batch
 from bsatnp.config import Config
 
 
+class FamilyConfig(Config):
+    """What every family's config states, read through one typed interface.
+
+    A family's config is a frozen dataclass deriving from this class, with its own fields:
+    ``dim_s``, ``dim_f`` and ``likelihood`` always, ``dim_x``/``dim_t`` where the family
+    reads those roles. Callers ask :meth:`width`, :attr:`roles`, :attr:`great_circle` and
+    :attr:`memory_widths`; none probes a field by name.
+    """
+
+    likelihood: str
+
+    def width(self, role: str) -> int:
+        """Features of ``role`` (``x``, ``s``, ``t`` or ``f``); 0 for a role not read."""
+        if role not in (*ROLES, "f"):
+            raise ValueError(f"role must be one of {(*ROLES, 'f')}, got {role!r}")
+        return int(getattr(self, f"dim_{role}", 0))
+
+    @property
+    def roles(self) -> tuple[str, ...]:
+        """Input roles the model reads (width > 0), in ``x, s, t`` order."""
+        return tuple(r for r in ROLES if self.width(r) > 0)
+
+    @property
+    def great_circle(self) -> bool:
+        """Whether space is measured by great-circle distance on (lon, lat) degrees."""
+        return False
+
+    @property
+    def memory_widths(self) -> tuple[int, ...]:
+        """Widths of the activations one test point holds in a forward pass (for sizing)."""
+        return ()
+
+
 class NeuralProcess(nn.Module):
     """Base of every model family (BSA-TNP, TNP-D, TE-TNP, ConvCNP).
 
@@ -41,9 +74,9 @@ class NeuralProcess(nn.Module):
         >>> mean, std = model.predict(batch)
     """
 
-    config_class: ClassVar[type[Config]]
+    config_class: ClassVar[type[FamilyConfig]]
 
-    def __init__(self, config: Config | None, overrides: dict[str, Any]) -> None:
+    def __init__(self, config: FamilyConfig | None, overrides: dict[str, Any]) -> None:
         super().__init__()
         config = config or self.config_class()
         if not isinstance(config, self.config_class):
@@ -54,12 +87,26 @@ class NeuralProcess(nn.Module):
     @property
     def roles(self) -> tuple[str, ...]:
         """Input roles the model reads (``dim_<role> > 0``), in ``x, s, t`` order."""
-        return tuple(r for r in ROLES if getattr(self.config, f"dim_{r}", 0) > 0)
+        return self.config.roles  # type: ignore[no-any-return]
+
+    def width(self, role: str) -> int:
+        """Features of ``role`` (``x``, ``s``, ``t`` or ``f``; 0 for a role not read)."""
+        return self.config.width(role)  # type: ignore[no-any-return]
+
+    @property
+    def great_circle(self) -> bool:
+        """Whether the model measures space by great-circle distance on lon/lat degrees."""
+        return bool(self.config.great_circle)
+
+    @property
+    def bytes_per_target(self) -> int:
+        """Working memory of one target in a chunk (activations alive at once, float32, ×4)."""
+        return 4 * 4 * max(1024, 3 * sum(self.config.memory_widths))
 
     @property
     def likelihood(self) -> str:
         """``"gaussian"`` or ``"categorical"``: the distribution :meth:`forward` returns."""
-        return str(getattr(self.config, "likelihood", "gaussian"))
+        return str(self.config.likelihood)
 
     @property
     def translation_invariant_roles(self) -> tuple[str, ...]:
@@ -81,7 +128,7 @@ class NeuralProcess(nn.Module):
                           f"(dim_{unused[0]}=0): the batch's {unused} inputs are ignored",
                           stacklevel=3)
         for role in (*self.roles, "f"):
-            want = getattr(self.config, f"dim_{role}")
+            want = self.width(role)
             got = batch.ctx(role).shape[-1]
             if got != want:
                 raise ValueError(

@@ -38,7 +38,7 @@ class BSATNP(NeuralProcess):
         super().__init__(config, overrides)
         config = self.config
         self.embed = TokenEmbedding(
-            {r: getattr(config, f"dim_{r}") for r in config.embedded_roles}, config.dim_f,
+            {r: config.width(r) for r in config.embedded_roles}, config.dim_f,
             config.obs_dim, config.embed_hidden, config.dim, config.ln_eps,
         )
         self.blocks = nn.ModuleList(
@@ -58,7 +58,7 @@ class BSATNP(NeuralProcess):
         """Roles used only as biases of Euclidean or |Δt| distances."""
         config = self.config
         return tuple(spec.role for spec in config.bias_specs
-                     if getattr(config, f"use_{spec.role}") == "bias"
+                     if config.use(spec.role) == "bias"
                      and spec.distance in ("euclidean", "abs"))
 
     def check_batch(self, batch: Batch) -> None:

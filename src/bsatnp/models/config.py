@@ -8,7 +8,8 @@ from typing import Literal, get_args
 from bsatnp.attention.biases import BiasSpec
 from bsatnp.attention.functional import Backend
 from bsatnp.batch import ROLES
-from bsatnp.config import Config, check_literals
+from bsatnp.config import check_literals
+from bsatnp.models.base import FamilyConfig
 from bsatnp.models.heads import Likelihood
 
 RoleUse = Literal["embed", "bias", "both"]
@@ -16,7 +17,7 @@ ROLE_USES: tuple[str, ...] = get_args(RoleUse)
 
 
 @dataclass(frozen=True)
-class BSATNPConfig(Config):
+class BSATNPConfig(FamilyConfig):
     """Everything needed to rebuild a BSA-TNP (defaults: the paper's 2D-GP model).
 
     Attributes:
@@ -97,22 +98,32 @@ class BSATNPConfig(Config):
         if not self.min_std >= 0.0:
             raise ValueError(f"min_std must be >= 0, got {self.min_std}")
         for spec in self.bias_specs:
-            width = getattr(self, f"dim_{spec.role}")
+            width = self.width(spec.role)
             if spec.distance.startswith("great_circle") and width != 2:
                 raise ValueError(f"bias_{spec.role} uses {spec.distance} on (lon, lat), which "
                                  f"needs dim_{spec.role}=2, got {width}")
         if not 0.0 <= self.min_std < 1.0:
             raise ValueError(f"min_std must be in [0, 1), got {self.min_std}")
 
+    def use(self, role: str) -> str:
+        """How ``role`` enters the model: ``embed``, ``bias`` or ``both``."""
+        return str(getattr(self, f"use_{role}"))
+
     @property
-    def roles(self) -> tuple[str, ...]:
-        """Roles present in the data (dim > 0)."""
-        return tuple(r for r in ROLES if getattr(self, f"dim_{r}") > 0)
+    def great_circle(self) -> bool:
+        """Whether ``s`` enters a bias of great-circle distance."""
+        return self.use("s") in ("bias", "both") and self.bias_s.distance.startswith(
+            "great_circle")
+
+    @property
+    def memory_widths(self) -> tuple[int, ...]:
+        """Token, attention and MLP widths (see :attr:`FamilyConfig.memory_widths`)."""
+        return (self.dim, self.qkv_dim, self.ffn_dim, *self.embed_hidden, *self.head_hidden)
 
     @property
     def embedded_roles(self) -> tuple[str, ...]:
         """Roles that enter the token, in token order."""
-        return tuple(r for r in self.roles if getattr(self, f"use_{r}") in ("embed", "both"))
+        return tuple(r for r in self.roles if self.use(r) in ("embed", "both"))
 
     @property
     def bias_specs(self) -> tuple[BiasSpec, ...]:
@@ -120,5 +131,5 @@ class BSATNPConfig(Config):
         return tuple(
             getattr(self, f"bias_{r}")
             for r in self.roles
-            if getattr(self, f"use_{r}") in ("bias", "both")
+            if self.use(r) in ("bias", "both")
         )

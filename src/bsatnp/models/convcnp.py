@@ -38,8 +38,8 @@ from torch import Tensor, nn
 from torch.distributions import Distribution
 
 from bsatnp.batch import Batch
-from bsatnp.config import Config, check_literals
-from bsatnp.models.base import NeuralProcess
+from bsatnp.config import check_literals
+from bsatnp.models.base import FamilyConfig, NeuralProcess
 from bsatnp.models.heads import Likelihood, likelihood_head
 from bsatnp.models.layers import reference_init_
 
@@ -48,7 +48,7 @@ _CEIL_TOL = 1e-3  # grid points; keeps float rounding of a shifted extent from a
 
 
 @dataclass(frozen=True)
-class ConvCNPConfig(Config):
+class ConvCNPConfig(FamilyConfig):
     """Everything needed to rebuild a ConvCNP (defaults: 596,100 parameters for ``Df = 1``).
 
     Attributes:
@@ -107,6 +107,11 @@ class ConvCNPConfig(Config):
             raise ValueError(
                 f"max_points_per_axis must be >= 2, got {self.max_points_per_axis}"
             )
+
+    @property
+    def memory_widths(self) -> tuple[int, ...]:
+        """The head MLP's widths (see :attr:`FamilyConfig.memory_widths`)."""
+        return tuple(self.head_hidden)
 
 
 def _rbf(rel: Tensor, n: int, spacing: float, lengthscale: Tensor) -> Tensor:

@@ -37,8 +37,8 @@ from torch import Tensor, nn
 from torch.distributions import Distribution
 
 from bsatnp.batch import Batch
-from bsatnp.config import Config, check_literals
-from bsatnp.models.base import NeuralProcess
+from bsatnp.config import check_literals
+from bsatnp.models.base import FamilyConfig, NeuralProcess
 from bsatnp.models.embedding import TokenEmbedding
 from bsatnp.models.heads import Likelihood, likelihood_head
 from bsatnp.models.layers import MLP, reference_init_
@@ -215,7 +215,7 @@ class TEISTLayer(nn.Module):
 
 
 @dataclass(frozen=True)
-class TETNPConfig(Config):
+class TETNPConfig(FamilyConfig):
     """Everything needed to rebuild a TE-TNP (defaults: 4 layers, 554,410 parameters for Ds=2).
 
     Attributes:
@@ -273,6 +273,11 @@ class TETNPConfig(Config):
         if not 0.0 <= self.min_std < 1.0:
             raise ValueError(f"min_std must be in [0, 1), got {self.min_std}")
 
+    @property
+    def memory_widths(self) -> tuple[int, ...]:
+        """Token, attention and MLP widths (see :attr:`FamilyConfig.memory_widths`)."""
+        return (self.dim, self.qkv_dim, self.ffn_dim, *self.embed_hidden, *self.head_hidden)
+
 
 class TETNP(NeuralProcess):
     """TE-TNP with pseudo-tokens: ``[flag, x, t, f]`` tokens → TE-IST layers → Gaussian head.
@@ -299,8 +304,8 @@ class TETNP(NeuralProcess):
     def __init__(self, config: TETNPConfig | None = None, **overrides: Any) -> None:
         super().__init__(config, overrides)
         config = self.config
-        tokens = {r: getattr(config, f"dim_{r}") for r in ("x", "t")
-                  if getattr(config, f"dim_{r}") > 0}  # s enters the kernel MLP instead
+        # s enters the kernel MLP instead
+        tokens = {r: config.width(r) for r in ("x", "t") if config.width(r) > 0}
         self.embed = TokenEmbedding(tokens, config.dim_f, config.obs_dim, config.embed_hidden,
                                     config.dim, config.ln_eps)
         self.layers = nn.ModuleList(

@@ -24,8 +24,8 @@ from torch.distributions import Distribution
 from bsatnp.attention.functional import Backend
 from bsatnp.attention.mha import BiasedMultiheadAttention
 from bsatnp.batch import ROLES, Batch
-from bsatnp.config import Config, check_literals
-from bsatnp.models.base import NeuralProcess
+from bsatnp.config import check_literals
+from bsatnp.models.base import FamilyConfig, NeuralProcess
 from bsatnp.models.heads import Likelihood, likelihood_head
 from bsatnp.models.layers import MLP, reference_init_
 
@@ -34,7 +34,7 @@ Keys = Literal["context", "all_masked"]
 
 
 @dataclass(frozen=True)
-class TNPDConfig(Config):
+class TNPDConfig(FamilyConfig):
     """Everything needed to rebuild a TNP-D (defaults: the paper's 2D GP, 474,754 parameters).
 
     Attributes:
@@ -84,6 +84,11 @@ class TNPDConfig(Config):
         if not 0.0 <= self.min_std < 1.0:
             raise ValueError(f"min_std must be in [0, 1), got {self.min_std}")
 
+    @property
+    def memory_widths(self) -> tuple[int, ...]:
+        """Token, attention and MLP widths (see :attr:`FamilyConfig.memory_widths`)."""
+        return (self.dim, self.qkv_dim, self.ffn_dim, *self.embed_hidden, *self.head_hidden)
+
 
 class EncoderBlock(nn.Module):
     """Transformer encoder block, post-norm (``LN(z + MHA(z))``) or pre-norm, ReLU FFN.
@@ -128,7 +133,7 @@ class TNPD(NeuralProcess):
     def __init__(self, config: TNPDConfig | None = None, **overrides: Any) -> None:
         super().__init__(config, overrides)
         config = self.config
-        width = sum(getattr(config, f"dim_{r}") for r in ROLES) + config.dim_f
+        width = sum(config.width(r) for r in ROLES) + config.dim_f
         self.embed = MLP((width, *config.embed_hidden, config.dim), activation="relu")
         self.blocks = nn.ModuleList(EncoderBlock(config) for _ in range(config.num_blocks))
         self.head = likelihood_head(config.likelihood, (config.dim, *config.head_hidden),
