@@ -67,6 +67,23 @@ def test_every_family_states_its_facts_through_the_contract(family):
         model.width("q")
 
 
+def test_families_register_by_decorator_and_names_are_unique():
+    from bsatnp.models.base import NeuralProcess, register_family
+    from bsatnp.models.tnpd import TNPD
+
+    assert FAMILIES["tnpd"].model is TNPD and FAMILIES["tnpd"].config is TNPDConfig
+    assert register_family("tnpd")(TNPD) is TNPD  # registering the same class again is fine
+
+    class Other(NeuralProcess):
+        config_class = TNPDConfig
+
+    with pytest.raises(ValueError, match="'tnpd' is taken by TNPD"):
+        register_family("tnpd")(Other)
+    with pytest.raises(ValueError, match="does not implement"):
+        register_family("thing")(dict)
+    assert FAMILIES["tnpd"].model is TNPD and "thing" not in FAMILIES
+
+
 def test_great_circle_is_a_fact_of_the_bias():
     on_sphere = BSATNPConfig(bias_s=BiasSpec(role="s", distance="great_circle_degrees"))
     assert build_model(on_sphere).great_circle

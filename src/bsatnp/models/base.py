@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import warnings
 from abc import abstractmethod
-from collections.abc import Mapping
-from typing import Any, ClassVar
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar, NamedTuple, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -272,3 +272,38 @@ def model_device(model: nn.Module) -> torch.device:
     for tensor in (*model.parameters(), *model.buffers()):
         return tensor.device
     return torch.device("cpu")
+
+
+class Family(NamedTuple):
+    """A model class and the config dataclass it is built from."""
+
+    config: type[FamilyConfig]
+    model: type[NeuralProcess]
+
+
+FAMILIES: dict[str, Family] = {}
+"""Model families by name, filled by :func:`register_family`."""
+
+_Model = TypeVar("_Model", bound=type[NeuralProcess])
+
+
+def register_family(name: str) -> Callable[[_Model], _Model]:
+    """Class decorator: make a :class:`NeuralProcess` subclass a model family named ``name``.
+
+    Its ``config_class`` is how stored configs of that family are read back
+    (:mod:`bsatnp.models.registry`).
+
+    Raises:
+        ValueError: If the class is not a NeuralProcess, or the name is taken by another.
+    """
+
+    def register(cls: _Model) -> _Model:
+        if not (isinstance(cls, type) and issubclass(cls, NeuralProcess)):
+            raise ValueError(f"{cls!r} does not implement bsatnp.models.NeuralProcess")
+        known = FAMILIES.get(name)
+        if known is not None and known.model is not cls:
+            raise ValueError(f"model family {name!r} is taken by {known.model.__qualname__}")
+        FAMILIES[name] = Family(cls.config_class, cls)
+        return cls
+
+    return register

@@ -8,7 +8,7 @@ from torch import Tensor, nn
 from torch.distributions import Distribution
 
 from bsatnp.batch import Batch
-from bsatnp.models.base import NeuralProcess
+from bsatnp.models.base import NeuralProcess, register_family
 from bsatnp.models.blocks import KRBlock
 from bsatnp.models.config import BSATNPConfig
 from bsatnp.models.embedding import TokenEmbedding
@@ -16,6 +16,7 @@ from bsatnp.models.heads import likelihood_head
 from bsatnp.models.layers import reference_init_
 
 
+@register_family("bsatnp")
 class BSATNP(NeuralProcess):
     """BSA-TNP: token embedding → KRBlocks with biased attention → likelihood head.
 

@@ -39,7 +39,7 @@ from torch.distributions import Distribution
 
 from bsatnp.batch import Batch
 from bsatnp.config import check_literals
-from bsatnp.models.base import FamilyConfig, NeuralProcess
+from bsatnp.models.base import FamilyConfig, NeuralProcess, register_family
 from bsatnp.models.heads import Likelihood, likelihood_head
 from bsatnp.models.layers import reference_init_
 
@@ -220,6 +220,7 @@ class UNet(nn.Module):
         return h
 
 
+@register_family("convcnp")
 class ConvCNP(NeuralProcess):
     """ConvCNP on 2D locations: SetConv → grid → UNet → SetConv → Gaussian head.
 

@@ -10,33 +10,23 @@ have ``obs_dim``) are read as that BSA-TNP, whose weights have the same names.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any
 
 from torch import nn
 
-from bsatnp.models.bsatnp import BSATNP
-from bsatnp.models.config import BSATNPConfig
-from bsatnp.models.convcnp import ConvCNP, ConvCNPConfig
-from bsatnp.models.tetnp import TETNP, TETNPConfig
-from bsatnp.models.tnpd import TNPD, TNPDConfig
+# Each family module registers its class (@register_family) when imported.
+import bsatnp.models.bsatnp
+import bsatnp.models.convcnp
+import bsatnp.models.tetnp
+import bsatnp.models.tnpd  # noqa: F401
+from bsatnp.models.base import FAMILIES, Family, FamilyConfig
 
-ModelConfig = BSATNPConfig | TNPDConfig | TETNPConfig | ConvCNPConfig
+__all__ = ["DEFAULT_FAMILY", "FAMILIES", "Family", "ModelConfig", "build_model",
+           "config_from_dict", "config_to_dict", "family_name", "split_family"]
+
+ModelConfig = FamilyConfig
 """Any model family's configuration."""
 
-
-class Family(NamedTuple):
-    """A model class and the config dataclass it is built from."""
-
-    config: type
-    model: type[nn.Module]
-
-
-FAMILIES: dict[str, Family] = {
-    "bsatnp": Family(BSATNPConfig, BSATNP),
-    "tnpd": Family(TNPDConfig, TNPD),
-    "tetnp": Family(TETNPConfig, TETNP),
-    "convcnp": Family(ConvCNPConfig, ConvCNP),
-}
 DEFAULT_FAMILY = "bsatnp"
 
 

@@ -38,7 +38,7 @@ from torch.distributions import Distribution
 
 from bsatnp.batch import Batch
 from bsatnp.config import check_literals
-from bsatnp.models.base import FamilyConfig, NeuralProcess
+from bsatnp.models.base import FamilyConfig, NeuralProcess, register_family
 from bsatnp.models.embedding import TokenEmbedding
 from bsatnp.models.heads import Likelihood, likelihood_head
 from bsatnp.models.layers import MLP, reference_init_
@@ -279,6 +279,7 @@ class TETNPConfig(FamilyConfig):
         return (self.dim, self.qkv_dim, self.ffn_dim, *self.embed_hidden, *self.head_hidden)
 
 
+@register_family("tetnp")
 class TETNP(NeuralProcess):
     """TE-TNP with pseudo-tokens: ``[flag, x, t, f]`` tokens → TE-IST layers → Gaussian head.
 

@@ -25,7 +25,7 @@ from bsatnp.attention.functional import Backend
 from bsatnp.attention.mha import BiasedMultiheadAttention
 from bsatnp.batch import ROLES, Batch
 from bsatnp.config import check_literals
-from bsatnp.models.base import FamilyConfig, NeuralProcess
+from bsatnp.models.base import FamilyConfig, NeuralProcess, register_family
 from bsatnp.models.heads import Likelihood, likelihood_head
 from bsatnp.models.layers import MLP, reference_init_
 
@@ -116,6 +116,7 @@ class EncoderBlock(nn.Module):
         return z + self.ffn(self.norm2(z))
 
 
+@register_family("tnpd")
 class TNPD(NeuralProcess):
     """The paper's TNP-D: ``[x, s, t, f]`` tokens → encoder blocks → likelihood head.
 
