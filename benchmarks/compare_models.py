@@ -27,7 +27,7 @@ initial weights and of its training batches), each in its own run directory
 (named ``<name> seed=<k>`` in the per-seed tables and ``DIR/scores``). The summary gives,
 per model and domain, the mean ± s.d. over seeds and a paired t-test of the reference model
 (BSA-TNP, the task's first row) against every other row, one pair per test batch (each
-model's per-batch scores averaged over its seeds; :func:`bsatnp.evaluate.seed_summary`);
+model's per-batch scores averaged over its seeds; :func:`bsatnp.reports.seed_summary`);
 the JSON gains it as ``summary`` beside the per-seed ``eval``. Without ``--seeds`` the
 models train once with the task config's seed, in ``DIR/<name>``, as before.
 
@@ -63,7 +63,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, 
 
 from bsatnp.baselines import calibrated_local_averages
 from bsatnp.baselines.idw import LOCAL_AVERAGES
-from bsatnp.evaluate import evaluate, seed_summary
+from bsatnp.evaluate import evaluate
 from bsatnp.experiment import ExperimentConfig, build_trainer, load_experiment
 from bsatnp.loss import masked_nll
 from bsatnp.models import BSATNPConfig
@@ -71,6 +71,7 @@ from bsatnp.models.convcnp import ConvCNPConfig
 from bsatnp.models.registry import ModelConfig, build_model, family_name
 from bsatnp.models.tetnp import TETNPConfig
 from bsatnp.models.tnpd import TNPDConfig
+from bsatnp.reports import seed_summary
 from bsatnp.tasks import Task, eval_batches, task_names
 from bsatnp.tasks.beijing import BeijingTask
 from bsatnp.tasks.era5 import Era5Task

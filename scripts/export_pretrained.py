@@ -21,11 +21,12 @@ import argparse
 import json
 from pathlib import Path
 
-from bsatnp.evaluate import evaluate, markdown_table
+from bsatnp.evaluate import evaluate
 from bsatnp.experiment import ExperimentConfig, experiment_from_checkpoint
 from bsatnp.io.checkpoint import load_checkpoint
 from bsatnp.predictor import Predictor
 from bsatnp.pretrained import checkpoint_path
+from bsatnp.reports import markdown_table
 from bsatnp.tasks import Task
 from bsatnp.tasks.base import context_envelope
 

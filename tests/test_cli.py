@@ -12,11 +12,12 @@ import pytest
 import torch
 
 from bsatnp import cli
-from bsatnp.evaluate import TABLE_METRICS, evaluate
+from bsatnp.evaluate import evaluate
 from bsatnp.experiment import ExperimentConfig, build_trainer, load_experiment
 from bsatnp.geometry import DISTANCES, Distance
 from bsatnp.io.checkpoint import load_checkpoint, load_model
 from bsatnp.models import BSATNPConfig
+from bsatnp.reports import TABLE_METRICS
 from bsatnp.tasks.gp2d import GP2DTask
 from bsatnp.tasks.kernels import KERNELS, KernelName
 from bsatnp.train.config import TrainConfig

@@ -8,8 +8,9 @@ import math
 import pytest
 import torch
 
-from bsatnp.evaluate import evaluate, seed_summary
+from bsatnp.evaluate import evaluate
 from bsatnp.experiment import ExperimentConfig
+from bsatnp.reports import seed_summary
 from bsatnp.tasks.gp2d import GP2DTask
 
 TASK = GP2DTask(batch_size=2, n_ctx=16, n_test=24, min_ctx=4, max_ctx=15)

@@ -30,7 +30,8 @@ FLOORS: dict[str, int] = {
     "bsatnp.io.reference_weights": 3, "bsatnp.train": 3, "bsatnp.data": 3,
     "bsatnp.baselines": 3, "bsatnp.pretrained": 3,
     # 4, the top floor: the experiment layer and the user's API and command
-    "bsatnp.evaluate": 4, "bsatnp.experiment": 4, "bsatnp.plot": 4, "bsatnp.predict": 4,
+    "bsatnp.evaluate": 4, "bsatnp.score_cache": 4, "bsatnp.reports": 4,
+    "bsatnp.experiment": 4, "bsatnp.plot": 4, "bsatnp.predict": 4,
     "bsatnp.options": 4, "bsatnp.conditioned": 4, "bsatnp.predictor": 4,
     "bsatnp.finetune": 4, "bsatnp.holdout": 4, "bsatnp.joint": 4, "bsatnp.estimator": 4,
     "bsatnp.cli": 4, "bsatnp.__main__": 4,

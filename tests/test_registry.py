@@ -11,7 +11,7 @@ from conftest import random_batch
 
 from bsatnp.attention import BiasSpec
 from bsatnp.baselines import IDW
-from bsatnp.evaluate import evaluate, markdown_table
+from bsatnp.evaluate import evaluate
 from bsatnp.experiment import ExperimentConfig, load_experiment
 from bsatnp.io.checkpoint import load_model, save_checkpoint
 from bsatnp.loss import masked_nll
@@ -26,6 +26,7 @@ from bsatnp.models.registry import (
 )
 from bsatnp.models.tetnp import TETNPConfig
 from bsatnp.models.tnpd import TNPDConfig
+from bsatnp.reports import markdown_table
 from bsatnp.tasks import eval_batches
 from bsatnp.tasks.gp2d import GP2DTask
 

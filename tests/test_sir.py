@@ -7,9 +7,10 @@ import math
 import pytest
 import torch
 
-from bsatnp.evaluate import evaluate, markdown_table
+from bsatnp.evaluate import evaluate
 from bsatnp.experiment import ExperimentConfig, build_trainer
 from bsatnp.metrics import categorical_metrics
+from bsatnp.reports import markdown_table
 from bsatnp.tasks.priors import Fixed
 from bsatnp.tasks.sir import (
     INFECTED,

@@ -21,7 +21,7 @@ from torch import nn
 from bsatnp.baselines import calibrated_local_averages
 from bsatnp.baselines.idw import LOCAL_AVERAGES
 from bsatnp.data.table_task import SPLIT_KINDS
-from bsatnp.evaluate import evaluate, markdown_table, write_results
+from bsatnp.evaluate import evaluate
 from bsatnp.experiment import (
     ExperimentConfig,
     build_trainer,
@@ -33,6 +33,7 @@ from bsatnp.io.checkpoint import load_checkpoint, load_model
 from bsatnp.io.files import existing_file, refuse_overwriting_inputs
 from bsatnp.predict import FORMAT_HELP, predict_file
 from bsatnp.pretrained import checkpoint_path
+from bsatnp.reports import markdown_table, write_results
 from bsatnp.tasks import eval_batches, task_class, task_names
 from bsatnp.text import terminal_safe
 

@@ -20,15 +20,12 @@ rerun scores only what is missing: the batches an interrupted run did not reach,
 added to the set, or the oracle of a run without it. Evaluations of different model sets
 share one cache directory.
 
-Models trained with several seeds are compared by :func:`seed_summary`: mean ± s.d. over
-seeds, and paired t-tests against a reference model with one pair per test batch.
+The scores cache lives in :mod:`bsatnp.score_cache`; tables, result files and comparisons
+of seeds in :mod:`bsatnp.reports`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import math
 import os
 import re
 import time
@@ -40,17 +37,13 @@ import torch
 from torch import nn
 
 from bsatnp.batch import Batch
-from bsatnp.io.files import complete_lines
-from bsatnp.metrics import categorical_metrics, gaussian_metrics, mean_sd, paired_t_test, summarize
+from bsatnp.metrics import categorical_metrics, gaussian_metrics, summarize
 from bsatnp.models.base import model_device
 from bsatnp.progress import tqdm_class
+from bsatnp.score_cache import ScoreCache, cache_header
 from bsatnp.tasks import IN_DOMAIN, Task, batch_generator, eval_batches
 from bsatnp.tasks.gp2d import GP2DTask
 
-TABLE_METRICS = ("nll", "rmse", "mae", "cov50", "cov90", "cov95", "crps")
-"""Columns of the markdown table of Gaussian tasks (the JSON holds every metric)."""
-CATEGORICAL_TABLE_METRICS = ("nll", "acc", "brier", "ece")
-"""Columns of the markdown table of categorical tasks."""
 _FILE_NAME = re.compile(r"[A-Za-z0-9_+=-]([A-Za-z0-9 _.+=-]*[A-Za-z0-9_+=-])?")
 """Model names usable as cache file names: letters, digits, ``_ + = -``, and inner spaces
 and dots (the comparison's names are e.g. ``bsatnp F=3`` and ``bsatnp embed+bias``)."""
@@ -123,7 +116,8 @@ def evaluate(
             oracle) whose files miss it, and new scores are appended as they finish. So
             a rerun continues an interrupted one, and evaluations of different model sets
             reuse each other's scores of the models they share.
-        per_batch: Also return every batch's scores (for paired tests: :func:`seed_summary`).
+        per_batch: Also return every batch's scores (for paired tests:
+            :func:`bsatnp.reports.seed_summary`).
 
     Returns:
         ``{"seed": seed, "task": name, "domains": {name: entry}}`` where each entry holds
@@ -168,9 +162,9 @@ def evaluate(
             caches = None
             if cache_dir is not None:
                 scorers = [*models, *(["oracle"] if with_oracle else [])]
-                caches = {name: _ScoreCache(
+                caches = {name: ScoreCache(
                     Path(cache_dir) / domain / f"{name}.jsonl",
-                    _cache_header(name, models.get(name), tasks[domain], seed))
+                    cache_header(name, models.get(name), tasks[domain], seed))
                     for name in scorers}
             scored[domain], rows = _evaluate_domain(models, tasks[domain], counts[domain], seed,
                                                     with_oracle, progress, domain, caches,
@@ -185,104 +179,9 @@ def evaluate(
             **({"batches": batches} if per_batch else {})}
 
 
-def seed_summary(results: Mapping[str, Any], groups: Mapping[str, Sequence[str]],
-                 reference: str, metrics: Sequence[str] = ("nll",)) -> dict[str, Any]:
-    """Mean ± s.d. over training seeds, and paired t-tests against ``reference``, per domain.
-
-    Every model of one row (e.g. BSA-TNP trained with seeds 0, 1, 2) was scored by the same
-    :func:`evaluate` call, so all saw the same test batches. A row's per-batch score is the
-    mean over its seeds of the scores on that batch; each other row is compared with
-    ``reference`` by :func:`~bsatnp.metrics.paired_t_test` with one pair per test batch.
-
-    Args:
-        results: Output of :func:`evaluate` with ``per_batch=True``.
-        groups: Row name → the names its seeds were evaluated under (one name for a model
-            without seeds, such as a training-free baseline).
-        reference: The row every other row is tested against (BSA-TNP).
-        metrics: The metrics to test.
-
-    Returns:
-        ``{"reference", "metrics", "domains": {domain: {"models": {row: {"seeds": n,
-        metric: {"mean", "sd"}}}, "paired": {row: {metric: {"mean_diff", "se", "t", "p",
-        "n"}}}}}}`` with ``mean_diff`` = reference − row (negative: the reference scores
-        lower) and ``sd`` NaN for one seed; every metric of the evaluation is summarised,
-        ``metrics`` are tested.
-
-    Raises:
-        ValueError: If ``results`` has no per-batch scores, or ``reference`` or a group's
-            name was not evaluated.
-    """
-    if "batches" not in results:
-        raise ValueError("seed_summary needs the per-batch scores: evaluate(..., "
-                         "per_batch=True)")
-    if reference not in groups:
-        raise ValueError(f"reference {reference!r} is not one of the rows {list(groups)}")
-    domains = {}
-    for domain, entry in results["domains"].items():
-        batches = results["batches"][domain]
-        missing = [name for names in groups.values() for name in names if name not in batches]
-        if missing:
-            raise ValueError(f"{domain}: {missing} were not evaluated")
-        models = {}
-        for row, names in groups.items():
-            models[row] = {"seeds": len(names)}
-            for metric in entry[names[0]]:
-                mean, sd = mean_sd(entry[name][metric]["mean"] for name in names)
-                models[row][metric] = {"mean": mean, "sd": sd}
-        per_batch = {row: {metric: [sum(batches[name][i][metric] for name in names) / len(names)
-                                    for i in range(entry["n_batches"])]
-                           for metric in metrics}
-                     for row, names in groups.items()}
-        paired = {row: {metric: paired_t_test(per_batch[reference][metric], scores[metric])
-                        for metric in metrics}
-                  for row, scores in per_batch.items() if row != reference}
-        domains[domain] = {"models": models, "paired": paired}
-    return {"reference": reference, "metrics": list(metrics), "domains": domains}
-
-
-def markdown_table(results: Mapping[str, Any]) -> str:
-    """Markdown table of :func:`evaluate` results: one row per domain and scored method."""
-    first = next(iter(results["domains"].values()))
-    summaries = [value for value in first.values() if isinstance(value, Mapping)]
-    columns = TABLE_METRICS if summaries and "rmse" in summaries[0] else CATEGORICAL_TABLE_METRICS
-    header = ["domain (batches×tasks)", "method", *columns]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for domain, entry in results["domains"].items():
-        label = f"{domain} ({entry['n_batches']}×{entry['batch_size']})"
-        methods = [key for key, value in entry.items() if isinstance(value, Mapping)]
-        for name in methods:
-            cells = [_mean_se(entry[name][m]) for m in columns]
-            lines.append("| " + " | ".join([label, name, *cells]) + " |")
-            label = ""
-    lines += ["", f"Mean ± s.e. over batches of the {results.get('task', 'gp2d')} task, test "
-              f"seed {results['seed']} (every domain draws from it, so domains are paired); "
-              "gap = model − oracle per batch (paired s.e.); vs_in_domain = this domain − "
-              "in_domain per batch index (paired s.e.)."]
-    conditional = [d for d, entry in results["domains"].items()
-                   if entry.get("targets") == "conditional"]
-    if conditional:
-        lines[-1] += (f" Test targets of {', '.join(conditional)} are drawn from their exact "
-                      "conditionals given the context (same expected per-point metrics).")
-    return "\n".join(lines) + "\n"
-
-
-def write_results(results: Mapping[str, Any], out_dir: str | os.PathLike[str]) -> tuple[Path, Path]:
-    """Write ``eval.json`` and ``eval.md`` (the markdown table) into ``out_dir``.
-
-    Returns:
-        The paths of the JSON and the markdown file.
-    """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = out / "eval.json", out / "eval.md"
-    json_path.write_text(json.dumps(_finite_or_none(results), indent=2) + "\n", encoding="utf-8")
-    md_path.write_text(markdown_table(results), encoding="utf-8")
-    return json_path, md_path
-
-
 def _evaluate_domain(models: Mapping[str, nn.Module], task: Task, count: int, seed: int,
                      with_oracle: bool, progress: bool, domain: str,
-                     caches: Mapping[str, _ScoreCache] | None,
+                     caches: Mapping[str, ScoreCache] | None,
                      in_rows: list[dict[str, dict[str, float]]] | None,
                      ) -> tuple[dict[str, Any], list[dict[str, dict[str, float]]]]:
     """One entry of :func:`evaluate`'s ``domains`` and its per-batch scores.
@@ -355,138 +254,6 @@ def _difference(a: Mapping[str, float], b: Mapping[str, float]) -> dict[str, flo
     return {key: value - b[key] for key, value in a.items()}
 
 
-def _cache_header(name: str, model: nn.Module | None, task: Task, seed: int
-                  ) -> dict[str, Any]:
-    """What the cached scores of one scorer depend on: the task, the seed, the scorer.
-
-    A model is identified by its name and fingerprint, the oracle (``model`` ``None``) by
-    its name alone: it is the task's own.
-    """
-    scorer = {"oracle": True} if model is None else {"model": _fingerprint(model)}
-    return {"task": repr(task), "seed": seed, "name": name, **scorer}
-
-
-def _fingerprint(model: nn.Module) -> str:
-    """SHA-256 of the model's class and state (parameters and buffers, names and values)."""
-    digest = hashlib.sha256(type(model).__qualname__.encode())
-    for name, tensor in model.state_dict().items():
-        digest.update(name.encode())
-        digest.update(str((tensor.dtype, tuple(tensor.shape))).encode())
-        flat = tensor.detach().cpu().reshape(-1).contiguous()  # 0-d tensors cannot be viewed
-        digest.update(flat.view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
-class _ScoreCache:
-    """Append-only JSON-lines file of one scorer's per-batch scores behind a header line.
-
-    One process per file: :meth:`load` trims a torn last line, which would cut a line that
-    another process is writing. Each domain and scorer (model or oracle) has its own file,
-    so processes may share a cache directory as long as no two write the same file at once:
-    e.g. one process per domain, or per model with only one of them scoring the oracle.
-
-    Args:
-        path: The ``.jsonl`` file (created with its directory on the first append).
-        header: Identity of the scorer's evaluation (:func:`_cache_header`, whose ``name``
-            is the one key of every row's ``scores``); a file with another header is refused.
-    """
-
-    def __init__(self, path: Path, header: dict[str, Any]) -> None:
-        self.path = path
-        self.header = header
-
-    def load(self) -> dict[int, dict[str, dict[str, float]]]:
-        """Scores by batch index; a partly written last line (an interrupted run) is dropped.
-
-        Every other line must be a complete row: ``{"index": i, "scores": {name: metrics}}``
-        with one metrics mapping (metric name → number) under the header's ``name``, with
-        the same metric names on every row. A damaged row is an error naming the file and
-        line, not a row to rescore: only the torn last line is something this class itself
-        can leave behind, so anything else means the file was edited or corrupted and its
-        other rows are suspect too.
-
-        Raises:
-            ValueError: If the file belongs to another evaluation, is not a score file, or
-                has a damaged row (the message names the file and the line).
-        """
-        lines = complete_lines(self.path).splitlines()
-        if not lines:
-            return {}
-        try:
-            header = json.loads(lines[0])
-        except ValueError as err:
-            raise ValueError(f"{self.path} is not a bsatnp score cache: line 1: {err}") from err
-        if header != {"header": self.header}:
-            if not isinstance(header, dict) or set(header) != {"header"}:
-                raise ValueError(f"{self.path} is not a bsatnp score cache: line 1 is not its "
-                                 "header")
-            raise ValueError(
-                f"{self.path} holds scores of another evaluation (model, weights, task "
-                "or seed differ); delete it or choose another cache directory"
-            )
-        names = [self.header["name"]]
-        metrics: dict[str, set[str]] = {}
-        scores = {}
-        for number, line in enumerate(lines[1:], start=2):
-            try:
-                index, row = _parse_row(line, names, metrics)
-            except ValueError as err:
-                raise ValueError(
-                    f"{self.path}, line {number}: damaged score cache row ({err}); delete "
-                    "that line (its batch is scored again) or the whole file"
-                ) from err
-            scores[index] = row
-        return scores
-
-    def append(self, index: int, scores: Mapping[str, Mapping[str, float]]) -> None:
-        """Append one batch's scores (writing the header first into a new file)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        new = not self.path.exists() or self.path.stat().st_size == 0
-        with self.path.open("a", encoding="utf-8") as handle:
-            if new:
-                handle.write(json.dumps({"header": self.header}) + "\n")
-            handle.write(json.dumps({"index": index, "scores": scores}) + "\n")
-            handle.flush()
-
-
-def _parse_row(line: str, names: Sequence[str], metrics: dict[str, set[str]]
-               ) -> tuple[int, dict[str, dict[str, float]]]:
-    """``(index, scores)`` of one cache row (see :meth:`_ScoreCache.load`).
-
-    ``metrics`` maps each name to the metric names of the rows read so far (filled here).
-
-    Raises:
-        ValueError: Saying what is wrong with the row.
-    """
-    try:
-        row = json.loads(line)
-    except ValueError as err:
-        raise ValueError(f"not JSON: {err}") from err
-    except RecursionError:
-        raise ValueError("nested too deeply to be a score row") from None
-    if not isinstance(row, dict) or set(row) != {"index", "scores"}:
-        keys = sorted(row) if isinstance(row, dict) else type(row).__name__
-        raise ValueError(f"expected the keys ['index', 'scores'], got {keys}")
-    index, scores = row["index"], row["scores"]
-    if isinstance(index, bool) or not isinstance(index, int) or index < 0:
-        raise ValueError(f"'index' must be a non-negative integer, got {index!r}")
-    if not isinstance(scores, dict) or sorted(scores) != sorted(names):
-        got = sorted(scores) if isinstance(scores, dict) else type(scores).__name__
-        raise ValueError(f"'scores' must hold {sorted(names)}, got {got}")
-    for name, values in scores.items():
-        if not isinstance(values, dict) or not values or not all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) for v in values.values()):
-            raise ValueError(f"scores of {name!r} must map metric names to numbers, got "
-                             f"{values!r}")
-        if "nll" not in values:
-            raise ValueError(f"scores of {name!r} have no 'nll' (metrics {sorted(values)})")
-        expected = metrics.setdefault(name, set(values))
-        if set(values) != expected:
-            raise ValueError(f"scores of {name!r} have the metrics {sorted(values)}, earlier "
-                             f"rows {sorted(expected)}")
-    return index, scores
-
-
 def _count(n_batches: int | Mapping[str, int], domain: str) -> int:
     if isinstance(n_batches, Mapping) and domain not in n_batches:
         raise ValueError(f"n_batches has no count for domain {domain!r}: {dict(n_batches)}")
@@ -500,19 +267,3 @@ def _summary(rows: list[dict[str, float]]) -> dict[str, dict[str, float]]:
     return {key: {"mean": mean, "se": se} for key, (mean, se) in summarize(rows).items()}
 
 
-def _mean_se(stat: Mapping[str, float | None]) -> str:
-    mean, se = stat["mean"], stat["se"]
-    if se is None or not math.isfinite(se):  # one batch: no standard error
-        return f"{mean:.3f}"
-    return f"{mean:.3f} ± {se:.3f}"
-
-
-def _finite_or_none(obj: Any) -> Any:
-    """``obj`` with NaN/inf floats replaced by ``None`` (strict JSON has no NaN)."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, Mapping):
-        return {k: _finite_or_none(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite_or_none(v) for v in obj]
-    return obj
