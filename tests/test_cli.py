@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from bsatnp import cli
+from bsatnp import cli, cli_args
 from bsatnp.evaluate import evaluate
 from bsatnp.experiment import ExperimentConfig, build_trainer, load_experiment
 from bsatnp.geometry import DISTANCES, Distance
@@ -228,7 +228,7 @@ def test_train_init_starts_a_fresh_run_from_trained_weights(run, tmp_path, capsy
 
 
 def test_demo_runs_end_to_end_on_a_tiny_config(run, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(cli, "DEMO_CONFIG", str(run.parent / "tiny.yaml"))
+    monkeypatch.setattr(cli_args, "DEMO_CONFIG", str(run.parent / "tiny.yaml"))
     assert cli.main(["demo", "--out", str(tmp_path), "--minutes", "0", "--quiet"]) == 0
     for name in ("eval.json", "eval.md", "field.png", "learning_curve.png",
                  "run/last.safetensors"):

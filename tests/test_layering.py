@@ -34,7 +34,7 @@ FLOORS: dict[str, int] = {
     "bsatnp.experiment": 4, "bsatnp.plot": 4, "bsatnp.predict": 4,
     "bsatnp.options": 4, "bsatnp.conditioned": 4, "bsatnp.predictor": 4,
     "bsatnp.finetune": 4, "bsatnp.holdout": 4, "bsatnp.joint": 4, "bsatnp.estimator": 4,
-    "bsatnp.cli": 4, "bsatnp.__main__": 4,
+    "bsatnp.cli": 4, "bsatnp.cli_args": 4, "bsatnp.__main__": 4,
 }
 """Each module's floor, by its longest listed prefix."""
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
-from bsatnp import Batch, cli
+from bsatnp import Batch, cli, cli_args
 from bsatnp.evaluate import evaluate
 from bsatnp.experiment import ExperimentConfig, build_trainer, load_experiment
 from bsatnp.models import BSATNP
@@ -52,7 +52,7 @@ def test_registry_lists_the_paper_tasks_and_the_cli_names_them(capsys):
     assert cli.main(["tasks"]) == 0
     listing = capsys.readouterr().out
     assert "rotated_60_30_20" in listing and "fixed_effects" in listing
-    help_text = cli._parser().format_help()
+    help_text = cli_args.build_parser().format_help()
     assert all(name in help_text for name in task_names())
 
 
