@@ -12,10 +12,9 @@ from conftest import random_batch
 from torch.distributions import MultivariateNormal, Normal
 
 from bsatnp import Batch
-from bsatnp.config import Config
 from bsatnp.joint import autoregressive_log_likelihood, autoregressive_samples, joint_samples
 from bsatnp.models import BSATNP
-from bsatnp.models.base import NeuralProcess
+from bsatnp.models.base import FamilyConfig, NeuralProcess
 from bsatnp.predictor import Predictor
 from bsatnp.tasks.kernels import rbf
 from bsatnp.tasks.oracle import GPParams, gp_posterior
@@ -24,11 +23,12 @@ LENGTHSCALE, NOISE, JITTER = 0.5, 0.1, 1e-5
 
 
 @dataclass(frozen=True)
-class ExactGPConfig(Config):
+class ExactGPConfig(FamilyConfig):
     dim_x: int = 0
     dim_s: int = 2
     dim_t: int = 0
     dim_f: int = 1
+    likelihood: str = "gaussian"
 
 
 class ExactGP(NeuralProcess):

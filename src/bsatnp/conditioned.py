@@ -43,16 +43,17 @@ from bsatnp.data.tables import (
     is_xarray,
     read_points,
 )
-from bsatnp.models.base import MODERATE_INPUT, ConditionedModel, model_device
+from bsatnp.models.base import ConditionedModel, model_device
 from bsatnp.options import (
+    OutputRequest,
     block_points,
     check_fits_in_memory,
     chunk_size_for,
-    interval_levels,
     output_levels,
     output_thresholds,
     refuse_numeric_options,
 )
+from bsatnp.outputs import OverflowBlame, categorical_outputs, gaussian_outputs, largest_finite
 from bsatnp.progress import tqdm_class
 from bsatnp.tasks.frames import LocalFrame
 
@@ -75,7 +76,7 @@ class Conditioned:
                  points: Points) -> None:
         self.predictor, self.schema, self.normalizer = predictor, schema, normalizer
         self.n_context, self.time_zone = points.n, points.time_zone
-        self.largest_value = _largest(points.values)
+        self.largest_value = largest_finite(points.values)
         arrays = normalizer.inputs(points, schema)
         _check_normalised(arrays, points, stored=predictor.normalizer is not None)
         self.warnings = predictor.envelope_warnings(points.n, arrays)
@@ -198,9 +199,11 @@ class Conditioned:
         with compiled.eager() if max_memory is not None else contextlib.nullcontext():
             self._predict_into(inputs, n, chunk, first, second, progress)  # bounded: eager
         if categorical:
-            return self._categorical(template, first)
-        return self._gaussian(template, first, second, levels, interval, thresholds,
-                              n_samples, seed)
+            return categorical_outputs(template, first, self.schema.classes)
+        request = OutputRequest(tuple(levels), interval, tuple(thresholds), n_samples, seed)
+        blame = OverflowBlame(self.predictor.normalizer is not None, self.largest_value)
+        return gaussian_outputs(template, first, second, self.normalizer, self.schema, request,
+                                blame)
 
     def write_grid(self, targets: Any, path: str | os.PathLike[str], *,
                    crs: str | None = None, quantiles: Sequence[float] = (),
@@ -245,67 +248,6 @@ class Conditioned:
             _check_model_range({k[0]: v for k, v in test.items()}, "targets")
             _store(self.model.predictive(test), slice(start, stop), first, second)
 
-    def _gaussian(self, template: Any, mean: np.ndarray, std: np.ndarray,
-                  levels: list[float], interval: float | None, thresholds: list[float],
-                  n_samples: int, seed: int | None) -> Any:
-        with np.errstate(over="ignore", invalid="ignore"):  # refused below, with the cause
-            return self._gaussian_outputs(template, mean, std, levels, interval, thresholds,
-                                          n_samples, seed)
-
-    def _gaussian_outputs(self, template: Any, mean: np.ndarray, std: np.ndarray,
-                          levels: list[float], interval: float | None,
-                          thresholds: list[float], n_samples: int, seed: int | None) -> Any:
-        """The outputs in the data's units; one that is not finite is refused with its cause."""
-        norm = self.normalizer
-        loc, scale = norm.gaussian(mean.astype(np.float64), std.astype(np.float64))
-        user_mean, user_std = norm.moments(loc, scale)
-        outputs: dict[str, np.ndarray] = {}
-        extra: dict[str, tuple[str, Sequence[Any], str]] = {}
-        attrs: dict[str, dict[str, Any]] = {}
-        rng = np.random.default_rng(seed)
-        for j, value in enumerate(self.schema.values):
-            prefix = f"{value}_" if len(self.schema.values) > 1 else ""
-            units = ({"units": self.schema.units[j]} if j < len(self.schema.units) else {})
-            named = {"mean": user_mean[:, j], "std": user_std[:, j]}
-            if quantiles := levels:
-                named["quantiles"] = np.stack([norm.quantile(loc[:, j], scale[:, j], q)
-                                               for q in quantiles])
-                extra[prefix + "quantiles"] = ("quantile", quantiles, prefix + "q")
-            if interval is not None:
-                low, high = interval_levels(interval)
-                named["lower"] = norm.quantile(loc[:, j], scale[:, j], low)
-                named["upper"] = norm.quantile(loc[:, j], scale[:, j], high)
-            if thresholds:
-                named["exceedance"] = np.stack([norm.exceedance(loc[:, j], scale[:, j], t)
-                                                for t in thresholds])
-                extra[prefix + "exceedance"] = ("threshold", thresholds, prefix + "exceedance_")
-            if n_samples:
-                draws = loc[:, j] + scale[:, j] * rng.standard_normal((n_samples, len(loc)))
-                named["samples"] = norm.inverse(draws)
-                extra[prefix + "samples"] = ("sample", list(range(n_samples)), prefix + "sample_")
-            for name, array in named.items():
-                outputs[prefix + name] = array.astype(np.float32)
-                attrs[prefix + name] = {**units, "long_name": f"{value} {name}"}
-            if thresholds:  # a probability; the thresholds are in the value's units
-                attrs[prefix + "exceedance"] = {
-                    "units": "1", "long_name": f"P({value} > threshold)",
-                    **({"threshold_units": units["units"]} if units else {})}
-        for name, array in outputs.items():
-            if not np.isfinite(array).all():
-                _check_finite_output(name, array, _output_overflow_cause(
-                    norm, self.predictor.normalizer is not None, self.largest_value, mean,
-                    std))
-            if name.endswith("samples"):
-                attrs[name]["samples_are"] = "marginal (independent across targets)"
-        return template.build(outputs, extra, attrs)
-
-    def _categorical(self, template: Any, probs: np.ndarray) -> Any:
-        classes = self.schema.classes
-        predicted = np.asarray(classes, dtype=object)[probs.argmax(-1)]
-        outputs = {"probability": probs.T, "predicted_class": predicted}
-        return template.build(outputs,
-                              {"probability": ("class", list(classes), "probability_")})
-
 
 class LocallyConditioned(Conditioned):
     """A predictor conditioned tile by tile on local neighbourhoods of the observations.
@@ -334,7 +276,7 @@ class LocallyConditioned(Conditioned):
                  time_window: float | None = None) -> None:
         self.predictor, self.schema, self.normalizer = predictor, schema, normalizer
         self.n_context, self.time_zone = points.n, points.time_zone
-        self.largest_value = _largest(points.values)
+        self.largest_value = largest_finite(points.values)
         self.warnings: list[str] = []
         self.device = model_device(predictor.model)
         self.rescale = rescale and not predictor.great_circle
@@ -415,44 +357,6 @@ def _store(dist: Any, where: slice | np.ndarray, first: np.ndarray,
         second[where] = dist.stddev[0].cpu().numpy()
 
 
-def _check_finite_output(name: str, array: np.ndarray, cause: str) -> None:
-    """Refuse an output that is not finite (in float32), naming the cause."""
-    bad = ~np.isfinite(array)
-    if not bad.any():
-        return
-    count = int(bad.sum())
-    raise ValueError(f"prediction {name!r} is not finite at {count:,} target(s): {cause}")
-
-
-def _largest(values: np.ndarray | None) -> float:
-    """The largest finite ``|value|`` (0 for none)."""
-    if values is None or not values.size:
-        return 0.0
-    finite = np.abs(values[np.isfinite(values)])
-    return float(finite.max()) if finite.size else 0.0
-
-
-def _output_overflow_cause(norm: Normalizer, stored: bool, largest_value: float,
-                           mean: np.ndarray, std: np.ndarray) -> str:
-    """Why outputs in the data's units overflow float32: transform, data, model or normaliser."""
-    if norm.value_transform != "none":
-        return (f"the inverse {norm.value_transform!r} transform overflows float32 there: the "
-                "values span too many orders of magnitude for it (fit on a narrower range, or "
-                "use value_transform='none')")
-    if largest_value * MODERATE_INPUT > np.finfo(np.float32).max:
-        return "the values overflow float32 there: rescale them (e.g. other units)"
-    model_units = max(_largest(mean), _largest(std))
-    if model_units > MODERATE_INPUT:
-        return (f"the model's outputs are huge in model units (up to {model_units:.3g}) for "
-                f"observed values of at most {largest_value:.3g}: the model itself is broken "
-                "(diverged weights): use an earlier checkpoint")
-    whose = "the stored normaliser (the checkpoint's)" if stored else "the normaliser"
-    return (f"{whose} maps moderate outputs (up to {model_units:.3g} in model units) out of "
-            f"float32 with value scale {', '.join(f'{v:.3g}' for v in norm.value_scale)}, "
-            f"for observed values of at most {largest_value:.3g}: it was fitted on very "
-            "different data, or is damaged; refit it (Predictor.fit_normalizer)")
-
-
 def _check_normalised(arrays: dict[str, np.ndarray], points: Points, stored: bool) -> None:
     """Refuse observations that overflow float32 in model units, naming the cause.
 
@@ -467,7 +371,7 @@ def _check_normalised(arrays: dict[str, np.ndarray], points: Points, stored: boo
         with np.errstate(invalid="ignore"):
             if bool((np.abs(array) <= limit).all()):
                 continue
-        largest = _largest(given.get(role))
+        largest = largest_finite(given.get(role))
         if stored and largest <= limit:
             raise ValueError(f"observations: role {role!r} overflows float32 in model units, "
                              f"although the data are within float32 (largest |{role}| = "

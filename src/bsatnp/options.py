@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,25 @@ from bsatnp.models.base import NeuralProcess
 
 DEFAULT_CHUNK = 16384
 """Targets per chunk when neither ``chunk_size`` nor ``max_memory`` is given."""
+
+
+@dataclass(frozen=True)
+class OutputRequest:
+    """What a prediction returns besides mean and std (each checked when read).
+
+    Attributes:
+        levels: Quantile levels in (0, 1).
+        interval: Mass of the central interval (``lower``/``upper``), or ``None``.
+        thresholds: Exceedance thresholds in the values' units.
+        n_samples: Marginal samples per target.
+        seed: Seed of the samples.
+    """
+
+    levels: tuple[float, ...] = ()
+    interval: float | None = None
+    thresholds: tuple[float, ...] = ()
+    n_samples: int = 0
+    seed: int | None = None
 
 
 def refuse_numeric_options(model: NeuralProcess, given: Mapping[str, Any]) -> None:

@@ -1,0 +1,145 @@
+"""Predictions in the data's units: the container a user gets back.
+
+A Gaussian predictive in model units becomes mean and std through the normaliser and its
+value transform, plus what was asked for (:class:`~bsatnp.options.OutputRequest`):
+quantiles, an interval, exceedance probabilities, marginal samples; class probabilities
+become a probability per class and the most likely class. An output that is not finite is
+refused with its cause: the value transform, the data, a diverged model or a normaliser
+that does not fit (:class:`OverflowBlame`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from bsatnp.data.normalizer import Normalizer
+from bsatnp.data.schema import Schema
+from bsatnp.models.base import MODERATE_INPUT
+from bsatnp.options import OutputRequest, interval_levels
+
+
+@dataclass(frozen=True)
+class OverflowBlame:
+    """What decides whom a non-finite output blames.
+
+    Attributes:
+        stored_normalizer: The normaliser is the checkpoint's (not fitted on these data).
+        largest_value: The largest finite ``|value|`` observed, in the data's units.
+    """
+
+    stored_normalizer: bool
+    largest_value: float
+
+
+def gaussian_outputs(template: Any, mean: np.ndarray, std: np.ndarray, norm: Normalizer,
+                     schema: Schema, request: OutputRequest, blame: OverflowBlame) -> Any:
+    """The container of a Gaussian predictive ``[N, Df]`` (model units) in the data's units.
+
+    Per value column: ``mean``, ``std`` and what ``request`` asks for, with units and names
+    as attributes (``<value>_`` prefixes for several values), built by ``template``.
+
+    Raises:
+        ValueError: If an output is not finite in float32, naming the output and the cause.
+    """
+    with np.errstate(over="ignore", invalid="ignore"):  # refused below, with the cause
+        outputs, extra, attrs = _gaussian_arrays(mean, std, norm, schema, request)
+    for name, array in outputs.items():
+        if not np.isfinite(array).all():
+            _check_finite_output(name, array, _overflow_cause(norm, blame, mean, std))
+        if name.endswith("samples"):
+            attrs[name]["samples_are"] = "marginal (independent across targets)"
+    return template.build(outputs, extra, attrs)
+
+
+def categorical_outputs(template: Any, probs: np.ndarray, classes: Sequence[Any]) -> Any:
+    """The container of class probabilities ``[N, C]``: ``probability`` and ``predicted_class``."""
+    predicted = np.asarray(classes, dtype=object)[probs.argmax(-1)]
+    outputs = {"probability": probs.T, "predicted_class": predicted}
+    return template.build(outputs, {"probability": ("class", list(classes), "probability_")})
+
+
+def largest_finite(values: np.ndarray | None) -> float:
+    """The largest finite ``|value|`` (0 for none)."""
+    if values is None or not values.size:
+        return 0.0
+    finite = np.abs(values[np.isfinite(values)])
+    return float(finite.max()) if finite.size else 0.0
+
+
+def _gaussian_arrays(mean: np.ndarray, std: np.ndarray, norm: Normalizer, schema: Schema,
+                     request: OutputRequest
+                     ) -> tuple[dict[str, np.ndarray], dict[str, tuple[str, Sequence[Any], str]],
+                                dict[str, dict[str, Any]]]:
+    """The outputs (float32), their extra dimensions and attributes, by output name."""
+    loc, scale = norm.gaussian(mean.astype(np.float64), std.astype(np.float64))
+    user_mean, user_std = norm.moments(loc, scale)
+    outputs: dict[str, np.ndarray] = {}
+    extra: dict[str, tuple[str, Sequence[Any], str]] = {}
+    attrs: dict[str, dict[str, Any]] = {}
+    rng = np.random.default_rng(request.seed)
+    for j, value in enumerate(schema.values):
+        prefix = f"{value}_" if len(schema.values) > 1 else ""
+        units = ({"units": schema.units[j]} if j < len(schema.units) else {})
+        named = {"mean": user_mean[:, j], "std": user_std[:, j]}
+        if request.levels:
+            named["quantiles"] = np.stack([norm.quantile(loc[:, j], scale[:, j], q)
+                                           for q in request.levels])
+            extra[prefix + "quantiles"] = ("quantile", list(request.levels), prefix + "q")
+        if request.interval is not None:
+            low, high = interval_levels(request.interval)
+            named["lower"] = norm.quantile(loc[:, j], scale[:, j], low)
+            named["upper"] = norm.quantile(loc[:, j], scale[:, j], high)
+        if request.thresholds:
+            named["exceedance"] = np.stack([norm.exceedance(loc[:, j], scale[:, j], t)
+                                            for t in request.thresholds])
+            extra[prefix + "exceedance"] = ("threshold", list(request.thresholds),
+                                            prefix + "exceedance_")
+        if request.n_samples:
+            draws = loc[:, j] + scale[:, j] * rng.standard_normal((request.n_samples, len(loc)))
+            named["samples"] = norm.inverse(draws)
+            extra[prefix + "samples"] = ("sample", list(range(request.n_samples)),
+                                         prefix + "sample_")
+        for name, array in named.items():
+            outputs[prefix + name] = array.astype(np.float32)
+            attrs[prefix + name] = {**units, "long_name": f"{value} {name}"}
+        if request.thresholds:  # a probability; the thresholds are in the value's units
+            attrs[prefix + "exceedance"] = {
+                "units": "1", "long_name": f"P({value} > threshold)",
+                **({"threshold_units": units["units"]} if units else {})}
+    return outputs, extra, attrs
+
+
+def _check_finite_output(name: str, array: np.ndarray, cause: str) -> None:
+    """Refuse an output that is not finite (in float32), naming the cause."""
+    bad = ~np.isfinite(array)
+    if not bad.any():
+        return
+    count = int(bad.sum())
+    raise ValueError(f"prediction {name!r} is not finite at {count:,} target(s): {cause}")
+
+
+def _overflow_cause(norm: Normalizer, blame: OverflowBlame, mean: np.ndarray,
+                    std: np.ndarray) -> str:
+    """Why outputs in the data's units overflow float32: transform, data, model or normaliser."""
+    largest_value = blame.largest_value
+    if norm.value_transform != "none":
+        return (f"the inverse {norm.value_transform!r} transform overflows float32 there: the "
+                "values span too many orders of magnitude for it (fit on a narrower range, or "
+                "use value_transform='none')")
+    if largest_value * MODERATE_INPUT > np.finfo(np.float32).max:
+        return "the values overflow float32 there: rescale them (e.g. other units)"
+    model_units = max(largest_finite(mean), largest_finite(std))
+    if model_units > MODERATE_INPUT:
+        return (f"the model's outputs are huge in model units (up to {model_units:.3g}) for "
+                f"observed values of at most {largest_value:.3g}: the model itself is broken "
+                "(diverged weights): use an earlier checkpoint")
+    whose = "the stored normaliser (the checkpoint's)" if blame.stored_normalizer \
+        else "the normaliser"
+    return (f"{whose} maps moderate outputs (up to {model_units:.3g} in model units) out of "
+            f"float32 with value scale {', '.join(f'{v:.3g}' for v in norm.value_scale)}, "
+            f"for observed values of at most {largest_value:.3g}: it was fitted on very "
+            "different data, or is damaged; refit it (Predictor.fit_normalizer)")
