@@ -49,6 +49,19 @@ def test_predict_grid_to_netcdf_in_the_units_of_the_values(files, capsys):
     assert "Wrote predictions at 99 targets from 150 observations" in capsys.readouterr().out
 
 
+def test_predict_chooses_the_neighbourhood_size_on_held_out_observations(files, capsys):
+    out = files / "chosen.csv"
+    assert cli.main(["predict", "--checkpoint", str(files / "bare.safetensors"),
+                     "--observations", str(files / "obs.csv"), *ROLES, "--targets",
+                     str(files / "targets.csv"), "--neighbours", "choose", "--holdout", "gap",
+                     "--output", str(out), "--quiet"]) == 0
+    said = capsys.readouterr().out
+    chosen = int(said.split("Chose ")[1].split()[0])
+    assert "observations held out (gap); mean CRPS by K: 128:" in said
+    assert chosen in (128, 256, 512, 1024, 2048)
+    assert len(pd.read_csv(out)) == 10
+
+
 def test_predict_targets_csv_and_parquet(files):
     for suffix in (".csv", ".parquet"):
         out = files / f"pred{suffix}"
@@ -70,6 +83,7 @@ def test_predict_targets_csv_and_parquet(files):
     (["--max-memory", "5GB", "--grid", "lon=116:117:5000,lat=39.5:40.5:5000", "--output",
       "x.csv"], "outputs held whole for .csv (a --grid written to .nc streams)"),
     (["--time-window", "2h"], "time_window needs a model that reads time"),
+    (["--holdout", "gap"], "--holdout shapes the rows held out by --neighbours choose"),
     (["--max-memory", "5GB", "--samples", "10000", "--grid", "lon=116:117:80,lat=39.5:40.5:50"],
      "of outputs held whole for .nc (--samples are drawn whole)"),  # before: not counted
 ])

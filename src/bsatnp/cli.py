@@ -149,6 +149,7 @@ def _predict(args: argparse.Namespace) -> None:
             ("--seed", args.seed, None),
             ("--chunk-size", args.chunk_size, None), ("--neighbours", args.neighbours, "auto"),
             ("--time-window", args.time_window, None), ("--max-memory", args.max_memory, None),
+            ("--holdout", args.holdout, None),
             ("--observations", args.observations, None), ("--targets", args.targets, None),
             ("--grid", args.grid, None),
         ) if value != default]
@@ -184,16 +185,22 @@ def _predict(args: argparse.Namespace) -> None:
         "--transform": args.transform != "none", "--units": args.units})
     if args.seed is not None and not args.samples:
         raise ValueError("--seed seeds the --samples; without --samples it would be ignored")
+    if args.holdout is not None and args.neighbours != "choose":
+        raise ValueError("--holdout shapes the rows held out by --neighbours choose; without "
+                         "it it would be ignored")
     roles = _roles(args)
     time = roles.get("time") or (predictor.schema.time if predictor.schema else None)
     observations = read_table(args.observations, time=time)
     targets = (read_table(args.targets, time=time) if args.targets is not None
                else grid(**grid_axes(args.grid)))
-    conditioned = predictor.condition(observations,
-                                      space_scale=number_or_text(args.space_scale),
-                                      value_transform=args.transform,
-                                      neighbours=args.neighbours,
-                                      time_window=args.time_window, **roles)
+    conditioning = {"space_scale": number_or_text(args.space_scale),
+                    "value_transform": args.transform, "time_window": args.time_window,
+                    **roles}
+    neighbours = args.neighbours
+    if neighbours == "choose":
+        neighbours = _chosen_neighbours(predictor, observations, args.holdout or "random",
+                                        conditioning)
+    conditioned = predictor.condition(observations, neighbours=neighbours, **conditioning)
     streamed = args.grid is not None and Path(args.output).suffix.lower() == ".nc" \
         and not args.samples and importlib.util.find_spec("h5netcdf") is not None
     options = {"crs": args.target_crs, "quantiles": args.quantiles or (),
@@ -210,6 +217,18 @@ def _predict(args: argparse.Namespace) -> None:
         path = write_table(out, args.output)
     print(f"Wrote predictions at {count_targets(targets, conditioned.schema):,} targets from "
           f"{conditioned.n_context:,} observations to {path}")
+
+
+def _chosen_neighbours(predictor: Any, observations: Any, geometry: str,
+                       options: dict[str, Any]) -> int:
+    """``--neighbours choose``: :func:`bsatnp.choose_neighbours`, reported in one line."""
+    from bsatnp.holdout import choose_neighbours
+
+    choice = choose_neighbours(predictor, observations, geometry=geometry, **options)
+    scores = ", ".join(f"{k}: {v:.4g}" for k, v in sorted(choice.crps.items()))
+    print(f"Chose {choice.neighbours} neighbours from {choice.held_out:,} observations held "
+          f"out ({geometry}); mean CRPS by K: {scores}")
+    return choice.neighbours
 
 
 HELD_BYTES_PER_TARGET = 256

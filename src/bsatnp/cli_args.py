@@ -49,8 +49,8 @@ def number_or_text(text: str) -> float | str:
 
 
 def neighbours(text: str) -> int | str | None:
-    """``--neighbours``: ``auto``, ``all`` (``None``) or a count >= 1."""
-    if text in ("auto", "all"):
+    """``--neighbours``: ``auto``, ``choose``, ``all`` (``None``) or a count >= 1."""
+    if text in ("auto", "choose", "all"):
         return None if text == "all" else text
     return positive(int)(text)
 
@@ -227,10 +227,16 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"marginal samples per target (0-{MAX_SAMPLES})")
     cmd.add_argument("--seed", type=positive(int, zero=True), help="seed of the samples (>= 0)")
     cmd.add_argument("--chunk-size", type=positive(int), help="targets per forward pass")
-    cmd.add_argument("--neighbours", type=neighbours, default="auto", metavar="K | auto | all",
+    cmd.add_argument("--neighbours", type=neighbours, default="auto",
+                     metavar="K | auto | choose | all",
                      help="predict each tile of targets from its K nearest observations "
                           "(auto: the model's training context size when there are more "
-                          "observations; all: condition on every observation)")
+                          "observations; choose: the K among 128-2048 that best predicts "
+                          "observations held out, by CRPS (bsatnp.choose_neighbours); all: "
+                          "condition on every observation)")
+    cmd.add_argument("--holdout", choices=("random", "gap"),
+                     help="with --neighbours choose: hold out scattered rows (random, the "
+                          "default) or contiguous holes (gap: for targets in gaps)"),
     cmd.add_argument("--time-window", type=number_or_text, metavar="SPAN",
                      help="space-time models: neighbours in space among the observations "
                           "within SPAN of each target's time (a number in the time column's "
