@@ -155,11 +155,9 @@ def _lay_out(file: Any, block: Any, data: Any, dims: Sequence[str]) -> None:
         values = _stored(coord.values)
         file.create_variable(name, coord.dims, _dtype(values), data=values).attrs.update(
             coord.attrs)
-    for name, variable in block.data_vars.items():
-        shape = [file.dimensions[dim].size for dim in variable.dims]
-        created = file.create_variable(
-            name, variable.dims, _dtype(_stored(variable.values[:0])),
-            chunks=tuple(min(size, 1024) for size in shape) or None)
+    for name, variable in block.data_vars.items():  # contiguous: no chunk padding at edges
+        created = file.create_variable(name, variable.dims,
+                                       _dtype(_stored(variable.values[:0])))
         created.attrs.update(variable.attrs)
     file.attrs.update(block.attrs)
 
