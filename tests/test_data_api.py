@@ -136,7 +136,7 @@ def test_targets_in_another_crs_are_converted():
     converted = conditioned.predict(utm_targets, crs="EPSG:32650")
     np.testing.assert_allclose(converted["mean"], direct["mean"], atol=1e-4)
     # Undeclared projected targets are caught by the latitude range, naming the column.
-    with pytest.raises(ValueError, match="latitude column 'lat' at row 0.*another|projected"):
+    with pytest.raises(ValueError, match="latitude column 'lat' at index 0.*another|projected"):
         conditioned.predict(utm_targets)
 
 
@@ -221,10 +221,10 @@ def test_nan_values_are_dropped_with_a_counted_warning():
 
 @pytest.mark.parametrize("case, message", [
     ("missing column", r"no column\(s\) \['temp'\]; the columns are"),
-    ("nan coordinate", r"coordinate column 'lat' is nan at row 5"),
-    ("latitude", r"latitude column 'lat' at row 2: 250 degrees|latitude column 'lat' at row 2"),
+    ("nan coordinate", r"coordinate column 'lat' is nan at index 5"),
+    ("latitude", r"latitude column 'lat' at index 2: 250 degrees|latitude column 'lat' at index 2"),
     ("empty", r"observations are empty"),
-    ("inf value", r"value column 'temp' is inf at row 4"),
+    ("inf value", r"value column 'temp' is inf at index 4"),
     ("not a table", r"must be a pandas DataFrame, an xarray"),
 ])
 def test_bad_observations_raise_one_clear_error(case, message):

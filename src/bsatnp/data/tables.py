@@ -313,13 +313,14 @@ def _row_label(index: Any, source: str | None) -> Callable[[int], str]:
 
     A table read from a file (``source``) without index labels of the user's: ``data row
     N of FILE``, counted from 1; rows with no index at all (``index=None``, a mapping):
-    ``row N (counting from 1)``; otherwise the row's index label.
+    ``row N (counting from 1)``; otherwise the row's index label, ``index L`` (what
+    ``DataFrame.loc[L]`` finds), since a position counted from 0 or 1 would be ambiguous.
     """
     if source is not None and (index is None or _is_default_index(index)):
         return lambda i: f"data row {i + 1} of {source}"
     if index is None:
         return lambda i: f"row {i + 1} (counting from 1)"
-    return lambda i: f"row {index[i]!r}"
+    return lambda i: f"index {index[i]!r}"
 
 
 def _is_default_index(index: Any) -> bool:
