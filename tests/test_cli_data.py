@@ -84,6 +84,7 @@ def test_predict_targets_csv_and_parquet(files):
       "x.csv"], "outputs held whole for .csv (a --grid written to .nc streams)"),
     (["--time-window", "2h"], "time_window needs a model that reads time"),
     (["--holdout", "gap"], "--holdout shapes the rows held out by --neighbours choose"),
+    (["--seed", "3"], "--seed seeds the --samples; without --samples it would be ignored"),
     (["--max-memory", "5GB", "--samples", "10000", "--grid", "lon=116:117:80,lat=39.5:40.5:50"],
      "of outputs held whole for .nc (--samples are drawn whole)"),  # before: not counted
 ])
