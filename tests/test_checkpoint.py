@@ -280,3 +280,20 @@ def test_a_file_written_by_a_function_is_atomic_too(tmp_path):
     assert path.read_bytes() == b"old" and os.listdir(tmp_path) == ["out.nc"]
     write_atomic(path, lambda at: at.write_bytes(b"new"))
     assert path.read_bytes() == b"new" and os.listdir(tmp_path) == ["out.nc"]
+
+
+def test_provenance_is_read_typed_from_fixed_keys(tmp_path):
+    from bsatnp.io.checkpoint import Provenance
+
+    model = BSATNP(num_blocks=1, dim=8, num_heads=2, qkv_dim=8, ffn_dim=8, embed_hidden=(8,),
+                   head_hidden=(8,))
+    record = Provenance(experiment={"task": {"name": "gp2d"}}, init="gp2d",
+                        predictor={"card": {"summary": "x"}})
+    path = save_checkpoint(tmp_path / "p.safetensors", model,
+                           extra={**record.to_extra(), "other": 1})  # other keys: their writers'
+    assert load_checkpoint(path).provenance == record
+    assert Provenance.read(None, path) == Provenance() and Provenance().to_extra() == {}
+    for key, bad in (("experiment", [1]), ("init", 3), ("predictor", "card")):
+        damaged = save_checkpoint(tmp_path / f"{key}.safetensors", model, extra={key: bad})
+        with pytest.raises(ValueError, match=f"{key}.safetensors: the stored {key} record"):
+            Provenance.read(load_checkpoint(damaged).extra, damaged)

@@ -305,8 +305,8 @@ def _info(args: argparse.Namespace) -> None:
     print(terminal_safe(f"{args.checkpoint}: bsatnp {ckpt.version} checkpoint, step {ckpt.step}"
           + ("" if ckpt.best_metric is None else f", best validation NLL {ckpt.best_metric:.4f}")))
     print(terminal_safe(Predictor.load(path).describe()))
-    stored = (ckpt.extra or {}).get("experiment")
-    if isinstance(stored, dict) and isinstance(stored.get("task"), dict):
+    stored = ckpt.provenance.experiment
+    if stored is not None and isinstance(stored.get("task"), dict):
         print(terminal_safe(f"task: {stored['task']}"))
 
 

@@ -36,7 +36,7 @@ from torch import nn
 from bsatnp.batch import Batch
 from bsatnp.config import Config, build_dataclass
 from bsatnp.evaluate import validator
-from bsatnp.io.checkpoint import Checkpoint, load_checkpoint
+from bsatnp.io.checkpoint import Checkpoint, Provenance, load_checkpoint
 from bsatnp.models import BSATNPConfig
 from bsatnp.models.registry import (
     FAMILIES,
@@ -245,11 +245,9 @@ def experiment_from_checkpoint(ckpt: Checkpoint) -> ExperimentConfig:
     Raises:
         ValueError: If the stored experiment is damaged.
     """
-    stored = (ckpt.extra or {}).get("experiment")
+    stored = ckpt.provenance.experiment
     if stored is None:
         return ExperimentConfig(source=str(ckpt.path))
-    if not isinstance(stored, Mapping):
-        raise ValueError(f"{ckpt.path}: the stored experiment is not a mapping")
     own = {"model": ckpt.model_config}
     if ckpt.train_config is not None:
         own["train"] = ckpt.train_config
@@ -345,13 +343,14 @@ def _trainer(config: ExperimentConfig, resume: str | os.PathLike[str] | None,
     sample = training_sampler(config)
     validate = validator(config.task, config.train.val_batches, config.eval.val_seed)
     stored = config.to_dict()  # model and train configs are checkpoint fields of their own
-    extra = {"experiment": {key: stored[key] for key in ("task", "eval")}}
+    run = Provenance(experiment={key: stored[key] for key in ("task", "eval")})
     if resume is None:
         model = config.build_model()
         if init is not None:
             model = _initial_weights(model, config, init)
-            extra["init"] = str(init)  # provenance, kept in every checkpoint of the run
-        return Trainer(model.to(device), sample, config.train, validate, extra, replicas)
+            run = replace(run, init=str(init))  # kept in every checkpoint of the run
+        return Trainer(model.to(device), sample, config.train, validate, run.to_extra(),
+                       replicas)
     if out_dir is not None and not overwrite:
         run_dir.refuse_existing_run(Path(out_dir), Path(resume), _RESUME_HINT)
     trainer = Trainer.from_checkpoint(resume, sample, validate, map_location=device,
@@ -360,9 +359,8 @@ def _trainer(config: ExperimentConfig, resume: str | os.PathLike[str] | None,
         raise ValueError(
             f"{resume}: the checkpoint's model differs from the model in {config.source}"
         )
-    if trainer.extra and "init" in trainer.extra:
-        extra["init"] = trainer.extra["init"]
-    trainer.extra = extra  # written in format 2 from now on
+    run = replace(run, init=Provenance.read(trainer.extra, resume).init)
+    trainer.extra = run.to_extra()  # written in format 2 from now on
     if out_dir is not None:
         trainer.config = replace(trainer.config, out_dir=str(out_dir))
         trainer.out_dir = Path(out_dir)

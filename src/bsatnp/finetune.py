@@ -19,6 +19,7 @@ import torch
 
 from bsatnp.data.table_task import TableTask
 from bsatnp.evaluate import validator
+from bsatnp.io.checkpoint import Provenance
 from bsatnp.models.base import model_device
 from bsatnp.train import run_dir
 from bsatnp.train.config import TrainConfig
@@ -148,7 +149,8 @@ def _finetune(predictor: Predictor, data: Any, *, steps: int, split: str, n_ctx:
         _check_same_run(last, trainer, config, state)
     else:
         model = copy.deepcopy(predictor.model).train()
-        trainer = Trainer(model, sample, config, validate, extra={"predictor": state})
+        trainer = Trainer(model, sample, config, validate,
+                          extra=Provenance(predictor=state).to_extra())
     trainer.fit(progress=progress)
     best = trainer.out_dir / "best.safetensors"
     return type(predictor).load(best if best.is_file() else last,
@@ -164,7 +166,7 @@ def _check_same_run(path: Path, trainer: Trainer, config: TrainConfig,
     if differ:
         raise ValueError(f"{path}: the run was started with other options: "
                          f"{'; '.join(differ)}; resume with the run's options")
-    if _plain((trainer.extra or {}).get("predictor")) != _plain(state):
+    if _plain(Provenance.read(trainer.extra, path).predictor) != _plain(state):
         raise ValueError(f"{path}: the run was started on other data or another schema or "
                          "normaliser (they differ from what these data give); resume with "
                          "the run's data and options")

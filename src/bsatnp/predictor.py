@@ -36,7 +36,7 @@ from bsatnp.data.tables import (
     read_points,
     time_kind_of,
 )
-from bsatnp.io.checkpoint import load_checkpoint, save_checkpoint
+from bsatnp.io.checkpoint import Provenance, load_checkpoint, save_checkpoint
 from bsatnp.models.base import NeuralProcess
 from bsatnp.options import refuse_numeric_options
 
@@ -72,7 +72,7 @@ class Predictor:
         """
         ckpt = load_checkpoint(path)
         model = ckpt.build_model().to(device)
-        stored = (ckpt.extra or {}).get("predictor") or {}
+        stored = ckpt.provenance.predictor or {}
         try:
             schema = None if stored.get("schema") is None else Schema.from_dict(stored["schema"])
             normalizer = (None if stored.get("normalizer") is None
@@ -86,7 +86,8 @@ class Predictor:
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write weights, model config, schema, normaliser and card to one file (atomic)."""
-        return save_checkpoint(path, self.model, extra={"predictor": self.state()})
+        return save_checkpoint(path, self.model,
+                               extra=Provenance(predictor=self.state()).to_extra())
 
     def state(self) -> dict[str, Any]:
         """Schema, normaliser and card as plain data (stored in checkpoints)."""

@@ -56,6 +56,44 @@ _PARAM_SHAPED_OPTIMIZER_STATE = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "mom
 """Optimizer state entries (Adam/AdamW/SGD) that have the shape of their parameter."""
 
 
+@dataclass(frozen=True)
+class Provenance:
+    """Where a checkpoint's model comes from and how to use it: ``extra``'s fixed keys, typed.
+
+    Attributes:
+        experiment: Task and evaluation settings of the training run (the model and
+            training configs are checkpoint fields of their own), or ``None``.
+        init: The checkpoint or shipped model a run started from, or ``None``.
+        predictor: Schema, normaliser and model card of a
+            :class:`~bsatnp.predictor.Predictor` (plain data), or ``None``.
+    """
+
+    experiment: dict[str, Any] | None = None
+    init: str | None = None
+    predictor: dict[str, Any] | None = None
+
+    @classmethod
+    def read(cls, extra: dict[str, Any] | None, path: str | os.PathLike[str]) -> Provenance:
+        """The records stored in ``extra`` (other keys are left to their writers).
+
+        Raises:
+            ValueError: If a record has the wrong type, naming the file.
+        """
+        extra = extra or {}
+        for key, kind, what in (("experiment", dict, "a mapping"), ("init", str, "a path"),
+                                ("predictor", dict, "a mapping")):
+            if extra.get(key) is not None and not isinstance(extra[key], kind):
+                raise ValueError(f"{path}: the stored {key} record is not {what}")
+        return cls(extra.get("experiment"), extra.get("init"), extra.get("predictor"))
+
+    def to_extra(self) -> dict[str, Any]:
+        """The records as ``extra`` holds them (absent ones left out)."""
+        return {key: value for key, value in (("experiment", self.experiment),
+                                              ("init", self.init),
+                                              ("predictor", self.predictor))
+                if value is not None}
+
+
 @dataclass
 class Checkpoint:
     """Everything a checkpoint file holds.
@@ -90,6 +128,15 @@ class Checkpoint:
     version: str
     best_metric: float | None
     trainer_state: dict[str, Any] | None = None
+
+    @property
+    def provenance(self) -> Provenance:
+        """The typed records of ``extra`` (:class:`Provenance`).
+
+        Raises:
+            ValueError: If a record is damaged.
+        """
+        return Provenance.read(self.extra, self.path)
 
     def build_model(self) -> nn.Module:
         """A new model of the saved family and config with the saved weights (train mode).

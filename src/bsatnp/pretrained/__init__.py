@@ -37,8 +37,8 @@ def pretrained_path(name: str) -> Path:
 
 def model_card(name: str) -> dict[str, Any]:
     """The card of the shipped model ``name`` (empty if it has none)."""
-    extra = load_checkpoint(pretrained_path(name)).extra or {}
-    card = (extra.get("predictor") or {}).get("card") or {}
+    stored = load_checkpoint(pretrained_path(name)).provenance.predictor or {}
+    card = stored.get("card") or {}
     return dict(card)
 
 
