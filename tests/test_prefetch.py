@@ -66,3 +66,12 @@ def test_a_run_with_workers_resumes_exactly(tmp_path):
         assert torch.equal(value, resumed.model.state_dict()[name]), name
     for trainer in (whole, halves, resumed):
         trainer.sample_batch.close()
+
+
+def test_the_wide_spatial_config_warm_starts_from_the_shipped_spatial_model():
+    from bsatnp.experiment import load_experiment
+
+    wide, shipped = load_experiment("spatial_wide"), load_experiment("spatial")
+    assert wide.model == shipped.model  # --init spatial loads its weights
+    assert (wide.task.max_ctx, wide.task.n_ctx, wide.train.workers) == (2048, 2048, 12)
+    assert wide.task.lengthscale == shipped.task.lengthscale  # the same prior, more context
