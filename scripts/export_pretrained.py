@@ -27,8 +27,7 @@ from bsatnp.io.checkpoint import load_checkpoint
 from bsatnp.predictor import Predictor
 from bsatnp.pretrained import checkpoint_path
 from bsatnp.reports import markdown_table
-from bsatnp.tasks import Task
-from bsatnp.tasks.base import context_envelope
+from bsatnp.tasks.base import task_envelope
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "bsatnp" / "pretrained"
 
@@ -67,7 +66,7 @@ def main() -> None:
         "metrics": metrics,
         "evaluation": {"seed": experiment.eval.seed, "batches": counts,
                        "batch_size": described.get("batch_size")},
-        "envelope": envelope(task, experiment.to_dict()["task"]),
+        "envelope": task_envelope(task, experiment.to_dict()["task"]),
     }
     card["training"].pop("out_dir", None)
     check = evaluate(model, ("in_domain",), 3, experiment.eval.seed, task=task, progress=False,
@@ -80,23 +79,13 @@ def main() -> None:
     print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
 
 
-def envelope(task: Task, stored_task: dict) -> dict:
-    """The card's envelope: the box, the task's settings, a training context's look."""
-    found = context_envelope(task)
-    if task.likelihood == "categorical":
-        found.pop("values")
-    half_width = getattr(task, "half_width", None) or (
-        abs(float(task.box[1])) if hasattr(task, "box") else 2.0)
-    return {"space_half_width": half_width, "task": stored_task, "framed": task.framed,
-            **found}
-
-
 def refresh_envelope(shipped: str, name: str) -> None:
     """Rewrite the card of shipped model ``shipped`` with a recomputed envelope."""
     predictor = Predictor.load(checkpoint_path(shipped))
     stored_task = predictor.card["envelope"]["task"]
     task = ExperimentConfig.from_dict({"task": stored_task}).task
-    predictor.card["envelope"] = {**predictor.card["envelope"], **envelope(task, stored_task)}
+    predictor.card["envelope"] = {**predictor.card["envelope"],
+                                  **task_envelope(task, stored_task)}
     path = predictor.save(PACKAGE / f"{name}.safetensors")
     print(f"wrote {path}: envelope {json.dumps(predictor.card['envelope'])[:400]}")
 

@@ -185,3 +185,23 @@ def test_a_stored_normaliser_warns_when_the_values_are_another_regime():
     assert _warnings_of(fitted, data) == []
     found = _warnings_of(fitted, data.assign(v=data["v"] * 1000 + 5))
     assert len(found) == 1 and "other units or another regime" in found[0]
+
+
+def test_a_training_checkpoint_reads_its_tasks_envelope_not_the_2d_gp_box(tmp_path):
+    """Before: a checkpoint from `bsatnp train` had no card, so Predictor.load fell back to
+    the 2D GP's box (half-width 2) and no context sizes, whatever the task."""
+    from bsatnp.experiment import ExperimentConfig, build_trainer
+
+    config = ExperimentConfig.from_dict({
+        "task": {"name": "gp2d", "box": [-4.0, 4.0], "batch_size": 2, "n_ctx": 24,
+                 "n_test": 8, "min_ctx": 5, "max_ctx": 23},
+        "model": {"num_blocks": 1, "dim": 16, "qkv_dim": 16, "ffn_dim": 32,
+                  "embed_hidden": [16], "head_hidden": [16]},
+        "train": {"steps": 1, "batch_size": 2, "val_every": 1, "val_batches": 1,
+                  "out_dir": str(tmp_path / "run")}})
+    build_trainer(config).fit(progress=False)
+    predictor = Predictor.load(tmp_path / "run" / "last.safetensors")
+    assert predictor.card["task"] == "gp2d"
+    envelope = predictor.envelope
+    assert (envelope.space_half_width, envelope.min_ctx, envelope.max_ctx, envelope.n_ctx) == (
+        4.0, 5, 23, 24)

@@ -47,8 +47,8 @@ from bsatnp.models.registry import (
 )
 from bsatnp.tasks import Task
 from bsatnp.tasks.gp2d import GP2DTask
-from bsatnp.tasks.priors import Prior, prior_from_config, prior_to_config
-from bsatnp.tasks.registry import split_name
+from bsatnp.tasks.priors import Prior, prior_to_config
+from bsatnp.tasks.registry import task_from_dict
 from bsatnp.train import run_dir
 from bsatnp.train.config import TrainConfig
 from bsatnp.train.distributed import Replicas
@@ -56,7 +56,6 @@ from bsatnp.train.prefetch import Prefetcher
 from bsatnp.train.trainer import SampleBatch, Trainer
 
 SECTIONS = ("model", "task", "train", "eval")
-_CONVERTERS = {Prior: prior_from_config}
 
 
 @dataclass(frozen=True)
@@ -151,8 +150,7 @@ class ExperimentConfig:
         if unknown:
             raise ValueError(f"{source}: unknown section(s) {unknown}; known: {list(SECTIONS)}")
         try:
-            task_cls, task_fields = split_name(_mapping(data.get("task"), "task"))
-            task = build_dataclass(task_cls, task_fields, "task", _CONVERTERS)
+            task = task_from_dict(_mapping(data.get("task"), "task"))
             family, model_fields = split_family(_mapping(data.get("model"), "model"))
             model_cls = FAMILIES[family].config
             defaults = {key: value for key, value in task.model_defaults().items()

@@ -79,7 +79,7 @@ class Predictor:
                           else Normalizer.from_dict(stored["normalizer"]))
         except (ValueError, AttributeError, TypeError) as err:
             raise ValueError(f"{path}: the stored schema or normaliser is invalid: {err}") from err
-        card = stored.get("card") or {}
+        card = stored.get("card") or _training_card(ckpt.provenance.experiment, path)
         if not isinstance(card, dict):
             raise ValueError(f"{path}: the stored model card is not a mapping")
         return cls(model, schema, normalizer, card)
@@ -357,6 +357,25 @@ class Predictor:
         from bsatnp.finetune import finetune
 
         return finetune(self, data, **kwargs)
+
+
+def _training_card(experiment: dict[str, Any] | None, path: Any) -> dict[str, Any]:
+    """The card of a checkpoint a training run wrote, which has none of its own.
+
+    Its task and the envelope the task gives (box, context sizes, framing; no batches
+    drawn), so that a model trained on any task is not read with the 2D GP's box.
+    """
+    from bsatnp.tasks.base import task_envelope
+    from bsatnp.tasks.registry import task_from_dict
+
+    stored = (experiment or {}).get("task")
+    if not isinstance(stored, dict):
+        return {}
+    try:
+        task = task_from_dict(stored)
+    except ValueError as err:
+        raise ValueError(f"{path}: the stored task is invalid: {err}") from err
+    return {"task": task.name, "envelope": task_envelope(task, stored, sampled=False)}
 
 
 def _is_number(text: str) -> bool:

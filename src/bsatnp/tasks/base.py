@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from typing import Any, ClassVar
 
@@ -123,6 +123,26 @@ def eval_batches(task: Task, n_batches: int, seed: int, split: str = "test") -> 
     """
     for index in range(n_batches):
         yield task.sample(batch_generator(seed, index), split)
+
+
+def task_envelope(task: Task, stored: Mapping[str, Any], sampled: bool = True
+                  ) -> dict[str, Any]:
+    """A model card's ``envelope`` for a model trained on ``task`` (stored as ``stored``).
+
+    The box (``space_half_width``: the task's own half-width, else its box's, else the 2D
+    GP's 2), the stored task and whether its contexts were framed; ``sampled`` adds what a
+    training context looks like (:func:`context_envelope`, 64 batches drawn).
+    """
+    half_width = getattr(task, "half_width", None) or (
+        abs(float(task.box[1])) if hasattr(task, "box") else 2.0)
+    envelope: dict[str, Any] = {"space_half_width": half_width, "task": dict(stored),
+                                "framed": task.framed}
+    if sampled:
+        found = context_envelope(task)
+        if task.likelihood == "categorical":
+            found.pop("values")
+        envelope.update(found)
+    return envelope
 
 
 def context_envelope(task: Task, n_batches: int = 64, seed: int = 0) -> dict[str, Any]:

@@ -8,9 +8,12 @@ A task is stored as plain data with a ``name`` key next to its fields, e.g.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, TypeVar
 
+from bsatnp.config import build_dataclass
 from bsatnp.tasks.base import Task
+from bsatnp.tasks.priors import Prior, prior_from_config
 
 T = TypeVar("T", bound=type[Task])
 
@@ -58,3 +61,13 @@ def split_name(data: dict[str, Any]) -> tuple[type[Task], dict[str, Any]]:
     """
     fields = dict(data)
     return task_class(fields.pop("name", DEFAULT_TASK)), fields
+
+
+def task_from_dict(data: Mapping[str, Any]) -> Task:
+    """The task stored as ``data`` (``{"name": ..., **fields}``; priors as their config).
+
+    Raises:
+        ValueError: On an unknown name or field, or a bad value (naming the key).
+    """
+    cls, fields = split_name(dict(data))
+    return build_dataclass(cls, fields, "task", {Prior: prior_from_config})
