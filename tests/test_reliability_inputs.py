@@ -208,7 +208,7 @@ def test_malicious_payloads_in_checkpoints_npz_and_yaml_never_execute(tmp_path):
 
     from bsatnp.experiment import load_experiment
     from bsatnp.io.checkpoint import load_checkpoint
-    from bsatnp.predict import read_points
+    from bsatnp.predict import read_split_file
 
     marker = tmp_path / "pwned"
     payload = pickle.dumps(_Payload(marker))
@@ -222,7 +222,7 @@ def test_malicious_payloads_in_checkpoints_npz_and_yaml_never_execute(tmp_path):
     with zipfile.ZipFile(tmp_path / "evil.npz", "w") as archive:
         archive.write(tmp_path / "s_ctx.npy", "s_ctx.npy")
     with pytest.raises(ValueError, match="never loaded"):
-        read_points(tmp_path / "evil.npz", BSATNP(num_blocks=1))
+        read_split_file(tmp_path / "evil.npz", BSATNP(num_blocks=1))
     (tmp_path / "evil.yaml").write_text(
         f"model: !!python/object/apply:builtins.open ['{marker}', 'w']\n")
     with pytest.raises(ValueError):

@@ -36,7 +36,7 @@ Output (format by extension): the test points with the predictive mean and stand
   class [Lt, 1])."""
 
 
-def read_points(path: str | os.PathLike[str], model: NeuralProcess) -> Batch:
+def read_split_file(path: str | os.PathLike[str], model: NeuralProcess) -> Batch:
     """Read one task (context and test points) from a CSV or NPZ file (see :data:`FORMAT_HELP`).
 
     Args:
@@ -129,7 +129,7 @@ def predict_file(model: NeuralProcess, input_path: str | os.PathLike[str],
         ValueError: If the input does not fit the model.
     """
     refuse_overwriting_inputs(output_path, {"--input": input_path})
-    batch = read_points(input_path, model)
+    batch = read_split_file(input_path, model)
     arrays = centred({f.name: getattr(batch, f.name)[0].numpy() for f in fields(batch)
                       if getattr(batch, f.name) is not None}, model.translation_invariant_roles)
     on_device = Batch(**{name: torch.as_tensor(value)[None] for name, value in arrays.items()}
