@@ -243,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "units, or a duration such as 6h for datetimes)")
     cmd.add_argument("--max-memory", help="bound on the whole process, e.g. 2GB: chunks get "
                      "what the libraries, model and observations leave; a --grid written to "
-                     ".nc is predicted and written block by block (with bsatnp[dask]), other "
+                     ".nc is predicted and written block by block (bsatnp[data]), other "
                      "outputs must fit whole or are refused")
     cmd.add_argument("--input", help="one split .csv or .npz in model units (format above)")
     cmd.add_argument("--output", required=True, help=".csv, .parquet or .nc (.npz: --input)")
