@@ -20,6 +20,12 @@ from bsatnp.attention.functional import (
     backend_for,
     choose_backend,
 )
+from bsatnp.attention.runtime import (
+    AttentionRuntime,
+    attention_runtime,
+    current_runtime,
+    default_runtime,
+)
 
 GRAD_BACKENDS = ("dense", "tiled")
 SPECS = {
@@ -193,15 +199,24 @@ def test_compiled_profile_warms_up_eagerly_then_compiles(monkeypatch):
     assert compiled._Compiled(compiled.exp_family_profile, warmup=10**12).wants(1)
 
 
-def test_nothing_compiles_inside_eager_whatever_the_environment(monkeypatch):
+def test_the_attention_runtime_block_wins_over_the_environment(monkeypatch):
     monkeypatch.setenv("BSATNP_COMPILE", "1")
+    monkeypatch.setenv("BSATNP_FAR_TILES", "0")
+    assert default_runtime() == AttentionRuntime(compile="always", far_tiles=False)
     profile = compiled._Compiled(compiled.exp_family_profile)
-    with compiled.eager():
+    with attention_runtime(compile="never") as outer:
+        assert outer == AttentionRuntime(compile="never", far_tiles=False)
         assert not profile.wants(compiled.MIN_ELEMENTS)
-        with compiled.eager():  # nested blocks restore the outer one's setting
+        with attention_runtime(far_tiles=True) as inner:  # changes apply to the outer one
+            assert inner == AttentionRuntime(compile="never", far_tiles=True)
+            assert current_runtime() is inner
+        assert current_runtime() is outer  # leaving a block restores the outer one
+    assert profile.wants(compiled.MIN_ELEMENTS) and current_runtime() == default_runtime()
+    with pytest.raises(ValueError, match="compile"):
+        AttentionRuntime(compile="sometimes")  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        with attention_runtime(colour="red"):
             pass
-        assert not profile.wants(compiled.MIN_ELEMENTS)
-    assert profile.wants(compiled.MIN_ELEMENTS)
 
 
 def test_inference_compiles_the_profile_but_not_its_gradients(monkeypatch):

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from bsatnp.attention import compiled
+from bsatnp.attention.runtime import attention_runtime
 from bsatnp.batch import Batch
 from bsatnp.data.geo import check_crs
 from bsatnp.data.lazy import blocks_of, is_dask_backed, predict_lazily
@@ -115,7 +115,7 @@ class Conditioned:
             chunk_size: Targets per forward pass (default from ``max_memory``, else 16,384).
             max_memory: Bound on the working memory of a chunk, bytes or ``"2GB"``; with a
                 bound, bias profiles run eagerly (no compiler loaded mid-run,
-                :func:`bsatnp.attention.compiled.eager`).
+                :func:`bsatnp.attention.runtime.attention_runtime` with ``compile="never"``).
             progress: Show a progress bar over chunks.
             chunks: xarray targets only: block sizes by grid dimension (e.g.
                 ``{"lat": 256}``), or ``"auto"`` (blocks of the chunk size that
@@ -196,7 +196,8 @@ class Conditioned:
         n, dim_f = points.n, self.predictor.model.config.dim_f
         first = np.empty((n, dim_f), np.float32)
         second = None if categorical else np.empty((n, dim_f), np.float32)
-        with compiled.eager() if max_memory is not None else contextlib.nullcontext():
+        with (attention_runtime(compile="never") if max_memory is not None
+              else contextlib.nullcontext()):
             self._predict_into(inputs, n, chunk, first, second, progress)  # bounded: eager
         if categorical:
             return categorical_outputs(template, first, self.schema.classes)

@@ -11,21 +11,18 @@ backward compiled against 7.5 s eager (``python benchmarks/bias_kernels.py --thr
 --rounds 3``; benchmarks/results/bias_kernels.json).
 
 Compiling costs tens of seconds once per process (and per dtype), so only
-tiles of at least :data:`MIN_ELEMENTS` scores are compiled. ``BSATNP_COMPILE=0`` never
-compiles, ``BSATNP_COMPILE=1`` compiles tiles of any size (tests); inside :func:`eager`
-nothing compiles either way (a run bounded in memory: the compiler itself takes about
-100 MB). When compiling fails
+tiles of at least :data:`MIN_ELEMENTS` scores are compiled. The attention runtime decides
+(:mod:`bsatnp.attention.runtime`): ``compile="never"`` never compiles (a run bounded in
+memory: the compiler itself takes about 100 MB), ``"always"`` compiles tiles of any size
+(tests); ``BSATNP_COMPILE=0|1`` sets the process default. When compiling fails
 (no C++ compiler, an unsupported platform) one warning is given and the eager profile is
 used from then on: the results are the same either way, to float round-off.
 """
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
-import os
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -34,29 +31,10 @@ from torch.autograd.function import once_differentiable
 from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
 from bsatnp.attention.numerics import builds_graph, exp_floored
+from bsatnp.attention.runtime import current_runtime
 
 MIN_ELEMENTS = 1 << 16
 """Smallest tile (``B·H·tq·tk`` scores) worth a compiled profile."""
-
-_EAGER = contextvars.ContextVar("bsatnp_eager", default=False)
-"""Set inside :func:`eager`."""
-
-
-@contextlib.contextmanager
-def eager() -> Iterator[None]:
-    """Compute every profile eagerly inside the block, whatever ``BSATNP_COMPILE`` says.
-
-    For work under a memory bound: compiling loads inductor and its C++ toolchain into the
-    process (``bsatnp predict --max-memory 500MB`` on 10⁷ grid targets grew from about
-    505 MB to 613 MB when the warm-up ended and a profile compiled), which no chunk budget
-    can account for. Same results to float round-off, somewhat slower on large tiles.
-    """
-    token = _EAGER.set(True)
-    try:
-        yield
-    finally:
-        _EAGER.reset(token)
-
 
 Profile = Callable[..., Tensor]
 """``profile(dist, *params) -> bias``."""
@@ -207,12 +185,9 @@ class _Compiled:
     def mode(self) -> str:
         """``"0"`` never compile, ``"1"`` always, ``"auto"`` for tiles of MIN_ELEMENTS.
 
-        Inside :func:`eager`, ``"0"`` whatever the environment says.
+        From the attention runtime in force (:mod:`bsatnp.attention.runtime`).
         """
-        if _EAGER.get():
-            return "0"
-        value = os.environ.get("BSATNP_COMPILE", "auto")
-        return value if value in ("0", "1") else "auto"
+        return {"never": "0", "always": "1"}.get(current_runtime().compile, "auto")
 
     def wants(self, numel: int) -> bool:
         """Whether a tile of ``numel`` scores takes the compiled path now.

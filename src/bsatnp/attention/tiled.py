@@ -23,7 +23,6 @@ autograd would use at that size (``benchmarks/forward.py``).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -33,6 +32,7 @@ from torch import Tensor
 from bsatnp.attention.biases import AttentionBias, slice_coords
 from bsatnp.attention.locality import FarTiles, gather_rows, morton_order
 from bsatnp.attention.numerics import builds_graph, exp_
+from bsatnp.attention.runtime import current_runtime
 
 TILE_K_TRAIN = 1024
 """Default keys per tile when gradients are needed."""
@@ -366,9 +366,9 @@ def _far_reaches(
     """The bias's reaches when tiles beyond them are worth finding, else ``None``.
 
     Worth it with several key tiles and a bias that vanishes far out (see
-    :mod:`bsatnp.attention.locality`); ``BSATNP_FAR_TILES=0`` turns it off.
+    :mod:`bsatnp.attention.locality`); the runtime's ``far_tiles=False`` turns it off.
     """
-    if bias is None or plan.single_key_tile or os.environ.get("BSATNP_FAR_TILES") == "0":
+    if bias is None or plan.single_key_tile or not current_runtime().far_tiles:
         return None
     return bias.reaches()
 
