@@ -20,8 +20,9 @@ the same observed rows, field by field (variograms and GP hyperparameters fitted
 
 - ``bsatnp_local``: a shipped model (``--model``) with local conditioning (``--neighbours``);
 - ``bsatnp_tuned``: that model fine-tuned on the training rows with ``gap`` tasks
-  (``--tune-steps``; the run in ``--runs``/<dataset>_gap<steps>_<model>_<sha256 of its
-  file, 8 digits> resumes if it is there, or
+  (``--tune-steps``, tasks of ``--neighbours`` context rows; the run in
+  ``--runs``/<dataset>_gap<steps>[_k<neighbours>]_<model>_<sha256 of its file, 8 digits>,
+  ``_k`` only for K other than 512, resumes if it is there, or
   its best state is used once finished), then predicting with local conditioning; for
   ERA5 the training rows are the 6-hourly frames of days 1-25 (``group="frame"``: each
   task from one frame; run ``era5_gap<steps>_...``, shared by both ERA5 datasets);
@@ -211,7 +212,9 @@ def tuned(args: argparse.Namespace, xy, f) -> Any:
     torch.set_num_threads(args.threads)
     fields = args.dataset.startswith("era5")  # both ERA5 datasets share the training frames
     base = f"_{Path(args.model).stem}_{_digest(args.model)}"  # a run per base model's weights
-    out = Path(args.runs) / f"{'era5' if fields else args.dataset}_gap{args.tune_steps}{base}"
+    size = "" if args.neighbours == 512 else f"_k{args.neighbours}"  # tasks of that size
+    out = Path(args.runs) / (f"{'era5' if fields else args.dataset}_gap{args.tune_steps}"
+                             f"{size}{base}")
     resume = (out / "last.safetensors").is_file()
     if out not in _TUNED and resume and (out / "best.safetensors").is_file() and \
             load_checkpoint(out / "last.safetensors").step >= args.tune_steps:
