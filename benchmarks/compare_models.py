@@ -64,7 +64,8 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, 
 from bsatnp.baselines import calibrated_local_averages
 from bsatnp.baselines.idw import LOCAL_AVERAGES
 from bsatnp.evaluate import evaluate
-from bsatnp.experiment import ExperimentConfig, build_trainer, load_experiment
+from bsatnp.experiment import ExperimentConfig, load_experiment
+from bsatnp.experiment_trainer import build_trainer
 from bsatnp.loss import masked_nll
 from bsatnp.models import BSATNPConfig
 from bsatnp.models.convcnp import ConvCNPConfig

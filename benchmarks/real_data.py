@@ -23,9 +23,14 @@ the same observed rows, field by field (variograms and GP hyperparameters fitted
   (``--tune-steps``, tasks of ``--neighbours`` context rows; the run in
   ``--runs``/<dataset>_gap<steps>[_k<neighbours>]_<model>_<sha256 of its file, 8 digits>,
   ``_k`` only for K other than 512, resumes if it is there, or
-  its best state is used once finished), then predicting with local conditioning; for
-  ERA5 the training rows are the 6-hourly frames of days 1-25 (``group="frame"``: each
-  task from one frame; run ``era5_gap<steps>_...``, shared by both ERA5 datasets);
+  its best state is used once finished), then predicting with local conditioning. The
+  training rows (``--tune-rows``): Heaton's observed cells; for ERA5 the 6-hourly frames
+  of days 1-25 (``earlier``, the default; ``group="frame"``: each task from one frame; run
+  ``era5_gap<steps>_...``, shared by both ERA5 datasets) or the observed cells of the test
+  frames themselves (``observed``, as kriging fits its variogram on them; run
+  ``<dataset>_observed_gap<steps>_...``); for Beijing the hours of the protocol's training
+  period (its first 80 %) with all 12 stations, each task one station from the other 11
+  (``group="hour"``; run ``beijing_gap<steps>_...``);
 - ``bsatnp_chosen``: local conditioning with the neighbourhood size chosen per field from
   ``--candidates`` on the field's own observed rows (:func:`bsatnp.holdout.choose_neighbours`:
   10 % of them held out in the shape of the dataset's test rows, ``HOLDOUT``, and predicted
@@ -114,21 +119,27 @@ def era5(args: argparse.Namespace, block: bool) -> list[Field]:
     return fields
 
 
-def beijing_spatial(args: argparse.Namespace) -> list[Field]:
-    """Each of ``--frames`` hours spread over the last 10 % of the record (the protocol's
-    test period) with PM2.5 at all 12 stations gives 12 fields: one station predicted from
-    the other 11."""
+def _beijing_wide() -> tuple[Any, np.ndarray]:
+    """PM2.5 by hour (rows, every station reported) and station (columns), and the
+    stations' km coordinates."""
     import pandas as pd
 
     folder = SHARED / "beijing_air_quality"
     table = pd.concat([pd.read_csv(p) for p in sorted(folder.glob("PRSA_Data_*.csv*"))])
     table["time"] = pd.to_datetime(table[["year", "month", "day", "hour"]])
     wide = table.pivot(index="time", columns="station", values="PM2.5").dropna()
+    stations = pd.read_csv(folder / "stations.csv").set_index("station").loc[wide.columns]
+    return wide, _km(stations["lon"].to_numpy(), stations["lat"].to_numpy(),
+                     float(stations["lat"].mean()))
+
+
+def beijing_spatial(args: argparse.Namespace) -> list[Field]:
+    """Each of ``--frames`` hours spread over the last 10 % of the record (the protocol's
+    test period) with PM2.5 at all 12 stations gives 12 fields: one station predicted from
+    the other 11."""
+    wide, xy = _beijing_wide()
     wide = wide[wide.index >= wide.index[0] + 0.9 * (wide.index[-1] - wide.index[0])]
     hours = wide.iloc[np.linspace(0, len(wide) - 1, args.frames).astype(int)]
-    stations = pd.read_csv(folder / "stations.csv").set_index("station").loc[wide.columns]
-    xy = _km(stations["lon"].to_numpy(), stations["lat"].to_numpy(),
-             float(stations["lat"].mean()))
     fields = []
     for values in hours.to_numpy(np.float64):
         for out in range(len(xy)):
@@ -186,6 +197,41 @@ def era5_training(args: argparse.Namespace) -> Any:
                          "v": t2m.reshape(-1), "frame": np.repeat(np.arange(len(t2m)), len(xy))})
 
 
+def beijing_training(args: argparse.Namespace) -> Any:
+    """PM2.5 at the 12 Beijing stations in the hours of the protocol's training period (the
+    first 80 % of the record) with all 12 reported, one field per ``hour``."""
+    import pandas as pd
+
+    wide, xy = _beijing_wide()
+    wide = wide[wide.index < wide.index[0] + 0.8 * (wide.index[-1] - wide.index[0])]
+    values = wide.to_numpy(np.float64)
+    return pd.DataFrame({"x": np.tile(xy[:, 0], len(values)),
+                         "y": np.tile(xy[:, 1], len(values)), "v": values.reshape(-1),
+                         "hour": np.repeat(np.arange(len(values)), len(xy))})
+
+
+def observed_rows(fields: list[Field]) -> Any:
+    """The observed rows of every field, one group per ``field``."""
+    import pandas as pd
+
+    return pd.DataFrame({"x": np.concatenate([field[0][:, 0] for field in fields]),
+                         "y": np.concatenate([field[0][:, 1] for field in fields]),
+                         "v": np.concatenate([field[1] for field in fields]),
+                         "field": np.repeat(np.arange(len(fields)),
+                                            [len(field[1]) for field in fields])})
+
+
+def tuning_rows(args: argparse.Namespace) -> tuple[str, Any, str | None]:
+    """The run's name, the fine-tuning table and its field column (module doc)."""
+    if args.dataset == "heaton":
+        return "heaton", observed_rows(heaton(args)), None
+    if args.dataset == "beijing_spatial":
+        return "beijing", beijing_training(args), "hour"
+    if args.tune_rows == "observed":
+        return f"{args.dataset}_observed", observed_rows(DATASETS[args.dataset](args)), "field"
+    return "era5", era5_training(args), "frame"
+
+
 def _digest(name: str) -> str:
     """The first 8 hex digits of the SHA-256 of a model's file: a fine-tuning run resumes
     only from the weights it started from (a reshipped model starts a new run)."""
@@ -200,41 +246,37 @@ _TUNED: dict[Path, Any] = {}
 """Fine-tuned predictors by run directory (ERA5 predicts 12 fields with one)."""
 
 
-def tuned(args: argparse.Namespace, xy, f) -> Any:
-    """The shipped model fine-tuned with ``gap`` tasks (resumable) on the training rows:
-    Heaton's observed cells; for ERA5 the frames of days 1-25, each task from one frame."""
-    import pandas as pd
+def tuned(args: argparse.Namespace) -> Any:
+    """The shipped model fine-tuned with ``gap`` tasks (resumable) on the dataset's training
+    rows (:func:`tuning_rows`), each task from one field where there are several."""
     import torch
 
     from bsatnp import Predictor
     from bsatnp.io.checkpoint import load_checkpoint
 
     torch.set_num_threads(args.threads)
-    fields = args.dataset.startswith("era5")  # both ERA5 datasets share the training frames
+    name, table, group = tuning_rows(args)
     base = f"_{Path(args.model).stem}_{_digest(args.model)}"  # a run per base model's weights
     size = "" if args.neighbours == 512 else f"_k{args.neighbours}"  # tasks of that size
-    out = Path(args.runs) / (f"{'era5' if fields else args.dataset}_gap{args.tune_steps}"
-                             f"{size}{base}")
+    out = Path(args.runs) / f"{name}_gap{args.tune_steps}{size}{base}"
     resume = (out / "last.safetensors").is_file()
     if out not in _TUNED and resume and (out / "best.safetensors").is_file() and \
             load_checkpoint(out / "last.safetensors").step >= args.tune_steps:
         _TUNED[out] = Predictor.load(out / "best.safetensors")  # finished: its best state
     if out in _TUNED:
         return _TUNED[out]
-    table = era5_training(args) if fields else pd.DataFrame({"x": xy[:, 0], "y": xy[:, 1],
-                                                              "v": f})
     _TUNED[out] = _shipped(args.model).finetune(
-        table, values="v", space=("x", "y"), split="gap", n_ctx=args.neighbours, n_test=256,
-        steps=args.tune_steps, lr=args.tune_lr, warmup_steps=args.tune_steps // 20,
-        out_dir=out, resume=resume, progress=not args.quiet, seed=args.seed,
-        group="frame" if fields else None)
+        table, values="v", space=("x", "y"), split="gap", n_ctx=args.neighbours,
+        n_test=args.tune_test, steps=args.tune_steps, lr=args.tune_lr,
+        warmup_steps=args.tune_steps // 20, out_dir=out, resume=resume,
+        progress=not args.quiet, seed=args.seed, group=group)
     return _TUNED[out]
 
 
 def bsatnp_tuned(args: argparse.Namespace, xy, f, xy_test) -> tuple:
     import pandas as pd
 
-    predictor = tuned(args, xy, f)
+    predictor = tuned(args)
     out = predictor.predict(pd.DataFrame({"x": xy[:, 0], "y": xy[:, 1], "v": f}),
                             pd.DataFrame({"x": xy_test[:, 0], "y": xy_test[:, 1]}),
                             progress=False)
@@ -424,6 +466,11 @@ def main() -> None:
                              "fitted on")
     parser.add_argument("--tune-steps", type=int, default=4000)
     parser.add_argument("--tune-lr", type=float, default=3e-4)
+    parser.add_argument("--tune-test", type=int, default=256,
+                        help="test rows per fine-tuning task (at most; Beijing: 1)")
+    parser.add_argument("--tune-rows", choices=("earlier", "observed"), default="earlier",
+                        help="ERA5 fine-tuning rows: days 1-25, or the test frames' observed "
+                             "cells")
     parser.add_argument("--runs", default="runs/real_data", help="fine-tuning runs")
     parser.add_argument("--tune-only", action="store_true",
                         help="only fine-tune (or resume fine-tuning), then stop")
@@ -439,12 +486,8 @@ def main() -> None:
     args = parser.parse_args()
     fields = DATASETS[args.dataset](args)
     methods = args.methods.split(",")
-    if (args.tune_only or "bsatnp_tuned" in methods) and len(fields) > 1 and \
-            not args.dataset.startswith("era5"):
-        raise SystemExit("bsatnp_tuned fine-tunes on one field's observed rows; "
-                         f"{args.dataset} has {len(fields)} fields")
     if args.tune_only:
-        tuned(args, *fields[0][:2])
+        tuned(args)
         return
     if args.limit:
         xy, f, xy_test, truth = fields[0]

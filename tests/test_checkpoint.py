@@ -227,7 +227,8 @@ def test_save_rejects_bad_values(tmp_path):
 def test_each_config_is_stored_once_and_format_1_files_still_load(tmp_path):
     from safetensors import safe_open
 
-    from bsatnp.experiment import ExperimentConfig, build_trainer, experiment_from_checkpoint
+    from bsatnp.experiment import ExperimentConfig, experiment_from_checkpoint
+    from bsatnp.experiment_trainer import build_trainer
 
     config = ExperimentConfig.from_dict({
         "model": {k: list(v) if isinstance(v, tuple) else v for k, v in TINY.items()},

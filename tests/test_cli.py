@@ -13,7 +13,8 @@ import torch
 
 from bsatnp import cli, cli_args
 from bsatnp.evaluate import evaluate
-from bsatnp.experiment import ExperimentConfig, build_trainer, load_experiment
+from bsatnp.experiment import ExperimentConfig, load_experiment
+from bsatnp.experiment_trainer import build_trainer
 from bsatnp.geometry import DISTANCES, Distance
 from bsatnp.io.checkpoint import load_checkpoint, load_model
 from bsatnp.models import BSATNPConfig

@@ -190,7 +190,8 @@ def test_a_stored_normaliser_warns_when_the_values_are_another_regime():
 def test_a_training_checkpoint_reads_its_tasks_envelope_not_the_2d_gp_box(tmp_path):
     """Before: a checkpoint from `bsatnp train` had no card, so Predictor.load fell back to
     the 2D GP's box (half-width 2) and no context sizes, whatever the task."""
-    from bsatnp.experiment import ExperimentConfig, build_trainer
+    from bsatnp.experiment import ExperimentConfig
+    from bsatnp.experiment_trainer import build_trainer
 
     config = ExperimentConfig.from_dict({
         "task": {"name": "gp2d", "box": [-4.0, 4.0], "batch_size": 2, "n_ctx": 24,

@@ -12,7 +12,7 @@ pd = pytest.importorskip("pandas")
 xr = pytest.importorskip("xarray")
 stats = pytest.importorskip("scipy.stats")
 
-from bsatnp import cli  # noqa: E402
+from bsatnp import cli, cli_data  # noqa: E402
 from bsatnp.data.tables import grid  # noqa: E402
 from bsatnp.models import BSATNP  # noqa: E402
 from bsatnp.predictor import Predictor  # noqa: E402
@@ -187,10 +187,10 @@ def test_the_cli_counts_each_threshold_in_held_outputs(monkeypatch):
                        samples=0, output="out.csv")
         return argparse.Namespace(**{**options, **given})
 
-    assert cli._working_memory(args(), conditioned, targets, streamed=False) == 250_000
+    assert cli_data._working_memory(args(), conditioned, targets, streamed=False) == 250_000
     for given in ({"quantiles": [0.1, 0.5, 0.9]}, {"exceedance": [10.0, 20.0, 30.0]}):
         with pytest.raises(ValueError, match="outputs held whole for .csv"):
-            cli._working_memory(args(**given), conditioned, targets, streamed=False)
+            cli_data._working_memory(args(**given), conditioned, targets, streamed=False)
 
 
 # --------------------------------------------------------------------------- CLI

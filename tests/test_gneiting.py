@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from bsatnp.evaluate import evaluate
-from bsatnp.experiment import ExperimentConfig, build_trainer, load_experiment
+from bsatnp.experiment import ExperimentConfig, load_experiment
+from bsatnp.experiment_trainer import build_trainer
 from bsatnp.tasks import batch_generator, gneiting
 from bsatnp.tasks.gneiting import GneitingTask, gneiting_covariance, terrain
 

@@ -9,9 +9,9 @@ import torch
 pd = pytest.importorskip("pandas")
 pytest.importorskip("scipy")
 
-from bsatnp.conditioned import LocallyConditioned  # noqa: E402
 from bsatnp.data.neighbours import NeighbourSearch, WindowedSearch, unit_vectors  # noqa: E402
 from bsatnp.data.table_task import TableTask  # noqa: E402
+from bsatnp.locally_conditioned import LocallyConditioned  # noqa: E402
 from bsatnp.models import BSATNP  # noqa: E402
 from bsatnp.predictor import Predictor  # noqa: E402
 from bsatnp.tasks.frames import LocalFrame  # noqa: E402

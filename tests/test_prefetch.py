@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bsatnp.experiment import ExperimentConfig, TaskDraw, build_trainer
+from bsatnp.experiment import ExperimentConfig
+from bsatnp.experiment_trainer import TaskDraw, build_trainer
 from bsatnp.tasks.spatial import SpatialTask
 from bsatnp.train.prefetch import Prefetcher
 

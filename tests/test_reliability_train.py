@@ -25,7 +25,8 @@ from conftest import dead_pid, edited_checkpoint
 import bsatnp.train.trainer as trainer_module
 from bsatnp import Batch
 from bsatnp.evaluate import evaluate
-from bsatnp.experiment import ExperimentConfig, build_trainer
+from bsatnp.experiment import ExperimentConfig
+from bsatnp.experiment_trainer import build_trainer
 from bsatnp.io.checkpoint import load_checkpoint, load_model, save_checkpoint
 from bsatnp.models import BSATNP
 from bsatnp.tasks.gp2d import GP2DTask

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from bsatnp.evaluate import evaluate
-from bsatnp.experiment import ExperimentConfig, build_trainer
+from bsatnp.experiment import ExperimentConfig
+from bsatnp.experiment_trainer import build_trainer
 from bsatnp.metrics import categorical_metrics
 from bsatnp.reports import markdown_table
 from bsatnp.tasks.priors import Fixed

@@ -13,7 +13,8 @@ from scipy.spatial.transform import Rotation
 
 from bsatnp import Batch, cli, cli_args
 from bsatnp.evaluate import evaluate
-from bsatnp.experiment import ExperimentConfig, build_trainer, load_experiment
+from bsatnp.experiment import ExperimentConfig, load_experiment
+from bsatnp.experiment_trainer import build_trainer
 from bsatnp.models import BSATNP
 from bsatnp.tasks import IN_DOMAIN, Task, batch_generator, register_task, task_class, task_names
 from bsatnp.tasks.fixed_effects import FixedEffectsTask

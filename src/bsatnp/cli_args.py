@@ -10,6 +10,8 @@ import argparse
 import math
 from typing import Any
 
+import torch
+
 from bsatnp.baselines.idw import LOCAL_AVERAGES
 from bsatnp.data.table_task import SPLIT_KINDS
 from bsatnp.experiment import bundled_configs
@@ -297,3 +299,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     cmd = sub.add_parser("tasks", help="list the registered tasks and their evaluation domains")
     return parser
+
+
+def print_paths(paths: dict[str, Any]) -> None:
+    """Print each named path on its own line, the names aligned."""
+    width = max(len(name) for name in paths)
+    for name, path in paths.items():
+        print(f"  {name:<{width}}  {path}")
+
+
+def device_of(args: argparse.Namespace) -> torch.device:
+    """``--device``, checked against what this machine and build offer.
+
+    The default is CUDA where it is available, else the CPU.
+    """
+    if args.device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as err:
+        raise ValueError(f"--device {args.device!r}: {err}") from err
+    available = {"cpu": True, "cuda": torch.cuda.is_available(),
+                 "mps": torch.backends.mps.is_available()}
+    if not available.get(device.type, False):
+        raise ValueError(f"--device {args.device!r}: not available on this machine or build "
+                         f"(available: {', '.join(k for k, v in available.items() if v)})")
+    return device

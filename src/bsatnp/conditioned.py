@@ -1,6 +1,7 @@
-"""Predictions from observations encoded once, whole or neighbourhood by neighbourhood.
+"""Predictions from observations encoded once.
 
-:class:`Conditioned` and :class:`LocallyConditioned` are made by
+:class:`Conditioned` (and its neighbourhood-by-neighbourhood form,
+:class:`~bsatnp.locally_conditioned.LocallyConditioned`) is made by
 :meth:`bsatnp.predictor.Predictor.condition`.
 
 :meth:`Conditioned.predict` streams any number of targets through the model in chunks and
@@ -15,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,13 +28,6 @@ from bsatnp.attention.runtime import attention_runtime
 from bsatnp.batch import Batch
 from bsatnp.data.geo import check_crs
 from bsatnp.data.lazy import blocks_of, is_dask_backed, predict_lazily
-from bsatnp.data.neighbours import (
-    Neighbourhood,
-    NeighbourSearch,
-    NoObservationInWindow,
-    WindowedSearch,
-    unit_vectors,
-)
 from bsatnp.data.normalizer import Normalizer
 from bsatnp.data.schema import Schema
 from bsatnp.data.tables import (
@@ -55,7 +49,6 @@ from bsatnp.options import (
 )
 from bsatnp.outputs import OverflowBlame, categorical_outputs, gaussian_outputs, largest_finite
 from bsatnp.progress import tqdm_class
-from bsatnp.tasks.frames import LocalFrame
 
 if TYPE_CHECKING:
     from bsatnp.predictor import Predictor
@@ -78,14 +71,14 @@ class Conditioned:
         self.n_context, self.time_zone = points.n, points.time_zone
         self.largest_value = largest_finite(points.values)
         arrays = normalizer.inputs(points, schema)
-        _check_normalised(arrays, points, stored=predictor.normalizer is not None)
+        check_normalised(arrays, points, stored=predictor.normalizer is not None)
         self.warnings = predictor.envelope_warnings(points.n, arrays)
         for message in self.warnings:
             warnings.warn(message, stacklevel=3)
         model = predictor.model
         device = model_device(model)
-        tensors = {role: _tensor(value, device) for role, value in arrays.items()}
-        _check_model_range(tensors, "observations")
+        tensors = {role: model_tensor(value, device) for role, value in arrays.items()}
+        check_model_range(tensors, "observations")
         context = {f"{role}_ctx": tensors[role] for role in (*model.roles, "f")}
         probe = {f"{role}_test": tensors[role][:, :1] for role in model.roles}
         self.model: ConditionedModel = model.condition(Batch(**context, **probe))
@@ -244,111 +237,13 @@ class Conditioned:
             starts = tqdm_class()(starts, desc="predicting", unit="chunk")
         for start in starts:
             stop = min(start + chunk, n)
-            test = {f"{role}_test": _tensor(inputs[role][start:stop], self.device)
+            test = {f"{role}_test": model_tensor(inputs[role][start:stop], self.device)
                     for role in self.predictor.model.roles}
-            _check_model_range({k[0]: v for k, v in test.items()}, "targets")
-            _store(self.model.predictive(test), slice(start, stop), first, second)
+            check_model_range({k[0]: v for k, v in test.items()}, "targets")
+            store_predictive(self.model.predictive(test), slice(start, stop), first, second)
 
 
-class LocallyConditioned(Conditioned):
-    """A predictor conditioned tile by tile on local neighbourhoods of the observations.
-
-    Each tile of targets (:class:`~bsatnp.data.neighbours.NeighbourSearch`) is predicted
-    from its ``neighbours`` nearest observations. With ``rescale`` (the normaliser was
-    fitted on these observations with ``space_scale="auto"``) each neighbourhood is mapped
-    the way the whole data set would be for a model trained on tasks of that size: its
-    values to mean 0 and standard deviation 1, its extent onto the training box; the
-    predictions are mapped back. Without it (a stored normaliser or an explicit
-    ``space_scale``) the model units of the normaliser are kept.
-
-    Args:
-        predictor: The predictor.
-        schema: The schema of the observations.
-        normalizer: The maps to model units.
-        points: The observations (NaN rows dropped), in the data's units.
-        neighbours: Observations per neighbourhood at most.
-        rescale: Map each neighbourhood as described above.
-        time_window: Neighbours in space among the observations within this window of
-            each target's time (model units; :class:`WindowedSearch`), or ``None``.
-    """
-
-    def __init__(self, predictor: Predictor, schema: Schema, normalizer: Normalizer,
-                 points: Points, neighbours: int, *, rescale: bool = True,
-                 time_window: float | None = None) -> None:
-        self.predictor, self.schema, self.normalizer = predictor, schema, normalizer
-        self.n_context, self.time_zone = points.n, points.time_zone
-        self.largest_value = largest_finite(points.values)
-        self.warnings: list[str] = []
-        self.device = model_device(predictor.model)
-        self.rescale = rescale and not predictor.great_circle
-        self.context = normalizer.inputs(points, schema)
-        _check_normalised(self.context, points, stored=predictor.normalizer is not None)
-        _check_model_range({role: _tensor(value, self.device)
-                            for role, value in self.context.items()}, "observations")
-        self.time_window = time_window
-        coordinates = self._coordinates(self.context)
-        self.search: NeighbourSearch | WindowedSearch = (
-            NeighbourSearch(coordinates, neighbours) if time_window is None
-            else WindowedSearch(coordinates, self.context["t"], neighbours, time_window))
-        self.neighbours = self.search.k
-
-    def _coordinates(self, arrays: dict[str, np.ndarray]) -> np.ndarray:
-        """Where points are for the neighbour search (model units; 3D for great circles).
-
-        Space, and model time too unless a time window selects by time.
-        """
-        space = arrays["s"]
-        if self.predictor.great_circle:
-            space = unit_vectors(space)
-        with_time = "t" in arrays and "t" in self.predictor.model.roles \
-            and self.time_window is None
-        return np.concatenate([space] + ([arrays["t"]] if with_time else []), axis=1)
-
-    def _tiles(self, inputs: dict[str, np.ndarray], chunk: int) -> Iterator[Neighbourhood]:
-        coordinates = self._coordinates(inputs)
-        if isinstance(self.search, NeighbourSearch):
-            yield from self.search.tiles(coordinates, max_targets=chunk)
-            return
-        try:
-            yield from self.search.tiles(coordinates, inputs["t"], max_targets=chunk)
-        except NoObservationInWindow as error:
-            when = error.time * self.normalizer.time_scale + self.normalizer.time_shift
-            shown = (str(np.datetime64(round(when), "s")) if self.schema.time_kind == "datetime"
-                     else f"{when:g}")
-            raise ValueError(f"{error.count} target(s) at time {shown} have no observation "
-                             "within the time window: widen time_window or drop those "
-                             "targets") from None
-
-    def _predict_into(self, inputs: dict[str, np.ndarray], n: int, chunk: int,
-                      first: np.ndarray, second: np.ndarray | None, progress: bool) -> None:
-        model = self.predictor.model
-        envelope = self.predictor.envelope
-        tiles = self._tiles(inputs, chunk)
-        if progress:
-            tiles = tqdm_class()(tiles, desc="predicting", unit="tile")
-        for tile in tiles:
-            context = {role: self.context[role][tile.context] for role in (*model.roles, "f")}
-            test = {role: inputs[role][tile.targets] for role in model.roles}
-            frame = None
-            if self.rescale:
-                frame = LocalFrame.fit(context["s"], None if second is None else context["f"],
-                                       envelope.space_half_width, envelope.values)
-                context["s"], test["s"] = frame.space(context["s"]), frame.space(test["s"])
-                context["f"] = context["f"] if second is None else frame.values(context["f"])
-            batch = Batch(**{f"{role}_ctx": _tensor(value, self.device)
-                             for role, value in context.items()},
-                          **{f"{role}_test": _tensor(value, self.device)
-                             for role, value in test.items()})
-            _check_model_range({role: batch.test(role) for role in model.roles}, "targets")
-            dist = model.condition(batch).predictive(
-                {f"{role}_test": batch.test(role) for role in model.roles})
-            _store(dist, tile.targets, first, second)
-            if second is not None and frame is not None:
-                first[tile.targets] = first[tile.targets] * frame.scale + frame.shift
-                second[tile.targets] = second[tile.targets] * frame.scale
-
-
-def _store(dist: Any, where: slice | np.ndarray, first: np.ndarray,
+def store_predictive(dist: Any, where: slice | np.ndarray, first: np.ndarray,
            second: np.ndarray | None) -> None:
     """Write a predictive of one chunk: probabilities, or mean and std."""
     if second is None:
@@ -358,7 +253,7 @@ def _store(dist: Any, where: slice | np.ndarray, first: np.ndarray,
         second[where] = dist.stddev[0].cpu().numpy()
 
 
-def _check_normalised(arrays: dict[str, np.ndarray], points: Points, stored: bool) -> None:
+def check_normalised(arrays: dict[str, np.ndarray], points: Points, stored: bool) -> None:
     """Refuse observations that overflow float32 in model units, naming the cause.
 
     A normaliser fitted on the observations maps them to moderate values, so an overflow
@@ -384,17 +279,17 @@ def _check_normalised(arrays: dict[str, np.ndarray], points: Points, stored: boo
                          "check the units of that column")
 
 
-def _tensor(array: np.ndarray, device: torch.device) -> Tensor:
+def model_tensor(array: np.ndarray, device: torch.device) -> Tensor:
     """``[N, D]`` float64 → ``[1, N, D]`` float32 on ``device`` (an overflow becomes inf).
 
-    :func:`_check_model_range` refuses it, naming the role.
+    :func:`check_model_range` refuses it, naming the role.
     """
     with np.errstate(over="ignore", invalid="ignore"):
         cast = np.ascontiguousarray(array, dtype=np.float32)
     return torch.as_tensor(cast, device=device)[None]
 
 
-def _check_model_range(tensors: dict[str, Tensor], what: str) -> None:
+def check_model_range(tensors: dict[str, Tensor], what: str) -> None:
     """Refuse inputs that overflow float32 after normalisation (naming the role)."""
     for role, tensor in tensors.items():
         if not bool(torch.isfinite(tensor).all()):

@@ -18,25 +18,23 @@ data (class probabilities and the most likely class for a categorical model).
 from __future__ import annotations
 
 import os
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from bsatnp.conditioned import Conditioned, LocallyConditioned
+from bsatnp.conditioned import Conditioned
 from bsatnp.data.envelope import Envelope
-from bsatnp.data.geo import check_crs
 from bsatnp.data.normalizer import Normalizer, parse_duration
 from bsatnp.data.schema import Schema
 from bsatnp.data.tables import (
     Points,
-    class_labels,
     read_points,
-    time_kind_of,
 )
 from bsatnp.io.checkpoint import Provenance, load_checkpoint, save_checkpoint
+from bsatnp.locally_conditioned import LocallyConditioned
+from bsatnp.model_schema import resolve_schema
 from bsatnp.models.base import NeuralProcess
 from bsatnp.options import refuse_numeric_options
 
@@ -148,67 +146,9 @@ class Predictor:
     def resolve_schema(self, data: Any, **roles: Any) -> Schema:
         """The schema for ``data``: the stored one, or one built from ``roles``.
 
-        ``roles`` are :class:`~bsatnp.data.Schema` fields (``values``, ``space``, ``crs``,
-        ``time``, ``covariates``, ``units``; a single name may be a string). Given with a
-        stored schema they must agree with it.
-
-        Raises:
-            ValueError: If the roles disagree with the stored schema or do not fit the model.
+        See :func:`bsatnp.model_schema.resolve_schema`.
         """
-        given = {key: _as_names(value) if key in ("values", "space", "covariates", "units")
-                 else value for key, value in roles.items() if value is not None}
-        if self.schema is not None:
-            stored = self.schema.to_dict()
-            clash = {key: (value, stored[key]) for key, value in given.items()
-                     if _plain(stored.get(key)) != _plain(value)}
-            if clash:
-                details = "; ".join(f"{k}: given {v[0]!r}, model has {v[1]!r}"
-                                    for k, v in clash.items())
-                raise ValueError(f"the data's schema does not match the model's ({details}); "
-                                 "rename the columns or omit these arguments")
-            return self.schema
-        if "values" not in given:
-            raise ValueError("name the value column(s): values='pm25' (the model has no "
-                             "stored schema)")
-        schema = Schema(**given)
-        check_crs(schema.crs, "crs")
-        if schema.time:
-            schema = replace(schema, time_kind=time_kind_of(data, schema))
-        if self.model.likelihood == "categorical":
-            schema = replace(schema, classes=class_labels(data, schema))
-        self.check_schema(schema)
-        return schema
-
-    def check_schema(self, schema: Schema) -> None:
-        """Raise ``ValueError`` if ``schema`` does not give the model the roles it reads."""
-        config = self.model.config
-        needs = {"s": len(schema.space), "t": 1 if schema.time else 0,
-                 "x": len(schema.covariates)}
-        for role, what in (("s", "space"), ("t", "time"), ("x", "covariates")):
-            want = self.model.width(role)
-            if needs[role] != want:
-                raise ValueError(f"the model reads {want} {what} column(s) (dim_{role}={want}) "
-                                 f"but the schema names {needs[role]}")
-        if self.model.likelihood == "categorical":
-            if len(schema.values) == 1 and len(schema.classes) > config.dim_f and all(
-                    _is_number(label) for label in schema.classes) and not all(
-                    float(label).is_integer() for label in schema.classes):  # measurements
-                raise ValueError(f"this model is a classifier of {config.dim_f} labels, but the "
-                                 f"value column {schema.values[0]!r} holds numbers "
-                                 f"({len(schema.classes):,} distinct): give a column of class "
-                                 "labels, or use a model of numeric values (bsatnp models)")
-            if len(schema.values) != 1 or len(schema.classes) != config.dim_f:
-                shown = repr(tuple(schema.classes[:8])) + (
-                    f" and {len(schema.classes) - 8} more" if len(schema.classes) > 8 else "")
-                raise ValueError(f"the model predicts {config.dim_f} classes from one label "
-                                 f"column; the data have {len(schema.values)} value column(s) "
-                                 f"with classes {shown}")
-        elif len(schema.values) != config.dim_f:
-            raise ValueError(f"the model predicts {config.dim_f} value(s) but the schema names "
-                             f"{len(schema.values)}: {schema.values}")
-        if self.great_circle and schema.crs is None:
-            raise ValueError("this model reads lon/lat degrees (great-circle distances): "
-                             "declare the coordinates' crs, e.g. crs='lonlat'")
+        return resolve_schema(self.model, self.schema, data, **roles)
 
     # -------------------------------------------------------------- predict
     def fit_normalizer(self, data: Any, *, space_scale: float | str = "auto",
@@ -376,24 +316,3 @@ def _training_card(experiment: dict[str, Any] | None, path: Any) -> dict[str, An
     except ValueError as err:
         raise ValueError(f"{path}: the stored task is invalid: {err}") from err
     return {"task": task.name, "envelope": task_envelope(task, stored, sampled=False)}
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
-def _as_names(value: Any) -> tuple[str, ...]:
-    """Column names as strings: one name (any label, e.g. the integer ``0``) or several."""
-    if isinstance(value, (str, int, np.integer)):
-        return (str(value),)
-    return tuple(str(v) for v in value)
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, (list, tuple)):
-        return [str(v) for v in value]
-    return value

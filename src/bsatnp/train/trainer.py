@@ -11,6 +11,7 @@ import re
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -135,10 +136,15 @@ class Trainer:
         validate: Validate | None = None,
         map_location: str | torch.device = "cpu",
         replicas: Replicas | None = None,
+        out_dir: str | os.PathLike[str] | None = None,
+        extra: Callable[[dict[str, Any] | None], dict[str, Any] | None] | None = None,
     ) -> Trainer:
         """Rebuild model, optimizer, scheduler, step, best NLL and RNG states from ``path``.
 
         The global torch RNG state is restored too, so call this right before :meth:`fit`.
+        ``out_dir`` moves the run's outputs (default: where it wrote before); ``extra``
+        maps the ``extra`` record ``path`` holds to what the resumed run's checkpoints
+        record (default: the same).
 
         Raises:
             FileNotFoundError: If ``path`` does not exist.
@@ -159,6 +165,8 @@ class Trainer:
             config = TrainConfig.from_dict(ckpt.train_config)
         except (TypeError, ValueError) as err:
             raise ValueError(f"{path}: the saved train config is invalid: {err}") from err
+        if out_dir is not None:
+            config = replace(config, out_dir=str(out_dir))
         sched = ckpt.scheduler_state
         sched_step = sched.get("last_epoch") if isinstance(sched, dict) else None
         if sched_step is not None and sched_step != ckpt.step:  # they advance together
@@ -167,7 +175,7 @@ class Trainer:
         bad_steps = _bad_steps(path, ckpt.trainer_state)
         stale, stopped = _early_stop_state(path, ckpt.trainer_state)
         trainer = cls(ckpt.build_model().to(map_location), sample_batch, config, validate,
-                      ckpt.extra, replicas)
+                      ckpt.extra if extra is None else extra(ckpt.extra), replicas)
         ckpt.restore(trainer.optimizer, "optimizer")
         ckpt.restore(trainer.scheduler, "scheduler")
         trainer.step = ckpt.step
