@@ -12,7 +12,8 @@ from conftest import random_batch
 from torch.distributions import MultivariateNormal, Normal
 
 from bsatnp import Batch
-from bsatnp.joint import autoregressive_log_likelihood, autoregressive_samples, joint_samples
+from bsatnp.joint import autoregressive_log_likelihood, autoregressive_samples
+from bsatnp.joint_data import joint_samples
 from bsatnp.models import BSATNP
 from bsatnp.models.base import FamilyConfig, NeuralProcess
 from bsatnp.predictor import Predictor
@@ -266,7 +267,9 @@ def test_joint_samples_are_reproducible_with_a_seed():
     a = joint_samples(predictor, observations, targets, 20, chunk=2, seed=3, **roles)
     b = joint_samples(predictor, observations, targets, 20, chunk=2, seed=3,
                       samples_per_pass=7, **roles)
-    c = joint_samples(predictor, observations, targets, 20, chunk=2, seed=4, **roles)
+    c = predictor.joint_samples(observations, targets, 20, chunk=2, seed=4, **roles)
+    np.testing.assert_array_equal(
+        predictor.joint_samples(observations, targets, 20, chunk=2, seed=3, **roles), a)
     np.testing.assert_allclose(a, b, rtol=1e-5)
     assert not np.allclose(a, c)
     with pytest.raises(ValueError, match="permutation"):

@@ -292,6 +292,16 @@ class Predictor:
             options["crs"] = kwargs.pop("target_crs")
         return self.condition(observations, **kwargs).predict(targets, **options)
 
+    def joint_samples(self, observations: Any, targets: Any, n_samples: int, **kwargs: Any
+                      ) -> np.ndarray:
+        """Spatially coherent samples at ``targets`` in the data's units.
+
+        See :func:`bsatnp.joint_data.joint_samples` (autoregressive, global conditioning).
+        """
+        from bsatnp.joint_data import joint_samples
+
+        return joint_samples(self, observations, targets, n_samples, **kwargs)
+
     def finetune(self, data: Any, **kwargs: Any) -> Predictor:
         """Train (or fine-tune) the model on ``data`` (:func:`bsatnp.finetune.finetune`)."""
         from bsatnp.finetune import finetune
