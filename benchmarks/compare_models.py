@@ -61,8 +61,7 @@ from common import run_meta, write_json
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
-from bsatnp.baselines import calibrated_local_averages
-from bsatnp.baselines.idw import LOCAL_AVERAGES
+from bsatnp.baselines import LOCAL_AVERAGES, calibrated_local_averages
 from bsatnp.evaluate import evaluate
 from bsatnp.experiment import ExperimentConfig, load_experiment
 from bsatnp.experiment_trainer import build_trainer
@@ -498,11 +497,12 @@ def main() -> None:
         print(f"Not yet at {args.steps} steps: {', '.join(unfinished)}. Rerun the same command "
               f"to continue from {args.runs}; the tables need every model trained.")
         return
-    if not args.costs_only and task.likelihood == "gaussian":  # IDW/kNN predict Gaussians
+    if not args.costs_only:  # Gaussian or class shares, as the task's likelihood
         wanted = args.models.split(",") if args.models else TRAINING_FREE
         validation = eval_batches(task, train_config.val_batches, experiment.eval.val_seed,
                                   split="valid")
-        free = calibrated_local_averages([n for n in TRAINING_FREE if n in wanted], validation)
+        free = calibrated_local_averages([n for n in TRAINING_FREE if n in wanted], validation,
+                                         task.likelihood)
     costs = step_costs(models, (task if args.quick else full_task).with_batch_size(
         train_config.batch_size), args.rounds, args.device)
     if not args.costs_only:

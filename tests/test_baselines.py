@@ -87,7 +87,8 @@ def test_tnpd_is_not_translation_invariant():
 
 
 # ------------------------------------------------------------------ IDW and kNN means
-BASELINES = [IDW(), IDW(power=3.0), KNearestMean(), KNearestMean(k=1), Persistence()]
+BASELINES = [IDW(dim_f=2), IDW(power=3.0, dim_f=2), KNearestMean(dim_f=2),
+             KNearestMean(k=1, dim_f=2), Persistence(dim_t=0, dim_f=2)]
 
 
 @pytest.mark.parametrize("model", BASELINES, ids=repr)
@@ -96,7 +97,7 @@ def test_local_average_shapes_masking_chunking_translation(model):
     base = model(batch)
     assert base.mean.shape == base.stddev.shape == (3, 20, 2)
     assert bool((base.stddev >= model.min_std).all())
-    one = random_batch(B=1, Lc=30, Lt=20, seed=8)
+    one = random_batch(B=1, Lc=30, Lt=20, seed=8, dim_f=2)
     assert_same(model(one), model(dropped(one)))
     assert_same(base, model(with_nan_padding(batch)), atol=0)
     model.chunk_size = 3
@@ -167,3 +168,33 @@ def test_persistence_takes_the_latest_value_at_the_nearest_location():
     dist = Persistence(min_std=0.5)(batch)
     assert dist.mean[0, :, 0].tolist() == [12.0, 22.0, 22.0]
     assert torch.allclose(dist.stddev, torch.tensor(0.5))
+
+
+def test_a_local_average_serves_the_own_data_road_in_the_data_units(tmp_path):
+    """Predictor(IDW()) predicts in the data's units what inverse-distance weighting of the
+    raw values gives (numpy, float64), and saves and loads as any predictor; the categorical
+    kNN gives the class shares of the nearest stations."""
+    pd = pytest.importorskip("pandas")
+    np = pytest.importorskip("numpy")
+    from bsatnp.predictor import Predictor
+
+    rng = np.random.default_rng(0)
+    obs = pd.DataFrame({"x": rng.uniform(0, 50_000, 40), "y": rng.uniform(0, 30_000, 40),
+                        "v": rng.normal(300.0, 20.0, 40)})
+    targets = pd.DataFrame({"x": rng.uniform(0, 50_000, 7), "y": rng.uniform(0, 30_000, 7)})
+    roles = dict(values="v", space=("x", "y"))
+    out = Predictor(IDW(power=2.0)).predict(obs, targets, neighbours=None, **roles)
+    d2 = ((targets.to_numpy()[:, None] - obs[["x", "y"]].to_numpy()[None]) ** 2).sum(-1)
+    w = 1 / d2
+    w /= w.sum(1, keepdims=True)
+    np.testing.assert_allclose(out["mean"], w @ obs["v"].to_numpy(), rtol=1e-5)
+    saved = Predictor(IDW(power=2.0)).save(tmp_path / "idw.safetensors")
+    again = Predictor.load(saved).predict(obs, targets, neighbours=None, **roles)
+    np.testing.assert_allclose(again["mean"], out["mean"], rtol=1e-6)
+
+    labels = pd.DataFrame({"x": [0.0, 1.0, 10.0, 11.0, 12.0], "y": [0.0] * 5,
+                           "c": ["a", "a", "b", "b", "a"]})
+    knn = Predictor(KNearestMean(k=2, dim_f=2, likelihood="categorical", smoothing=1e-3))
+    probs = knn.predict(labels, pd.DataFrame({"x": [0.5, 10.5], "y": [0.0, 0.0]}),
+                        values="c", space=("x", "y"), neighbours=None)
+    assert probs["predicted_class"].tolist() == ["a", "b"]

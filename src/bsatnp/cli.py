@@ -113,7 +113,8 @@ def _evaluate(args: argparse.Namespace) -> None:
     if args.baselines:
         validation = eval_batches(config.task, config.train.val_batches, config.eval.val_seed,
                                   split="valid")
-        scored = {"model": model, **calibrated_local_averages(args.baselines, validation)}
+        scored = {"model": model, **calibrated_local_averages(
+            args.baselines, validation, config.task.likelihood)}
     results = evaluate(
         scored,
         domains=args.domains or (tuple(args.n_batches) if isinstance(args.n_batches, dict)

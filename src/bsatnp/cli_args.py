@@ -12,9 +12,9 @@ from typing import Any
 
 import torch
 
-from bsatnp.baselines.idw import LOCAL_AVERAGES
 from bsatnp.data.table_task import SPLIT_KINDS
 from bsatnp.experiment import bundled_configs
+from bsatnp.models.local_average import LOCAL_AVERAGES
 from bsatnp.predict import FORMAT_HELP
 from bsatnp.tasks import task_names
 

@@ -75,6 +75,8 @@ class NeuralProcess(nn.Module):
     """
 
     config_class: ClassVar[type[FamilyConfig]]
+    trainable: ClassVar[bool] = True
+    """Whether the family has weights to train (the local averages have none)."""
 
     def __init__(self, config: FamilyConfig | None, overrides: dict[str, Any]) -> None:
         super().__init__()

@@ -17,6 +17,7 @@ from torch import nn
 # Each family module registers its class (@register_family) when imported.
 import bsatnp.models.bsatnp
 import bsatnp.models.convcnp
+import bsatnp.models.local_average
 import bsatnp.models.tetnp
 import bsatnp.models.tnpd  # noqa: F401
 from bsatnp.models.base import FAMILIES, Family, FamilyConfig
