@@ -29,3 +29,19 @@ def test_shipped_model_matches_its_card(name):
     # ... and lie within the card's spread over all its batches.
     stated = card["metrics"]["in_domain"]["model"]["nll"]
     assert abs(few["mean"] - stated["mean"]) < 4 * few["se"] + 4 * stated["se"], (few, stated)
+
+
+@pytest.mark.parametrize("name", pretrained_names())
+def test_a_shipped_model_is_evaluated_on_its_own_task(name):
+    """A shipped model stores no training experiment: `bsatnp evaluate --checkpoint NAME`
+    reads the task and evaluation protocol of its card (it once fell back to the 2D GP)."""
+    from bsatnp.experiment import experiment_from_checkpoint
+    from bsatnp.io.checkpoint import load_checkpoint
+    from bsatnp.pretrained import checkpoint_path
+
+    card = model_card(name)
+    experiment = experiment_from_checkpoint(load_checkpoint(checkpoint_path(name)))
+    assert experiment.task.name == card["task"]
+    assert experiment.task == ExperimentConfig.from_dict({"task": card["envelope"]["task"]}).task
+    assert experiment.eval.seed == card["evaluation"]["seed"]
+    assert experiment.eval.domains_of(experiment.task) == tuple(card["evaluation"]["batches"])

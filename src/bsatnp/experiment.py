@@ -232,12 +232,14 @@ def experiment_from_checkpoint(ckpt: Checkpoint) -> ExperimentConfig:
     """The experiment a :class:`Trainer` run stored in ``ckpt`` (defaults if none).
 
     The model and training configs come from the checkpoint's own fields (stored once);
-    ``extra["experiment"]`` holds the task and evaluation settings.
+    ``extra["experiment"]`` holds the task and evaluation settings. A shipped model stores
+    none: its card's task (``envelope.task``) and evaluation (seed, batches per domain)
+    stand in.
 
     Raises:
         ValueError: If the stored experiment is damaged.
     """
-    stored = ckpt.provenance.experiment
+    stored = ckpt.provenance.experiment or _card_experiment(ckpt)
     if stored is None:
         return ExperimentConfig(source=str(ckpt.path))
     own = {"model": ckpt.model_config}
@@ -245,6 +247,20 @@ def experiment_from_checkpoint(ckpt: Checkpoint) -> ExperimentConfig:
         own["train"] = ckpt.train_config
     return ExperimentConfig.from_dict({**stored, **own},
                                       source=f"{ckpt.path} (stored experiment)")
+
+
+def _card_experiment(ckpt: Checkpoint) -> dict[str, Any] | None:
+    """The task and evaluation a shipped model's card names (it stores no experiment)."""
+    card = (ckpt.provenance.predictor or {}).get("card")
+    task = ((card or {}).get("envelope") or {}).get("task") if isinstance(card, dict) else None
+    if not isinstance(task, dict):
+        return None
+    evaluation = card.get("evaluation") or {}
+    batches = evaluation.get("batches") if isinstance(evaluation, dict) else None
+    ev = {"seed": evaluation["seed"]} if "seed" in evaluation else {}
+    if isinstance(batches, dict) and batches:
+        ev.update(n_batches=dict(batches), domains=list(batches))
+    return {"task": task, "eval": ev}
 
 
 def _mapping(section: Any, name: str) -> dict[str, Any]:
