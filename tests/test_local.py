@@ -242,6 +242,18 @@ def test_grouped_tasks_never_mix_fields(kind, monkeypatch):
         assert len(field_of) == 1, field_of
 
 
+def test_rows_by_field_equals_selecting_each_field():
+    from bsatnp.data.table_task import rows_by_field
+
+    generator = torch.Generator().manual_seed(3)
+    rows = torch.randperm(500, generator=generator)[:300]
+    codes = torch.randint(0, 40, (300,), generator=generator) * 7
+    expected = [rows[codes == code] for code in torch.unique(codes)]
+    got = rows_by_field(rows, codes)
+    assert len(got) == len(expected)
+    assert all(torch.equal(a, b) for a, b in zip(got, expected))
+
+
 def test_finetune_with_group_draws_each_task_from_one_field(tmp_path):
     rng = np.random.default_rng(8)
     frames = []
