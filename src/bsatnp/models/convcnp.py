@@ -62,7 +62,8 @@ class ConvCNPConfig(FamilyConfig):
         depth: Number of stride-2 down/up levels of the UNet.
         kernel_size: Odd convolution kernel size.
         head_hidden: Hidden widths of the pointwise output MLP.
-        likelihood: ``gaussian`` or ``categorical`` (``dim_f`` classes).
+        likelihood: Any of :data:`~bsatnp.models.likelihoods.LIKELIHOODS` (``categorical``:
+            ``dim_f`` classes).
         min_std: Gaussian lower bound on σ.
         max_points_per_axis: Largest grid allowed per axis; a larger one raises
             ``ValueError`` (guards against locations on a much larger scale than ``ppu``).

@@ -1,41 +1,46 @@
-"""Likelihood heads: final token → predictive distribution per test point."""
+"""Likelihood heads: final token → predictive distribution per test point.
+
+Every model family ends in one of these, chosen by its config's ``likelihood``: an MLP to
+the raw parameters a :class:`~bsatnp.models.likelihoods.LikelihoodFamily` reads
+(:class:`DistributionHead`), or to class logits (:class:`CategoricalHead`).
+"""
 
 from __future__ import annotations
 
-from typing import Literal, get_args
-
-import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.distributions import Categorical, Normal
+from torch.distributions import Categorical, Distribution
 
 from bsatnp.models.layers import MLP
+from bsatnp.models.likelihoods import LIKELIHOODS, Likelihood, likelihood_family
 
-Likelihood = Literal["gaussian", "categorical"]
-LIKELIHOODS: tuple[str, ...] = get_args(Likelihood)
+__all__ = ["LIKELIHOODS", "CategoricalHead", "DistributionHead", "Likelihood",
+           "check_likelihood", "likelihood_head"]
 
 
-class GaussianHead(nn.Module):
-    """MLP → ``(μ, raw)``; ``σ = min_std + (1 − min_std)·softplus(raw)``.
+class DistributionHead(nn.Module):
+    """MLP → the raw parameters of a likelihood family → its distribution over ``[B, Lt, Df]``.
+
+    The Gaussian's raw outputs are ``(μ, raw σ)`` with ``σ = min_std + (1 − min_std)·
+    softplus(raw σ)`` (the parameter layout of every checkpoint before other likelihoods).
 
     Args:
-        dims: MLP widths ``(E, hidden..., 2·Df)``.
-        min_std: Lower bound of the predictive standard deviation.
+        likelihood: A registered family's name (:mod:`bsatnp.models.likelihoods`).
+        dims: MLP widths ``(E, hidden...)``; the last layer gives ``Df·outputs``.
+        dim_f: Value features ``Df``.
+        min_std: Lower bound of σ (Gaussian families).
         activation: After every hidden layer, ``"gelu"`` or ``"relu"``.
     """
 
-    def __init__(self, dims: tuple[int, ...], min_std: float = 0.0,
-                 activation: str = "gelu") -> None:
+    def __init__(self, likelihood: str, dims: tuple[int, ...], dim_f: int,
+                 min_std: float = 0.0, activation: str = "gelu") -> None:
         super().__init__()
-        if dims[-1] % 2:
-            raise ValueError(f"GaussianHead needs an even output width 2·Df, got {dims[-1]}")
-        self.mlp = MLP(dims, activation=activation)
+        self.family = likelihood_family(likelihood)
+        self.mlp = MLP((*dims, dim_f * self.family.outputs), activation=activation)
         self.min_std = min_std
 
-    def forward(self, z: Tensor) -> Normal:
-        """Tokens ``[B, Lt, E]`` → ``Normal`` with mean and stddev ``[B, Lt, Df]``."""
-        mu, raw = self.mlp(z).chunk(2, dim=-1)
-        std = self.min_std + (1.0 - self.min_std) * F.softplus(raw)
-        return Normal(mu, std, validate_args=False)
+    def forward(self, z: Tensor) -> Distribution:
+        """Tokens ``[B, Lt, E]`` → the predictive (exposure and trials 1)."""
+        return self.family.distribution(self.mlp(z), self.min_std)
 
 
 class CategoricalHead(nn.Module):
@@ -65,10 +70,10 @@ def likelihood_head(likelihood: str, dims: tuple[int, ...], dim_f: int, min_std:
                     activation: str = "gelu") -> nn.Module:
     """The head of a likelihood: MLP widths ``(E, hidden...)`` then the outputs it needs.
 
-    Gaussian: ``2·Df`` outputs (mean and raw std) → :class:`GaussianHead`; categorical:
-    ``Df = C`` class logits → :class:`CategoricalHead`.
+    Categorical: ``Df = C`` class logits → :class:`CategoricalHead`; any other: ``Df``
+    times the family's parameter count → :class:`DistributionHead`.
     """
     check_likelihood(likelihood)
     if likelihood == "categorical":
         return CategoricalHead((*dims, dim_f), activation)
-    return GaussianHead((*dims, 2 * dim_f), min_std, activation)
+    return DistributionHead(likelihood, dims, dim_f, min_std, activation)

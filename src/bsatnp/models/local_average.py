@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor
@@ -28,7 +28,6 @@ from torch.distributions import Categorical, Distribution, Normal
 from bsatnp.batch import Batch
 from bsatnp.config import check_literals
 from bsatnp.models.base import FamilyConfig, NeuralProcess, register_family
-from bsatnp.models.heads import Likelihood
 
 
 @dataclass(frozen=True)
@@ -48,7 +47,7 @@ class LocalAverageConfig(FamilyConfig):
     dim_s: int = 2
     dim_t: int = 0
     dim_f: int = 1
-    likelihood: Likelihood = "gaussian"
+    likelihood: Literal["gaussian", "categorical"] = "gaussian"
     min_std: float = 0.01
     smoothing: float = 0.01
     chunk_size: int = 256

@@ -233,7 +233,8 @@ class TETNPConfig(FamilyConfig):
         num_pseudo: Number of pseudo-tokens ``M``.
         embed_hidden: Hidden widths of the token MLP.
         head_hidden: Hidden widths of the output MLP.
-        likelihood: ``gaussian`` or ``categorical`` (``dim_f`` classes).
+        likelihood: Any of :data:`~bsatnp.models.likelihoods.LIKELIHOODS` (``categorical``:
+            ``dim_f`` classes).
         min_std: Gaussian lower bound on σ.
         ln_eps: LayerNorm epsilon.
         max_pair_elements: Largest ``B·Lq·Lk·phi_hidden`` one TE-MHA call may use.
