@@ -214,3 +214,34 @@ def test_betainc_matches_scipy():
         got = betainc(a, b, torch.full_like(a, x)).numpy()
         np.testing.assert_allclose(got, special.betainc(a.numpy(), b.numpy(), x),
                                    rtol=1e-9, atol=1e-12)
+
+
+def test_a_count_model_is_scored_through_its_family():
+    """model_metrics scores any registered likelihood: the NLL is the masked mean of
+    −log p, the CRPS the family's, and the counts' deviance is hand-computed here."""
+    from conftest import random_batch
+
+    from bsatnp.evaluate import model_metrics
+    from bsatnp.metrics import distribution_metrics
+    from bsatnp.models import BSATNP
+
+    torch.manual_seed(0)
+    model = BSATNP(num_blocks=1, dim=16, qkv_dim=16, ffn_dim=16, embed_hidden=(16,),
+                   head_hidden=(16,), likelihood="poisson").eval()
+    batch = random_batch(B=2, Lc=10, Lt=6)
+    with torch.no_grad():
+        dist = model(batch)
+        counts = dist.sample()
+    batch = batch.map(f_test=counts, mask_test=torch.tensor([[True] * 6, [True] * 3 + [False] * 3]))
+    scores = model_metrics(model, batch, "poisson")
+    keep = batch.test_mask()
+    y, mu = counts[keep].double(), dist.mean[keep].double()
+    assert scores["nll"] == pytest.approx(float(-dist.log_prob(counts)[keep].double().mean()),
+                                          rel=1e-6)
+    deviance = 2 * (torch.where(y > 0, y * (y / mu).log(), 0.0) - (y - mu))
+    assert scores["deviance"] == pytest.approx(float(deviance.mean()), rel=1e-6)
+    family = likelihood_family("poisson")
+    assert scores["crps"] == pytest.approx(float(family.crps(dist, counts)[keep].mean()),
+                                           rel=1e-9)
+    assert scores == distribution_metrics(family, dist, counts, keep)
+    assert 0.0 <= scores["cov90"] <= scores["cov95"] <= 1.0

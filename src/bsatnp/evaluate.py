@@ -37,8 +37,14 @@ import torch
 from torch import nn
 
 from bsatnp.batch import Batch
-from bsatnp.metrics import categorical_metrics, gaussian_metrics, summarize
+from bsatnp.metrics import (
+    categorical_metrics,
+    distribution_metrics,
+    gaussian_metrics,
+    summarize,
+)
 from bsatnp.models.base import model_device
+from bsatnp.models.likelihoods import likelihood_family
 from bsatnp.progress import tqdm_class
 from bsatnp.score_cache import ScoreCache, cache_header
 from bsatnp.tasks import IN_DOMAIN, Task, batch_generator, eval_batches
@@ -56,13 +62,19 @@ def model_metrics(model: nn.Module, batch: Batch, likelihood: str = "gaussian"
     Gaussian (:func:`~bsatnp.metrics.gaussian_metrics`): ``model.predict(batch)`` returns the
     mean and standard deviation ``[B, Lt, Df]``. Categorical
     (:func:`~bsatnp.metrics.categorical_metrics`): ``model(batch)`` is a ``Categorical``
-    over the classes of the one-hot ``f_test``.
+    over the classes of the one-hot ``f_test``. Any other likelihood
+    (:func:`~bsatnp.metrics.distribution_metrics`): scored through its family.
     """
     batch_on_device = batch.to(model_device(model))
     if likelihood == "categorical":
         with torch.no_grad():
             probs = model(batch_on_device).probs
         return categorical_metrics(probs.cpu(), batch.f_test, batch.test_mask())
+    if likelihood != "gaussian":
+        with torch.no_grad():
+            dist = model(batch_on_device)
+        return distribution_metrics(likelihood_family(likelihood), dist,
+                                    batch_on_device.f_test, batch_on_device.test_mask())
     mean, std = model.predict(batch_on_device)
     return gaussian_metrics(mean.cpu(), std.cpu(), batch.f_test, batch.test_mask())
 

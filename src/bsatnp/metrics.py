@@ -1,9 +1,10 @@
-"""Metrics of Gaussian and categorical predictions, averaged over the valid points of a batch.
+"""Metrics of predictions, averaged over the valid points of a batch.
 
 Every Gaussian metric takes predictive ``mean`` and ``std`` and ``target`` of shape
 ``[B, L, D]`` and a bool ``mask [B, L]`` of the points that count, and returns the average
 over all valid points (and output dimensions) of the whole batch — as SPEC §5 defines the
-NLL. :func:`categorical_metrics` does the same for class probabilities. Masked points may
+NLL. :func:`categorical_metrics` does the same for class probabilities, and
+:func:`distribution_metrics` for the predictive of any other likelihood family. Masked points may
 hold anything, NaN included. Computed in float64. :func:`summarize` turns per-batch results
 into mean ± standard error, :func:`mean_sd` results of several training seeds into mean ±
 standard deviation, and :func:`paired_t_test` compares two models' scores on the same test
@@ -17,6 +18,9 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 from torch import Tensor
+from torch.distributions import Distribution
+
+from bsatnp.models.likelihoods import LikelihoodFamily
 
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 CALIBRATION_LEVELS = tuple(round(0.1 * i, 1) for i in range(1, 10))
@@ -103,6 +107,33 @@ def gaussian_metrics(mean: Tensor, std: Tensor, target: Tensor, mask: Tensor) ->
         "crps": crps(*args),
         "cal_err": calibration_error(*args),
     }
+    return {key: float(value) for key, value in out.items()}
+
+
+def distribution_metrics(family: LikelihoodFamily, dist: Distribution, target: Tensor,
+                         mask: Tensor) -> dict[str, float]:
+    """Metrics of any registered likelihood's predictive ``dist`` over ``[B, L, D]``.
+
+    Returns:
+        ``nll`` (−log-density or −log-mass), ``rmse`` and ``mae`` of the predictive mean,
+        ``crps`` (the family's), ``cov90``/``cov95`` (the target inside the central
+        quantile interval, ends included) and, for counts, ``deviance`` (the Poisson
+        deviance of the mean, ``2·(y·log(y/μ) − (y − μ))``).
+    """
+    target = torch.where(mask[..., None], target, 0.0).double()  # masked points may be NaN
+    mean = dist.mean.double()
+    out = {"nll": _masked_mean(-dist.log_prob(target.to(dist.mean.dtype)).double(), mask),
+           "rmse": _masked_mean((target - mean).square(), mask).sqrt(),
+           "mae": _masked_mean((target - mean).abs(), mask),
+           "crps": _masked_mean(family.crps(dist, target), mask)}
+    for level in (0.9, 0.95):
+        low = family.quantile(dist, (1 - level) / 2)
+        high = family.quantile(dist, (1 + level) / 2)
+        inside = ((target >= low) & (target <= high)).double()
+        out[f"cov{round(100 * level)}"] = _masked_mean(inside, mask)
+    if family.discrete and family.bounds[1] == math.inf:
+        ratio = torch.where(target > 0, target / mean.clamp_min(1e-300), 1.0)
+        out["deviance"] = _masked_mean(2 * (target * ratio.log() - (target - mean)), mask)
     return {key: float(value) for key, value in out.items()}
 
 
