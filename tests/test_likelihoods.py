@@ -245,3 +245,13 @@ def test_a_count_model_is_scored_through_its_family():
                                            rel=1e-9)
     assert scores == distribution_metrics(family, dist, counts, keep)
     assert 0.0 <= scores["cov90"] <= scores["cov95"] <= 1.0
+
+
+def test_the_own_data_road_refuses_a_likelihood_it_cannot_serve_yet():
+    from bsatnp import Predictor
+    from bsatnp.models import BSATNP
+
+    model = BSATNP(num_blocks=1, dim=16, qkv_dim=16, ffn_dim=16, embed_hidden=(16,),
+                   head_hidden=(16,), likelihood="poisson")
+    with pytest.raises(ValueError, match="likelihood is 'poisson'"):
+        Predictor(model)

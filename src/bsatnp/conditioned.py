@@ -186,7 +186,7 @@ class Conditioned:
         inputs = self.normalizer.inputs(points, self.schema)
         chunk = chunk_size_for(chunk_size, max_memory, self.predictor.model)
         categorical = self.predictor.model.likelihood == "categorical"
-        n, dim_f = points.n, self.predictor.model.config.dim_f
+        n, dim_f = points.n, self.predictor.model.width("f")
         first = np.empty((n, dim_f), np.float32)
         second = None if categorical else np.empty((n, dim_f), np.float32)
         with (attention_runtime(compile="never") if max_memory is not None

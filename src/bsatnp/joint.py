@@ -93,7 +93,7 @@ def autoregressive_samples(model: NeuralProcess, batch: Batch, n_samples: int, *
     if samples_per_pass is not None:
         check_count("samples_per_pass", samples_per_pass)
     model.check_batch(batch)
-    B, N, Dv = batch.batch_size, batch.n_test, model.config.dim_f
+    B, N, Dv = batch.batch_size, batch.n_test, model.width("f")
     perm = _order(order, B, N, generator, batch.f_ctx.device)
     dtype = batch.f_ctx.dtype
     eps = torch.randn(n_samples, B, N, Dv, generator=generator, dtype=dtype,

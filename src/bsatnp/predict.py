@@ -167,7 +167,7 @@ def _read_csv(path: Path, model: NeuralProcess) -> dict[str, np.ndarray]:
     except csv.Error as err:
         raise ValueError(f"{path}, line {reader.line_num}: not a readable CSV: {err}") from None
     needed = ["split"] + [c for role, dim in _roles(model) for c in _columns(role, dim)]
-    needed += _columns("f", model.config.dim_f)
+    needed += _columns("f", model.width("f"))
     missing = [c for c in needed if c not in header]
     if missing:
         raise ValueError(f"{path}: missing column(s) {missing}; expected {needed}")
@@ -182,7 +182,7 @@ def _read_csv(path: Path, model: NeuralProcess) -> dict[str, np.ndarray]:
     for split, suffix in (("context", "ctx"), ("test", "test")):
         if not splits[split]:
             raise ValueError(f"{path}: no {split} rows")
-        roles = _roles(model) + ([("f", model.config.dim_f)] if split == "context" else [])
+        roles = _roles(model) + ([("f", model.width("f"))] if split == "context" else [])
         for role, dim in roles:
             out[f"{role}_{suffix}"] = _numbers(path, splits[split], _columns(role, dim))
     return out

@@ -38,6 +38,9 @@ from bsatnp.model_schema import resolve_schema
 from bsatnp.models.base import NeuralProcess
 from bsatnp.options import refuse_numeric_options
 
+SERVED_LIKELIHOODS = ("gaussian", "categorical")
+"""What the own-data road's normaliser and outputs handle (values in the data's units)."""
+
 
 class Predictor:
     """A neural process with the schema and normaliser of the data it serves.
@@ -54,6 +57,10 @@ class Predictor:
                  ) -> None:
         if not isinstance(model, NeuralProcess):
             raise ValueError(f"model must be a bsatnp NeuralProcess, got {type(model).__name__}")
+        if model.likelihood not in SERVED_LIKELIHOODS:
+            raise ValueError(f"the own-data road serves {' and '.join(SERVED_LIKELIHOODS)} "
+                             f"models; this one's likelihood is {model.likelihood!r} (score "
+                             "it with bsatnp.evaluate, which reads any likelihood)")
         self.model = model.eval()
         self.schema = schema
         self.normalizer = normalizer
