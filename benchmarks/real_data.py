@@ -221,17 +221,25 @@ def observed_rows(fields: list[Field]) -> Any:
                                             [len(field[1]) for field in fields])})
 
 
-def tuning_rows(args: argparse.Namespace) -> tuple[str, Any, str | None]:
-    """The run's name, the fine-tuning table and its field column (module doc)."""
+def tuning_name(args: argparse.Namespace) -> str:
+    """The name of the dataset's fine-tuning rows (the start of its run directory)."""
+    if args.dataset in ("heaton", "beijing_spatial"):
+        return args.dataset.removesuffix("_spatial")
+    return f"{args.dataset}_observed" if args.tune_rows == "observed" else "era5"
+
+
+def tuning_rows(args: argparse.Namespace) -> tuple[Any, str | None]:
+    """The fine-tuning table and its field column (module doc; read only to fine-tune)."""
     if args.dataset == "heaton":
-        return "heaton", observed_rows(heaton(args)), None
+        return observed_rows(heaton(args)), None
     if args.dataset == "beijing_spatial":
-        return "beijing", beijing_training(args), "hour"
+        return beijing_training(args), "hour"
     if args.tune_rows == "observed":
-        return f"{args.dataset}_observed", observed_rows(DATASETS[args.dataset](args)), "field"
-    return "era5", era5_training(args), "frame"
+        return observed_rows(DATASETS[args.dataset](args)), "field"
+    return era5_training(args), "frame"
 
 
+@functools.cache
 def _digest(name: str) -> str:
     """The first 8 hex digits of the SHA-256 of a model's file: a fine-tuning run resumes
     only from the weights it started from (a reshipped model starts a new run)."""
@@ -255,16 +263,16 @@ def tuned(args: argparse.Namespace) -> Any:
     from bsatnp.io.checkpoint import load_checkpoint
 
     torch.set_num_threads(args.threads)
-    name, table, group = tuning_rows(args)
     base = f"_{Path(args.model).stem}_{_digest(args.model)}"  # a run per base model's weights
     size = "" if args.neighbours == 512 else f"_k{args.neighbours}"  # tasks of that size
-    out = Path(args.runs) / f"{name}_gap{args.tune_steps}{size}{base}"
+    out = Path(args.runs) / f"{tuning_name(args)}_gap{args.tune_steps}{size}{base}"
     resume = (out / "last.safetensors").is_file()
     if out not in _TUNED and resume and (out / "best.safetensors").is_file() and \
             load_checkpoint(out / "last.safetensors").step >= args.tune_steps:
         _TUNED[out] = Predictor.load(out / "best.safetensors")  # finished: its best state
     if out in _TUNED:
         return _TUNED[out]
+    table, group = tuning_rows(args)
     _TUNED[out] = _shipped(args.model).finetune(
         table, values="v", space=("x", "y"), split="gap", n_ctx=args.neighbours,
         n_test=args.tune_test, steps=args.tune_steps, lr=args.tune_lr,
