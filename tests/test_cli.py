@@ -350,7 +350,9 @@ def test_every_yaml_config_parses(path):
 @pytest.mark.parametrize(("section", "key", "choices"), [
     ({"model": {"backend": "quantum"}}, "model.backend", "('auto', 'dense', 'tiled', 'flex')"),
     ({"model": {"use_s": "sideways"}}, "model.use_s", "('embed', 'bias', 'both')"),
-    ({"model": {"likelihood": "poisson"}}, "model.likelihood", "('gaussian', 'categorical')"),
+    ({"model": {"likelihood": "weibull"}}, "model.likelihood",
+     "('gaussian', 'student_t', 'gaussian_mixture', 'poisson', 'negative_binomial', 'zip', "
+     "'zinb', 'bernoulli', 'binomial', 'beta', 'categorical')"),
     ({"model": {"bias_s": {"distance": "manhattan"}}}, "model.bias_s.distance",
      "('euclidean', 'great_circle', 'great_circle_degrees', 'abs')"),
     ({"model": {"family": "tnpd", "norm": "middle"}}, "model.norm", "('post', 'pre')"),
