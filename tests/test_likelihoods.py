@@ -247,11 +247,74 @@ def test_a_count_model_is_scored_through_its_family():
     assert 0.0 <= scores["cov90"] <= scores["cov95"] <= 1.0
 
 
-def test_the_own_data_road_refuses_a_likelihood_it_cannot_serve_yet():
-    from bsatnp import Predictor
+def small_count_model(likelihood: str = "poisson"):
     from bsatnp.models import BSATNP
 
-    model = BSATNP(num_blocks=1, dim=16, qkv_dim=16, ffn_dim=16, embed_hidden=(16,),
-                   head_hidden=(16,), likelihood="poisson")
-    with pytest.raises(ValueError, match="likelihood is 'poisson'"):
-        Predictor(model)
+    torch.manual_seed(0)
+    return BSATNP(num_blocks=1, dim=16, qkv_dim=16, ffn_dim=16, embed_hidden=(16,),
+                  head_hidden=(16,), likelihood=likelihood).eval()
+
+
+def counts_table(n: int = 60, seed: int = 0):
+    pd = pytest.importorskip("pandas")
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame({"lon": rng.uniform(0, 10, n), "lat": rng.uniform(0, 5, n),
+                         "cases": rng.poisson(4.0, n).astype(float)})
+
+
+def test_a_count_model_predicts_in_the_data_units_through_the_own_data_road():
+    """Counts are not standardised: the Predictor's outputs are the model's Poisson
+    predictive on the same points (mean, std), its quantiles (integers), P(count > t)
+    = 1 − F(t) and integer samples; local conditioning with K >= n equals global."""
+    pd = pytest.importorskip("pandas")
+    from bsatnp import Batch, Predictor
+
+    obs = counts_table()
+    targets = pd.DataFrame({"lon": [1.0, 5.0, 9.5], "lat": [0.5, 2.5, 4.0]})
+    predictor = Predictor(small_count_model())
+    roles = dict(values="cases", space=("lon", "lat"))
+    out = predictor.predict(obs, targets, neighbours=None, quantiles=(0.1, 0.5, 0.9),
+                            exceedance=(3.0, 8.0), n_samples=50, seed=1, **roles)
+    schema, points, normalizer = predictor.observations(obs, **roles)
+    assert normalizer.value_shift == (0.0,) and normalizer.value_scale == (1.0,)
+    context = normalizer.inputs(points, schema)
+    from bsatnp.data.tables import read_points
+    test_points, _ = read_points(targets, schema, "targets", with_values=False)
+    test = normalizer.inputs(test_points, schema)
+    batch = Batch(s_ctx=torch.tensor(context["s"], dtype=torch.float32)[None],
+                  f_ctx=torch.tensor(context["f"], dtype=torch.float32)[None],
+                  s_test=torch.tensor(test["s"], dtype=torch.float32)[None])
+    with torch.no_grad():
+        dist = predictor.model(batch)
+    family = likelihood_family("poisson")
+    np.testing.assert_allclose(out["mean"], dist.mean[0, :, 0].numpy(), rtol=1e-5)
+    np.testing.assert_allclose(out["std"], dist.stddev[0, :, 0].numpy(), rtol=1e-5)
+    for level in (0.1, 0.5, 0.9):
+        np.testing.assert_array_equal(out[f"q{level}"],
+                                      family.quantile(dist, level)[0, :, 0].numpy())
+    for t in (3.0, 8.0):
+        expected = 1 - family.cdf(dist, torch.full_like(dist.mean, t))[0, :, 0].numpy()
+        np.testing.assert_allclose(out[f"exceedance_{t}"], expected, rtol=1e-5, atol=1e-7)
+    samples = out[[f"sample_{i}" for i in range(50)]].to_numpy()
+    assert (samples >= 0).all() and (samples == np.round(samples)).all()
+    again = predictor.predict(obs, targets, neighbours=None, n_samples=50, seed=1, **roles)
+    np.testing.assert_array_equal(again[[f"sample_{i}" for i in range(50)]].to_numpy(), samples)
+    local = predictor.predict(obs, targets, neighbours=len(obs), **roles)
+    np.testing.assert_allclose(local["mean"], out["mean"], rtol=1e-4)
+
+
+@pytest.mark.parametrize(("likelihood", "bad", "message"), [
+    ("poisson", -1.0, "integers >= 0"), ("poisson", 2.5, "integers >= 0"),
+    ("bernoulli", 2.0, "integers 0 or 1"), ("beta", 1.5, r"within \[0, 1\]")])
+def test_values_outside_the_likelihood_support_are_refused(likelihood, bad, message):
+    from bsatnp import Predictor
+
+    obs = counts_table(20)
+    obs["cases"] = np.where(np.arange(20) == 7, bad, 0.0 if likelihood != "beta" else 0.5)
+    with pytest.raises(ValueError, match=message):
+        Predictor(small_count_model(likelihood)).predict(
+            obs, obs[["lon", "lat"]], values="cases", space=("lon", "lat"))
+    with pytest.raises(ValueError, match="value_transform"):
+        Predictor(small_count_model()).predict(
+            counts_table(20), obs[["lon", "lat"]], values="cases", space=("lon", "lat"),
+            value_transform="log1p")

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +38,7 @@ from bsatnp.data.tables import (
     read_points,
 )
 from bsatnp.models.base import ConditionedModel, model_device
+from bsatnp.models.likelihoods import likelihood_family
 from bsatnp.options import (
     OutputRequest,
     block_points,
@@ -47,8 +48,18 @@ from bsatnp.options import (
     output_thresholds,
     refuse_numeric_options,
 )
-from bsatnp.outputs import OverflowBlame, categorical_outputs, gaussian_outputs, largest_finite
+from bsatnp.outputs import (
+    DistributionStore,
+    MomentStore,
+    OverflowBlame,
+    ProbabilityStore,
+    categorical_outputs,
+    distribution_outputs,
+    gaussian_outputs,
+    largest_finite,
+)
 from bsatnp.progress import tqdm_class
+from bsatnp.tasks.frames import LocalFrame
 
 if TYPE_CHECKING:
     from bsatnp.predictor import Predictor
@@ -185,19 +196,23 @@ class Conditioned:
                              "from both, so that both mean the same instants")
         inputs = self.normalizer.inputs(points, self.schema)
         chunk = chunk_size_for(chunk_size, max_memory, self.predictor.model)
-        categorical = self.predictor.model.likelihood == "categorical"
+        likelihood = self.predictor.model.likelihood
         n, dim_f = points.n, self.predictor.model.width("f")
-        first = np.empty((n, dim_f), np.float32)
-        second = None if categorical else np.empty((n, dim_f), np.float32)
+        request = OutputRequest(tuple(levels), interval, tuple(thresholds), n_samples, seed)
+        store: MomentStore | ProbabilityStore | DistributionStore = (
+            MomentStore(n, dim_f) if likelihood == "gaussian"
+            else ProbabilityStore(n, dim_f) if likelihood == "categorical"
+            else DistributionStore(n, dim_f, likelihood_family(likelihood), request))
         with (attention_runtime(compile="never") if max_memory is not None
               else contextlib.nullcontext()):
-            self._predict_into(inputs, n, chunk, first, second, progress)  # bounded: eager
-        if categorical:
-            return categorical_outputs(template, first, self.schema.classes)
-        request = OutputRequest(tuple(levels), interval, tuple(thresholds), n_samples, seed)
+            self._predict_into(inputs, n, chunk, store, progress)  # bounded: eager
+        if isinstance(store, ProbabilityStore):
+            return categorical_outputs(template, store.probs, self.schema.classes)
+        if isinstance(store, DistributionStore):
+            return distribution_outputs(template, store, self.schema)
         blame = OverflowBlame(self.predictor.normalizer is not None, self.largest_value)
-        return gaussian_outputs(template, first, second, self.normalizer, self.schema, request,
-                                blame)
+        return gaussian_outputs(template, store.mean, store.std, self.normalizer, self.schema,
+                                request, blame)
 
     def write_grid(self, targets: Any, path: str | os.PathLike[str], *,
                    crs: str | None = None, quantiles: Sequence[float] = (),
@@ -230,8 +245,8 @@ class Conditioned:
                           path, progress)
 
     def _predict_into(self, inputs: dict[str, np.ndarray], n: int, chunk: int,
-                      first: np.ndarray, second: np.ndarray | None, progress: bool) -> None:
-        """Fill ``first``/``second`` (mean/std, or probabilities) at the ``n`` targets."""
+                      store: PredictiveStore, progress: bool) -> None:
+        """Give ``store`` the predictive at the ``n`` targets, chunk by chunk."""
         starts = range(0, n, chunk)
         if progress:
             starts = tqdm_class()(starts, desc="predicting", unit="chunk")
@@ -240,17 +255,12 @@ class Conditioned:
             test = {f"{role}_test": model_tensor(inputs[role][start:stop], self.device)
                     for role in self.predictor.model.roles}
             check_model_range({k[0]: v for k, v in test.items()}, "targets")
-            store_predictive(self.model.predictive(test), slice(start, stop), first, second)
+            store(self.model.predictive(test), slice(start, stop), None)
 
 
-def store_predictive(dist: Any, where: slice | np.ndarray, first: np.ndarray,
-           second: np.ndarray | None) -> None:
-    """Write a predictive of one chunk: probabilities, or mean and std."""
-    if second is None:
-        first[where] = dist.probs[0].cpu().numpy()
-    else:
-        first[where] = dist.mean[0].cpu().numpy()
-        second[where] = dist.stddev[0].cpu().numpy()
+PredictiveStore = Callable[[Any, "slice | np.ndarray", "LocalFrame | None"], None]
+"""Takes the predictive of one chunk of targets (those ``where``), and its neighbourhood's
+frame if any (:mod:`bsatnp.outputs`)."""
 
 
 def check_normalised(arrays: dict[str, np.ndarray], points: Points, stored: bool) -> None:

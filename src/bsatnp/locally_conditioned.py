@@ -15,10 +15,10 @@ import numpy as np
 from bsatnp.batch import Batch
 from bsatnp.conditioned import (
     Conditioned,
+    PredictiveStore,
     check_model_range,
     check_normalised,
     model_tensor,
-    store_predictive,
 )
 from bsatnp.data.neighbours import (
     Neighbourhood,
@@ -109,8 +109,9 @@ class LocallyConditioned(Conditioned):
                              "targets") from None
 
     def _predict_into(self, inputs: dict[str, np.ndarray], n: int, chunk: int,
-                      first: np.ndarray, second: np.ndarray | None, progress: bool) -> None:
+                      store: PredictiveStore, progress: bool) -> None:
         model = self.predictor.model
+        framed_values = model.likelihood == "gaussian"  # others model the data's units
         envelope = self.predictor.envelope
         tiles = self._tiles(inputs, chunk)
         if progress:
@@ -120,10 +121,10 @@ class LocallyConditioned(Conditioned):
             test = {role: inputs[role][tile.targets] for role in model.roles}
             frame = None
             if self.rescale:
-                frame = LocalFrame.fit(context["s"], None if second is None else context["f"],
+                frame = LocalFrame.fit(context["s"], context["f"] if framed_values else None,
                                        envelope.space_half_width, envelope.values)
                 context["s"], test["s"] = frame.space(context["s"]), frame.space(test["s"])
-                context["f"] = context["f"] if second is None else frame.values(context["f"])
+                context["f"] = frame.values(context["f"]) if framed_values else context["f"]
             batch = Batch(**{f"{role}_ctx": model_tensor(value, self.device)
                              for role, value in context.items()},
                           **{f"{role}_test": model_tensor(value, self.device)
@@ -131,7 +132,4 @@ class LocallyConditioned(Conditioned):
             check_model_range({role: batch.test(role) for role in model.roles}, "targets")
             dist = model.condition(batch).predictive(
                 {f"{role}_test": batch.test(role) for role in model.roles})
-            store_predictive(dist, tile.targets, first, second)
-            if second is not None and frame is not None:
-                first[tile.targets] = first[tile.targets] * frame.scale + frame.shift
-                second[tile.targets] = second[tile.targets] * frame.scale
+            store(dist, tile.targets, frame)

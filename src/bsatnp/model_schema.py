@@ -16,6 +16,7 @@ from bsatnp.data.geo import check_crs
 from bsatnp.data.schema import Schema
 from bsatnp.data.tables import class_labels, time_kind_of
 from bsatnp.models.base import NeuralProcess
+from bsatnp.models.likelihoods import likelihood_family
 
 
 def resolve_schema(model: NeuralProcess, stored: Schema | None, data: Any, **roles: Any
@@ -104,3 +105,28 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [str(v) for v in value]
     return value
+
+
+def check_values(model: NeuralProcess, values: np.ndarray | None, schema: Schema) -> None:
+    """Refuse observed values outside the support of the model's likelihood.
+
+    Counts must be integers >= 0; presence 0 or 1; proportions within [0, 1] (a Gaussian or
+    categorical model takes any value or label).
+
+    Raises:
+        ValueError: Naming the value column, how many values are outside and the first.
+    """
+    if values is None or model.likelihood in ("gaussian", "categorical"):
+        return
+    family = likelihood_family(model.likelihood)
+    low, high = family.bounds
+    for j, name in enumerate(schema.values):
+        column = values[:, j]
+        bad = (column < low) | (column > high)
+        if family.discrete:
+            bad |= column != np.floor(column)
+        if bad.any():
+            what = ("integers" + (" 0 or 1" if high == 1 else " >= 0") if family.discrete
+                    else f"within [{low:g}, {high:g}]")
+            raise ValueError(f"a {model.likelihood} model reads {what}: value column {name!r} "
+                             f"has {int(bad.sum()):,} that are not (e.g. {column[bad][0]!r})")

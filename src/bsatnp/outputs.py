@@ -3,9 +3,12 @@
 A Gaussian predictive in model units becomes mean and std through the normaliser and its
 value transform, plus what was asked for (:class:`~bsatnp.options.OutputRequest`):
 quantiles, an interval, exceedance probabilities, marginal samples; class probabilities
-become a probability per class and the most likely class. An output that is not finite is
-refused with its cause: the value transform, the data, a diverged model or a normaliser
-that does not fit (:class:`OverflowBlame`).
+become a probability per class and the most likely class; any other likelihood (counts,
+presence, proportions), whose values are modelled in the data's units, gives the same
+outputs from its family (:func:`distribution_outputs`). The stores (:class:`MomentStore`,
+:class:`ProbabilityStore`, :class:`DistributionStore`) collect a predictive chunk by
+chunk. An output that is not finite is refused with its cause: the value transform, the
+data, a diverged model or a normaliser that does not fit (:class:`OverflowBlame`).
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ import numpy as np
 from bsatnp.data.normalizer import Normalizer
 from bsatnp.data.schema import Schema
 from bsatnp.models.base import MODERATE_INPUT
+from bsatnp.models.likelihoods import LikelihoodFamily
 from bsatnp.options import OutputRequest, interval_levels
+from bsatnp.tasks.frames import LocalFrame
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,117 @@ def categorical_outputs(template: Any, probs: np.ndarray, classes: Sequence[Any]
     predicted = np.asarray(classes, dtype=object)[probs.argmax(-1)]
     outputs = {"probability": probs.T, "predicted_class": predicted}
     return template.build(outputs, {"probability": ("class", list(classes), "probability_")})
+
+
+class MomentStore:
+    """Mean and std ``[N, Df]`` of a Gaussian predictive, chunk by chunk.
+
+    In model units; a neighbourhood's :class:`LocalFrame` is mapped back.
+    """
+
+    def __init__(self, n: int, dim_f: int) -> None:
+        self.mean = np.empty((n, dim_f), np.float32)
+        self.std = np.empty((n, dim_f), np.float32)
+
+    def __call__(self, dist: Any, where: slice | np.ndarray, frame: LocalFrame | None) -> None:
+        """Store the predictive of the targets ``where``."""
+        mean, std = dist.mean[0].cpu().numpy(), dist.stddev[0].cpu().numpy()
+        if frame is not None:
+            mean, std = mean * frame.scale + frame.shift, std * frame.scale
+        self.mean[where], self.std[where] = mean, std
+
+
+class ProbabilityStore:
+    """Class probabilities ``[N, C]``, chunk by chunk."""
+
+    def __init__(self, n: int, classes: int) -> None:
+        self.probs = np.empty((n, classes), np.float32)
+
+    def __call__(self, dist: Any, where: slice | np.ndarray, frame: LocalFrame | None) -> None:
+        """Store the predictive of the targets ``where``."""
+        self.probs[where] = dist.probs[0].cpu().numpy()
+
+
+class DistributionStore:
+    """What ``request`` asks of a likelihood family's predictive, chunk by chunk.
+
+    Mean, std, quantiles (interval ends included), exceedance probabilities and samples,
+    each ``[..., N, Df]`` in the data's units (the family models them so).
+    """
+
+    def __init__(self, n: int, dim_f: int, family: LikelihoodFamily,
+                 request: OutputRequest) -> None:
+        self.family, self.request = family, request
+        self.levels = list(request.levels) + (list(interval_levels(request.interval))
+                                              if request.interval is not None else [])
+        self.rng = np.random.default_rng(request.seed)
+        self.arrays = {"mean": np.empty((n, dim_f)), "std": np.empty((n, dim_f)),
+                       "quantiles": np.empty((len(self.levels), n, dim_f)),
+                       "exceedance": np.empty((len(request.thresholds), n, dim_f)),
+                       "samples": np.empty((request.n_samples, n, dim_f))}
+
+    def __call__(self, dist: Any, where: slice | np.ndarray, frame: LocalFrame | None) -> None:
+        """Store the predictive of the targets ``where`` (values are never framed)."""
+        import torch
+
+        a = self.arrays
+        a["mean"][where] = dist.mean[0].double().cpu().numpy()
+        a["std"][where] = dist.stddev[0].double().cpu().numpy()
+        for i, level in enumerate(self.levels):
+            a["quantiles"][i, where] = self.family.quantile(dist, level)[0].cpu().numpy()
+        for i, threshold in enumerate(self.request.thresholds):
+            value = torch.full_like(dist.mean, float(threshold), dtype=torch.float64)
+            a["exceedance"][i, where] = (1 - self.family.cdf(dist, value))[0].cpu().numpy()
+        if self.request.n_samples:
+            seed = int(self.rng.integers(2**63 - 1))
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                draws = dist.sample((self.request.n_samples,))[:, 0]
+            a["samples"][:, where] = draws.double().cpu().numpy()
+
+
+def distribution_outputs(template: Any, store: DistributionStore, schema: Schema) -> Any:
+    """The container of a likelihood family's predictive (:class:`DistributionStore`).
+
+    The same names as :func:`gaussian_outputs`: per value column ``mean``, ``std``,
+    ``quantiles``, ``lower``/``upper``, ``exceedance``, ``samples``.
+    """
+    request, a = store.request, store.arrays
+    outputs: dict[str, np.ndarray] = {}
+    extra: dict[str, tuple[str, Sequence[Any], str]] = {}
+    attrs: dict[str, dict[str, Any]] = {}
+    n_levels = len(request.levels)
+    for j, value in enumerate(schema.values):
+        prefix = f"{value}_" if len(schema.values) > 1 else ""
+        units = ({"units": schema.units[j]} if j < len(schema.units) else {})
+        named = {"mean": a["mean"][:, j], "std": a["std"][:, j]}
+        if request.levels:
+            named["quantiles"] = a["quantiles"][:n_levels, :, j]
+            extra[prefix + "quantiles"] = ("quantile", list(request.levels), prefix + "q")
+        if request.interval is not None:
+            named["lower"], named["upper"] = a["quantiles"][n_levels:, :, j]
+        if request.thresholds:
+            named["exceedance"] = a["exceedance"][:, :, j]
+            extra[prefix + "exceedance"] = ("threshold", list(request.thresholds),
+                                            prefix + "exceedance_")
+        if request.n_samples:
+            named["samples"] = a["samples"][:, :, j]
+            extra[prefix + "samples"] = ("sample", list(range(request.n_samples)),
+                                         prefix + "sample_")
+        for name, array in named.items():
+            if not np.isfinite(array).all():
+                _check_finite_output(prefix + name, array, "the model's predictive is not "
+                                     "finite there (a diverged model, or inputs far outside "
+                                     "its training range)")
+            outputs[prefix + name] = array.astype(np.float32)
+            attrs[prefix + name] = {**units, "long_name": f"{value} {name}"}
+        if request.thresholds:
+            attrs[prefix + "exceedance"] = {
+                "units": "1", "long_name": f"P({value} > threshold)",
+                **({"threshold_units": units["units"]} if units else {})}
+        if request.n_samples:
+            attrs[prefix + "samples"]["samples_are"] = "marginal (independent across targets)"
+    return template.build(outputs, extra, attrs)
 
 
 def largest_finite(values: np.ndarray | None) -> float:

@@ -34,12 +34,9 @@ from bsatnp.data.tables import (
 )
 from bsatnp.io.checkpoint import Provenance, load_checkpoint, save_checkpoint
 from bsatnp.locally_conditioned import LocallyConditioned
-from bsatnp.model_schema import resolve_schema
+from bsatnp.model_schema import check_values, resolve_schema
 from bsatnp.models.base import NeuralProcess
 from bsatnp.options import refuse_numeric_options
-
-SERVED_LIKELIHOODS = ("gaussian", "categorical")
-"""What the own-data road's normaliser and outputs handle (values in the data's units)."""
 
 
 class Predictor:
@@ -57,10 +54,6 @@ class Predictor:
                  ) -> None:
         if not isinstance(model, NeuralProcess):
             raise ValueError(f"model must be a bsatnp NeuralProcess, got {type(model).__name__}")
-        if model.likelihood not in SERVED_LIKELIHOODS:
-            raise ValueError(f"the own-data road serves {' and '.join(SERVED_LIKELIHOODS)} "
-                             f"models; this one's likelihood is {model.likelihood!r} (score "
-                             "it with bsatnp.evaluate, which reads any likelihood)")
         self.model = model.eval()
         self.schema = schema
         self.normalizer = normalizer
@@ -191,14 +184,20 @@ class Predictor:
         """
         refuse_numeric_options(self.model, {"value_transform": value_transform != "none",
                                             "units": bool(roles.get("units"))})
+        gaussian = self.model.likelihood == "gaussian"
+        if value_transform != "none" and not gaussian:
+            raise ValueError(f"value_transform={value_transform!r}: a {self.model.likelihood} "
+                             "model reads its values in their own units (omit it)")
         schema = self.resolve_schema(data, crs=crs if self.schema is None else None, **roles)
         points, _ = read_points(data, schema, "observations", with_values=True,
                                 crs=None if self.schema is None else crs, group=group)
+        check_values(self.model, points.values, schema)
         normalizer = self.normalizer or Normalizer.fit(
             points, schema, great_circle=self.great_circle, space_scale=space_scale,
             time_scale=time_scale, method=method, value_transform=value_transform,
             space_half_width=self.envelope.space_half_width,
-            value_moments=self.envelope.values)
+            value_moments=self.envelope.values if gaussian else None,
+            keep_values=not gaussian)
         return schema, points, normalizer
 
     def condition(self, observations: Any, *, space_scale: float | str = "auto",

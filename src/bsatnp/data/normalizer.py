@@ -86,8 +86,8 @@ class Normalizer(Config):
     def fit(cls, points: Points, schema: Schema, *, great_circle: bool = False,
             space_scale: float | str = "auto", time_scale: float | str = "auto",
             method: str = "standard", value_transform: str = "none",
-            space_half_width: float = 2.0, value_moments: ValueMoments | None = None
-            ) -> Normalizer:
+            space_half_width: float = 2.0, value_moments: ValueMoments | None = None,
+            keep_values: bool = False) -> Normalizer:
         """Fit the maps on ``points`` (the data a model is trained or conditioned on).
 
         Args:
@@ -107,6 +107,8 @@ class Normalizer(Config):
             space_half_width: Half-width of the box the model was trained on.
             value_moments: What the model's training contexts' values look like (the
                 fitted values are mapped onto them; ``None``: mean 0, std 1).
+            keep_values: Leave the values in their units (a likelihood of counts, presence
+                or proportions models them so), as class labels are.
 
         Raises:
             ValueError: On an unknown option, or values outside ``T``'s domain.
@@ -114,7 +116,9 @@ class Normalizer(Config):
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         fields: dict[str, object] = {"value_transform": value_transform}
-        if points.values is not None and not schema.classes:
+        if keep_values and value_transform != "none":
+            raise ValueError("keep_values leaves the values as they are: no value_transform")
+        if points.values is not None and not schema.classes and not keep_values:
             transformed = _forward(points.values, value_transform, schema.values)
             shift, scale = _affine(transformed, method)
             if value_moments is not None:
@@ -123,6 +127,9 @@ class Normalizer(Config):
             fields["value_shift"], fields["value_scale"] = shift, scale
         elif schema.classes:
             fields["value_shift"], fields["value_scale"] = (0.0,), (1.0,)
+        elif points.values is not None:  # keep_values
+            width = points.values.shape[1]
+            fields["value_shift"], fields["value_scale"] = (0.0,) * width, (1.0,) * width
         if points.space is not None:
             fields.update(_fit_space(points.space, schema, great_circle, space_scale,
                                      method, space_half_width))
