@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1] / "src"
 FLOORS: dict[str, int] = {
     # 0, the basement: plain records and helpers every floor may use
     "bsatnp": 0, "bsatnp.batch": 0, "bsatnp.config": 0, "bsatnp.geometry": 0,
+    "bsatnp.likelihoods": 0,
     "bsatnp.progress": 0, "bsatnp.text": 0, "bsatnp.precision": 0, "bsatnp.io": 0,
     "bsatnp.io.files": 0,
     # 1: biased attention

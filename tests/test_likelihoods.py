@@ -1,4 +1,4 @@
-"""Likelihood families (bsatnp.models.likelihoods): every family against scipy on hand-picked
+"""Likelihood families (bsatnp.likelihoods): every family against scipy on hand-picked
 parameters — log-density, CDF, quantiles, CRPS — sampling moments, the edges of each
 support, and masked = dropped; betainc against scipy."""
 
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
+from bsatnp.likelihoods import betainc, likelihood_family, likelihood_names
 from bsatnp.loss import masked_nll
-from bsatnp.models.likelihoods import betainc, likelihood_family, likelihood_names
 
 stats = pytest.importorskip("scipy.stats")
 special = pytest.importorskip("scipy.special")
@@ -200,7 +200,7 @@ def test_masked_points_count_as_dropped(name):
 
 
 def test_every_likelihood_but_categorical_is_registered():
-    from bsatnp.models.likelihoods import LIKELIHOODS
+    from bsatnp.likelihoods import LIKELIHOODS
 
     assert set(likelihood_names()) == set(LIKELIHOODS) - {"categorical"} == set(RAW)
     with pytest.raises(ValueError, match="likelihood must be one of"):

@@ -14,10 +14,10 @@ from bsatnp.baselines import IDW
 from bsatnp.evaluate import evaluate
 from bsatnp.experiment import ExperimentConfig, load_experiment
 from bsatnp.io.checkpoint import load_model, save_checkpoint
+from bsatnp.likelihoods import likelihood_names
 from bsatnp.loss import masked_nll
 from bsatnp.models import BSATNPConfig
 from bsatnp.models.convcnp import ConvCNPConfig
-from bsatnp.models.likelihoods import likelihood_names
 from bsatnp.models.local_average import IDWConfig, KNearestConfig, PersistenceConfig
 from bsatnp.models.registry import (
     FAMILIES,

@@ -37,8 +37,8 @@ from bsatnp.data.tables import (
     is_xarray,
     read_points,
 )
+from bsatnp.likelihoods import likelihood_family
 from bsatnp.models.base import ConditionedModel, model_device
-from bsatnp.models.likelihoods import likelihood_family
 from bsatnp.options import (
     OutputRequest,
     block_points,

@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from bsatnp.batch import Batch
+from bsatnp.likelihoods import likelihood_family
 from bsatnp.metrics import (
     categorical_metrics,
     distribution_metrics,
@@ -44,7 +45,6 @@ from bsatnp.metrics import (
     summarize,
 )
 from bsatnp.models.base import model_device
-from bsatnp.models.likelihoods import likelihood_family
 from bsatnp.progress import tqdm_class
 from bsatnp.score_cache import ScoreCache, cache_header
 from bsatnp.tasks import IN_DOMAIN, Task, batch_generator, eval_batches

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution
 
-from bsatnp.models.likelihoods import LikelihoodFamily
+from bsatnp.likelihoods import LikelihoodFamily
 
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 CALIBRATION_LEVELS = tuple(round(0.1 * i, 1) for i in range(1, 10))

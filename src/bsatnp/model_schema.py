@@ -15,8 +15,8 @@ import numpy as np
 from bsatnp.data.geo import check_crs
 from bsatnp.data.schema import Schema
 from bsatnp.data.tables import class_labels, time_kind_of
+from bsatnp.likelihoods import likelihood_family
 from bsatnp.models.base import NeuralProcess
-from bsatnp.models.likelihoods import likelihood_family
 
 
 def resolve_schema(model: NeuralProcess, stored: Schema | None, data: Any, **roles: Any

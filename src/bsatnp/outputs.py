@@ -21,8 +21,8 @@ import numpy as np
 
 from bsatnp.data.normalizer import Normalizer
 from bsatnp.data.schema import Schema
+from bsatnp.likelihoods import LikelihoodFamily
 from bsatnp.models.base import MODERATE_INPUT
-from bsatnp.models.likelihoods import LikelihoodFamily
 from bsatnp.options import OutputRequest, interval_levels
 from bsatnp.tasks.frames import LocalFrame
 

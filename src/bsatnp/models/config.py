@@ -39,7 +39,7 @@ class BSATNPConfig(FamilyConfig):
         qkv_dim: Query/key/value width.
         ffn_dim: FFN hidden width.
         head_hidden: Hidden widths of the output MLP.
-        likelihood: Any of :data:`~bsatnp.models.likelihoods.LIKELIHOODS`.
+        likelihood: Any of :data:`~bsatnp.likelihoods.LIKELIHOODS`.
         min_std: Gaussian lower bound on σ.
         ln_eps: LayerNorm epsilon.
         backend: Attention backend (``auto``, ``dense``, ``tiled``, ``flex``).

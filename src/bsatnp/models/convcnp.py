@@ -62,7 +62,7 @@ class ConvCNPConfig(FamilyConfig):
         depth: Number of stride-2 down/up levels of the UNet.
         kernel_size: Odd convolution kernel size.
         head_hidden: Hidden widths of the pointwise output MLP.
-        likelihood: Any of :data:`~bsatnp.models.likelihoods.LIKELIHOODS` (``categorical``:
+        likelihood: Any of :data:`~bsatnp.likelihoods.LIKELIHOODS` (``categorical``:
             ``dim_f`` classes).
         min_std: Gaussian lower bound on σ.
         max_points_per_axis: Largest grid allowed per axis; a larger one raises

@@ -1,7 +1,7 @@
 """Likelihood heads: final token → predictive distribution per test point.
 
 Every model family ends in one of these, chosen by its config's ``likelihood``: an MLP to
-the raw parameters a :class:`~bsatnp.models.likelihoods.LikelihoodFamily` reads
+the raw parameters a :class:`~bsatnp.likelihoods.LikelihoodFamily` reads
 (:class:`DistributionHead`), or to class logits (:class:`CategoricalHead`).
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 from torch import Tensor, nn
 from torch.distributions import Categorical, Distribution
 
+from bsatnp.likelihoods import LIKELIHOODS, Likelihood, likelihood_family
 from bsatnp.models.layers import MLP
-from bsatnp.models.likelihoods import LIKELIHOODS, Likelihood, likelihood_family
 
 __all__ = ["LIKELIHOODS", "CategoricalHead", "DistributionHead", "Likelihood",
            "check_likelihood", "likelihood_head"]
@@ -24,7 +24,7 @@ class DistributionHead(nn.Module):
     softplus(raw σ)`` (the parameter layout of every checkpoint before other likelihoods).
 
     Args:
-        likelihood: A registered family's name (:mod:`bsatnp.models.likelihoods`).
+        likelihood: A registered family's name (:mod:`bsatnp.likelihoods`).
         dims: MLP widths ``(E, hidden...)``; the last layer gives ``Df·outputs``.
         dim_f: Value features ``Df``.
         min_std: Lower bound of σ (Gaussian families).

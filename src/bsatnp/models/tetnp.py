@@ -233,7 +233,7 @@ class TETNPConfig(FamilyConfig):
         num_pseudo: Number of pseudo-tokens ``M``.
         embed_hidden: Hidden widths of the token MLP.
         head_hidden: Hidden widths of the output MLP.
-        likelihood: Any of :data:`~bsatnp.models.likelihoods.LIKELIHOODS` (``categorical``:
+        likelihood: Any of :data:`~bsatnp.likelihoods.LIKELIHOODS` (``categorical``:
             ``dim_f`` classes).
         min_std: Gaussian lower bound on σ.
         ln_eps: LayerNorm epsilon.

@@ -50,7 +50,7 @@ class TNPDConfig(FamilyConfig):
         embed_hidden: Hidden widths of the token MLP (ReLU).
         head_hidden: Hidden widths of the output MLP (ReLU).
         norm: ``"post"`` (the paper's 2D GP) or ``"pre"`` (its Beijing and Gneiting runs).
-        likelihood: Any of :data:`~bsatnp.models.likelihoods.LIKELIHOODS` (``categorical``:
+        likelihood: Any of :data:`~bsatnp.likelihoods.LIKELIHOODS` (``categorical``:
             ``dim_f`` classes).
         min_std: Gaussian lower bound on σ.
         ln_eps: LayerNorm epsilon.
