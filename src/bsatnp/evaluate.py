@@ -253,8 +253,10 @@ def _score_batch(models: Mapping[str, nn.Module], task: Task, generator: torch.G
     scores = {}
     if with_oracle:
         batch, oracle = task.sample_with_oracle(generator, "test")
-        scores["oracle"] = gaussian_metrics(oracle.mean, oracle.stddev, batch.f_test,
-                                            batch.test_mask())
+        scores["oracle"] = (
+            gaussian_metrics(oracle.mean, oracle.stddev, batch.f_test, batch.test_mask())
+            if task.likelihood == "gaussian" else distribution_metrics(
+                likelihood_family(task.likelihood), oracle, batch.f_test, batch.test_mask()))
     else:
         batch = task.sample(generator, "test")
     for name, model in models.items():

@@ -1,7 +1,8 @@
 """Tasks: the contract (:class:`Task`), the registry, and the paper's benchmarks.
 
 Importing this package registers the bundled tasks: the synthetic ``gp2d``, ``multiscale``,
-``geodesic``, ``fixed_effects``, ``sir``, ``gneiting`` and the broad-prior ``spatial``, and
+``geodesic``, ``fixed_effects``, ``sir``, ``gneiting``, the broad-prior ``spatial`` and the
+counts/presence/proportions of ``latent_gp``, and
 the real-data ``beijing`` and ``era5`` (their data are read on the first batch, see
 :mod:`bsatnp.tasks.real_data`).
 """
@@ -13,6 +14,7 @@ from bsatnp.tasks import (  # noqa: F401 (importing registers them)
     geodesic,
     gneiting,
     gp2d,
+    latent,
     multiscale,
     sir,
     spatial,
