@@ -37,6 +37,7 @@ from bsatnp.locally_conditioned import LocallyConditioned
 from bsatnp.model_schema import check_values, resolve_schema
 from bsatnp.models.base import NeuralProcess
 from bsatnp.options import refuse_numeric_options
+from bsatnp.tasks.registry import training_card
 
 
 class Predictor:
@@ -77,7 +78,7 @@ class Predictor:
                           else Normalizer.from_dict(stored["normalizer"]))
         except (ValueError, AttributeError, TypeError) as err:
             raise ValueError(f"{path}: the stored schema or normaliser is invalid: {err}") from err
-        card = stored.get("card") or _training_card(ckpt.provenance.experiment, path)
+        card = stored.get("card") or training_card(ckpt.provenance.experiment, path)
         if not isinstance(card, dict):
             raise ValueError(f"{path}: the stored model card is not a mapping")
         return cls(model, schema, normalizer, card)
@@ -313,22 +314,3 @@ class Predictor:
         from bsatnp.finetune import finetune
 
         return finetune(self, data, **kwargs)
-
-
-def _training_card(experiment: dict[str, Any] | None, path: Any) -> dict[str, Any]:
-    """The card of a checkpoint a training run wrote, which has none of its own.
-
-    Its task and the envelope the task gives (box, context sizes, framing; no batches
-    drawn), so that a model trained on any task is not read with the 2D GP's box.
-    """
-    from bsatnp.tasks.base import task_envelope
-    from bsatnp.tasks.registry import task_from_dict
-
-    stored = (experiment or {}).get("task")
-    if not isinstance(stored, dict):
-        return {}
-    try:
-        task = task_from_dict(stored)
-    except ValueError as err:
-        raise ValueError(f"{path}: the stored task is invalid: {err}") from err
-    return {"task": task.name, "envelope": task_envelope(task, stored, sampled=False)}

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any, TypeVar
 
 from bsatnp.config import build_dataclass
-from bsatnp.tasks.base import Task
+from bsatnp.tasks.base import Task, task_envelope
 from bsatnp.tasks.priors import Prior, prior_from_config
 
 T = TypeVar("T", bound=type[Task])
@@ -71,3 +71,22 @@ def task_from_dict(data: Mapping[str, Any]) -> Task:
     """
     cls, fields = split_name(dict(data))
     return build_dataclass(cls, fields, "task", {Prior: prior_from_config})
+
+
+def training_card(experiment: Mapping[str, Any] | None, path: Any) -> dict[str, Any]:
+    """The model card of a checkpoint a training run wrote, which has none of its own.
+
+    Its task and the envelope the task gives (box, context sizes, framing; no batches
+    drawn), so that a model trained on any task is not read with the 2D GP's box.
+
+    Raises:
+        ValueError: If the stored task is invalid, naming ``path``.
+    """
+    stored = (experiment or {}).get("task")
+    if not isinstance(stored, dict):
+        return {}
+    try:
+        task = task_from_dict(stored)
+    except ValueError as err:
+        raise ValueError(f"{path}: the stored task is invalid: {err}") from err
+    return {"task": task.name, "envelope": task_envelope(task, stored, sampled=False)}
