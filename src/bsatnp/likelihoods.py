@@ -469,48 +469,42 @@ def _zero_cdf(zero: Tensor, base_cdf: Tensor, y: Tensor) -> Tensor:
     return torch.where(_counts(y) < 0, 0.0, zero.double() + (1 - zero.double()) * base_cdf)
 
 
-@register_likelihood("zip")
-class ZeroInflatedPoissonFamily(LikelihoodFamily):
-    """Zero-inflated Poisson: a structural zero with probability ``π`` (sigmoid).
+class _ZeroInflatedFamily(LikelihoodFamily):
+    """A structural zero with probability ``π``, else the ``base`` family.
 
-    Otherwise Poisson with rate ``exposure·exp(η)``.
+    ``π`` is the sigmoid of the last raw output; the ones before it are ``base``'s.
     """
 
-    outputs = 2
+    base: ClassVar[LikelihoodFamily]
     discrete = True
     bounds = (0.0, math.inf)
 
     def distribution(self, raw: Tensor, min_std: float = 0.0,
                      offset: Tensor | None = None) -> Distribution:
         """The predictive from raw head outputs (:meth:`LikelihoodFamily.distribution`)."""
-        eta, zero = _split(raw, 2)
-        return _ZeroInflated(torch.sigmoid(zero), Poisson(_rate(eta, offset),
-                                                          validate_args=False))
+        *base, zero = _split(raw, self.outputs)
+        return _ZeroInflated(torch.sigmoid(zero),
+                             self.base.distribution(torch.cat(base, -1), offset=offset))
 
     def cdf(self, dist: Distribution, y: Tensor) -> Tensor:
-        """``P(Y ≤ y)`` elementwise (float64)."""
-        return _zero_cdf(dist.zero, PoissonFamily.cdf(self, dist.base, y), y)
+        """``P(Y ≤ y) = π + (1 − π)·F_base(y)`` for ``y >= 0`` (float64)."""
+        return _zero_cdf(dist.zero, self.base.cdf(dist.base, y), y)
+
+
+@register_likelihood("zip")
+class ZeroInflatedPoissonFamily(_ZeroInflatedFamily):
+    """Zero-inflated Poisson: ``π``, else Poisson with rate ``exposure·exp(η)``."""
+
+    base = PoissonFamily()
+    outputs = 2
 
 
 @register_likelihood("zinb")
-class ZeroInflatedNegativeBinomialFamily(LikelihoodFamily):
-    """Zero-inflated negative binomial: ``π`` (sigmoid), then as ``negative_binomial``."""
+class ZeroInflatedNegativeBinomialFamily(_ZeroInflatedFamily):
+    """Zero-inflated negative binomial: ``π``, else as ``negative_binomial``."""
 
+    base = NegativeBinomialFamily()
     outputs = 3
-    discrete = True
-    bounds = (0.0, math.inf)
-
-    def distribution(self, raw: Tensor, min_std: float = 0.0,
-                     offset: Tensor | None = None) -> Distribution:
-        """The predictive from raw head outputs (:meth:`LikelihoodFamily.distribution`)."""
-        eta, dispersion, zero = _split(raw, 3)
-        base = NegativeBinomialFamily.distribution(self, torch.cat([eta, dispersion], -1),
-                                                   offset=offset)
-        return _ZeroInflated(torch.sigmoid(zero), base)
-
-    def cdf(self, dist: Distribution, y: Tensor) -> Tensor:
-        """``P(Y ≤ y)`` elementwise (float64)."""
-        return _zero_cdf(dist.zero, NegativeBinomialFamily.cdf(self, dist.base, y), y)
 
 
 @register_likelihood("bernoulli")
