@@ -70,6 +70,13 @@ def test_a_count_model_trains_and_is_scored_against_the_floor():
     assert gap == pytest.approx(results["model"]["nll"]["mean"]
                                 - results["oracle"]["nll"]["mean"])
     assert likelihood_family("poisson").discrete
+    from bsatnp.reports import markdown_table
+
+    table = markdown_table({"seed": 5, "task": "latent_gp",
+                            "domains": {"in_domain": results}})
+    header = table.splitlines()[0]
+    assert "deviance" in header and "crps" in header and "cov50" not in header
+    assert "| oracle |" in table
 
 
 def test_the_bundled_config_reads_and_bad_settings_are_refused():

@@ -21,6 +21,8 @@ TABLE_METRICS = ("nll", "rmse", "mae", "cov50", "cov90", "cov95", "crps")
 """Columns of the markdown table of Gaussian tasks (the JSON holds every metric)."""
 CATEGORICAL_TABLE_METRICS = ("nll", "acc", "brier", "ece")
 """Columns of the markdown table of categorical tasks."""
+DISTRIBUTION_TABLE_METRICS = ("deviance",)
+"""Columns the other likelihoods add (counts); a table shows the columns its scores have."""
 
 
 def seed_summary(results: Mapping[str, Any], groups: Mapping[str, Sequence[str]],
@@ -82,7 +84,9 @@ def markdown_table(results: Mapping[str, Any]) -> str:
     """Markdown table of :func:`evaluate` results: one row per domain and scored method."""
     first = next(iter(results["domains"].values()))
     summaries = [value for value in first.values() if isinstance(value, Mapping)]
-    columns = TABLE_METRICS if summaries and "rmse" in summaries[0] else CATEGORICAL_TABLE_METRICS
+    present = summaries[0] if summaries else {}
+    order = (*TABLE_METRICS, *CATEGORICAL_TABLE_METRICS, *DISTRIBUTION_TABLE_METRICS)
+    columns = [metric for metric in dict.fromkeys(order) if metric in present]
     header = ["domain (batches×tasks)", "method", *columns]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for domain, entry in results["domains"].items():
