@@ -75,6 +75,27 @@ def test_predict_targets_csv_and_parquet(files):
         assert {"mean", "std", "q0.1", "q0.9"} <= set(frame.columns)
 
 
+def test_predict_joint_samples_are_those_of_predictor_joint_samples(files):
+    """--samples S --joint C writes the joint draws of Predictor.joint_samples (same seed),
+    beside the marginal mean and std of the same command without them."""
+    out = files / "joint.csv"
+    args = ["predict", "--checkpoint", str(files / "bare.safetensors"), "--observations",
+            str(files / "obs.csv"), *ROLES, "--targets", str(files / "targets.csv"),
+            "--neighbours", "all", "--quiet"]
+    assert cli.main([*args, "--samples", "5", "--joint", "3", "--seed", "2", "--output",
+                     str(out)]) == 0
+    assert cli.main([*args, "--output", str(files / "plain.csv")]) == 0
+    frame, plain = pd.read_csv(out), pd.read_csv(files / "plain.csv")
+    np.testing.assert_allclose(frame["mean"], plain["mean"])
+    predictor = Predictor.load(files / "bare.safetensors")
+    draws = predictor.joint_samples(pd.read_csv(files / "obs.csv"),
+                                    pd.read_csv(files / "targets.csv"), 5, chunk=3, seed=2,
+                                    values="pm25", space=("lon", "lat"), crs="lonlat",
+                                    units="ug/m3")
+    np.testing.assert_allclose(frame[[f"sample_{i}" for i in range(5)]].to_numpy().T, draws,
+                               rtol=1e-5)
+
+
 @pytest.mark.parametrize("args, message", [
     (["--values", "pm10"], "no column(s) ['pm10']"),
     (["--grid", "lon=1:2"], "--grid: expected NAME=START:STOP:N"),
@@ -85,6 +106,8 @@ def test_predict_targets_csv_and_parquet(files):
     (["--time-window", "2h"], "time_window needs a model that reads time"),
     (["--holdout", "gap"], "--holdout shapes the rows held out by --neighbours choose"),
     (["--seed", "3"], "--seed seeds the --samples; without --samples it would be ignored"),
+    (["--joint", "4"], "--joint makes the --samples joint: give --samples N"),
+    (["--joint", "4", "--samples", "3"], "and a table output (.csv or .parquet)"),
     (["--max-memory", "5GB", "--samples", "10000", "--grid", "lon=116:117:80,lat=39.5:40.5:50"],
      "of outputs held whole for .nc (--samples are drawn whole)"),  # before: not counted
 ])

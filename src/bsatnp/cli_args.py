@@ -227,6 +227,11 @@ def build_parser() -> argparse.ArgumentParser:
                           "units), e.g. 75 100: columns exceedance_75.0, ...")
     cmd.add_argument("--samples", type=bounded(0, MAX_SAMPLES), default=0, metavar="N",
                      help=f"marginal samples per target (0-{MAX_SAMPLES})")
+    cmd.add_argument("--joint", type=positive(int), metavar="CHUNK",
+                     help="make the --samples coherent in space: targets drawn CHUNK at a "
+                          "time, each chunk given the observations and the values drawn "
+                          "before it (global conditioning, one forward pass per chunk; "
+                          "table outputs)")
     cmd.add_argument("--seed", type=positive(int, zero=True), help="seed of the samples (>= 0)")
     cmd.add_argument("--chunk-size", type=positive(int), help="targets per forward pass")
     cmd.add_argument("--neighbours", type=neighbours, default="auto",

@@ -76,6 +76,13 @@ def predict(args: argparse.Namespace) -> None:
         "--transform": args.transform != "none", "--units": args.units})
     if args.seed is not None and not args.samples:
         raise ValueError("--seed seeds the --samples; without --samples it would be ignored")
+    if args.joint is not None and (not args.samples or Path(args.output).suffix.lower()
+                                   == ".nc"):
+        raise ValueError("--joint makes the --samples joint: give --samples N and a table "
+                         "output (.csv or .parquet)")
+    if args.joint is not None and args.time_window is not None:
+        raise ValueError("--joint conditions every chunk on all observations; --time-window "
+                         "would be ignored")
     if args.holdout is not None and args.neighbours != "choose":
         raise ValueError("--holdout shapes the rows held out by --neighbours choose; without "
                          "it it would be ignored")
@@ -102,9 +109,17 @@ def predict(args: argparse.Namespace) -> None:
         path = conditioned.write_grid(targets, args.output, progress=not args.quiet,
                                       **options)
     else:
-        out = conditioned.predict(targets, **options, n_samples=args.samples, seed=args.seed,
-                                  progress=not args.quiet,
+        joint = args.joint is not None
+        out = conditioned.predict(targets, **options, n_samples=0 if joint else args.samples,
+                                  seed=None if joint else args.seed, progress=not args.quiet,
                                   as_table=Path(args.output).suffix.lower() != ".nc")
+        if joint:
+            draws = predictor.joint_samples(observations, targets, args.samples,
+                                            chunk=args.joint, seed=args.seed or 0,
+                                            target_crs=args.target_crs,
+                                            **{k: v for k, v in conditioning.items()
+                                               if k != "time_window"})
+            out = add_joint_samples(out, draws, conditioned.schema.values)
         path = write_table(out, args.output)
     print(f"Wrote predictions at {count_targets(targets, conditioned.schema):,} targets from "
           f"{conditioned.n_context:,} observations to {path}")
@@ -204,3 +219,21 @@ def _roles(args: argparse.Namespace) -> dict[str, Any]:
     roles = {"values": args.values, "space": args.space, "crs": args.crs, "time": args.time,
              "covariates": args.covariates, "units": args.units}
     return {key: value for key, value in roles.items() if value is not None}
+
+
+def add_joint_samples(table: Any, draws: Any, values: tuple[str, ...]) -> Any:
+    """The prediction table with the joint draws ``[S, N(, V)]`` as ``sample_<i>`` columns.
+
+    ``<value>_sample_<i>`` for several values; ``table.attrs`` marks them as joint.
+    """
+    import numpy as np
+
+    draws = np.asarray(draws, np.float32)
+    columns = {}
+    for j, value in enumerate(values):
+        prefix = f"{value}_" if len(values) > 1 else ""
+        block = draws if draws.ndim == 2 else draws[..., j]
+        columns.update({f"{prefix}sample_{i}": block[i] for i in range(len(block))})
+    joined = table.assign(**columns)
+    joined.attrs["samples_are"] = "joint (autoregressive, coherent across targets)"
+    return joined
