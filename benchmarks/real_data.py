@@ -47,7 +47,9 @@ the same observed rows, field by field (variograms and GP hyperparameters fitted
   (scikit-learn ``KNeighborsRegressor``), std from the leave-one-out residuals.
 
 Metrics: RMSE, MAE, CRPS (Gaussian), 95% coverage and mean interval width, wall time and
-peak RSS (each method runs in its own forked process). Writes
+peak RSS (each method runs in its own forked process); with ``--threshold T`` also the
+exceedance probability ``P(value > T)`` of every method's predictive against what happened
+(Brier score, the base rate's, and reliability bins). Writes
 ``benchmarks/results/real_data_<dataset>.json``.
 """
 
@@ -434,6 +436,27 @@ def run_method(name: str, args: argparse.Namespace, field: Field) -> tuple:
 
 
 # ------------------------------------------------------------------------- scoring
+def exceedance_scores(mean: np.ndarray, std: np.ndarray, truth: np.ndarray,
+                      threshold: float, bins: int = 10) -> dict[str, Any]:
+    """``P(value > threshold)`` from the Gaussian predictive against what happened: the
+    Brier score, that of the base rate (a constant forecast), and the reliability diagram's
+    bins (mean forecast probability, observed frequency, count)."""
+    from scipy.stats import norm
+
+    p = norm.sf((threshold - mean) / np.maximum(std, 1e-9))
+    happened = (truth > threshold).astype(np.float64)
+    rate = float(happened.mean())
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(p, edges[1:-1]), 0, bins - 1)
+    reliability = [{"bin": [float(edges[b]), float(edges[b + 1])], "n": int((which == b).sum()),
+                    "forecast": float(p[which == b].mean()) if (which == b).any() else None,
+                    "observed": float(happened[which == b].mean()) if (which == b).any()
+                    else None} for b in range(bins)]
+    return {"threshold": threshold, "brier": float(np.mean((p - happened) ** 2)),
+            "brier_base_rate": float(np.mean((rate - happened) ** 2)), "base_rate": rate,
+            "reliability": reliability}
+
+
 def scores(mean: np.ndarray, std: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     from scipy.stats import norm
 
@@ -487,6 +510,9 @@ def main() -> None:
                         help="score only this many random test rows (of the first field)")
     parser.add_argument("--frames", type=int, default=24,
                         help="ERA5 frames, or Beijing hours (each 12 fields)")
+    parser.add_argument("--threshold", type=float,
+                        help="also score P(value > threshold) of every method's Gaussian "
+                             "predictive: Brier score and reliability bins")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="JSON path (default: "
@@ -512,10 +538,16 @@ def main() -> None:
                                                       fields)
         results[name] = {**scores(mean, std, truth), "seconds": seconds, "peak_rss_mb": rss,
                          **({"fields": notes} if notes else {})}
+        if args.threshold is not None:
+            results[name]["exceedance"] = exceedance_scores(mean, std, truth, args.threshold)
         row = results[name]
         print(f"{name:<14} RMSE {row['rmse']:.3f}  MAE {row['mae']:.3f}  CRPS {row['crps']:.3f}"
               f"  cov95 {row['coverage95']:.3f}  width {row['width95']:.2f}  "
               f"{seconds:7.1f} s  {rss:6.0f} MiB", flush=True)
+        if args.threshold is not None:
+            ex = row["exceedance"]
+            print(f"{'':<14} P(> {args.threshold:g}): Brier {ex['brier']:.4f} (base rate "
+                  f"{ex['base_rate']:.3f}: {ex['brier_base_rate']:.4f})", flush=True)
     for method, rmse in PUBLISHED.get(args.dataset, {}).items():
         print(f"published  {method:<20} RMSE {rmse:.2f}")
     out = args.out or Path(__file__).parent / "results" / f"real_data_{args.dataset}.json"
