@@ -67,6 +67,7 @@ def main() -> None:
         "evaluation": {"seed": experiment.eval.seed, "batches": counts,
                        "batch_size": described.get("batch_size")},
         "envelope": task_envelope(task, experiment.to_dict()["task"]),
+        **({"classes": list(task.class_names)} if task.class_names else {}),
     }
     card["training"].pop("out_dir", None)
     check = evaluate(model, ("in_domain",), 3, experiment.eval.seed, task=task, progress=False,

@@ -45,3 +45,24 @@ def test_a_shipped_model_is_evaluated_on_its_own_task(name):
     assert experiment.task == ExperimentConfig.from_dict({"task": card["envelope"]["task"]}).task
     assert experiment.eval.seed == card["evaluation"]["seed"]
     assert experiment.eval.domains_of(experiment.task) == tuple(card["evaluation"]["batches"])
+
+
+def test_a_classifier_card_names_its_classes_and_other_labels_are_mapped_with_a_warning():
+    import warnings
+
+    import numpy as np
+
+    pd = pytest.importorskip("pandas")
+    predictor = Predictor.from_pretrained("sir")
+    assert predictor.card["classes"] == ["infected", "recovered", "susceptible"]
+    rng = np.random.default_rng(0)
+    obs = pd.DataFrame({"x": rng.uniform(0, 5, 60), "y": rng.uniform(0, 5, 60),
+                        "state": rng.choice(["infected", "recovered", "susceptible"], 60)})
+    targets = obs[["x", "y"]].iloc[:3]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # the model's own names: no warning
+        predictor.predict(obs, targets, values="state", space=("x", "y"))
+    short = obs.assign(state=obs["state"].str[0].str.upper())
+    with pytest.warns(UserWarning, match="I → infected, R → recovered, S → susceptible"):
+        out = predictor.predict(short, targets, values="state", space=("x", "y"))
+    assert set(out["predicted_class"]) <= {"I", "R", "S"}

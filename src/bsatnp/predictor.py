@@ -18,6 +18,7 @@ data (class probabilities and the most likely class for a categorical model).
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -147,9 +148,18 @@ class Predictor:
     def resolve_schema(self, data: Any, **roles: Any) -> Schema:
         """The schema for ``data``: the stored one, or one built from ``roles``.
 
-        See :func:`bsatnp.model_schema.resolve_schema`.
+        See :func:`bsatnp.model_schema.resolve_schema`. A classifier whose card names its
+        classes warns when the data's labels are other names: they are mapped to the
+        model's classes in sorted order, and the warning shows the mapping.
         """
-        return resolve_schema(self.model, self.schema, data, **roles)
+        schema = resolve_schema(self.model, self.schema, data, **roles)
+        named = [str(name) for name in self.card.get("classes") or ()]
+        if named and list(schema.classes) != named:
+            pairs = ", ".join(f"{a} → {b}" for a, b in zip(schema.classes, named))
+            warnings.warn(f"the labels are mapped to this model's classes in sorted order: "
+                          f"{pairs}; rename the labels if that is not what they mean",
+                          stacklevel=3)
+        return schema
 
     # -------------------------------------------------------------- predict
     def fit_normalizer(self, data: Any, *, space_scale: float | str = "auto",
