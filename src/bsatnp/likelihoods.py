@@ -190,8 +190,14 @@ def _split(raw: Tensor, outputs: int) -> list[Tensor]:
     return list(raw.chunk(outputs, dim=-1))
 
 
-def _positive(raw: Tensor, floor: float = 0.0) -> Tensor:
-    return floor + (1.0 - floor) * F.softplus(raw) if floor else F.softplus(raw) + 1e-6
+def _positive(raw: Tensor) -> Tensor:
+    """``softplus(raw) + 1e-6``: a dispersion or precision that is never 0."""
+    return F.softplus(raw) + 1e-6
+
+
+def _scale(raw: Tensor, min_std: float) -> Tensor:
+    """``min_std + (1 − min_std)·softplus(raw)``: a scale bounded below by ``min_std``."""
+    return min_std + (1.0 - min_std) * F.softplus(raw)
 
 
 def _rate(raw: Tensor, offset: Tensor | None) -> Tensor:
@@ -285,7 +291,7 @@ class GaussianFamily(LikelihoodFamily):
                      offset: Tensor | None = None) -> Distribution:
         """The predictive from raw head outputs (:meth:`LikelihoodFamily.distribution`)."""
         mu, scale = _split(raw, 2)
-        return Normal(mu, min_std + (1.0 - min_std) * F.softplus(scale), validate_args=False)
+        return Normal(mu, _scale(scale, min_std), validate_args=False)
 
     def cdf(self, dist: Distribution, y: Tensor) -> Tensor:
         """``P(Y ≤ y)`` elementwise (float64)."""
@@ -318,7 +324,7 @@ class StudentTFamily(LikelihoodFamily):
         """The predictive from raw head outputs (:meth:`LikelihoodFamily.distribution`)."""
         mu, scale, df = _split(raw, 3)
         return StudentT(2.0 + F.softplus(df) + 1e-3, mu,
-                        min_std + (1.0 - min_std) * F.softplus(scale), validate_args=False)
+                        _scale(scale, min_std), validate_args=False)
 
     def cdf(self, dist: Distribution, y: Tensor) -> Tensor:
         """``P(Y ≤ y)`` elementwise (float64)."""
@@ -358,7 +364,7 @@ class GaussianMixtureFamily(LikelihoodFamily):
         k = self.components
         logits = torch.stack(parts[:k], -1)
         means = torch.stack(parts[k:2 * k], -1)
-        stds = min_std + (1.0 - min_std) * F.softplus(torch.stack(parts[2 * k:], -1))
+        stds = _scale(torch.stack(parts[2 * k:], -1), min_std)
         return MixtureSameFamily(Categorical(logits=logits, validate_args=False),
                                  Normal(means, stds, validate_args=False), validate_args=False)
 

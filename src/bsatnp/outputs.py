@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 
 from bsatnp.data.normalizer import Normalizer
 from bsatnp.data.schema import Schema
@@ -116,8 +117,6 @@ class DistributionStore:
 
     def __call__(self, dist: Any, where: slice | np.ndarray, frame: LocalFrame | None) -> None:
         """Store the predictive of the targets ``where`` (values are never framed)."""
-        import torch
-
         a = self.arrays
         a["mean"][where] = dist.mean[0].double().cpu().numpy()
         a["std"][where] = dist.stddev[0].double().cpu().numpy()
