@@ -37,7 +37,7 @@ def predict(args: argparse.Namespace) -> None:
             ("--transform", args.transform, "none"), ("--target-crs", args.target_crs, None),
             ("--quantiles", args.quantiles, None), ("--interval", args.interval, None),
             ("--exceedance", args.exceedance, None), ("--samples", args.samples, 0),
-            ("--seed", args.seed, None),
+            ("--seed", args.seed, None), ("--joint", args.joint, None),
             ("--chunk-size", args.chunk_size, None), ("--neighbours", args.neighbours, "auto"),
             ("--time-window", args.time_window, None), ("--max-memory", args.max_memory, None),
             ("--holdout", args.holdout, None),
