@@ -228,6 +228,24 @@ def test_train_init_starts_a_fresh_run_from_trained_weights(run, tmp_path, capsy
         build_trainer(config, resume=run / "last.safetensors", init=run / "last.safetensors")
 
 
+def test_init_carries_a_gaussian_model_into_a_count_model(run, tmp_path):
+    """Only the likelihood differs: every weight of the same shape is copied; the token
+    embedding's first layer gains the log-exposure column and keeps the rest."""
+    counts = TINY_YAML.replace("head_hidden: [32]}", "head_hidden: [32], "
+                               "likelihood: negative_binomial}").replace(
+        "task: {", "task: {name: latent_gp, likelihood: negative_binomial, "
+        "exposure: [0.5, 2.0], ")
+    config = load_experiment(write_yaml(tmp_path, counts))
+    trainer = build_trainer(config, out_dir=tmp_path / "counts", init=run / "last.safetensors")
+    trained, own = load_model(run / "last.safetensors").state_dict(), trainer.model.state_dict()
+    widened = [name for name in own if own[name].shape != trained[name].shape]
+    assert widened == ["embed.mlp.layers.0.weight"]
+    for name, weight in trained.items():
+        shared = tuple(slice(0, n) for n in weight.shape)
+        torch.testing.assert_close(own[name][shared], weight[shared], rtol=0, atol=0)
+    assert trainer.step == 0
+
+
 def test_demo_runs_end_to_end_on_a_tiny_config(run, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(cli_args, "DEMO_CONFIG", str(run.parent / "tiny.yaml"))
     assert cli.main(["demo", "--out", str(tmp_path), "--minutes", "0", "--quiet"]) == 0

@@ -223,9 +223,8 @@ def test_bad_options_are_refused():
         autoregressive_samples(model, batch, 2, order="sorted")
     with pytest.raises(ValueError, match="f_test"):
         autoregressive_log_likelihood(model, batch.map(f_test=None))
-    with pytest.raises(ValueError, match="Gaussian"):
-        autoregressive_samples(tiny(likelihood="categorical", dim_f=3),
-                               batch.map(f_ctx=torch.zeros(1, 8, 3), f_test=None), 2)
+    with pytest.raises(ValueError, match="NeuralProcess"):
+        autoregressive_samples(torch.nn.Linear(2, 2), batch, 2)
 
 
 # ------------------------------------------------------------------------ user level

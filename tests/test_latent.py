@@ -26,6 +26,8 @@ def test_batches_are_reproducible_in_the_support_and_leave_the_global_rng(likeli
     assert torch.equal(a.f_ctx, b.f_ctx) and torch.equal(a.f_test, b.f_test)
     values = torch.cat([a.f_ctx, a.f_test], 1)
     assert bool((values >= 0).all())
+    if likelihood == "binomial":
+        assert bool((values <= torch.cat([a.offset_ctx, a.offset_test], 1)).all())
     if likelihood == "beta":
         assert bool((values <= 1).all())
     else:

@@ -6,7 +6,10 @@ to predict). Each point carries up to four roles:
 * ``x`` fixed effects ``[B, L, Dx]`` (covariates such as elevation),
 * ``s`` location ``[B, L, Ds]`` (e.g. planar coordinates or lon/lat in degrees),
 * ``t`` time ``[B, L, Dt]``,
-* ``f`` values ``[B, L, Df]`` (observations; optional for the test set).
+* ``f`` values ``[B, L, Df]`` (observations; optional for the test set),
+
+and, for likelihoods that read one, an ``offset [B, L, Df]``: the exposure of a count
+(its mean is rate × exposure) or the number of trials of a binomial (``None``: 1).
 
 ``mask_ctx [B, Lc]`` marks valid context slots (``True`` = observed, ``False`` = padding)
 and ``mask_test [B, Lt]`` marks test points that count in losses and metrics. Padded
@@ -40,6 +43,8 @@ class Batch:
         x_test: Test fixed effects ``[B, Lt, Dx]`` or ``None``.
         t_ctx: Context times ``[B, Lc, Dt]`` or ``None``.
         t_test: Test times ``[B, Lt, Dt]`` or ``None``.
+        offset_ctx: Context exposures or trials ``[B, Lc, Df]`` (positive) or ``None`` (1).
+        offset_test: Test exposures or trials ``[B, Lt, Df]`` (positive) or ``None`` (1).
     """
 
     f_ctx: Tensor
@@ -52,6 +57,8 @@ class Batch:
     x_test: Tensor | None = None
     t_ctx: Tensor | None = None
     t_test: Tensor | None = None
+    offset_ctx: Tensor | None = None
+    offset_test: Tensor | None = None
 
     # ------------------------------------------------------------------ shapes
     @property
@@ -134,6 +141,12 @@ class Batch:
             updates["f_test"] = torch.where(
                 self.mask_test[..., None], self.f_test, torch.zeros_like(self.f_test)
             )
+        if self.offset_ctx is not None:  # padding's offset is 1: its logarithm is 0
+            updates["offset_ctx"] = torch.where(keep, self.offset_ctx,
+                                                torch.ones_like(self.offset_ctx))
+        if self.offset_test is not None and self.mask_test is not None:
+            updates["offset_test"] = torch.where(self.mask_test[..., None], self.offset_test,
+                                                 torch.ones_like(self.offset_test))
         return replace(self, **updates)
 
     # -------------------------------------------------------------- validation
@@ -197,6 +210,23 @@ class Batch:
                 raise ValueError(
                     f"{role}_ctx has {c.shape[-1]} features but {role}_test has {t.shape[-1]}"
                 )
+        for which, mask, length in (("ctx", mask_ctx, Lc), ("test", mask_test, Lt)):
+            offset = getattr(self, f"offset_{which}")
+            if offset is None:
+                continue
+            name = f"offset_{which}"
+            _check_tensor(name, offset, 3)
+            _check_leading(name, offset, (B, length))
+            values = self.f_ctx if which == "ctx" else self.f_test
+            if values is not None and offset.shape[-1] != values.shape[-1]:
+                raise ValueError(f"{name} has {offset.shape[-1]} features but f_{which} has "
+                                 f"{values.shape[-1]}: one offset per value")
+            _check_finite(name, offset, mask)
+            bad = (offset <= 0).any(dim=-1) & mask
+            if bool(bad.any()):
+                raise ValueError(f"{name} must be positive (an exposure or a number of "
+                                 f"trials) in a valid slot; first at [b, i] = "
+                                 f"{bad.nonzero()[0].tolist()}")
 
 
 def _name_of(batch: Batch, tensor: Tensor) -> str:

@@ -90,7 +90,8 @@ class Conditioned:
         device = model_device(model)
         tensors = {role: model_tensor(value, device) for role, value in arrays.items()}
         check_model_range(tensors, "observations")
-        context = {f"{role}_ctx": tensors[role] for role in (*model.roles, "f")}
+        context = {f"{role}_ctx": tensors[role] for role in (*model.roles, "f", "offset")
+                   if role in tensors}
         probe = {f"{role}_test": tensors[role][:, :1] for role in model.roles}
         self.model: ConditionedModel = model.condition(Batch(**context, **probe))
         self.device = device
@@ -202,7 +203,8 @@ class Conditioned:
         store: MomentStore | ProbabilityStore | DistributionStore = (
             MomentStore(n, dim_f) if likelihood == "gaussian"
             else ProbabilityStore(n, dim_f) if likelihood == "categorical"
-            else DistributionStore(n, dim_f, likelihood_family(likelihood), request))
+            else DistributionStore(n, dim_f, likelihood_family(likelihood), request,
+                                   points.offset))
         with (attention_runtime(compile="never") if max_memory is not None
               else contextlib.nullcontext()):
             self._predict_into(inputs, n, chunk, store, progress)  # bounded: eager
@@ -253,7 +255,7 @@ class Conditioned:
         for start in starts:
             stop = min(start + chunk, n)
             test = {f"{role}_test": model_tensor(inputs[role][start:stop], self.device)
-                    for role in self.predictor.model.roles}
+                    for role in (*self.predictor.model.roles, "offset") if role in inputs}
             check_model_range({k[0]: v for k, v in test.items()}, "targets")
             store(self.model.predictive(test), slice(start, stop), None)
 

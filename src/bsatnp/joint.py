@@ -1,4 +1,4 @@
-"""Spatially coherent joint samples from a diagonal Gaussian model, autoregressively.
+"""Spatially coherent joint samples from a diagonal model, autoregressively.
 
 A neural process's predictive is a product of independent marginals, one per test point:
 its samples are noise, not fields. Used autoregressively (Bruinsma et al. 2023,
@@ -11,7 +11,9 @@ coherent in space. The same factorisation gives a joint log-likelihood of observ
     log p(y_1, ..., y_N | context) = Σ_chunks log p(y_chunk | context, y_earlier chunks),
 
 which with one chunk of all points is the diagonal one (the sum of the marginal
-log-densities). Gaussian models only.
+log-densities). Every likelihood: a chunk's value is the inverse CDF of its predictive at
+``Φ(ε)`` for a standard-normal ``ε`` (``μ + σ·ε`` for a Gaussian; the sampled class, one-hot,
+for a classifier), and a drawn count enters the context with its point's exposure or trials.
 
 Here on tensors: :func:`autoregressive_samples` (``[S, B, N, Dv]``, the samples stacked
 along the batch dimension, so one forward pass per chunk serves them all) and
@@ -31,17 +33,17 @@ the joint is an approximation even for a perfect marginal model.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from bsatnp.batch import ROLES, Batch
-from bsatnp.models.base import NeuralProcess
+from torch.distributions import Categorical, Distribution
 
-if TYPE_CHECKING:
-    pass
+from bsatnp.batch import ROLES, Batch
+from bsatnp.likelihoods import likelihood_family
+from bsatnp.models.base import NeuralProcess
 
 Order = Literal["random", "given"]
 """How the test points are visited: a seeded random permutation per task, or as given."""
@@ -56,7 +58,7 @@ def autoregressive_samples(model: NeuralProcess, batch: Batch, n_samples: int, *
     """Joint samples at the test points of ``batch``, drawn chunk by chunk.
 
     The test points are visited in ``order`` in chunks of ``chunk`` points; chunk ``k`` is
-    drawn from ``model``'s diagonal Normal given the context plus the values drawn for
+    drawn from ``model``'s diagonal predictive given the context plus the values drawn for
     chunks ``0..k-1`` (appended as valid context points). The ``n_samples`` samples are
     stacked along the batch dimension (task ``b`` of sample ``s`` is row ``s·B + b``), so
     each chunk is one forward pass over ``samples_per_pass · B`` tasks.
@@ -71,7 +73,7 @@ def autoregressive_samples(model: NeuralProcess, batch: Batch, n_samples: int, *
     samples are therefore the same for every ``chunk`` setting at and above its size.
 
     Args:
-        model: A Gaussian :class:`~bsatnp.models.base.NeuralProcess` (in eval mode).
+        model: A :class:`~bsatnp.models.base.NeuralProcess` (in eval mode).
         batch: Context and test inputs (``f_test`` is not used).
         n_samples: Samples ``S`` per task (>= 1).
         chunk: Test points per step (>= 1; ``>= N`` gives the diagonal's samples).
@@ -81,13 +83,14 @@ def autoregressive_samples(model: NeuralProcess, batch: Batch, n_samples: int, *
         samples_per_pass: Samples per forward pass (memory bound; ``None``: all).
 
     Returns:
-        Samples ``[S, B, N, Dv]`` in the model's units, in the batch's test order.
+        Samples ``[S, B, N, Dv]`` in the model's units, in the batch's test order (a
+        classifier's are one-hot over its ``Dv`` classes).
 
     Raises:
-        ValueError: On a categorical model, bad ``n_samples``/``chunk``/``order``, or a
-            batch that does not fit the model.
+        ValueError: On bad ``n_samples``/``chunk``/``order``, or a batch that does not
+            fit the model.
     """
-    check_gaussian(model)
+    check_model(model)
     check_count("n_samples", n_samples)
     check_count("chunk", chunk)
     if samples_per_pass is not None:
@@ -109,7 +112,7 @@ def autoregressive_samples(model: NeuralProcess, batch: Batch, n_samples: int, *
         values = torch.zeros(count * B, N, Dv, dtype=dtype, device=batch.f_ctx.device)
         for start, stop in _chunks(N, chunk):
             dist = model(_step(stacked, values, start, stop))
-            values[:, start:stop] = (dist.mean + dist.stddev * noise[:, start:stop]).to(dtype)
+            values[:, start:stop] = _inverse_cdf(model, dist, noise[:, start:stop]).to(dtype)
         out[group] = values.reshape(count, B, N, Dv)
     # Back to the batch's order: position i of the order holds test point perm[b, i].
     index = perm[None, :, :, None].expand(n_samples, B, N, Dv)
@@ -122,14 +125,14 @@ def autoregressive_log_likelihood(model: NeuralProcess, batch: Batch, *, chunk: 
     """Joint log-likelihood of ``batch.f_test`` under the autoregressive factorisation.
 
     ``Σ_k log p(y_chunk_k | context, y_chunk_0..k-1)``, each term the model's diagonal
-    Normal log-density of a chunk given the context plus the observed values of the
+    log-density of a chunk given the context plus the observed values of the
     earlier chunks (appended as context). With ``chunk >= N`` this is the diagonal
     log-likelihood, ``model(batch).log_prob(f_test)`` summed. Test points with
     ``mask_test`` False neither count nor are appended. Gradients flow when enabled
     (the caller's grad mode).
 
     Args:
-        model: A Gaussian :class:`~bsatnp.models.base.NeuralProcess`.
+        model: A :class:`~bsatnp.models.base.NeuralProcess`.
         batch: Context, test inputs and ``f_test``.
         chunk: Test points per step (>= 1).
         order: As in :func:`autoregressive_samples` (a random order comes from
@@ -141,10 +144,10 @@ def autoregressive_log_likelihood(model: NeuralProcess, batch: Batch, *, chunk: 
         in the model's units (nats).
 
     Raises:
-        ValueError: On a categorical model, a batch without ``f_test`` or that does not
-            fit the model, or bad ``chunk``/``order``.
+        ValueError: On a batch without ``f_test`` or that does not fit the model, or bad
+            ``chunk``/``order``.
     """
-    check_gaussian(model)
+    check_model(model)
     check_count("chunk", chunk)
     model.check_batch(batch)
     if batch.f_test is None:
@@ -159,20 +162,34 @@ def autoregressive_log_likelihood(model: NeuralProcess, batch: Batch, *, chunk: 
         target = values[:, start:stop].to(dist.mean.dtype)
         keep = valid[:, start:stop]
         # Masked targets may hold anything (NaN): score a 0 there and drop the term.
-        target = torch.where(keep[..., None], target, dist.mean.detach())
-        log_prob = dist.log_prob(target).sum(-1)
+        if isinstance(dist, Categorical):  # one-hot values → class indices
+            log_prob = dist.log_prob(target.argmax(-1))
+        else:
+            target = torch.where(keep[..., None], target, dist.mean.detach())
+            log_prob = dist.log_prob(target).sum(-1)
         total = total + torch.where(keep, log_prob, torch.zeros_like(log_prob)).sum(-1)
     return total
 
 
 # ------------------------------------------------------------------------- helpers
-def check_gaussian(model: NeuralProcess) -> None:
-    """Refuse a model that is not a Gaussian :class:`NeuralProcess`."""
+def check_model(model: NeuralProcess) -> None:
+    """Refuse what is not a :class:`NeuralProcess`."""
     if not isinstance(model, NeuralProcess):
         raise ValueError(f"model must be a bsatnp NeuralProcess, got {type(model).__name__}")
-    if model.likelihood != "gaussian":
-        raise ValueError(f"autoregressive joint samples need a Gaussian model; this one is "
-                         f"{model.likelihood!r}")
+
+
+def _inverse_cdf(model: NeuralProcess, dist: Distribution, eps: Tensor) -> Tensor:
+    """Values ``[B, n, Dv]`` at standard-normal draws ``eps``: the inverse CDF at ``Φ(ε)``."""
+    if isinstance(dist, Categorical):  # the class whose cumulative share first passes u
+        u = torch.special.ndtr(eps[..., 0].double())
+        cumulative = dist.probs.double().cumsum(-1)
+        classes = (cumulative < u[..., None]).sum(-1).clamp_max(cumulative.shape[-1] - 1)
+        return torch.nn.functional.one_hot(classes, cumulative.shape[-1])
+    if model.likelihood == "gaussian":
+        return dist.mean + dist.stddev * eps
+    family = likelihood_family(model.likelihood)
+    u = torch.special.ndtr(eps.double()).clamp(1e-12, 1 - 1e-12)
+    return family.quantile(dist, u)
 
 
 def check_count(name: str, value: Any) -> None:
@@ -211,7 +228,7 @@ def _order(order: Order | Tensor, B: int, N: int, generator: torch.Generator | N
 def _permute_test(batch: Batch, perm: Tensor) -> Batch:
     """The batch with its test points (and ``f_test``, ``mask_test``) in the order ``perm``."""
     updates: dict[str, Tensor | None] = {}
-    for role in (*ROLES, "f"):
+    for role in (*ROLES, "f", "offset"):
         value = batch.test(role)
         if value is not None:
             index = perm[..., None].expand(-1, -1, value.shape[-1])
@@ -224,7 +241,7 @@ def _permute_test(batch: Batch, perm: Tensor) -> Batch:
 def _repeat(batch: Batch, count: int) -> Batch:
     """The batch's tasks ``count`` times along the batch dimension (row ``s·B + b``)."""
     updates: dict[str, Tensor | None] = {}
-    for name in ("mask_ctx", "mask_test", *(f"{r}_{w}" for r in (*ROLES, "f")
+    for name in ("mask_ctx", "mask_test", *(f"{r}_{w}" for r in (*ROLES, "f", "offset")
                                            for w in ("ctx", "test"))):
         value = getattr(batch, name)
         if value is not None:
@@ -244,6 +261,14 @@ def _step(batch: Batch, values: Tensor, start: int, stop: int) -> Batch:
             fields[f"{role}_ctx"] = torch.cat([ctx, test[:, :start].to(ctx.dtype)], dim=1)
             fields[f"{role}_test"] = test[:, start:stop]
     fields["f_ctx"] = torch.cat([batch.f_ctx, values[:, :start].to(batch.f_ctx.dtype)], dim=1)
+    if batch.offset_test is not None:  # drawn counts rest on their points' exposures
+        known = batch.offset_ctx if batch.offset_ctx is not None else torch.ones_like(
+            batch.f_ctx)
+        fields["offset_ctx"] = torch.cat([known, batch.offset_test[:, :start]], dim=1)
+        fields["offset_test"] = batch.offset_test[:, start:stop]
+    elif batch.offset_ctx is not None:
+        fields["offset_ctx"] = torch.cat([batch.offset_ctx, torch.ones_like(
+            values[:, :start])], dim=1)
     if batch.mask_ctx is None and batch.mask_test is None:
         fields["mask_ctx"] = None
     else:

@@ -80,6 +80,8 @@ class LikelihoodFamily:
     """Integer-valued (counts, 0/1): quantiles are integers."""
     bounds: ClassVar[tuple[float, float]] = (-math.inf, math.inf)
     """The support's closure."""
+    offset: ClassVar[Literal["exposure", "trials"] | None] = None
+    """What the family's ``offset`` means, or ``None`` where it reads none."""
 
     def distribution(self, raw: Tensor, min_std: float = 0.0,
                      offset: Tensor | None = None) -> Distribution:
@@ -174,6 +176,23 @@ def likelihood_family(name: str) -> LikelihoodFamily:
         raise ValueError(f"likelihood must be one of {tuple(_LIKELIHOOD_FAMILIES)}, "
                          f"got {name!r}")
     return _LIKELIHOOD_FAMILIES[name]
+
+
+def offset_of(likelihood: str) -> Literal["exposure", "trials"] | None:
+    """What the offset ``likelihood`` reads means, or ``None`` (``categorical`` reads none)."""
+    return None if likelihood == "categorical" else likelihood_family(likelihood).offset
+
+
+def value_features(f: Tensor, offset: Tensor | None) -> Tensor:
+    """What a model embeds of observed values whose likelihood reads an offset.
+
+    ``[f / offset, log offset]`` side by side ``[..., 2·Df]``: the rate (or share of
+    trials) and how much exposure (or how many trials) it rests on; ``None`` offsets are 1.
+    """
+    if offset is None:
+        return torch.cat([f, torch.zeros_like(f)], -1)
+    offset = offset.to(f.dtype)
+    return torch.cat([f / offset, offset.log()], -1)
 
 
 def likelihood_names() -> tuple[str, ...]:
@@ -401,6 +420,7 @@ class PoissonFamily(LikelihoodFamily):
     outputs = 1
     discrete = True
     bounds = (0.0, math.inf)
+    offset = "exposure"
 
     def distribution(self, raw: Tensor, min_std: float = 0.0,
                      offset: Tensor | None = None) -> Distribution:
@@ -424,6 +444,7 @@ class NegativeBinomialFamily(LikelihoodFamily):
     outputs = 2
     discrete = True
     bounds = (0.0, math.inf)
+    offset = "exposure"
 
     def distribution(self, raw: Tensor, min_std: float = 0.0,
                      offset: Tensor | None = None) -> Distribution:
@@ -484,6 +505,7 @@ class _ZeroInflatedFamily(LikelihoodFamily):
     base: ClassVar[LikelihoodFamily]
     discrete = True
     bounds = (0.0, math.inf)
+    offset = "exposure"
 
     def distribution(self, raw: Tensor, min_std: float = 0.0,
                      offset: Tensor | None = None) -> Distribution:
@@ -543,6 +565,7 @@ class BinomialFamily(LikelihoodFamily):
     outputs = 1
     discrete = True
     bounds = (0.0, math.inf)
+    offset = "trials"
 
     def distribution(self, raw: Tensor, min_std: float = 0.0,
                      offset: Tensor | None = None) -> Distribution:

@@ -117,8 +117,10 @@ class LocallyConditioned(Conditioned):
         if progress:
             tiles = tqdm_class()(tiles, desc="predicting", unit="tile")
         for tile in tiles:
-            context = {role: self.context[role][tile.context] for role in (*model.roles, "f")}
-            test = {role: inputs[role][tile.targets] for role in model.roles}
+            context = {role: self.context[role][tile.context]
+                       for role in (*model.roles, "f", "offset") if role in self.context}
+            test = {role: inputs[role][tile.targets] for role in (*model.roles, "offset")
+                    if role in inputs}
             frame = None
             if self.rescale:
                 frame = LocalFrame.fit(context["s"], context["f"] if framed_values else None,
@@ -131,5 +133,6 @@ class LocallyConditioned(Conditioned):
                              for role, value in test.items()})
             check_model_range({role: batch.test(role) for role in model.roles}, "targets")
             dist = model.condition(batch).predictive(
-                {f"{role}_test": batch.test(role) for role in model.roles})
+                {f"{role}_test": batch.test(role) for role in (*model.roles, "offset")
+                 if batch.test(role) is not None})
             store(dist, tile.targets, frame)

@@ -15,7 +15,7 @@ import numpy as np
 from bsatnp.data.geo import check_crs
 from bsatnp.data.schema import Schema
 from bsatnp.data.tables import class_labels, time_kind_of
-from bsatnp.likelihoods import likelihood_family
+from bsatnp.likelihoods import likelihood_family, offset_of
 from bsatnp.models.base import NeuralProcess
 
 
@@ -24,12 +24,25 @@ def resolve_schema(model: NeuralProcess, stored: Schema | None, data: Any, **rol
     """The schema for ``data`` and ``model``: ``stored`` (a predictor's), or one from roles.
 
     ``roles`` are :class:`~bsatnp.data.Schema` fields (``values``, ``space``, ``crs``,
-    ``time``, ``covariates``, ``units``; a single name may be a string). Given with a
-    stored schema they must agree with it.
+    ``time``, ``covariates``, ``units``; a single name may be a string), and ``exposure``
+    (a count model) or ``trials`` (a binomial model) naming the column of
+    :attr:`Schema.offset <bsatnp.data.Schema.offset>`. Given with a stored schema they
+    must agree with it.
 
     Raises:
         ValueError: If the roles disagree with the stored schema or do not fit the model.
     """
+    roles = dict(roles)
+    for meaning in ("exposure", "trials"):
+        column = roles.pop(meaning, None)
+        if column is None:
+            continue
+        reads = offset_of(model.likelihood)
+        if reads != meaning:
+            raise ValueError(f"{meaning}={column!r}: a {model.likelihood} model reads "
+                             + (f"{reads} (give {reads}=...)" if reads else
+                                "no exposure or trials"))
+        roles["offset"] = str(column)
     given = {key: _as_names(value) if key in ("values", "space", "covariates", "units")
              else value for key, value in roles.items() if value is not None}
     if stored is not None:
@@ -107,11 +120,13 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def check_values(model: NeuralProcess, values: np.ndarray | None, schema: Schema) -> None:
+def check_values(model: NeuralProcess, values: np.ndarray | None, schema: Schema,
+                 offset: np.ndarray | None = None) -> None:
     """Refuse observed values outside the support of the model's likelihood.
 
-    Counts must be integers >= 0; presence 0 or 1; proportions within [0, 1] (a Gaussian or
-    categorical model takes any value or label).
+    Counts must be integers >= 0; presence 0 or 1; proportions within [0, 1]; successes
+    at most their trials, whole numbers of trials (a Gaussian or categorical model takes
+    any value or label).
 
     Raises:
         ValueError: Naming the value column, how many values are outside and the first.
@@ -130,3 +145,12 @@ def check_values(model: NeuralProcess, values: np.ndarray | None, schema: Schema
                     else f"within [{low:g}, {high:g}]")
             raise ValueError(f"a {model.likelihood} model reads {what}: value column {name!r} "
                              f"has {int(bad.sum()):,} that are not (e.g. {column[bad][0]!r})")
+        if family.offset == "trials" and offset is not None:
+            trials = offset[:, 0]
+            bad = (column > trials) | (trials != np.floor(trials))
+            if bad.any():
+                first = int(np.argmax(bad))
+                raise ValueError(f"a binomial model reads successes out of whole trials: "
+                                 f"{int(bad.sum()):,} rows of {name!r} are not (e.g. "
+                                 f"{column[first]!r} of {trials[first]!r} trials in "
+                                 f"{schema.offset!r})")

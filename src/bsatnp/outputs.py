@@ -101,12 +101,15 @@ class DistributionStore:
     """What ``request`` asks of a likelihood family's predictive, chunk by chunk.
 
     Mean, std, quantiles (interval ends included), exceedance probabilities and samples,
-    each ``[..., N, Df]`` in the data's units (the family models them so).
+    each ``[..., N, Df]`` in the data's units (the family models them so). With the targets'
+    exposures or trials ``per_unit [N, 1]`` (the data's units) every output is **per unit**
+    of it (a rate, a share of trials): the values divided by it, and the thresholds of
+    ``P(value / per_unit > threshold)``; ``expected`` keeps the mean count.
     """
 
     def __init__(self, n: int, dim_f: int, family: LikelihoodFamily,
-                 request: OutputRequest) -> None:
-        self.family, self.request = family, request
+                 request: OutputRequest, per_unit: np.ndarray | None = None) -> None:
+        self.family, self.request, self.per_unit = family, request, per_unit
         self.levels = list(request.levels) + (list(interval_levels(request.interval))
                                               if request.interval is not None else [])
         self.rng = np.random.default_rng(request.seed)
@@ -114,23 +117,30 @@ class DistributionStore:
                        "quantiles": np.empty((len(self.levels), n, dim_f)),
                        "exceedance": np.empty((len(request.thresholds), n, dim_f)),
                        "samples": np.empty((request.n_samples, n, dim_f))}
+        if per_unit is not None:
+            self.arrays["expected"] = np.empty((n, dim_f))
 
     def __call__(self, dist: Any, where: slice | np.ndarray, frame: LocalFrame | None) -> None:
         """Store the predictive of the targets ``where`` (values are never framed)."""
         a = self.arrays
-        a["mean"][where] = dist.mean[0].double().cpu().numpy()
-        a["std"][where] = dist.stddev[0].double().cpu().numpy()
+        unit = np.ones((1, 1)) if self.per_unit is None else self.per_unit[where]
+        mean = dist.mean[0].double().cpu().numpy()
+        if self.per_unit is not None:
+            a["expected"][where] = mean
+        a["mean"][where] = mean / unit
+        a["std"][where] = dist.stddev[0].double().cpu().numpy() / unit
         for i, level in enumerate(self.levels):
-            a["quantiles"][i, where] = self.family.quantile(dist, level)[0].cpu().numpy()
+            a["quantiles"][i, where] = self.family.quantile(dist, level)[0].cpu().numpy() / unit
         for i, threshold in enumerate(self.request.thresholds):
-            value = torch.full_like(dist.mean, float(threshold), dtype=torch.float64)
+            value = torch.as_tensor(float(threshold) * unit, dtype=torch.float64).expand(
+                dist.mean.shape[1:])[None]
             a["exceedance"][i, where] = (1 - self.family.cdf(dist, value))[0].cpu().numpy()
         if self.request.n_samples:
             seed = int(self.rng.integers(2**63 - 1))
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
                 draws = dist.sample((self.request.n_samples,))[:, 0]
-            a["samples"][:, where] = draws.double().cpu().numpy()
+            a["samples"][:, where] = draws.double().cpu().numpy() / unit
 
 
 def distribution_outputs(template: Any, store: DistributionStore, schema: Schema) -> Any:
@@ -147,7 +157,10 @@ def distribution_outputs(template: Any, store: DistributionStore, schema: Schema
     for j, value in enumerate(schema.values):
         prefix = f"{value}_" if len(schema.values) > 1 else ""
         units = ({"units": schema.units[j]} if j < len(schema.units) else {})
+        per = f" per {schema.offset}" if store.per_unit is not None else ""
         named = {"mean": a["mean"][:, j], "std": a["std"][:, j]}
+        if store.per_unit is not None:
+            named["expected_count"] = a["expected"][:, j]
         if request.levels:
             named["quantiles"] = a["quantiles"][:n_levels, :, j]
             extra[prefix + "quantiles"] = ("quantile", list(request.levels), prefix + "q")
@@ -167,10 +180,11 @@ def distribution_outputs(template: Any, store: DistributionStore, schema: Schema
                                      "finite there (a diverged model, or inputs far outside "
                                      "its training range)")
             outputs[prefix + name] = array.astype(np.float32)
-            attrs[prefix + name] = {**units, "long_name": f"{value} {name}"}
+            attrs[prefix + name] = {**units, "long_name": f"{value}{per} {name}"
+                                    if name != "expected_count" else f"expected {value}"}
         if request.thresholds:
             attrs[prefix + "exceedance"] = {
-                "units": "1", "long_name": f"P({value} > threshold)",
+                "units": "1", "long_name": f"P({value}{per} > threshold)",
                 **({"threshold_units": units["units"]} if units else {})}
         if request.n_samples:
             attrs[prefix + "samples"]["samples_are"] = "marginal (independent across targets)"

@@ -34,6 +34,7 @@ from bsatnp.data.tables import (
     read_points,
 )
 from bsatnp.io.checkpoint import Provenance, load_checkpoint, save_checkpoint
+from bsatnp.likelihoods import offset_of
 from bsatnp.locally_conditioned import LocallyConditioned
 from bsatnp.model_schema import check_values, resolve_schema
 from bsatnp.models.base import NeuralProcess
@@ -202,13 +203,14 @@ class Predictor:
         schema = self.resolve_schema(data, crs=crs if self.schema is None else None, **roles)
         points, _ = read_points(data, schema, "observations", with_values=True,
                                 crs=None if self.schema is None else crs, group=group)
-        check_values(self.model, points.values, schema)
+        check_values(self.model, points.values, schema, points.offset)
         normalizer = self.normalizer or Normalizer.fit(
             points, schema, great_circle=self.great_circle, space_scale=space_scale,
             time_scale=time_scale, method=method, value_transform=value_transform,
             space_half_width=self.envelope.space_half_width,
             value_moments=self.envelope.values if gaussian else None,
-            keep_values=not gaussian)
+            keep_values=not gaussian,
+            scale_offset=offset_of(self.model.likelihood) == "exposure")
         return schema, points, normalizer
 
     def condition(self, observations: Any, *, space_scale: float | str = "auto",

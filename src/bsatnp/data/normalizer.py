@@ -8,6 +8,7 @@ translation-invariant models stay exactly invariant)::
     t_model = (t − time_shift) / time_scale          t in seconds since 1970 for datetimes
     x_model = (x − covariate_shift) / covariate_scale
     f_model = (T(f) − value_shift) / value_scale     T: none, log or log1p
+    offset_model = offset / offset_scale             exposures; trials are not scaled
 
 The value map gives the fitted data the moments of one training task's context
 (:class:`ValueMoments`, from the model card: mean 0 and std 1 unless the card says
@@ -58,6 +59,8 @@ class Normalizer(Config):
         time_scale: Time units per model unit (seconds for datetimes).
         covariate_shift: Subtracted from each covariate.
         covariate_scale: Divides each shifted covariate.
+        offset_scale: Divides each exposure (their geometric mean over the fitted points,
+            so the model sees exposures around 1); 1 for a binomial's trials.
     """
 
     value_shift: tuple[float, ...] = (0.0,)
@@ -70,6 +73,7 @@ class Normalizer(Config):
     time_scale: float = 1.0
     covariate_shift: tuple[float, ...] = ()
     covariate_scale: tuple[float, ...] = ()
+    offset_scale: float = 1.0
 
     def __post_init__(self) -> None:
         check_literals(self)
@@ -77,9 +81,10 @@ class Normalizer(Config):
             if not all(math.isfinite(v) and v > 0 for v in getattr(self, name)):
                 raise ValueError(f"Normalizer.{name} must be finite and > 0, got "
                                  f"{getattr(self, name)}")
-        if not (math.isfinite(self.time_scale) and self.time_scale > 0):
-            raise ValueError(f"Normalizer.time_scale must be finite and > 0, got "
-                             f"{self.time_scale}")
+        for name in ("time_scale", "offset_scale"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
+                raise ValueError(f"Normalizer.{name} must be finite and > 0, got "
+                                 f"{getattr(self, name)}")
 
     # ---------------------------------------------------------------- fitting
     @classmethod
@@ -87,7 +92,7 @@ class Normalizer(Config):
             space_scale: float | str = "auto", time_scale: float | str = "auto",
             method: str = "standard", value_transform: str = "none",
             space_half_width: float = 2.0, value_moments: ValueMoments | None = None,
-            keep_values: bool = False) -> Normalizer:
+            keep_values: bool = False, scale_offset: bool = True) -> Normalizer:
         """Fit the maps on ``points`` (the data a model is trained or conditioned on).
 
         Args:
@@ -109,6 +114,8 @@ class Normalizer(Config):
                 fitted values are mapped onto them; ``None``: mean 0, std 1).
             keep_values: Leave the values in their units (a likelihood of counts, presence
                 or proportions models them so), as class labels are.
+            scale_offset: Divide the points' offsets by their geometric mean (exposures);
+                ``False`` leaves them (a binomial's trials are counts).
 
         Raises:
             ValueError: On an unknown option, or values outside ``T``'s domain.
@@ -141,6 +148,8 @@ class Normalizer(Config):
         if points.covariates is not None:
             fields["covariate_shift"], fields["covariate_scale"] = _affine(points.covariates,
                                                                            method)
+        if points.offset is not None and scale_offset:
+            fields["offset_scale"] = float(np.exp(np.log(points.offset).mean()))
         return cls(**fields)
 
     # ------------------------------------------------------------- user → model
@@ -176,6 +185,8 @@ class Normalizer(Config):
             out["x"] = self.covariates(points.covariates)
         if points.values is not None:
             out["f"] = self.values(points.values, schema)
+        if points.offset is not None:
+            out["offset"] = points.offset / self.offset_scale
         return out
 
     # ------------------------------------------------------------- model → user
@@ -238,6 +249,8 @@ class Normalizer(Config):
         if self.covariate_scale:
             lines.append(f"covariates: (x − {_fmt(self.covariate_shift)}) / "
                          f"{_fmt(self.covariate_scale)}")
+        if self.offset_scale != 1.0:
+            lines.append(f"exposure: e / {self.offset_scale:.6g}")
         return "\n".join(lines)
 
 

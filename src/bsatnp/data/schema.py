@@ -32,6 +32,10 @@ class Schema(Config):
         covariates: Covariate columns ``x`` (fixed effects), in model order.
         classes: Class labels of a categorical model, in model order (set when fitted).
         units: Units of each value column (copied to outputs), e.g. ``("degC",)``.
+        offset: The column of each point's exposure (a count model: the count's mean is
+            rate × exposure, e.g. a population) or number of trials (a binomial model),
+            or ``None``: 1 everywhere. With one, predictions are per unit of it (rates,
+            shares of trials).
     """
 
     values: tuple[str, ...] = ("value",)
@@ -42,6 +46,7 @@ class Schema(Config):
     covariates: tuple[str, ...] = ()
     classes: tuple[str, ...] = ()
     units: tuple[str, ...] = ()
+    offset: str | None = None
 
     def __post_init__(self) -> None:
         check_literals(self)
@@ -50,7 +55,8 @@ class Schema(Config):
         if self.geographic and len(self.space) != 2:
             raise ValueError(f"a geographic schema (crs={self.crs!r}) needs two space columns "
                              f"(lon, lat), got {self.space}")
-        names = [*self.values, *self.space, *self.covariates, *([self.time] if self.time else [])]
+        names = [*self.values, *self.space, *self.covariates, *([self.time] if self.time else []),
+                 *([self.offset] if self.offset else [])]
         repeated = sorted({name for name in names if names.count(name) > 1})
         if repeated:
             raise ValueError(f"Schema: column(s) {repeated} are given more than one role")
@@ -64,7 +70,8 @@ class Schema(Config):
     def columns(self) -> tuple[str, ...]:
         """Every column the schema reads for a point with a value."""
         time = (self.time,) if self.time else ()
-        return (*self.space, *time, *self.covariates, *self.values)
+        offset = (self.offset,) if self.offset else ()
+        return (*self.space, *time, *self.covariates, *offset, *self.values)
 
     def describe(self) -> str:
         """One line naming every role, e.g. ``pm25 ~ s(lon, lat; lonlat) + t(time) + x(...)``."""
@@ -76,4 +83,5 @@ class Schema(Config):
         if self.covariates:
             parts.append(f"x({', '.join(self.covariates)})")
         classes = f" [classes: {', '.join(self.classes)}]" if self.classes else ""
-        return f"{', '.join(self.values)}{classes} ~ {' + '.join(parts) or '1'}"
+        offset = f" per {self.offset}" if self.offset else ""
+        return f"{', '.join(self.values)}{offset}{classes} ~ {' + '.join(parts) or '1'}"

@@ -44,6 +44,7 @@ class Points:
         time_zone: Whether the times were timezone-aware (converted to UTC).
         groups: The field each point belongs to, as codes ``[N]`` (``read_points(group=)``),
             or ``None``.
+        offset: Exposures or trials ``[N, 1]`` (``Schema.offset``), positive, or ``None``.
     """
 
     label: Callable[[int], str]
@@ -53,6 +54,7 @@ class Points:
     values: np.ndarray | None
     time_zone: bool = False
     groups: np.ndarray | None = None
+    offset: np.ndarray | None = None
 
     @property
     def n(self) -> int:
@@ -66,7 +68,7 @@ class Points:
         """The points at ``rows`` (indices or a boolean mask)."""
         index = np.arange(self.n)[rows]
         pick = {name: None if getattr(self, name) is None else getattr(self, name)[rows]
-                for name in ("space", "time", "covariates", "values", "groups")}
+                for name in ("space", "time", "covariates", "values", "groups", "offset")}
         return replace(self, label=lambda i: self.label(int(index[i])), **pick)
 
 
@@ -200,6 +202,8 @@ def read_points(data: Any, schema: Schema, what: str, with_values: bool,
             targets, latitudes out of range, or unknown class labels.
     """
     names = list(schema.space) + ([schema.time] if schema.time else []) + list(schema.covariates)
+    if schema.offset:
+        names.append(schema.offset)
     if with_values:
         names += list(schema.values)
     if group is not None:
@@ -245,7 +249,17 @@ def read_points(data: Any, schema: Schema, what: str, with_values: bool,
         labels = columns[group]
         groups = np.unique(labels.astype(str) if labels.dtype.kind == "O" else labels,
                            return_inverse=True)[1].reshape(-1)
-    points = Points(label, space, time, covariates, values, time_zone, groups)
+    offset = None
+    if schema.offset:
+        offset = _numeric(columns[schema.offset], schema.offset, what, label)[:, None]
+        with np.errstate(invalid="ignore"):
+            good = np.isfinite(offset[:, 0]) & (offset[:, 0] > 0)
+        bad = ~good & ~(np.isnan(offset[:, 0]) if with_values else False)
+        if bad.any():  # a missing observation's offset drops it; elsewhere it must be > 0
+            row = int(np.argmax(bad))
+            raise ValueError(f"{what}: column {schema.offset!r} (exposure or trials) is "
+                             f"{offset[row, 0]} at {label(row)}; it must be positive")
+    points = Points(label, space, time, covariates, values, time_zone, groups, offset)
     if with_values:
         points = _drop_missing(points, schema, what)
     elif covariates is not None:
@@ -553,6 +567,8 @@ def _drop_missing(points: Points, schema: Schema, what: str) -> Points:
     missing_value = np.isnan(values).any(-1)
     missing_covariate = (np.zeros_like(missing_value) if points.covariates is None
                          else ~np.isfinite(points.covariates).all(-1))
+    if points.offset is not None:  # a count without its exposure is as good as missing
+        missing_covariate = missing_covariate | np.isnan(points.offset[:, 0])
     drop = missing_value | missing_covariate
     if drop.all():
         raise ValueError(f"{what}: all {len(drop)} points have a missing value or covariate; "
@@ -560,7 +576,8 @@ def _drop_missing(points: Points, schema: Schema, what: str) -> Points:
     if drop.any():
         warnings.warn(
             f"{what}: dropped {int(drop.sum())} of {len(drop)} points with a missing value "
-            f"({int(missing_value.sum())}) or covariate ({int(missing_covariate.sum())})",
+            f"({int(missing_value.sum())}) or covariate or exposure "
+            f"({int(missing_covariate.sum())})",
             stacklevel=3,
         )
         return points.take(~drop)

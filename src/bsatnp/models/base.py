@@ -22,6 +22,7 @@ from torch.distributions import Categorical, Distribution
 
 from bsatnp.batch import ROLES, Batch
 from bsatnp.config import Config
+from bsatnp.likelihoods import offset_of, value_features
 
 
 class FamilyConfig(Config):
@@ -50,6 +51,12 @@ class FamilyConfig(Config):
     def great_circle(self) -> bool:
         """Whether space is measured by great-circle distance on (lon, lat) degrees."""
         return False
+
+    @property
+    def value_inputs(self) -> int:
+        """Features a context value is embedded with: ``Df``, or ``2·Df`` where the
+        likelihood reads an offset (:func:`~bsatnp.likelihoods.value_features`)."""
+        return self.width("f") * (2 if offset_of(self.likelihood) is not None else 1)
 
     @property
     def memory_widths(self) -> tuple[int, ...]:
@@ -129,6 +136,11 @@ class NeuralProcess(nn.Module):
             warnings.warn(f"{type(self).__name__} reads no {'/'.join(unused)} role "
                           f"(dim_{unused[0]}=0): the batch's {unused} inputs are ignored",
                           stacklevel=3)
+        offsets = [name for name in ("offset_ctx", "offset_test") if getattr(batch, name)
+                   is not None]
+        if offsets and not offset_of(self.likelihood) is not None:
+            raise ValueError(f"{offsets[0]} is given but the model's likelihood "
+                             f"({self.likelihood}) reads no exposure or trials")
         for role in (*self.roles, "f"):
             want = self.width(role)
             got = batch.ctx(role).shape[-1]
@@ -151,7 +163,15 @@ class NeuralProcess(nn.Module):
             ``[B, Lt, C]``.
         """
         self.check_batch(batch)
-        return self.predictive(batch.to(dtype=model_dtype(self)).sanitized())
+        return self.predictive(self.model_view(batch.to(dtype=model_dtype(self)).sanitized()))
+
+    def model_view(self, batch: Batch) -> Batch:
+        """A sanitised batch as the family reads it: where the likelihood reads an offset,
+        the context values become :func:`~bsatnp.likelihoods.value_features` (rate and log
+        offset, ``2·Df`` features); the test offsets stay for the head."""
+        if not offset_of(self.likelihood) is not None:
+            return batch
+        return batch.map(f_ctx=value_features(batch.f_ctx, batch.offset_ctx), offset_ctx=None)
 
     @abstractmethod
     def predictive(self, batch: Batch) -> Distribution:
@@ -193,7 +213,7 @@ class NeuralProcess(nn.Module):
             round-off, whatever the chunking.
         """
         self.check_batch(batch)
-        context = batch.to(dtype=model_dtype(self)).sanitized()
+        context = self.model_view(batch.to(dtype=model_dtype(self)).sanitized())
         return ConditionedModel(self, context, self.encode(context))
 
 
@@ -211,17 +231,24 @@ class ConditionedModel:
 
     @torch.no_grad()
     def predictive(self, test: Mapping[str, Tensor]) -> Distribution:
-        """Predictive at new test points ``{role: [B, Lt, Dr]}`` (every role the model reads).
+        """Predictive at new test points ``{role: [B, Lt, Dr]}`` (every role the model reads,
+        and ``offset_test`` where its likelihood reads one; ``None``: 1).
 
         Raises:
             ValueError: If the test points do not fit the model (roles, shapes, NaN).
         """
-        unknown = set(test) - {f"{role}_test" for role in ROLES}
+        fields = {f"{role}_test" for role in ROLES} | {"offset_test"}
+        unknown = set(test) - fields
         if unknown:
-            raise ValueError(f"unknown test fields {sorted(unknown)}; expected x/s/t_test")
-        batch = self.context.map(**{f"{r}_test": test.get(f"{r}_test") for r in ROLES},
+            raise ValueError(f"unknown test fields {sorted(unknown)}; expected x/s/t_test "
+                             "or offset_test")
+        batch = self.context.map(**{name: test.get(name) for name in fields},
                                  f_test=None, mask_test=None)
         batch.validate(required_roles=self.model.roles)
+        width = self.model.width("f")
+        if batch.offset_test is not None and batch.offset_test.shape[-1] != width:
+            raise ValueError(f"offset_test has {batch.offset_test.shape[-1]} features but the "
+                             f"model predicts {width} values")
         dist = self.model.decode(self.encoded, batch.to(dtype=model_dtype(self.model)))
         check_finite_prediction(dist, batch, self.model)
         return dist

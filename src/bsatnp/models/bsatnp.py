@@ -39,7 +39,7 @@ class BSATNP(NeuralProcess):
         super().__init__(config, overrides)
         config = self.config
         self.embed = TokenEmbedding(
-            {r: config.width(r) for r in config.embedded_roles}, config.dim_f,
+            {r: config.width(r) for r in config.embedded_roles}, config.value_inputs,
             config.obs_dim, config.embed_hidden, config.dim, config.ln_eps,
         )
         self.blocks = nn.ModuleList(
@@ -102,4 +102,4 @@ class BSATNP(NeuralProcess):
         z = self.embed.test(batch)
         for block, z_ctx in zip(self.blocks, encoded):
             z = block.attend(z, z_ctx, coords, coords_ctx, mask_ctx)
-        return self.head(self.norm(z))
+        return self.head(self.norm(z), batch.offset_test)

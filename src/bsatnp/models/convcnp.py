@@ -242,7 +242,7 @@ class ConvCNP(NeuralProcess):
         init = math.log(2.0 / config.points_per_unit)
         self.log_lengthscale_enc = nn.Parameter(torch.tensor(init))
         self.log_lengthscale_dec = nn.Parameter(torch.tensor(init))
-        self.cnn = UNet(1 + config.dim_f, config.channels, config.depth, config.kernel_size)
+        self.cnn = UNet(1 + config.value_inputs, config.channels, config.depth, config.kernel_size)
         self.head = likelihood_head(config.likelihood, (config.channels, *config.head_hidden),
                                     config.dim_f, config.min_std)
         reference_init_(self.head)
@@ -295,4 +295,4 @@ class ConvCNP(NeuralProcess):
         features = set_conv_to_points(
             batch.s_test - origin, z, spacing, self.log_lengthscale_dec.exp()
         )  # [B, Lt, C]
-        return self.head(features)
+        return self.head(features, batch.offset_test)

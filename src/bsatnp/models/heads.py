@@ -38,9 +38,10 @@ class DistributionHead(nn.Module):
         self.mlp = MLP((*dims, dim_f * self.family.outputs), activation=activation)
         self.min_std = min_std
 
-    def forward(self, z: Tensor) -> Distribution:
-        """Tokens ``[B, Lt, E]`` → the predictive (exposure and trials 1)."""
-        return self.family.distribution(self.mlp(z), self.min_std)
+    def forward(self, z: Tensor, offset: Tensor | None = None) -> Distribution:
+        """Tokens ``[B, Lt, E]`` → the predictive at exposures or trials ``offset
+        [B, Lt, Df]`` (``None``: 1; ignored by a family that reads none)."""
+        return self.family.distribution(self.mlp(z), self.min_std, offset)
 
 
 class CategoricalHead(nn.Module):
@@ -55,8 +56,9 @@ class CategoricalHead(nn.Module):
         super().__init__()
         self.mlp = MLP(dims, activation=activation)
 
-    def forward(self, z: Tensor) -> Categorical:
-        """Tokens ``[B, Lt, E]`` → ``Categorical`` over ``C`` classes, batch shape ``[B, Lt]``."""
+    def forward(self, z: Tensor, offset: Tensor | None = None) -> Categorical:
+        """Tokens ``[B, Lt, E]`` → ``Categorical`` over ``C`` classes, batch shape ``[B, Lt]``
+        (a classifier reads no ``offset``)."""
         return Categorical(logits=self.mlp(z), validate_args=False)
 
 

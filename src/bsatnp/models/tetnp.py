@@ -308,7 +308,7 @@ class TETNP(NeuralProcess):
         config = self.config
         # s enters the kernel MLP instead
         tokens = {r: config.width(r) for r in ("x", "t") if config.width(r) > 0}
-        self.embed = TokenEmbedding(tokens, config.dim_f, config.obs_dim, config.embed_hidden,
+        self.embed = TokenEmbedding(tokens, config.value_inputs, config.obs_dim, config.embed_hidden,
                                     config.dim, config.ln_eps)
         self.layers = nn.ModuleList(
             TEISTLayer(
@@ -336,4 +336,4 @@ class TETNP(NeuralProcess):
         s_u = self.pseudo_offsets.to(s_z.dtype).expand(B, -1, -1)  # [B, M, Ds], centred
         for layer in self.layers:
             u, z = layer(u, z, s_u, s_z, mask_ctx)
-        return self.head(self.norm(z[:, n_ctx:]))
+        return self.head(self.norm(z[:, n_ctx:]), batch.offset_test)

@@ -135,7 +135,7 @@ class TNPD(NeuralProcess):
     def __init__(self, config: TNPDConfig | None = None, **overrides: Any) -> None:
         super().__init__(config, overrides)
         config = self.config
-        width = sum(config.width(r) for r in ROLES) + config.dim_f
+        width = sum(config.width(r) for r in ROLES) + config.value_inputs
         self.embed = MLP((width, *config.embed_hidden, config.dim), activation="relu")
         self.blocks = nn.ModuleList(EncoderBlock(config) for _ in range(config.num_blocks))
         self.head = likelihood_head(config.likelihood, (config.dim, *config.head_hidden),
@@ -158,4 +158,4 @@ class TNPD(NeuralProcess):
                                  dim=1)
         for block in self.blocks:
             z = block(z, n_keys, key_mask)
-        return self.head(z[:, n_ctx:])
+        return self.head(z[:, n_ctx:], batch.offset_test)

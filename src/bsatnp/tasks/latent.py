@@ -11,8 +11,13 @@ linear predictor ``η = a + g``:
 ``negative_binomial``  counts, mean ``exp(η)``, dispersion ``r``
 ``zip``, ``zinb``      the same with structural zeros of share ``π``
 ``bernoulli``          presence, ``P(1) = sigmoid(η)``
+``binomial``           successes out of ``n`` trials, ``p = sigmoid(η)``
 ``beta``               proportions, mean ``sigmoid(η)``, precision ``φ``
 =====================  =====================================================
+
+Counts can rest on an **exposure** per point (``exposure``: a log-uniform range; the rate
+is then ``exposure·exp(η)``), and a binomial's trials are drawn per point from ``trials``;
+both travel in the batch's ``offset_ctx``/``offset_test``.
 
 Values are drawn by ``torch.distributions`` under a seed taken from the batch's generator
 (so a batch is reproducible and the global random state is left alone).
@@ -38,7 +43,7 @@ from bsatnp.likelihoods import likelihood_family
 from bsatnp.tasks.gp2d import GP2DTask
 from bsatnp.tasks.registry import register_task
 
-OBSERVATIONS = ("poisson", "negative_binomial", "zip", "zinb", "bernoulli", "beta")
+OBSERVATIONS = ("poisson", "negative_binomial", "zip", "zinb", "bernoulli", "binomial", "beta")
 """The families a latent-GP task observes through."""
 
 
@@ -53,6 +58,9 @@ class LatentGPTask(GP2DTask):
         dispersion: Range of the negative binomial's ``r`` (log-uniform).
         zero_share: Range of the zero-inflated families' ``π`` (uniform).
         precision: Range of the Beta's ``φ`` (log-uniform).
+        exposure: Range of the counts' exposure per point (log-uniform), or ``None``
+            for exposure 1 and no offset in the batch.
+        trials: Range of the binomial's trials per point (uniform integers, inclusive).
     """
 
     name: ClassVar[str] = "latent_gp"
@@ -62,6 +70,8 @@ class LatentGPTask(GP2DTask):
     dispersion: tuple[float, float] = (1.0, 30.0)
     zero_share: tuple[float, float] = (0.05, 0.5)
     precision: tuple[float, float] = (2.0, 50.0)
+    exposure: tuple[float, float] | None = None
+    trials: tuple[int, int] = (1, 50)
     noise_std: float = 0.0
 
     def __post_init__(self) -> None:
@@ -69,10 +79,17 @@ class LatentGPTask(GP2DTask):
         if self.likelihood not in OBSERVATIONS:
             raise ValueError(f"LatentGPTask.likelihood must be one of {OBSERVATIONS}, got "
                              f"{self.likelihood!r}")
-        for name in ("intercept", "dispersion", "zero_share", "precision"):
-            low, high = getattr(self, name)
-            if not low <= high:
-                raise ValueError(f"LatentGPTask.{name} must be (low, high), got {(low, high)}")
+        for name in ("intercept", "dispersion", "zero_share", "precision", "exposure",
+                     "trials"):
+            bounds = getattr(self, name)
+            if bounds is not None and not bounds[0] <= bounds[1]:
+                raise ValueError(f"LatentGPTask.{name} must be (low, high), got {bounds}")
+        if self.exposure is not None and not (
+                self.exposure[0] > 0 and likelihood_family(self.likelihood).offset == "exposure"):
+            raise ValueError("LatentGPTask.exposure needs a count likelihood and a positive "
+                             f"range, got {self.exposure} for {self.likelihood!r}")
+        if self.trials[0] < 1:
+            raise ValueError(f"LatentGPTask.trials must be at least 1, got {self.trials}")
 
     def model_defaults(self) -> dict[str, Any]:
         """A 2D location, one value of the task's likelihood."""
@@ -89,15 +106,31 @@ class LatentGPTask(GP2DTask):
         n_ctx = latent.f_ctx.shape[1]
         g = torch.cat([latent.f_ctx, latent.f_test], 1).double()  # [B, L, 1]
         raw = self._raw(g, generator)
+        offset = self._offset(g, generator)
         family = likelihood_family(self.likelihood)
-        dist = family.distribution(raw)
+        dist = family.distribution(raw, offset=offset)
         seed = int(torch.randint(2**62, (1,), generator=generator))
         with torch.random.fork_rng(devices=[]):  # the batch's generator decides, alone
             torch.manual_seed(seed)
             values = dist.sample().float()
         batch = latent.map(f_ctx=values[:, :n_ctx], f_test=values[:, n_ctx:])
-        floor = family.distribution(raw[:, n_ctx:])
+        if offset is not None:
+            batch = batch.map(offset_ctx=offset[:, :n_ctx].float(),
+                              offset_test=offset[:, n_ctx:].float())
+        floor = family.distribution(raw[:, n_ctx:],
+                                    offset=None if offset is None else offset[:, n_ctx:])
         return batch, floor
+
+    def _offset(self, g: Tensor, generator: torch.Generator | None) -> Tensor | None:
+        """Exposures or trials per point ``[B, L, 1]`` (float64), or ``None`` for none."""
+        if self.likelihood == "binomial":
+            low, high = self.trials
+            return torch.randint(low, high + 1, g.shape, generator=generator).double()
+        if self.exposure is None:
+            return None
+        low, high = (math.log(b) for b in self.exposure)
+        return (low + (high - low) * torch.rand(g.shape, generator=generator,
+                                                dtype=torch.float64)).exp()
 
     def _raw(self, g: Tensor, generator: torch.Generator | None) -> Tensor:
         """The family's raw parameters ``[B, L, outputs]`` at latent values ``g``."""

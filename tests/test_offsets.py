@@ -1,0 +1,296 @@
+"""Exposures and trials (issue 32): the batch's ``offset``, every family reading it, the
+latent-GP tasks drawing it, and the user's ``exposure=``/``trials=`` columns giving rates."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from bsatnp import Batch
+from bsatnp.data.tables import read_points
+from bsatnp.joint import autoregressive_log_likelihood, autoregressive_samples
+from bsatnp.likelihoods import likelihood_family, value_features
+from bsatnp.models import BSATNP
+from bsatnp.models.convcnp import ConvCNP
+from bsatnp.models.tetnp import TETNP
+from bsatnp.models.tnpd import TNPD
+from bsatnp.tasks.latent import LatentGPTask
+
+SMALL = dict(batch_size=2, n_ctx=40, n_test=24, min_ctx=10, max_ctx=39)
+
+
+def count_batch(likelihood: str = "poisson", seed: int = 0) -> Batch:
+    task = LatentGPTask(likelihood=likelihood, exposure=None if likelihood == "binomial"
+                        else (0.2, 5.0), **SMALL)
+    return task.sample(torch.Generator().manual_seed(seed))
+
+
+def tiny(cls=BSATNP, likelihood: str = "poisson", seed: int = 0):
+    torch.manual_seed(seed)
+    if cls is BSATNP:
+        return BSATNP(num_blocks=2, dim=16, num_heads=2, qkv_dim=16, ffn_dim=32,
+                      embed_hidden=(32,), head_hidden=(32,), likelihood=likelihood).eval()
+    if cls is ConvCNP:
+        return ConvCNP(channels=8, depth=2, likelihood=likelihood).eval()
+    return cls(likelihood=likelihood).eval()
+
+
+FAMILIES = [BSATNP, TNPD, TETNP, ConvCNP]
+
+
+# ------------------------------------------------------------------------ the batch
+def test_offsets_are_checked_and_their_padding_becomes_one():
+    batch = count_batch()
+    with pytest.raises(ValueError, match="offset_ctx must be positive"):
+        batch.map(offset_ctx=batch.offset_ctx * 0).validate()
+    with pytest.raises(ValueError, match="offset_test has 2 features"):
+        batch.map(offset_test=batch.offset_test.repeat(1, 1, 2)).validate()
+    with pytest.raises(ValueError, match="NaN"):
+        batch.map(offset_ctx=torch.full_like(batch.offset_ctx, math.nan)).validate()
+    padded = batch.map(offset_ctx=torch.where(batch.context_mask()[..., None],
+                                              batch.offset_ctx, -5.0))
+    padded.validate()  # padding may hold anything
+    clean = padded.sanitized()
+    assert bool((clean.offset_ctx[~batch.context_mask()] == 1).all())
+
+
+def test_value_features_are_the_rate_and_the_log_offset():
+    f = torch.tensor([[[6.0], [0.0]]])
+    offset = torch.tensor([[[2.0], [0.5]]])
+    expected = torch.tensor([[[3.0, math.log(2.0)], [0.0, math.log(0.5)]]])
+    torch.testing.assert_close(value_features(f, offset), expected)
+    torch.testing.assert_close(value_features(f, None), torch.cat([f, 0 * f], -1))
+
+
+# ------------------------------------------------------------------------ the models
+@pytest.mark.parametrize("cls", FAMILIES, ids=lambda c: c.__name__)
+def test_every_family_scales_its_rate_by_the_test_exposure(cls):
+    """A Poisson mean is exposure × rate: doubling the targets' exposures doubles it."""
+    model, batch = tiny(cls), count_batch()
+    with torch.no_grad():
+        once = model(batch).mean
+        twice = model(batch.map(offset_test=2 * batch.offset_test)).mean
+        ones = model(batch.map(offset_test=None)).mean
+    torch.testing.assert_close(twice, 2 * once)
+    torch.testing.assert_close(once, ones * batch.offset_test)
+
+
+@pytest.mark.parametrize("cls", FAMILIES, ids=lambda c: c.__name__)
+def test_the_context_exposure_is_read(cls):
+    """The same counts over other exposures are other rates: the prediction changes."""
+    model, batch = tiny(cls), count_batch()
+    with torch.no_grad():
+        a = model(batch).mean
+        b = model(batch.map(offset_ctx=3 * batch.offset_ctx)).mean
+    assert not torch.allclose(a, b)
+
+
+@pytest.mark.parametrize("cls", FAMILIES, ids=lambda c: c.__name__)
+def test_padded_offsets_are_dropped(cls):
+    """Masked = dropped: garbage counts and exposures in padded context slots change
+    nothing."""
+    model, batch = tiny(cls), count_batch()
+    mask = batch.context_mask()[..., None]
+    noisy = batch.map(f_ctx=torch.where(mask, batch.f_ctx, 99.0),
+                      offset_ctx=torch.where(mask, batch.offset_ctx, 1e-3))
+    with torch.no_grad():
+        torch.testing.assert_close(model(noisy).mean, model(batch).mean)
+
+
+def test_conditioning_once_reads_the_test_exposures():
+    model, batch = tiny(), count_batch()
+    with torch.no_grad():
+        direct = model(batch)
+        conditioned = model.condition(batch).predictive(
+            {"s_test": batch.s_test, "offset_test": batch.offset_test})
+    torch.testing.assert_close(conditioned.mean, direct.mean, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="offset_test has 2 features"):
+        model.condition(batch).predictive(
+            {"s_test": batch.s_test, "offset_test": batch.offset_test.repeat(1, 1, 2)})
+
+
+def test_a_model_without_an_offset_refuses_one():
+    model = tiny(likelihood="gaussian")
+    with pytest.raises(ValueError, match="reads no exposure or trials"):
+        model(count_batch())
+
+
+def test_a_binomial_reads_its_trials():
+    model, batch = tiny(likelihood="binomial"), count_batch("binomial")
+    assert bool((batch.f_ctx <= batch.offset_ctx).all())
+    with torch.no_grad():
+        dist = model(batch)
+    torch.testing.assert_close(dist.total_count, batch.offset_test)
+    torch.testing.assert_close(dist.mean, dist.probs * batch.offset_test)
+
+
+# ------------------------------------------------------------------------ the task
+def test_the_task_draws_counts_at_their_exposures():
+    """Counts over exposure × rate: the standardised residuals under the floor are
+    standard, and the floor's mean is proportional to the exposure."""
+    task = LatentGPTask(likelihood="poisson", exposure=(0.2, 5.0), batch_size=16, n_ctx=64,
+                        n_test=256, min_ctx=16, max_ctx=63)
+    batch, floor = task.sample_with_oracle(torch.Generator().manual_seed(0))
+    assert batch.offset_ctx.shape == batch.f_ctx.shape
+    e = batch.offset_test.double()
+    assert float(e.min()) >= 0.2 - 1e-6 and float(e.max()) <= 5.0 + 1e-6
+    z = ((batch.f_test.double() - floor.mean.double()) / floor.stddev.double()).flatten()
+    assert abs(float(z.mean())) < 5 / math.sqrt(z.numel())
+    assert abs(float(z.var()) - 1) < 0.25
+    unit = LatentGPTask(likelihood="poisson", batch_size=16, n_ctx=64, n_test=256,
+                        min_ctx=16, max_ctx=63).sample_with_oracle(
+        torch.Generator().manual_seed(0))[1]
+    torch.testing.assert_close(floor.mean, unit.mean * e, rtol=1e-6, atol=1e-9)
+    with pytest.raises(ValueError, match="exposure needs a count likelihood"):
+        LatentGPTask(likelihood="beta", exposure=(0.5, 2.0))
+    with pytest.raises(ValueError, match="trials"):
+        LatentGPTask(likelihood="binomial", trials=(0, 3))
+
+
+# ------------------------------------------------------------------------ joint draws
+@pytest.mark.parametrize("likelihood", ["poisson", "negative_binomial", "binomial", "beta"])
+def test_joint_draws_of_every_likelihood_start_from_the_diagonal(likelihood):
+    """The first chunk's draws are the diagonal predictive's inverse CDF at Φ(ε), with the
+    ε that the generator gives; later draws lie in the support."""
+    batch = count_batch(likelihood) if likelihood != "beta" else LatentGPTask(
+        likelihood="beta", **SMALL).sample(torch.Generator().manual_seed(0))
+    batch = batch.map(mask_ctx=None, mask_test=None)
+    model = tiny(likelihood=likelihood)
+    draws = autoregressive_samples(model, batch, 3, chunk=4, order="given",
+                                   generator=torch.Generator().manual_seed(5))
+    eps = torch.randn(3, 2, batch.n_test, 1, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        first = model(batch.map(s_test=batch.s_test[:, :4], f_test=None, offset_test=None if
+                                batch.offset_test is None else batch.offset_test[:, :4]))
+    family = likelihood_family(likelihood)
+    u = torch.special.ndtr(eps[:, :, :4].double()).clamp(1e-12, 1 - 1e-12)
+    expected = torch.stack([family.quantile(first, u[s]) for s in range(3)])
+    torch.testing.assert_close(draws[:, :, :4].double(), expected.double(), rtol=1e-4,
+                               atol=1e-4)
+    low, high = family.bounds
+    assert bool((draws >= low).all()) and bool((draws <= high).all())
+    if family.discrete:
+        assert torch.equal(draws, draws.round())
+    if likelihood == "binomial":
+        assert bool((draws <= batch.offset_test[None]).all())
+    total = autoregressive_log_likelihood(model, batch, chunk=4, order="given")
+    assert bool(torch.isfinite(total).all())
+
+
+def test_joint_draws_of_a_classifier_are_one_hot():
+    from conftest import random_batch
+
+    batch = random_batch(B=1, Lc=8, Lt=6, seed=0)
+    model = tiny(likelihood="categorical")
+    model = BSATNP(**{**model.config.to_dict(), "dim_f": 3}).eval()
+    batch = batch.map(f_ctx=torch.nn.functional.one_hot(torch.arange(8) % 3, 3)[None].float(),
+                      f_test=None)
+    draws = autoregressive_samples(model, batch, 4, chunk=2,
+                                   generator=torch.Generator().manual_seed(0))
+    assert draws.shape == (4, 1, 6, 3)
+    assert torch.equal(draws.sum(-1), torch.ones(4, 1, 6))
+
+
+# ------------------------------------------------------------------------ own data
+def districts(n: int = 150, seed: int = 0):
+    pd = pytest.importorskip("pandas")
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame({"x": rng.uniform(0, 50, n), "y": rng.uniform(0, 50, n),
+                          "population": rng.uniform(2e3, 5e4, n)})
+    rate = 1e-3 * np.exp(0.5 * np.sin(frame["x"] / 8))
+    frame["cases"] = rng.poisson(frame["population"] * rate)
+    targets = frame.iloc[:12][["x", "y", "population"]].reset_index(drop=True)
+    return frame, targets
+
+
+def test_a_count_predictor_gives_rates_per_unit_of_exposure():
+    """Outputs are per person: the mean is the model's mean count at the target's exposure
+    over it, quantiles likewise, and P(rate > r) = P(count > r·exposure)."""
+    from bsatnp.predictor import Predictor
+
+    frame, targets = districts()
+    predictor = Predictor(tiny(likelihood="negative_binomial"))
+    out = predictor.predict(frame, targets, values="cases", space=("x", "y"),
+                            exposure="population", quantiles=(0.5,), exceedance=(1.2e-3,),
+                            neighbours=None)
+    conditioned = predictor.condition(frame, values="cases", space=("x", "y"),
+                                      exposure="population", neighbours=None)
+    norm, schema = conditioned.normalizer, conditioned.schema
+    assert norm.offset_scale == pytest.approx(float(np.exp(np.log(frame["population"]).mean())))
+    inputs = norm.inputs(read_points(targets, schema, "targets", with_values=False)[0], schema)
+    with torch.no_grad():
+        dist = conditioned.model.predictive({
+            "s_test": torch.as_tensor(inputs["s"], dtype=torch.float32)[None],
+            "offset_test": torch.as_tensor(inputs["offset"], dtype=torch.float32)[None]})
+    population = targets["population"].to_numpy()
+    np.testing.assert_allclose(out["expected_count"], dist.mean[0, :, 0].numpy(), rtol=1e-5)
+    np.testing.assert_allclose(out["mean"], dist.mean[0, :, 0].numpy() / population,
+                               rtol=1e-5)
+    family = likelihood_family("negative_binomial")
+    median = family.quantile(dist, 0.5)[0, :, 0].numpy()
+    np.testing.assert_allclose(out["q0.5"], median / population, rtol=1e-5)
+    threshold = torch.as_tensor(1.2e-3 * population, dtype=torch.float64)[None, :, None]
+    exceed = 1 - family.cdf(dist, threshold)[0, :, 0].numpy()
+    np.testing.assert_allclose(out["exceedance_0.0012"], exceed, rtol=1e-4, atol=1e-7)
+    local = predictor.predict(frame, targets, values="cases", space=("x", "y"),
+                              exposure="population", neighbours=len(frame))
+    np.testing.assert_allclose(local["mean"], out["mean"], rtol=1e-4)
+
+
+def test_bad_exposure_and_trials_are_refused():
+    from bsatnp.predictor import Predictor
+
+    frame, targets = districts()
+    counts = Predictor(tiny(likelihood="poisson"))
+    with pytest.raises(ValueError, match="reads no exposure or trials"):
+        Predictor(tiny(likelihood="gaussian")).condition(
+            frame, values="cases", space=("x", "y"), exposure="population")
+    with pytest.raises(ValueError, match="reads exposure"):
+        counts.condition(frame, values="cases", space=("x", "y"), trials="population")
+    with pytest.raises(ValueError, match="must be positive"):
+        counts.condition(frame.assign(population=0.0), values="cases", space=("x", "y"),
+                         exposure="population")
+    conditioned = counts.condition(frame, values="cases", space=("x", "y"),
+                                   exposure="population", neighbours=None)
+    with pytest.raises(ValueError, match="population"):
+        conditioned.predict(targets.drop(columns="population"))
+    with pytest.warns(UserWarning, match="or exposure"):  # a count without its exposure
+        Predictor(tiny(likelihood="poisson")).condition(
+            frame.assign(population=frame["population"].where(frame.index > 0)),
+            values="cases", space=("x", "y"), exposure="population", neighbours=None)
+    binomial = Predictor(tiny(likelihood="binomial"))
+    with pytest.raises(ValueError, match="successes out of whole trials"):
+        binomial.condition(frame.assign(tested=frame["cases"] + 0.5), values="cases",
+                           space=("x", "y"), trials="tested")
+
+
+def test_joint_samples_and_areal_aggregates_of_rates():
+    """Joint draws of a count model are per unit of exposure; an area's exposure-weighted
+    mean rate is its total count over its total exposure in every draw."""
+    from bsatnp import aggregate
+    from bsatnp.predictor import Predictor
+
+    frame, targets = districts()
+    predictor = Predictor(tiny(likelihood="poisson"))
+    draws = predictor.joint_samples(frame, targets, 40, values="cases", space=("x", "y"),
+                                    exposure="population", chunk=4, seed=1)
+    population = targets["population"].to_numpy()
+    counts = draws * population
+    np.testing.assert_allclose(counts, np.round(counts), atol=1e-6)
+    areas = np.repeat(["a", "b", "c"], 4)
+    rates = aggregate(draws, areas, statistic="mean", weights=population, interval=0.8)
+    totals = aggregate(counts, areas, statistic="sum", interval=0.8)
+    for area in "abc":
+        members = areas == area
+        np.testing.assert_allclose(rates.loc[area, "mean"] * population[members].sum(),
+                                   totals.loc[area, "mean"], rtol=1e-9)
+        per_draw = counts[:, members].sum(1)
+        assert totals.loc[area, "lower"] == pytest.approx(np.quantile(per_draw, 0.1))
+        assert totals.loc[area, "n_targets"] == 4
+    with pytest.raises(ValueError, match="weights weigh a mean"):
+        aggregate(draws, areas, weights=population)
+    with pytest.raises(ValueError, match="one group per target"):
+        aggregate(draws, areas[:3])
