@@ -294,3 +294,55 @@ def test_joint_samples_and_areal_aggregates_of_rates():
         aggregate(draws, areas, weights=population)
     with pytest.raises(ValueError, match="one group per target"):
         aggregate(draws, areas[:3])
+
+
+@pytest.mark.parametrize("split", ["random", "gap"])
+def test_finetuning_a_count_model_reads_the_exposures(split, tmp_path):
+    """The table task's batches carry the rows' exposures (counts are never framed), and
+    the tuned predictor keeps the exposure column."""
+    from bsatnp.data.table_task import TableTask
+    from bsatnp.predictor import Predictor
+
+    frame, targets = districts()
+    seen = []
+    original = TableTask.sample
+
+    def spy(self, generator=None, split="train"):
+        batch = original(self, generator, split)
+        seen.append(batch)
+        return batch
+
+    TableTask.sample = spy
+    try:
+        tuned = Predictor(tiny(likelihood="poisson")).finetune(
+            frame, values="cases", space=("x", "y"), exposure="population", steps=2,
+            n_ctx=32, n_test=16, batch_size=2, split=split, out_dir=tmp_path / split,
+            progress=False)
+    finally:
+        TableTask.sample = original
+    batch = seen[0]
+    assert batch.offset_ctx is not None and batch.offset_test is not None
+    assert torch.equal(batch.f_ctx, batch.f_ctx.round())  # counts, not framed values
+    assert tuned.schema.offset == "population"
+    out = tuned.predict(frame, targets, neighbours=None)
+    assert {"mean", "expected_count"} <= set(out.columns)
+
+
+def test_the_cli_predicts_rates_with_an_exposure_column(tmp_path):
+    from bsatnp import cli
+    from bsatnp.predictor import Predictor
+
+    pd = pytest.importorskip("pandas")
+    frame, targets = districts()
+    frame.to_csv(tmp_path / "obs.csv", index=False)
+    targets.to_csv(tmp_path / "targets.csv", index=False)
+    Predictor(tiny(likelihood="poisson")).save(tmp_path / "counts.safetensors")
+    assert cli.main(["predict", "--checkpoint", str(tmp_path / "counts.safetensors"),
+                     "--observations", str(tmp_path / "obs.csv"), "--targets",
+                     str(tmp_path / "targets.csv"), "--values", "cases", "--space", "x", "y",
+                     "--exposure", "population", "--exceedance", "0.001",
+                     "--output", str(tmp_path / "rates.csv"), "--quiet"]) == 0
+    rates = pd.read_csv(tmp_path / "rates.csv")
+    np.testing.assert_allclose(rates["mean"] * targets["population"], rates["expected_count"],
+                               rtol=1e-5)
+    assert rates["exceedance_0.001"].between(0, 1).all()

@@ -197,6 +197,13 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--time", metavar="COLUMN", help="time column (datetimes or numbers)")
     group.add_argument("--covariates", nargs="+", metavar="COLUMN", help="covariate columns")
     group.add_argument("--units", nargs="+", help="units of the value column(s), e.g. degC")
+    offset = group.add_mutually_exclusive_group()
+    offset.add_argument("--exposure", metavar="COLUMN",
+                        help="a count model: each row's exposure (e.g. population); the "
+                        "outputs are then rates per unit of it")
+    offset.add_argument("--trials", metavar="COLUMN",
+                        help="a binomial model: each row's number of trials; the outputs are "
+                        "then shares of trials")
     group.add_argument("--space-scale", default="auto",
                        help="length units per model unit, 'auto' or 'per_axis' (%(default)s)")
     group.add_argument("--transform", default="none", choices=("none", "log", "log1p"),

@@ -34,6 +34,7 @@ def predict(args: argparse.Namespace) -> None:
             ("--crs", args.crs, None),
             ("--time", args.time, None), ("--covariates", args.covariates, None),
             ("--units", args.units, None), ("--space-scale", args.space_scale, "auto"),
+            ("--exposure", args.exposure, None), ("--trials", args.trials, None),
             ("--transform", args.transform, "none"), ("--target-crs", args.target_crs, None),
             ("--quantiles", args.quantiles, None), ("--interval", args.interval, None),
             ("--exceedance", args.exceedance, None), ("--samples", args.samples, 0),
@@ -217,7 +218,8 @@ def _predictor(args: argparse.Namespace) -> Any:
 
 def _roles(args: argparse.Namespace) -> dict[str, Any]:
     roles = {"values": args.values, "space": args.space, "crs": args.crs, "time": args.time,
-             "covariates": args.covariates, "units": args.units}
+             "covariates": args.covariates, "units": args.units, "exposure": args.exposure,
+             "trials": args.trials}
     return {key: value for key, value in roles.items() if value is not None}
 
 

@@ -44,13 +44,14 @@ class TableTask(Task):
     """Context/test splits of the rows of one table (module doc).
 
     Attributes:
-        columns: Model-unit arrays by role (``x``, ``s``, ``t``, ``f``), each ``[N, D]``.
+        columns: Model-unit arrays by role (``x``, ``s``, ``t``, ``f``, and ``offset``
+            where the likelihood reads one), each ``[N, D]``.
         rows: Row indices of each split (``train``, ``valid``), time-sorted for ``time``.
         n_ctx: Context slots per task (fewer when a split has fewer rows).
         n_test: Test points per task (likewise).
         kind: ``random``, ``block``, ``time`` or ``gap``.
         batch_size: Tasks per batch.
-        likelihood: ``gaussian`` or ``categorical``.
+        likelihood: The model's likelihood (values are framed for ``gaussian`` only).
         half_width: Half-width of the box a ``gap`` task's context is framed onto.
         groups: The field of each row ``[N]`` (integer codes), or ``None``: one field.
         value_moments: The values a ``gap`` task's context is framed onto (``None``: mean
@@ -200,10 +201,11 @@ class TableTask(Task):
         """One task's fields in its :class:`LocalFrame`, the test points padded to ``n_test``."""
         ctx = {role: values[context].double().numpy() for role, values in self.columns.items()}
         tst = {role: values[test].double().numpy() for role, values in self.columns.items()}
-        frame = LocalFrame.fit(ctx["s"], None if self.likelihood == "categorical" else ctx["f"],
+        framed_values = self.likelihood == "gaussian"  # others model the data's units
+        frame = LocalFrame.fit(ctx["s"], ctx["f"] if framed_values else None,
                                self.half_width, self.value_moments)
         ctx["s"], tst["s"] = frame.space(ctx["s"]), frame.space(tst["s"])
-        if self.likelihood != "categorical":
+        if framed_values:
             ctx["f"], tst["f"] = frame.values(ctx["f"]), frame.values(tst["f"])
         fields = {f"{role}_ctx": torch.as_tensor(value, dtype=torch.float32)
                   for role, value in ctx.items()}
@@ -226,8 +228,8 @@ def rows_by_field(rows: Tensor, codes: Tensor) -> list[Tensor]:
     return list(rows[order].split(counts.tolist()))
 
 
-_FIELDS = ("x_ctx", "s_ctx", "t_ctx", "f_ctx", "mask_ctx", "x_test", "s_test", "t_test",
-           "f_test", "mask_test")
+_FIELDS = ("x_ctx", "s_ctx", "t_ctx", "f_ctx", "offset_ctx", "mask_ctx", "x_test", "s_test",
+           "t_test", "f_test", "offset_test", "mask_test")
 
 
 def _sizes(n_rows: int, n_ctx: int, n_test: int) -> tuple[int, int]:
