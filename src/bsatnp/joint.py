@@ -38,7 +38,6 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from torch import Tensor
-
 from torch.distributions import Categorical, Distribution
 
 from bsatnp.batch import ROLES, Batch

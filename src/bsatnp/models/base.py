@@ -54,8 +54,11 @@ class FamilyConfig(Config):
 
     @property
     def value_inputs(self) -> int:
-        """Features a context value is embedded with: ``Df``, or ``2·Df`` where the
-        likelihood reads an offset (:func:`~bsatnp.likelihoods.value_features`)."""
+        """Features a context value is embedded with (``Df``, or ``2·Df`` with an offset).
+
+        ``2·Df`` where the likelihood reads an offset
+        (:func:`~bsatnp.likelihoods.value_features`).
+        """
         return self.width("f") * (2 if offset_of(self.likelihood) is not None else 1)
 
     @property
@@ -166,9 +169,12 @@ class NeuralProcess(nn.Module):
         return self.predictive(self.model_view(batch.to(dtype=model_dtype(self)).sanitized()))
 
     def model_view(self, batch: Batch) -> Batch:
-        """A sanitised batch as the family reads it: where the likelihood reads an offset,
-        the context values become :func:`~bsatnp.likelihoods.value_features` (rate and log
-        offset, ``2·Df`` features); the test offsets stay for the head."""
+        """A sanitised batch as the family reads it.
+
+        Where the likelihood reads an offset, the context values become
+        :func:`~bsatnp.likelihoods.value_features` (rate and log offset, ``2·Df``
+        features); the test offsets stay for the head.
+        """
         if not offset_of(self.likelihood) is not None:
             return batch
         return batch.map(f_ctx=value_features(batch.f_ctx, batch.offset_ctx), offset_ctx=None)
@@ -231,8 +237,10 @@ class ConditionedModel:
 
     @torch.no_grad()
     def predictive(self, test: Mapping[str, Tensor]) -> Distribution:
-        """Predictive at new test points ``{role: [B, Lt, Dr]}`` (every role the model reads,
-        and ``offset_test`` where its likelihood reads one; ``None``: 1).
+        """Predictive at new test points ``{role: [B, Lt, Dr]}``.
+
+        Every role the model reads, and ``offset_test`` where its likelihood reads one
+        (``None``: 1).
 
         Raises:
             ValueError: If the test points do not fit the model (roles, shapes, NaN).

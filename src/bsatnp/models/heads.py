@@ -39,8 +39,10 @@ class DistributionHead(nn.Module):
         self.min_std = min_std
 
     def forward(self, z: Tensor, offset: Tensor | None = None) -> Distribution:
-        """Tokens ``[B, Lt, E]`` → the predictive at exposures or trials ``offset
-        [B, Lt, Df]`` (``None``: 1; ignored by a family that reads none)."""
+        """Tokens ``[B, Lt, E]`` → the predictive at exposures or trials ``offset``.
+
+        ``offset [B, Lt, Df]`` (``None``: 1) is ignored by a family that reads none.
+        """
         return self.family.distribution(self.mlp(z), self.min_std, offset)
 
 
@@ -57,8 +59,10 @@ class CategoricalHead(nn.Module):
         self.mlp = MLP(dims, activation=activation)
 
     def forward(self, z: Tensor, offset: Tensor | None = None) -> Categorical:
-        """Tokens ``[B, Lt, E]`` → ``Categorical`` over ``C`` classes, batch shape ``[B, Lt]``
-        (a classifier reads no ``offset``)."""
+        """Tokens ``[B, Lt, E]`` → ``Categorical`` over ``C`` classes, batch shape ``[B, Lt]``.
+
+        A classifier reads no ``offset``.
+        """
         return Categorical(logits=self.mlp(z), validate_args=False)
 
 

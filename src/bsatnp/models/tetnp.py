@@ -308,8 +308,8 @@ class TETNP(NeuralProcess):
         config = self.config
         # s enters the kernel MLP instead
         tokens = {r: config.width(r) for r in ("x", "t") if config.width(r) > 0}
-        self.embed = TokenEmbedding(tokens, config.value_inputs, config.obs_dim, config.embed_hidden,
-                                    config.dim, config.ln_eps)
+        self.embed = TokenEmbedding(tokens, config.value_inputs, config.obs_dim,
+                                    config.embed_hidden, config.dim, config.ln_eps)
         self.layers = nn.ModuleList(
             TEISTLayer(
                 config.dim, config.dim_s, config.qkv_dim, config.num_heads, config.ffn_dim,
