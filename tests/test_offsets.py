@@ -346,3 +346,18 @@ def test_the_cli_predicts_rates_with_an_exposure_column(tmp_path):
     np.testing.assert_allclose(rates["mean"] * targets["population"], rates["expected_count"],
                                rtol=1e-5)
     assert rates["exceedance_0.001"].between(0, 1).all()
+
+
+def test_exposures_are_scaled_between_the_training_rate_and_exposure():
+    """With a card's centre (log rate 1.5, log exposure 0), data of rate 1e-3 per person
+    and populations of geometric mean 2e4 get the scale that puts them half-way: the
+    model-unit log rate and log exposure miss their centres by the same amount."""
+    from bsatnp.tasks.frames import OffsetCentre
+
+    centre = OffsetCentre(log_rate=1.5, log_offset=0.0)
+    scale = centre.scale(math.log(1e-3), math.log(2e4))
+    rate_gap = (math.log(1e-3) + math.log(scale)) - 1.5
+    offset_gap = (math.log(2e4) - math.log(scale)) - 0.0
+    assert rate_gap == pytest.approx(offset_gap)
+    assert scale == pytest.approx(math.exp((math.log(2e4) + 1.5 - math.log(1e-3)) / 2))
+    assert centre.scale(None, math.log(2e4)) == pytest.approx(2e4)

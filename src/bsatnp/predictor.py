@@ -210,7 +210,8 @@ class Predictor:
             space_half_width=self.envelope.space_half_width,
             value_moments=self.envelope.values if gaussian else None,
             keep_values=not gaussian,
-            scale_offset=offset_of(self.model.likelihood) == "exposure")
+            scale_offset=offset_of(self.model.likelihood) == "exposure",
+            offset_centre=self.envelope.offsets)
         return schema, points, normalizer
 
     def condition(self, observations: Any, *, space_scale: float | str = "auto",

@@ -17,7 +17,7 @@ import numpy as np
 
 from bsatnp.config import Config
 from bsatnp.data.geo import require
-from bsatnp.tasks.frames import ValueMoments
+from bsatnp.tasks.frames import OffsetCentre, ValueMoments
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,8 @@ class Envelope(Config):
             conditioning frames a neighbourhood (the model is then always used so).
         values: Moments of one training context's values (``None``: mean 0, std 1).
         spacing: Median distance from a training context location to its nearest other.
+        offsets: A training context's log rate and mean log exposure (count models with
+            exposures; ``None``: unknown), which the normaliser centres exposures between.
     """
 
     space_half_width: float = 2.0
@@ -44,6 +46,7 @@ class Envelope(Config):
     framed: bool = False
     values: ValueMoments | None = None
     spacing: float | None = None
+    offsets: OffsetCentre | None = None
 
     @classmethod
     def from_card(cls, card: Mapping[str, Any]) -> Envelope:
@@ -57,7 +60,7 @@ class Envelope(Config):
             raise ValueError("the model card's envelope is not a mapping")
         task = stored.get("task") or {}
         fields = {key: stored[key] for key in ("space_half_width", "framed", "values",
-                                               "spacing") if key in stored}
+                                               "spacing", "offsets") if key in stored}
         if isinstance(task, Mapping):
             fields.update({key: task[key] for key in ("min_ctx", "max_ctx", "n_ctx")
                            if isinstance(task.get(key), int)})

@@ -35,7 +35,7 @@ from bsatnp.config import Config, check_literals
 from bsatnp.data.geo import local_projection, transform
 from bsatnp.data.schema import LONLAT, Schema
 from bsatnp.data.tables import Points
-from bsatnp.tasks.frames import ValueMoments
+from bsatnp.tasks.frames import OffsetCentre, ValueMoments
 
 ValueTransform = Literal["none", "log", "log1p"]
 TRANSFORMS: tuple[str, ...] = get_args(ValueTransform)
@@ -59,8 +59,9 @@ class Normalizer(Config):
         time_scale: Time units per model unit (seconds for datetimes).
         covariate_shift: Subtracted from each covariate.
         covariate_scale: Divides each shifted covariate.
-        offset_scale: Divides each exposure (their geometric mean over the fitted points,
-            so the model sees exposures around 1); 1 for a binomial's trials.
+        offset_scale: Divides each exposure (fitted to put the data's rates and exposures
+            where the model's training contexts had them, or their geometric mean over the
+            fitted points); 1 for a binomial's trials.
     """
 
     value_shift: tuple[float, ...] = (0.0,)
@@ -92,7 +93,8 @@ class Normalizer(Config):
             space_scale: float | str = "auto", time_scale: float | str = "auto",
             method: str = "standard", value_transform: str = "none",
             space_half_width: float = 2.0, value_moments: ValueMoments | None = None,
-            keep_values: bool = False, scale_offset: bool = True) -> Normalizer:
+            keep_values: bool = False, scale_offset: bool = True,
+            offset_centre: OffsetCentre | None = None) -> Normalizer:
         """Fit the maps on ``points`` (the data a model is trained or conditioned on).
 
         Args:
@@ -114,8 +116,11 @@ class Normalizer(Config):
                 fitted values are mapped onto them; ``None``: mean 0, std 1).
             keep_values: Leave the values in their units (a likelihood of counts, presence
                 or proportions models them so), as class labels are.
-            scale_offset: Divide the points' offsets by their geometric mean (exposures);
-                ``False`` leaves them (a binomial's trials are counts).
+            scale_offset: Scale the points' offsets (exposures); ``False`` leaves them (a
+                binomial's trials are counts).
+            offset_centre: Where the model's training contexts sit: the exposures are
+                scaled to put the data's rate and exposures between them
+                (:meth:`OffsetCentre.scale`); ``None``: exposures of geometric mean 1.
 
         Raises:
             ValueError: On an unknown option, or values outside ``T``'s domain.
@@ -149,7 +154,13 @@ class Normalizer(Config):
             fields["covariate_shift"], fields["covariate_scale"] = _affine(points.covariates,
                                                                            method)
         if points.offset is not None and scale_offset:
-            fields["offset_scale"] = float(np.exp(np.log(points.offset).mean()))
+            log_offset = float(np.log(points.offset).mean())
+            if offset_centre is None:
+                fields["offset_scale"] = math.exp(log_offset)
+            else:
+                total = float(points.values.sum()) if points.values is not None else 0.0
+                log_rate = math.log(total / float(points.offset.sum())) if total > 0 else None
+                fields["offset_scale"] = offset_centre.scale(log_rate, log_offset)
         return cls(**fields)
 
     # ------------------------------------------------------------- user → model

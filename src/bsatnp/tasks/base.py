@@ -152,9 +152,11 @@ def context_envelope(task: Task, n_batches: int = 64, seed: int = 0) -> dict[str
     the user's values onto ``values``: ``mean`` is the average of the per-task context
     means, ``std`` the root of the average per-task context variance (valid points only),
     one entry per value column. ``spacing`` is the median over tasks of the median distance
-    from a context location to its nearest other location (``None`` without ``s``).
+    from a context location to its nearest other location (``None`` without ``s``). Where
+    contexts carry offsets (exposures), ``offsets`` holds the average over tasks of the
+    context's log rate ``log(Σ f / Σ offset)`` and of its mean log offset.
     """
-    means, variances, spacings = [], [], []
+    means, variances, spacings, log_rates, log_offsets = [], [], [], [], []
     for batch in eval_batches(task, n_batches, seed, "train"):
         valid = batch.context_mask()
         mask = valid.to(batch.f_ctx.dtype)[..., None]  # [B, Lc, 1]
@@ -166,9 +168,18 @@ def context_envelope(task: Task, n_batches: int = 64, seed: int = 0) -> dict[str
             where = torch.unique(batch.s_ctx[index][valid[index]].double(), dim=0)
             distance = torch.cdist(where, where).fill_diagonal_(math.inf)
             spacings.append(float(distance.min(1).values.median()))
-    return {"values": {"mean": [float(v) for v in torch.cat(means).mean(0)],
-                       "std": [float(v) for v in torch.cat(variances).mean(0).sqrt()]},
-            "spacing": float(np.median(spacings)) if spacings else None}
+        if batch.offset_ctx is not None:
+            offset = batch.offset_ctx.double()
+            total = (batch.f_ctx.double() * mask).sum(1) / (offset * mask).sum(1)  # [B, Df]
+            log_rates.append(total.clamp_min(1e-12).log())
+            log_offsets.append((offset.log() * mask).sum(1) / count)
+    found = {"values": {"mean": [float(v) for v in torch.cat(means).mean(0)],
+                        "std": [float(v) for v in torch.cat(variances).mean(0).sqrt()]},
+             "spacing": float(np.median(spacings)) if spacings else None}
+    if log_rates:
+        found["offsets"] = {"log_rate": float(torch.cat(log_rates).mean()),
+                            "log_offset": float(torch.cat(log_offsets).mean())}
+    return found
 
 
 def _plain(value: Any) -> Any:

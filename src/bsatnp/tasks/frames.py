@@ -46,6 +46,33 @@ class ValueMoments(Config):
 
 
 @dataclass(frozen=True)
+class OffsetCentre(Config):
+    """Where a count model's training contexts sit (card ``envelope.offsets``).
+
+    A count's model-unit exposure is ``e / scale``: a larger ``scale`` raises the rates the
+    model sees and lowers the exposures, so one scale cannot centre both; :meth:`scale`
+    takes the geometric middle of the two centring scales.
+
+    Attributes:
+        log_rate: Average log rate ``log(Σ f / Σ offset)`` of a training context.
+        log_offset: Average mean log exposure of a training context.
+    """
+
+    log_rate: float = 0.0
+    log_offset: float = 0.0
+
+    def scale(self, log_rate: float | None, log_offset: float) -> float:
+        """The exposure scale for data of rate ``exp(log_rate)`` and mean log exposure.
+
+        ``log_rate`` ``None`` (no counts at all): centre the exposures alone.
+        """
+        by_offset = log_offset - self.log_offset
+        if log_rate is None:
+            return math.exp(by_offset)
+        return math.exp((by_offset + self.log_rate - log_rate) / 2)
+
+
+@dataclass(frozen=True)
 class LocalFrame:
     """The map of one neighbourhood onto what a model was trained on.
 
