@@ -18,8 +18,9 @@ import pytest
 pd = pytest.importorskip("pandas")
 pytest.importorskip("pyproj")
 
-from bsatnp import Predictor, aggregate  # noqa: E402
 from test_own_data_readme import haversine_km  # noqa: E402
+
+from bsatnp import Predictor, aggregate  # noqa: E402
 
 
 def synthetic_districts(seed: int, n: int = 300):

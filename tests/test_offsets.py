@@ -361,3 +361,30 @@ def test_exposures_are_scaled_between_the_training_rate_and_exposure():
     assert rate_gap == pytest.approx(offset_gap)
     assert scale == pytest.approx(math.exp((math.log(2e4) + 1.5 - math.log(1e-3)) / 2))
     assert centre.scale(None, math.log(2e4)) == pytest.approx(2e4)
+
+
+def test_a_gaussian_predictor_becomes_a_count_predictor_to_finetune(tmp_path):
+    """with_likelihood keeps the shared weights (the attention is the Gaussian model's) and
+    the CLI's finetune --likelihood trains the count model on the user's table."""
+    from bsatnp import cli
+    from bsatnp.predictor import Predictor
+
+    gaussian = Predictor(tiny(likelihood="gaussian"), card={"summary": "g", "envelope": {
+        "space_half_width": 2.0, "values": {"mean": [0.0], "std": [1.0]}}})
+    counts = gaussian.with_likelihood("negative_binomial")
+    assert counts.model.likelihood == "negative_binomial" and counts.schema is None
+    assert "values" not in counts.card["envelope"]
+    source, target = gaussian.model.state_dict(), counts.model.state_dict()
+    for name, weight in source.items():
+        shared = tuple(slice(0, min(a, b)) for a, b in zip(target[name].shape, weight.shape))
+        torch.testing.assert_close(target[name][shared], weight[shared], rtol=0, atol=0)
+    frame, _ = districts()
+    frame.to_csv(tmp_path / "districts.csv", index=False)
+    gaussian.save(tmp_path / "gaussian.safetensors")
+    assert cli.main(["finetune", "--checkpoint", str(tmp_path / "gaussian.safetensors"),
+                     "--data", str(tmp_path / "districts.csv"), "--values", "cases",
+                     "--space", "x", "y", "--exposure", "population", "--likelihood",
+                     "poisson", "--steps", "2", "--n-ctx", "32", "--batch-size", "2",
+                     "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    tuned = Predictor.load(tmp_path / "run" / "last.safetensors")
+    assert tuned.model.likelihood == "poisson" and tuned.schema.offset == "population"

@@ -14,6 +14,7 @@ import torch
 
 from bsatnp.data.table_task import SPLIT_KINDS
 from bsatnp.experiment import bundled_configs
+from bsatnp.likelihoods import LIKELIHOODS
 from bsatnp.models.local_average import LOCAL_AVERAGES
 from bsatnp.predict import FORMAT_HELP
 from bsatnp.tasks import task_names
@@ -283,6 +284,10 @@ def build_parser() -> argparse.ArgumentParser:
     cmd.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (%(default)s)")
     cmd.add_argument("--batch-size", type=positive(int), default=8,
                      help="tasks per step (%(default)s)")
+    cmd.add_argument("--likelihood", choices=[name for name in LIKELIHOODS
+                                              if name != "categorical"],
+                     help="end the model in this likelihood instead (a Gaussian model into "
+                          "a count model, say: its new head starts untrained)")
     start = cmd.add_mutually_exclusive_group()
     start.add_argument("--overwrite", action="store_true",
                        help="replace a run already in --out")

@@ -187,6 +187,8 @@ def finetune(args: argparse.Namespace) -> None:
     existing_file(args.data, "--data")
     check_crs(args.crs, "--crs")
     predictor = _predictor(args)
+    if args.likelihood is not None and args.likelihood != predictor.model.likelihood:
+        predictor = predictor.with_likelihood(args.likelihood)  # --resume: as the run began
     refuse_numeric_options(predictor.model, {"--transform": args.transform != "none",
                                              "--units": args.units})
     roles = _roles(args)

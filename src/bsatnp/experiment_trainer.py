@@ -137,24 +137,14 @@ def _initial_weights(model: nn.Module, config: ExperimentConfig,
                      init: str | os.PathLike[str]) -> nn.Module:
     """``model`` with the weights of the checkpoint ``init`` (same architecture required).
 
-    Only the likelihood may differ (a count model started from a Gaussian one): then every
-    weight is copied where its shape matches, and where it does not (the token embedding's
-    first layer, which reads the value features, and the head's last layer, which gives
-    the family's parameters) the leading block the two share is copied and the rest keeps
-    its fresh initialisation.
+    Only the likelihood may differ (a count model started from a Gaussian one):
+    :meth:`NeuralProcess.with_likelihood <bsatnp.models.base.NeuralProcess.with_likelihood>`.
     """
     trained = load_checkpoint(init).build_model()
-    if trained.config == config.model:
-        model.load_state_dict(trained.state_dict())
-        return model
     if trained.config.replaced(likelihood=config.model.likelihood) != config.model:
         raise ValueError(f"{init}: its model differs from the model in {config.source}; "
                          "init needs the same architecture (the likelihood may differ)")
-    own = model.state_dict()
-    for name, weight in trained.state_dict().items():
-        if name not in own or own[name].ndim != weight.ndim:
-            continue
-        shared = tuple(slice(0, min(a, b)) for a, b in zip(own[name].shape, weight.shape))
-        own[name][shared] = weight[shared]
-    model.load_state_dict(own)
+    if trained.config != config.model:
+        trained = trained.with_likelihood(config.model.likelihood)
+    model.load_state_dict(trained.state_dict())
     return model

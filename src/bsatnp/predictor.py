@@ -322,6 +322,27 @@ class Predictor:
 
         return joint_samples(self, observations, targets, n_samples, **kwargs)
 
+    def with_likelihood(self, likelihood: str) -> Predictor:
+        """A predictor whose model ends in ``likelihood`` instead, to fine-tune on data.
+
+        The weights are this model's where the architectures share them
+        (:meth:`NeuralProcess.with_likelihood
+        <bsatnp.models.base.NeuralProcess.with_likelihood>`), the new head's parameters
+        are untrained: ``Predictor.from_pretrained("spatial").with_likelihood("poisson")
+        .finetune(counts, exposure="population", ...)``. The card keeps the envelope (the
+        box and context sizes trained on) and says where the model came from; no schema or
+        normaliser is carried over (the values are of another kind).
+
+        Raises:
+            ValueError: On an unknown likelihood.
+        """
+        model = self.model.with_likelihood(likelihood)
+        card = {"summary": f"{self.card.get('summary') or 'a model'} with an untrained "
+                           f"{likelihood} head",
+                "envelope": {key: value for key, value in (self.card.get("envelope") or {})
+                             .items() if key not in ("values", "offsets")}}
+        return type(self)(model, card=card)
+
     def finetune(self, data: Any, **kwargs: Any) -> Predictor:
         """Train (or fine-tune) the model on ``data`` (:func:`bsatnp.finetune.finetune`)."""
         from bsatnp.finetune import finetune

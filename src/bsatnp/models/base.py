@@ -128,6 +128,25 @@ class NeuralProcess(nn.Module):
         """
         return ()
 
+    def with_likelihood(self, likelihood: str) -> NeuralProcess:
+        """The same architecture ending in ``likelihood``, with these weights where shared.
+
+        Every weight is copied where its shape matches; where it does not (the token
+        embedding's first layer, which reads the value features, and the head's last
+        layer, which gives the family's parameters) the leading block the two share is
+        copied and the rest keeps its fresh initialisation: a count model started from a
+        Gaussian one keeps what it learnt of space.
+        """
+        model = type(self)(self.config.replaced(likelihood=likelihood))
+        own = model.state_dict()
+        for name, weight in self.state_dict().items():
+            if name in own and own[name].ndim == weight.ndim:
+                shared = tuple(slice(0, min(a, b)) for a, b in zip(own[name].shape,
+                                                                      weight.shape))
+                own[name][shared] = weight[shared]
+        model.load_state_dict(own)
+        return model.to(model_device(self)).train(self.training)
+
     def check_batch(self, batch: Batch) -> None:
         """Raise ``ValueError`` if ``batch`` does not fit this model (shapes, roles, values)."""
         if not isinstance(batch, Batch):
