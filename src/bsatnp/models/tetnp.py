@@ -5,11 +5,21 @@ multi-head attention (:class:`TEMultiheadAttention`), whose logits are a small M
 of the per-head dot products and the location difference ``s_q − s_k``, so the predictive
 distribution is unchanged when every location is shifted by the same vector.
 
-The model is the pseudo-token (induced set transformer) variant, TE-PT-TNP: ``M`` learned
+The default is the pseudo-token (induced set transformer) variant, TE-PT-TNP: ``M`` learned
 pseudo-tokens summarise the context in every layer, and context and test tokens read from
 them. Pseudo-token locations are the mean of the valid context locations of each task
 plus learned offsets, which keeps them translation equivariant. All locations are centred
-on that mean before use, so absolute coordinates of any size lose no precision.
+on that mean before use, so absolute coordinates of any size lose no precision. With
+``num_pseudo = 0`` there are none: the context attends to itself and the test points to
+the context (the "vanilla" TE-TNP, quadratic in the context).
+
+The "location" of a point is every role in ``equivariant`` side by side (``s`` by default;
+the paper treats ``x``, ``s`` and ``t`` all so), the token embeds the other roles and the
+value. The paper's configuration (Ashman et al. 2024 as the BSA-TNP paper runs it: 5
+layers, width 128, 8 heads, a kernel MLP ``[128, 128, 8]``, test tokens with blocks of
+their own) is ``configs/gp2d_tetnp_paper.yaml`` (1.84 M parameters with 128
+pseudo-tokens, as the reference package builds it; 32 in ``gp2d_tetnp_paper32.yaml``;
+none in ``gp2d_tetnp_vanilla.yaml``).
 
 Memory: ``φ`` runs on every (query, key) pair, so one TE-MHA call holds a few float32
 tensors of ``B·Lq·Lk·phi_hidden`` elements (4 bytes each; training keeps about three of
@@ -52,8 +62,8 @@ class TEMultiheadAttention(nn.Module):
 
     For head ``h`` the dot product ``a_h = (W_q z_q)_h · (W_k z_k)_h / √d`` is combined
     with the location difference into the logits ``φ([a_1, ..., a_H, s_q − s_k])``, where
-    ``φ`` is an MLP ``H + Ds → phi_hidden → H`` applied to every (query, key) pair. The
-    output is ``W_o`` of the per-head softmax-weighted values ``W_v z_k``.
+    ``φ`` is an MLP ``H + Ds → phi_hidden (× phi_layers) → H`` applied to every (query,
+    key) pair. The output is ``W_o`` of the per-head softmax-weighted values ``W_v z_k``.
 
     Args:
         dim: Token width ``E`` (input and output).
@@ -63,6 +73,7 @@ class TEMultiheadAttention(nn.Module):
         phi_hidden: Hidden width of ``φ``.
         max_pair_elements: Largest allowed ``B·Lq·Lk·phi_hidden``; larger calls raise
             ``ValueError`` (see the module docstring for the memory this stands for).
+        phi_layers: Hidden layers of ``φ``.
     """
 
     def __init__(
@@ -73,6 +84,7 @@ class TEMultiheadAttention(nn.Module):
         num_heads: int = 4,
         phi_hidden: int = 16,
         max_pair_elements: int = DEFAULT_MAX_PAIR_ELEMENTS,
+        phi_layers: int = 1,
     ) -> None:
         super().__init__()
         if qkv_dim % num_heads:
@@ -85,7 +97,7 @@ class TEMultiheadAttention(nn.Module):
         self.proj_k = nn.Linear(dim, qkv_dim)
         self.proj_v = nn.Linear(dim, qkv_dim)
         self.proj_out = nn.Linear(qkv_dim, dim)
-        self.phi = MLP((num_heads + dim_s, phi_hidden, num_heads))
+        self.phi = MLP((num_heads + dim_s, *[phi_hidden] * phi_layers, num_heads))
 
     def _heads(self, x: Tensor) -> Tensor:
         """``[B, L, H·Dh]`` → ``[B, L, H, Dh]``."""
@@ -144,7 +156,7 @@ class TEMultiheadAttention(nn.Module):
 
 
 class TEISTLayer(nn.Module):
-    """One pre-norm induced-set-transformer layer with TE attention.
+    """One pre-norm layer with TE attention: through pseudo-tokens, or over the context.
 
     With pseudo-tokens ``u`` at ``s_u`` and point tokens ``z = [context; test]`` at
     ``s_z``::
@@ -154,8 +166,11 @@ class TEISTLayer(nn.Module):
         z = z + TE-MHA₂(LN(z) → LN(u))             # context and test read the pseudo-tokens
         z = z + FFN₂(LN(z))
 
-    Context and test tokens share TE-MHA₂ and FFN₂; test tokens never influence the
-    pseudo-tokens or each other.
+    Without pseudo-tokens (``pseudo=False``) the keys of the second step are the valid
+    context tokens ``LN(z)[:, :Lc]`` themselves. With ``separate_test`` the test tokens
+    read the keys through a TE-MHA, FFN and norms of their own (the paper's three blocks
+    per layer); otherwise context and test tokens share them. Either way test tokens never
+    influence the pseudo-tokens, the context or each other.
 
     Args:
         dim: Token width ``E``.
@@ -166,6 +181,9 @@ class TEISTLayer(nn.Module):
         phi_hidden: Hidden width of the logit MLPs ``φ``.
         ln_eps: LayerNorm epsilon.
         max_pair_elements: Guard of each TE-MHA (see :class:`TEMultiheadAttention`).
+        phi_layers: Hidden layers of each ``φ``.
+        pseudo: Whether the layer has pseudo-tokens.
+        separate_test: Whether test tokens have blocks of their own.
     """
 
     def __init__(
@@ -178,40 +196,64 @@ class TEISTLayer(nn.Module):
         phi_hidden: int,
         ln_eps: float = 1e-6,
         max_pair_elements: int = DEFAULT_MAX_PAIR_ELEMENTS,
+        phi_layers: int = 1,
+        pseudo: bool = True,
+        separate_test: bool = False,
     ) -> None:
         super().__init__()
-        attn = (dim, dim_s, qkv_dim, num_heads, phi_hidden, max_pair_elements)
-        self.norm_u_attn = nn.LayerNorm(dim, eps=ln_eps)
+        attn = (dim, dim_s, qkv_dim, num_heads, phi_hidden, max_pair_elements, phi_layers)
+        self.pseudo, self.separate_test = pseudo, separate_test
+        if pseudo:  # registration order kept: it is the order of initialisation
+            self.norm_u_attn = nn.LayerNorm(dim, eps=ln_eps)
         self.norm_z_attn = nn.LayerNorm(dim, eps=ln_eps)
-        self.attn_u = TEMultiheadAttention(*attn)
-        self.norm_u_ffn = nn.LayerNorm(dim, eps=ln_eps)
-        self.ffn_u = MLP((dim, ffn_dim, dim))
-        self.norm_u_key = nn.LayerNorm(dim, eps=ln_eps)
+        if pseudo:
+            self.attn_u = TEMultiheadAttention(*attn)
+            self.norm_u_ffn = nn.LayerNorm(dim, eps=ln_eps)
+            self.ffn_u = MLP((dim, ffn_dim, dim))
+            self.norm_u_key = nn.LayerNorm(dim, eps=ln_eps)
         self.attn_z = TEMultiheadAttention(*attn)
         self.norm_z_ffn = nn.LayerNorm(dim, eps=ln_eps)
         self.ffn_z = MLP((dim, ffn_dim, dim))
+        if separate_test:
+            self.norm_t_attn = nn.LayerNorm(dim, eps=ln_eps)
+            self.attn_t = TEMultiheadAttention(*attn)
+            self.norm_t_ffn = nn.LayerNorm(dim, eps=ln_eps)
+            self.ffn_t = MLP((dim, ffn_dim, dim))
 
     def forward(
-        self, u: Tensor, z: Tensor, s_u: Tensor, s_z: Tensor, mask_ctx: Tensor
-    ) -> tuple[Tensor, Tensor]:
+        self, u: Tensor | None, z: Tensor, s_u: Tensor | None, s_z: Tensor, mask_ctx: Tensor
+    ) -> tuple[Tensor | None, Tensor]:
         """Update pseudo-tokens and point tokens.
 
         Args:
-            u: Pseudo-tokens ``[B, M, E]``.
+            u: Pseudo-tokens ``[B, M, E]`` (``None`` without).
             z: Context tokens followed by test tokens ``[B, Lc + Lt, E]``.
-            s_u: Pseudo-token locations ``[B, M, Ds]``.
+            s_u: Pseudo-token locations ``[B, M, Ds]`` (``None`` without).
             s_z: Point locations ``[B, Lc + Lt, Ds]``.
             mask_ctx: Valid context slots ``[B, Lc]`` (bool).
 
         Returns:
-            Updated ``(u [B, M, E], z [B, Lc + Lt, E])``.
+            Updated ``(u [B, M, E] or None, z [B, Lc + Lt, E])``.
         """
         n_ctx = mask_ctx.shape[1]
         zn = self.norm_z_attn(z)
-        u = u + self.attn_u(self.norm_u_attn(u), zn[:, :n_ctx], s_u, s_z[:, :n_ctx], mask_ctx)
-        u = u + self.ffn_u(self.norm_u_ffn(u))
-        z = z + self.attn_z(zn, self.norm_u_key(u), s_z, s_u)
-        return u, z + self.ffn_z(self.norm_z_ffn(z))
+        if self.pseudo:
+            u = u + self.attn_u(self.norm_u_attn(u), zn[:, :n_ctx], s_u, s_z[:, :n_ctx],
+                                mask_ctx)
+            u = u + self.ffn_u(self.norm_u_ffn(u))
+            keys, s_keys, key_mask = self.norm_u_key(u), s_u, None
+        else:
+            keys, s_keys, key_mask = zn[:, :n_ctx], s_z[:, :n_ctx], mask_ctx
+        if not self.separate_test:
+            z = z + self.attn_z(zn, keys, s_z, s_keys, key_mask)
+            return u, z + self.ffn_z(self.norm_z_ffn(z))
+        ctx = z[:, :n_ctx] + self.attn_z(zn[:, :n_ctx], keys, s_z[:, :n_ctx], s_keys,
+                                         key_mask)
+        ctx = ctx + self.ffn_z(self.norm_z_ffn(ctx))
+        test = z[:, n_ctx:] + self.attn_t(self.norm_t_attn(z[:, n_ctx:]), keys,
+                                          s_z[:, n_ctx:], s_keys, key_mask)
+        test = test + self.ffn_t(self.norm_t_ffn(test))
+        return u, torch.cat([ctx, test], dim=1)
 
 
 @dataclass(frozen=True)
@@ -219,9 +261,9 @@ class TETNPConfig(FamilyConfig):
     """Everything needed to rebuild a TE-TNP (defaults: 4 layers, 554,410 parameters for Ds=2).
 
     Attributes:
-        dim_x: Covariate features ``Dx``, embedded in the token (0: no ``x`` role).
+        dim_x: Covariate features ``Dx`` (0: no ``x`` role).
         dim_s: Location features ``Ds`` (used only through TE attention).
-        dim_t: Time features ``Dt``, embedded in the token (0: no ``t`` role).
+        dim_t: Time features ``Dt`` (0: no ``t`` role).
         dim_f: Value features ``Df``.
         obs_dim: Width of the observed-flag embedding.
         dim: Token width ``E``.
@@ -230,7 +272,12 @@ class TETNPConfig(FamilyConfig):
         qkv_dim: Query/key/value width.
         ffn_dim: FFN hidden width.
         phi_hidden: Hidden width of the per-pair logit MLP ``φ``.
-        num_pseudo: Number of pseudo-tokens ``M``.
+        phi_layers: Hidden layers of ``φ`` (the paper's kernel MLP ``[128, 128, H]``: 2).
+        num_pseudo: Number of pseudo-tokens ``M`` (0: none, the context attends to itself).
+        separate_test: Test tokens read through attention and FFN blocks of their own
+            (the paper's three blocks per layer) instead of sharing the context's.
+        equivariant: Roles read as TE locations (their differences enter ``φ``; ``s``
+            always); the other roles are embedded in the token. The paper: ``x, s, t``.
         embed_hidden: Hidden widths of the token MLP.
         head_hidden: Hidden widths of the output MLP.
         likelihood: Any of :data:`~bsatnp.likelihoods.LIKELIHOODS` (``categorical``:
@@ -251,7 +298,10 @@ class TETNPConfig(FamilyConfig):
     qkv_dim: int = 128
     ffn_dim: int = 256
     phi_hidden: int = 16
+    phi_layers: int = 1
     num_pseudo: int = 32
+    separate_test: bool = False
+    equivariant: tuple[str, ...] = ("s",)
     embed_hidden: tuple[int, ...] = (128,)
     head_hidden: tuple[int, ...] = (128,)
     likelihood: Likelihood = "gaussian"
@@ -261,10 +311,16 @@ class TETNPConfig(FamilyConfig):
 
     def __post_init__(self) -> None:
         check_literals(self)
-        for name in ("dim_s", "dim_f", "num_layers", "num_heads", "phi_hidden", "num_pseudo",
+        for name in ("dim_s", "dim_f", "num_layers", "num_heads", "phi_hidden", "phi_layers",
                      "max_pair_elements"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_pseudo < 0:
+            raise ValueError(f"num_pseudo must be >= 0 (0: none), got {self.num_pseudo}")
+        if "s" not in self.equivariant or not set(self.equivariant) <= {"x", "s", "t"} or len(
+                set(self.equivariant)) != len(self.equivariant):
+            raise ValueError(f"equivariant must name distinct roles among x, s, t, s "
+                             f"included, got {self.equivariant}")
         if min(self.dim_x, self.dim_t) < 0:
             raise ValueError(f"dim_x and dim_t must be >= 0, got {self.dim_x}, {self.dim_t}")
         if self.qkv_dim % self.num_heads:
@@ -278,6 +334,11 @@ class TETNPConfig(FamilyConfig):
     def memory_widths(self) -> tuple[int, ...]:
         """Token, attention and MLP widths (see :attr:`FamilyConfig.memory_widths`)."""
         return (self.dim, self.qkv_dim, self.ffn_dim, *self.embed_hidden, *self.head_hidden)
+
+    @property
+    def located(self) -> tuple[str, ...]:
+        """The roles read as TE locations, in ``x, s, t`` order (those the model reads)."""
+        return tuple(r for r in ("x", "s", "t") if r in self.equivariant and self.width(r))
 
 
 @register_family("tetnp")
@@ -306,14 +367,17 @@ class TETNP(NeuralProcess):
     def __init__(self, config: TETNPConfig | None = None, **overrides: Any) -> None:
         super().__init__(config, overrides)
         config = self.config
-        # s enters the kernel MLP instead
-        tokens = {r: config.width(r) for r in ("x", "t") if config.width(r) > 0}
+        # the located roles enter the kernel MLP instead
+        tokens = {r: config.width(r) for r in ("x", "t")
+                  if config.width(r) > 0 and r not in config.located}
         self.embed = TokenEmbedding(tokens, config.value_inputs, config.obs_dim,
                                     config.embed_hidden, config.dim, config.ln_eps)
+        dim_loc = sum(config.width(r) for r in config.located)
         self.layers = nn.ModuleList(
             TEISTLayer(
-                config.dim, config.dim_s, config.qkv_dim, config.num_heads, config.ffn_dim,
+                config.dim, dim_loc, config.qkv_dim, config.num_heads, config.ffn_dim,
                 config.phi_hidden, config.ln_eps, config.max_pair_elements,
+                config.phi_layers, config.num_pseudo > 0, config.separate_test,
             )
             for _ in range(config.num_layers)
         )
@@ -321,19 +385,30 @@ class TETNP(NeuralProcess):
         self.head = likelihood_head(config.likelihood, (config.dim, *config.head_hidden),
                                     config.dim_f, config.min_std)
         reference_init_(self)
-        self.pseudo_tokens = nn.Parameter(torch.randn(config.num_pseudo, config.dim))
-        self.pseudo_offsets = nn.Parameter(0.1 * torch.randn(config.num_pseudo, config.dim_s))
+        if config.num_pseudo:
+            self.pseudo_tokens = nn.Parameter(torch.randn(config.num_pseudo, config.dim))
+            self.pseudo_offsets = nn.Parameter(0.1 * torch.randn(config.num_pseudo, dim_loc))
+
+    @property
+    def translation_invariant_roles(self) -> tuple[str, ...]:
+        """The roles read as TE locations (only their differences enter)."""
+        return tuple(self.config.located)
 
     def predictive(self, batch: Batch) -> Distribution:
         """``Normal`` ``[B, Lt, Df]`` or ``Categorical`` ``[B, Lt, C]`` at the test points."""
         n_ctx, mask_ctx = batch.n_ctx, batch.context_mask()
-        weights = mask_ctx[..., None].to(batch.s_ctx.dtype)  # [B, Lc, 1]
-        centre = (batch.s_ctx * weights).sum(1, keepdim=True) / weights.sum(1, keepdim=True)
-        s_z = torch.cat([batch.s_ctx, batch.s_test], dim=1) - centre  # [B, Lc + Lt, Ds]
+        located = self.config.located
+        s_ctx = torch.cat([batch.ctx(r) for r in located], dim=-1)
+        s_test = torch.cat([batch.test(r) for r in located], dim=-1)
+        weights = mask_ctx[..., None].to(s_ctx.dtype)  # [B, Lc, 1]
+        centre = (s_ctx * weights).sum(1, keepdim=True) / weights.sum(1, keepdim=True)
+        s_z = torch.cat([s_ctx, s_test], dim=1) - centre  # [B, Lc + Lt, D]
         z = self.embed(batch)  # [B, Lc + Lt, E]
         B = z.shape[0]
-        u = self.pseudo_tokens.to(z.dtype).expand(B, -1, -1)  # [B, M, E]
-        s_u = self.pseudo_offsets.to(s_z.dtype).expand(B, -1, -1)  # [B, M, Ds], centred
+        u = s_u = None
+        if self.config.num_pseudo:
+            u = self.pseudo_tokens.to(z.dtype).expand(B, -1, -1)  # [B, M, E]
+            s_u = self.pseudo_offsets.to(s_z.dtype).expand(B, -1, -1)  # [B, M, D], centred
         for layer in self.layers:
             u, z = layer(u, z, s_u, s_z, mask_ctx)
         return self.head(self.norm(z[:, n_ctx:]), batch.offset_test)
