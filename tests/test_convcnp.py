@@ -14,6 +14,7 @@ from bsatnp.tasks import eval_batches
 from bsatnp.tasks.gp2d import GP2DTask
 
 SMALL = {"points_per_unit": 8.0, "channels": 8, "depth": 2, "head_hidden": (16,)}
+NETS = {"unet": {}, "residual": {"net": "residual", "num_blocks": 2, "kernel_size": 5}}
 
 
 def gp_batch(seed: int = 0, batch_size: int = 2) -> Batch:
@@ -76,9 +77,10 @@ def test_factorised_set_convs_match_dense_rbf_weights():
     assert torch.allclose(set_conv_to_points(rel_t, z, spacing, ls), want, atol=1e-5)
 
 
-def test_convcnp_masked_context_equals_dropped_context():
+@pytest.mark.parametrize("net", NETS)
+def test_convcnp_masked_context_equals_dropped_context(net):
     torch.manual_seed(0)
-    model = ConvCNP(**SMALL).eval()
+    model = ConvCNP(**{**SMALL, **NETS[net]}).eval()
     one = random_batch(B=1, Lc=20, seed=4)
     batch = random_batch(B=3, Lc=20, seed=5)
     with torch.no_grad():
@@ -86,9 +88,10 @@ def test_convcnp_masked_context_equals_dropped_context():
         assert_same(model(batch), model(with_nan_padding(batch)), atol=0)
 
 
-def test_convcnp_adaptive_grid_is_translation_equivariant():
+@pytest.mark.parametrize("net", NETS)
+def test_convcnp_adaptive_grid_is_translation_equivariant(net):
     torch.manual_seed(0)
-    model = ConvCNP(**SMALL).eval()
+    model = ConvCNP(**{**SMALL, **NETS[net]}).eval()
     batch = gp_batch(seed=3)
     per_task = torch.tensor([10.0, -3.5])[:, None, None]
     with torch.no_grad():
@@ -130,3 +133,17 @@ def test_convcnp_on_cuda_matches_cpu():
     assert gpu.mean.device.type == "cuda"
     assert torch.allclose(gpu.mean.cpu(), cpu.mean, atol=1e-3)
     assert torch.allclose(gpu.stddev.cpu(), cpu.stddev, atol=1e-3)
+
+
+def test_the_paper_preset_builds_the_residual_net_at_its_size():
+    """The paper's ConvCNP (SPEC §9): 16 points per unit, 8 residual blocks of 9x9
+    depthwise kernels, 128 channels: 486,404 parameters here."""
+    from bsatnp.experiment import load_experiment
+    from bsatnp.models.convcnp import ResidualCNN
+
+    model = load_experiment("gp2d_convcnp_paper").build_model()
+    assert isinstance(model.cnn, ResidualCNN) and len(model.cnn.blocks) == 8
+    assert model.cnn.blocks[0][2].kernel_size == (9, 9)
+    assert sum(p.numel() for p in model.parameters()) == 486_404
+    with pytest.raises(ValueError, match="num_blocks"):
+        ConvCNPConfig(net="residual", num_blocks=0)

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -58,9 +58,14 @@ class ConvCNPConfig(FamilyConfig):
         margin: Padding added on every side of the data extent (units of ``s``, adaptive
             grid only).
         grid_bounds: ``(lo, hi)`` of a fixed grid ``[lo, hi]²``; ``None`` = adaptive grid.
-        channels: Width ``C`` of every UNet level and of the decoded features.
+        channels: Width ``C`` of every UNet level (or residual block) and of the decoded
+            features.
         depth: Number of stride-2 down/up levels of the UNet.
         kernel_size: Odd convolution kernel size.
+        net: The CNN on the grid: ``"unet"``, or ``"residual"``, the paper's stack of
+            ``num_blocks`` depthwise-separable pre-activation residual blocks (batch norm,
+            ReLU, a depthwise ``kernel_size²`` and a pointwise convolution, twice).
+        num_blocks: Residual blocks of the ``"residual"`` net.
         head_hidden: Hidden widths of the pointwise output MLP.
         likelihood: Any of :data:`~bsatnp.likelihoods.LIKELIHOODS` (``categorical``:
             ``dim_f`` classes).
@@ -77,6 +82,8 @@ class ConvCNPConfig(FamilyConfig):
     channels: int = 64
     depth: int = 4
     kernel_size: int = 3
+    net: Literal["unet", "residual"] = "unet"
+    num_blocks: int = 8
     head_hidden: tuple[int, ...] = (64,)
     likelihood: Likelihood = "gaussian"
     min_std: float = 0.0
@@ -100,6 +107,8 @@ class ConvCNPConfig(FamilyConfig):
             raise ValueError(
                 f"channels and depth must be >= 1, got {self.channels}, {self.depth}"
             )
+        if self.num_blocks < 1:
+            raise ValueError(f"num_blocks must be >= 1, got {self.num_blocks}")
         if self.kernel_size < 1 or self.kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be odd and >= 1, got {self.kernel_size}")
         if not 0.0 <= self.min_std < 1.0:
@@ -221,6 +230,45 @@ class UNet(nn.Module):
         return h
 
 
+class ResidualCNN(nn.Module):
+    """The paper's CNN: a pointwise input convolution, then depthwise-separable residual blocks.
+
+    Each block at the constant width ``C`` is ``pw₂(x + dw₂(relu(bn₂(pw₁(dw₁(relu(bn₁(x))))))))``
+    (``dw``: depthwise ``kernel_size²`` convolution, ``pw``: pointwise), as the reference
+    package's ConvCNP blocks.
+
+    Args:
+        in_channels: Input channels.
+        channels: Width ``C`` of every block (and of the output).
+        num_blocks: Residual blocks.
+        kernel_size: Odd kernel size of the depthwise convolutions.
+    """
+
+    def __init__(self, in_channels: int, channels: int, num_blocks: int,
+                 kernel_size: int) -> None:
+        super().__init__()
+        pad = kernel_size // 2
+        self.inp = nn.Conv2d(in_channels, channels, 1)
+
+        def inner() -> nn.Sequential:
+            return nn.Sequential(
+                nn.BatchNorm2d(channels), nn.ReLU(),
+                nn.Conv2d(channels, channels, kernel_size, padding=pad, groups=channels),
+                nn.Conv2d(channels, channels, 1),
+                nn.BatchNorm2d(channels), nn.ReLU(),
+                nn.Conv2d(channels, channels, kernel_size, padding=pad, groups=channels))
+
+        self.blocks = nn.ModuleList(inner() for _ in range(num_blocks))
+        self.outs = nn.ModuleList(nn.Conv2d(channels, channels, 1) for _ in range(num_blocks))
+
+    def forward(self, h: Tensor) -> Tensor:
+        """``[B, C_in, Nx, Ny]`` → ``[B, C, Nx, Ny]``."""
+        h = self.inp(h)
+        for block, out in zip(self.blocks, self.outs, strict=True):
+            h = out(h + block(h))
+        return h
+
+
 @register_family("convcnp")
 class ConvCNP(NeuralProcess):
     """ConvCNP on 2D locations: SetConv → grid → UNet → SetConv → Gaussian head.
@@ -242,7 +290,10 @@ class ConvCNP(NeuralProcess):
         init = math.log(2.0 / config.points_per_unit)
         self.log_lengthscale_enc = nn.Parameter(torch.tensor(init))
         self.log_lengthscale_dec = nn.Parameter(torch.tensor(init))
-        self.cnn = UNet(1 + config.value_inputs, config.channels, config.depth, config.kernel_size)
+        self.cnn = (UNet(1 + config.value_inputs, config.channels, config.depth,
+                         config.kernel_size) if config.net == "unet" else
+                    ResidualCNN(1 + config.value_inputs, config.channels, config.num_blocks,
+                                config.kernel_size))
         self.head = likelihood_head(config.likelihood, (config.channels, *config.head_hidden),
                                     config.dim_f, config.min_std)
         reference_init_(self.head)
