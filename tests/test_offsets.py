@@ -388,3 +388,48 @@ def test_a_gaussian_predictor_becomes_a_count_predictor_to_finetune(tmp_path):
                      "--out", str(tmp_path / "run"), "--quiet"]) == 0
     tuned = Predictor.load(tmp_path / "run" / "last.safetensors")
     assert tuned.model.likelihood == "poisson" and tuned.schema.offset == "population"
+
+
+def test_a_local_average_of_counts_weighs_the_rates_and_scales_by_the_exposure():
+    """IDW of counts: λ = Σ w_i f_i / e_i by hand (inverse squared distances), the
+    Poisson mean e·λ at the target's exposure; masked = dropped; a binomial's share."""
+    from bsatnp.models.local_average import IDW
+
+    s_ctx = torch.tensor([[[0.0, 0.0], [1.0, 0.0], [0.0, 2.0], [5.0, 5.0]]])
+    f_ctx = torch.tensor([[[4.0], [9.0], [1.0], [50.0]]])
+    e_ctx = torch.tensor([[[2.0], [3.0], [0.5], [1.0]]])
+    mask = torch.tensor([[True, True, True, False]])
+    s_test = torch.tensor([[[0.5, 0.5]]])
+    batch = Batch(s_ctx=s_ctx, f_ctx=f_ctx, offset_ctx=e_ctx, mask_ctx=mask, s_test=s_test,
+                  offset_test=torch.tensor([[[4.0]]]))
+    model = IDW(power=2.0, likelihood="poisson")
+    d2 = ((s_ctx[0, :3] - s_test[0, 0]) ** 2).sum(-1)
+    w = (1 / d2) / (1 / d2).sum()
+    rate = float((w * (f_ctx[0, :3, 0] / e_ctx[0, :3, 0])).sum())
+    with torch.no_grad():
+        dist = model(batch)
+    assert float(dist.mean) == pytest.approx(4.0 * rate, rel=1e-5)
+    assert isinstance(dist, torch.distributions.Poisson)
+    binomial = IDW(power=2.0, likelihood="binomial", smoothing=1e-9)
+    with torch.no_grad():
+        share = binomial(batch.map(f_ctx=torch.tensor([[[1.0], [3.0], [0.0], [0.0]]]),
+                                   offset_ctx=torch.tensor([[[2.0], [3.0], [1.0], [9.0]]])))
+    expected = float((w * torch.tensor([0.5, 1.0, 0.0])).sum())
+    assert float(share.probs) == pytest.approx(expected, rel=1e-5)
+    assert float(share.total_count) == 4.0
+
+
+def test_evaluate_meets_a_count_task_with_poisson_local_averages():
+    """bsatnp evaluate --baselines on a negative-binomial task: each local average is a
+    Poisson of the local rate, scored through its own family beside the model."""
+    from bsatnp.baselines import calibrated_local_averages
+    from bsatnp.evaluate import model_metrics
+
+    task = LatentGPTask(likelihood="negative_binomial", exposure=(0.2, 5.0), **SMALL)
+    batches = [task.sample(torch.Generator().manual_seed(i)) for i in range(2)]
+    averages = calibrated_local_averages(["idw", "knn", "persistence"], batches,
+                                         "negative_binomial")
+    for model in averages.values():
+        assert model.likelihood == "poisson"
+        scores = model_metrics(model, batches[0], "negative_binomial")
+        assert math.isfinite(scores["nll"]) and math.isfinite(scores["deviance"])

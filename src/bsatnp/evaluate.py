@@ -63,8 +63,11 @@ def model_metrics(model: nn.Module, batch: Batch, likelihood: str = "gaussian"
     mean and standard deviation ``[B, Lt, Df]``. Categorical
     (:func:`~bsatnp.metrics.categorical_metrics`): ``model(batch)`` is a ``Categorical``
     over the classes of the one-hot ``f_test``. Any other likelihood
-    (:func:`~bsatnp.metrics.distribution_metrics`): scored through its family.
+    (:func:`~bsatnp.metrics.distribution_metrics`): scored through its family. A model
+    that states its likelihood is scored through its own (a Poisson local average on a
+    negative-binomial task, say); ``likelihood`` serves the others.
     """
+    likelihood = str(getattr(model, "likelihood", likelihood))
     batch_on_device = batch.to(model_device(model))
     if likelihood == "categorical":
         with torch.no_grad():

@@ -9,7 +9,13 @@ translating all locations), and predicts
 * Gaussian: ``μ = Σ_i w_i f_i`` and ``σ = std_scale · sqrt(Σ_i w_i (f_i − μ)² + min_std²)``,
   ``std_scale`` (1 by default) fitted by :meth:`LocalAverage.calibrate`;
 * categorical (``f`` one-hot over ``dim_f`` classes): the weighted class shares, with
-  ``smoothing`` spread evenly over the classes, ``p = (Σ_i w_i f_i + α) / (1 + C·α)``.
+  ``smoothing`` spread evenly over the classes, ``p = (Σ_i w_i f_i + α) / (1 + C·α)``;
+* ``poisson`` (counts): the rate ``λ = Σ_i w_i f_i / e_i`` of the context's counts over
+  their exposures, at the target's exposure, ``Poisson(e·λ)``;
+* ``binomial`` and ``bernoulli``: the share ``p = (Σ_i w_i f_i / n_i + α) / (1 + 2α)`` of
+  successes among the trials, ``Binomial(n, p)`` at the target's trials.
+
+:func:`baseline_likelihood` names the one a task of another family is met with.
 
 Persistence is the latest value at the nearest observed location. Test points are processed
 in chunks, so memory is ``O(chunk_size · Lc)`` per task.
@@ -27,6 +33,7 @@ from torch.distributions import Categorical, Distribution, Normal
 
 from bsatnp.batch import Batch
 from bsatnp.config import check_literals
+from bsatnp.likelihoods import likelihood_family, offset_of
 from bsatnp.models.base import FamilyConfig, NeuralProcess, register_family
 
 
@@ -38,7 +45,8 @@ class LocalAverageConfig(FamilyConfig):
         dim_s: Location features ``Ds`` (>= 1: the weights need locations).
         dim_t: Time features ``Dt`` (0: no ``t`` role; persistence reads it when given).
         dim_f: Value features ``Df`` (classes for a categorical model).
-        likelihood: ``gaussian`` or ``categorical``.
+        likelihood: ``gaussian``, ``categorical``, ``poisson``, ``binomial`` or
+            ``bernoulli``.
         min_std: Gaussian: floor added (in quadrature) to the local standard deviation.
         smoothing: Categorical: probability mass ``α`` added to every class.
         chunk_size: Test points per chunk.
@@ -47,7 +55,8 @@ class LocalAverageConfig(FamilyConfig):
     dim_s: int = 2
     dim_t: int = 0
     dim_f: int = 1
-    likelihood: Literal["gaussian", "categorical"] = "gaussian"
+    likelihood: Literal["gaussian", "categorical", "poisson", "binomial",
+                        "bernoulli"] = "gaussian"
     min_std: float = 0.01
     smoothing: float = 0.01
     chunk_size: int = 256
@@ -131,18 +140,27 @@ class LocalAverage(NeuralProcess):
         raise NotImplementedError
 
     def predictive(self, batch: Batch) -> Distribution:
-        """Gaussian or categorical predictive at the test points (module doc)."""
+        """The predictive at the test points (module doc)."""
         first, second = self._averages(batch)
         if self.likelihood == "categorical":
             return Categorical(probs=first, validate_args=False)
-        return Normal(first, self.std_scale * second, validate_args=False)
+        if self.likelihood == "gaussian":
+            return Normal(first, self.std_scale * second, validate_args=False)
+        family = likelihood_family(self.likelihood)
+        if self.likelihood == "poisson":
+            raw = first.clamp_min(1e-8).log()
+        else:
+            alpha = self.config.smoothing
+            share = (first.clamp(0, 1) + alpha) / (1 + 2 * alpha)
+            raw = share.log() - (-share).log1p()
+        return family.distribution(raw, offset=batch.offset_test)
 
     def _averages(self, batch: Batch) -> tuple[Tensor, Tensor | None]:
         """Mean and ``std_scale``-free std ``[B, Lt, Df]`` of a checked, sanitised batch.
 
         A categorical model gives the class probabilities ``[B, Lt, C]`` and ``None``.
         """
-        s_ctx, f_ctx = batch.s_ctx, batch.f_ctx  # [B, Lc, Ds], [B, Lc, Df]
+        s_ctx, f_ctx = batch.s_ctx, batch.f_ctx[..., :self.width("f")]  # rates, not offsets
         valid = batch.context_mask()[:, None, :]  # [B, 1, Lc]
         t_ctx = None if "t" not in self.roles else batch.t_ctx[:, None, :, 0]  # [B, 1, Lc]
         categorical = self.likelihood == "categorical"
@@ -151,6 +169,9 @@ class LocalAverage(NeuralProcess):
             d2 = (s_test[:, :, None, :] - s_ctx[:, None, :, :]).square().sum(-1)  # [B, Q, Lc]
             w = self.weights(d2, valid, t_ctx)
             mean = w @ f_ctx  # [B, Q, Df]
+            if self.likelihood not in ("gaussian", "categorical"):
+                firsts.append(mean)
+                continue
             if categorical:
                 alpha = self.config.smoothing
                 firsts.append((mean.clamp_min(0) + alpha) / (1 + f_ctx.shape[-1] * alpha))
@@ -166,7 +187,7 @@ class LocalAverage(NeuralProcess):
         """Fit ``std_scale`` by maximum likelihood on the valid test points of ``batches``.
 
         For ``σ = c·σ₀`` the NLL is minimised by ``c² = mean(z²)``, ``z = (f − μ)/σ₀``.
-        A categorical model has nothing to calibrate (it returns 1).
+        Any model but a Gaussian one has nothing to calibrate (it returns 1).
 
         Returns:
             The new ``std_scale``.
@@ -179,14 +200,14 @@ class LocalAverage(NeuralProcess):
         for batch in batches:
             self.check_batch(batch)
             batch.validate(required_roles=self.roles, need_f_test=True)
-            if self.likelihood == "categorical":
+            if self.likelihood != "gaussian":
                 continue
             mean, std = self._averages(batch.to(dtype=torch.float32).sanitized())
             mask = batch.test_mask()
             z2 = ((batch.f_test.double() - mean.double()) / std.double()).square()
             total += float(z2[mask].sum())
             count += int(mask.sum()) * z2.shape[-1]
-        if self.likelihood == "categorical":
+        if self.likelihood != "gaussian":
             return float(self.std_scale)
         if count == 0:
             raise ValueError("calibrate needs at least one valid test point")
@@ -255,12 +276,27 @@ LOCAL_AVERAGES: dict[str, type[LocalAverage]] = {
 """The training-free families by name."""
 
 
+def baseline_likelihood(likelihood: str) -> str:
+    """The likelihood of the local average that meets a task of ``likelihood``.
+
+    Counts of any family (Poisson, negative binomial, zero-inflated): ``poisson``;
+    ``binomial`` and ``bernoulli`` as they are; categorical as it is; any continuous
+    family (Student-t, mixture, Beta): ``gaussian``.
+    """
+    if likelihood in ("gaussian", "categorical", "poisson", "binomial", "bernoulli"):
+        return likelihood
+    if offset_of(likelihood) == "exposure":
+        return "poisson"
+    return "gaussian"
+
+
 def calibrated_local_averages(names: Iterable[str], batches: Iterable[Batch],
                               likelihood: str = "gaussian") -> dict[str, LocalAverage]:
     """The named local averages (``idw``, ``knn``, ``persistence``), calibrated.
 
-    Each has its default settings, the role widths of ``batches`` and ``likelihood`` (that
-    of the task the batches come from), and its ``std_scale`` fitted on them.
+    Each has its default settings, the role widths of ``batches`` and the likelihood that
+    meets the task's ``likelihood`` (:func:`baseline_likelihood`), and its ``std_scale``
+    fitted on them.
 
     Raises:
         ValueError: On an unknown name, or batches without valid test targets.
@@ -274,7 +310,8 @@ def calibrated_local_averages(names: Iterable[str], batches: Iterable[Batch],
     first = batches[0]
     widths = {"dim_s": first.s_ctx.shape[-1], "dim_f": first.f_ctx.shape[-1],
               "dim_t": 0 if first.t_ctx is None else first.t_ctx.shape[-1]}
-    models = {name: LOCAL_AVERAGES[name](**widths, likelihood=likelihood) for name in names}
+    models = {name: LOCAL_AVERAGES[name](**widths, likelihood=baseline_likelihood(likelihood))
+              for name in names}
     for model in models.values():
         model.calibrate(batches)
     return models
