@@ -41,10 +41,12 @@ def synthetic_districts(seed: int, n: int = 300):
 def test_readme_counts_path_rates_interval_exceedance_and_areal_totals(tmp_path):
     covered, errors, baseline, brier, base_brier, totals_covered = [], [], [], [], [], []
     for seed in range(3):
-        observed, new_districts, true_risk = synthetic_districts(seed)
+        observed, held_out, true_risk = synthetic_districts(seed)
         observed.to_csv(tmp_path / "districts.csv", index=False)
+        held_out.drop(columns="cases").to_csv(tmp_path / "new_districts.csv", index=False)
         # --- the README's lines ---
         districts = pd.read_csv(tmp_path / "districts.csv")
+        new_districts = pd.read_csv(tmp_path / "new_districts.csv")
         predictor = Predictor.from_pretrained("counts")
         roles = dict(values="cases", space=("lon", "lat"), crs="lonlat",
                      exposure="population")
@@ -57,7 +59,7 @@ def test_readme_counts_path_rates_interval_exceedance_and_areal_totals(tmp_path)
         population = new_districts["population"].to_numpy()
         np.testing.assert_allclose(rates["mean"] * population, rates["expected_count"],
                                    rtol=1e-4)
-        observed_rate = new_districts["cases"].to_numpy() / population
+        observed_rate = held_out["cases"].to_numpy() / population
         covered.append((observed_rate >= rates["lower"]) & (observed_rate <= rates["upper"]))
         errors.append(np.log(rates["mean"].to_numpy()) - np.log(true_risk))
         overall = districts["cases"].sum() / districts["population"].sum()
@@ -65,7 +67,7 @@ def test_readme_counts_path_rates_interval_exceedance_and_areal_totals(tmp_path)
         exceeded = (observed_rate > 2e-3).astype(float)
         brier.append((rates["exceedance_0.002"].to_numpy() - exceeded) ** 2)
         base_brier.append((exceeded.mean() - exceeded) ** 2)
-        held = new_districts.groupby("region")["cases"].sum()
+        held = held_out.groupby("region")["cases"].sum()
         totals_covered += [totals.loc[r, "lower"] <= held[r] <= totals.loc[r, "upper"]
                            for r in held.index]
         assert set(totals.columns) >= {"mean", "lower", "upper"}
