@@ -52,7 +52,7 @@ def test_readme_counts_path_rates_interval_exceedance_and_areal_totals(tmp_path)
                      exposure="population")
         rates = predictor.predict(districts, new_districts, interval=0.9, exceedance=2e-3,
                                   **roles)
-        draws = predictor.joint_samples(districts, new_districts, 200, chunk=8, **roles)
+        draws = predictor.joint_samples(districts, new_districts, 100, chunk=16, **roles)
         totals = aggregate(draws * new_districts["population"].to_numpy(),
                            new_districts["region"], statistic="sum", interval=0.9)
         # --- checks ---
