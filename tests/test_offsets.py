@@ -157,7 +157,9 @@ def test_joint_draws_of_every_likelihood_start_from_the_diagonal(likelihood):
     ε that the generator gives; later draws lie in the support."""
     batch = count_batch(likelihood) if likelihood != "beta" else LatentGPTask(
         likelihood="beta", **SMALL).sample(torch.Generator().manual_seed(0))
-    batch = batch.map(mask_ctx=None, mask_test=None)
+    batch = batch.map(mask_ctx=None, mask_test=None, s_test=batch.s_test[:, :8],
+                      f_test=batch.f_test[:, :8], offset_test=None if batch.offset_test is None
+                      else batch.offset_test[:, :8])
     model = tiny(likelihood=likelihood)
     draws = autoregressive_samples(model, batch, 3, chunk=4, order="given",
                                    generator=torch.Generator().manual_seed(5))
