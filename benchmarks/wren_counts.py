@@ -29,7 +29,8 @@ the paired difference to bsatnp:
 
 Metrics: Poisson deviance of the predictive mean, MAE of the mean, NLL and CRPS of the
 count distribution where the method has one, and the coverage of the central 90 %
-interval (for count distributions, the 5 % and 95 % quantiles).
+interval (for count distributions, the 5 % and 95 % quantiles). Paired differences are to
+``bsatnp_pooled`` when it runs (else to ``bsatnp``), over the same test rows.
 """
 
 from __future__ import annotations
@@ -162,8 +163,9 @@ def idw_scores(train, test) -> dict:
     return scores(test["cnt"].to_numpy(), parts["mean"], parts["lower"], parts["upper"])
 
 
-def summary(per_row: dict[str, dict], reference: str = "bsatnp") -> dict:
-    """Mean ± s.e. per method and metric; paired differences to ``reference``."""
+def summary(per_row: dict[str, dict]) -> dict:
+    """Mean ± s.e. per method and metric; paired differences to bsatnp (pooled if run)."""
+    reference = "bsatnp_pooled" if "bsatnp_pooled" in per_row else "bsatnp"
     out = {}
     for method, rows in per_row.items():
         entry = {}
