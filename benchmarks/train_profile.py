@@ -11,10 +11,16 @@ products faster, whatever it fuses.
 With ``--forward CTXxTEST`` the same breakdown for one inference forward (B = 1) of the
 paper's 2D-GP model on the batch ``benchmarks/forward.py`` times at that size.
 
+``--precision fp32,bf16`` times the training step at each precision (``TrainConfig.precision``,
+:mod:`bsatnp.precision`) alternately in this one process, the same weights and batch, and
+profiles each; the floor stays the float32 one (the sgemm rate), with the bf16 matrix-product
+rate measured beside it.
+
 Usage:
     python benchmarks/train_profile.py                 # 2 threads
     python benchmarks/train_profile.py --threads 1 --task sir
     python benchmarks/train_profile.py --forward 2048x4096
+    python benchmarks/train_profile.py --precision fp32,bf16 --trained-rates
 """
 
 from __future__ import annotations
@@ -30,7 +36,10 @@ from torch.profiler import profile
 from torch.utils.flop_counter import FlopCounterMode
 
 from bsatnp.experiment import load_experiment
+from bsatnp.io.checkpoint import load_checkpoint
 from bsatnp.loss import masked_nll
+from bsatnp.precision import TRAINING_PRECISIONS, training_precision
+from bsatnp.pretrained import checkpoint_path
 
 GROUPS = {
     "matrix products": ("aten::bmm", "aten::mm", "aten::addmm", "aten::baddbmm", "aten::matmul",
@@ -58,12 +67,32 @@ def group_of(name: str) -> str:
     return "other"
 
 
-def sgemm_gflops(n: int = 2048, repeats: int = 3) -> float:
-    """Measured float32 ``torch.mm`` throughput at n×n×n, GFLOP/s (best of ``repeats``)."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def sgemm_gflops(n: int = 2048, repeats: int = 3, dtype: torch.dtype = torch.float32) -> float:
+    """Measured ``torch.mm`` throughput at n×n×n in ``dtype``, GFLOP/s (best of ``repeats``)."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     torch.mm(a, b)
     best = min(timed(lambda: torch.mm(a, b)) for _ in range(repeats))
     return 2 * n**3 / best / 1e9
+
+
+def profile_groups(step) -> tuple[dict[str, float], list[dict[str, object]]]:
+    """Self CPU time of one ``step()`` by group, and its 15 costliest operators."""
+    with profile() as prof:
+        step()
+    by_group: dict[str, float] = defaultdict(float)
+    for row in prof.key_averages():
+        by_group[group_of(row.key)] += row.self_cpu_time_total / 1e6
+    top = [{"name": r.key, "self_s": r.self_cpu_time_total / 1e6, "calls": r.count}
+           for r in sorted(prof.key_averages(), key=lambda r: -r.self_cpu_time_total)[:15]]
+    return dict(by_group), top
+
+
+def print_groups(groups: dict[str, float]) -> None:
+    profiled = sum(groups.values())
+    print("| group | profiled s | share |")
+    print("|---|---|---|")
+    for group, value in sorted(groups.items(), key=lambda kv: -kv[1]):
+        print(f"| {group} | {value:.3f} | {value / profiled:.0%} |")
 
 
 def main() -> None:
@@ -73,61 +102,86 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed steps (median)")
     parser.add_argument("--forward", metavar="CTXxTEST",
                         help="profile a B = 1 inference forward of the 2D-GP model instead")
+    parser.add_argument("--precision", default="fp32",
+                        help="training precisions, comma-separated, timed alternately "
+                             f"({', '.join(TRAINING_PRECISIONS)})")
+    parser.add_argument("--weights", help="a checkpoint or shipped model whose weights to "
+                                          "load (default: freshly initialised); a trained "
+                                          "model's heads have rates of their own, which "
+                                          "costs more in the bias than the shared init")
     parser.add_argument("--out", help="JSON (default: benchmarks/results/train_profile_<task>"
                                       ".json, or forward_profile_<CTXxTEST>.json)")
     args = parser.parse_args()
+    precisions = args.precision.split(",")
+    if unknown := sorted(set(precisions) - set(TRAINING_PRECISIONS)):
+        parser.error(f"--precision: unknown {unknown}; choose from {TRAINING_PRECISIONS}")
+    if args.forward and precisions != ["fp32"]:
+        parser.error("--precision is for training steps; a --forward profile runs in fp32")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     experiment = load_experiment(args.task)
     model = experiment.build_model()
+    if args.weights:
+        model.load_state_dict(load_checkpoint(checkpoint_path(args.weights)).model_state)
+    steps = {}
     if args.forward:
         model.eval()
         batch = case_batch(args.forward)
 
-        def step() -> None:
+        def forward() -> None:
             with torch.no_grad():
                 model(batch)
+        steps["fp32"] = forward
     else:
         batch = experiment.task.with_batch_size(8).sample(torch.Generator().manual_seed(123))
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        initial = {k: v.clone() for k, v in model.state_dict().items()}
 
-        def step() -> None:
-            loss = masked_nll(model(batch), batch.f_test, batch.test_mask())
+        def train_step(mode: str) -> None:
+            with training_precision(mode, "cpu"):
+                predictive = model(batch)
+            loss = masked_nll(predictive, batch.f_test, batch.test_mask())
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
+            model.load_state_dict(initial)  # every step from the same weights
+        for mode in precisions:
+            steps[mode] = lambda mode=mode: train_step(mode)
 
-    step()  # warm-up (compiles, caches)
-    counter = FlopCounterMode(display=False)
-    with counter:
-        step()
-    gflop = counter.get_total_flops() / 1e9
-    times = [timed(step) for _ in range(args.repeats)]
-    with profile() as prof:
-        step()
-    by_group: dict[str, float] = defaultdict(float)
-    for row in prof.key_averages():
-        by_group[group_of(row.key)] += row.self_cpu_time_total / 1e6
-    profiled = sum(by_group.values())
+    for step in steps.values():
+        step()  # warm-up (compiles, caches)
+    flops = {}
+    for mode, step in steps.items():
+        counter = FlopCounterMode(display=False)
+        with counter:
+            step()
+        flops[mode] = counter.get_total_flops() / 1e9
+    times: dict[str, list[float]] = {mode: [] for mode in steps}
+    for _ in range(args.repeats):  # alternately, so drifts in the machine hit all alike
+        for mode, step in steps.items():
+            times[mode].append(timed(step))
     peak = sgemm_gflops()
-    seconds = statistics.median(times)
-    floor = gflop / peak
+    peak_bf16 = sgemm_gflops(dtype=torch.bfloat16) if "bf16" in precisions else None
     what = f"forward {args.forward}" if args.forward else args.task
-    print(f"{what}: step {seconds:.3f} s (median of {args.repeats}, {args.threads} "
-          f"thread(s)); {gflop:.1f} GFLOP of matrix products; sgemm {peak:.1f} GFLOP/s → "
-          f"floor {floor:.3f} s; step / floor {seconds / floor:.1f}×")
-    print("| group | profiled s | share |")
-    print("|---|---|---|")
-    for group, value in sorted(by_group.items(), key=lambda kv: -kv[1]):
-        print(f"| {group} | {value:.3f} | {value / profiled:.0%} |")
+    runs = {}
+    for mode, step in steps.items():
+        seconds = statistics.median(times[mode])
+        floor = flops[mode] / peak
+        print(f"{what} [{mode}]: step {seconds:.3f} s (median of {args.repeats}, "
+              f"{args.threads} thread(s)); {flops[mode]:.1f} GFLOP of matrix products; sgemm "
+              f"{peak:.1f} GFLOP/s → floor {floor:.3f} s; step / floor {seconds / floor:.1f}×")
+        groups, top = profile_groups(step)
+        print_groups(groups)
+        runs[mode] = {"step_s": seconds, "times": times[mode], "matmul_gflop": flops[mode],
+                      "floor_s": floor, "profiled_s": sum(groups.values()), "groups": groups,
+                      "top_ops": top}
+    if len(runs) > 1:
+        base = runs[precisions[0]]["step_s"]
+        for mode in precisions[1:]:
+            print(f"{mode}: {base / runs[mode]['step_s']:.2f}× the speed of {precisions[0]}")
     record = {**run_meta(args.threads), "task": args.task, "forward": args.forward,
-              "step_s": seconds, "times": times, "matmul_gflop": gflop,
-              "sgemm_gflops": peak, "floor_s": floor, "profiled_s": profiled,
-              "groups": dict(by_group),
-              "top_ops": [{"name": r.key, "self_s": r.self_cpu_time_total / 1e6,
-                           "calls": r.count}
-                          for r in sorted(prof.key_averages(),
-                                          key=lambda r: -r.self_cpu_time_total)[:15]]}
+              "weights": args.weights, "sgemm_gflops": peak, "bf16_gemm_gflops": peak_bf16,
+              **runs[precisions[0]], "precisions": runs}
     default = (f"forward_profile_{args.forward}" if args.forward
                else f"train_profile_{args.task}")
     out = write_json(args.out or f"benchmarks/results/{default}.json", record)

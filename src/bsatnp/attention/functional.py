@@ -18,6 +18,7 @@ from bsatnp.attention.dense import dense_attention
 from bsatnp.attention.flex import flex_attention_biased, flex_available
 from bsatnp.attention.numerics import builds_graph
 from bsatnp.attention.tiled import tiled_attention
+from bsatnp.precision import full_precision
 
 Backend = Literal["auto", "dense", "tiled", "flex"]
 """Attention backends (``auto``: see :func:`choose_backend`)."""
@@ -88,7 +89,15 @@ def biased_attention(
 
     Returns:
         ``[B, H, Lq, Dv]``; rows without any valid key are exactly zero.
+
+    Under autocast on the CPU (bf16 training, :mod:`bsatnp.precision`) the attention
+    computes in float32, like the bias and its distances: casting the score tiles to and
+    from bf16 costs about what the bf16 matrix products save.
     """
+    if q.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+        with full_precision("cpu"):
+            return biased_attention(q.float(), k.float(), v.float(), bias, coords_q, coords_k,
+                                    key_mask, scale, backend, tile_q, tile_k)
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     scale = q.shape[-1] ** -0.5 if scale is None else scale

@@ -45,12 +45,16 @@ class TokenEmbedding(nn.Module):
 
     def context(self, batch: Batch) -> Tensor:
         """Context tokens ``[B, Lc, E]``."""
-        return self.norm(self.mlp(self._tokens(batch, "ctx", True, batch.f_ctx)))
+        return self._embed(self._tokens(batch, "ctx", True, batch.f_ctx))
 
     def test(self, batch: Batch) -> Tensor:
         """Test tokens ``[B, Lt, E]`` (each embedded on its own: no context is read)."""
         f = batch.f_ctx.new_zeros(batch.batch_size, batch.n_test, batch.f_ctx.shape[-1])
-        return self.norm(self.mlp(self._tokens(batch, "test", False, f)))
+        return self._embed(self._tokens(batch, "test", False, f))
+
+    def _embed(self, tokens: Tensor) -> Tensor:
+        """MLP → LayerNorm, in float32 even under autocast: the blocks' residual stream."""
+        return self.norm(self.mlp(tokens)).to(tokens.dtype)
 
     def forward(self, batch: Batch) -> Tensor:
         """Tokens ``[B, Lc + Lt, E]``: context slots first, then test points."""

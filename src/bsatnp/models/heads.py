@@ -12,6 +12,7 @@ from torch.distributions import Categorical, Distribution
 
 from bsatnp.likelihoods import LIKELIHOODS, Likelihood, likelihood_family
 from bsatnp.models.layers import MLP
+from bsatnp.precision import full_precision
 
 __all__ = ["LIKELIHOODS", "CategoricalHead", "DistributionHead", "Likelihood",
            "check_likelihood", "likelihood_head"]
@@ -41,9 +42,11 @@ class DistributionHead(nn.Module):
     def forward(self, z: Tensor, offset: Tensor | None = None) -> Distribution:
         """Tokens ``[B, Lt, E]`` → the predictive at exposures or trials ``offset``.
 
-        ``offset [B, Lt, Df]`` (``None``: 1) is ignored by a family that reads none.
+        ``offset [B, Lt, Df]`` (``None``: 1) is ignored by a family that reads none. Computed
+        in float32 under autocast (bf16 training): the loss reads these parameters.
         """
-        return self.family.distribution(self.mlp(z), self.min_std, offset)
+        with full_precision(z.device.type):
+            return self.family.distribution(self.mlp(z.float()), self.min_std, offset)
 
 
 class CategoricalHead(nn.Module):
@@ -61,9 +64,10 @@ class CategoricalHead(nn.Module):
     def forward(self, z: Tensor, offset: Tensor | None = None) -> Categorical:
         """Tokens ``[B, Lt, E]`` → ``Categorical`` over ``C`` classes, batch shape ``[B, Lt]``.
 
-        A classifier reads no ``offset``.
+        A classifier reads no ``offset``. Float32 under autocast, as :class:`DistributionHead`.
         """
-        return Categorical(logits=self.mlp(z), validate_args=False)
+        with full_precision(z.device.type):
+            return Categorical(logits=self.mlp(z.float()), validate_args=False)
 
 
 def check_likelihood(likelihood: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bsatnp.config import Config
+from bsatnp.precision import check_training_precision
 
 _POSITIVE_INTS = ("steps", "batch_size", "val_every", "val_batches", "save_every", "log_every",
                   "max_bad_steps")
@@ -41,6 +42,9 @@ class TrainConfig(Config):
             (:class:`~bsatnp.train.prefetch.Prefetcher`; 0: drawn in the loop from the
             generator itself). Any number above 0 gives the same batches, which differ
             from those of 0.
+        precision: ``"fp32"``, or ``"bf16"`` for mixed precision: the training forward
+            under bf16 autocast, weights, gradients, loss and optimiser in float32
+            (:mod:`bsatnp.precision`). Validation always runs in float32.
     """
 
     steps: int = 100_000
@@ -61,8 +65,10 @@ class TrainConfig(Config):
     validate_start: bool = False
     early_stop_patience: int | None = None
     workers: int = 0
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
+        check_training_precision(self.precision)
         for name in _POSITIVE_INTS:
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")

@@ -22,6 +22,7 @@ from bsatnp.batch import Batch
 from bsatnp.io.checkpoint import load_checkpoint, save_checkpoint
 from bsatnp.io.files import complete_lines, write_atomic
 from bsatnp.loss import masked_nll
+from bsatnp.precision import training_precision
 from bsatnp.progress import tqdm_class
 from bsatnp.train import run_dir
 from bsatnp.train.config import TrainConfig
@@ -313,7 +314,9 @@ class Trainer:
             batch = replicas.shard(batch)
         batch = batch.to(device)
         mask = batch.test_mask()
-        loss = masked_nll(self.step_model(batch), batch.f_test, mask)
+        with training_precision(self.config.precision, device):
+            predictive = self.step_model(batch)
+        loss = masked_nll(predictive, batch.f_test, mask)
         if replicas is not None:  # each slice's share of the NLL over the global batch
             count = mask.sum().to(loss.dtype)
             loss = loss * count * replicas.world_size / replicas.total(count)
