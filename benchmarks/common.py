@@ -92,6 +92,14 @@ def write_json(path: str | Path, record: Any,
     return out
 
 
+def save_figure(fig: Any, out_png: str | Path, dpi: int = 120) -> Path:
+    """Write a matplotlib figure as a PNG, creating parent folders. Returns the path."""
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=dpi)
+    return out
+
+
 def trained_bias(checkpoint: str | Path, family: str | None = None) -> AttentionBias:
     """A one-term :class:`AttentionBias` holding a trained model's first distance bias (of
     ``family`` if given), without gradients."""

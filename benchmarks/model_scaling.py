@@ -21,12 +21,11 @@ import argparse
 import multiprocessing
 import resource
 import time
-from pathlib import Path
 from queue import Empty
 from typing import Any
 
 import torch
-from common import peak_rss_mb, run_meta, write_json
+from common import peak_rss_mb, run_meta, save_figure, write_json
 from forward import gp_like_batch
 
 from bsatnp.experiment import load_experiment
@@ -113,8 +112,7 @@ def plot(results: dict[str, dict[str, dict[str, Any]]], out_png: str) -> None:
         ax.grid(alpha=0.3, which="both")
     t_ax.legend(fontsize="small")
     fig.suptitle("one inference forward against the number of points (× = failed there)")
-    Path(out_png).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=120)
+    save_figure(fig, out_png)
 
 
 def main() -> None:

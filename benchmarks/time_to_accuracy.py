@@ -35,7 +35,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from common import run_meta, write_json
+from common import run_meta, save_figure, write_json
 
 from bsatnp.evaluate import evaluate
 from bsatnp.experiment import load_experiment
@@ -133,8 +133,7 @@ def plot(runs: dict[str, list[dict[str, float]]], target: float, out_png: str) -
         ax.grid(alpha=0.3)
     by_hours.legend(fontsize="small")
     fig.suptitle("2D GP: gap to the exact oracle on the 32 validation batches")
-    Path(out_png).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=120)
+    save_figure(fig, out_png)
 
 
 def main() -> None:
