@@ -37,6 +37,8 @@ Usage:
     python benchmarks/compare_models.py --steps 1000 --runs runs/compare --minutes 150  # rerun
     python benchmarks/compare_models.py --models bsatnp,tnpd --steps 200
     python benchmarks/compare_models.py --seeds 0,1,2 --steps 5000 --runs runs/seeds
+    python benchmarks/compare_models.py --models "bsatnp,tnpd,tetnp paper,convcnp paper" \
+        --shared-permutation --seeds 0,1,2 --steps 1000 --runs runs/paper  # issue 33
     python benchmarks/compare_models.py --costs-only       # parameters, step time, GFLOPs
     python benchmarks/compare_models.py --task geodesic --steps 2000 --runs runs/geodesic
     python benchmarks/compare_models.py --task beijing --quick   # also era5 (real data)
@@ -103,7 +105,7 @@ QUICK_SIZES = {"batch_size": 2, "n_ctx": 32, "n_test": 32, "min_ctx": 8, "max_ct
 def quick_task(task: Task) -> Task:
     """A CI-sized version of ``task``."""
     if isinstance(task, GP2DTask):
-        return replace(QUICK_TASK, box=task.box)
+        return replace(QUICK_TASK, box=task.box, shared_permutation=task.shared_permutation)
     if isinstance(task, GPTask):
         return replace(task, **QUICK_SIZES)
     if isinstance(task, GneitingTask):
@@ -119,6 +121,41 @@ def quick_task(task: Task) -> Task:
     return task.with_batch_size(2)
 
 
+class Configs:
+    """Model configs with one task's roles (and ``--quick``'s small widths).
+
+    Args:
+        roles: The task's ``model_defaults()`` (role widths, likelihood).
+        quick: Small widths (CI-sized).
+    """
+
+    def __init__(self, roles: dict[str, Any], quick: bool) -> None:
+        self.roles, self.quick = roles, quick
+
+    def _small(self, family: str) -> dict[str, Any]:
+        return QUICK[family] if self.quick else {}
+
+    def _roles(self, cls: type) -> dict[str, Any]:
+        known = cls.__dataclass_fields__
+        return {k: v for k, v in self.roles.items() if k in known}
+
+    def __call__(self, cls: type, family: str, **fields: Any) -> ModelConfig:
+        """A ``family`` config (class ``cls``): its defaults, the roles, then ``fields``."""
+        return cls(**self._roles(cls), **self._small(family), **fields)
+
+    def preset(self, name: str) -> ModelConfig:
+        """The architecture of the bundled config ``name``, with the roles.
+
+        Under ``--quick`` it gets its family's small widths, but a preset without
+        pseudo-tokens (TE-TNP vanilla) stays without.
+        """
+        model = load_experiment(name).model
+        small = dict(self._small(family_name(model)))
+        if getattr(model, "num_pseudo", None) == 0:
+            small.pop("num_pseudo", None)
+        return replace(model, **self._roles(type(model)), **small)
+
+
 def variants(task: str, quick: bool, roles: dict[str, Any]) -> dict[str, ModelConfig]:
     """The compared models of ``task`` by row name (ablations change one thing each).
 
@@ -127,14 +164,17 @@ def variants(task: str, quick: bool, roles: dict[str, Any]) -> dict[str, ModelCo
         quick: Small widths (CI-sized).
         roles: The task's ``model_defaults()`` (role widths, likelihood).
     """
-    def small(family: str) -> dict[str, Any]:
-        return QUICK[family] if quick else {}
+    return VARIANTS[task](Configs(roles, quick))
 
-    def config(cls: type, family: str, **fields: Any) -> ModelConfig:
-        known = cls.__dataclass_fields__
-        return cls(**{k: v for k, v in roles.items() if k in known}, **small(family), **fields)
 
-    return VARIANTS[task](config)
+def _paper_baselines(config: Configs) -> dict[str, ModelConfig]:
+    """TE-TNP and ConvCNP as the paper configures them (issue 33): the bundled presets
+    ``gp2d_tetnp_paper`` (128 pseudo-tokens), ``gp2d_tetnp_paper32``, ``gp2d_tetnp_vanilla``
+    (no pseudo-tokens) and ``gp2d_convcnp_paper``, with the task's roles."""
+    return {"tetnp paper": config.preset("gp2d_tetnp_paper"),
+            "tetnp paper32": config.preset("gp2d_tetnp_paper32"),
+            "tetnp vanilla": config.preset("gp2d_tetnp_vanilla"),
+            "convcnp paper": config.preset("gp2d_convcnp_paper")}
 
 
 def _gp2d_variants(config: Any) -> dict[str, ModelConfig]:
@@ -150,6 +190,7 @@ def _gp2d_variants(config: Any) -> dict[str, ModelConfig]:
         "tnpd all-keys dense": config(TNPDConfig, "tnpd", keys="all_masked", backend="dense"),
         "tetnp": config(TETNPConfig, "tetnp"),
         "convcnp": config(ConvCNPConfig, "convcnp"),
+        **_paper_baselines(config),
     }
 
 
@@ -177,7 +218,7 @@ def _sir_variants(config: Any) -> dict[str, ModelConfig]:
     bsatnp = config(BSATNPConfig, "bsatnp")
     return {"bsatnp": replace(bsatnp, bias_s=replace(bsatnp.bias_s, family="tisa")),
             "tnpd": config(TNPDConfig, "tnpd"), "tetnp": config(TETNPConfig, "tetnp"),
-            "convcnp": config(ConvCNPConfig, "convcnp")}
+            "convcnp": config(ConvCNPConfig, "convcnp"), **_paper_baselines(config)}
 
 
 def _gneiting_variants(config: Any) -> dict[str, ModelConfig]:
@@ -427,6 +468,9 @@ def main() -> None:
     parser.add_argument("--minutes", type=float,
                         help="training budget of this invocation (rerun with the same --runs "
                              "to continue)")
+    parser.add_argument("--shared-permutation", action="store_true",
+                        help="GP tasks: one context/test permutation per batch, as the "
+                             "reference draws them (default: one per task)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu",
                         help="where models train, are timed and predict (e.g. cuda); the "
@@ -440,6 +484,11 @@ def main() -> None:
 
     experiment = load_experiment(args.task)
     task = experiment.task
+    if args.shared_permutation:
+        if not isinstance(task, GPTask):
+            parser.error(f"--shared-permutation is for the GP tasks, not {args.task}")
+        task = replace(task, shared_permutation=True)
+        experiment = replace(experiment, task=task)
     configs = variants(args.task, args.quick, task.model_defaults())
     full_task = task
     if args.quick:
@@ -523,7 +572,8 @@ def main() -> None:
                          device=(torch.cuda.get_device_name(args.device)
                                  if torch.device(args.device).type == "cuda" else "cpu"),
                          task=args.task, steps=0 if args.costs_only else args.steps,
-                         quick=args.quick, **({"seeds": seeds} if args.seeds else {})),
+                         quick=args.quick, shared_permutation=args.shared_permutation,
+                         **({"seeds": seeds} if args.seeds else {})),
         "models": {
             name: {"family": family_name(m.config) if name in models else "training-free",
                    "parameters": sum(p.numel() for p in m.parameters())}

@@ -25,6 +25,8 @@ def test_compare_models_quick_mode(tmp_path):
     results = json.loads(out.read_text())
     models = results["models"]
     assert {"bsatnp", "bsatnp embed", "tnpd", "tetnp", "convcnp", "idw", "knn"} <= set(models)
+    paper = {"tetnp paper", "tetnp paper32", "tetnp vanilla", "convcnp paper"}
+    assert paper <= set(models)  # the paper's baselines (issue 33), at quick widths here
     assert "tnpd all-keys dense" in results["costs"]  # timed, not trained or evaluated
     assert models["idw"]["parameters"] == 0 < models["bsatnp"]["parameters"]
     for name, cost in results["costs"].items():
@@ -37,7 +39,7 @@ def test_compare_models_quick_mode(tmp_path):
             assert math.isfinite(entry[name]["nll"]["mean"]), name
     nll = {d: {m: domains[d][m]["nll"]["mean"] for m in scored} for d in domains}
     # The shifted batches are the in-domain ones moved by +10: invariant models score the same.
-    for name in ("bsatnp", "tetnp", "convcnp", "idw"):
+    for name in ("bsatnp", "tetnp", "convcnp", "idw", *sorted(paper)):
         assert abs(nll["shifted"][name] - nll["in_domain"][name]) < 1e-3, name
     assert abs(nll["shifted"]["tnpd"] - nll["in_domain"]["tnpd"]) > 1e-3
     assert "| oracle |" in proc.stdout
@@ -162,3 +164,19 @@ def test_step_costs_leave_the_timed_models_unchanged():
     assert costs["bsatnp"]["step_s"] > 0
     for key, value in model.state_dict().items():
         assert torch.equal(value, before[key]), key
+
+
+def test_compare_models_shared_permutation_reaches_the_gp_task_only(tmp_path):
+    out = tmp_path / "compare.json"
+
+    def compare(*extra):
+        return subprocess.run(
+            [sys.executable, str(ROOT / "benchmarks" / "compare_models.py"), "--quick",
+             "--models", "idw", "--threads", "1", "--shared-permutation", "--out", str(out),
+             *extra], capture_output=True, text=True, timeout=600)
+
+    proc = compare()
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(out.read_text())["meta"]["shared_permutation"] is True
+    refused = compare("--task", "sir")
+    assert refused.returncode == 2 and "--shared-permutation is for the GP tasks" in refused.stderr
