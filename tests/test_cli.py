@@ -147,6 +147,37 @@ def test_plot_field_and_learning_curve(run, tmp_path):
         assert path.read_bytes()[:8] == PNG_MAGIC
 
 
+def test_plot_with_several_checkpoints_draws_comparison_panels(run, tmp_path, capsys):
+    panels = tmp_path / "panels.png"
+    best, last = str(run / "best.safetensors"), str(run / "last.safetensors")
+    assert cli.main(["plot", "--checkpoint", best, last, "--label", "best", "last", "--out",
+                     str(panels), "--n-ctx", "20", "--quiet"]) == 0
+    assert panels.read_bytes()[:8] == PNG_MAGIC
+    assert cli.main(["plot", "--checkpoint", best, last, "--label", "best", "--out",
+                     str(panels), "--quiet"]) == 2
+    assert "1 labels for 2 checkpoints" in capsys.readouterr().err
+
+
+def test_comparison_panels_give_each_model_a_row_on_one_field(tmp_path):
+    from bsatnp.models import BSATNP
+    from bsatnp.models.tnpd import TNPD
+    from bsatnp.plot import plot_comparison
+
+    torch.manual_seed(0)
+    models = {"bsatnp": BSATNP(num_blocks=1, dim=16, qkv_dim=16, ffn_dim=32,
+                               embed_hidden=(32,), head_hidden=(32,)),
+              "tnpd": TNPD(num_blocks=1, dim=16, qkv_dim=16, ffn_dim=32, embed_hidden=(32,),
+                           head_hidden=(32,))}
+    path = plot_comparison(models, tmp_path / "panels.png", n_ctx=20, grid_size=8)
+    header = path.read_bytes()
+    assert header[:8] == PNG_MAGIC
+    width, height = (int.from_bytes(header[n:n + 4], "big") for n in (16, 20))
+    # three panels a row (mean, std, |error|), a row for the truth and one per model
+    assert (width, height) == (3 * 440, 3 * 440)
+    with pytest.raises(ValueError, match="at least one model"):
+        plot_comparison({}, tmp_path / "none.png")
+
+
 def test_learning_curves_of_several_runs_share_one_figure(run, tmp_path, capsys):
     log = str(run / "log.jsonl")
     curves = tmp_path / "curves.png"

@@ -166,17 +166,32 @@ def _models(args: argparse.Namespace) -> None:
 
 
 def _plot(args: argparse.Namespace) -> None:
-    from bsatnp.plot import plot_field, plot_learning_curve
+    from bsatnp.plot import plot_comparison, plot_field, plot_learning_curve
 
     if args.log is not None:
         out = args.out or Path(args.log[0]).with_suffix(".png")
         path = plot_learning_curve(args.log, out, labels=args.label)
-    else:
-        model, config = _load(args)
-        out = args.out or Path(args.checkpoint).with_name(f"field_{args.domain}.png")
+    elif len(args.checkpoint) == 1:
+        model, config = _load_checkpoint(args.checkpoint[0], args)
+        out = args.out or Path(args.checkpoint[0]).with_name(f"field_{args.domain}.png")
         path = plot_field(model, out, seed=args.seed, task=config.task.domain(args.domain),
                           n_ctx=args.n_ctx)
+    else:
+        labels = args.label or [_run_name(c) for c in args.checkpoint]
+        if len(labels) != len(args.checkpoint):
+            raise ValueError(f"{len(labels)} labels for {len(args.checkpoint)} checkpoints")
+        loaded = [_load_checkpoint(c, args) for c in args.checkpoint]
+        out = args.out or Path(args.checkpoint[0]).with_name(f"compare_{args.domain}.png")
+        path = plot_comparison({label: model for label, (model, _) in zip(labels, loaded)},
+                               out, seed=args.seed,
+                               task=loaded[0][1].task.domain(args.domain), n_ctx=args.n_ctx)
     print(f"Wrote {path}")
+
+
+def _run_name(checkpoint: str) -> str:
+    """A checkpoint's name in a figure: its run directory, or a shipped model's name."""
+    path = Path(checkpoint)
+    return path.parent.name if path.suffix == ".safetensors" and path.parent.name else path.stem
 
 
 def _tasks(args: argparse.Namespace) -> None:
@@ -188,8 +203,14 @@ def _tasks(args: argparse.Namespace) -> None:
 
 
 def _load(args: argparse.Namespace) -> tuple[nn.Module, ExperimentConfig]:
-    """Model (eval mode, on the requested device) and experiment stored in a checkpoint."""
-    ckpt = load_checkpoint(checkpoint_path(args.checkpoint))
+    """Model (eval mode, on the requested device) and experiment of ``--checkpoint``."""
+    return _load_checkpoint(args.checkpoint, args)
+
+
+def _load_checkpoint(checkpoint: str,
+                     args: argparse.Namespace) -> tuple[nn.Module, ExperimentConfig]:
+    """Model (eval mode, on ``--device``) and experiment stored in a checkpoint."""
+    ckpt = load_checkpoint(checkpoint_path(checkpoint))
     model = ckpt.build_model().to(device_of(args)).eval()
     return model, experiment_from_checkpoint(ckpt)
 

@@ -303,11 +303,13 @@ def build_parser() -> argparse.ArgumentParser:
     cmd = sub.add_parser("plot", parents=[common],
                          help="plot a predicted field (--checkpoint) or a learning curve (--log)")
     source = cmd.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint",
-                        help="plot one field of its GP task predicted by this model")
+    source.add_argument("--checkpoint", nargs="+",
+                        help="plot one field of its task predicted by this model (several: "
+                             "one row each, on the first one's task)")
     source.add_argument("--log", nargs="+",
                         help="plot the learning curve of this log.jsonl (several: one figure)")
-    cmd.add_argument("--label", nargs="+", help="one name per --log (default: its directory)")
+    cmd.add_argument("--label", nargs="+",
+                     help="one name per --log or --checkpoint (default: its directory)")
     cmd.add_argument("--out", help="PNG file (default: beside the input)")
     cmd.add_argument("--seed", type=int, default=0, help="seed of the plotted task")
     cmd.add_argument("--domain", default="in_domain", help="a domain of the run's task")
