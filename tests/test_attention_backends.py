@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from reference import attention_reference, bias_reference, pairwise
 
 import bsatnp.attention.compiled as compiled
+import bsatnp.attention.fused_cpu as fused_cpu
 import bsatnp.attention.tiled as tiled
 from bsatnp.attention import AttentionBias, BiasSpec, biased_attention
 from bsatnp.attention.exp_basis import head_rates
@@ -464,3 +465,61 @@ def test_tiled_backward_memory_is_bounded_by_tiles():
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         biased_attention(q, k, v, bias, cq, ck, mask, backend="tiled", tile_q=32, tile_k=32)
     assert saved and max(saved) < 300 * 200, saved
+
+
+# ------------------------------------------------------------------ fused CPU kernels
+@pytest.mark.parametrize("family", ["rbf", "exponential"])
+@pytest.mark.parametrize("mask_kind", ["random", "all_valid"])
+def test_fused_cpu_kernels_match_reference(family, mask_kind, monkeypatch):
+    """The training path of one key tile through the fused kernels (bias + softmax, and dS
+    with the bias's gradients): values and every gradient against float64, per task (keys
+    masked) and batched (none masked), with several query tiles."""
+    calls = []
+    forward = fused_cpu.bias_softmax_
+    monkeypatch.setattr(fused_cpu, "bias_softmax_",
+                        lambda *args: calls.append(1) or forward(*args))
+    problem = make_problem(3, 2, 37, 29, 8, (family,), seed=5, mask_kind=mask_kind)
+    with attention_runtime(compile="always"):
+        check_backend("tiled", problem, tile_q=16)
+    assert calls, "the fused kernels did not run"
+
+
+def test_fused_kernels_share_rates_per_head_and_map_gradients_back():
+    """Basis functions of a head with one rate (the constant init) are one term of the
+    kernel; their gradients are those of each (a, b) in the reference."""
+    q, k, v, bias, cq, ck, mask = make_problem(2, 3, 21, 17, 4, ("rbf",), seed=9,
+                                               mask_kind="all_valid")
+    with torch.no_grad():
+        term = bias.terms[0]
+        term.b.copy_(torch.tensor([[0.5] * 5, [1.0, 1.0, 2.0, 2.0, 2.0], [3.0] * 5]))
+    fb = fused_cpu.fused_bias(bias, q)
+    assert fb is not None and fb.rate.shape == (3, 2)
+    torch.testing.assert_close(fb.amp[0], torch.stack([term.a[0].detach().sum(),
+                                                       torch.tensor(0.0)]))
+    with attention_runtime(compile="always"):
+        check_backend("tiled", (q, k, v, bias, cq, ck, mask))
+
+
+def test_fused_bias_serves_only_what_it_computes():
+    q = torch.randn(1, 2, 4, 8)
+    rbf = AttentionBias((BiasSpec("s"),), 2)
+    with attention_runtime(compile="auto"):
+        assert fused_cpu.fused_bias(rbf, q) is not None
+        assert fused_cpu.fused_bias(None, q) is None
+        assert fused_cpu.fused_bias(rbf, q.double()) is None
+        for specs in [(SPECS["tisa"],), (SPECS["great_circle"],), (SPECS["scalar"],),
+                      (BiasSpec("s"), BiasSpec("t", family="exponential", distance="abs"))]:
+            assert fused_cpu.fused_bias(AttentionBias(specs, 2), q) is None, specs
+    with attention_runtime(compile="never"):
+        assert fused_cpu.fused_bias(rbf, q) is None
+
+
+def test_a_failing_build_of_the_fused_kernels_falls_back_with_a_warning(monkeypatch):
+    import torch.utils.cpp_extension as cpp_extension
+
+    def refuse(**kwargs):
+        raise RuntimeError("no compiler here")
+
+    monkeypatch.setattr(cpp_extension, "load_inline", refuse)
+    with pytest.warns(RuntimeWarning, match="fused CPU attention kernels failed.*no compiler"):
+        assert fused_cpu._extension.__wrapped__() is None

@@ -33,14 +33,22 @@ def _group(a: Tensor, b: Tensor, heads: slice) -> _RateGroup:
     return _RateGroup(heads, rates, inverse, amp)
 
 
-def _rate_groups(a: Tensor, b: Tensor) -> list[_RateGroup]:
-    """Group by rate across heads, or per head when that costs fewer tile passes."""
+def rate_groups(a: Tensor, b: Tensor, per_head: bool | None = None) -> list[_RateGroup]:
+    """The distinct rates of ``b [H, F]`` with their summed amplitudes ``a``.
+
+    Grouped across all heads, or head by head (``per_head``; ``None``: whichever costs
+    fewer passes over a tile).
+    """
     H = a.shape[0]
+    groups = [_group(a, b, slice(h, h + 1)) for h in range(H)]
+    if per_head:
+        return groups
     shared = _group(a, b, slice(0, H))
-    per_head = [_group(a, b, slice(h, h + 1)) for h in range(H)]
+    if per_head is not None:
+        return [shared]
     cost_shared = shared.rates.numel() * (1 + H)  # one exp, then one pass over H heads
-    cost_per_head = sum(2 * g.rates.numel() for g in per_head)
-    return [shared] if cost_shared <= cost_per_head else per_head
+    cost_per_head = sum(2 * g.rates.numel() for g in groups)
+    return [shared] if cost_shared <= cost_per_head else groups
 
 
 def head_rates(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor] | None:
@@ -57,7 +65,7 @@ def head_rates(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor] | None:
     Where heads share rates (a freshly initialised model: one rate for all), the eager path
     takes fewer exponentials and was the faster one when tried.
     """
-    groups = [_group(a, b, slice(h, h + 1)) for h in range(a.shape[0])]
+    groups = rate_groups(a, b, per_head=True)
     if a.shape[0] * max(g.rates.numel() for g in groups) > torch.unique(b).numel():
         return None
     return torch.stack([g.rates for g in groups]), torch.cat([g.amp for g in groups])
@@ -70,7 +78,7 @@ class _ExpBasis(torch.autograd.Function):
         flat_r = r.reshape(B, -1)
         out = r.new_empty(B, H, *r.shape[1:])
         flat_out = out.view(B, H, -1)
-        groups = _rate_groups(a, b)
+        groups = rate_groups(a, b)
         keep = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
         bases = []
         for group in groups:

@@ -29,6 +29,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
+from bsatnp.attention import fused_cpu
 from bsatnp.attention.biases import AttentionBias, slice_coords
 from bsatnp.attention.locality import FarTiles, gather_rows, morton_order
 from bsatnp.attention.numerics import builds_graph, exp_
@@ -61,6 +62,7 @@ class _Plan(NamedTuple):
     has_key: Tensor | None  # [B] tasks with at least one valid key; None: all have
     keep_tiles: bool  # training forward keeps its tiles for the backward
     far: FarTiles | None = None  # tiles beyond the bias's reach (points in curve order)
+    fused: fused_cpu.FusedBias | None = None  # kept tiles through the fused CPU kernels
 
     @property
     def single_key_tile(self) -> bool:
@@ -194,6 +196,13 @@ def _forward_keeping_tiles(
     (_, mask_t), = plan.key_tiles
     tiles: list[tuple[Tensor, Tensor | None]] = []
     for i in range(0, q.shape[2], plan.tile_q):
+        if plan.fused is not None:  # bias and softmax in one pass (no mask, one bias term)
+            p = fused_cpu.bias_softmax_(
+                torch.matmul(q[:, :, i : i + plan.tile_q], k.transpose(-1, -2)),
+                slice_coords(coords_q, i, i + plan.tile_q), coords_k, plan.fused)
+            torch.matmul(p, v, out=out[:, :, i : i + plan.tile_q])
+            tiles.append((p, None))
+            continue
         with torch.enable_grad():  # the bias graph, for its parameters' gradients
             scores, bias_t = _tile_scores(q, k, bias, coords_q, coords_k, plan, i, 0, mask_t)
         p = torch.softmax(scores, dim=-1, out=scores)
@@ -258,7 +267,17 @@ class _TiledBiasedAttention(torch.autograd.Function):
                     else:
                         p = exp_(scores.sub_(m[:, :, rows, None]))
                 dv[:, :, cols] += torch.matmul(p.transpose(-1, -2), do_t)
-                ds = torch.matmul(do_t, v_j.transpose(-1, -2)).sub_(delta_t).mul_(p)
+                dp = torch.matmul(do_t, v_j.transpose(-1, -2))
+                if plan.fused is not None:  # dS and the bias's gradients in one pass
+                    ds, *fused_grads = fused_cpu.bias_softmax_backward_(
+                        p, dp, delta_t[..., 0], slice_coords(ctx.coords_q, i, i + plan.tile_q),
+                        ctx.coords_k, plan.fused)
+                    wanted_grads = iter(grad_wanted)
+                    for grad, w in zip(fused_grads, want, strict=True):  # params: (a, b)
+                        if w:
+                            next(wanted_grads).add_(grad)
+                else:
+                    ds = dp.sub_(delta_t).mul_(p)
                 dq[:, :, rows] += torch.matmul(ds, k_j)
                 dk[:, :, cols] += torch.matmul(ds.transpose(-1, -2), q_t)
                 if bias_t is not None and wanted:
@@ -350,6 +369,8 @@ def _attend(
         plan = plan._replace(
             far=FarTiles(reaches, coords_q, coords_k, plan.tile_q, plan.tile_k)
         )
+    if plan.keep_tiles and plan.has_key is None and plan.key_tiles[0][1] is None:
+        plan = plan._replace(fused=fused_cpu.fused_bias(bias, q))
     if not training:
         with torch.no_grad():
             out = tiled_forward(q, k, v, bias, coords_q, coords_k, scale, plan)[0]

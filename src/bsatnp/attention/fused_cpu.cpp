@@ -1,0 +1,162 @@
+// Fused CPU kernels of biased attention's elementwise work (bsatnp.attention.fused_cpu).
+//
+// The matrix products stay with BLAS; these fuse what lies between them, one query row at a
+// time, so each row's scores stay in L1:
+//   forward:  P = softmax(S + bias), bias[j] = sum_u amp[u] * exp(-rate[u] * r(q_i, k_j)),
+//             r = |q_i - k_j|^2 (rbf) or |q_i - k_j| (exponential), in place over S;
+//   backward: dS = P * (dP - delta_i), in place over dP, and per row the sums
+//             sum_j dS_ij * e_u(r_ij) and sum_j dS_ij * r_ij * e_u(r_ij) that give the bias
+//             parameters' gradients.
+// exp is a Cephes-style polynomial on clamped arguments: vectorisable, no subnormal results.
+
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+namespace {
+
+inline float exp_clamped(float x) {
+  x = x < -87.0f ? -87.0f : x;
+  x = x > 88.0f ? 88.0f : x;
+  const float n = std::floor(x * 1.44269504088896341f + 0.5f);
+  const float r = x - n * 0.693359375f + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return p * scale;
+}
+
+// Distances of query row i of task b to every key: r[j] for j < Lk.
+inline void row_distances(float* r, const float* cq, const float* ckT, int64_t C, int64_t Lk,
+                          bool root) {
+  for (int64_t j = 0; j < Lk; ++j) r[j] = 0.0f;
+  for (int64_t c = 0; c < C; ++c) {
+    const float qc = cq[c];
+    const float* kc = ckT + c * Lk;
+#pragma omp simd
+    for (int64_t j = 0; j < Lk; ++j) {
+      const float d = qc - kc[j];
+      r[j] += d * d;
+    }
+  }
+  if (root) {
+#pragma omp simd
+    for (int64_t j = 0; j < Lk; ++j) r[j] = std::sqrt(r[j]);
+  }
+}
+
+void check(const at::Tensor& t, int64_t dim, const char* name) {
+  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat && t.is_contiguous() &&
+                  t.dim() == dim,
+              name, " must be a contiguous float32 CPU tensor with ", dim, " dimensions");
+}
+
+}  // namespace
+
+// scores [B, H, Lq, Lk] in place: softmax(scores + bias) over the keys.
+// cq [B, Lq, C], ckT [B, C, Lk], amp and rate [H, U].
+void bias_softmax(at::Tensor scores, at::Tensor cq, at::Tensor ckT, at::Tensor amp,
+                  at::Tensor rate, bool root) {
+  check(scores, 4, "scores");
+  check(cq, 3, "cq");
+  check(ckT, 3, "ckT");
+  check(amp, 2, "amp");
+  check(rate, 2, "rate");
+  const int64_t B = scores.size(0), H = scores.size(1), Lq = scores.size(2),
+                Lk = scores.size(3), C = cq.size(2), U = amp.size(1);
+  float* S = scores.data_ptr<float>();
+  const float* Q = cq.data_ptr<float>();
+  const float* K = ckT.data_ptr<float>();
+  const float* A = amp.data_ptr<float>();
+  const float* R = rate.data_ptr<float>();
+  // Rows ordered (b, i, h): the heads of one query share its distances.
+  at::parallel_for(0, B * Lq, 8, [&](int64_t begin, int64_t end) {
+    std::vector<float> r(Lk);
+    for (int64_t bi = begin; bi < end; ++bi) {
+      const int64_t b = bi / Lq, i = bi % Lq;
+      row_distances(r.data(), Q + (b * Lq + i) * C, K + b * C * Lk, C, Lk, root);
+      for (int64_t h = 0; h < H; ++h) {
+        float* s = S + ((b * H + h) * Lq + i) * Lk;
+        for (int64_t u = 0; u < U; ++u) {
+          const float a = A[h * U + u], minus_rate = -R[h * U + u];
+          if (a == 0.0f) continue;
+#pragma omp simd
+          for (int64_t j = 0; j < Lk; ++j) s[j] += a * exp_clamped(minus_rate * r[j]);
+        }
+        float m = s[0];
+        for (int64_t j = 1; j < Lk; ++j) m = s[j] > m ? s[j] : m;
+        float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+        for (int64_t j = 0; j < Lk; ++j) {
+          const float e = exp_clamped(s[j] - m);
+          s[j] = e;
+          sum += e;
+        }
+        const float inv = 1.0f / sum;
+#pragma omp simd
+        for (int64_t j = 0; j < Lk; ++j) s[j] *= inv;
+      }
+    }
+  });
+}
+
+// dp [B, H, Lq, Lk] in place: dS = p * (dp - delta). Returns per row (b, h, i) and rate u the
+// sums of dS * e_u and dS * r * e_u, [B, H, Lq, U, 2].
+at::Tensor bias_softmax_backward(at::Tensor p, at::Tensor dp, at::Tensor delta, at::Tensor cq,
+                                 at::Tensor ckT, at::Tensor rate, bool root) {
+  check(p, 4, "p");
+  check(dp, 4, "dp");
+  check(delta, 3, "delta");
+  check(cq, 3, "cq");
+  check(ckT, 3, "ckT");
+  check(rate, 2, "rate");
+  const int64_t B = p.size(0), H = p.size(1), Lq = p.size(2), Lk = p.size(3), C = cq.size(2),
+                U = rate.size(1);
+  at::Tensor sums = at::zeros({B, H, Lq, U, 2}, p.options());
+  const float* P = p.data_ptr<float>();
+  float* D = dp.data_ptr<float>();
+  const float* Dl = delta.data_ptr<float>();
+  const float* Q = cq.data_ptr<float>();
+  const float* K = ckT.data_ptr<float>();
+  const float* R = rate.data_ptr<float>();
+  float* Out = sums.data_ptr<float>();
+  at::parallel_for(0, B * Lq, 8, [&](int64_t begin, int64_t end) {
+    std::vector<float> r(Lk);
+    for (int64_t bi = begin; bi < end; ++bi) {
+      const int64_t b = bi / Lq, i = bi % Lq;
+      row_distances(r.data(), Q + (b * Lq + i) * C, K + b * C * Lk, C, Lk, root);
+      for (int64_t h = 0; h < H; ++h) {
+        const int64_t row = (b * H + h) * Lq + i;
+        const float* pr = P + row * Lk;
+        float* ds = D + row * Lk;
+        const float dl = Dl[row];
+#pragma omp simd
+        for (int64_t j = 0; j < Lk; ++j) ds[j] = pr[j] * (ds[j] - dl);
+        for (int64_t u = 0; u < U; ++u) {
+          const float minus_rate = -R[h * U + u];
+          float s1 = 0.0f, s2 = 0.0f;
+#pragma omp simd reduction(+ : s1, s2)
+          for (int64_t j = 0; j < Lk; ++j) {
+            const float t = ds[j] * exp_clamped(minus_rate * r[j]);
+            s1 += t;
+            s2 += t * r[j];
+          }
+          Out[(row * U + u) * 2] = s1;
+          Out[(row * U + u) * 2 + 1] = s2;
+        }
+      }
+    }
+  });
+  return sums;
+}
