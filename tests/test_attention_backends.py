@@ -523,3 +523,34 @@ def test_a_failing_build_of_the_fused_kernels_falls_back_with_a_warning(monkeypa
     monkeypatch.setattr(cpp_extension, "load_inline", refuse)
     with pytest.warns(RuntimeWarning, match="fused CPU attention kernels failed.*no compiler"):
         assert fused_cpu._extension.__wrapped__() is None
+
+
+@pytest.mark.parametrize("family", ["rbf", "exponential"])
+def test_fused_cpu_inference_matches_reference(family, monkeypatch):
+    calls = []
+    forward = fused_cpu.bias_softmax_
+    monkeypatch.setattr(fused_cpu, "bias_softmax_",
+                        lambda *args: calls.append(1) or forward(*args))
+    q, k, v, bias, cq, ck, mask = make_problem(1, 3, 40, 33, 8, (family,), seed=4,
+                                               mask_kind="all_valid")
+    ref_out, _ = reference(q, k, v, bias, cq, ck, mask)
+    with attention_runtime(compile="always"), torch.no_grad():
+        out = biased_attention(q, k, v, bias, cq, ck, None, backend="tiled", tile_q=16)
+    assert calls
+    assert_close_rel(out, ref_out, 1e-5, "fused inference output")
+
+
+def test_fused_inference_waits_for_its_warmup_before_building(monkeypatch):
+    monkeypatch.setattr(fused_cpu, "_built", lambda: False)
+    monkeypatch.setattr(fused_cpu, "INFERENCE_WARMUP", 100)
+    monkeypatch.setattr(fused_cpu, "_declined", [0])
+    q = torch.randn(1, 2, 4, 8)
+    rbf = AttentionBias((BiasSpec("s"),), 2)
+    with attention_runtime(compile="auto"):
+        assert fused_cpu.fused_bias(rbf, q, inference_scores=60) is None  # 60 declined
+        assert fused_cpu.fused_bias(rbf, q, inference_scores=60) is None  # 120 declined
+        assert fused_cpu.fused_bias(rbf, q, inference_scores=60) is not None
+        assert fused_cpu.fused_bias(rbf, q) is not None  # training builds at once
+    monkeypatch.setattr(fused_cpu, "_declined", [0])
+    with attention_runtime(compile="always"):
+        assert fused_cpu.fused_bias(rbf, q, inference_scores=1) is not None

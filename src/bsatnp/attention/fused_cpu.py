@@ -15,8 +15,11 @@ They serve a bias of one ``rbf`` or ``exponential`` term on the Euclidean distan
 models and their kin); :func:`fused_bias` says whether one does. The extension is compiled with
 the machine's C++ compiler on first use (``torch.utils.cpp_extension``; about a minute, then
 cached on disk) and only where the attention runtime allows compiling (``compile="never"``
-keeps the eager kernels). Where building fails (no compiler, no ``ninja``) one warning is
-given and the eager kernels serve: the results agree to float32 round-off either way.
+keeps the eager kernels). Training builds it at once; inference only once this process has
+computed :data:`INFERENCE_WARMUP` scores eagerly (or under ``compile="always"``), so one small
+prediction never waits for a build. Where building fails (no compiler, no ``ninja``) one
+warning is given and the eager kernels serve: the results agree to float32 round-off either
+way.
 """
 
 from __future__ import annotations
@@ -35,6 +38,10 @@ from bsatnp.attention.exp_basis import rate_groups
 from bsatnp.attention.runtime import current_runtime
 
 SOURCE = Path(__file__).with_name("fused_cpu.cpp")
+INFERENCE_WARMUP = 10**10
+"""Scores inference computes eagerly in a process before it builds the kernels (as
+:data:`~bsatnp.attention.compiled.EXP_FAMILY_WARMUP`)."""
+_declined = [0]  # inference scores computed eagerly so far
 
 
 class FusedBias(NamedTuple):
@@ -72,19 +79,32 @@ def _extension() -> ModuleType | None:
         return None
 
 
-def fused_bias(bias: AttentionBias | None, q: Tensor) -> FusedBias | None:
+def _built() -> bool:
+    """Whether this process has built (or tried to build) the kernels."""
+    return _extension.cache_info().currsize > 0
+
+
+def fused_bias(bias: AttentionBias | None, q: Tensor,
+               inference_scores: int | None = None) -> FusedBias | None:
     """The fused kernels' view of ``bias`` for queries ``q``, or ``None`` where they don't serve.
 
     They serve a float32 CPU problem whose bias has one ``rbf`` or ``exponential`` term on
     the Euclidean distance, when the runtime allows compiling and the extension builds.
+    ``inference_scores``: the size of an inference problem (``None`` in training), counted
+    towards :data:`INFERENCE_WARMUP` while the kernels are not built yet.
     """
+    compile_ = current_runtime().compile
     if (bias is None or len(bias.terms) != 1 or q.device.type != "cpu"
-            or q.dtype != torch.float32 or current_runtime().compile == "never"):
+            or q.dtype != torch.float32 or compile_ == "never"):
         return None
     term = bias.terms[0]
     spec = term.spec
     if spec.family not in ("rbf", "exponential") or spec.distance != "euclidean":
         return None
+    if inference_scores is not None and not _built() and compile_ != "always":
+        if _declined[0] < INFERENCE_WARMUP:
+            _declined[0] += inference_scores
+            return None
     if _extension() is None:
         return None
     a, b = term.a.detach(), term.b.detach()

@@ -153,8 +153,13 @@ def tiled_forward(
     if plan.single_key_tile:
         (_, mask_t), = plan.key_tiles
         for i in range(0, Lq, plan.tile_q):
-            scores, _ = _tile_scores(q, k, bias, coords_q, coords_k, plan, i, 0, mask_t)
-            p = torch.softmax(scores, dim=-1, out=scores)
+            if plan.fused is not None:  # inference: bias and softmax in one pass
+                p = fused_cpu.bias_softmax_(
+                    torch.matmul(q[:, :, i : i + plan.tile_q], k.transpose(-1, -2)),
+                    slice_coords(coords_q, i, i + plan.tile_q), coords_k, plan.fused)
+            else:
+                scores, _ = _tile_scores(q, k, bias, coords_q, coords_k, plan, i, 0, mask_t)
+                p = torch.softmax(scores, dim=-1, out=scores)
             torch.matmul(p, v, out=out[:, :, i : i + plan.tile_q])
         return _zero_empty(out, plan), None, None
     m_all, ell_all = q.new_empty(B, H, Lq), q.new_empty(B, H, Lq)
@@ -369,8 +374,11 @@ def _attend(
         plan = plan._replace(
             far=FarTiles(reaches, coords_q, coords_k, plan.tile_q, plan.tile_k)
         )
-    if plan.keep_tiles and plan.has_key is None and plan.key_tiles[0][1] is None:
-        plan = plan._replace(fused=fused_cpu.fused_bias(bias, q))
+    if ((plan.keep_tiles or not training) and plan.single_key_tile and plan.has_key is None
+            and plan.key_tiles[0][1] is None):  # kept tiles, or inference: one unmasked tile
+        B, H, Lq, _ = q.shape
+        plan = plan._replace(fused=fused_cpu.fused_bias(
+            bias, q, None if training else B * H * Lq * k.shape[2]))
     if not training:
         with torch.no_grad():
             out = tiled_forward(q, k, v, bias, coords_q, coords_k, scale, plan)[0]
