@@ -11,16 +11,18 @@ products faster, whatever it fuses.
 With ``--forward CTXxTEST`` the same breakdown for one inference forward (B = 1) of the
 paper's 2D-GP model on the batch ``benchmarks/forward.py`` times at that size.
 
-``--precision fp32,bf16`` times the training step at each precision (``TrainConfig.precision``,
-:mod:`bsatnp.precision`) alternately in this one process, the same weights and batch, and
-profiles each; the floor stays the float32 one (the sgemm rate), with the bf16 matrix-product
-rate measured beside it.
+``--variants fp32,bf16,fp32/eager`` times the step (or forward) of each variant alternately in
+this one process, the same weights and batch, and profiles each: a training precision
+(``TrainConfig.precision``, :mod:`bsatnp.precision`), and ``/eager`` for the attention runtime
+without compiled or fused kernels (``compile="never"``; :mod:`bsatnp.attention.fused_cpu`).
+The floor stays the float32 one (the sgemm rate), with the bf16 matrix-product rate measured
+beside it.
 
 Usage:
     python benchmarks/train_profile.py                 # 2 threads
     python benchmarks/train_profile.py --threads 1 --task sir
     python benchmarks/train_profile.py --forward 2048x4096
-    python benchmarks/train_profile.py --precision fp32,bf16 --trained-rates
+    python benchmarks/train_profile.py --variants fp32,fp32/eager,bf16 --weights gp2d
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from __future__ import annotations
 import argparse
 import statistics
 from collections import defaultdict
+from dataclasses import replace
 
 import torch
 from common import run_meta, timed, write_json
@@ -35,6 +38,7 @@ from forward import case_batch
 from torch.profiler import profile
 from torch.utils.flop_counter import FlopCounterMode
 
+from bsatnp.attention.runtime import AttentionRuntime, attention_runtime, current_runtime
 from bsatnp.experiment import load_experiment
 from bsatnp.io.checkpoint import load_checkpoint
 from bsatnp.loss import masked_nll
@@ -54,6 +58,7 @@ GROUPS = {
                                                       "aten::sum", "aten::pow", "aten::sqrt"),
     "optimizer (AdamW)": ("aten::_foreach", "Optimizer", "aten::lerp", "aten::addcmul",
                           "aten::addcdiv"),
+    "fused kernels (bias, softmax, dS)": ("bsatnp::fused",),
 }
 
 
@@ -102,9 +107,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed steps (median)")
     parser.add_argument("--forward", metavar="CTXxTEST",
                         help="profile a B = 1 inference forward of the 2D-GP model instead")
-    parser.add_argument("--precision", default="fp32",
-                        help="training precisions, comma-separated, timed alternately "
-                             f"({', '.join(TRAINING_PRECISIONS)})")
+    parser.add_argument("--variants", default="fp32",
+                        help="comma-separated, timed alternately: a training precision "
+                             f"({', '.join(TRAINING_PRECISIONS)}), '/eager' for no compiled "
+                             "or fused attention kernels (e.g. fp32,fp32/eager,bf16)")
     parser.add_argument("--weights", help="a checkpoint or shipped model whose weights to "
                                           "load (default: freshly initialised); a trained "
                                           "model's heads have rates of their own, which "
@@ -112,11 +118,17 @@ def main() -> None:
     parser.add_argument("--out", help="JSON (default: benchmarks/results/train_profile_<task>"
                                       ".json, or forward_profile_<CTXxTEST>.json)")
     args = parser.parse_args()
-    precisions = args.precision.split(",")
-    if unknown := sorted(set(precisions) - set(TRAINING_PRECISIONS)):
-        parser.error(f"--precision: unknown {unknown}; choose from {TRAINING_PRECISIONS}")
-    if args.forward and precisions != ["fp32"]:
-        parser.error("--precision is for training steps; a --forward profile runs in fp32")
+    variants = args.variants.split(",")
+    precision = {v: v.removesuffix("/eager") for v in variants}
+    if unknown := sorted(set(precision.values()) - set(TRAINING_PRECISIONS)):
+        parser.error(f"--variants: unknown precision {unknown}; choose from "
+                     f"{TRAINING_PRECISIONS}")
+    if args.forward and set(precision.values()) != {"fp32"}:
+        parser.error("a --forward profile runs in fp32 (variants fp32 and fp32/eager)")
+
+    def runtime(variant: str) -> AttentionRuntime:
+        return replace(current_runtime(), compile="never") if variant.endswith(
+            "/eager") else current_runtime()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     experiment = load_experiment(args.task)
@@ -128,31 +140,33 @@ def main() -> None:
         model.eval()
         batch = case_batch(args.forward)
 
-        def forward() -> None:
-            with torch.no_grad():
+        def forward(variant: str) -> None:
+            with torch.no_grad(), attention_runtime(runtime(variant)):
                 model(batch)
-        steps["fp32"] = forward
+        for variant in variants:
+            steps[variant] = lambda variant=variant: forward(variant)
     else:
         batch = experiment.task.with_batch_size(8).sample(torch.Generator().manual_seed(123))
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
         initial = {k: v.clone() for k, v in model.state_dict().items()}
 
-        def train_step(mode: str) -> None:
-            with training_precision(mode, "cpu"):
-                predictive = model(batch)
-            loss = masked_nll(predictive, batch.f_test, batch.test_mask())
-            optimizer.zero_grad()
-            loss.backward()
+        def train_step(variant: str) -> None:
+            with attention_runtime(runtime(variant)):
+                with training_precision(precision[variant], "cpu"):
+                    predictive = model(batch)
+                loss = masked_nll(predictive, batch.f_test, batch.test_mask())
+                optimizer.zero_grad()
+                loss.backward()
             optimizer.step()
             model.load_state_dict(initial)  # every step from the same weights
-        for mode in precisions:
-            steps[mode] = lambda mode=mode: train_step(mode)
+        for variant in variants:
+            steps[variant] = lambda variant=variant: train_step(variant)
 
     for step in steps.values():
         step()  # warm-up (compiles, caches)
     flops = {}
     for mode, step in steps.items():
-        counter = FlopCounterMode(display=False)
+        counter = FlopCounterMode(display=False)  # the fused kernels' work is no matmul
         with counter:
             step()
         flops[mode] = counter.get_total_flops() / 1e9
@@ -161,7 +175,8 @@ def main() -> None:
         for mode, step in steps.items():
             times[mode].append(timed(step))
     peak = sgemm_gflops()
-    peak_bf16 = sgemm_gflops(dtype=torch.bfloat16) if "bf16" in precisions else None
+    peak_bf16 = (sgemm_gflops(dtype=torch.bfloat16) if "bf16" in precision.values()
+                 else None)
     what = f"forward {args.forward}" if args.forward else args.task
     runs = {}
     for mode, step in steps.items():
@@ -175,13 +190,12 @@ def main() -> None:
         runs[mode] = {"step_s": seconds, "times": times[mode], "matmul_gflop": flops[mode],
                       "floor_s": floor, "profiled_s": sum(groups.values()), "groups": groups,
                       "top_ops": top}
-    if len(runs) > 1:
-        base = runs[precisions[0]]["step_s"]
-        for mode in precisions[1:]:
-            print(f"{mode}: {base / runs[mode]['step_s']:.2f}× the speed of {precisions[0]}")
+    for variant in variants[1:]:
+        print(f"{variants[0]}: {runs[variant]['step_s'] / runs[variants[0]]['step_s']:.2f}× "
+              f"the speed of {variant}")
     record = {**run_meta(args.threads), "task": args.task, "forward": args.forward,
               "weights": args.weights, "sgemm_gflops": peak, "bf16_gemm_gflops": peak_bf16,
-              **runs[precisions[0]], "precisions": runs}
+              **runs[variants[0]], "variants": runs}
     default = (f"forward_profile_{args.forward}" if args.forward
                else f"train_profile_{args.task}")
     out = write_json(args.out or f"benchmarks/results/{default}.json", record)

@@ -95,6 +95,7 @@ void bias_softmax(at::Tensor scores, at::Tensor cq, at::Tensor ckT, at::Tensor a
           for (int64_t j = 0; j < Lk; ++j) s[j] += a * exp_clamped(minus_rate * r[j]);
         }
         float m = s[0];
+#pragma omp simd reduction(max : m)
         for (int64_t j = 1; j < Lk; ++j) m = s[j] > m ? s[j] : m;
         float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
