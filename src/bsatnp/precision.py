@@ -27,7 +27,7 @@ inside its kernel. On the CPU every inference mode computes in float32.
   attention on the CPU (distances, bias, scores and softmax; :func:`full_precision`), and
   the likelihood head, so the loss and the predictive's parameters are float32. On a CPU
   with bf16 matrix units (AMX, :func:`cpu_has_bf16_matrix_units`) the 2D-GP step measured
-  1.07× the speed of float32 (``benchmarks/train_profile.py --precision fp32,bf16``): the
+  1.07× the speed of float32 (``benchmarks/train_profile.py --variants fp32/eager,bf16/eager``): the
   linear layers are a small share of it, the attention's score tiles the large one. Without
   such units bf16 is slower than float32 and a warning says so. Models trained this way
   are evaluated in float32.

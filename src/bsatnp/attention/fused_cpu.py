@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from types import ModuleType
 from typing import NamedTuple
@@ -121,13 +122,13 @@ def fused_bias(bias: AttentionBias | None, q: Tensor,
     return FusedBias(rate, amp, inverse, a, spec.family == "exponential", spec.role)
 
 
-def _coords(coords_q: dict[str, Tensor], coords_k: dict[str, Tensor],
+def _coords(coords_q: Mapping[str, Tensor], coords_k: Mapping[str, Tensor],
             fb: FusedBias) -> tuple[Tensor, Tensor]:
     return (coords_q[fb.role].float().contiguous(),
             coords_k[fb.role].float().transpose(1, 2).contiguous())
 
 
-def bias_softmax_(scores: Tensor, coords_q: dict[str, Tensor], coords_k: dict[str, Tensor],
+def bias_softmax_(scores: Tensor, coords_q: Mapping[str, Tensor], coords_k: Mapping[str, Tensor],
                   fb: FusedBias) -> Tensor:
     """``scores [B, H, Lq, Lk] ← softmax(scores + bias)`` over the keys, in place.
 
@@ -145,8 +146,8 @@ def bias_softmax_(scores: Tensor, coords_q: dict[str, Tensor], coords_k: dict[st
     return scores
 
 
-def bias_softmax_backward_(p: Tensor, dp: Tensor, delta: Tensor, coords_q: dict[str, Tensor],
-                           coords_k: dict[str, Tensor],
+def bias_softmax_backward_(p: Tensor, dp: Tensor, delta: Tensor, coords_q: Mapping[str, Tensor],
+                           coords_k: Mapping[str, Tensor],
                            fb: FusedBias) -> tuple[Tensor, Tensor, Tensor]:
     """``dp ← p·(dp − δ)`` in place, and the gradients of the bias's ``a`` and ``b``.
 

@@ -62,7 +62,7 @@ class _Plan(NamedTuple):
     has_key: Tensor | None  # [B] tasks with at least one valid key; None: all have
     keep_tiles: bool  # training forward keeps its tiles for the backward
     far: FarTiles | None = None  # tiles beyond the bias's reach (points in curve order)
-    fused: fused_cpu.FusedBias | None = None  # kept tiles through the fused CPU kernels
+    fused: fused_cpu.FusedBias | None = None  # one unmasked key tile: the fused kernels
 
     @property
     def single_key_tile(self) -> bool:
@@ -128,6 +128,15 @@ def _tile_scores(
     return _scores_(q_t, k_t, None if bias_t is None else bias_t.detach(), mask_t), bias_t
 
 
+def _fused_probabilities(q: Tensor, k: Tensor, coords_q: Mapping[str, Tensor],
+                         coords_k: Mapping[str, Tensor], plan: _Plan, i: int) -> Tensor:
+    """Probabilities of query tile ``i`` over the one key tile, through the fused kernel."""
+    assert plan.fused is not None
+    scores = torch.matmul(q[:, :, i : i + plan.tile_q], k.transpose(-1, -2))
+    return fused_cpu.bias_softmax_(scores, slice_coords(coords_q, i, i + plan.tile_q),
+                                   coords_k, plan.fused)
+
+
 def _zero_empty(x: Tensor, plan: _Plan) -> Tensor:
     """Zero rows of tasks without a valid key ``x [B, H, L, Dv]``."""
     if plan.has_key is None:
@@ -154,9 +163,7 @@ def tiled_forward(
         (_, mask_t), = plan.key_tiles
         for i in range(0, Lq, plan.tile_q):
             if plan.fused is not None:  # inference: bias and softmax in one pass
-                p = fused_cpu.bias_softmax_(
-                    torch.matmul(q[:, :, i : i + plan.tile_q], k.transpose(-1, -2)),
-                    slice_coords(coords_q, i, i + plan.tile_q), coords_k, plan.fused)
+                p = _fused_probabilities(q, k, coords_q, coords_k, plan, i)
             else:
                 scores, _ = _tile_scores(q, k, bias, coords_q, coords_k, plan, i, 0, mask_t)
                 p = torch.softmax(scores, dim=-1, out=scores)
@@ -202,9 +209,7 @@ def _forward_keeping_tiles(
     tiles: list[tuple[Tensor, Tensor | None]] = []
     for i in range(0, q.shape[2], plan.tile_q):
         if plan.fused is not None:  # bias and softmax in one pass (no mask, one bias term)
-            p = fused_cpu.bias_softmax_(
-                torch.matmul(q[:, :, i : i + plan.tile_q], k.transpose(-1, -2)),
-                slice_coords(coords_q, i, i + plan.tile_q), coords_k, plan.fused)
+            p = _fused_probabilities(q, k, coords_q, coords_k, plan, i)
             torch.matmul(p, v, out=out[:, :, i : i + plan.tile_q])
             tiles.append((p, None))
             continue
