@@ -3,7 +3,9 @@
 Every (case, backend) runs in its own subprocess so that peak RSS is that case's own.
 Forward: B=1, median of ``--repeats`` timed runs after a warm-up forward (at 512/1024, so
 the largest sizes do not pay for a full-size warm-up). Training step: forward + backward +
-AdamW at B=8, 512 context slots (128–511 valid), 1024 test points.
+AdamW at B=8, 512 context slots (128–511 valid), 1024 test points, at each
+``--train-precision`` (``fp32``, ``bf16``: :func:`bsatnp.precision.training_precision`, as
+the trainer runs it); a bf16 row is labelled ``BACKEND/bf16``.
 
 Side by side with the reference JAX package (``--reference-python`` = the python of a separate
 environment with ``dl4bi`` 0.1.3 and JAX, e.g. ``python -m venv refenv && refenv/bin/pip install
@@ -18,7 +20,8 @@ Usage:
     python benchmarks/forward.py                       # everything, table + JSON
     python benchmarks/forward.py --sizes 2048x4096 --backends tiled --no-train
     python benchmarks/forward.py --sizes "" --backends tiled,tiled-recompute   # train step only
-    python benchmarks/forward.py --reference-python /work/refenv/bin/python --threads 2
+    python benchmarks/forward.py --reference-python /work/refenv/bin/python --threads 2 \
+        --train-precision fp32,bf16
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ import bsatnp.attention.tiled as tiled
 from bsatnp import Batch
 from bsatnp.loss import masked_nll
 from bsatnp.models import BSATNP
+from bsatnp.precision import TRAINING_PRECISIONS, training_precision
 
 DEFAULT_SIZES = ("512x1024", "2048x4096", "8192x16384", "16384x65536")
 SIDE_BY_SIDE_SIZES = ("512x1024", "2048x4096")  # default cases with --reference-python
@@ -120,14 +124,16 @@ def pair_count(size: str) -> int:
     return n_ctx * n_ctx + n_test * n_ctx
 
 
-def run_train(backend: str, repeats: int) -> dict:
+def run_train(backend: str, repeats: int, precision: str = "fp32") -> dict:
     model = BSATNP(backend=backend)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4)
     times = []
     batch = case_batch("train")  # one batch: steps differ only by the weights
     for step in range(repeats + 1):  # the first step is the warm-up
         start = time.perf_counter()
-        loss = masked_nll(model(batch), batch.f_test, batch.test_mask())
+        with training_precision(precision, "cpu"):
+            output = model(batch)
+        loss = masked_nll(output, batch.f_test, batch.test_mask())
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5)
@@ -140,6 +146,13 @@ def run_train(backend: str, repeats: int) -> dict:
             "times": times, "peak_rss_mb": peak_rss_mb(), "warmup_s": warmup}
 
 
+def case_backends(case: str, backends: list[str], precisions: list[str]) -> list[str]:
+    """What a case runs: each backend; the training step at each precision (``BACKEND/bf16``)."""
+    if case != "train":
+        return backends
+    return [b if p == "fp32" else f"{b}/{p}" for b in backends for p in precisions]
+
+
 def dense_fits(size: str) -> bool:
     n_ctx, n_test = map(int, size.split("x"))
     return 4 * (n_ctx + n_test) * n_ctx * 4 * 6 <= DENSE_MAX_BYTES
@@ -148,12 +161,12 @@ def dense_fits(size: str) -> bool:
 def child(args: argparse.Namespace) -> None:
     cpus = limit_cpus(args.threads) if args.side_by_side else None
     torch.set_num_threads(args.threads)
-    backend = args.backend
+    backend, _, precision = args.backend.partition("/")
     if backend == RECOMPUTE:  # the tiled scan without kept tiles: backward recomputes
         tiled.KEEP_ELEMENTS = 0
         backend = "tiled"
     if args.case == "train":
-        result = run_train(backend, args.repeats)
+        result = run_train(backend, args.repeats, precision or "fp32")
     else:
         result = run_forward(args.case, backend, args.repeats, full_warmup=args.side_by_side)
     result["backend"] = args.backend
@@ -314,10 +327,11 @@ def side_by_side(args: argparse.Namespace, cases: list[str], backends: list[str]
     with tempfile.TemporaryDirectory() as folder:
         for case in cases:
             inputs = write_inputs(case, folder)
-            ours_rounds: dict[str, list[dict]] = {b: [] for b in backends}
+            variants = case_backends(case, backends, args.train_precision)
+            ours_rounds: dict[str, list[dict]] = {b: [] for b in variants}
             ref_rounds: list[dict] = []
             for n in range(args.rounds):
-                for backend in backends:
+                for backend in variants:
                     if backend == "dense" and case != "train" and not dense_fits(case):
                         ours_rounds[backend].append(
                             {"case": case, "backend": backend,
@@ -334,7 +348,7 @@ def side_by_side(args: argparse.Namespace, cases: list[str], backends: list[str]
                       flush=True)
             ref = merge_rounds(ref_rounds)
             reference_results.append(ref)
-            for backend in backends:
+            for backend in variants:
                 ours = (ours_rounds[backend][-1] if "skipped" in ours_rounds[backend][-1]
                         else merge_rounds(ours_rounds[backend]))
                 results.append(ours)
@@ -361,6 +375,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-train", action="store_true", help="skip the training step")
+    parser.add_argument("--train-precision", default="fp32",
+                        help="comma-separated training precisions of the training step: "
+                        f"{', '.join(TRAINING_PRECISIONS)} (default fp32)")
     parser.add_argument("--out", default="benchmarks/results/forward.json")
     parser.add_argument("--reference-python", metavar="PATH",
                         help="python of an environment with dl4bi 0.1.3 + JAX: run the "
@@ -381,6 +398,10 @@ def main() -> None:
     if args.backends is None:
         args.backends = "auto" if reference else "tiled,dense,auto"
     cases = [s for s in args.sizes.split(",") if s]
+    args.train_precision = args.train_precision.split(",")
+    for precision in args.train_precision:
+        if precision not in TRAINING_PRECISIONS:
+            parser.error(f"--train-precision: {precision!r} is not one of {TRAINING_PRECISIONS}")
     if not args.no_train:
         cases.append("train")
     if reference:
@@ -406,7 +427,7 @@ def main() -> None:
         return
     results = []
     for case in cases:
-        for backend in args.backends.split(","):
+        for backend in case_backends(case, args.backends.split(","), args.train_precision):
             if backend == "dense" and case != "train" and not dense_fits(case):
                 results.append({"case": case, "backend": backend,
                                  "skipped": "skipped: dense scores would exceed 8 GB"})

@@ -77,3 +77,31 @@ def test_side_by_side_rounds_and_ratios(tmp_path):
     assert row["reference_s"] == 0.5
     assert row["ratio"] == pytest.approx(0.5 / ours["seconds"])
     assert row["reference_compile_s"] == 1.0 and row["ours_warmup_s"] > 0
+
+
+def load_forward_module():
+    sys.path.insert(0, str(FORWARD.parent))
+    try:
+        spec = importlib.util.spec_from_file_location("forward_benchmark", FORWARD)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(FORWARD.parent))
+    return module
+
+
+def test_training_precisions_multiply_the_training_step_only():
+    forward = load_forward_module()
+    assert forward.case_backends("512x1024", ["auto", "tiled"], ["fp32", "bf16"]) == [
+        "auto", "tiled"]
+    assert forward.case_backends("train", ["auto", "tiled"], ["fp32", "bf16"]) == [
+        "auto", "auto/bf16", "tiled", "tiled/bf16"]
+    assert forward.case_backends("train", ["auto"], ["bf16"]) == ["auto/bf16"]
+
+
+def test_unknown_training_precision_is_a_clear_error(tmp_path):
+    out = tmp_path / "forward.json"
+    proc = run_forward("--train-precision", "fp32,fp16", "--out", str(out))
+    assert proc.returncode == 2
+    assert "'fp16' is not one of" in proc.stderr
+    assert not out.exists()
