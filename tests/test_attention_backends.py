@@ -526,22 +526,28 @@ def test_a_failing_build_of_the_fused_kernels_falls_back_with_a_warning(monkeypa
 
 
 @pytest.mark.parametrize("family", ["rbf", "exponential"])
-def test_fused_cpu_inference_matches_reference(family, monkeypatch):
+@pytest.mark.parametrize("shape", [(1, 3, 43, 33, 8), (2, 4, 37, 70, 32), (1, 2, 9, 64, 48)])
+def test_fused_cpu_inference_matches_reference(family, shape, monkeypatch):
+    """Inference over one unmasked key tile is one fused kernel (q·kᵀ, bias, softmax, P·v):
+    against float64 over blocks of query rows and their remainder, key counts with and
+    without a tail past the 32-key vectors, value widths below, at and past 32."""
     calls = []
-    forward = fused_cpu.bias_softmax_
-    monkeypatch.setattr(fused_cpu, "bias_softmax_",
-                        lambda *args: calls.append(1) or forward(*args))
-    q, k, v, bias, cq, ck, mask = make_problem(1, 3, 40, 33, 8, (family,), seed=4,
+    attention = fused_cpu.attention
+    monkeypatch.setattr(fused_cpu, "attention",
+                        lambda *args: calls.append(1) or attention(*args))
+    B, H, Lq, Lk, D = shape
+    q, k, v, bias, cq, ck, mask = make_problem(B, H, Lq, Lk, D, (family,), seed=4,
                                                mask_kind="all_valid")
     ref_out, _ = reference(q, k, v, bias, cq, ck, mask)
     with attention_runtime(compile="always"), torch.no_grad():
         out = biased_attention(q, k, v, bias, cq, ck, None, backend="tiled", tile_q=16)
-    assert calls
+    assert calls == [1]
     assert_close_rel(out, ref_out, 1e-5, "fused inference output")
 
 
 def test_fused_inference_waits_for_its_warmup_before_building(monkeypatch):
     monkeypatch.setattr(fused_cpu, "_built", lambda: False)
+    monkeypatch.setattr(fused_cpu, "_built_on_disk", lambda: False)
     monkeypatch.setattr(fused_cpu, "INFERENCE_WARMUP", 100)
     monkeypatch.setattr(fused_cpu, "_declined", [0])
     q = torch.randn(1, 2, 4, 8)
@@ -554,3 +560,19 @@ def test_fused_inference_waits_for_its_warmup_before_building(monkeypatch):
     monkeypatch.setattr(fused_cpu, "_declined", [0])
     with attention_runtime(compile="always"):
         assert fused_cpu.fused_bias(rbf, q, inference_scores=1) is not None
+
+
+def test_fused_inference_skips_the_warmup_when_the_build_is_on_disk(monkeypatch, tmp_path):
+    monkeypatch.setattr(fused_cpu, "_built", lambda: False)
+    monkeypatch.setattr(fused_cpu, "INFERENCE_WARMUP", 100)
+    monkeypatch.setattr(fused_cpu, "_declined", [0])
+    q = torch.randn(1, 2, 4, 8)
+    rbf = AttentionBias((BiasSpec("s"),), 2)
+    on_disk = fused_cpu._built_on_disk.__wrapped__  # uncached
+    assert fused_cpu._extension() is not None  # built, so in torch's extension cache
+    assert on_disk()
+    with attention_runtime(compile="auto"):
+        monkeypatch.setattr(fused_cpu, "_built_on_disk", lambda: True)
+        assert fused_cpu.fused_bias(rbf, q, inference_scores=1) is not None
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))  # an empty cache
+    assert not on_disk()

@@ -1,4 +1,4 @@
-"""Fused CPU kernels for the training forward and backward of one key tile (C++, built once).
+"""Fused CPU kernels of biased attention over one key tile (C++, built once).
 
 Between its matrix products a training step of biased attention makes many passes over each
 ``[B, H, Lq, Lk]`` score tile: the distances, the exponential basis (and the basis kept for
@@ -11,12 +11,18 @@ L1 cache, and leave the matrix products to BLAS:
 * :func:`bias_softmax_backward_`: ``dP ← P·(dP − δ)`` in place, and the gradients of the
   bias's amplitudes and rates.
 
+Inference needs no probabilities afterwards, so there one kernel does the whole attention:
+:func:`attention` computes ``softmax(q·kᵀ + bias)·v`` for a block of query rows at a time,
+``q·kᵀ`` and ``P·v`` included, with the block's scores in L1/L2 and each head's keys and
+values in L2 (BLAS would write each score tile to memory and read it back twice).
+
 They serve a bias of one ``rbf`` or ``exponential`` term on the Euclidean distance (the 2D-GP
 models and their kin); :func:`fused_bias` says whether one does. The extension is compiled with
 the machine's C++ compiler on first use (``torch.utils.cpp_extension``; about a minute, then
 cached on disk) and only where the attention runtime allows compiling (``compile="never"``
-keeps the eager kernels). Training builds it at once; inference only once this process has
-computed :data:`INFERENCE_WARMUP` scores eagerly (or under ``compile="always"``), so one small
+keeps the eager kernels). Training builds it at once; inference uses a build already on
+disk at once, and otherwise builds only once this process has computed
+:data:`INFERENCE_WARMUP` scores eagerly (or under ``compile="always"``), so one small
 prediction never waits for a build. Where building fails (no compiler, no ``ninja``) one
 warning is given and the eager kernels serve: the results agree to float32 round-off either
 way.
@@ -40,6 +46,7 @@ from bsatnp.attention.exp_basis import rate_groups
 from bsatnp.attention.runtime import current_runtime
 
 SOURCE = Path(__file__).with_name("fused_cpu.cpp")
+NAME = "bsatnp_fused_cpu"
 INFERENCE_WARMUP = 10**10
 """Scores inference computes eagerly in a process before it builds the kernels (as
 :data:`~bsatnp.attention.compiled.EXP_FAMILY_WARMUP`)."""
@@ -70,8 +77,8 @@ def _extension() -> ModuleType | None:
         from torch.utils.cpp_extension import load_inline
 
         return load_inline(
-            name="bsatnp_fused_cpu", cpp_sources=[SOURCE.read_text()],
-            functions=["bias_softmax", "bias_softmax_backward"],
+            name=NAME, cpp_sources=[SOURCE.read_text()],
+            functions=["bias_softmax", "bias_softmax_backward", "biased_attention"],
             extra_cflags=["-O3", "-march=native", "-mprefer-vector-width=512", "-fopenmp",
                           "-fno-math-errno", "-fno-trapping-math"],
             extra_ldflags=["-fopenmp"], verbose=False)
@@ -87,6 +94,23 @@ def _built() -> bool:
     return _extension.cache_info().currsize > 0
 
 
+@functools.cache
+def _built_on_disk() -> bool:
+    """Whether this source's build is in torch's extension cache already.
+
+    Loading it then takes about a second. ``False`` wherever that cannot be told.
+    """
+    try:
+        from torch.utils.cpp_extension import _get_build_directory
+
+        folder = Path(_get_build_directory(NAME, verbose=False))
+        main, library = folder / "main.cpp", folder / f"{NAME}.so"
+        return (SOURCE.read_text() in main.read_text()
+                and library.stat().st_mtime >= main.stat().st_mtime)
+    except Exception:  # noqa: BLE001 - a private helper of torch: any failure means "no"
+        return False
+
+
 def fused_bias(bias: AttentionBias | None, q: Tensor,
                inference_scores: int | None = None) -> FusedBias | None:
     """The fused kernels' view of ``bias`` for queries ``q``, or ``None`` where they don't serve.
@@ -94,7 +118,7 @@ def fused_bias(bias: AttentionBias | None, q: Tensor,
     They serve a float32 CPU problem whose bias has one ``rbf`` or ``exponential`` term on
     the Euclidean distance, when the runtime allows compiling and the extension builds.
     ``inference_scores``: the size of an inference problem (``None`` in training), counted
-    towards :data:`INFERENCE_WARMUP` while the kernels are not built yet.
+    towards :data:`INFERENCE_WARMUP` while the kernels are neither built nor on disk.
     """
     compile_ = current_runtime().compile
     if (bias is None or len(bias.terms) != 1 or q.device.type != "cpu"
@@ -104,7 +128,8 @@ def fused_bias(bias: AttentionBias | None, q: Tensor,
     spec = term.spec
     if spec.family not in ("rbf", "exponential") or spec.distance != "euclidean":
         return None
-    if inference_scores is not None and not _built() and compile_ != "always":
+    if (inference_scores is not None and not _built() and compile_ != "always"
+            and not _built_on_disk()):
         if _declined[0] < INFERENCE_WARMUP:
             _declined[0] += inference_scores
             return None
@@ -144,6 +169,31 @@ def bias_softmax_(scores: Tensor, coords_q: Mapping[str, Tensor], coords_k: Mapp
     with record_function("bsatnp::fused_bias_softmax"):
         extension.bias_softmax(scores, cq, ck_t, fb.amp, fb.rate, fb.root)
     return scores
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, coords_q: Mapping[str, Tensor],
+              coords_k: Mapping[str, Tensor], fb: FusedBias) -> Tensor:
+    """``softmax(q·kᵀ + bias)·v`` over every key, in one pass (inference; no mask).
+
+    Args:
+        q: Scaled queries ``[B, H, Lq, D]`` (float32).
+        k: Keys ``[B, H, Lk, D]``.
+        v: Values ``[B, H, Lk, Dv]``.
+        coords_q: Per-role query coordinates ``{role: [B, Lq, C]}``.
+        coords_k: Per-role key coordinates ``{role: [B, Lk, C]}``.
+        fb: The bias (:func:`fused_bias`).
+
+    Returns:
+        ``[B, H, Lq, Dv]``.
+    """
+    extension = _extension()
+    assert extension is not None
+    cq, ck_t = _coords(coords_q, coords_k, fb)
+    out = q.new_empty(*q.shape[:3], v.shape[-1])
+    with record_function("bsatnp::fused_biased_attention"):
+        extension.biased_attention(out, q.contiguous(), k.transpose(-1, -2).contiguous(),
+                                   v.contiguous(), cq, ck_t, fb.amp, fb.rate, fb.root)
+    return out
 
 
 def bias_softmax_backward_(p: Tensor, dp: Tensor, delta: Tensor, coords_q: Mapping[str, Tensor],

@@ -130,7 +130,10 @@ def _tile_scores(
 
 def _fused_probabilities(q: Tensor, k: Tensor, coords_q: Mapping[str, Tensor],
                          coords_k: Mapping[str, Tensor], plan: _Plan, i: int) -> Tensor:
-    """Probabilities of query tile ``i`` over the one key tile, through the fused kernel."""
+    """Probabilities of query tile ``i`` over the one key tile, through the fused kernel.
+
+    The training forward's path: it keeps them for the backward.
+    """
     assert plan.fused is not None
     scores = torch.matmul(q[:, :, i : i + plan.tile_q], k.transpose(-1, -2))
     return fused_cpu.bias_softmax_(scores, slice_coords(coords_q, i, i + plan.tile_q),
@@ -158,15 +161,14 @@ def tiled_forward(
     """
     B, H, Lq, _ = q.shape
     q = q * scale
+    if plan.fused is not None:  # inference over one unmasked key tile: one fused pass
+        return fused_cpu.attention(q, k, v, coords_q, coords_k, plan.fused), None, None
     out = q.new_empty(B, H, Lq, v.shape[-1])
     if plan.single_key_tile:
         (_, mask_t), = plan.key_tiles
         for i in range(0, Lq, plan.tile_q):
-            if plan.fused is not None:  # inference: bias and softmax in one pass
-                p = _fused_probabilities(q, k, coords_q, coords_k, plan, i)
-            else:
-                scores, _ = _tile_scores(q, k, bias, coords_q, coords_k, plan, i, 0, mask_t)
-                p = torch.softmax(scores, dim=-1, out=scores)
+            scores, _ = _tile_scores(q, k, bias, coords_q, coords_k, plan, i, 0, mask_t)
+            p = torch.softmax(scores, dim=-1, out=scores)
             torch.matmul(p, v, out=out[:, :, i : i + plan.tile_q])
         return _zero_empty(out, plan), None, None
     m_all, ell_all = q.new_empty(B, H, Lq), q.new_empty(B, H, Lq)
