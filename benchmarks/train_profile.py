@@ -3,8 +3,9 @@
 One training step of the paper's 2D-GP BSA-TNP (B=8, 512 context slots with 128–511 valid,
 1,024 test points; forward + backward + AdamW) under ``torch.profiler``: self CPU time by
 operator, grouped into matrix products, the bias (exponentials and the compiled profiles),
-softmax, other elementwise work and the rest. The floor is the step's matrix-product FLOPs
-(``torch.utils.flop_counter``) at the sgemm throughput this machine measures in the same run
+softmax, the fused attention kernels, other elementwise work and the rest. The floor is the
+step's matrix-product FLOPs (``torch.utils.flop_counter``, plus those the fused C++ kernels
+do, counted from their shapes) at the sgemm throughput this machine measures in the same run
 (a 2048³ ``torch.mm``, same thread count): no implementation can do the step's matrix
 products faster, whatever it fuses.
 
@@ -28,8 +29,10 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import replace
 
 import torch
@@ -38,6 +41,7 @@ from forward import case_batch
 from torch.profiler import profile
 from torch.utils.flop_counter import FlopCounterMode
 
+from bsatnp.attention import fused_cpu
 from bsatnp.attention.runtime import AttentionRuntime, attention_runtime, current_runtime
 from bsatnp.experiment import load_experiment
 from bsatnp.io.checkpoint import load_checkpoint
@@ -58,7 +62,7 @@ GROUPS = {
                                                       "aten::sum", "aten::pow", "aten::sqrt"),
     "optimizer (AdamW)": ("aten::_foreach", "Optimizer", "aten::lerp", "aten::addcmul",
                           "aten::addcdiv"),
-    "fused kernels (bias, softmax, dS)": ("bsatnp::fused",),
+    "fused attention kernels (products, bias, softmax)": ("bsatnp::fused",),
 }
 
 
@@ -78,6 +82,39 @@ def sgemm_gflops(n: int = 2048, repeats: int = 3, dtype: torch.dtype = torch.flo
     torch.mm(a, b)
     best = min(timed(lambda: torch.mm(a, b)) for _ in range(repeats))
     return 2 * n**3 / best / 1e9
+
+
+def baddbmm_in_place(self_shape, a_shape, b_shape, out_shape=None, **kwargs) -> int:
+    """FLOPs of ``self.baddbmm_(a, b)``: those of the product ``a @ b``."""
+    batch, m, k = a_shape
+    return 2 * batch * m * b_shape[-1] * k
+
+
+@contextlib.contextmanager
+def fused_kernel_flops() -> Iterator[list[float]]:
+    """Count the matrix-product FLOPs done inside the fused C++ kernels, which the flop
+    counter cannot see: per score ``2(D + Dv)`` in a forward (``q·kᵀ``, ``P·v``) and twice
+    that more in the training backward (``dP``, ``dq``, ``dk``, ``dv``), over valid keys.
+    """
+    total = [0.0]
+    training, inference = fused_cpu.training_attention, fused_cpu.attention
+
+    def counted_training(q, k, v, *args):
+        lengths = args[4]
+        B, H, Lq, D = q.shape
+        total[0] += 6 * H * Lq * int(lengths.sum()) * (D + v.shape[-1])
+        return training(q, k, v, *args)
+
+    def counted_inference(q, k, v, *args):
+        B, H, Lq, D = q.shape
+        total[0] += 2 * B * H * Lq * k.shape[2] * (D + v.shape[-1])
+        return inference(q, k, v, *args)
+
+    fused_cpu.training_attention, fused_cpu.attention = counted_training, counted_inference
+    try:
+        yield total
+    finally:
+        fused_cpu.training_attention, fused_cpu.attention = training, inference
 
 
 def profile_groups(step) -> tuple[dict[str, float], list[dict[str, object]]]:
@@ -166,10 +203,12 @@ def main() -> None:
         step()  # warm-up (compiles, caches)
     flops = {}
     for mode, step in steps.items():
-        counter = FlopCounterMode(display=False)  # the fused kernels' work is no matmul
-        with counter:
+        # baddbmm_ (q·kᵀ added into the bias tile in place) is missing from the counter's table
+        counter = FlopCounterMode(display=False,
+                                  custom_mapping={torch.ops.aten.baddbmm_: baddbmm_in_place})
+        with counter, fused_kernel_flops() as fused:
             step()
-        flops[mode] = counter.get_total_flops() / 1e9
+        flops[mode] = (counter.get_total_flops() + fused[0]) / 1e9
     times: dict[str, list[float]] = {mode: [] for mode in steps}
     for _ in range(args.repeats):  # alternately, so drifts in the machine hit all alike
         for mode, step in steps.items():

@@ -470,18 +470,33 @@ def test_tiled_backward_memory_is_bounded_by_tiles():
 # ------------------------------------------------------------------ fused CPU kernels
 @pytest.mark.parametrize("family", ["rbf", "exponential"])
 @pytest.mark.parametrize("mask_kind", ["random", "all_valid"])
-def test_fused_cpu_kernels_match_reference(family, mask_kind, monkeypatch):
-    """The training path of one key tile through the fused kernels (bias + softmax, and dS
-    with the bias's gradients): values and every gradient against float64, per task (keys
-    masked) and batched (none masked), with several query tiles."""
+@pytest.mark.parametrize("shape", [(3, 2, 37, 29, 8), (2, 3, 19, 70, 32), (2, 2, 9, 40, 48)])
+def test_fused_cpu_kernels_match_reference(family, mask_kind, shape, monkeypatch):
+    """Training through the fused kernels (forward with kept probabilities; backward with
+    dS, dq, dk, dv and the bias's gradients): values and every gradient against float64,
+    tasks with random key masks (valid keys gathered to the front) and none masked, over
+    blocks of query rows and their remainder, key counts past the 32-key vectors and
+    widths below, at and past 32."""
     calls = []
-    forward = fused_cpu.bias_softmax_
-    monkeypatch.setattr(fused_cpu, "bias_softmax_",
-                        lambda *args: calls.append(1) or forward(*args))
-    problem = make_problem(3, 2, 37, 29, 8, (family,), seed=5, mask_kind=mask_kind)
+    attention = fused_cpu.training_attention
+    monkeypatch.setattr(fused_cpu, "training_attention",
+                        lambda *args: calls.append(1) or attention(*args))
+    problem = make_problem(*shape, (family,), seed=5, mask_kind=mask_kind)
     with attention_runtime(compile="always"):
-        check_backend("tiled", problem, tile_q=16)
+        check_backend("tiled", problem)
     assert calls, "the fused kernels did not run"
+
+
+def test_fused_training_gives_a_task_without_keys_zeros():
+    q, k, v, bias, cq, ck, mask = make_problem(3, 2, 11, 13, 8, ("rbf",), seed=6,
+                                               mask_kind="none_valid_in_first")
+    q.requires_grad_()
+    with attention_runtime(compile="always"):
+        out = biased_attention(q, k, v, bias, cq, ck, mask, backend="tiled")
+    out.sum().backward()
+    assert out[0].abs().max() == 0 and q.grad[0].abs().max() == 0
+    ref_out, _ = reference(q.detach(), k, v, bias, cq, ck, mask)
+    assert_close_rel(out[1:].detach(), ref_out[1:], 1e-5, "tasks with keys")
 
 
 def test_fused_kernels_share_rates_per_head_and_map_gradients_back():

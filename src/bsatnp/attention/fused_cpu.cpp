@@ -1,15 +1,15 @@
 // Fused CPU kernels of biased attention (bsatnp.attention.fused_cpu).
 //
-// In training the matrix products stay with BLAS; these fuse what lies between them, one
-// query row at a time, so each row's scores stay in L1:
-//   forward:  P = softmax(S + bias), bias[j] = sum_u amp[u] * exp(-rate[u] * r(q_i, k_j)),
-//             r = |q_i - k_j|^2 (rbf) or |q_i - k_j| (exponential), in place over S;
-//   backward: dS = P * (dP - delta_i), in place over dP, and per row the sums
-//             sum_j dS_ij * e_u(r_ij) and sum_j dS_ij * r_ij * e_u(r_ij) that give the bias
-//             parameters' gradients.
-// In inference one kernel does the whole attention, a block of query rows at a time:
-// q k^T, the bias, the softmax and P v, with the block's scores in L1/L2 and the head's
-// keys and values in L2 (biased_attention).
+// A block of query rows at a time, the whole attention in one pass: q k^T, the bias
+// bias[j] = sum_u amp[u] * exp(-rate[u] * r(q_i, k_j)) with r = |q_i - k_j|^2 (rbf) or
+// |q_i - k_j| (exponential), the softmax and P v; the block's scores stay in L1/L2 and the
+// head's keys and values in L2, each key or value row loaded once per block of rows.
+//   biased_attention:          inference over every key (no mask);
+//   attention_train_forward:   training, each task over its first lengths[b] keys, the
+//                              probabilities kept for the backward;
+//   attention_train_backward:  dS = P (dO v^T - delta), dq = dS k, dk = dS^T q, dv = P^T dO,
+//                              and per row the sums sum_j dS e_u(r) and sum_j dS r e_u(r)
+//                              that give the bias parameters' gradients.
 // exp is a Cephes-style polynomial on clamped arguments: vectorisable, no subnormal results.
 
 #include <torch/extension.h>
@@ -40,22 +40,22 @@ inline float exp_clamped(float x) {
   return p * scale;
 }
 
-// Distances of query row i of task b to every key: r[j] for j < Lk.
-inline void row_distances(float* r, const float* cq, const float* ckT, int64_t C, int64_t Lk,
-                          bool root) {
-  for (int64_t j = 0; j < Lk; ++j) r[j] = 0.0f;
+// Distances of one query (coordinates cq[C]) to the first n keys (ckT [C, ld]): r[j], j < n.
+inline void row_distances(float* r, const float* cq, const float* ckT, int64_t C, int64_t ld,
+                          int64_t n, bool root) {
+  for (int64_t j = 0; j < n; ++j) r[j] = 0.0f;
   for (int64_t c = 0; c < C; ++c) {
     const float qc = cq[c];
-    const float* kc = ckT + c * Lk;
+    const float* kc = ckT + c * ld;
 #pragma omp simd
-    for (int64_t j = 0; j < Lk; ++j) {
+    for (int64_t j = 0; j < n; ++j) {
       const float d = qc - kc[j];
       r[j] += d * d;
     }
   }
   if (root) {
 #pragma omp simd
-    for (int64_t j = 0; j < Lk; ++j) r[j] = std::sqrt(r[j]);
+    for (int64_t j = 0; j < n; ++j) r[j] = std::sqrt(r[j]);
   }
 }
 
@@ -64,108 +64,6 @@ void check(const at::Tensor& t, int64_t dim, const char* name) {
                   t.dim() == dim,
               name, " must be a contiguous float32 CPU tensor with ", dim, " dimensions");
 }
-
-}  // namespace
-
-// scores [B, H, Lq, Lk] in place: softmax(scores + bias) over the keys.
-// cq [B, Lq, C], ckT [B, C, Lk], amp and rate [H, U].
-void bias_softmax(at::Tensor scores, at::Tensor cq, at::Tensor ckT, at::Tensor amp,
-                  at::Tensor rate, bool root) {
-  check(scores, 4, "scores");
-  check(cq, 3, "cq");
-  check(ckT, 3, "ckT");
-  check(amp, 2, "amp");
-  check(rate, 2, "rate");
-  const int64_t B = scores.size(0), H = scores.size(1), Lq = scores.size(2),
-                Lk = scores.size(3), C = cq.size(2), U = amp.size(1);
-  float* S = scores.data_ptr<float>();
-  const float* Q = cq.data_ptr<float>();
-  const float* K = ckT.data_ptr<float>();
-  const float* A = amp.data_ptr<float>();
-  const float* R = rate.data_ptr<float>();
-  // Rows ordered (b, i, h): the heads of one query share its distances.
-  at::parallel_for(0, B * Lq, 8, [&](int64_t begin, int64_t end) {
-    std::vector<float> r(Lk);
-    for (int64_t bi = begin; bi < end; ++bi) {
-      const int64_t b = bi / Lq, i = bi % Lq;
-      row_distances(r.data(), Q + (b * Lq + i) * C, K + b * C * Lk, C, Lk, root);
-      for (int64_t h = 0; h < H; ++h) {
-        float* s = S + ((b * H + h) * Lq + i) * Lk;
-        for (int64_t u = 0; u < U; ++u) {
-          const float a = A[h * U + u], minus_rate = -R[h * U + u];
-          if (a == 0.0f) continue;
-#pragma omp simd
-          for (int64_t j = 0; j < Lk; ++j) s[j] += a * exp_clamped(minus_rate * r[j]);
-        }
-        float m = s[0];
-#pragma omp simd reduction(max : m)
-        for (int64_t j = 1; j < Lk; ++j) m = s[j] > m ? s[j] : m;
-        float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-        for (int64_t j = 0; j < Lk; ++j) {
-          const float e = exp_clamped(s[j] - m);
-          s[j] = e;
-          sum += e;
-        }
-        const float inv = 1.0f / sum;
-#pragma omp simd
-        for (int64_t j = 0; j < Lk; ++j) s[j] *= inv;
-      }
-    }
-  });
-}
-
-// dp [B, H, Lq, Lk] in place: dS = p * (dp - delta). Returns per row (b, h, i) and rate u the
-// sums of dS * e_u and dS * r * e_u, [B, H, Lq, U, 2].
-at::Tensor bias_softmax_backward(at::Tensor p, at::Tensor dp, at::Tensor delta, at::Tensor cq,
-                                 at::Tensor ckT, at::Tensor rate, bool root) {
-  check(p, 4, "p");
-  check(dp, 4, "dp");
-  check(delta, 3, "delta");
-  check(cq, 3, "cq");
-  check(ckT, 3, "ckT");
-  check(rate, 2, "rate");
-  const int64_t B = p.size(0), H = p.size(1), Lq = p.size(2), Lk = p.size(3), C = cq.size(2),
-                U = rate.size(1);
-  at::Tensor sums = at::zeros({B, H, Lq, U, 2}, p.options());
-  const float* P = p.data_ptr<float>();
-  float* D = dp.data_ptr<float>();
-  const float* Dl = delta.data_ptr<float>();
-  const float* Q = cq.data_ptr<float>();
-  const float* K = ckT.data_ptr<float>();
-  const float* R = rate.data_ptr<float>();
-  float* Out = sums.data_ptr<float>();
-  at::parallel_for(0, B * Lq, 8, [&](int64_t begin, int64_t end) {
-    std::vector<float> r(Lk);
-    for (int64_t bi = begin; bi < end; ++bi) {
-      const int64_t b = bi / Lq, i = bi % Lq;
-      row_distances(r.data(), Q + (b * Lq + i) * C, K + b * C * Lk, C, Lk, root);
-      for (int64_t h = 0; h < H; ++h) {
-        const int64_t row = (b * H + h) * Lq + i;
-        const float* pr = P + row * Lk;
-        float* ds = D + row * Lk;
-        const float dl = Dl[row];
-#pragma omp simd
-        for (int64_t j = 0; j < Lk; ++j) ds[j] = pr[j] * (ds[j] - dl);
-        for (int64_t u = 0; u < U; ++u) {
-          const float minus_rate = -R[h * U + u];
-          float s1 = 0.0f, s2 = 0.0f;
-#pragma omp simd reduction(+ : s1, s2)
-          for (int64_t j = 0; j < Lk; ++j) {
-            const float t = ds[j] * exp_clamped(minus_rate * r[j]);
-            s1 += t;
-            s2 += t * r[j];
-          }
-          Out[(row * U + u) * 2] = s1;
-          Out[(row * U + u) * 2 + 1] = s2;
-        }
-      }
-    }
-  });
-  return sums;
-}
-
-namespace {
 
 // 16 floats: one AVX-512 register (two AVX2 registers where the machine has no AVX-512).
 typedef float vf16 __attribute__((vector_size(64)));
@@ -178,81 +76,112 @@ inline vf16 load16(const float* p) {
 
 inline void store16(float* p, const vf16& v) { std::memcpy(p, &v, sizeof v); }
 
-// s[r * ld + j] = sum_d q[r * D + d] * kT[d * Lk + j] for R rows and every key j.
+// s[r * lds + j] = sum_d a[r * lda + d] * bT[d * ldb + j] for R rows and j < n.
 template <int R>
-void block_scores(float* s, int64_t ld, const float* q, const float* kT, int64_t D,
-                  int64_t Lk) {
+void block_scores(float* s, int64_t lds, const float* a, int64_t lda, const float* bT,
+                  int64_t ldb, int64_t K, int64_t n) {
   int64_t j0 = 0;
-  for (; j0 + 32 <= Lk; j0 += 32) {
+  for (; j0 + 32 <= n; j0 += 32) {
     vf16 acc[R][2];
     for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = vf16{};
-    for (int64_t d = 0; d < D; ++d) {
-      const vf16 k0 = load16(kT + d * Lk + j0), k1 = load16(kT + d * Lk + j0 + 16);
+    for (int64_t d = 0; d < K; ++d) {
+      const vf16 b0 = load16(bT + d * ldb + j0), b1 = load16(bT + d * ldb + j0 + 16);
       for (int r = 0; r < R; ++r) {
-        const float qv = q[r * D + d];
-        acc[r][0] += qv * k0;
-        acc[r][1] += qv * k1;
+        const float av = a[r * lda + d];
+        acc[r][0] += av * b0;
+        acc[r][1] += av * b1;
       }
     }
     for (int r = 0; r < R; ++r) {
-      store16(s + r * ld + j0, acc[r][0]);
-      store16(s + r * ld + j0 + 16, acc[r][1]);
+      store16(s + r * lds + j0, acc[r][0]);
+      store16(s + r * lds + j0 + 16, acc[r][1]);
     }
   }
-  for (; j0 < Lk; ++j0) {
+  for (; j0 < n; ++j0) {
     for (int r = 0; r < R; ++r) {
       float acc = 0.0f;
-      for (int64_t d = 0; d < D; ++d) acc += q[r * D + d] * kT[d * Lk + j0];
-      s[r * ld + j0] = acc;
+      for (int64_t d = 0; d < K; ++d) acc += a[r * lda + d] * bT[d * ldb + j0];
+      s[r * lds + j0] = acc;
     }
   }
 }
 
-// o[r * Dv + c] = scale[r] * sum_j p[r * ld + j] * v[j * Dv + c] for R rows.
+// o[r * ldo + c] = scale[r] * sum_{j < n} p[r * ldp + j] * w[j * ldw + c] for R rows, c < W.
 template <int R>
-void block_values(float* o, const float* p, int64_t ld, const float* v, int64_t Lk, int64_t Dv,
-                  const float* scale) {
+void block_values(float* o, int64_t ldo, const float* p, int64_t ldp, const float* w,
+                  int64_t ldw, int64_t n, int64_t W, const float* scale) {
   int64_t c0 = 0;
-  for (; c0 + 32 <= Dv; c0 += 32) {
+  for (; c0 + 32 <= W; c0 += 32) {
     vf16 acc[R][2];
     for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = vf16{};
-    for (int64_t j = 0; j < Lk; ++j) {
-      const vf16 v0 = load16(v + j * Dv + c0), v1 = load16(v + j * Dv + c0 + 16);
+    for (int64_t j = 0; j < n; ++j) {
+      const vf16 w0 = load16(w + j * ldw + c0), w1 = load16(w + j * ldw + c0 + 16);
       for (int r = 0; r < R; ++r) {
-        const float pv = p[r * ld + j];
-        acc[r][0] += pv * v0;
-        acc[r][1] += pv * v1;
+        const float pv = p[r * ldp + j];
+        acc[r][0] += pv * w0;
+        acc[r][1] += pv * w1;
       }
     }
     for (int r = 0; r < R; ++r) {
-      store16(o + r * Dv + c0, scale[r] * acc[r][0]);
-      store16(o + r * Dv + c0 + 16, scale[r] * acc[r][1]);
+      store16(o + r * ldo + c0, scale[r] * acc[r][0]);
+      store16(o + r * ldo + c0 + 16, scale[r] * acc[r][1]);
     }
   }
-  for (; c0 < Dv; ++c0) {
+  for (; c0 < W; ++c0) {
     for (int r = 0; r < R; ++r) {
       float acc = 0.0f;
-      for (int64_t j = 0; j < Lk; ++j) acc += p[r * ld + j] * v[j * Dv + c0];
-      o[r * Dv + c0] = scale[r] * acc;
+      for (int64_t j = 0; j < n; ++j) acc += p[r * ldp + j] * w[j * ldw + c0];
+      o[r * ldo + c0] = scale[r] * acc;
     }
   }
 }
 
-// s[j] <- exp(s[j] + bias[j] - max) over one row; returns 1 / sum.
+// g[j * ldg + c] += sum_r p[r * ldp + j] * x[r * ldx + c] for j < n, c < W (R rows).
+template <int R>
+void block_accumulate(float* g, int64_t ldg, const float* p, int64_t ldp, const float* x,
+                      int64_t ldx, int64_t n, int64_t W) {
+  int64_t c0 = 0;
+  for (; c0 + 32 <= W; c0 += 32) {
+    vf16 xr[R][2];
+    for (int r = 0; r < R; ++r) {
+      xr[r][0] = load16(x + r * ldx + c0);
+      xr[r][1] = load16(x + r * ldx + c0 + 16);
+    }
+    for (int64_t j = 0; j < n; ++j) {
+      vf16 g0 = load16(g + j * ldg + c0), g1 = load16(g + j * ldg + c0 + 16);
+      for (int r = 0; r < R; ++r) {
+        const float pv = p[r * ldp + j];
+        g0 += pv * xr[r][0];
+        g1 += pv * xr[r][1];
+      }
+      store16(g + j * ldg + c0, g0);
+      store16(g + j * ldg + c0 + 16, g1);
+    }
+  }
+  for (; c0 < W; ++c0) {
+    for (int64_t j = 0; j < n; ++j) {
+      float acc = 0.0f;
+      for (int r = 0; r < R; ++r) acc += p[r * ldp + j] * x[r * ldx + c0];
+      g[j * ldg + c0] += acc;
+    }
+  }
+}
+
+// s[j] <- exp(s[j] + bias[j] - max) over one row of n > 0 keys; returns 1 / sum.
 inline float row_bias_exp(float* s, const float* r, const float* amp, const float* rate,
-                          int64_t U, int64_t Lk) {
+                          int64_t U, int64_t n) {
   for (int64_t u = 0; u < U; ++u) {
     const float a = amp[u], minus_rate = -rate[u];
     if (a == 0.0f) continue;
 #pragma omp simd
-    for (int64_t j = 0; j < Lk; ++j) s[j] += a * exp_clamped(minus_rate * r[j]);
+    for (int64_t j = 0; j < n; ++j) s[j] += a * exp_clamped(minus_rate * r[j]);
   }
   float m = s[0];
 #pragma omp simd reduction(max : m)
-  for (int64_t j = 1; j < Lk; ++j) m = s[j] > m ? s[j] : m;
+  for (int64_t j = 1; j < n; ++j) m = s[j] > m ? s[j] : m;
   float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
-  for (int64_t j = 0; j < Lk; ++j) {
+  for (int64_t j = 0; j < n; ++j) {
     const float e = exp_clamped(s[j] - m);
     s[j] = e;
     sum += e;
@@ -260,24 +189,90 @@ inline float row_bias_exp(float* s, const float* r, const float* amp, const floa
   return 1.0f / sum;
 }
 
+// Inference: out rows i0.. of every head of one task.
 template <int R>
 void attend_block(float* out, const float* q, const float* kT, const float* v, const float* cq,
                   const float* ckT, const float* amp, const float* rate, int64_t H,
                   int64_t Lq, int64_t D, int64_t Lk, int64_t Dv, int64_t C, int64_t U,
                   bool root, int64_t i0, float* r, float* s) {
   for (int rr = 0; rr < R; ++rr)
-    row_distances(r + rr * Lk, cq + (i0 + rr) * C, ckT, C, Lk, root);
+    row_distances(r + rr * Lk, cq + (i0 + rr) * C, ckT, C, Lk, Lk, root);
   float inv[R];
   for (int64_t h = 0; h < H; ++h) {
-    const float* qh = q + (h * Lq + i0) * D;
-    block_scores<R>(s, Lk, qh, kT + h * D * Lk, D, Lk);
+    block_scores<R>(s, Lk, q + (h * Lq + i0) * D, D, kT + h * D * Lk, Lk, D, Lk);
     for (int rr = 0; rr < R; ++rr)
       inv[rr] = row_bias_exp(s + rr * Lk, r + rr * Lk, amp + h * U, rate + h * U, U, Lk);
-    block_values<R>(out + (h * Lq + i0) * Dv, s, Lk, v + h * Lk * Dv, Lk, Dv, inv);
+    block_values<R>(out + (h * Lq + i0) * Dv, Dv, s, Lk, v + h * Lk * Dv, Dv, Lk, Dv, inv);
   }
 }
 
 constexpr int kRows = 8;  // query rows per block: the keys and values are read once per block
+
+// Training forward of one (task, head) over its first n keys: P rows normalised, out = P v.
+template <int R>
+void train_forward_block(float* out, float* p, const float* q, const float* kT,
+                         const float* v, const float* cq, const float* ckT, const float* amp,
+                         const float* rate, int64_t D, int64_t Lk, int64_t Dv, int64_t C,
+                         int64_t U, bool root, int64_t n, float* r) {
+  float inv[R];
+  for (int rr = 0; rr < R; ++rr) row_distances(r + rr * Lk, cq + rr * C, ckT, C, Lk, n, root);
+  block_scores<R>(p, Lk, q, D, kT, Lk, D, n);
+  for (int rr = 0; rr < R; ++rr) {
+    float* pr = p + rr * Lk;
+    inv[rr] = row_bias_exp(pr, r + rr * Lk, amp, rate, U, n);
+    const float scale = inv[rr];
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) pr[j] *= scale;
+    inv[rr] = 1.0f;
+  }
+  block_values<R>(out, Dv, p, Lk, v, Dv, n, Dv, inv);
+}
+
+// Training backward of one (task, head), rows i0..i0+R: dS = P (dO v^T - delta), the bias
+// sums, dq rows = dS k, and dk += dS^T q, dv += P^T dO.
+template <int R>
+void train_backward_block(float* dq, float* dk, float* dv, float* sums, const float* p,
+                          const float* dout, const float* delta, const float* q,
+                          const float* k, const float* vT, const float* cq, const float* ckT,
+                          const float* rate, int64_t D, int64_t Lk, int64_t Dv, int64_t C,
+                          int64_t U, bool root, int64_t n, float* r, float* ds) {
+  float unit[R];
+  for (int rr = 0; rr < R; ++rr) unit[rr] = 1.0f;
+  block_scores<R>(ds, Lk, dout, Dv, vT, Lk, Dv, n);  // dP = dO v^T
+  for (int rr = 0; rr < R; ++rr) {
+    float* dsr = ds + rr * Lk;
+    const float* pr = p + rr * Lk;
+    const float dl = delta[rr];
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) dsr[j] = pr[j] * (dsr[j] - dl);
+    float* rr_dist = r + rr * Lk;
+    row_distances(rr_dist, cq + rr * C, ckT, C, Lk, n, root);
+    for (int64_t u = 0; u < U; ++u) {
+      const float minus_rate = -rate[u];
+      float s1 = 0.0f, s2 = 0.0f;
+#pragma omp simd reduction(+ : s1, s2)
+      for (int64_t j = 0; j < n; ++j) {
+        const float t = dsr[j] * exp_clamped(minus_rate * rr_dist[j]);
+        s1 += t;
+        s2 += t * rr_dist[j];
+      }
+      sums[(rr * U + u) * 2] = s1;
+      sums[(rr * U + u) * 2 + 1] = s2;
+    }
+  }
+  block_values<R>(dq, D, ds, Lk, k, D, n, D, unit);  // dq rows = dS k
+  block_accumulate<R>(dk, D, ds, Lk, q, D, n, D);    // dk += dS^T q
+  block_accumulate<R>(dv, Dv, p, Lk, dout, Dv, n, Dv);  // dv += P^T dO
+}
+
+void check_lengths(const at::Tensor& lengths, int64_t B, int64_t Lk) {
+  TORCH_CHECK(lengths.device().is_cpu() && lengths.scalar_type() == at::kLong &&
+                  lengths.is_contiguous() && lengths.dim() == 1 && lengths.size(0) == B,
+              "lengths must be a contiguous int64 CPU tensor [B]");
+  const int64_t* n = lengths.data_ptr<int64_t>();
+  for (int64_t b = 0; b < B; ++b)
+    TORCH_CHECK(n[b] >= 0 && n[b] <= Lk, "lengths must lie in [0, Lk]");
+}
 
 }  // namespace
 
@@ -328,4 +323,142 @@ void biased_attention(at::Tensor out, at::Tensor q, at::Tensor kT, at::Tensor v,
       }
     }
   });
+}
+
+// Training forward over the first lengths[b] keys of each task: out [B, H, Lq, Dv] and the
+// probabilities p [B, H, Lq, Lk] (columns past lengths[b] are left as they are). A task
+// without keys gets zeros. q [B, H, Lq, D] (scaled), kT [B, H, D, Lk], v [B, H, Lk, Dv],
+// cq [B, Lq, C], ckT [B, C, Lk], amp and rate [H, U], lengths [B] int64.
+void attention_train_forward(at::Tensor out, at::Tensor p, at::Tensor q, at::Tensor kT,
+                             at::Tensor v, at::Tensor cq, at::Tensor ckT, at::Tensor amp,
+                             at::Tensor rate, bool root, at::Tensor lengths) {
+  check(out, 4, "out");
+  check(p, 4, "p");
+  check(q, 4, "q");
+  check(kT, 4, "kT");
+  check(v, 4, "v");
+  check(cq, 3, "cq");
+  check(ckT, 3, "ckT");
+  check(amp, 2, "amp");
+  check(rate, 2, "rate");
+  const int64_t B = q.size(0), H = q.size(1), Lq = q.size(2), D = q.size(3), Lk = kT.size(3),
+                Dv = v.size(3), C = cq.size(2), U = amp.size(1);
+  TORCH_CHECK(kT.size(2) == D && v.size(2) == Lk && out.size(2) == Lq && out.size(3) == Dv &&
+                  p.size(2) == Lq && p.size(3) == Lk && ckT.size(2) == Lk && amp.size(0) == H,
+              "attention_train_forward: inconsistent shapes");
+  check_lengths(lengths, B, Lk);
+  const int64_t* N = lengths.data_ptr<int64_t>();
+  float* O = out.data_ptr<float>();
+  float* P = p.data_ptr<float>();
+  const float* Q = q.data_ptr<float>();
+  const float* KT = kT.data_ptr<float>();
+  const float* V = v.data_ptr<float>();
+  const float* CQ = cq.data_ptr<float>();
+  const float* CK = ckT.data_ptr<float>();
+  const float* A = amp.data_ptr<float>();
+  const float* RT = rate.data_ptr<float>();
+  at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> r(kRows * Lk);
+    for (int64_t bh = begin; bh < end; ++bh) {
+      const int64_t b = bh / H, h = bh % H, n = N[b];
+      float* o = O + bh * Lq * Dv;
+      if (n == 0) {
+        std::memset(o, 0, sizeof(float) * Lq * Dv);
+        continue;
+      }
+      float* pb = P + bh * Lq * Lk;
+      const float* qb = Q + bh * Lq * D;
+      const float* kb = KT + bh * D * Lk;
+      const float* vb = V + bh * Lk * Dv;
+      const float* cqb = CQ + b * Lq * C;
+      const float* ckb = CK + b * C * Lk;
+      int64_t i = 0;
+      for (; i + kRows <= Lq; i += kRows)
+        train_forward_block<kRows>(o + i * Dv, pb + i * Lk, qb + i * D, kb, vb, cqb + i * C,
+                                   ckb, A + h * U, RT + h * U, D, Lk, Dv, C, U, root, n,
+                                   r.data());
+      for (; i < Lq; ++i)
+        train_forward_block<1>(o + i * Dv, pb + i * Lk, qb + i * D, kb, vb, cqb + i * C, ckb,
+                               A + h * U, RT + h * U, D, Lk, Dv, C, U, root, n, r.data());
+    }
+  });
+}
+
+// Training backward of attention_train_forward. dq [B, H, Lq, D], dk [B, H, Lk, D] and
+// dv [B, H, Lk, Dv] are written (zero past lengths[b]); returns the bias sums per row and
+// rate, sum_j dS e_u and sum_j dS r e_u, [B, H, Lq, U, 2]. dout [B, H, Lq, Dv],
+// delta = rowsum(dout * out) [B, H, Lq], q (scaled) [B, H, Lq, D], k [B, H, Lk, D],
+// vT [B, H, Dv, Lk].
+at::Tensor attention_train_backward(at::Tensor dq, at::Tensor dk, at::Tensor dv, at::Tensor p,
+                                    at::Tensor dout, at::Tensor delta, at::Tensor q,
+                                    at::Tensor k, at::Tensor vT, at::Tensor cq, at::Tensor ckT,
+                                    at::Tensor rate, bool root, at::Tensor lengths) {
+  check(dq, 4, "dq");
+  check(dk, 4, "dk");
+  check(dv, 4, "dv");
+  check(p, 4, "p");
+  check(dout, 4, "dout");
+  check(delta, 3, "delta");
+  check(q, 4, "q");
+  check(k, 4, "k");
+  check(vT, 4, "vT");
+  check(cq, 3, "cq");
+  check(ckT, 3, "ckT");
+  check(rate, 2, "rate");
+  const int64_t B = q.size(0), H = q.size(1), Lq = q.size(2), D = q.size(3), Lk = k.size(2),
+                Dv = vT.size(2), C = cq.size(2), U = rate.size(1);
+  TORCH_CHECK(k.size(3) == D && vT.size(3) == Lk && dout.size(3) == Dv && p.size(3) == Lk &&
+                  dq.size(2) == Lq && dk.size(2) == Lk && dv.size(3) == Dv,
+              "attention_train_backward: inconsistent shapes");
+  check_lengths(lengths, B, Lk);
+  at::Tensor sums = at::zeros({B, H, Lq, U, 2}, p.options());
+  dk.zero_();
+  dv.zero_();
+  const int64_t* N = lengths.data_ptr<int64_t>();
+  float* DQ = dq.data_ptr<float>();
+  float* DK = dk.data_ptr<float>();
+  float* DV = dv.data_ptr<float>();
+  float* S = sums.data_ptr<float>();
+  const float* P = p.data_ptr<float>();
+  const float* DO = dout.data_ptr<float>();
+  const float* DL = delta.data_ptr<float>();
+  const float* Q = q.data_ptr<float>();
+  const float* K = k.data_ptr<float>();
+  const float* VT = vT.data_ptr<float>();
+  const float* CQ = cq.data_ptr<float>();
+  const float* CK = ckT.data_ptr<float>();
+  const float* RT = rate.data_ptr<float>();
+  at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> r(kRows * Lk), ds(kRows * Lk);
+    for (int64_t bh = begin; bh < end; ++bh) {
+      const int64_t b = bh / H, h = bh % H, n = N[b];
+      float* dqb = DQ + bh * Lq * D;
+      if (n == 0) {
+        std::memset(dqb, 0, sizeof(float) * Lq * D);
+        continue;
+      }
+      float* dkb = DK + bh * Lk * D;
+      float* dvb = DV + bh * Lk * Dv;
+      float* sb = S + bh * Lq * U * 2;
+      const float* pb = P + bh * Lq * Lk;
+      const float* dob = DO + bh * Lq * Dv;
+      const float* dlb = DL + bh * Lq;
+      const float* qb = Q + bh * Lq * D;
+      const float* kb = K + bh * Lk * D;
+      const float* vb = VT + bh * Dv * Lk;
+      const float* cqb = CQ + b * Lq * C;
+      const float* ckb = CK + b * C * Lk;
+      const float* rt = RT + h * U;
+      int64_t i = 0;
+      for (; i + kRows <= Lq; i += kRows)
+        train_backward_block<kRows>(dqb + i * D, dkb, dvb, sb + i * U * 2, pb + i * Lk,
+                                    dob + i * Dv, dlb + i, qb + i * D, kb, vb, cqb + i * C, ckb,
+                                    rt, D, Lk, Dv, C, U, root, n, r.data(), ds.data());
+      for (; i < Lq; ++i)
+        train_backward_block<1>(dqb + i * D, dkb, dvb, sb + i * U * 2, pb + i * Lk,
+                                dob + i * Dv, dlb + i, qb + i * D, kb, vb, cqb + i * C, ckb, rt,
+                                D, Lk, Dv, C, U, root, n, r.data(), ds.data());
+    }
+  });
+  return sums;
 }

@@ -1,20 +1,15 @@
-"""Fused CPU kernels of biased attention over one key tile (C++, built once).
+"""Fused CPU kernels of biased attention (C++, built once): the whole attention in one pass.
 
-Between its matrix products a training step of biased attention makes many passes over each
-``[B, H, Lq, Lk]`` score tile: the distances, the exponential basis (and the basis kept for
-its parameters' gradients), the bias added to the scores, the softmax; in the backward
-``dS = P·(dP − δ)`` and the reductions that give the bias parameters' gradients. The two
-kernels of ``fused_cpu.cpp`` do each half in one pass per query row, whose scores stay in the
-L1 cache, and leave the matrix products to BLAS:
+BLAS would compute ``q·kᵀ`` into a score tile, write it to memory, and read it back for the
+bias, the softmax and ``P·v`` (and, in the backward, for ``dP``, ``dS``, ``dq``, ``dk`` and
+``dv``), in small per-task products far from its peak. The kernels of ``fused_cpu.cpp`` do
+it all for a block of 8 query rows at a time, the block's scores in L1/L2 and the head's
+keys and values in L2, each key or value row loaded once per block:
 
-* :func:`bias_softmax_`: ``S ← softmax(S + bias)`` in place;
-* :func:`bias_softmax_backward_`: ``dP ← P·(dP − δ)`` in place, and the gradients of the
-  bias's amplitudes and rates.
-
-Inference needs no probabilities afterwards, so there one kernel does the whole attention:
-:func:`attention` computes ``softmax(q·kᵀ + bias)·v`` for a block of query rows at a time,
-``q·kᵀ`` and ``P·v`` included, with the block's scores in L1/L2 and each head's keys and
-values in L2 (BLAS would write each score tile to memory and read it back twice).
+* :func:`attention`: inference, ``softmax(q·kᵀ + bias)·v`` over one unmasked key tile;
+* :func:`training_attention`: the training forward (probabilities kept for the backward)
+  and backward, each task over its own valid keys: padded context slots cost nothing and no
+  per-task split is needed.
 
 They serve a bias of one ``rbf`` or ``exponential`` term on the Euclidean distance (the 2D-GP
 models and their kin); :func:`fused_bias` says whether one does. The extension is compiled with
@@ -35,7 +30,7 @@ import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from types import ModuleType
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -78,7 +73,8 @@ def _extension() -> ModuleType | None:
 
         return load_inline(
             name=NAME, cpp_sources=[SOURCE.read_text()],
-            functions=["bias_softmax", "bias_softmax_backward", "biased_attention"],
+            functions=["biased_attention", "attention_train_forward",
+                       "attention_train_backward"],
             extra_cflags=["-O3", "-march=native", "-mprefer-vector-width=512", "-fopenmp",
                           "-fno-math-errno", "-fno-trapping-math"],
             extra_ldflags=["-fopenmp"], verbose=False)
@@ -153,24 +149,6 @@ def _coords(coords_q: Mapping[str, Tensor], coords_k: Mapping[str, Tensor],
             coords_k[fb.role].float().transpose(1, 2).contiguous())
 
 
-def bias_softmax_(scores: Tensor, coords_q: Mapping[str, Tensor], coords_k: Mapping[str, Tensor],
-                  fb: FusedBias) -> Tensor:
-    """``scores [B, H, Lq, Lk] ← softmax(scores + bias)`` over the keys, in place.
-
-    Args:
-        scores: Scaled ``q·kᵀ`` of one tile (contiguous float32).
-        coords_q: Per-role query coordinates ``{role: [B, Lq, C]}``.
-        coords_k: Per-role key coordinates ``{role: [B, Lk, C]}``.
-        fb: The bias (:func:`fused_bias`).
-    """
-    extension = _extension()
-    assert extension is not None
-    cq, ck_t = _coords(coords_q, coords_k, fb)
-    with record_function("bsatnp::fused_bias_softmax"):
-        extension.bias_softmax(scores, cq, ck_t, fb.amp, fb.rate, fb.root)
-    return scores
-
-
 def attention(q: Tensor, k: Tensor, v: Tensor, coords_q: Mapping[str, Tensor],
               coords_k: Mapping[str, Tensor], fb: FusedBias) -> Tensor:
     """``softmax(q·kᵀ + bias)·v`` over every key, in one pass (inference; no mask).
@@ -196,30 +174,84 @@ def attention(q: Tensor, k: Tensor, v: Tensor, coords_q: Mapping[str, Tensor],
     return out
 
 
-def bias_softmax_backward_(p: Tensor, dp: Tensor, delta: Tensor, coords_q: Mapping[str, Tensor],
-                           coords_k: Mapping[str, Tensor],
-                           fb: FusedBias) -> tuple[Tensor, Tensor, Tensor]:
-    """``dp ← p·(dp − δ)`` in place, and the gradients of the bias's ``a`` and ``b``.
+def _bias_gradients(sums: Tensor, fb: FusedBias) -> tuple[Tensor, Tensor]:
+    """Float64 gradients ``[H, F]`` of the term's ``a`` and ``b``.
+
+    From the kernels' per-row sums ``[B, H, Lq, U, 2]`` (``Σ dS·e_u``, ``Σ dS·r·e_u``).
+    """
+    per_rate = sums.double().sum(dim=(0, 2))  # [H, U, 2]
+    grad_a = per_rate[..., 0].gather(1, fb.inverse)
+    grad_b = -fb.a.double() * per_rate[..., 1].gather(1, fb.inverse)
+    return grad_a, grad_b
+
+
+def training_attention(q: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor,
+                       coords_q: Mapping[str, Tensor], coords_k: Mapping[str, Tensor],
+                       lengths: Tensor, scale: float, fb: FusedBias) -> Tensor:
+    """Biased attention of each task over its first ``lengths[b]`` keys, for training.
+
+    Forward and backward run in the fused kernels; the forward keeps the probabilities.
+
+    Tasks of different context sizes go in one call, without padded keys' work and without
+    the per-task split: the kernels run each (task, head) over its own keys.
 
     Args:
-        p: The tile's probabilities ``[B, H, Lq, Lk]``.
-        dp: ``dO·vᵀ`` of the tile (overwritten with the scores' gradient).
-        delta: ``rowsum(dO ⊙ O)`` ``[B, H, Lq]``.
+        q: Queries ``[B, H, Lq, D]`` (unscaled).
+        k: Keys ``[B, H, Lk, D]``, each task's valid ones first.
+        v: Values ``[B, H, Lk, Dv]``, in the keys' order.
+        a: The bias term's amplitudes ``[H, F]`` (the parameter).
+        b: The bias term's rates ``[H, F]`` (the parameter).
         coords_q: Per-role query coordinates ``{role: [B, Lq, C]}``.
-        coords_k: Per-role key coordinates ``{role: [B, Lk, C]}``.
+        coords_k: Per-role key coordinates ``{role: [B, Lk, C]}``, in the keys' order.
+        lengths: Valid keys per task ``[B]`` (int64); a task without any attends to nothing
+            and gets zeros, with zero gradients.
+        scale: Factor of ``q·kᵀ``.
         fb: The bias (:func:`fused_bias`).
 
     Returns:
-        ``(dS, grad_a, grad_b)``: the scores' gradient (``dp``) and float64 gradients
-        ``[H, F]`` of the term's amplitudes and rates from this tile.
+        ``[B, H, Lq, Dv]``.
     """
-    extension = _extension()
-    assert extension is not None
     cq, ck_t = _coords(coords_q, coords_k, fb)
-    with record_function("bsatnp::fused_bias_softmax_backward"):
-        sums = extension.bias_softmax_backward(p, dp, delta.contiguous(), cq, ck_t, fb.rate,
-                                               fb.root)
-    per_rate = sums.double().sum(dim=(0, 2))  # [H, U, 2]: Σ dS·e, Σ dS·r·e
-    grad_a = per_rate[..., 0].gather(1, fb.inverse)
-    grad_b = -fb.a.double() * per_rate[..., 1].gather(1, fb.inverse)
-    return dp, grad_a, grad_b
+    return _TrainingAttention.apply(q, k, v, a, b, cq, ck_t, lengths.contiguous(), scale, fb)
+
+
+class _TrainingAttention(torch.autograd.Function):
+    """The fused kernels' forward (probabilities kept) and backward."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, q: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor, cq: Tensor,
+        ck_t: Tensor, lengths: Tensor, scale: float, fb: FusedBias,
+    ) -> Tensor:
+        extension = _extension()
+        assert extension is not None
+        B, H, Lq, _ = q.shape
+        q_scaled = (q * scale).contiguous()
+        k, v = k.contiguous(), v.contiguous()
+        out = q.new_empty(B, H, Lq, v.shape[-1])
+        p = q.new_empty(B, H, Lq, k.shape[2])
+        with record_function("bsatnp::fused_attention_forward"):
+            extension.attention_train_forward(out, p, q_scaled, k.transpose(-1, -2).contiguous(),
+                                              v, cq, ck_t, fb.amp, fb.rate, fb.root, lengths)
+        ctx.save_for_backward(q_scaled, k, v, out, p, cq, ck_t, lengths)
+        ctx.scale, ctx.fb = scale, fb
+        ctx.dtypes = (a.dtype, b.dtype)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, dout: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        extension = _extension()
+        assert extension is not None
+        q_scaled, k, v, out, p, cq, ck_t, lengths = ctx.saved_tensors
+        fb: FusedBias = ctx.fb
+        dout = dout.float().contiguous()
+        delta = (dout * out).sum(-1).contiguous()
+        dq, dk, dv = torch.empty_like(q_scaled), torch.empty_like(k), torch.empty_like(v)
+        with record_function("bsatnp::fused_attention_backward"):
+            sums = extension.attention_train_backward(
+                dq, dk, dv, p, dout, delta, q_scaled, k, v.transpose(-1, -2).contiguous(), cq,
+                ck_t, fb.rate, fb.root, lengths)
+        grad_a, grad_b = _bias_gradients(sums, fb)
+        dtype_a, dtype_b = ctx.dtypes
+        return (dq.mul_(ctx.scale), dk, dv, grad_a.to(dtype_a), grad_b.to(dtype_b),
+                None, None, None, None, None)

@@ -62,7 +62,7 @@ class _Plan(NamedTuple):
     has_key: Tensor | None  # [B] tasks with at least one valid key; None: all have
     keep_tiles: bool  # training forward keeps its tiles for the backward
     far: FarTiles | None = None  # tiles beyond the bias's reach (points in curve order)
-    fused: fused_cpu.FusedBias | None = None  # one unmasked key tile: the fused kernels
+    fused: fused_cpu.FusedBias | None = None  # inference over one unmasked key tile: fused
 
     @property
     def single_key_tile(self) -> bool:
@@ -126,18 +126,6 @@ def _tile_scores(
         )
     q_t, k_t = q[:, :, i : i + plan.tile_q], k[:, :, j : j + plan.tile_k]
     return _scores_(q_t, k_t, None if bias_t is None else bias_t.detach(), mask_t), bias_t
-
-
-def _fused_probabilities(q: Tensor, k: Tensor, coords_q: Mapping[str, Tensor],
-                         coords_k: Mapping[str, Tensor], plan: _Plan, i: int) -> Tensor:
-    """Probabilities of query tile ``i`` over the one key tile, through the fused kernel.
-
-    The training forward's path: it keeps them for the backward.
-    """
-    assert plan.fused is not None
-    scores = torch.matmul(q[:, :, i : i + plan.tile_q], k.transpose(-1, -2))
-    return fused_cpu.bias_softmax_(scores, slice_coords(coords_q, i, i + plan.tile_q),
-                                   coords_k, plan.fused)
 
 
 def _zero_empty(x: Tensor, plan: _Plan) -> Tensor:
@@ -210,11 +198,6 @@ def _forward_keeping_tiles(
     (_, mask_t), = plan.key_tiles
     tiles: list[tuple[Tensor, Tensor | None]] = []
     for i in range(0, q.shape[2], plan.tile_q):
-        if plan.fused is not None:  # bias and softmax in one pass (no mask, one bias term)
-            p = _fused_probabilities(q, k, coords_q, coords_k, plan, i)
-            torch.matmul(p, v, out=out[:, :, i : i + plan.tile_q])
-            tiles.append((p, None))
-            continue
         with torch.enable_grad():  # the bias graph, for its parameters' gradients
             scores, bias_t = _tile_scores(q, k, bias, coords_q, coords_k, plan, i, 0, mask_t)
         p = torch.softmax(scores, dim=-1, out=scores)
@@ -280,16 +263,7 @@ class _TiledBiasedAttention(torch.autograd.Function):
                         p = exp_(scores.sub_(m[:, :, rows, None]))
                 dv[:, :, cols] += torch.matmul(p.transpose(-1, -2), do_t)
                 dp = torch.matmul(do_t, v_j.transpose(-1, -2))
-                if plan.fused is not None:  # dS and the bias's gradients in one pass
-                    ds, *fused_grads = fused_cpu.bias_softmax_backward_(
-                        p, dp, delta_t[..., 0], slice_coords(ctx.coords_q, i, i + plan.tile_q),
-                        ctx.coords_k, plan.fused)
-                    wanted_grads = iter(grad_wanted)
-                    for grad, w in zip(fused_grads, want, strict=True):  # params: (a, b)
-                        if w:
-                            next(wanted_grads).add_(grad)
-                else:
-                    ds = dp.sub_(delta_t).mul_(p)
+                ds = dp.sub_(delta_t).mul_(p)
                 dq[:, :, rows] += torch.matmul(ds, k_j)
                 dk[:, :, cols] += torch.matmul(ds.transpose(-1, -2), q_t)
                 if bias_t is not None and wanted:
@@ -328,7 +302,12 @@ def tiled_attention(
         ``[B, H, Lq, Dv]``.
     """
     B, H, Lq, _ = q.shape
-    keep_tiles = builds_graph(q, k, v, bias=bias) and (  # judged on the whole batch
+    training = builds_graph(q, k, v, bias=bias)
+    if training and (tile_k is None or tile_k >= k.shape[2]):
+        fused = _fused_training(q, k, v, bias, coords_q, coords_k, key_mask, scale)
+        if fused is not None:
+            return fused
+    keep_tiles = training and (  # judged on the whole batch
         B * H * Lq * k.shape[2] * _kept_per_score(bias) <= KEEP_ELEMENTS
     )
     if key_mask is not None and B > 1 and not bool(key_mask.all()):
@@ -336,6 +315,40 @@ def tiled_attention(
                          keep_tiles)
     return _attend(q, k, v, bias, coords_q, coords_k, key_mask, scale, tile_q, tile_k,
                    keep_tiles)
+
+
+def _fused_training(
+    q: Tensor, k: Tensor, v: Tensor, bias: AttentionBias | None,
+    coords_q: Mapping[str, Tensor], coords_k: Mapping[str, Tensor], key_mask: Tensor | None,
+    scale: float,
+) -> Tensor | None:
+    """The training attention through the fused kernels, or ``None`` where they don't serve.
+
+    They serve a bias they compute (:func:`~bsatnp.attention.fused_cpu.fused_bias`) when the
+    probabilities they keep, one float per score, fit :data:`KEEP_ELEMENTS`. Each task's
+    valid keys are moved to the front (a no-op for the usual prefix masks) and the kernels
+    run over those alone: padding costs nothing, and no per-task split is needed.
+    """
+    B, H, Lq, _ = q.shape
+    Lk = k.shape[2]
+    if B * H * Lq * Lk > KEEP_ELEMENTS:
+        return None
+    fb = fused_cpu.fused_bias(bias, q)
+    if fb is None or bias is None:
+        return None
+    coords_q = {r: c.detach() for r, c in coords_q.items()}
+    coords_k = {r: c.detach() for r, c in coords_k.items()}
+    if key_mask is None:
+        lengths = torch.full((B,), Lk, dtype=torch.long)
+    else:
+        lengths = key_mask.sum(dim=1)
+        if not torch.equal(key_mask, torch.arange(Lk, device=k.device) < lengths[:, None]):
+            order = torch.argsort((~key_mask).to(torch.uint8), dim=1, stable=True)
+            k, v = gather_rows(k, order, 2), gather_rows(v, order, 2)
+            coords_k = {r: gather_rows(c, order, 1) for r, c in coords_k.items()}
+    term = bias.terms[0]
+    return fused_cpu.training_attention(q, k, v, term.a, term.b, coords_q, coords_k,
+                                        lengths.cpu(), scale, fb)
 
 
 def _kept_per_score(bias: AttentionBias | None) -> int:
@@ -381,11 +394,10 @@ def _attend(
         plan = plan._replace(
             far=FarTiles(reaches, coords_q, coords_k, plan.tile_q, plan.tile_k)
         )
-    if ((plan.keep_tiles or not training) and plan.single_key_tile and plan.has_key is None
-            and plan.key_tiles[0][1] is None):  # kept tiles, or inference: one unmasked tile
+    if (not training and plan.single_key_tile and plan.has_key is None
+            and plan.key_tiles[0][1] is None):  # inference over one unmasked key tile
         B, H, Lq, _ = q.shape
-        plan = plan._replace(fused=fused_cpu.fused_bias(
-            bias, q, None if training else B * H * Lq * k.shape[2]))
+        plan = plan._replace(fused=fused_cpu.fused_bias(bias, q, B * H * Lq * k.shape[2]))
     if not training:
         with torch.no_grad():
             out = tiled_forward(q, k, v, bias, coords_q, coords_k, scale, plan)[0]
