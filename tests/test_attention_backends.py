@@ -434,6 +434,30 @@ def test_auto_picks_by_size_and_gradients_on_cpu():
     assert choose_backend(big, big) == "tiled"
 
 
+def test_auto_runs_small_cpu_inference_in_the_fused_kernel_where_it_serves(monkeypatch):
+    """``auto`` would pick ``dense`` by size; where the fused kernel serves it picks ``tiled``
+    (and the kernel), not with a padded key or a bias the kernel does not compute."""
+    calls = []
+    attention = fused_cpu.attention
+    monkeypatch.setattr(fused_cpu, "attention",
+                        lambda *args: calls.append(1) or attention(*args))
+    q, k, v, bias, cq, ck, mask = make_problem(1, 2, 30, 20, 8, ("rbf",), seed=3,
+                                               mask_kind="all_valid")
+    assert choose_backend(q, k) == "dense"
+    ref_out, _ = reference(q, k, v, bias, cq, ck, mask)
+    with torch.no_grad():
+        with attention_runtime(compile="always"):
+            out = biased_attention(q, k, v, bias, cq, ck, mask)
+            assert calls == [1]
+            biased_attention(q, k, v, bias, cq, ck, mask & (torch.arange(20) < 15))
+            tisa = make_problem(1, 2, 30, 20, 8, ("tisa",), seed=3, mask_kind="all_valid")
+            biased_attention(*tisa[:6])
+        with attention_runtime(compile="never"):
+            biased_attention(q, k, v, bias, cq, ck, mask)
+    assert calls == [1]
+    assert_close_rel(out, ref_out, 1e-5, "auto inference output")
+
+
 @pytest.mark.skipif(not flex_available(), reason="this PyTorch build has no flex_attention")
 def test_auto_on_cuda_trains_small_problems_dense_and_the_rest_flex():
     limit = CUDA_DENSE_TRAIN_MAX_ELEMENTS

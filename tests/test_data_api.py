@@ -446,12 +446,16 @@ def test_quantiles_at_the_interval_ends_are_kept():
 @pytest.mark.parametrize("max_memory", [None, "2GB"])
 def test_a_memory_bound_keeps_the_compiler_out(monkeypatch, max_memory):
     """Compiling mid-run loaded ~100 MB of compiler past --max-memory (10⁷ grid targets
-    peaked at 613 MB under 500MB); under a bound every bias profile runs eagerly."""
-    from bsatnp.attention import compiled
+    peaked at 613 MB under 500MB); under a bound every bias profile runs eagerly, and the
+    fused C++ kernels (built by a compiler too) stay out."""
+    from bsatnp.attention import compiled, fused_cpu
 
     calls = []
     monkeypatch.setenv("BSATNP_COMPILE", "1")  # compile at once, not after a warm-up
     monkeypatch.setattr(torch, "compile", lambda fn, **_: calls.append(fn) or fn)
+    attention = fused_cpu.attention
+    monkeypatch.setattr(fused_cpu, "attention",
+                        lambda *args: calls.append(attention) or attention(*args))
     shipped = Predictor.from_pretrained("gp2d")  # its RBF heads take the compiled profile
     conditioned = shipped.condition(stations(60), **ROLES)
     for profile in (compiled.exp_family, compiled.tisa):  # as if nothing had compiled yet

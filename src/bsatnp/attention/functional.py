@@ -13,11 +13,12 @@ from typing import Literal, get_args
 import torch
 from torch import Tensor
 
+from bsatnp.attention import fused_cpu
 from bsatnp.attention.biases import AttentionBias
 from bsatnp.attention.dense import dense_attention
 from bsatnp.attention.flex import flex_attention_biased, flex_available
 from bsatnp.attention.numerics import builds_graph
-from bsatnp.attention.tiled import tiled_attention
+from bsatnp.attention.tiled import TILE_K_INFERENCE, tiled_attention
 from bsatnp.precision import full_precision
 
 Backend = Literal["auto", "dense", "tiled", "flex"]
@@ -26,7 +27,8 @@ BACKENDS: tuple[str, ...] = get_args(Backend)
 
 
 DENSE_MAX_ELEMENTS = 1 << 22
-"""CPU inference below this many ``B·H·Lq·Lk`` score elements uses ``dense``."""
+"""CPU inference below this many ``B·H·Lq·Lk`` score elements uses ``dense`` (unless the fused
+kernels serve the problem: :func:`biased_attention`)."""
 CUDA_DENSE_TRAIN_MAX_ELEMENTS = 1 << 27
 """CUDA training up to this many score elements (512 MiB per float32 copy) uses ``dense``."""
 
@@ -38,6 +40,19 @@ def choose_backend(q: Tensor, k: Tensor, needs_grad: bool = False) -> str:
     """
     B, H, Lq, _ = q.shape
     return backend_for(q.device.type, B * H * Lq * k.shape[2], needs_grad)
+
+
+def _fused_inference(q: Tensor, k: Tensor, bias: AttentionBias | None,
+                     key_mask: Tensor | None) -> bool:
+    """Whether ``tiled`` would run this CPU inference in the fused kernel.
+
+    It does over one unmasked key tile with a bias the kernel computes, and there it is
+    faster than ``dense`` at every size ``dense`` would take (``docs/benchmarks.md``).
+    """
+    if k.shape[2] > TILE_K_INFERENCE or (key_mask is not None and not bool(key_mask.all())):
+        return False
+    B, H, Lq, _ = q.shape
+    return fused_cpu.fused_bias(bias, q, B * H * Lq * k.shape[2]) is not None
 
 
 def backend_for(device_type: str, score_elements: int, needs_grad: bool) -> str:
@@ -106,7 +121,10 @@ def biased_attention(
     if key_mask is not None and key_mask.dtype != torch.bool:
         raise ValueError(f"key_mask must be bool, got {key_mask.dtype}")
     if backend == "auto":
-        backend = choose_backend(q, k, builds_graph(q, k, v, bias=bias))
+        needs_grad = builds_graph(q, k, v, bias=bias)
+        backend = choose_backend(q, k, needs_grad)
+        if backend == "dense" and not needs_grad and _fused_inference(q, k, bias, key_mask):
+            backend = "tiled"
     if backend == "dense":
         return dense_attention(q, k, v, bias, coords_q, coords_k, key_mask, scale)
     if backend == "tiled":
