@@ -76,50 +76,21 @@ inline vf16 load16(const float* p) {
 
 inline void store16(float* p, const vf16& v) { std::memcpy(p, &v, sizeof v); }
 
-// s[r * lds + j] = sum_d a[r * lda + d] * bT[d * ldb + j] for R rows and j < n.
+// o[r * ldo + c] = scale[r] * sum_{t < T} x[r * ldx + t] * y[t * ldy + c] for R rows and
+// c < N: a block of rows times a row-major matrix, 32 columns at a time in registers.
 template <int R>
-void block_scores(float* s, int64_t lds, const float* a, int64_t lda, const float* bT,
-                  int64_t ldb, int64_t K, int64_t n) {
-  int64_t j0 = 0;
-  for (; j0 + 32 <= n; j0 += 32) {
-    vf16 acc[R][2];
-    for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = vf16{};
-    for (int64_t d = 0; d < K; ++d) {
-      const vf16 b0 = load16(bT + d * ldb + j0), b1 = load16(bT + d * ldb + j0 + 16);
-      for (int r = 0; r < R; ++r) {
-        const float av = a[r * lda + d];
-        acc[r][0] += av * b0;
-        acc[r][1] += av * b1;
-      }
-    }
-    for (int r = 0; r < R; ++r) {
-      store16(s + r * lds + j0, acc[r][0]);
-      store16(s + r * lds + j0 + 16, acc[r][1]);
-    }
-  }
-  for (; j0 < n; ++j0) {
-    for (int r = 0; r < R; ++r) {
-      float acc = 0.0f;
-      for (int64_t d = 0; d < K; ++d) acc += a[r * lda + d] * bT[d * ldb + j0];
-      s[r * lds + j0] = acc;
-    }
-  }
-}
-
-// o[r * ldo + c] = scale[r] * sum_{j < n} p[r * ldp + j] * w[j * ldw + c] for R rows, c < W.
-template <int R>
-void block_values(float* o, int64_t ldo, const float* p, int64_t ldp, const float* w,
-                  int64_t ldw, int64_t n, int64_t W, const float* scale) {
+void block_product(float* o, int64_t ldo, const float* x, int64_t ldx, const float* y,
+                   int64_t ldy, int64_t T, int64_t N, const float* scale) {
   int64_t c0 = 0;
-  for (; c0 + 32 <= W; c0 += 32) {
+  for (; c0 + 32 <= N; c0 += 32) {
     vf16 acc[R][2];
     for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = vf16{};
-    for (int64_t j = 0; j < n; ++j) {
-      const vf16 w0 = load16(w + j * ldw + c0), w1 = load16(w + j * ldw + c0 + 16);
+    for (int64_t t = 0; t < T; ++t) {
+      const vf16 y0 = load16(y + t * ldy + c0), y1 = load16(y + t * ldy + c0 + 16);
       for (int r = 0; r < R; ++r) {
-        const float pv = p[r * ldp + j];
-        acc[r][0] += pv * w0;
-        acc[r][1] += pv * w1;
+        const float xv = x[r * ldx + t];
+        acc[r][0] += xv * y0;
+        acc[r][1] += xv * y1;
       }
     }
     for (int r = 0; r < R; ++r) {
@@ -127,10 +98,10 @@ void block_values(float* o, int64_t ldo, const float* p, int64_t ldp, const floa
       store16(o + r * ldo + c0 + 16, scale[r] * acc[r][1]);
     }
   }
-  for (; c0 < W; ++c0) {
+  for (; c0 < N; ++c0) {
     for (int r = 0; r < R; ++r) {
       float acc = 0.0f;
-      for (int64_t j = 0; j < n; ++j) acc += p[r * ldp + j] * w[j * ldw + c0];
+      for (int64_t t = 0; t < T; ++t) acc += x[r * ldx + t] * y[t * ldy + c0];
       o[r * ldo + c0] = scale[r] * acc;
     }
   }
@@ -197,12 +168,13 @@ void attend_block(float* out, const float* q, const float* kT, const float* v, c
                   bool root, int64_t i0, float* r, float* s) {
   for (int rr = 0; rr < R; ++rr)
     row_distances(r + rr * Lk, cq + (i0 + rr) * C, ckT, C, Lk, Lk, root);
-  float inv[R];
+  float inv[R], unit[R];
+  for (int rr = 0; rr < R; ++rr) unit[rr] = 1.0f;
   for (int64_t h = 0; h < H; ++h) {
-    block_scores<R>(s, Lk, q + (h * Lq + i0) * D, D, kT + h * D * Lk, Lk, D, Lk);
+    block_product<R>(s, Lk, q + (h * Lq + i0) * D, D, kT + h * D * Lk, Lk, D, Lk, unit);
     for (int rr = 0; rr < R; ++rr)
       inv[rr] = row_bias_exp(s + rr * Lk, r + rr * Lk, amp + h * U, rate + h * U, U, Lk);
-    block_values<R>(out + (h * Lq + i0) * Dv, Dv, s, Lk, v + h * Lk * Dv, Dv, Lk, Dv, inv);
+    block_product<R>(out + (h * Lq + i0) * Dv, Dv, s, Lk, v + h * Lk * Dv, Dv, Lk, Dv, inv);
   }
 }
 
@@ -214,18 +186,17 @@ void train_forward_block(float* out, float* p, const float* q, const float* kT,
                          const float* v, const float* cq, const float* ckT, const float* amp,
                          const float* rate, int64_t D, int64_t Lk, int64_t Dv, int64_t C,
                          int64_t U, bool root, int64_t n, float* r) {
-  float inv[R];
+  float unit[R];
+  for (int rr = 0; rr < R; ++rr) unit[rr] = 1.0f;
   for (int rr = 0; rr < R; ++rr) row_distances(r + rr * Lk, cq + rr * C, ckT, C, Lk, n, root);
-  block_scores<R>(p, Lk, q, D, kT, Lk, D, n);
+  block_product<R>(p, Lk, q, D, kT, Lk, D, n, unit);  // scores = q k^T
   for (int rr = 0; rr < R; ++rr) {
     float* pr = p + rr * Lk;
-    inv[rr] = row_bias_exp(pr, r + rr * Lk, amp, rate, U, n);
-    const float scale = inv[rr];
+    const float inv = row_bias_exp(pr, r + rr * Lk, amp, rate, U, n);
 #pragma omp simd
-    for (int64_t j = 0; j < n; ++j) pr[j] *= scale;
-    inv[rr] = 1.0f;
+    for (int64_t j = 0; j < n; ++j) pr[j] *= inv;
   }
-  block_values<R>(out, Dv, p, Lk, v, Dv, n, Dv, inv);
+  block_product<R>(out, Dv, p, Lk, v, Dv, n, Dv, unit);  // out = P v
 }
 
 // Training backward of one (task, head), rows i0..i0+R: dS = P (dO v^T - delta), the bias
@@ -238,7 +209,7 @@ void train_backward_block(float* dq, float* dk, float* dv, float* sums, const fl
                           int64_t U, bool root, int64_t n, float* r, float* ds) {
   float unit[R];
   for (int rr = 0; rr < R; ++rr) unit[rr] = 1.0f;
-  block_scores<R>(ds, Lk, dout, Dv, vT, Lk, Dv, n);  // dP = dO v^T
+  block_product<R>(ds, Lk, dout, Dv, vT, Lk, Dv, n, unit);  // dP = dO v^T
   for (int rr = 0; rr < R; ++rr) {
     float* dsr = ds + rr * Lk;
     const float* pr = p + rr * Lk;
@@ -260,7 +231,7 @@ void train_backward_block(float* dq, float* dk, float* dv, float* sums, const fl
       sums[(rr * U + u) * 2 + 1] = s2;
     }
   }
-  block_values<R>(dq, D, ds, Lk, k, D, n, D, unit);  // dq rows = dS k
+  block_product<R>(dq, D, ds, Lk, k, D, n, D, unit);  // dq rows = dS k
   block_accumulate<R>(dk, D, ds, Lk, q, D, n, D);    // dk += dS^T q
   block_accumulate<R>(dv, Dv, p, Lk, dout, Dv, n, Dv);  // dv += P^T dO
 }
