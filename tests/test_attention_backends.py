@@ -615,3 +615,41 @@ def test_fused_inference_skips_the_warmup_when_the_build_is_on_disk(monkeypatch,
         assert fused_cpu.fused_bias(rbf, q, inference_scores=1) is not None
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))  # an empty cache
     assert not on_disk()
+
+
+def test_fused_training_packed_equals_padded_and_padding_cannot_leak(monkeypatch):
+    """The fused training path (valid keys packed to the front, padding skipped) against the
+    eager scan over the padded keys: values and gradients to round-off; and junk in the
+    padded slots changes nothing."""
+    calls = []
+    attention = fused_cpu.training_attention
+    monkeypatch.setattr(fused_cpu, "training_attention",
+                        lambda *args: calls.append(1) or attention(*args))
+    q, k, v, bias, cq, ck, mask = make_problem(3, 2, 13, 40, 8, ("rbf",), seed=12)
+
+    def run(k, v, ck, compile_):
+        with attention_runtime(compile=compile_):
+            out, inputs = run_backend("tiled", q, k, v, bias, cq, ck, mask)
+        weight = torch.randn(out.shape, generator=torch.Generator().manual_seed(2))
+        return out, torch.autograd.grad((out * weight).sum(), inputs)
+
+    packed, packed_grads = run(k, v, ck, "always")
+    assert calls == [1]
+    padded, padded_grads = run(k, v, ck, "never")
+    assert calls == [1]
+    assert_close_rel(packed, padded.double(), 1e-5, "packed vs padded output")
+    for g, ref in zip(packed_grads, padded_grads):
+        assert_close_rel(g, ref.double(), 1e-5, "packed vs padded gradient")
+    pad = ~mask
+    k2, v2 = k.clone(), v.clone()
+    k2[pad[:, None, :, None].expand_as(k2)] = 1e4
+    v2[pad[:, None, :, None].expand_as(v2)] = -1e4
+    ck2 = {"s": ck["s"].clone()}
+    ck2["s"][pad] = 1e4
+    junk, junk_grads = run(k2, v2, ck2, "always")
+    assert torch.equal(junk, packed)
+    (dq, dk, dv, *d_bias), (rq, rk, rv, *r_bias) = junk_grads, packed_grads
+    valid = mask[:, None, :, None].expand_as(dk)
+    assert torch.equal(dq, rq) and all(map(torch.equal, d_bias, r_bias))
+    assert torch.equal(dk[valid], rk[valid]) and torch.equal(dv[valid], rv[valid])
+    assert dk[~valid].abs().max() == 0 and dv[~valid].abs().max() == 0
