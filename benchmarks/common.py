@@ -1,5 +1,5 @@
-"""Helpers shared by the benchmark scripts: timing, run metadata, peak RSS, JSON output and
-the bias of a trained model.
+"""Helpers shared by the benchmark scripts: timing, run metadata, peak RSS, JSON output,
+matrix-product FLOPs and the bias of a trained model.
 
 The scripts run as ``python benchmarks/NAME.py``, so ``benchmarks/`` is on ``sys.path`` and
 they import this module as ``common``. (``reference_runner.py`` runs in a foreign
@@ -8,20 +8,23 @@ environment without torch and keeps its own copies.)
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import platform
 import resource
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from queue import Empty
 from typing import Any
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
+from bsatnp.attention import fused_cpu
 from bsatnp.attention.biases import AttentionBias, DistanceBias
 from bsatnp.io.checkpoint import load_model
 
@@ -98,6 +101,68 @@ def save_figure(fig: Any, out_png: str | Path, dpi: int = 120) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=dpi)
     return out
+
+
+def _baddbmm_flops(self_shape: Any, batch1_shape: Any, batch2_shape: Any, *args: Any,
+                   out_shape: Any = None, **kwargs: Any) -> int:
+    """FLOPs of ``self += batch1 @ batch2`` (``[b, m, k] @ [b, k, n]``): 2·b·m·n·k."""
+    b, m, k = batch1_shape
+    return 2 * b * m * batch2_shape[2] * k
+
+
+def _sdpa_cpu_flops(query_shape: Any, key_shape: Any, value_shape: Any, *args: Any,
+                    out_shape: Any = None, **kwargs: Any) -> int:
+    """FLOPs of PyTorch's CPU flash attention forward (as for the CUDA kernels)."""
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def _sdpa_cpu_backward_flops(grad_out_shape: Any, query_shape: Any, key_shape: Any,
+                             value_shape: Any, *args: Any, out_shape: Any = None,
+                             **kwargs: Any) -> int:
+    """FLOPs of PyTorch's CPU flash attention backward."""
+    return sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
+
+
+EXTRA_FLOP_FORMULAS = {
+    # The tiled scan adds q·kᵀ onto the bias in place (baddbmm_).
+    torch.ops.aten.baddbmm_: _baddbmm_flops,
+    # Dense SDPA on the CPU runs these kernels, which the counter's registry lacks.
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_cpu_flops,
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward:
+        _sdpa_cpu_backward_flops,
+}
+"""Formulas ``torch.utils.flop_counter`` lacks for ops our models run on the CPU."""
+
+
+@contextlib.contextmanager
+def matmul_gflops() -> Iterator[Callable[[], float]]:
+    """Count the matrix-product GFLOPs of the enclosed block; the value, read after it.
+
+    ``torch.utils.flop_counter`` with the formulas it lacks (:data:`EXTRA_FLOP_FORMULAS`), plus
+    the products inside the fused C++ attention kernels, which no counter sees: per score
+    ``2(D + Dv)`` in a forward (``q·kᵀ``, ``P·v``) and twice that more in the training backward
+    (``dP``, ``dq``, ``dk``, ``dv``), over each task's valid keys.
+    """
+    fused = [0.0]
+    training, inference = fused_cpu.training_attention, fused_cpu.attention
+
+    def counted_training(q, k, v, *args):
+        lengths = args[4]
+        fused[0] += 6 * q.shape[1] * q.shape[2] * int(lengths.sum()) * (q.shape[3] + v.shape[-1])
+        return training(q, k, v, *args)
+
+    def counted_inference(q, k, v, *args):
+        B, H, Lq, D = q.shape
+        fused[0] += 2 * B * H * Lq * k.shape[2] * (D + v.shape[-1])
+        return inference(q, k, v, *args)
+
+    counter = FlopCounterMode(display=False, custom_mapping=EXTRA_FLOP_FORMULAS)
+    fused_cpu.training_attention, fused_cpu.attention = counted_training, counted_inference
+    try:
+        with counter:
+            yield lambda: (counter.get_total_flops() + fused[0]) / 1e9
+    finally:
+        fused_cpu.training_attention, fused_cpu.attention = training, inference
 
 
 def trained_bias(checkpoint: str | Path, family: str | None = None) -> AttentionBias:

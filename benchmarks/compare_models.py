@@ -59,9 +59,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import run_meta, write_json
+from common import matmul_gflops, run_meta, write_json
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 from bsatnp.baselines import LOCAL_AVERAGES, calibrated_local_averages
 from bsatnp.evaluate import evaluate
@@ -293,37 +292,6 @@ def train(name: str, experiment: ExperimentConfig, out_dir: Path,
     return trainer.model if trainer.step >= steps or trainer.stopped is not None else None
 
 
-def _baddbmm_flops(self_shape: Any, batch1_shape: Any, batch2_shape: Any, *args: Any,
-                   out_shape: Any = None, **kwargs: Any) -> int:
-    """FLOPs of ``self += batch1 @ batch2`` (``[b, m, k] @ [b, k, n]``): 2·b·m·n·k."""
-    b, m, k = batch1_shape
-    return 2 * b * m * batch2_shape[2] * k
-
-
-def _sdpa_cpu_flops(query_shape: Any, key_shape: Any, value_shape: Any, *args: Any,
-                    out_shape: Any = None, **kwargs: Any) -> int:
-    """FLOPs of PyTorch's CPU flash attention forward (as for the CUDA kernels)."""
-    return sdpa_flop_count(query_shape, key_shape, value_shape)
-
-
-def _sdpa_cpu_backward_flops(grad_out_shape: Any, query_shape: Any, key_shape: Any,
-                             value_shape: Any, *args: Any, out_shape: Any = None,
-                             **kwargs: Any) -> int:
-    """FLOPs of PyTorch's CPU flash attention backward."""
-    return sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
-
-
-EXTRA_FLOP_FORMULAS = {
-    # The tiled scan adds q·kᵀ onto the bias in place (baddbmm_).
-    torch.ops.aten.baddbmm_: _baddbmm_flops,
-    # Dense SDPA on the CPU runs these kernels, which the counter's registry lacks.
-    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_cpu_flops,
-    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward:
-        _sdpa_cpu_backward_flops,
-}
-"""Formulas ``torch.utils.flop_counter`` lacks for ops our models run on the CPU."""
-
-
 def step_costs(models: dict[str, nn.Module], task: Task, rounds: int,
                device: str = "cpu") -> dict[str, dict]:
     """Median training-step seconds (models take turns) and GFLOPs per step on ``device``,
@@ -348,10 +316,9 @@ def step_costs(models: dict[str, nn.Module], task: Task, rounds: int,
         if cuda:  # counted on the CPU only: the counter cannot trace compiled flex_attention
             times[name].append(math.nan)
         else:
-            counter = FlopCounterMode(display=False, custom_mapping=EXTRA_FLOP_FORMULAS)
-            with counter:
+            with matmul_gflops() as gflops:
                 step(name)
-            times[name].append(counter.get_total_flops() / 1e9)
+            times[name].append(gflops())
         step(name)  # a warm-up outside the counter too (compiled kernels, caches)
     for _ in range(rounds):
         for name in models:

@@ -29,19 +29,15 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import statistics
 from collections import defaultdict
-from collections.abc import Iterator
 from dataclasses import replace
 
 import torch
-from common import run_meta, timed, write_json
+from common import matmul_gflops, run_meta, timed, write_json
 from forward import case_batch
 from torch.profiler import profile
-from torch.utils.flop_counter import FlopCounterMode
 
-from bsatnp.attention import fused_cpu
 from bsatnp.attention.runtime import AttentionRuntime, attention_runtime, current_runtime
 from bsatnp.experiment import load_experiment
 from bsatnp.io.checkpoint import load_checkpoint
@@ -82,39 +78,6 @@ def sgemm_gflops(n: int = 2048, repeats: int = 3, dtype: torch.dtype = torch.flo
     torch.mm(a, b)
     best = min(timed(lambda: torch.mm(a, b)) for _ in range(repeats))
     return 2 * n**3 / best / 1e9
-
-
-def baddbmm_in_place(self_shape, a_shape, b_shape, out_shape=None, **kwargs) -> int:
-    """FLOPs of ``self.baddbmm_(a, b)``: those of the product ``a @ b``."""
-    batch, m, k = a_shape
-    return 2 * batch * m * b_shape[-1] * k
-
-
-@contextlib.contextmanager
-def fused_kernel_flops() -> Iterator[list[float]]:
-    """Count the matrix-product FLOPs done inside the fused C++ kernels, which the flop
-    counter cannot see: per score ``2(D + Dv)`` in a forward (``q·kᵀ``, ``P·v``) and twice
-    that more in the training backward (``dP``, ``dq``, ``dk``, ``dv``), over valid keys.
-    """
-    total = [0.0]
-    training, inference = fused_cpu.training_attention, fused_cpu.attention
-
-    def counted_training(q, k, v, *args):
-        lengths = args[4]
-        B, H, Lq, D = q.shape
-        total[0] += 6 * H * Lq * int(lengths.sum()) * (D + v.shape[-1])
-        return training(q, k, v, *args)
-
-    def counted_inference(q, k, v, *args):
-        B, H, Lq, D = q.shape
-        total[0] += 2 * B * H * Lq * k.shape[2] * (D + v.shape[-1])
-        return inference(q, k, v, *args)
-
-    fused_cpu.training_attention, fused_cpu.attention = counted_training, counted_inference
-    try:
-        yield total
-    finally:
-        fused_cpu.training_attention, fused_cpu.attention = training, inference
 
 
 def profile_groups(step) -> tuple[dict[str, float], list[dict[str, object]]]:
@@ -203,12 +166,9 @@ def main() -> None:
         step()  # warm-up (compiles, caches)
     flops = {}
     for mode, step in steps.items():
-        # baddbmm_ (q·kᵀ added into the bias tile in place) is missing from the counter's table
-        counter = FlopCounterMode(display=False,
-                                  custom_mapping={torch.ops.aten.baddbmm_: baddbmm_in_place})
-        with counter, fused_kernel_flops() as fused:
+        with matmul_gflops() as gflops:
             step()
-        flops[mode] = (counter.get_total_flops() + fused[0]) / 1e9
+        flops[mode] = gflops()
     times: dict[str, list[float]] = {mode: [] for mode in steps}
     for _ in range(args.repeats):  # alternately, so drifts in the machine hit all alike
         for mode, step in steps.items():
