@@ -48,6 +48,8 @@ def forward_once(config: str, size: int, threads: int, memory_gb: float) -> dict
             start = time.perf_counter()
             model(batch)
             seconds = time.perf_counter() - start
+    except ValueError as err:  # a model's own guard (TE-TNP's max_pair_elements)
+        return {"failed": "refused by the model's size guard", "error": str(err)[:300]}
     except (MemoryError, RuntimeError) as err:  # an allocation the limit refused
         if isinstance(err, RuntimeError) and "alloc" not in str(err).lower() and \
                 "memory" not in str(err).lower():

@@ -75,6 +75,17 @@ def test_factorised_set_convs_match_dense_rbf_weights():
     assert torch.allclose(got, want, atol=1e-5)
     want = torch.einsum("btg,bcg->btc", dense(rel_t), z.reshape(B, C, -1))
     assert torch.allclose(set_conv_to_points(rel_t, z, spacing, ls), want, atol=1e-5)
+    # the CNN hands over a channels-last z: the same values, and the same gradients as the
+    # dense sum's
+    z_last = z.contiguous(memory_format=torch.channels_last).requires_grad_()
+    z_dense = z.clone().requires_grad_()
+    got = set_conv_to_points(rel_t, z_last, spacing, ls)
+    want = torch.einsum("btg,bcg->btc", dense(rel_t), z_dense.reshape(B, C, -1))
+    assert torch.allclose(got, want, atol=1e-5)
+    weights = torch.randn(B, Lt, C, generator=g)
+    (got * weights).sum().backward()
+    (want * weights).sum().backward()
+    assert torch.allclose(z_last.grad, z_dense.grad, atol=1e-5)
 
 
 @pytest.mark.parametrize("net", NETS)

@@ -182,10 +182,15 @@ def set_conv_to_points(rel: Tensor, z: Tensor, spacing: float, lengthscale: Tens
     Returns:
         Features at the targets ``[B, Lt, C]``.
     """
-    psi_x = _rbf(rel[..., 0], z.shape[-2], spacing, lengthscale)  # [B, Lt, Nx]
-    psi_y = _rbf(rel[..., 1], z.shape[-1], spacing, lengthscale)  # [B, Lt, Ny]
-    zy = torch.einsum("btx,bcxy->btcy", psi_x, z)  # [B, Lt, C, Ny]
-    return torch.einsum("btcy,bty->btc", zy, psi_y)
+    b, c, nx, ny = z.shape
+    lt = rel.shape[1]
+    psi_x = _rbf(rel[..., 0], nx, spacing, lengthscale)  # [B, Lt, Nx]
+    psi_y = _rbf(rel[..., 1], ny, spacing, lengthscale)  # [B, Lt, Ny]
+    # x first, as one product over the grid rows [B, Nx, Ny·C] (free for a channels-last z):
+    # contiguous operands keep the product and its gradients at the BLAS rate
+    rows = z.permute(0, 2, 3, 1).reshape(b, nx, ny * c)
+    zx = torch.bmm(psi_x, rows).view(b * lt, ny, c)  # [B·Lt, Ny, C]
+    return torch.bmm(psi_y.reshape(b * lt, 1, ny), zx).view(b, lt, c)
 
 
 class UNet(nn.Module):
@@ -342,7 +347,9 @@ class ConvCNP(NeuralProcess):
             batch.s_ctx - origin, batch.f_ctx, batch.context_mask(), size, spacing,
             self.log_lengthscale_enc.exp(),
         )  # [B, 1 + Df, Nx, Ny]
-        z = self.cnn(h)  # [B, C, Nx, Ny]
+        # channels-last: oneDNN's depthwise convolution backward is ~40x faster on the CPU in
+        # this layout than in NCHW (9x9, 128 channels); the layers keep it through the CNN
+        z = self.cnn(h.contiguous(memory_format=torch.channels_last))  # [B, C, Nx, Ny]
         features = set_conv_to_points(
             batch.s_test - origin, z, spacing, self.log_lengthscale_dec.exp()
         )  # [B, Lt, C]
