@@ -102,10 +102,11 @@ def plot(results: dict[str, dict[str, dict[str, Any]]], out_png: str) -> None:
                       color=colour, label=name)
             m_ax.plot([s for s, _ in done], [c["peak_rss_mb"] / 1024 for _, c in done], "o-",
                       color=colour, label=name)
-        for size in failed:  # where the model stopped: a cross on the axis' floor
-            for ax in (t_ax, m_ax):
-                ax.plot([size], [0], "x", color=colour, ms=10, mew=2, clip_on=False,
-                        transform=ax.get_xaxis_transform())
+        for size in failed:  # where the model stopped, on the axis' floor: × out of memory
+            timed_out = cases[str(size)]["failed"].startswith("over")  # or refused, ▷ time
+            for ax in (t_ax, m_ax):  # each model a little to the right of the one before
+                ax.plot([size * 1.08**n], [0], ">" if timed_out else "x", color=colour, ms=9,
+                        mew=2, clip_on=False, transform=ax.get_xaxis_transform())
     for ax, label in ((t_ax, "forward seconds"), (m_ax, "peak RSS (GiB)")):
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
@@ -113,7 +114,8 @@ def plot(results: dict[str, dict[str, dict[str, Any]]], out_png: str) -> None:
         ax.set_ylabel(label)
         ax.grid(alpha=0.3, which="both")
     t_ax.legend(fontsize="small")
-    fig.suptitle("one inference forward against the number of points (× = failed there)")
+    fig.suptitle("one inference forward against the number of points "
+                 "(on the floor: × out of memory or refused, ▷ over the time limit)")
     save_figure(fig, out_png)
 
 
