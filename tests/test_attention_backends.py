@@ -565,15 +565,18 @@ def test_a_failing_build_of_the_fused_kernels_falls_back_with_a_warning(monkeypa
 
 
 @pytest.mark.parametrize("family", ["rbf", "exponential"])
-@pytest.mark.parametrize("shape", [(1, 3, 43, 33, 8), (2, 4, 37, 70, 32), (1, 2, 9, 64, 48)])
-def test_fused_cpu_inference_matches_reference(family, shape, monkeypatch):
-    """Inference over one unmasked key tile is one fused kernel (q·kᵀ, bias, softmax, P·v):
-    against float64 over blocks of query rows and their remainder, key counts with and
-    without a tail past the 32-key vectors, value widths below, at and past 32."""
+@pytest.mark.parametrize("shape", [(1, 3, 43, 33, 8), (2, 4, 37, 70, 32), (1, 2, 9, 64, 48),
+                                   (1, 2, 150, 90, 32)])
+@pytest.mark.parametrize("key_chunk", [fused_cpu.KEY_CHUNK, 16, 7])
+def test_fused_cpu_inference_matches_reference(family, shape, key_chunk, monkeypatch):
+    """Inference over unmasked keys is one fused kernel (q·kᵀ, bias, softmax, P·v), the keys
+    a chunk at a time with an online softmax: against float64 over blocks of query rows and
+    their remainder, key counts with and without a tail past the 32-key vectors, value
+    widths below, at and past 32, one chunk or several (with a short last one)."""
     calls = []
     attention = fused_cpu.attention
     monkeypatch.setattr(fused_cpu, "attention",
-                        lambda *args: calls.append(1) or attention(*args))
+                        lambda *args: calls.append(1) or attention(*args, key_chunk=key_chunk))
     B, H, Lq, Lk, D = shape
     q, k, v, bias, cq, ck, mask = make_problem(B, H, Lq, Lk, D, (family,), seed=4,
                                                mask_kind="all_valid")

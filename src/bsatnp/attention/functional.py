@@ -18,7 +18,7 @@ from bsatnp.attention.biases import AttentionBias
 from bsatnp.attention.dense import dense_attention
 from bsatnp.attention.flex import flex_attention_biased, flex_available
 from bsatnp.attention.numerics import builds_graph
-from bsatnp.attention.tiled import TILE_K_INFERENCE, tiled_attention
+from bsatnp.attention.tiled import tiled_attention
 from bsatnp.precision import full_precision
 
 Backend = Literal["auto", "dense", "tiled", "flex"]
@@ -46,10 +46,10 @@ def _fused_inference(q: Tensor, k: Tensor, bias: AttentionBias | None,
                      key_mask: Tensor | None) -> bool:
     """Whether ``tiled`` would run this CPU inference in the fused kernel.
 
-    It does over one unmasked key tile with a bias the kernel computes, and there it is
-    faster than ``dense`` at every size ``dense`` would take (``docs/benchmarks.md``).
+    It does over unmasked keys with a bias the kernel computes, and there it is faster than
+    ``dense`` at every size ``dense`` would take (``docs/benchmarks.md``).
     """
-    if k.shape[2] > TILE_K_INFERENCE or (key_mask is not None and not bool(key_mask.all())):
+    if key_mask is not None and not bool(key_mask.all()):
         return False
     B, H, Lq, _ = q.shape
     return fused_cpu.fused_bias(bias, q, B * H * Lq * k.shape[2]) is not None

@@ -4,7 +4,8 @@
 // bias[j] = sum_u amp[u] * exp(-rate[u] * r(q_i, k_j)) with r = |q_i - k_j|^2 (rbf) or
 // |q_i - k_j| (exponential), the softmax and P v; the block's scores stay in L1/L2 and the
 // head's keys and values in L2, each key or value row loaded once per block of rows.
-//   biased_attention:          inference over every key (no mask);
+//   biased_attention:          inference over every key (no mask), in chunks of keys with
+//                              an online softmax;
 //   attention_train_forward:   training, each task over its first lengths[b] keys, the
 //                              probabilities kept for the backward;
 //   attention_train_backward:  dS = P (dO v^T - delta), dq = dS k, dk = dS^T q, dv = P^T dO,
@@ -77,8 +78,9 @@ inline vf16 load16(const float* p) {
 inline void store16(float* p, const vf16& v) { std::memcpy(p, &v, sizeof v); }
 
 // o[r * ldo + c] = scale[r] * sum_{t < T} x[r * ldx + t] * y[t * ldy + c] for R rows and
-// c < N: a block of rows times a row-major matrix, 32 columns at a time in registers.
-template <int R>
+// c < N (ADD: o[r * ldo + c] += ...): a block of rows times a row-major matrix, 32 columns at
+// a time in registers.
+template <int R, bool ADD = false>
 void block_product(float* o, int64_t ldo, const float* x, int64_t ldx, const float* y,
                    int64_t ldy, int64_t T, int64_t N, const float* scale) {
   int64_t c0 = 0;
@@ -94,15 +96,21 @@ void block_product(float* o, int64_t ldo, const float* x, int64_t ldx, const flo
       }
     }
     for (int r = 0; r < R; ++r) {
-      store16(o + r * ldo + c0, scale[r] * acc[r][0]);
-      store16(o + r * ldo + c0 + 16, scale[r] * acc[r][1]);
+      float* orow = o + r * ldo + c0;
+      if (ADD) {
+        store16(orow, load16(orow) + scale[r] * acc[r][0]);
+        store16(orow + 16, load16(orow + 16) + scale[r] * acc[r][1]);
+      } else {
+        store16(orow, scale[r] * acc[r][0]);
+        store16(orow + 16, scale[r] * acc[r][1]);
+      }
     }
   }
   for (; c0 < N; ++c0) {
     for (int r = 0; r < R; ++r) {
       float acc = 0.0f;
       for (int64_t t = 0; t < T; ++t) acc += x[r * ldx + t] * y[t * ldy + c0];
-      o[r * ldo + c0] = scale[r] * acc;
+      o[r * ldo + c0] = (ADD ? o[r * ldo + c0] : 0.0f) + scale[r] * acc;
     }
   }
 }
@@ -138,47 +146,62 @@ void block_accumulate(float* g, int64_t ldg, const float* p, int64_t ldp, const 
   }
 }
 
-// s[j] <- exp(s[j] + bias[j] - max) over one row of n > 0 keys; returns 1 / sum.
+// One row's scores over a chunk of n > 0 keys against the row's running max m and sum l:
+// s[j] <- exp(s[j] + bias[j] - m'), m' = max(m, max_j (s[j] + bias[j])), l <- l * alpha + sum_j
+// s[j], m <- m'; returns alpha = exp(m - m'), the factor of what was summed before (0 when
+// first: m and l are set from this chunk alone).
 inline float row_bias_exp(float* s, const float* r, const float* amp, const float* rate,
-                          int64_t U, int64_t n) {
+                          int64_t U, int64_t n, float& m, float& l, bool first) {
   for (int64_t u = 0; u < U; ++u) {
     const float a = amp[u], minus_rate = -rate[u];
     if (a == 0.0f) continue;
 #pragma omp simd
     for (int64_t j = 0; j < n; ++j) s[j] += a * exp_clamped(minus_rate * r[j]);
   }
-  float m = s[0];
-#pragma omp simd reduction(max : m)
-  for (int64_t j = 1; j < n; ++j) m = s[j] > m ? s[j] : m;
+  float cm = s[0];
+#pragma omp simd reduction(max : cm)
+  for (int64_t j = 1; j < n; ++j) cm = s[j] > cm ? s[j] : cm;
+  const float m_new = first || cm > m ? cm : m;
+  const float alpha = first ? 0.0f : exp_clamped(m - m_new);
   float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
   for (int64_t j = 0; j < n; ++j) {
-    const float e = exp_clamped(s[j] - m);
+    const float e = exp_clamped(s[j] - m_new);
     s[j] = e;
     sum += e;
   }
-  return 1.0f / sum;
+  m = m_new;
+  l = l * alpha + sum;
+  return alpha;
 }
 
-// Inference: out rows i0.. of every head of one task.
+// Inference, R rows of one head over keys j0..j0+n: scores s = q k^T into s [R, lds], then
+// the online softmax: acc [R, Dv] <- alpha * acc + P v, with the rows' max m and sum l.
+// r: the rows' distances to these keys (ld ldr).
 template <int R>
-void attend_block(float* out, const float* q, const float* kT, const float* v, const float* cq,
-                  const float* ckT, const float* amp, const float* rate, int64_t H,
-                  int64_t Lq, int64_t D, int64_t Lk, int64_t Dv, int64_t C, int64_t U,
-                  bool root, int64_t i0, float* r, float* s) {
-  for (int rr = 0; rr < R; ++rr)
-    row_distances(r + rr * Lk, cq + (i0 + rr) * C, ckT, C, Lk, Lk, root);
-  float inv[R], unit[R];
+void attend_chunk(float* acc, float* m, float* l, const float* q, const float* kT,
+                  const float* v, const float* r, int64_t ldr, const float* amp,
+                  const float* rate, int64_t D, int64_t Lk, int64_t Dv, int64_t U, int64_t j0,
+                  int64_t n, bool first, float* s, int64_t lds) {
+  float unit[R];
   for (int rr = 0; rr < R; ++rr) unit[rr] = 1.0f;
-  for (int64_t h = 0; h < H; ++h) {
-    block_product<R>(s, Lk, q + (h * Lq + i0) * D, D, kT + h * D * Lk, Lk, D, Lk, unit);
-    for (int rr = 0; rr < R; ++rr)
-      inv[rr] = row_bias_exp(s + rr * Lk, r + rr * Lk, amp + h * U, rate + h * U, U, Lk);
-    block_product<R>(out + (h * Lq + i0) * Dv, Dv, s, Lk, v + h * Lk * Dv, Dv, Lk, Dv, inv);
+  block_product<R>(s, lds, q, D, kT + j0, Lk, D, n, unit);
+  for (int rr = 0; rr < R; ++rr) {
+    const float alpha =
+        row_bias_exp(s + rr * lds, r + rr * ldr, amp, rate, U, n, m[rr], l[rr], first);
+    if (!first && alpha != 1.0f) {
+      float* arow = acc + rr * Dv;
+#pragma omp simd
+      for (int64_t c = 0; c < Dv; ++c) arow[c] *= alpha;
+    }
   }
+  if (first)
+    block_product<R>(acc, Dv, s, lds, v + j0 * Dv, Dv, n, Dv, unit);
+  else
+    block_product<R, true>(acc, Dv, s, lds, v + j0 * Dv, Dv, n, Dv, unit);
 }
 
-constexpr int kRows = 8;  // query rows per block: the keys and values are read once per block
+constexpr int kRows = 8;  // query rows in registers: keys and values are read once per 8 rows
 
 // Training forward of one (task, head) over its first n keys: P rows normalised, out = P v.
 template <int R>
@@ -192,7 +215,9 @@ void train_forward_block(float* out, float* p, const float* q, const float* kT,
   block_product<R>(p, Lk, q, D, kT, Lk, D, n, unit);  // scores = q k^T
   for (int rr = 0; rr < R; ++rr) {
     float* pr = p + rr * Lk;
-    const float inv = row_bias_exp(pr, r + rr * Lk, amp, rate, U, n);
+    float m, l = 0.0f;
+    row_bias_exp(pr, r + rr * Lk, amp, rate, U, n, m, l, true);
+    const float inv = 1.0f / l;
 #pragma omp simd
     for (int64_t j = 0; j < n; ++j) pr[j] *= inv;
   }
@@ -247,11 +272,15 @@ void check_lengths(const at::Tensor& lengths, int64_t B, int64_t Lk) {
 
 }  // namespace
 
-// out [B, H, Lq, Dv] = softmax(q k^T + bias) v over all Lk keys, no mask.
+// out [B, H, Lq, Dv] = softmax(q k^T + bias) v over all Lk keys, no mask, the keys taken
+// key_chunk at a time with an online softmax (memory O(rows x key_chunk) per thread, any Lk).
+// Each thread takes a block of up to 64 query rows of one task; each chunk of keys and its
+// distances serve the block's rows, 8 at a time, head by head.
 // q [B, H, Lq, D] (scaled), kT [B, H, D, Lk], v [B, H, Lk, Dv], cq [B, Lq, C],
 // ckT [B, C, Lk], amp and rate [H, U].
 void biased_attention(at::Tensor out, at::Tensor q, at::Tensor kT, at::Tensor v, at::Tensor cq,
-                      at::Tensor ckT, at::Tensor amp, at::Tensor rate, bool root) {
+                      at::Tensor ckT, at::Tensor amp, at::Tensor rate, bool root,
+                      int64_t key_chunk) {
   check(out, 4, "out");
   check(q, 4, "q");
   check(kT, 4, "kT");
@@ -263,7 +292,7 @@ void biased_attention(at::Tensor out, at::Tensor q, at::Tensor kT, at::Tensor v,
   const int64_t B = q.size(0), H = q.size(1), Lq = q.size(2), D = q.size(3), Lk = kT.size(3),
                 Dv = v.size(3), C = cq.size(2), U = amp.size(1);
   TORCH_CHECK(Lk > 0 && kT.size(2) == D && v.size(2) == Lk && out.size(2) == Lq &&
-                  out.size(3) == Dv && ckT.size(2) == Lk && amp.size(0) == H,
+                  out.size(3) == Dv && ckT.size(2) == Lk && amp.size(0) == H && key_chunk > 0,
               "biased_attention: inconsistent shapes");
   float* O = out.data_ptr<float>();
   const float* Q = q.data_ptr<float>();
@@ -273,25 +302,50 @@ void biased_attention(at::Tensor out, at::Tensor q, at::Tensor kT, at::Tensor v,
   const float* CK = ckT.data_ptr<float>();
   const float* A = amp.data_ptr<float>();
   const float* RT = rate.data_ptr<float>();
-  const int64_t blocks = (Lq + kRows - 1) / kRows;
+  const int64_t kc = key_chunk < Lk ? key_chunk : Lk;
+  int64_t rows = 64;  // fewer rows per block where the blocks would not keep every thread busy
+  while (rows > kRows && B * ((Lq + rows - 1) / rows) < 4 * at::get_num_threads()) rows /= 2;
+  const int64_t blocks = (Lq + rows - 1) / rows;
   at::parallel_for(0, B * blocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> r(kRows * Lk), s(kRows * Lk);
+    std::vector<float> r(rows * kc), s(kRows * kc), acc(H * rows * Dv), m(H * rows),
+        l(H * rows);
     for (int64_t bk = begin; bk < end; ++bk) {
-      const int64_t b = bk / blocks, i0 = (bk % blocks) * kRows;
-      float* ob = O + b * H * Lq * Dv;
+      const int64_t b = bk / blocks, i0 = (bk % blocks) * rows;
+      const int64_t n_rows = i0 + rows <= Lq ? rows : Lq - i0;
       const float* qb = Q + b * H * Lq * D;
       const float* kb = KT + b * H * D * Lk;
       const float* vb = V + b * H * Lk * Dv;
-      const float* cqb = CQ + b * Lq * C;
       const float* ckb = CK + b * C * Lk;
-      if (i0 + kRows <= Lq) {
-        attend_block<kRows>(ob, qb, kb, vb, cqb, ckb, A, RT, H, Lq, D, Lk, Dv, C, U, root, i0,
-                            r.data(), s.data());
-      } else {
-        for (int64_t i = i0; i < Lq; ++i)
-          attend_block<1>(ob, qb, kb, vb, cqb, ckb, A, RT, H, Lq, D, Lk, Dv, C, U, root, i,
-                          r.data(), s.data());
+      for (int64_t j0 = 0; j0 < Lk; j0 += kc) {
+        const int64_t n = j0 + kc <= Lk ? kc : Lk - j0;
+        for (int64_t i = 0; i < n_rows; ++i)
+          row_distances(r.data() + i * kc, CQ + (b * Lq + i0 + i) * C, ckb + j0, C, Lk, n, root);
+        for (int64_t h = 0; h < H; ++h) {
+          const float* qh = qb + (h * Lq + i0) * D;
+          const float* kh = kb + h * D * Lk;
+          const float* vh = vb + h * Lk * Dv;
+          float* ah = acc.data() + h * rows * Dv;
+          float* mh = m.data() + h * rows;
+          float* lh = l.data() + h * rows;
+          int64_t i = 0;
+          for (; i + kRows <= n_rows; i += kRows)
+            attend_chunk<kRows>(ah + i * Dv, mh + i, lh + i, qh + i * D, kh, vh,
+                                r.data() + i * kc, kc, A + h * U, RT + h * U, D, Lk, Dv, U, j0,
+                                n, j0 == 0, s.data(), kc);
+          for (; i < n_rows; ++i)
+            attend_chunk<1>(ah + i * Dv, mh + i, lh + i, qh + i * D, kh, vh,
+                            r.data() + i * kc, kc, A + h * U, RT + h * U, D, Lk, Dv, U, j0, n,
+                            j0 == 0, s.data(), kc);
+        }
       }
+      for (int64_t h = 0; h < H; ++h)
+        for (int64_t i = 0; i < n_rows; ++i) {
+          const float inv = 1.0f / l[h * rows + i];
+          const float* arow = acc.data() + (h * rows + i) * Dv;
+          float* orow = O + ((b * H + h) * Lq + i0 + i) * Dv;
+#pragma omp simd
+          for (int64_t c = 0; c < Dv; ++c) orow[c] = arow[c] * inv;
+        }
     }
   });
 }

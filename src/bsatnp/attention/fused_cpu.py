@@ -6,7 +6,9 @@ bias, the softmax and ``P·v`` (and, in the backward, for ``dP``, ``dS``, ``dq``
 it all for a block of 8 query rows at a time, the block's scores in L1/L2 and the head's
 keys and values in L2, each key or value row loaded once per block:
 
-* :func:`attention`: inference, ``softmax(q·kᵀ + bias)·v`` over one unmasked key tile;
+* :func:`attention`: inference, ``softmax(q·kᵀ + bias)·v`` over every key (no mask), the
+  keys :data:`KEY_CHUNK` at a time with an online softmax, so memory stays O(chunk) per
+  thread at any number of keys;
 * :func:`training_attention`: the training forward (probabilities kept for the backward)
   and backward, each task over its own valid keys: padded context slots cost nothing and no
   per-task split is needed.
@@ -45,6 +47,8 @@ NAME = "bsatnp_fused_cpu"
 INFERENCE_WARMUP = 10**10
 """Scores inference computes eagerly in a process before it builds the kernels (as
 :data:`~bsatnp.attention.compiled.EXP_FAMILY_WARMUP`)."""
+KEY_CHUNK = 1024
+"""Keys per chunk of the inference kernel (its scores and distances stay in L2)."""
 _declined = [0]  # inference scores computed eagerly so far
 
 
@@ -150,7 +154,8 @@ def _coords(coords_q: Mapping[str, Tensor], coords_k: Mapping[str, Tensor],
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, coords_q: Mapping[str, Tensor],
-              coords_k: Mapping[str, Tensor], fb: FusedBias) -> Tensor:
+              coords_k: Mapping[str, Tensor], fb: FusedBias,
+              key_chunk: int = KEY_CHUNK) -> Tensor:
     """``softmax(q·kᵀ + bias)·v`` over every key, in one pass (inference; no mask).
 
     Args:
@@ -160,6 +165,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, coords_q: Mapping[str, Tensor],
         coords_q: Per-role query coordinates ``{role: [B, Lq, C]}``.
         coords_k: Per-role key coordinates ``{role: [B, Lk, C]}``.
         fb: The bias (:func:`fused_bias`).
+        key_chunk: Keys per chunk of the online softmax.
 
     Returns:
         ``[B, H, Lq, Dv]``.
@@ -170,7 +176,8 @@ def attention(q: Tensor, k: Tensor, v: Tensor, coords_q: Mapping[str, Tensor],
     out = q.new_empty(*q.shape[:3], v.shape[-1])
     with record_function("bsatnp::fused_biased_attention"):
         extension.biased_attention(out, q.contiguous(), k.transpose(-1, -2).contiguous(),
-                                   v.contiguous(), cq, ck_t, fb.amp, fb.rate, fb.root)
+                                   v.contiguous(), cq, ck_t, fb.amp, fb.rate, fb.root,
+                                   key_chunk)
     return out
 
 

@@ -38,7 +38,7 @@ from bsatnp.attention.runtime import current_runtime
 TILE_K_TRAIN = 1024
 """Default keys per tile when gradients are needed."""
 TILE_K_INFERENCE = 4096
-"""Default keys per tile without gradients (one fused softmax for up to 4096 keys)."""
+"""Default keys per tile without gradients (where the fused kernel does not serve)."""
 TILE_ELEMENTS = 1 << 22
 """Default size of one score tile, ``B·H·tile_q·tile_k`` elements (16 MiB in float32)."""
 FAR_TILE = 512
@@ -62,7 +62,6 @@ class _Plan(NamedTuple):
     has_key: Tensor | None  # [B] tasks with at least one valid key; None: all have
     keep_tiles: bool  # training forward keeps its tiles for the backward
     far: FarTiles | None = None  # tiles beyond the bias's reach (points in curve order)
-    fused: fused_cpu.FusedBias | None = None  # inference over one unmasked key tile: fused
 
     @property
     def single_key_tile(self) -> bool:
@@ -149,8 +148,6 @@ def tiled_forward(
     """
     B, H, Lq, _ = q.shape
     q = q * scale
-    if plan.fused is not None:  # inference over one unmasked key tile: one fused pass
-        return fused_cpu.attention(q, k, v, coords_q, coords_k, plan.fused), None, None
     out = q.new_empty(B, H, Lq, v.shape[-1])
     if plan.single_key_tile:
         (_, mask_t), = plan.key_tiles
@@ -380,6 +377,12 @@ def _attend(
     plan = _plan(q, k.shape[2], key_mask, tile_q, tile_k, training, keep_tiles)
     coords_q = {r: c.detach() for r, c in coords_q.items()}
     coords_k = {r: c.detach() for r, c in coords_k.items()}
+    if not training and plan.has_key is None and all(m is None for _, m in plan.key_tiles):
+        B, H, Lq, _ = q.shape  # inference over unmasked keys: the fused kernel, any Lk
+        fb = fused_cpu.fused_bias(bias, q, B * H * Lq * k.shape[2])
+        if fb is not None:
+            with torch.no_grad():
+                return fused_cpu.attention(q * scale, k, v, coords_q, coords_k, fb)
     reaches = _far_reaches(bias, plan)
     order_q = None
     if reaches is not None:  # queries and keys in Z-order of the biased roles
@@ -394,10 +397,6 @@ def _attend(
         plan = plan._replace(
             far=FarTiles(reaches, coords_q, coords_k, plan.tile_q, plan.tile_k)
         )
-    if (not training and plan.single_key_tile and plan.has_key is None
-            and plan.key_tiles[0][1] is None):  # inference over one unmasked key tile
-        B, H, Lq, _ = q.shape
-        plan = plan._replace(fused=fused_cpu.fused_bias(bias, q, B * H * Lq * k.shape[2]))
     if not training:
         with torch.no_grad():
             out = tiled_forward(q, k, v, bias, coords_q, coords_k, scale, plan)[0]
