@@ -22,7 +22,12 @@ from queue import Empty
 from typing import Any
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+from torch.utils.flop_counter import (
+    FlopCounterMode,
+    conv_flop_count,
+    sdpa_backward_flop_count,
+    sdpa_flop_count,
+)
 
 from bsatnp.attention import fused_cpu
 from bsatnp.attention.biases import AttentionBias, DistanceBias
@@ -123,7 +128,20 @@ def _sdpa_cpu_backward_flops(grad_out_shape: Any, query_shape: Any, key_shape: A
     return sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
 
 
+def _conv_backward_flops(grad_out_shape: Any, x_shape: Any, w_shape: Any, _bias: Any,
+                         _stride: Any, _padding: Any, _dilation: Any, transposed: bool,
+                         _output_padding: Any, _groups: Any, output_mask: Any, *args: Any,
+                         out_shape: Any = None, **kwargs: Any) -> int:
+    """FLOPs of a convolution's backward: each gradient asked for (input, weight) costs what
+    the forward does. The counter's own formula ignores ``groups`` in the weight's gradient
+    and counts a depthwise 9×9 convolution's backward ~40× too high."""
+    forward = conv_flop_count(list(x_shape), list(w_shape), list(grad_out_shape), transposed)
+    return forward * (int(output_mask[0]) + int(output_mask[1]))
+
+
 EXTRA_FLOP_FORMULAS = {
+    # Grouped (depthwise) convolutions: the counter's backward formula ignores the groups.
+    torch.ops.aten.convolution_backward: _conv_backward_flops,
     # The tiled scan adds q·kᵀ onto the bias in place (baddbmm_).
     torch.ops.aten.baddbmm_: _baddbmm_flops,
     # Dense SDPA on the CPU runs these kernels, which the counter's registry lacks.

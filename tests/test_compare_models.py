@@ -180,3 +180,23 @@ def test_compare_models_shared_permutation_reaches_the_gp_task_only(tmp_path):
     assert json.loads(out.read_text())["meta"]["shared_permutation"] is True
     refused = compare("--task", "sir")
     assert refused.returncode == 2 and "--shared-permutation is for the GP tasks" in refused.stderr
+
+
+@pytest.mark.parametrize("groups", [1, 4, 8])
+def test_matmul_gflops_counts_grouped_convolutions_by_hand(groups):
+    """A convolution's forward and backward against the hand count: 2·N·Cout·H·W·(Cin/g)·k²
+    for the forward and again for each gradient asked for (input, weight); the counter's own
+    backward formula ignores the groups."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from common import matmul_gflops
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    n, c, side, k = 2, 8, 6, 3
+    conv = torch.nn.Conv2d(c, c, k, padding=k // 2, groups=groups)
+    forward = 2 * n * c * side * side * (c // groups) * k * k
+    for input_grad in (True, False):
+        x = torch.randn(n, c, side, side, requires_grad=input_grad)
+        with matmul_gflops() as gflops:
+            conv(x).sum().backward()
+        assert gflops() * 1e9 == pytest.approx(forward * (3 if input_grad else 2))
