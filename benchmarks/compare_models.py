@@ -31,6 +31,12 @@ model's per-batch scores averaged over its seeds; :func:`bsatnp.reports.seed_sum
 the JSON gains it as ``summary`` beside the per-seed ``eval``. Without ``--seeds`` the
 models train once with the task config's seed, in ``DIR/<name>``, as before.
 
+With ``--budget-minutes M`` the models get the same CPU time instead of the same steps: each
+trains for ``M`` minutes' worth of its own steps (``M · 60 / step seconds``, the step timed side by
+side with the others on the fixed batch before any training, with a fresh initialisation), its
+cosine schedule over those steps. The step counts are kept in ``DIR/budget.json``, so that reruns
+and added seeds train to the same counts; a model added later is timed then.
+
 Usage:
     python benchmarks/compare_models.py --quick            # CI-sized, about a minute
     python benchmarks/compare_models.py --steps 5000 --eval-batches 500 --scaled-batches 50
@@ -39,6 +45,8 @@ Usage:
     python benchmarks/compare_models.py --seeds 0,1,2 --steps 5000 --runs runs/seeds
     python benchmarks/compare_models.py --models "bsatnp,tnpd,tetnp paper,convcnp paper" \
         --shared-permutation --seeds 0,1,2 --steps 1000 --runs runs/paper  # issue 33
+    python benchmarks/compare_models.py --models "bsatnp,tnpd,tetnp paper32,convcnp paper" \
+        --shared-permutation --seeds 0,1,2 --budget-minutes 13 --runs runs/budget  # equal CPU
     python benchmarks/compare_models.py --costs-only       # parameters, step time, GFLOPs
     python benchmarks/compare_models.py --task geodesic --steps 2000 --runs runs/geodesic
     python benchmarks/compare_models.py --task beijing --quick   # also era5 (real data)
@@ -49,6 +57,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import json
 import math
 import statistics
 import sys
@@ -276,7 +285,7 @@ def train(name: str, experiment: ExperimentConfig, out_dir: Path,
                             device=device)
     steps = experiment.train.steps
     if trainer.config.steps != steps:
-        sys.exit(f"{last} is a run of {trainer.config.steps} steps, not --steps {steps}; "
+        sys.exit(f"{last} is a run of {trainer.config.steps} steps, not {steps}; "
                  "use another --runs directory")
     if trainer.config.seed != experiment.train.seed:
         sys.exit(f"{last} is a run with seed {trainer.config.seed}, not "
@@ -331,19 +340,44 @@ def step_costs(models: dict[str, nn.Module], task: Task, rounds: int,
             for name, t in times.items()}
 
 
+def budget_steps(configs: dict[str, ModelConfig], task: Task, minutes: float, path: Path,
+                 rounds: int, device: str) -> dict[str, int]:
+    """Training steps per model for an equal CPU budget of ``minutes``: the budget over each
+    model's step seconds, timed side by side (:func:`step_costs`, fresh initialisations, on
+    ``task``'s fixed batch). Kept in ``path`` (``{"minutes", "models": {name: {"step_s",
+    "steps"}}}``): models already there keep their counts, the others are timed and added.
+    """
+    kept = json.loads(path.read_text()) if path.exists() else {"minutes": minutes, "models": {}}
+    if kept["minutes"] != minutes:
+        sys.exit(f"{path} holds steps for --budget-minutes {kept['minutes']:g}, not "
+                 f"{minutes:g}; use another --runs directory")
+    missing = [name for name in configs if name not in kept["models"]]
+    if missing:
+        torch.manual_seed(0)
+        models = {name: build_model(configs[name]).to(device) for name in missing}
+        for name, cost in step_costs(models, task, rounds, device).items():
+            kept["models"][name] = {"step_s": cost["step_s"],
+                                    "steps": max(1, round(60 * minutes / cost["step_s"]))}
+        write_json(path, kept)
+    return {name: kept["models"][name]["steps"] for name in configs}
+
+
 def tables(results: dict[str, Any]) -> str:
     """Markdown: one cost table and one accuracy table per domain."""
     costs = results["costs"]
     base = costs.get("bsatnp", {}).get("step_s")
-    lines = ["| model | family | parameters | step s | step / BSA-TNP step | GFLOPs/step |",
-             "|---|---|---|---|---|---|"]
+    steps = results["meta"]["steps"]
+    per_model = isinstance(steps, dict)  # an equal CPU budget: steps of each model
+    lines = ["| model | family | parameters | step s | step / BSA-TNP step | GFLOPs/step |"
+             + (" training steps |" if per_model else ""),
+             "|---|---|---|---|---|---|" + ("---|" if per_model else "")]
     for name, info in results["models"].items():
         cost = costs.get(name)
         step = f"{cost['step_s']:.3f}" if cost else "–"
         ratio = f"{cost['step_s'] / base:.2f}" if cost and base else "–"
         gflops = f"{cost['gflops']:.1f}" if cost and math.isfinite(cost["gflops"]) else "–"
         lines.append(f"| {name} | {info['family']} | {info['parameters']:,} | {step} | {ratio} "
-                     f"| {gflops} |")
+                     f"| {gflops} |" + (f" {steps.get(name, '–')} |" if per_model else ""))
     for domain, entry in results.get("eval", {"domains": {}})["domains"].items():
         facts = ", ".join(f"{k} {entry[k]}" for k in ("box", "n_ctx", "n_test") if k in entry)
         names = [n for n, v in entry.items()  # the models (per seed) and the oracle
@@ -435,6 +469,10 @@ def main() -> None:
     parser.add_argument("--minutes", type=float,
                         help="training budget of this invocation (rerun with the same --runs "
                              "to continue)")
+    parser.add_argument("--budget-minutes", type=float,
+                        help="the same CPU time for every model instead of the same --steps: "
+                             "each trains this many minutes' worth of its own steps, timed "
+                             "side by side first and kept in DIR/budget.json (needs --runs)")
     parser.add_argument("--shared-permutation", action="store_true",
                         help="GP tasks: one context/test permutation per batch, as the "
                              "reference draws them (default: one per task)")
@@ -447,6 +485,11 @@ def main() -> None:
     args = parser.parse_args()
     if args.minutes is not None and args.runs is None:
         parser.error("--minutes needs --runs (where the unfinished runs wait for a rerun)")
+    if args.budget_minutes is not None and (args.runs is None or args.costs_only):
+        parser.error("--budget-minutes needs --runs (where the step counts are kept) and "
+                     "training (not --costs-only)")
+    if args.budget_minutes is not None and not args.budget_minutes > 0:
+        parser.error(f"--budget-minutes must be > 0, got {args.budget_minutes:g}")
     torch.set_num_threads(args.threads)
 
     experiment = load_experiment(args.task)
@@ -470,8 +513,13 @@ def main() -> None:
     if args.batch_size is not None:
         experiment = replace(experiment, train=replace(experiment.train,
                                                        batch_size=args.batch_size))
-    train_config = replace(experiment.train, steps=args.steps, val_every=args.steps,
-                           save_every=min(args.steps, 100), val_batches=2 if args.quick else 16)
+    train_config = replace(experiment.train, val_batches=2 if args.quick else 16)
+    trainable = {name: c for name, c in configs.items() if name not in COST_ONLY}
+    steps = {name: args.steps for name in trainable}
+    if args.budget_minutes is not None:
+        steps = budget_steps(trainable, (task if args.quick else full_task).with_batch_size(
+            train_config.batch_size), args.budget_minutes, Path(args.runs) / "budget.json",
+            args.rounds, args.device)
     seeds = args.seeds or [train_config.seed]
     held_out = {experiment.eval.seed, experiment.eval.val_seed} & set(seeds)
     if held_out:
@@ -499,8 +547,10 @@ def main() -> None:
                     if seed == seeds[0]:
                         models[name] = build_model(config).to(args.device)
                     continue
+                n = steps[name]
                 variant = replace(experiment, model=config, task=task,
-                                  train=replace(train_config, seed=seed))
+                                  train=replace(train_config, seed=seed, steps=n, val_every=n,
+                                                save_every=min(n, 100)))
                 out_dir = root / name.replace(" ", "_").replace("=", "").replace("+", "_")
                 model = train(label(name, seed), variant, out_dir, deadline, args.device)
                 if model is None:
@@ -510,7 +560,7 @@ def main() -> None:
                     if seed == seeds[0]:
                         models[name] = model
     if unfinished:
-        print(f"Not yet at {args.steps} steps: {', '.join(unfinished)}. Rerun the same command "
+        print(f"Not yet at their steps: {', '.join(unfinished)}. Rerun the same command "
               f"to continue from {args.runs}; the tables need every model trained.")
         return
     if not args.costs_only:  # Gaussian or class shares, as the task's likelihood
@@ -538,7 +588,11 @@ def main() -> None:
         "meta": run_meta(args.threads,
                          device=(torch.cuda.get_device_name(args.device)
                                  if torch.device(args.device).type == "cuda" else "cpu"),
-                         task=args.task, steps=0 if args.costs_only else args.steps,
+                         task=args.task,
+                         steps=0 if args.costs_only else (
+                             steps if args.budget_minutes is not None else args.steps),
+                         **({} if args.budget_minutes is None
+                            else {"budget_minutes": args.budget_minutes}),
                          quick=args.quick, shared_permutation=args.shared_permutation,
                          **({"seeds": seeds} if args.seeds else {})),
         "models": {

@@ -58,7 +58,7 @@ def test_compare_models_continues_in_pieces(tmp_path):
 
     proc = compare("--minutes", "0")  # no time: nothing trains, no table yet
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "Not yet at 4 steps: bsatnp, tnpd" in proc.stdout and not out.exists()
+    assert "Not yet at their steps: bsatnp, tnpd" in proc.stdout and not out.exists()
     assert compare().returncode == 0
     first = json.loads(out.read_text())
     assert all((runs / "scores" / "in_domain" / f"{name}.jsonl").exists()
@@ -200,3 +200,38 @@ def test_matmul_gflops_counts_grouped_convolutions_by_hand(groups):
         with matmul_gflops() as gflops:
             conv(x).sum().backward()
         assert gflops() * 1e9 == pytest.approx(forward * (3 if input_grad else 2))
+
+
+def test_compare_models_equal_cpu_budget(tmp_path):
+    """--budget-minutes: each model's steps are the budget over its step time (timed side by
+    side, kept in DIR/budget.json); the runs train to them, a rerun keeps them, a model
+    added later is timed and added, and another budget for the same runs is refused."""
+    runs, out = tmp_path / "runs", tmp_path / "compare.json"
+
+    def compare(models, budget="0.005"):
+        return subprocess.run(
+            [sys.executable, str(ROOT / "benchmarks" / "compare_models.py"), "--quick",
+             "--models", models, "--threads", "1", "--runs", str(runs), "--out", str(out),
+             "--budget-minutes", budget],
+            capture_output=True, text=True, timeout=600,
+        )
+
+    proc = compare("bsatnp,tnpd")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    kept = json.loads((runs / "budget.json").read_text())
+    assert kept["minutes"] == 0.005 and set(kept["models"]) == {"bsatnp", "tnpd"}
+    for name, entry in kept["models"].items():
+        assert entry["steps"] == max(1, round(60 * 0.005 / entry["step_s"])), name
+        log = [json.loads(line) for line in (runs / name / "log.jsonl").read_text().splitlines()]
+        assert log[-1]["step"] == entry["steps"], name
+    results = json.loads(out.read_text())
+    assert results["meta"]["budget_minutes"] == 0.005
+    assert results["meta"]["steps"] == {n: e["steps"] for n, e in kept["models"].items()}
+    assert "training steps" in proc.stdout
+    proc = compare("bsatnp,tnpd,tetnp")  # the kept counts stay; TE-TNP is timed and added
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    again = json.loads((runs / "budget.json").read_text())
+    assert {n: again["models"][n] for n in kept["models"]} == kept["models"]
+    assert "tetnp" in again["models"]
+    proc = compare("bsatnp", budget="0.01")
+    assert proc.returncode != 0 and "--budget-minutes 0.005" in proc.stderr
