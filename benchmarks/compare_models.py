@@ -321,14 +321,15 @@ def step_costs(models: dict[str, nn.Module], task: Task, rounds: int,
         optimizers[name].step()
 
     times: dict[str, list[float]] = {name: [] for name in models}
-    for name in models:  # warm-up, and the GFLOPs of one step
+    for name in models:  # warm-ups, and the GFLOPs of one step
         if cuda:  # counted on the CPU only: the counter cannot trace compiled flex_attention
             times[name].append(math.nan)
         else:
             with matmul_gflops() as gflops:
                 step(name)
             times[name].append(gflops())
-        step(name)  # a warm-up outside the counter too (compiled kernels, caches)
+        for _ in range(3):  # warm-ups outside the counter: compiled kernels (the SIR bias's
+            step(name)      # took its third and fourth steps to settle), caches
     for _ in range(rounds):
         for name in models:
             start = time.perf_counter()
