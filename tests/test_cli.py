@@ -178,6 +178,22 @@ def test_comparison_panels_give_each_model_a_row_on_one_field(tmp_path):
         plot_comparison({}, tmp_path / "none.png")
 
 
+def test_comparison_panels_share_one_colour_scale_per_column():
+    import numpy as np
+
+    from bsatnp.plot import shared_scales
+
+    rows = [[("mean", np.array([0.0, 1.0]), "viridis", -2.0, 2.0),
+             ("std", np.array([0.5, 0.9]), "magma", None, None)],
+            [("mean", np.array([5.0]), "viridis", -2.0, 2.0),
+             ("std", np.array([1.0, 1.2]), "magma", None, None)]]
+    shared = shared_scales(rows)
+    # fixed limits stay; free ones become the column's range over both rows
+    assert [row[0][3:] for row in shared] == [(-2.0, 2.0), (-2.0, 2.0)]
+    assert [row[1][3:] for row in shared] == [(0.5, 1.2), (0.5, 1.2)]
+    assert rows[0][1][3] is None  # the input rows are left as they were
+
+
 def test_learning_curves_of_several_runs_share_one_figure(run, tmp_path, capsys):
     log = str(run / "log.jsonl")
     curves = tmp_path / "curves.png"

@@ -64,8 +64,8 @@ def plot_comparison(models: Mapping[str, nn.Module], out_png: str | os.PathLike[
 
     The first row holds the context and the truth; each model has a row of its own with
     what :func:`plot_field` shows of a prediction (mean, std and |error|, or the most likely
-    class and the entropy), on the same field and the same colour scales, its scores in the
-    row's first title.
+    class and the entropy), on the same field, each column on one colour scale
+    (:func:`shared_scales`), its scores in the row's first title.
 
     Args:
         models: Models by the name their row shows.
@@ -89,6 +89,7 @@ def plot_comparison(models: Mapping[str, nn.Module], out_png: str | os.PathLike[
         panels, summary = field.prediction(model)
         (title, *rest), *others = panels
         rows.append([(f"{name}: {title}\n{summary}", *rest), *others])
+    rows = shared_scales(rows)
     width = max(len(row) for row in rows)
     fig = _figure_class()(figsize=(4.4 * width, 4.4 * (1 + len(rows))), layout="constrained")
     axes = fig.subplots(1 + len(rows), width, squeeze=False)
@@ -98,6 +99,25 @@ def plot_comparison(models: Mapping[str, nn.Module], out_png: str | os.PathLike[
             ax.set_axis_off()
     fig.suptitle(field.title)
     return _save(fig, out_png)
+
+
+def shared_scales(rows: Sequence[Sequence[Panel]]) -> list[list[Panel]]:
+    """The rows with one colour scale per column, so that the models' panels compare by colour.
+
+    A panel without limits of its own (std, |error|, entropy) gets the minimum and maximum
+    of its column over every row; the input rows are not changed.
+    """
+    rows = [list(row) for row in rows]
+    for column in range(max(len(row) for row in rows)):
+        free = [row for row in rows if len(row) > column and row[column][3] is None]
+        if not free:
+            continue
+        lo = min(float(row[column][1].min()) for row in free)
+        hi = max(float(row[column][1].max()) for row in free)
+        for row in free:
+            title, values, cmap, _, _ = row[column]
+            row[column] = (title, values, cmap, lo, hi)
+    return rows
 
 
 class _Field:
@@ -167,7 +187,7 @@ class _Field:
                 ("predicted std", self.image(std), "magma", None, None),
                 ("|mean − truth|", self.image((mean - batch.f_test).abs()), "magma", None,
                  None)], (f"NLL {scores['nll']:.3f}, RMSE {scores['rmse']:.3f}, "
-                          f"95% coverage {scores['cov95']:.2f}")
+                          f"cov95 {scores['cov95']:.2f}")
 
     def draw(self, fig: Any, axes: Any, contents: Sequence[Panel],
              context_first: bool = False) -> None:
