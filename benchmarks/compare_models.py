@@ -45,8 +45,9 @@ Usage:
     python benchmarks/compare_models.py --seeds 0,1,2 --steps 5000 --runs runs/seeds
     python benchmarks/compare_models.py --models "bsatnp,tnpd,tetnp paper,convcnp paper" \
         --shared-permutation --seeds 0,1,2 --steps 1000 --runs runs/paper  # issue 33
-    python benchmarks/compare_models.py --models "bsatnp,tnpd,tetnp paper32,convcnp paper" \
-        --shared-permutation --seeds 0,1,2 --budget-minutes 13 --runs runs/budget  # equal CPU
+    python benchmarks/compare_models.py --models "bsatnp,tnpd,tetnp paper32,convcnp paper,idw,knn" \
+        --shared-permutation --seeds 0,1,2 --budget-minutes 5 --runs runs/budget \
+        --eval-batches 60 --scaled-batches 15  # equal CPU (docs/results.md; also --task sir)
     python benchmarks/compare_models.py --costs-only       # parameters, step time, GFLOPs
     python benchmarks/compare_models.py --task geodesic --steps 2000 --runs runs/geodesic
     python benchmarks/compare_models.py --task beijing --quick   # also era5 (real data)
