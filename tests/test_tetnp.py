@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 from conftest import assert_same, dropped, random_batch, shifted, with_nan_padding
@@ -37,6 +40,44 @@ def test_te_attention_masked_keys_equivariance_and_empty_rows():
     empty.sum().backward()
     assert bool(torch.isfinite(empty).all()) and bool(torch.isfinite(z_q.grad).all())
     assert torch.allclose(empty[1], attn.proj_out.bias.expand(5, -1))
+
+
+FIXTURE = Path(__file__).parent / "fixtures" / "dl4bi_te_attention.npz"
+
+
+def _reference_layer(activation: str) -> tuple[TEMultiheadAttention, dict[str, torch.Tensor]]:
+    """Our TE attention with the reference's weights (scripts/make_te_attention_fixture.py)."""
+    z = np.load(FIXTURE)
+    arrays = {k: torch.from_numpy(z[k]) for k in z.files}
+    attn = TEMultiheadAttention(dim=24, dim_s=3, qkv_dim=32, num_heads=4, phi_hidden=16,
+                                phi_layers=2, activation=activation).double()
+    linears = {"proj_qs/Dense_0": attn.proj_q, "proj_ks/Dense_0": attn.proj_k,
+               "proj_vs/Dense_0": attn.proj_v, "proj_out/Dense_0": attn.proj_out,
+               **{f"kernel/Dense_{i}": layer for i, layer in enumerate(attn.phi.layers)}}
+    assert {f"param:{n}/{p}" for n in linears for p in ("kernel", "bias")} == {
+        k for k in arrays if k.startswith("param:")}
+    with torch.no_grad():
+        for name, linear in linears.items():
+            linear.weight.copy_(arrays[f"param:{name}/kernel"].T)  # flax: [in, out]
+            linear.bias.copy_(arrays[f"param:{name}/bias"])
+    return attn, {k: v.double() if v.is_floating_point() else v for k, v in arrays.items()}
+
+
+def test_te_attention_matches_the_reference_on_its_fixture():
+    """The reference's TE multi-head attention (dl4bi 0.1.3, as its TE-TNP builds it: ReLU
+    kernel MLP [16, 16, H] over [dot products, s_q − s_k], masked keys), run by the reference
+    itself on perturbed weights and random inputs: ours, given those weights, gives its
+    output. With GELU (this package's presets) or the location difference reversed it
+    does not, so the fixture tells them apart."""
+    attn, a = _reference_layer("relu")
+    with torch.no_grad():
+        out = attn(a["qs"], a["ks"], a["qs_s"], a["ks_s"], a["mask"])
+        assert (out - a["out"]).abs().max() < 1e-5
+        assert a["out"].abs().max() > 0.1
+        reversed_diff = attn(a["qs"], a["ks"], -a["qs_s"], -a["ks_s"], a["mask"])
+        assert (reversed_diff - a["out"]).abs().max() > 1e-2
+        gelu = _reference_layer("gelu")[0](a["qs"], a["ks"], a["qs_s"], a["ks_s"], a["mask"])
+        assert (gelu - a["out"]).abs().max() > 1e-2
 
 
 def test_te_attention_pair_guard_raises():

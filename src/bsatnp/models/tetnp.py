@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -74,6 +74,7 @@ class TEMultiheadAttention(nn.Module):
         max_pair_elements: Largest allowed ``B·Lq·Lk·phi_hidden``; larger calls raise
             ``ValueError`` (see the module docstring for the memory this stands for).
         phi_layers: Hidden layers of ``φ``.
+        activation: Of ``φ``'s hidden layers, ``"gelu"`` or ``"relu"`` (the reference's).
     """
 
     def __init__(
@@ -85,6 +86,7 @@ class TEMultiheadAttention(nn.Module):
         phi_hidden: int = 16,
         max_pair_elements: int = DEFAULT_MAX_PAIR_ELEMENTS,
         phi_layers: int = 1,
+        activation: str = "gelu",
     ) -> None:
         super().__init__()
         if qkv_dim % num_heads:
@@ -97,7 +99,8 @@ class TEMultiheadAttention(nn.Module):
         self.proj_k = nn.Linear(dim, qkv_dim)
         self.proj_v = nn.Linear(dim, qkv_dim)
         self.proj_out = nn.Linear(qkv_dim, dim)
-        self.phi = MLP((num_heads + dim_s, *[phi_hidden] * phi_layers, num_heads))
+        self.phi = MLP((num_heads + dim_s, *[phi_hidden] * phi_layers, num_heads),
+                       activation=activation)
 
     def _heads(self, x: Tensor) -> Tensor:
         """``[B, L, H·Dh]`` → ``[B, L, H, Dh]``."""
@@ -184,6 +187,7 @@ class TEISTLayer(nn.Module):
         phi_layers: Hidden layers of each ``φ``.
         pseudo: Whether the layer has pseudo-tokens.
         separate_test: Whether test tokens have blocks of their own.
+        activation: Of the hidden layers of every ``φ`` and FFN.
     """
 
     def __init__(
@@ -199,9 +203,11 @@ class TEISTLayer(nn.Module):
         phi_layers: int = 1,
         pseudo: bool = True,
         separate_test: bool = False,
+        activation: str = "gelu",
     ) -> None:
         super().__init__()
-        attn = (dim, dim_s, qkv_dim, num_heads, phi_hidden, max_pair_elements, phi_layers)
+        attn = (dim, dim_s, qkv_dim, num_heads, phi_hidden, max_pair_elements, phi_layers,
+                activation)
         self.pseudo, self.separate_test = pseudo, separate_test
         if pseudo:  # registration order kept: it is the order of initialisation
             self.norm_u_attn = nn.LayerNorm(dim, eps=ln_eps)
@@ -209,16 +215,16 @@ class TEISTLayer(nn.Module):
         if pseudo:
             self.attn_u = TEMultiheadAttention(*attn)
             self.norm_u_ffn = nn.LayerNorm(dim, eps=ln_eps)
-            self.ffn_u = MLP((dim, ffn_dim, dim))
+            self.ffn_u = MLP((dim, ffn_dim, dim), activation=activation)
             self.norm_u_key = nn.LayerNorm(dim, eps=ln_eps)
         self.attn_z = TEMultiheadAttention(*attn)
         self.norm_z_ffn = nn.LayerNorm(dim, eps=ln_eps)
-        self.ffn_z = MLP((dim, ffn_dim, dim))
+        self.ffn_z = MLP((dim, ffn_dim, dim), activation=activation)
         if separate_test:
             self.norm_t_attn = nn.LayerNorm(dim, eps=ln_eps)
             self.attn_t = TEMultiheadAttention(*attn)
             self.norm_t_ffn = nn.LayerNorm(dim, eps=ln_eps)
-            self.ffn_t = MLP((dim, ffn_dim, dim))
+            self.ffn_t = MLP((dim, ffn_dim, dim), activation=activation)
 
     def forward(
         self, u: Tensor | None, z: Tensor, s_u: Tensor | None, s_z: Tensor, mask_ctx: Tensor
@@ -285,6 +291,9 @@ class TETNPConfig(FamilyConfig):
         min_std: Gaussian lower bound on σ.
         ln_eps: LayerNorm epsilon.
         max_pair_elements: Largest ``B·Lq·Lk·phi_hidden`` one TE-MHA call may use.
+        activation: Of the hidden layers of ``φ`` and the FFNs. The reference's TE-TNP uses
+            ReLU there; the bundled presets, the paper's included, keep GELU, as every other
+            MLP of this package (their committed comparisons were trained with it).
     """
 
     dim_x: int = 0
@@ -308,6 +317,7 @@ class TETNPConfig(FamilyConfig):
     min_std: float = 0.0
     ln_eps: float = 1e-6
     max_pair_elements: int = DEFAULT_MAX_PAIR_ELEMENTS
+    activation: Literal["gelu", "relu"] = "gelu"
 
     def __post_init__(self) -> None:
         check_literals(self)
@@ -378,6 +388,7 @@ class TETNP(NeuralProcess):
                 config.dim, dim_loc, config.qkv_dim, config.num_heads, config.ffn_dim,
                 config.phi_hidden, config.ln_eps, config.max_pair_elements,
                 config.phi_layers, config.num_pseudo > 0, config.separate_test,
+                config.activation,
             )
             for _ in range(config.num_layers)
         )
