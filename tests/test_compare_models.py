@@ -235,3 +235,29 @@ def test_compare_models_equal_cpu_budget(tmp_path):
     assert "tetnp" in again["models"]
     proc = compare("bsatnp", budget="0.01")
     assert proc.returncode != 0 and "--budget-minutes 0.005" in proc.stderr
+
+
+def test_compare_models_scores_the_best_validation_state(tmp_path):
+    """--state best: validations every tenth of the steps (every step of the quick run's 4),
+    the model scored in the state of the lowest validation NLL of its log, recorded in the
+    JSON; the same runs with the other state are refused (they validate differently)."""
+    runs, out = tmp_path / "runs", tmp_path / "compare.json"
+
+    def compare(state):
+        return subprocess.run(
+            [sys.executable, str(ROOT / "benchmarks" / "compare_models.py"), "--quick",
+             "--models", "bsatnp", "--threads", "1", "--runs", str(runs), "--out", str(out),
+             "--state", state],
+            capture_output=True, text=True, timeout=600,
+        )
+
+    proc = compare("best")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    log = [json.loads(line) for line in (runs / "bsatnp" / "log.jsonl").read_text().splitlines()]
+    validated = {r["step"]: r["val_nll"] for r in log if "val_nll" in r}
+    assert sorted(validated) == [1, 2, 3, 4]
+    best = min(validated, key=lambda step: (validated[step], step))
+    assert f"bsatnp: scored in its best validation state, step {best} " in proc.stdout
+    assert json.loads(out.read_text())["meta"]["state"] == "best"
+    proc = compare("last")
+    assert proc.returncode != 0 and "validates every 1 steps, not 4" in proc.stderr
