@@ -13,7 +13,8 @@ ReLU layers over ``[per-head dot products, s_q − s_k]``; no location update), 
 24, 4 heads, q/k/v width 32, kernel ``[16, 16, 4]``, 3 location features), initialises it,
 moves every parameter by Gaussian noise (so that zero biases cannot hide a wrong mapping),
 and runs it on random inputs with some keys masked. The ``.npz`` holds the parameters
-(``param:<path>``, flax layout: a dense kernel is ``[in, out]``), the inputs and the
+(``param:['kernel']['Dense_0']['kernel']``..., flax layout: a dense kernel is
+``[in, out]``, read by :func:`bsatnp.io.reference_weights.load_dl4bi_params`), the inputs and the
 output; ``tests/test_tetnp.py`` loads them into :class:`bsatnp.models.tetnp.TEMultiheadAttention`.
 """
 
@@ -52,7 +53,7 @@ def main(path: str) -> None:
     out, _, _ = layer.apply(params, qs, ks, ks, qs_s, ks_s, jnp.asarray(mask))
     arrays = {"qs": qs, "ks": ks, "qs_s": qs_s, "ks_s": ks_s, "mask": mask, "out": out}
     for keypath, value in jax.tree_util.tree_flatten_with_path(params["params"])[0]:
-        name = "/".join(str(getattr(p, "key", p)) for p in keypath)
+        name = "".join(f"['{getattr(p, 'key', p)}']" for p in keypath)
         arrays[f"param:{name}"] = value
     np.savez(path, **{k: np.asarray(v) for k, v in arrays.items()})
     print(f"wrote {path}: {len(arrays) - 6} parameter arrays, output {np.load(path)['out'].shape}")

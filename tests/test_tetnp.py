@@ -9,6 +9,7 @@ import pytest
 import torch
 from conftest import assert_same, dropped, random_batch, shifted, with_nan_padding
 
+from bsatnp.io.reference_weights import load_dl4bi_params
 from bsatnp.models.tetnp import TETNP, TEMultiheadAttention, TETNPConfig
 
 SMALL = {"dim": 32, "num_layers": 2, "qkv_dim": 32, "ffn_dim": 64, "phi_hidden": 8,
@@ -48,19 +49,11 @@ FIXTURE = Path(__file__).parent / "fixtures" / "dl4bi_te_attention.npz"
 def _reference_layer(activation: str) -> tuple[TEMultiheadAttention, dict[str, torch.Tensor]]:
     """Our TE attention with the reference's weights (scripts/make_te_attention_fixture.py)."""
     z = np.load(FIXTURE)
-    arrays = {k: torch.from_numpy(z[k]) for k in z.files}
     attn = TEMultiheadAttention(dim=24, dim_s=3, qkv_dim=32, num_heads=4, phi_hidden=16,
                                 phi_layers=2, activation=activation).double()
-    linears = {"proj_qs/Dense_0": attn.proj_q, "proj_ks/Dense_0": attn.proj_k,
-               "proj_vs/Dense_0": attn.proj_v, "proj_out/Dense_0": attn.proj_out,
-               **{f"kernel/Dense_{i}": layer for i, layer in enumerate(attn.phi.layers)}}
-    assert {f"param:{n}/{p}" for n in linears for p in ("kernel", "bias")} == {
-        k for k in arrays if k.startswith("param:")}
-    with torch.no_grad():
-        for name, linear in linears.items():
-            linear.weight.copy_(arrays[f"param:{name}/kernel"].T)  # flax: [in, out]
-            linear.bias.copy_(arrays[f"param:{name}/bias"])
-    return attn, {k: v.double() if v.is_floating_point() else v for k, v in arrays.items()}
+    load_dl4bi_params(attn, {k[6:]: z[k] for k in z.files if k.startswith("param:")})
+    return attn, {k: torch.from_numpy(z[k]).double() if z[k].dtype.kind == "f"
+                  else torch.from_numpy(z[k]) for k in z.files if not k.startswith("param:")}
 
 
 def test_te_attention_matches_the_reference_on_its_fixture():

@@ -1,4 +1,7 @@
-"""Load parameters of the reference JAX implementation (dl4bi) into a :class:`BSATNP`.
+"""Load parameters of the reference JAX implementation (dl4bi) into our models.
+
+Into a :class:`BSATNP`, or into the TE attention of :class:`~bsatnp.models.tetnp.TETNP`
+(its parity fixture).
 
 The reference stores parameters by Flax path, e.g. ``['KRBlock_0']['attn']['proj_qs']
 ['Dense_0']['kernel']``, with Dense kernels as ``[in, out]``. This module only maps names
@@ -13,6 +16,7 @@ import numpy as np
 import torch
 
 from bsatnp.models.bsatnp import BSATNP
+from bsatnp.models.tetnp import TEMultiheadAttention
 
 
 def _flax_key(*path: str) -> str:
@@ -64,14 +68,30 @@ def dl4bi_name_map(model: BSATNP) -> dict[str, tuple[str, bool]]:
     return names
 
 
-def load_dl4bi_params(model: BSATNP, params: Mapping[str, np.ndarray]) -> None:
+def te_attention_name_map(attn: TEMultiheadAttention) -> dict[str, tuple[str, bool]]:
+    """Our state-dict name → (reference Flax path, whether to transpose) for one TE attention.
+
+    The reference's ``TEMultiHeadAttention``: one Dense per projection, the kernel MLP φ.
+    """
+    names: dict[str, tuple[str, bool]] = {}
+    for ref, mine in (("proj_qs", "proj_q"), ("proj_ks", "proj_k"), ("proj_vs", "proj_v"),
+                      ("proj_out", "proj_out")):
+        names.update(_dense((ref, "Dense_0"), mine))
+    for n in range(len(attn.phi.layers)):
+        names.update(_dense(("kernel", f"Dense_{n}"), f"phi.layers.{n}"))
+    return names
+
+
+def load_dl4bi_params(model: BSATNP | TEMultiheadAttention,
+                      params: Mapping[str, np.ndarray]) -> None:
     """Copy reference parameters ``{flax path: array}`` into ``model`` in place.
 
     Raises:
         ValueError: If a parameter is missing, has the wrong shape, or the model has
             parameters the reference does not (an unsupported architecture).
     """
-    names = dl4bi_name_map(model)
+    names = (te_attention_name_map(model) if isinstance(model, TEMultiheadAttention)
+             else dl4bi_name_map(model))
     state = model.state_dict()
     missing_here = sorted(set(state) - set(names))
     if missing_here:
